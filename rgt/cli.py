@@ -1,0 +1,77 @@
+"""The `rgt` command line: one sub-command per module in `rgt.commands`.
+
+Each command module is cheap to import (argparse only at top level) and exposes:
+
+    HELP: str                                   one line for `rgt --help`
+    def add_arguments(parser) -> None           its flags
+    def run(args) -> int                        does the work; heavy imports go inside
+
+so `rgt --help` and `rgt lint` never import the MCP or vast.ai SDKs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from rgt import __version__
+from rgt.errors import EXIT_USAGE, RgtError
+
+# Order is the order `rgt --help` lists them in: the lifecycle, then tools.
+COMMANDS: tuple[str, ...] = ()
+
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in rgt, not a user mistake
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit with rgt's documented code 2 and one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser with every sub-command registered."""
+    parser = _Parser(
+        prog="rgt",
+        description="remote-gpu-trainer: rent GPUs, keep the results, stop the meter safely.",
+    )
+    parser.add_argument("--version", action="version", version=f"rgt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        module = importlib.import_module(f"rgt.commands.{name.replace('-', '_')}")
+        command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rgt` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args._run(args))
+    except RgtError as exc:
+        print(f"rgt {args.command}: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"rgt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug in rgt: one line by default, the traceback on request
+        if os.environ.get("RGT_DEBUG"):
+            raise
+        print(
+            f"rgt {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(set RGT_DEBUG=1 for a traceback; please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL

@@ -1,0 +1,60 @@
+"""Errors a user can cause, and the exit codes they map to.
+
+Every `rgt` command turns these into one line on stderr and a documented exit code; anything
+else escaping a command is a bug in rgt (and still gets a one-line message, not a traceback).
+
+Exit codes (documented in the README):
+    0  success
+    1  a check failed: lint findings, a verification mismatch
+    2  usage error: bad arguments, a bad input file
+    3  provider or network error (vast.ai API, ssh, rsync)
+    4  refused by the Teardown Iron Law: evidence missing, approval absent or wrong
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PROVIDER = 3
+EXIT_REFUSED = 4
+
+
+class RgtError(Exception):
+    """Base class: a user-facing error with a one-line message and an exit code."""
+
+    exit_code: int = EXIT_USAGE
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        """The one-line message shown to the user."""
+        return str(self)
+
+
+class UsageError(RgtError):
+    """Bad arguments or a bad input file (names the file, field, value and what is allowed)."""
+
+    exit_code = EXIT_USAGE
+
+
+class CheckFailed(RgtError):
+    """A check ran and found a problem (lint findings, verification mismatch)."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class ProviderError(RgtError):
+    """The platform API, ssh or rsync failed after bounded retries."""
+
+    exit_code = EXIT_PROVIDER
+
+
+class Refused(RgtError):
+    """The Iron Law refused an irreversible action; the message lists the missing evidence."""
+
+    exit_code = EXIT_REFUSED

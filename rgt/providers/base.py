@@ -1,0 +1,168 @@
+"""The small interface every platform provider implements, and the records it returns.
+
+Providers translate one platform's API into these records; everything above them (gate, pull,
+MCP tools, demo) speaks only this interface. Platform facts (which verb stops the meter, what a
+stopped instance still bills) come from the profile, not from the provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+# A provider-neutral reading of an instance's state. "gone" means destroyed / not found.
+InstanceState = Literal[
+    "provisioning",  # accepted, no container yet
+    "loading",  # pulling the image / starting the container
+    "running",
+    "scheduling",  # asked to start, waiting for its GPU (vast.ai VAST3)
+    "paused",  # interruptible instance outbid / preempted
+    "stopped",  # stopped by request; on vast.ai its disk still bills
+    "offline",  # the host stopped answering (vast.ai VAST7)
+    "exited",  # container exited on its own
+    "gone",  # destroyed; disk deleted
+    "unknown",
+]
+
+
+@dataclass(frozen=True)
+class OfferQuery:
+    """What to rent. Safe defaults: verified, direct-port, reliable hosts only."""
+
+    gpu_name: str | None = None
+    num_gpus: int = 1
+    max_price_per_hour: float | None = None
+    interruptible: bool = False
+    min_reliability: float = 0.98
+    verified_only: bool = True
+    min_direct_ports: int = 1
+    disk_gb: float | None = None
+    limit: int = 20
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One rentable machine slot on a marketplace."""
+
+    id: str
+    gpu_name: str
+    num_gpus: int
+    dph_total: float  # on-demand $/hour for compute
+    min_bid: float  # lowest interruptible bid $/hour
+    storage_cost_per_gb_month: float
+    inet_up_cost_per_gb: float
+    inet_down_cost_per_gb: float
+    reliability: float
+    verified: bool
+    direct_port_count: int
+    machine_id: str
+    host_id: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A rented instance as the provider reports it right now."""
+
+    id: str
+    state: InstanceState
+    label: str | None = None
+    status_msg: str | None = None
+    actual_status: str | None = None
+    intended_status: str | None = None
+    cur_state: str | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    dph_total: float | None = None  # $/hour while running
+    disk_gb: float | None = None
+    interruptible: bool | None = None
+    gpu_name: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class CopyProgress:
+    """A progress tick from a copy (bytes done of total, when the total is known)."""
+
+    bytes_done: int
+    bytes_total: int | None
+    current_file: str | None = None
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What a copy moved."""
+
+    bytes_transferred: int
+    files: int
+    attempts: int
+    transport: str  # e.g. "rsync+ssh" or "rsync-local (no sshd here)"
+
+
+ProgressCallback = Callable[[CopyProgress], None]
+
+
+class Provider(Protocol):
+    """One platform's API. Every method retries transient failures (429/5xx) with a bound."""
+
+    platform: str  # the profile name, e.g. "vastai"
+
+    def search_offers(self, query: OfferQuery) -> list[Offer]:
+        """Offers matching `query`, cheapest first."""
+        ...
+
+    def create(
+        self,
+        offer_id: str,
+        *,
+        image: str,
+        disk_gb: float,
+        onstart: str,
+        label: str,
+        env: dict[str, str] | None = None,
+        interruptible: bool = False,
+        bid_per_hour: float | None = None,
+    ) -> Instance:
+        """Rent `offer_id`. Idempotent by `label`: a retried create never rents a second one."""
+        ...
+
+    def show(self, instance_id: str) -> Instance:
+        """The instance now; `state == "gone"` once destroyed."""
+        ...
+
+    def list_instances(self) -> list[Instance]:
+        """Every instance the API key can see (not only rgt's)."""
+        ...
+
+    def stop(self, instance_id: str) -> None:
+        """Stop the container (on vast.ai the disk keeps billing)."""
+        ...
+
+    def start(self, instance_id: str) -> None:
+        """Start a stopped instance (it may wait in scheduling for its GPU)."""
+        ...
+
+    def destroy(self, instance_id: str) -> None:
+        """Irreversible. Only `rgt.gate` may call this."""
+        ...
+
+    def logs(self, instance_id: str, *, tail: int = 200) -> str:
+        """The container's recent log lines."""
+        ...
+
+    def read_remote_file(self, instance_id: str, remote_path: str) -> bytes:
+        """Read one small file off the box (the gate re-reads the manifest with it)."""
+        ...
+
+    def copy_from(
+        self,
+        instance_id: str,
+        remote_path: str,
+        local_dir: Path,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> CopyResult:
+        """Copy `remote_path` into `local_dir`, resumably (rsync --partial), bounded retries."""
+        ...
