@@ -1,0 +1,691 @@
+"""The ledger: rgt's durable memory of what was rented, pulled, verified, approved and destroyed.
+
+One SQLite database in WAL mode (``rgt.paths.state_dir()/ledger.sqlite3``; ``RGT_STATE_DIR``
+moves it). Every write is one ``BEGIN IMMEDIATE`` transaction, so a ``kill -9`` at any instant
+leaves either the whole record or none of it, and concurrent writers in other processes queue on
+``busy_timeout`` instead of failing. The schema is versioned with ``PRAGMA user_version`` and
+migrated forward on open.
+
+The ledger holds evidence, never secrets: no API key, no passphrase, no passphrase hash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rgt import paths
+
+LEDGER_FILE = "ledger.sqlite3"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 15_000
+# A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
+# a live destroy finishes well inside it (bounded retries + a confirm poll).
+DESTROY_CLAIM_SECONDS = 600.0
+
+# Each entry migrates from version (index) to version (index + 1).
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE instances (
+        provider TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        label TEXT,
+        profile TEXT,
+        offer_id TEXT,
+        price_per_hour REAL,
+        interruptible INTEGER,
+        created REAL NOT NULL,
+        PRIMARY KEY (provider, instance_id)
+    );
+    CREATE TABLE instance_events (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT,
+        at REAL NOT NULL
+    );
+    CREATE INDEX instance_events_by_instance ON instance_events (instance_id, at);
+    CREATE TABLE pulls (
+        id INTEGER PRIMARY KEY,
+        instance_id TEXT NOT NULL,
+        remote_root TEXT NOT NULL,
+        local_dir TEXT NOT NULL,
+        manifest_sha256 TEXT NOT NULL,
+        run_id TEXT,
+        files INTEGER NOT NULL,
+        bytes_total INTEGER NOT NULL,
+        bytes_transferred INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        transport TEXT,
+        started REAL NOT NULL,
+        finished REAL NOT NULL
+    );
+    CREATE INDEX pulls_by_instance ON pulls (instance_id, finished);
+    CREATE TABLE verifications (
+        id INTEGER PRIMARY KEY,
+        instance_id TEXT NOT NULL,
+        local_dir TEXT NOT NULL,
+        manifest_sha256 TEXT NOT NULL,
+        run_id TEXT,
+        record_sha256 TEXT,
+        allow_pickle INTEGER NOT NULL DEFAULT 0,
+        detail TEXT,
+        created REAL NOT NULL
+    );
+    CREATE INDEX verifications_by_instance ON verifications (instance_id, created);
+    CREATE TABLE approvals (
+        id INTEGER PRIMARY KEY,
+        instance_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL,
+        consumed REAL
+    );
+    CREATE INDEX approvals_by_instance ON approvals (instance_id, expires);
+    CREATE TABLE approval_failures (
+        id INTEGER PRIMARY KEY,
+        instance_id TEXT,
+        channel TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE destroys (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        claim_token TEXT NOT NULL UNIQUE,
+        pid INTEGER,
+        status TEXT NOT NULL CHECK (status IN ('claimed', 'sent', 'confirmed', 'failed')),
+        verb TEXT,
+        approval_id INTEGER,
+        detail TEXT,
+        claimed REAL NOT NULL,
+        finished REAL
+    );
+    CREATE INDEX destroys_by_instance ON destroys (instance_id, status);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """An instance rgt rented (or learned of), with its latest recorded state."""
+
+    provider: str
+    instance_id: str
+    label: str | None
+    profile: str | None
+    offer_id: str | None
+    price_per_hour: float | None
+    interruptible: bool | None
+    created: float
+    last_state: str | None
+    last_state_at: float | None
+
+
+@dataclass(frozen=True)
+class PullRecord:
+    """A completed pull: which manifest (by SHA-256) was copied from where to where."""
+
+    id: int
+    instance_id: str
+    remote_root: str
+    local_dir: str
+    manifest_sha256: str
+    run_id: str | None
+    files: int
+    bytes_total: int
+    bytes_transferred: int
+    attempts: int
+    transport: str | None
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    """A passed verification of a local pull, bound to the manifest SHA-256 it checked."""
+
+    id: int
+    instance_id: str
+    local_dir: str
+    manifest_sha256: str
+    run_id: str | None
+    record_sha256: str | None
+    allow_pickle: bool
+    detail: dict[str, Any]
+    created: float
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    """A human approval to destroy one instance: single-use, expiring."""
+
+    id: int
+    instance_id: str
+    channel: str
+    created: float
+    expires: float
+    consumed: float | None
+
+    def usable(self, now: float) -> bool:
+        """True while unconsumed and unexpired."""
+        return self.consumed is None and now < self.expires
+
+
+@dataclass(frozen=True)
+class DestroyRecord:
+    """One destroy attempt: claimed → sent → confirmed (or failed)."""
+
+    id: int
+    provider: str
+    instance_id: str
+    claim_token: str
+    pid: int | None
+    status: str
+    verb: str | None
+    approval_id: int | None
+    detail: str | None
+    claimed: float
+    finished: float | None
+
+
+class LedgerError(Exception):
+    """The ledger file is unusable (corrupt, newer schema, not a database)."""
+
+
+def default_path() -> Path:
+    """Where the ledger lives: ``$RGT_STATE_DIR/ledger.sqlite3`` or the platform state dir."""
+    return paths.state_dir() / LEDGER_FILE
+
+
+class Ledger:
+    """A connection to the ledger. Cheap to open; use one per thread/process."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path | str | None = None) -> Ledger:
+        """Open (creating and migrating if needed) the ledger at `path` or the default place."""
+        target = Path(path) if path is not None else default_path()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+            db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise LedgerError(f"{target}: could not switch the ledger to WAL (got {mode!r})")
+            # FULL: a committed transaction survives power loss, not only a process crash.
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            ledger = cls(db, target)
+            ledger._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{target}: not a usable rgt ledger ({exc})") from exc
+        _restrict_mode(target)
+        return ledger
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.path}: schema version {version} is newer than this rgt understands "
+                    f"({SCHEMA_VERSION}); upgrade rgt"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _split_sql(_MIGRATIONS[step]):
+                    db.execute(statement)
+                # PRAGMA user_version is transactional in SQLite: it commits with the DDL.
+                db.execute(f"PRAGMA user_version = {step + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: takes the write lock up front, so a
+        read-then-write inside it cannot race another process)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        """The schema version stored in the file."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def integrity_check(self) -> str:
+        """SQLite's own integrity check: ``"ok"`` when the file is sound."""
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- instances -----------------------------------------------------------------------------
+
+    def record_instance(
+        self,
+        provider: str,
+        instance_id: str,
+        *,
+        label: str | None = None,
+        profile: str | None = None,
+        offer_id: str | None = None,
+        price_per_hour: float | None = None,
+        interruptible: bool | None = None,
+        state: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Remember a rented instance (idempotent: a second call updates the known fields)."""
+        at = _now(now)
+        with self.transaction() as db:
+            db.execute(
+                """
+                INSERT INTO instances (provider, instance_id, label, profile, offer_id,
+                                       price_per_hour, interruptible, created)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (provider, instance_id) DO UPDATE SET
+                    label = COALESCE(excluded.label, label),
+                    profile = COALESCE(excluded.profile, profile),
+                    offer_id = COALESCE(excluded.offer_id, offer_id),
+                    price_per_hour = COALESCE(excluded.price_per_hour, price_per_hour),
+                    interruptible = COALESCE(excluded.interruptible, interruptible)
+                """,
+                (
+                    provider,
+                    str(instance_id),
+                    label,
+                    profile,
+                    offer_id,
+                    price_per_hour,
+                    None if interruptible is None else int(interruptible),
+                    at,
+                ),
+            )
+            if state is not None:
+                db.execute(
+                    "INSERT INTO instance_events (provider, instance_id, state, detail, at) "
+                    "VALUES (?, ?, ?, NULL, ?)",
+                    (provider, str(instance_id), state, at),
+                )
+
+    def record_state(
+        self,
+        provider: str,
+        instance_id: str,
+        state: str,
+        *,
+        detail: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Append one observed state (running, stopped, gone, ...) to the instance's history."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO instance_events (provider, instance_id, state, detail, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (provider, str(instance_id), state, detail, _now(now)),
+            )
+
+    def instances(self, provider: str | None = None) -> list[InstanceRecord]:
+        """Every known instance with its latest recorded state, oldest first."""
+        sql = """
+            SELECT i.*, e.state AS last_state, e.at AS last_state_at
+            FROM instances i
+            LEFT JOIN instance_events e ON e.id = (
+                SELECT id FROM instance_events
+                WHERE provider = i.provider AND instance_id = i.instance_id
+                ORDER BY at DESC, id DESC LIMIT 1)
+        """
+        args: tuple[Any, ...] = ()
+        if provider is not None:
+            sql += " WHERE i.provider = ?"
+            args = (provider,)
+        sql += " ORDER BY i.created, i.instance_id"
+        return [
+            InstanceRecord(
+                provider=row["provider"],
+                instance_id=row["instance_id"],
+                label=row["label"],
+                profile=row["profile"],
+                offer_id=row["offer_id"],
+                price_per_hour=row["price_per_hour"],
+                interruptible=None if row["interruptible"] is None else bool(row["interruptible"]),
+                created=row["created"],
+                last_state=row["last_state"],
+                last_state_at=row["last_state_at"],
+            )
+            for row in self._db.execute(sql, args)
+        ]
+
+    def state_history(self, instance_id: str) -> list[tuple[float, str, str | None]]:
+        """(time, state, detail) for one instance, oldest first."""
+        return [
+            (row["at"], row["state"], row["detail"])
+            for row in self._db.execute(
+                "SELECT at, state, detail FROM instance_events WHERE instance_id = ? "
+                "ORDER BY at, id",
+                (str(instance_id),),
+            )
+        ]
+
+    # -- pulls and verifications ---------------------------------------------------------------
+
+    def record_pull(
+        self,
+        instance_id: str,
+        *,
+        remote_root: str,
+        local_dir: Path | str,
+        manifest_sha256: str,
+        run_id: str | None,
+        files: int,
+        bytes_total: int,
+        bytes_transferred: int,
+        attempts: int,
+        transport: str | None,
+        started: float,
+        now: float | None = None,
+    ) -> int:
+        """Record a completed pull; returns its id."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                """
+                INSERT INTO pulls (instance_id, remote_root, local_dir, manifest_sha256, run_id,
+                                   files, bytes_total, bytes_transferred, attempts, transport,
+                                   started, finished)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (
+                    str(instance_id),
+                    remote_root,
+                    str(Path(local_dir).resolve()),
+                    manifest_sha256,
+                    run_id,
+                    files,
+                    bytes_total,
+                    bytes_transferred,
+                    attempts,
+                    transport,
+                    started,
+                    _now(now),
+                ),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def latest_pull(self, instance_id: str) -> PullRecord | None:
+        """The most recent completed pull of this instance."""
+        row = self._db.execute(
+            "SELECT * FROM pulls WHERE instance_id = ? ORDER BY finished DESC, id DESC LIMIT 1",
+            (str(instance_id),),
+        ).fetchone()
+        return None if row is None else PullRecord(**dict(row))
+
+    def pulls(self, instance_id: str | None = None) -> list[PullRecord]:
+        """Completed pulls (of one instance, or all), oldest first."""
+        if instance_id is None:
+            rows = self._db.execute("SELECT * FROM pulls ORDER BY finished, id")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM pulls WHERE instance_id = ? ORDER BY finished, id",
+                (str(instance_id),),
+            )
+        return [PullRecord(**dict(row)) for row in rows]
+
+    def record_verification(
+        self,
+        instance_id: str,
+        *,
+        local_dir: Path | str,
+        manifest_sha256: str,
+        run_id: str | None,
+        record_sha256: str | None = None,
+        allow_pickle: bool = False,
+        detail: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Record a PASSED verification of `local_dir` against the manifest with this SHA-256.
+
+        `record_sha256` is the SHA-256 of the PULL_VERIFIED.json written then; `detail` is small
+        JSON-able evidence (e.g. the stat fingerprint of the verified files)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                """
+                INSERT INTO verifications (instance_id, local_dir, manifest_sha256, run_id,
+                                           record_sha256, allow_pickle, detail, created)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (
+                    str(instance_id),
+                    str(Path(local_dir).resolve()),
+                    manifest_sha256,
+                    run_id,
+                    record_sha256,
+                    int(allow_pickle),
+                    json.dumps(detail or {}, sort_keys=True),
+                    _now(now),
+                ),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def latest_verification(self, instance_id: str) -> VerificationRecord | None:
+        """The most recent passed verification for this instance."""
+        row = self._db.execute(
+            "SELECT * FROM verifications WHERE instance_id = ? ORDER BY created DESC, id DESC "
+            "LIMIT 1",
+            (str(instance_id),),
+        ).fetchone()
+        if row is None:
+            return None
+        data = dict(row)
+        data["allow_pickle"] = bool(data["allow_pickle"])
+        data["detail"] = json.loads(data["detail"] or "{}")
+        return VerificationRecord(**data)
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    def record_approval(
+        self, instance_id: str, channel: str, ttl_seconds: float, *, now: float | None = None
+    ) -> int:
+        """Record a human approval to destroy `instance_id`, valid for `ttl_seconds`, single-use.
+
+        Call this only after the human answered on a channel an agent cannot fill in (the TTY
+        passphrase prompt, ``"tty"``; an MCP elicitation answered in the client UI,
+        ``"mcp-elicitation"``). Returns the approval id."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        at = _now(now)
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO approvals (instance_id, channel, created, expires, consumed) "
+                "VALUES (?, ?, ?, ?, NULL)",
+                (str(instance_id), channel, at, at + ttl_seconds),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def usable_approval(
+        self, instance_id: str, *, now: float | None = None
+    ) -> ApprovalRecord | None:
+        """The newest unexpired, unconsumed approval for exactly this instance id."""
+        row = self._db.execute(
+            "SELECT * FROM approvals WHERE instance_id = ? AND consumed IS NULL AND expires > ? "
+            "ORDER BY created DESC, id DESC LIMIT 1",
+            (str(instance_id), _now(now)),
+        ).fetchone()
+        return None if row is None else ApprovalRecord(**dict(row))
+
+    def approvals(self, instance_id: str | None = None) -> list[ApprovalRecord]:
+        """Every approval (of one instance, or all), oldest first."""
+        if instance_id is None:
+            rows = self._db.execute("SELECT * FROM approvals ORDER BY created, id")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM approvals WHERE instance_id = ? ORDER BY created, id",
+                (str(instance_id),),
+            )
+        return [ApprovalRecord(**dict(row)) for row in rows]
+
+    def consume_approval(self, approval_id: int, *, now: float | None = None) -> bool:
+        """Mark an approval used. False if it was already consumed or has expired (a race lost)."""
+        at = _now(now)
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE approvals SET consumed = ? "
+                "WHERE id = ? AND consumed IS NULL AND expires > ?",
+                (at, approval_id, at),
+            )
+            return cursor.rowcount == 1
+
+    def record_approval_failure(
+        self, instance_id: str | None, channel: str, reason: str, *, now: float | None = None
+    ) -> None:
+        """Record a failed approval attempt (wrong passphrase, mistyped id, ...)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO approval_failures (instance_id, channel, reason, at) "
+                "VALUES (?, ?, ?, ?)",
+                (None if instance_id is None else str(instance_id), channel, reason, _now(now)),
+            )
+
+    def recent_approval_failures(self, channel: str = "tty") -> tuple[int, float | None]:
+        """(count, time of the last one) of failures on `channel` since its last success."""
+        last_ok = self._db.execute(
+            "SELECT MAX(created) FROM approvals WHERE channel = ?", (channel,)
+        ).fetchone()[0]
+        row = self._db.execute(
+            "SELECT COUNT(*), MAX(at) FROM approval_failures WHERE channel = ? AND at > ?",
+            (channel, last_ok if last_ok is not None else float("-inf")),
+        ).fetchone()
+        return int(row[0]), row[1]
+
+    def approval_failures(self) -> list[dict[str, Any]]:
+        """Every recorded failed approval attempt, oldest first."""
+        return [
+            dict(row) for row in self._db.execute("SELECT * FROM approval_failures ORDER BY at, id")
+        ]
+
+    # -- destroys ------------------------------------------------------------------------------
+
+    def claim_destroy(
+        self, provider: str, instance_id: str, *, now: float | None = None
+    ) -> str | None:
+        """Take the exclusive right to destroy `instance_id`; returns a claim token, or None when
+        another live claim holds it or the instance is already confirmed destroyed.
+
+        The check and the insert run in one BEGIN IMMEDIATE transaction, so of two processes
+        racing here exactly one gets a token."""
+        at = _now(now)
+        token = uuid.uuid4().hex
+        with self.transaction() as db:
+            blocking = db.execute(
+                "SELECT 1 FROM destroys WHERE instance_id = ? AND ("
+                " status = 'confirmed' OR (status IN ('claimed', 'sent') AND claimed > ?))",
+                (str(instance_id), at - DESTROY_CLAIM_SECONDS),
+            ).fetchone()
+            if blocking is not None:
+                return None
+            db.execute(
+                "INSERT INTO destroys (provider, instance_id, claim_token, pid, status, claimed) "
+                "VALUES (?, ?, ?, ?, 'claimed', ?)",
+                (provider, str(instance_id), token, os.getpid(), at),
+            )
+        return token
+
+    def update_destroy(
+        self,
+        claim_token: str,
+        status: str,
+        *,
+        verb: str | None = None,
+        approval_id: int | None = None,
+        detail: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Advance a destroy claim: 'sent' (request made), 'confirmed' (gone), 'failed'."""
+        finished = _now(now) if status in ("confirmed", "failed") else None
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE destroys SET status = ?, verb = COALESCE(?, verb), "
+                "approval_id = COALESCE(?, approval_id), detail = COALESCE(?, detail), "
+                "finished = COALESCE(?, finished) WHERE claim_token = ?",
+                (status, verb, approval_id, detail, finished, claim_token),
+            )
+            if status == "confirmed":
+                row = db.execute(
+                    "SELECT provider, instance_id FROM destroys WHERE claim_token = ?",
+                    (claim_token,),
+                ).fetchone()
+                db.execute(
+                    "INSERT INTO instance_events (provider, instance_id, state, detail, at) "
+                    "VALUES (?, ?, 'gone', 'destroyed by rgt', ?)",
+                    (row["provider"], row["instance_id"], _now(now)),
+                )
+
+    def destroys(self, instance_id: str | None = None) -> list[DestroyRecord]:
+        """Destroy attempts (of one instance, or all), oldest first."""
+        if instance_id is None:
+            rows = self._db.execute("SELECT * FROM destroys ORDER BY claimed, id")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM destroys WHERE instance_id = ? ORDER BY claimed, id",
+                (str(instance_id),),
+            )
+        return [DestroyRecord(**dict(row)) for row in rows]
+
+    def history(self, instance_id: str | None = None) -> list[dict[str, Any]]:
+        """Everything the ledger knows, as one time-ordered list of small dicts (for display)."""
+        events: list[dict[str, Any]] = []
+        where = "" if instance_id is None else " WHERE instance_id = ?"
+        args: Sequence[Any] = () if instance_id is None else (str(instance_id),)
+        for table, at_col in (
+            ("instance_events", "at"),
+            ("pulls", "finished"),
+            ("verifications", "created"),
+            ("approvals", "created"),
+            ("approval_failures", "at"),
+            ("destroys", "claimed"),
+        ):
+            for row in self._db.execute(f"SELECT * FROM {table}{where}", args):
+                item = dict(row)
+                item["kind"] = table
+                item["at"] = item[at_col]
+                events.append(item)
+        events.sort(key=lambda item: (item["at"], item["kind"]))
+        return events
+
+
+def _split_sql(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else float(now)
+
+
+def _restrict_mode(path: Path) -> None:
+    # The ledger is private to the user (it names instances and local paths).
+    with suppress(OSError):
+        os.chmod(path, 0o600)
