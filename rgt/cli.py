@@ -21,7 +21,14 @@ from rgt import __version__
 from rgt.errors import EXIT_USAGE, RgtError
 
 # Order is the order `rgt --help` lists them in: the lifecycle, then tools.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = (
+    "pull",
+    "approval",
+    "approve",
+    "destroy",
+    "sweep",
+    "ledger",
+)
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in rgt, not a user mistake
 

@@ -1,0 +1,312 @@
+"""Human approval of a destroy, on a channel an agent cannot fill in.
+
+A pseudo-terminal is easy for an agent with a shell to fake; a secret it was never told is not.
+So the human sets an approval passphrase once (``rgt approval init``) and types it, together with
+the instance id, each time an instance is to be destroyed. Only a salted scrypt hash of the
+passphrase (with its cost parameters) is stored, in ``rgt.paths.config_dir()/approval.json``
+(mode 0600, written atomically); never the passphrase, and never anything in the ledger but the
+fact of an approval (instance id, channel, created, expires, consumed).
+
+Wrong passphrases are recorded in the ledger and rate-limited with an exponential backoff that
+is computed from those records, so restarting the process does not reset it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import hmac
+import io
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from rgt import paths
+from rgt.atomic import atomic_write_text
+from rgt.errors import Refused, UsageError
+from rgt.ledger import Ledger
+
+APPROVAL_FILE = "approval.json"
+FORMAT_VERSION = 1
+DEFAULT_TTL_SECONDS = 15 * 60
+MIN_PASSPHRASE_CHARS = 10
+# scrypt cost: N=2**17, r=8, p=1 is the OWASP password-storage recommendation (128 MiB, a few
+# hundred ms per check here), which makes offline guessing of a stolen hash expensive.
+DEFAULT_SCRYPT = {"n": 2**17, "r": 8, "p": 1, "dklen": 32}
+# Wrong-passphrase backoff: this many free attempts, then 5 s doubling up to one hour.
+FREE_FAILURES = 3
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 3600.0
+TTY_CHANNEL = "tty"
+
+HOW_TO_APPROVE = (
+    "a human must run `rgt approve {instance}` (or `rgt destroy {instance}`) in a real terminal "
+    "and type the instance id and the approval passphrase"
+)
+
+
+@dataclass(frozen=True)
+class PassphraseHash:
+    """The stored form: salted scrypt hash plus the parameters that made it."""
+
+    salt: bytes
+    digest: bytes
+    n: int
+    r: int
+    p: int
+    dklen: int
+    created: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The approval.json document."""
+        return {
+            "format": FORMAT_VERSION,
+            "kdf": "scrypt",
+            "n": self.n,
+            "r": self.r,
+            "p": self.p,
+            "dklen": self.dklen,
+            "salt": self.salt.hex(),
+            "hash": self.digest.hex(),
+            "created": self.created,
+        }
+
+
+def approval_path() -> Path:
+    """Where the passphrase hash lives."""
+    return paths.config_dir() / APPROVAL_FILE
+
+
+def is_configured() -> bool:
+    """True once `rgt approval init` has stored a passphrase hash."""
+    return approval_path().is_file()
+
+
+def _scrypt(passphrase: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    # maxmem must cover 128 * r * n bytes plus slack, or OpenSSL refuses large N.
+    return hashlib.scrypt(
+        passphrase.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=r,
+        p=p,
+        dklen=dklen,
+        maxmem=128 * r * n + 16 * 1024 * 1024,
+    )
+
+
+def hash_passphrase(passphrase: str, *, n: int | None = None) -> PassphraseHash:
+    """Salt and hash a passphrase (a cheaper `n` only for tests)."""
+    params = dict(DEFAULT_SCRYPT)
+    if n is not None:
+        params["n"] = n
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(passphrase, salt, params["n"], params["r"], params["p"], params["dklen"])
+    return PassphraseHash(
+        salt, digest, params["n"], params["r"], params["p"], params["dklen"], time.time()
+    )
+
+
+def store_passphrase(passphrase: str, *, n: int | None = None) -> Path:
+    """Validate and store the hash of a new passphrase (atomic write, mode 0600)."""
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise UsageError(
+            f"approval passphrase: {len(passphrase)} characters; at least "
+            f"{MIN_PASSPHRASE_CHARS} are required"
+        )
+    record = hash_passphrase(passphrase, n=n)
+    target = approval_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(target.parent, 0o700)
+    atomic_write_text(target, json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
+    return target
+
+
+def load_passphrase_hash() -> PassphraseHash:
+    """Read approval.json; one clear error if it is missing or malformed."""
+    target = approval_path()
+    try:
+        data = json.loads(target.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise Refused(
+            f"no approval passphrase is configured ({target} missing); a human must run "
+            "`rgt approval init` in a terminal first"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise Refused(
+            f"{target}: unreadable approval file ({exc}); re-run `rgt approval init`"
+        ) from None
+    try:
+        if data["kdf"] != "scrypt" or data["format"] != FORMAT_VERSION:
+            raise ValueError(f"kdf/format {data['kdf']!r}/{data['format']!r}")
+        return PassphraseHash(
+            salt=bytes.fromhex(data["salt"]),
+            digest=bytes.fromhex(data["hash"]),
+            n=int(data["n"]),
+            r=int(data["r"]),
+            p=int(data["p"]),
+            dklen=int(data["dklen"]),
+            created=float(data["created"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Refused(
+            f"{target}: malformed approval file ({exc}); re-run `rgt approval init`"
+        ) from None
+
+
+def check_passphrase(passphrase: str) -> bool:
+    """True if `passphrase` matches the stored hash (constant-time comparison)."""
+    stored = load_passphrase_hash()
+    candidate = _scrypt(passphrase, stored.salt, stored.n, stored.r, stored.p, stored.dklen)
+    return hmac.compare_digest(candidate, stored.digest)
+
+
+def backoff_seconds(failures: int) -> float:
+    """How long to wait after `failures` consecutive wrong answers."""
+    if failures < FREE_FAILURES:
+        return 0.0
+    return min(BACKOFF_BASE_SECONDS * 2 ** (failures - FREE_FAILURES), BACKOFF_MAX_SECONDS)
+
+
+def wait_remaining(
+    ledger: Ledger, *, channel: str = TTY_CHANNEL, now: float | None = None
+) -> float:
+    """Seconds until another approval attempt is allowed on `channel` (0 when allowed now)."""
+    failures, last = ledger.recent_approval_failures(channel)
+    if last is None:
+        return 0.0
+    at = time.time() if now is None else now
+    return max(0.0, last + backoff_seconds(failures) - at)
+
+
+def approve_with_passphrase(
+    ledger: Ledger,
+    instance_id: str,
+    *,
+    typed_instance_id: str,
+    passphrase: str,
+    channel: str = TTY_CHANNEL,
+    ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    now: float | None = None,
+) -> int:
+    """Check a human's answers and record an approval; returns its id, raises Refused.
+
+    Rate limit first (so a locked-out caller learns nothing about the passphrase), then the
+    typed-back id, then the passphrase. Every failure is recorded in the ledger."""
+    if not is_configured():
+        raise Refused(
+            f"no approval passphrase is configured; a human must run `rgt approval init` in a "
+            f"terminal, then {HOW_TO_APPROVE.format(instance=instance_id)}"
+        )
+    wait = wait_remaining(ledger, channel=channel, now=now)
+    if wait > 0:
+        raise Refused(
+            f"too many wrong approval answers; try again in {wait:.0f} s (failures are recorded)"
+        )
+    if typed_instance_id.strip() != str(instance_id):
+        ledger.record_approval_failure(
+            instance_id, channel, "instance id typed back differs", now=now
+        )
+        raise Refused(
+            f"the instance id typed back ({typed_instance_id.strip()!r}) is not {instance_id!r}; "
+            "nothing approved"
+        )
+    if not check_passphrase(passphrase):
+        ledger.record_approval_failure(instance_id, channel, "wrong passphrase", now=now)
+        raise Refused("wrong approval passphrase; nothing approved (the attempt is recorded)")
+    return ledger.record_approval(instance_id, channel, ttl_seconds, now=now)
+
+
+def open_tty() -> TextIO:
+    """The controlling terminal, or Refused when there is none (no human is at the keyboard).
+
+    Both must hold: stdin is a TTY and /dev/tty opens. Piped input cannot approve."""
+    if not sys.stdin.isatty():
+        raise Refused("stdin is not a terminal")
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError as exc:
+        raise Refused(f"no controlling terminal ({exc.strerror})") from None
+    # Unbuffered read+write on a terminal (a buffered "r+" would demand a seekable file), the
+    # way getpass opens it; the caller closes it.
+    return io.TextIOWrapper(io.FileIO(fd, "r+"), encoding="utf-8", line_buffering=True)
+
+
+def prompt_approval(
+    ledger: Ledger,
+    instance_id: str,
+    *,
+    ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    summary: str | None = None,
+    read_secret: Callable[[str, TextIO], str] | None = None,
+) -> int:
+    """Ask on the TTY for the instance id typed back and the passphrase; record the approval.
+
+    Refuses (rgt exit 4) with no TTY, no passphrase configured, while rate-limited, or on a
+    wrong answer. Returns the approval id."""
+    try:
+        tty = open_tty()
+    except Refused as exc:
+        raise Refused(f"{exc}; {HOW_TO_APPROVE.format(instance=instance_id)}") from None
+    with tty:
+        if not is_configured():
+            raise Refused(
+                "no approval passphrase is configured; a human must run `rgt approval init` "
+                "in a terminal first"
+            )
+        wait = wait_remaining(ledger)
+        if wait > 0:
+            raise Refused(f"too many wrong approval answers; try again in {wait:.0f} s")
+        if summary:
+            tty.write(summary.rstrip("\n") + "\n")
+        tty.write(f"Approve DESTROYING instance {instance_id} (irreversible).\n")
+        tty.write("Type the instance id to confirm: ")
+        tty.flush()
+        typed = tty.readline()
+        if not typed:
+            raise Refused("no answer on the terminal; nothing approved")
+        reader = read_secret or (lambda prompt, stream: getpass.getpass(prompt, stream=stream))
+        secret = reader("Approval passphrase: ", tty)
+        approval_id = approve_with_passphrase(
+            ledger,
+            instance_id,
+            typed_instance_id=typed,
+            passphrase=secret,
+            ttl_seconds=ttl_seconds,
+        )
+        tty.write(
+            f"Approved: instance {instance_id} may be destroyed once within "
+            f"{ttl_seconds / 60:.0f} min.\n"
+        )
+        tty.flush()
+        return approval_id
+
+
+def prompt_new_passphrase() -> str:
+    """Ask twice on the TTY for a new passphrase (and the old one when replacing)."""
+    try:
+        tty = open_tty()
+    except Refused as exc:
+        raise Refused(f"{exc}; run `rgt approval init` yourself in a real terminal") from None
+    with tty:
+        if is_configured():
+            old = getpass.getpass("Current approval passphrase: ", stream=tty)
+            if not check_passphrase(old):
+                raise Refused("wrong current passphrase; the approval passphrase is unchanged")
+        first = getpass.getpass(
+            f"New approval passphrase (at least {MIN_PASSPHRASE_CHARS} characters; "
+            "never tell it to an agent): ",
+            stream=tty,
+        )
+        second = getpass.getpass("Repeat it: ", stream=tty)
+        if first != second:
+            raise UsageError("the two passphrases differ; nothing stored")
+        return first

@@ -1,0 +1,72 @@
+"""`rgt destroy INSTANCE`: the Teardown Iron Law, then the meter-stop verb — or a refusal."""
+
+from __future__ import annotations
+
+import argparse
+
+from rgt.commands._platform import add_platform_argument
+
+HELP = "destroy an instance only once its results are pulled, verified and a human approved"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """INSTANCE [--check] [--json]."""
+    parser.add_argument("instance", help="the instance id")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only run the gate and say what is missing (exit 0 if allowed, 4 if not)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the gate decision as JSON")
+    add_platform_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Gate → (approval on the terminal) → destroy → confirm gone."""
+    import json
+    import sys
+
+    from rgt import approval
+    from rgt.commands._platform import open_platform
+    from rgt.errors import EXIT_REFUSED
+    from rgt.gate import destroy_with_gate, may_destroy
+    from rgt.ledger import Ledger
+
+    provider, profile = open_platform(args.platform)
+    with Ledger.open() as ledger:
+        decision = may_destroy(args.instance, provider=provider, ledger=ledger)
+        evidence_missing = [m for m in decision.missing if m.code != "no-approval"]
+        if args.json:
+            print(json.dumps(decision.to_json(), indent=2))
+        if args.check or evidence_missing:
+            if not args.json:
+                print(decision.explain(), file=sys.stdout if decision.allowed else sys.stderr)
+            return 0 if decision.allowed else EXIT_REFUSED
+        if not decision.allowed:
+            # Only the approval is missing: ask the human at this terminal.
+            approval.prompt_approval(
+                ledger,
+                args.instance,
+                summary=_summary(decision.evidence, profile),
+            )
+        outcome = destroy_with_gate(
+            args.instance, provider=provider, ledger=ledger, profile=profile
+        )
+    print(
+        f"instance {outcome.instance_id}: {outcome.verb} confirmed ({outcome.confirmed_state}); "
+        "the meter has stopped and its disk is deleted"
+    )
+    return 0
+
+
+def _summary(evidence: dict, profile: object) -> str:
+    pull = evidence.get("pull", {})
+    lines = [
+        "Evidence found:",
+        f"  manifest on the box  sha256 {evidence.get('box_manifest_sha256', '?')}",
+        f"  pulled and verified  {pull.get('local_dir', '?')}",
+    ]
+    if not getattr(profile, "meter_stop_irreversible", True):
+        return "\n".join(lines)
+    lines.append("  destroy is IRREVERSIBLE: the box and its disk are deleted.")
+    return "\n".join(lines)

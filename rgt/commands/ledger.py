@@ -1,0 +1,53 @@
+"""`rgt ledger [INSTANCE] [--json]`: what rgt remembers renting, pulling, verifying, destroying."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "show the ledger: instances, pulls, verifications, approvals and destroys"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """[INSTANCE] [--json]."""
+    parser.add_argument("instance", nargs="?", help="only this instance's history")
+    parser.add_argument("--json", action="store_true", help="print JSON lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the history, oldest first."""
+    import json
+    import time
+
+    from rgt.ledger import Ledger, default_path
+
+    if not default_path().exists():
+        print(f"no ledger yet ({default_path()})")
+        return 0
+    with Ledger.open() as ledger:
+        events = ledger.history(args.instance)
+    for event in events:
+        if args.json:
+            print(json.dumps(event, sort_keys=True))
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["at"]))
+        detail = {
+            "instance_events": lambda e: (
+                f"state {e['state']}" + (f" ({e['detail']})" if e["detail"] else "")
+            ),
+            "pulls": lambda e: (
+                f"pulled {e['files']} files to {e['local_dir']} "
+                f"(manifest {e['manifest_sha256'][:12]}…)"
+            ),
+            "verifications": lambda e: (
+                f"verified {e['local_dir']} (manifest {e['manifest_sha256'][:12]}…)"
+            ),
+            "approvals": lambda e: (
+                f"approved via {e['channel']}" + (" (used)" if e["consumed"] else "")
+            ),
+            "approval_failures": lambda e: f"approval FAILED via {e['channel']}: {e['reason']}",
+            "destroys": lambda e: (
+                f"destroy {e['status']}" + (f": {e['detail']}" if e["detail"] else "")
+            ),
+        }[event["kind"]](event)
+        print(f"{when}Z  {event.get('instance_id') or '-':<12} {detail}")
+    return 0

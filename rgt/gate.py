@@ -1,0 +1,371 @@
+"""The Teardown Iron Law: no rented instance is destroyed until its results outlive it.
+
+`may_destroy` is the ONE decision function (the CLI and the MCP server both call it);
+`destroy_with_gate` is the ONLY code path in rgt that calls the provider's meter-stop verb.
+
+Evidence, all re-checked at decision time, none taken on trust from a file an agent can write:
+
+1. **Manifest on the box.** The manifest is re-read from the box now
+   (``provider.read_remote_file``); it must name this instance.
+2. **A pull matching it exactly.** The ledger's latest pull of this instance has the same
+   manifest SHA-256 as the box has now, and the manifest saved next to the local files still
+   has it too.
+3. **A verification that is still true.** The ledger's latest verification of this instance
+   binds the same manifest SHA-256 and the same local directory, is newer than the pull, and
+   the local files are unchanged since (``rgt.verify.check_unchanged``; see its docstring for
+   what is compared and what that costs).
+4. **A fresh human approval** for exactly this instance id, recorded in the ledger, unexpired
+   and unused (``rgt.approval``).
+
+Any exception while collecting evidence is a deny, with the error as the missing item: destroy
+is irreversible, so the gate fails closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rgt.errors import ProviderError, Refused
+from rgt.ledger import Ledger
+from rgt.providers.base import Provider
+from rgt.pull import MANIFEST_NAME, manifest_remote_path
+
+# The instance must read "gone" within this long after the destroy request.
+CONFIRM_SECONDS = 120.0
+CONFIRM_POLL_SECONDS = 1.0
+# The verbs a profile may name as its meter stop; each is a Provider method.
+METER_STOP_VERBS = frozenset({"destroy"})
+
+
+@dataclass(frozen=True)
+class Missing:
+    """One piece of evidence the gate did not find: a stable code and a sentence for humans."""
+
+    code: str
+    message: str
+
+
+@dataclass
+class GateDecision:
+    """The gate's answer for one instance."""
+
+    instance_id: str
+    allowed: bool
+    missing: list[Missing] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def explain(self) -> str:
+        """A multi-line account: allowed, or every missing item with what to do."""
+        if self.allowed:
+            return f"instance {self.instance_id}: all evidence present; destroy allowed"
+        lines = [f"instance {self.instance_id}: destroy REFUSED; missing evidence:"]
+        lines += [f"  - [{item.code}] {item.message}" for item in self.missing]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form for --json output and MCP structured results."""
+        return {
+            "instance_id": self.instance_id,
+            "allowed": self.allowed,
+            "missing": [{"code": m.code, "message": m.message} for m in self.missing],
+            "evidence": self.evidence,
+        }
+
+
+@dataclass(frozen=True)
+class DestroyOutcome:
+    """What destroy_with_gate did."""
+
+    instance_id: str
+    verb: str
+    approval_id: int
+    confirmed_state: str
+    decision: GateDecision
+
+
+def may_destroy(
+    instance_id: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    require_approval: bool = True,
+    now: float | None = None,
+) -> GateDecision:
+    """Decide whether `instance_id` may be destroyed now; lists every missing piece of evidence.
+
+    Never raises: an error while collecting evidence becomes a `gate-error` missing item."""
+    decision = GateDecision(instance_id=str(instance_id), allowed=False)
+    try:
+        _collect(decision, provider, ledger, require_approval, time.time() if now is None else now)
+    except Exception as exc:  # fail closed: anything unexpected is a deny, with its reason
+        decision.missing.append(Missing("gate-error", f"{type(exc).__name__}: {exc}"))
+    decision.allowed = not decision.missing
+    return decision
+
+
+def _collect(
+    decision: GateDecision,
+    provider: Provider,
+    ledger: Ledger,
+    require_approval: bool,
+    now: float,
+) -> None:
+    instance_id = decision.instance_id
+    missing = decision.missing
+    evidence = decision.evidence
+
+    instance = provider.show(instance_id)
+    evidence["state"] = instance.state
+    reachable = instance.state == "running"
+    if instance.state == "gone":
+        missing.append(Missing("instance-gone", f"instance {instance_id} is already gone"))
+        return
+    if not reachable:
+        missing.append(
+            Missing(
+                "box-unreachable",
+                f"instance {instance_id} is {instance.state}: the gate must re-read the manifest "
+                "on the box and cannot while it is not running. Start it, then pull → verify → "
+                "approve → destroy; or, accepting the loss of anything unverified, destroy it "
+                "outside rgt with the provider's own tool",
+            )
+        )
+
+    pull = ledger.latest_pull(instance_id)
+    if pull is None:
+        missing.append(
+            Missing(
+                "no-pull",
+                f"no pull of instance {instance_id} is recorded: run "
+                f"`rgt pull {instance_id} REMOTE_ROOT LOCAL_DIR`",
+            )
+        )
+    else:
+        evidence["pull"] = {
+            "id": pull.id,
+            "local_dir": pull.local_dir,
+            "manifest_sha256": pull.manifest_sha256,
+            "remote_root": pull.remote_root,
+        }
+
+    # (1) the manifest on the box, now.
+    box_sha: str | None = None
+    if pull is not None and reachable:
+        try:
+            box_bytes = provider.read_remote_file(
+                instance_id, manifest_remote_path(pull.remote_root)
+            )
+        except Exception as exc:
+            missing.append(
+                Missing(
+                    "no-box-manifest",
+                    f"could not read {MANIFEST_NAME} under {pull.remote_root} on the box "
+                    f"({type(exc).__name__}: {exc})",
+                )
+            )
+        else:
+            box_sha = hashlib.sha256(box_bytes).hexdigest()
+            evidence["box_manifest_sha256"] = box_sha
+            owner = _manifest_instance(box_bytes)
+            if owner != instance_id:
+                missing.append(
+                    Missing(
+                        "manifest-other-instance",
+                        f"{MANIFEST_NAME} on the box names instance {owner!r}, not {instance_id!r}",
+                    )
+                )
+
+    # (2) the pull matches it exactly.
+    if pull is not None and box_sha is not None:
+        if pull.manifest_sha256 != box_sha:
+            missing.append(
+                Missing(
+                    "pull-stale",
+                    f"the manifest on the box (sha256 {box_sha[:12]}…) differs from the one "
+                    f"pulled (sha256 {pull.manifest_sha256[:12]}…): pull again, then verify",
+                )
+            )
+        local_manifest = Path(pull.local_dir) / MANIFEST_NAME
+        local_sha = _file_sha256(local_manifest)
+        if local_sha != box_sha:
+            missing.append(
+                Missing(
+                    "local-manifest-changed",
+                    f"{local_manifest} is "
+                    + ("missing" if local_sha is None else f"changed (sha256 {local_sha[:12]}…)")
+                    + f"; the box has sha256 {box_sha[:12]}…: pull again, then verify",
+                )
+            )
+
+    # (3) a verification still true of the local files.
+    verification = ledger.latest_verification(instance_id)
+    if verification is None:
+        missing.append(
+            Missing(
+                "no-verification",
+                f"no verification of instance {instance_id} is recorded: run "
+                f"`rgt verify {pull.local_dir if pull else 'LOCAL_DIR'}`",
+            )
+        )
+    else:
+        evidence["verification"] = {
+            "id": verification.id,
+            "manifest_sha256": verification.manifest_sha256,
+            "local_dir": verification.local_dir,
+        }
+        if box_sha is not None and verification.manifest_sha256 != box_sha:
+            missing.append(
+                Missing(
+                    "verification-stale",
+                    f"the verification checked manifest sha256 "
+                    f"{verification.manifest_sha256[:12]}…, the box now has {box_sha[:12]}…: "
+                    "pull and verify again",
+                )
+            )
+        if pull is not None and (
+            verification.local_dir != pull.local_dir or verification.created < pull.finished
+        ):
+            missing.append(
+                Missing(
+                    "verification-stale",
+                    f"the verification ({verification.local_dir}) predates or does not cover the "
+                    f"latest pull ({pull.local_dir}): run `rgt verify {pull.local_dir}`",
+                )
+            )
+        if box_sha is not None and verification.manifest_sha256 == box_sha:
+            problem = _local_change(verification.local_dir)
+            if problem is not None:
+                missing.append(
+                    Missing(
+                        "local-files-changed",
+                        f"the local files changed since they were verified ({problem}): "
+                        "pull and verify again",
+                    )
+                )
+
+    # (4) a fresh human approval for exactly this id.
+    if require_approval:
+        approval = ledger.usable_approval(instance_id, now=now)
+        if approval is None:
+            missing.append(Missing("no-approval", _approval_gap(ledger, instance_id, now)))
+        else:
+            evidence["approval"] = {
+                "id": approval.id,
+                "channel": approval.channel,
+                "expires": approval.expires,
+            }
+
+
+def _manifest_instance(data: bytes) -> str | None:
+    try:
+        value = json.loads(data).get("instance_id")
+    except (ValueError, AttributeError):
+        return None
+    return None if value is None else str(value)
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _local_change(local_dir: str) -> str | None:
+    """None if the verified local files are unchanged; else what changed (rgt.verify decides)."""
+    from rgt.verify import check_unchanged
+
+    return check_unchanged(Path(local_dir))
+
+
+def _approval_gap(ledger: Ledger, instance_id: str, now: float) -> str:
+    how = (
+        f"a human must run `rgt approve {instance_id}` (terminal + passphrase) or answer the "
+        "MCP approval prompt"
+    )
+    previous = ledger.approvals(instance_id)
+    if previous:
+        last = previous[-1]
+        if last.consumed is not None:
+            return f"the approval for instance {instance_id} was already used; {how}"
+        if last.expires <= now:
+            ago = (now - last.expires) / 60
+            return f"the approval for instance {instance_id} expired {ago:.0f} min ago; {how}"
+    return f"no approval for instance {instance_id} is recorded; {how}"
+
+
+def destroy_with_gate(
+    instance_id: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any,
+    confirm_seconds: float = CONFIRM_SECONDS,
+) -> DestroyOutcome:
+    """Destroy `instance_id` if and only if the gate allows it now. The only caller of the
+    provider's meter-stop verb in rgt.
+
+    1. claim the destroy in the ledger (one transaction: of two concurrent callers in any
+       processes, one wins, the other is refused, so at most one destroy request is sent);
+    2. re-run the gate with approval required;
+    3. consume the approval (single use);
+    4. call the meter-stop verb named by the profile;
+    5. confirm with `show` that the instance is gone, and record it.
+
+    Raises Refused (exit 4) when evidence is missing or another destroy holds the claim, and
+    ProviderError (exit 3) when the request fails or the instance does not disappear."""
+    instance_id = str(instance_id)
+    verb = str(getattr(profile, "meter_stop_verb", "") or "")
+    if verb not in METER_STOP_VERBS or not callable(getattr(provider, verb, None)):
+        raise Refused(
+            f"profile {getattr(profile, 'name', '?')!r}: meter_stop_verb {verb!r} is not an "
+            f"operation rgt can gate (known: {', '.join(sorted(METER_STOP_VERBS))})"
+        )
+    token = ledger.claim_destroy(provider.platform, instance_id)
+    if token is None:
+        raise Refused(
+            f"instance {instance_id}: another destroy is in progress or it was already destroyed "
+            "(see `rgt ledger`)"
+        )
+    try:
+        decision = may_destroy(instance_id, provider=provider, ledger=ledger)
+        if not decision.allowed:
+            ledger.update_destroy(token, "failed", detail=decision.explain())
+            raise Refused(decision.explain())
+        approval_id = int(decision.evidence["approval"]["id"])
+        if not ledger.consume_approval(approval_id):
+            ledger.update_destroy(token, "failed", detail="approval used or expired meanwhile")
+            raise Refused(f"instance {instance_id}: the approval was used or expired meanwhile")
+        ledger.update_destroy(token, "sent", verb=verb, approval_id=approval_id)
+        try:
+            getattr(provider, verb)(instance_id)
+        except Exception as exc:
+            ledger.update_destroy(token, "failed", detail=f"{type(exc).__name__}: {exc}")
+            raise ProviderError(f"{verb} of instance {instance_id} failed: {exc}") from exc
+        state = _wait_gone(provider, instance_id, confirm_seconds)
+        if state != "gone":
+            ledger.update_destroy(token, "failed", detail=f"still {state} after {verb}")
+            raise ProviderError(
+                f"{verb} of instance {instance_id} was sent but it still shows {state} after "
+                f"{confirm_seconds:.0f} s; check `rgt sweep` (it may still bill)"
+            )
+        ledger.update_destroy(token, "confirmed", detail=f"{verb} confirmed: gone")
+        return DestroyOutcome(instance_id, verb, approval_id, state, decision)
+    except BaseException as exc:
+        if not isinstance(exc, (Refused, ProviderError)):
+            ledger.update_destroy(token, "failed", detail=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _wait_gone(provider: Provider, instance_id: str, seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    state = provider.show(instance_id).state
+    while state != "gone" and time.monotonic() < deadline:
+        time.sleep(CONFIRM_POLL_SECONDS)
+        state = provider.show(instance_id).state
+    return state

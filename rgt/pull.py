@@ -1,0 +1,254 @@
+"""Pull a run's results off a rented box: the on-box manifest first, then the files, resumably.
+
+The manifest (``PULL_MANIFEST.json``, built on the box by ``rgt.manifest``) is read first with
+``provider.read_remote_file`` and saved byte-for-byte next to the results; its SHA-256 is what
+the verification and the gate later bind to. The files then come over the provider's
+``copy_from`` (rsync ``--partial`` with bounded retries and timeouts), one roster directory at a
+time, so an interrupted pull resumes without re-sending the files that completed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from rgt.atomic import atomic_write_bytes
+from rgt.errors import CheckFailed, ProviderError, Refused
+from rgt.ledger import Ledger
+from rgt.providers.base import CopyProgress, Instance, Provider
+
+MANIFEST_NAME = "PULL_MANIFEST.json"
+# States in which the box's disk cannot be reached over ssh/rsync.
+UNREACHABLE_STATES = frozenset({"stopped", "paused", "offline", "exited", "scheduling"})
+START_WAIT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a pull copied, and the manifest it was checked against."""
+
+    instance_id: str
+    local_dir: Path
+    manifest_sha256: str
+    run_id: str | None
+    files: int
+    bytes_total: int
+    bytes_transferred: int
+    attempts: int
+    transport: str
+    pull_id: int
+
+
+def manifest_remote_path(remote_root: str) -> str:
+    """Where the manifest sits on the box."""
+    return str(PurePosixPath(remote_root) / MANIFEST_NAME)
+
+
+def unreachable_message(instance: Instance, profile: Any | None) -> str:
+    """Why a box in a non-running state cannot be copied from, and what to do (with the cost)."""
+    bills = list(getattr(profile, "stop_still_bills", None) or [])
+    billing = (
+        f"while {instance.state} it still bills: {', '.join(bills)}"
+        if bills
+        else "check what it still bills (`rgt sweep`)"
+    )
+    return (
+        f"instance {instance.id} is {instance.state}: its disk cannot be copied while it is not "
+        f"running. Start it (`rgt pull ... --start`, or start it with your provider), then "
+        f"copy → verify → destroy; {billing}"
+    )
+
+
+def parse_manifest(data: bytes, *, instance_id: str) -> dict[str, Any]:
+    """Parse the on-box manifest and check what the pull relies on: it names this instance,
+    and its roster entries are plain top-level names (no traversal)."""
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise CheckFailed(f"{MANIFEST_NAME} on the box is not JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise CheckFailed(f"{MANIFEST_NAME} on the box: top level is not an object")
+    owner = manifest.get("instance_id")
+    if owner is None:
+        raise Refused(
+            f"{MANIFEST_NAME} on the box has no instance_id; rebuild it on the box with "
+            f"--instance-id {instance_id}"
+        )
+    if str(owner) != str(instance_id):
+        raise Refused(
+            f"{MANIFEST_NAME} on the box belongs to instance {owner!r}, not {instance_id!r}"
+        )
+    roster = manifest.get("roster")
+    if not isinstance(roster, list) or not roster:
+        raise CheckFailed(f"{MANIFEST_NAME} on the box: field roster must be a non-empty list")
+    for name in roster:
+        if (
+            not isinstance(name, str)
+            or not name
+            or name in (".", "..")
+            or "/" in name
+            or "\\" in name
+            or "\x00" in name
+        ):
+            raise CheckFailed(
+                f"{MANIFEST_NAME} on the box: roster entry {name!r} is not a plain directory name"
+            )
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise CheckFailed(f"{MANIFEST_NAME} on the box: field files must be a list")
+    return manifest
+
+
+def _manifest_bytes_total(manifest: dict[str, Any]) -> int:
+    total = 0
+    for entry in manifest.get("files", []):
+        size = entry.get("size") if isinstance(entry, dict) else None
+        if isinstance(size, int) and size >= 0:
+            total += size
+    return total
+
+
+def ensure_reachable(
+    instance_id: str,
+    *,
+    provider: Provider,
+    profile: Any | None,
+    start_if_stopped: bool = False,
+    wait_seconds: float = START_WAIT_SECONDS,
+    poll_seconds: float = 2.0,
+) -> Instance:
+    """The instance, running. A stopped box is an error naming the remedy and the cost, unless
+    `start_if_stopped`, which starts it and waits (bounded) until it runs."""
+    instance = provider.show(instance_id)
+    if instance.state == "gone":
+        raise ProviderError(f"instance {instance_id} is gone (destroyed); nothing to pull")
+    if instance.state == "running":
+        return instance
+    if instance.state in UNREACHABLE_STATES and not start_if_stopped:
+        raise ProviderError(unreachable_message(instance, profile))
+    if instance.state in ("stopped", "exited") and start_if_stopped:
+        provider.start(instance_id)
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        instance = provider.show(instance_id)
+        if instance.state == "running":
+            return instance
+        if instance.state == "gone":
+            raise ProviderError(f"instance {instance_id} disappeared while waiting for it")
+        time.sleep(poll_seconds)
+    raise ProviderError(
+        f"instance {instance_id} is still {instance.state} after {wait_seconds:.0f} s; "
+        + unreachable_message(instance, profile)
+    )
+
+
+def pull_instance(
+    instance_id: str,
+    remote_root: str,
+    local_dir: Path,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any | None = None,
+    progress: Callable[[int, int | None, str | None], None] | None = None,
+    start_if_stopped: bool = False,
+) -> PullResult:
+    """Copy the results under `remote_root` on the box into `local_dir` and record the pull.
+
+    `progress(bytes_done, bytes_total, current_file)` is called as bytes arrive. Raises
+    ProviderError (box unreachable, copy failed after retries), Refused (manifest of another
+    instance), CheckFailed (malformed manifest, files missing after the copy)."""
+    instance_id = str(instance_id)
+    if not PurePosixPath(remote_root).is_absolute():
+        raise CheckFailed(f"REMOTE_ROOT {remote_root!r} must be an absolute path on the box")
+    local_dir = Path(local_dir).resolve()
+    started = time.time()
+    ensure_reachable(
+        instance_id, provider=provider, profile=profile, start_if_stopped=start_if_stopped
+    )
+
+    manifest_bytes = provider.read_remote_file(instance_id, manifest_remote_path(remote_root))
+    manifest = parse_manifest(manifest_bytes, instance_id=instance_id)
+    manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+    local_dir.mkdir(parents=True, exist_ok=True)
+    # Exactly the bytes read from the box: their SHA-256 is the pull's identity.
+    atomic_write_bytes(local_dir / MANIFEST_NAME, manifest_bytes)
+
+    bytes_total = _manifest_bytes_total(manifest)
+    done_before = 0
+    transferred = 0
+    attempts = 0
+    transport = ""
+    for name in manifest["roster"]:
+        remote_path = str(PurePosixPath(remote_root) / name)
+
+        def tick(event: CopyProgress, base: int = done_before) -> None:
+            if progress is not None:
+                progress(base + event.bytes_done, bytes_total, event.current_file)
+
+        result = provider.copy_from(instance_id, remote_path, local_dir, progress=tick)
+        transferred += result.bytes_transferred
+        attempts += result.attempts
+        transport = result.transport
+        done_before += sum(
+            int(entry.get("size", 0))
+            for entry in manifest["files"]
+            if isinstance(entry, dict) and str(entry.get("path", "")).split("/", 1)[0] == name
+        )
+        if progress is not None:
+            progress(done_before, bytes_total, None)
+
+    missing = _missing_or_short(local_dir, manifest)
+    if missing:
+        raise CheckFailed(
+            f"pull of instance {instance_id} incomplete: {len(missing)} file(s) missing or of the "
+            f"wrong size, first {missing[0]}; run the same `rgt pull` again to resume"
+        )
+    pull_id = ledger.record_pull(
+        instance_id,
+        remote_root=remote_root,
+        local_dir=local_dir,
+        manifest_sha256=manifest_sha256,
+        run_id=manifest.get("run_id"),
+        files=len(manifest["files"]),
+        bytes_total=bytes_total,
+        bytes_transferred=transferred,
+        attempts=attempts,
+        transport=transport,
+        started=started,
+    )
+    return PullResult(
+        instance_id=instance_id,
+        local_dir=local_dir,
+        manifest_sha256=manifest_sha256,
+        run_id=manifest.get("run_id"),
+        files=len(manifest["files"]),
+        bytes_total=bytes_total,
+        bytes_transferred=transferred,
+        attempts=attempts,
+        transport=transport,
+        pull_id=pull_id,
+    )
+
+
+def _missing_or_short(local_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    # A cheap completeness check (sizes only); content is the verifier's job.
+    problems = []
+    for entry in manifest["files"]:
+        if not isinstance(entry, dict):
+            continue
+        relative = str(entry.get("path", ""))
+        target = local_dir / relative
+        try:
+            size = target.stat().st_size
+        except OSError:
+            problems.append(f"{relative} (missing)")
+            continue
+        if size != entry.get("size"):
+            problems.append(f"{relative} ({size} bytes, manifest says {entry.get('size')})")
+    return problems

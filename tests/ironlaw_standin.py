@@ -1,0 +1,114 @@
+"""STAND-IN provider for the Iron Law unit tests: a "box" is a local directory.
+
+Not a mock of vast.ai: it implements rgt's Provider interface over real directories and copies
+with the real local `rsync --partial`, so pull/gate/destroy run their real code paths. The
+end-to-end tests (tests/test_ironlaw_e2e.py) use the vast.ai emulator with VastProvider instead.
+State lives in files, so several processes (concurrent destroys) see the same boxes, and every
+destroy request is appended to `destroy_requests.log` to be counted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from rgt.providers.base import CopyResult, Instance, ProgressCallback
+
+
+class LocalBoxProvider:
+    """Boxes under `root/<id>/disk`; absolute box paths map into the disk directory."""
+
+    platform = "vastai"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- test helpers ----------------------------------------------------------------------
+    def add_box(self, instance_id: str, state: str = "running") -> Path:
+        """Create a box; returns its disk directory."""
+        disk = self.disk(instance_id)
+        disk.mkdir(parents=True, exist_ok=True)
+        self._set_state(instance_id, state)
+        return disk
+
+    def disk(self, instance_id: str) -> Path:
+        return self.root / instance_id / "disk"
+
+    def box_path(self, instance_id: str, remote_path: str) -> Path:
+        return self.disk(instance_id) / remote_path.lstrip("/")
+
+    def destroy_requests(self) -> list[str]:
+        log = self.root / "destroy_requests.log"
+        return log.read_text().split() if log.exists() else []
+
+    def _set_state(self, instance_id: str, state: str) -> None:
+        (self.root / instance_id).mkdir(parents=True, exist_ok=True)
+        (self.root / instance_id / "state.json").write_text(json.dumps({"state": state}))
+
+    def _state(self, instance_id: str) -> str:
+        try:
+            return str(json.loads((self.root / instance_id / "state.json").read_text())["state"])
+        except FileNotFoundError:
+            return "gone"
+
+    # -- Provider --------------------------------------------------------------------------
+    def show(self, instance_id: str) -> Instance:
+        return Instance(id=instance_id, state=self._state(instance_id), dph_total=0.5)  # type: ignore[arg-type]
+
+    def list_instances(self) -> list[Instance]:
+        return [
+            self.show(p.name)
+            for p in sorted(self.root.iterdir())
+            if p.is_dir() and self._state(p.name) != "gone"
+        ]
+
+    def stop(self, instance_id: str) -> None:
+        self._set_state(instance_id, "stopped")
+
+    def start(self, instance_id: str) -> None:
+        self._set_state(instance_id, "running")
+
+    def destroy(self, instance_id: str) -> None:
+        with open(self.root / "destroy_requests.log", "a") as log:
+            log.write(instance_id + "\n")
+        shutil.rmtree(self.root / instance_id, ignore_errors=True)
+
+    def read_remote_file(self, instance_id: str, remote_path: str) -> bytes:
+        if self._state(instance_id) != "running":
+            raise RuntimeError(f"instance {instance_id} is not running (ssh refused)")
+        return self.box_path(instance_id, remote_path).read_bytes()
+
+    def copy_from(
+        self,
+        instance_id: str,
+        remote_path: str,
+        local_dir: Path,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> CopyResult:
+        if self._state(instance_id) != "running":
+            raise RuntimeError(f"instance {instance_id} is not running (ssh refused)")
+        source = self.box_path(instance_id, remote_path)
+        Path(local_dir).mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["rsync", "-a", "--partial", "--timeout=30", "--stats", str(source), str(local_dir)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        sent = 0
+        for line in done.stdout.splitlines():
+            if line.startswith("Total transferred file size:"):
+                sent = int(line.split(":")[1].split()[0].replace(",", ""))
+        return CopyResult(
+            bytes_transferred=sent, files=0, attempts=1, transport="rsync-local (stand-in)"
+        )
+
+    # Not used by the Iron Law code paths.
+    def search_offers(self, query: object) -> list[object]:
+        return []
+
+    def logs(self, instance_id: str, *, tail: int = 200) -> str:
+        return ""

@@ -1,0 +1,179 @@
+"""Human approval: passphrase on a real pseudo-terminal, refusals without one, rate limiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rgt import approval
+from rgt.errors import EXIT_REFUSED, Refused
+from rgt.ledger import Ledger
+from tests.ptyrun import PtyProcess
+
+PASSPHRASE = "correct horse battery staple"
+CHEAP_N = 2**14  # scrypt cost for tests that store the hash through the API
+
+
+def _configure() -> None:
+    approval.store_passphrase(PASSPHRASE, n=CHEAP_N)
+
+
+@pytest.mark.timeout(60)
+def test_init_then_approve_on_a_real_terminal(isolated_user: Path) -> None:
+    init = PtyProcess("approval", "init")
+    init.expect("New approval passphrase")
+    init.send(PASSPHRASE)
+    init.expect("Repeat it")
+    init.send(PASSPHRASE)
+    assert init.wait() == 0, init.text
+    assert PASSPHRASE not in init.text  # getpass does not echo
+
+    stored = approval.approval_path()
+    assert oct(stored.stat().st_mode & 0o777) == "0o600"
+    document = json.loads(stored.read_text())
+    assert document["kdf"] == "scrypt" and document["n"] == 2**17 and len(document["salt"]) == 32
+    assert PASSPHRASE not in stored.read_text()
+
+    approve = PtyProcess("approve", "1234")
+    approve.expect("Type the instance id")
+    approve.send("1234")
+    approve.expect("Approval passphrase")
+    approve.send(PASSPHRASE)
+    assert approve.wait() == 0, approve.text
+    with Ledger.open() as ledger:
+        (record,) = ledger.approvals("1234")
+        assert record.channel == "tty" and record.consumed is None
+        assert 14 * 60 < record.expires - record.created <= 15 * 60
+    # Neither the passphrase nor its hash ever reaches the ledger.
+    for path in (isolated_user / "state").iterdir():
+        data = path.read_bytes()
+        assert PASSPHRASE.encode() not in data and document["hash"].encode() not in data
+
+
+@pytest.mark.timeout(60)
+def test_changing_the_passphrase_needs_the_current_one(isolated_user: Path) -> None:
+    _configure()
+    before = approval.approval_path().read_bytes()
+    change = PtyProcess("approval", "init")
+    change.expect("Current approval passphrase")
+    change.send("not the passphrase at all")
+    assert change.wait() == EXIT_REFUSED, change.text
+    assert "wrong current passphrase" in change.text
+    assert approval.approval_path().read_bytes() == before
+
+
+@pytest.mark.timeout(30)
+def test_no_terminal_refuses_and_says_how(isolated_user: Path) -> None:
+    _configure()
+    # No controlling terminal (new session) and stdin from /dev/null: what an agent's shell has.
+    for args in (["approve", "1234"], ["approval", "init"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "rgt", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+        )
+        assert done.returncode == EXIT_REFUSED, done.stderr
+        assert "not a terminal" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert (
+        "rgt approve 1234"
+        in subprocess.run(
+            [sys.executable, "-m", "rgt", "approve", "1234"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+        ).stderr
+    )
+    with Ledger.open() as ledger:
+        assert ledger.approvals() == []
+
+
+@pytest.mark.timeout(30)
+def test_no_passphrase_configured_refuses(isolated_user: Path) -> None:
+    child = PtyProcess("approve", "1234")
+    assert child.wait() == EXIT_REFUSED
+    assert "rgt approval init" in child.text
+
+
+@pytest.mark.timeout(30)
+def test_wrong_passphrase_and_mistyped_id_are_refused_and_recorded(isolated_user: Path) -> None:
+    _configure()
+    wrong = PtyProcess("approve", "1234")
+    wrong.expect("Type the instance id")
+    wrong.send("1234")
+    wrong.expect("Approval passphrase")
+    wrong.send("guess guess guess")
+    assert wrong.wait() == EXIT_REFUSED
+    assert "wrong approval passphrase" in wrong.text
+
+    mistyped = PtyProcess("approve", "1234")
+    mistyped.expect("Type the instance id")
+    mistyped.send("1235")
+    mistyped.expect("Approval passphrase")
+    mistyped.send(PASSPHRASE)
+    assert mistyped.wait() == EXIT_REFUSED
+    assert "is not '1234'" in mistyped.text
+
+    with Ledger.open() as ledger:
+        assert ledger.approvals() == []
+        reasons = [f["reason"] for f in ledger.approval_failures()]
+        assert reasons == ["wrong passphrase", "instance id typed back differs"]
+
+
+@pytest.mark.timeout(30)
+def test_rate_limit_survives_a_restart(isolated_user: Path) -> None:
+    _configure()
+    with Ledger.open() as ledger:
+        for _ in range(approval.FREE_FAILURES):
+            with pytest.raises(Refused, match="wrong approval passphrase"):
+                approval.approve_with_passphrase(
+                    ledger, "1234", typed_instance_id="1234", passphrase="nope nope nope"
+                )
+        # Locked out now, even with the right passphrase.
+        with pytest.raises(Refused, match="try again in"):
+            approval.approve_with_passphrase(
+                ledger, "1234", typed_instance_id="1234", passphrase=PASSPHRASE
+            )
+    # A new process (the CLI on a terminal) is still locked out: the backoff lives in the ledger.
+    child = PtyProcess("approve", "1234")
+    assert child.wait() == EXIT_REFUSED
+    assert "try again in" in child.text and "Approval passphrase" not in child.text
+    with Ledger.open() as ledger:
+        later = time.time() + approval.backoff_seconds(approval.FREE_FAILURES) + 1
+        approval_id = approval.approve_with_passphrase(
+            ledger, "1234", typed_instance_id="1234", passphrase=PASSPHRASE, now=later
+        )
+        assert approval_id > 0
+        # A success resets the count.
+        assert approval.wait_remaining(ledger, now=later) == 0
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [approval.backoff_seconds(n) for n in range(6)] == [0, 0, 0, 5, 10, 20]
+    assert approval.backoff_seconds(100) == approval.BACKOFF_MAX_SECONDS
+
+
+def test_short_passphrase_and_broken_file_are_one_line_errors(isolated_user: Path) -> None:
+    with pytest.raises(Exception, match="at least 10 are required"):
+        approval.store_passphrase("short")
+    approval.approval_path().parent.mkdir(parents=True, exist_ok=True)
+    approval.approval_path().write_text("{not json")
+    with pytest.raises(Refused, match="unreadable approval file"):
+        approval.check_passphrase(PASSPHRASE)
+
+
+def test_env_is_not_a_channel(isolated_user: Path) -> None:
+    # The passphrase cannot be smuggled in by environment or argument: the only inputs are the
+    # terminal prompts. (Guard against someone adding such a shortcut later.)
+    source = Path(approval.__file__).read_text()
+    assert "os.environ" not in source and "argv" not in source
+    assert os.environ.get("RGT_APPROVAL_PASSPHRASE") is None
