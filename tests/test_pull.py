@@ -1,0 +1,188 @@
+"""Pull: manifest first, then files over real rsync; stopped boxes, bad manifests, kill -9 + resume.
+
+These use the labelled STAND-IN provider (tests/ironlaw_standin.py: a box is a local directory,
+copies run the real `rsync --partial`); tests/test_ironlaw_e2e.py runs the same flow against the
+vast.ai emulator with the real provider.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rgt.errors import CheckFailed, ProviderError, Refused
+from rgt.ledger import Ledger
+from rgt.pull import MANIFEST_NAME, pull_instance
+from tests.ironlaw_fixtures import (
+    REMOTE_ROOT,
+    RUN_ID,
+    build_manifest_on_box,
+    vast_profile,
+    write_results,
+)
+from tests.ironlaw_standin import LocalBoxProvider
+
+FILES = {
+    "ckpt/step_100.pt": os.urandom(300_000),
+    "ckpt/step_200.pt": os.urandom(200_000),
+    "metrics/metrics.json": b'{"loss": 0.25}',
+}
+
+
+def _box(tmp_path: Path, instance_id: str = "1001", *, files: dict[str, bytes] = FILES):
+    provider = LocalBoxProvider(tmp_path / "boxes")
+    disk = provider.add_box(instance_id)
+    results = provider.box_path(instance_id, REMOTE_ROOT)
+    write_results(results, files)
+    manifest = build_manifest_on_box(
+        results, run_id=RUN_ID, roster=["ckpt", "metrics"], instance_id=instance_id
+    )
+    return provider, disk, results, manifest
+
+
+def test_pull_copies_manifest_then_files_and_records_it(tmp_path: Path) -> None:
+    provider, _, _, manifest = _box(tmp_path)
+    local = tmp_path / "local"
+    ticks: list[tuple[int, int | None]] = []
+    with Ledger.open() as ledger:
+        result = pull_instance(
+            "1001",
+            REMOTE_ROOT,
+            local,
+            provider=provider,
+            ledger=ledger,
+            progress=lambda done, total, _f: ticks.append((done, total)),
+        )
+        (record,) = ledger.pulls("1001")
+    assert (local / MANIFEST_NAME).read_bytes() == manifest
+    for relative, content in FILES.items():
+        assert (local / relative).read_bytes() == content
+    total = sum(len(c) for c in FILES.values())
+    assert result.bytes_total == total and result.files == 3 and result.run_id == RUN_ID
+    assert record.manifest_sha256 == result.manifest_sha256
+    assert record.local_dir == str(local.resolve()) and record.remote_root == REMOTE_ROOT
+    assert ticks[-1] == (total, total)
+
+
+def test_stopped_instance_says_start_copy_verify_destroy_and_what_bills(tmp_path: Path) -> None:
+    provider, _, _, _ = _box(tmp_path)
+    provider.stop("1001")
+    with Ledger.open() as ledger, pytest.raises(ProviderError) as caught:
+        pull_instance(
+            "1001",
+            REMOTE_ROOT,
+            tmp_path / "l",
+            provider=provider,
+            ledger=ledger,
+            profile=vast_profile(),
+        )
+        assert ledger.pulls() == []
+    message = str(caught.value)
+    assert "is stopped" in message and "copy → verify → destroy" in message
+    assert "still bills" in message and "disk" in message
+    assert not (tmp_path / "l").exists()
+
+
+def test_start_if_stopped_starts_then_pulls(tmp_path: Path) -> None:
+    provider, _, _, _ = _box(tmp_path)
+    provider.stop("1001")
+    with Ledger.open() as ledger:
+        result = pull_instance(
+            "1001",
+            REMOTE_ROOT,
+            tmp_path / "l",
+            provider=provider,
+            ledger=ledger,
+            start_if_stopped=True,
+        )
+    assert provider.show("1001").state == "running" and result.files == 3
+
+
+def test_manifest_of_another_instance_is_refused(tmp_path: Path) -> None:
+    provider, _, results, _ = _box(tmp_path)
+    build_manifest_on_box(results, run_id=RUN_ID, roster=["ckpt", "metrics"], instance_id="999")
+    with Ledger.open() as ledger, pytest.raises(Refused, match="belongs to instance '999'"):
+        pull_instance("1001", REMOTE_ROOT, tmp_path / "l", provider=provider, ledger=ledger)
+
+
+@pytest.mark.parametrize("bad", ["..", "../../etc", "ckpt/../..", "/etc", ""])
+def test_roster_traversal_is_refused_before_copying(tmp_path: Path, bad: str) -> None:
+    provider, _, results, _ = _box(tmp_path)
+    document = json.loads((results / MANIFEST_NAME).read_text())
+    document["roster"] = ["ckpt", bad]
+    (results / MANIFEST_NAME).write_text(json.dumps(document))
+    with Ledger.open() as ledger, pytest.raises(CheckFailed, match="roster entry"):
+        pull_instance("1001", REMOTE_ROOT, tmp_path / "l", provider=provider, ledger=ledger)
+    assert not (tmp_path / "l" / "ckpt").exists()
+
+
+def test_missing_file_on_the_box_fails_the_pull(tmp_path: Path) -> None:
+    provider, _, results, _ = _box(tmp_path)
+    (results / "ckpt" / "step_200.pt").unlink()  # deleted after the manifest was built
+    with Ledger.open() as ledger:
+        with pytest.raises(CheckFailed, match="1 file"):
+            pull_instance("1001", REMOTE_ROOT, tmp_path / "l", provider=provider, ledger=ledger)
+        assert ledger.pulls() == []
+
+
+def test_relative_remote_root_is_a_usage_error(tmp_path: Path) -> None:
+    provider, _, _, _ = _box(tmp_path)
+    with Ledger.open() as ledger, pytest.raises(CheckFailed, match="absolute"):
+        pull_instance("1001", "workspace/results", tmp_path / "l", provider=provider, ledger=ledger)
+
+
+_SLOW_PULL = r"""
+import sys
+from pathlib import Path
+from rgt.ledger import Ledger
+from rgt.pull import pull_instance
+from tests.ironlaw_standin import LocalBoxProvider
+provider = LocalBoxProvider(Path(sys.argv[1]), bwlimit_kbps=2000)
+with Ledger.open() as ledger:
+    pull_instance("1001", sys.argv[2], Path(sys.argv[3]), provider=provider, ledger=ledger)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_mid_pull_then_resume_resends_only_the_unfinished(tmp_path: Path) -> None:
+    big = {
+        "ckpt/a_first.pt": os.urandom(1_000_000),
+        "ckpt/b_second.pt": os.urandom(3_000_000),
+        "metrics/metrics.json": b"{}",
+    }
+    provider, _, _, _ = _box(tmp_path, files=big)
+    local = tmp_path / "local"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PULL, str(tmp_path / "boxes"), REMOTE_ROOT, str(local)],
+        cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,  # so the kill reaches rsync too, like a crashed terminal
+    )
+    first = local / "ckpt" / "a_first.pt"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        partial = list((local / "ckpt").glob("*b_second*")) if (local / "ckpt").exists() else []
+        arrived = sum(p.stat().st_size for p in partial if p.exists())
+        if first.exists() and first.stat().st_size == 1_000_000 and arrived > 1_000_000:
+            break
+        time.sleep(0.02)
+    else:
+        child.kill()
+        pytest.fail("the slow pull never got to the second file")
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    with Ledger.open() as ledger:
+        assert ledger.pulls() == []  # nothing recorded for the interrupted pull
+        result = pull_instance("1001", REMOTE_ROOT, local, provider=provider, ledger=ledger)
+    for relative, content in big.items():
+        assert (local / relative).read_bytes() == content
+    # Neither the completed first file nor the part of the second that had arrived is re-sent.
+    assert result.partials_adopted == 1
+    assert 0 < result.bytes_transferred < 3_000_000 - 1_000_000 + 100_000
+    assert sorted(p.name for p in (local / "ckpt").iterdir()) == ["a_first.pt", "b_second.pt"]
