@@ -22,8 +22,9 @@ class LocalBoxProvider:
 
     platform = "vastai"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, bwlimit_kbps: int | None = None) -> None:
         self.root = Path(root)
+        self.bwlimit_kbps = bwlimit_kbps  # slows copies down so a test can kill one midway
 
     # -- test helpers ----------------------------------------------------------------------
     def add_box(self, instance_id: str, state: str = "running") -> Path:
@@ -92,15 +93,28 @@ class LocalBoxProvider:
             raise RuntimeError(f"instance {instance_id} is not running (ssh refused)")
         source = self.box_path(instance_id, remote_path)
         Path(local_dir).mkdir(parents=True, exist_ok=True)
+        limit = [f"--bwlimit={self.bwlimit_kbps}"] if self.bwlimit_kbps else []
         done = subprocess.run(
-            ["rsync", "-a", "--partial", "--timeout=30", "--stats", str(source), str(local_dir)],
+            # --no-whole-file: use the delta algorithm as rsync over ssh does (local rsync
+            # would otherwise always copy whole files).
+            [
+                "rsync",
+                "-a",
+                "--partial",
+                "--no-whole-file",
+                "--timeout=30",
+                "--stats",
+                *limit,
+                str(source),
+                str(local_dir),
+            ],
             capture_output=True,
             text=True,
             check=True,
         )
         sent = 0
         for line in done.stdout.splitlines():
-            if line.startswith("Total transferred file size:"):
+            if line.startswith("Literal data:"):  # bytes actually sent, not matched
                 sent = int(line.split(":")[1].split()[0].replace(",", ""))
         return CopyResult(
             bytes_transferred=sent, files=0, attempts=1, transport="rsync-local (stand-in)"
