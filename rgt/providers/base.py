@@ -7,7 +7,7 @@ stopped instance still bills) come from the profile, not from the provider.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -124,8 +124,12 @@ class Provider(Protocol):
         env: dict[str, str] | None = None,
         interruptible: bool = False,
         bid_per_hour: float | None = None,
+        secret_env: Sequence[str] = (),
     ) -> Instance:
-        """Rent `offer_id`. Idempotent by `label`: a retried create never rents a second one."""
+        """Rent `offer_id`. Idempotent by `label`: a retried create never rents a second one.
+
+        `secret_env` holds NAMES of local environment variables; the provider reads their
+        values at create time, so secret values never travel through arguments or scripts."""
         ...
 
     def show(self, instance_id: str) -> Instance:

@@ -1,0 +1,142 @@
+"""Keep secrets (the platform API key, secret env values) out of everything rgt prints or returns.
+
+The vastai SDK puts the key in an `Authorization` header, prints that header in its `explain`
+mode, renders it into curl commands, and its exceptions carry request objects. rgt therefore
+treats every text that came near the SDK as tainted: messages, captured stdout/stderr, log
+records and returned dictionaries all pass through `Redactor` before anyone sees them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+MASK = "***"
+
+# Shapes a credential takes in HTTP debugging output, whatever its value: a bearer header
+# (`Authorization: Bearer x`, or JSON-dumped headers `"Authorization": "Bearer x"`) and
+# key-like query parameters. These catch keys rgt was not told about (a key file of another
+# account, a token in a result URL).
+_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
+    re.compile(r"(?i)((?:api[_-]?key|access[_-]?token|token|secret)=)[^\s&\"',;]+"),
+    re.compile(r"(?i)(\"(?:api_key|instance_api_key|jupyter_token)\"\s*:\s*\")[^\"]*"),
+)
+
+# Secrets shorter than this are not masked by value: masking "ab" everywhere would shred
+# ordinary text while protecting nothing (real API keys are 64 hex characters).
+_MIN_SECRET_LENGTH = 6
+
+
+class Redactor:
+    """Masks known secret values and credential-shaped substrings in text and data."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._secrets: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        """Remember one more secret value to mask (ignored when empty or too short)."""
+        if secret and len(secret) >= _MIN_SECRET_LENGTH:
+            with self._lock:
+                self._secrets.add(secret)
+
+    def text(self, value: str) -> str:
+        """`value` with every known secret and credential-shaped substring replaced by ***."""
+        with self._lock:
+            # Longest first, so a secret that contains another is masked whole.
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        for pattern in _PATTERNS:
+            value = pattern.sub(lambda m: m.group(1) + MASK, value)
+        return value
+
+    def data(self, value: Any) -> Any:
+        """A deep copy of JSON-like `value` with every string passed through `text`."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.data(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.data(v) for v in value]
+        return value
+
+    def one_line(self, value: object, *, limit: int = 300) -> str:
+        """A redacted, single-line, length-bounded rendering of `value` for error messages."""
+        flat = " ".join(str(value).split())
+        flat = self.text(flat)
+        return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that rewrites each record's message through a `Redactor`.
+
+    The message is formatted first (msg % args) and the args dropped, so a secret hidden in an
+    argument cannot reappear when a handler formats the record later.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not break logging
+            message = str(record.msg)
+        record.msg = self.redactor.text(message)
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            # A traceback would print the exception text unredacted; keep only a masked line.
+            record.msg += " | " + self.redactor.one_line(record.exc_info[1])
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+# Loggers whose records can carry request details when a user turns on debug logging.
+_HTTP_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "requests", "vastai")
+
+
+def install_log_filter(redactor: Redactor, *logger_names: str) -> RedactingFilter:
+    """Attach one redacting filter to rgt's provider loggers and the HTTP stack's loggers."""
+    flt = RedactingFilter(redactor)
+    for name in (*logger_names, *_HTTP_LOGGERS):
+        logger = logging.getLogger(name)
+        if not any(
+            isinstance(f, RedactingFilter) and f.redactor is redactor for f in logger.filters
+        ):
+            logger.addFilter(flt)
+    return flt
+
+
+# redirect_stdout swaps the process-wide sys.stdout; one capture at a time keeps two threads
+# from restoring each other's streams out of order.
+_CAPTURE_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def captured_output(redactor: Redactor, logger: logging.Logger) -> Iterator[None]:
+    """Run a block with stdout/stderr captured; log what it printed, redacted, at DEBUG.
+
+    The vastai SDK prints request details (with the Authorization header) in its explain mode
+    and a few warnings elsewhere. Nothing it prints may reach the terminal, an MCP stdio stream
+    or a test's captured output unredacted.
+    """
+    buffer = io.StringIO()
+    with _CAPTURE_LOCK:
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                yield
+        finally:
+            printed = buffer.getvalue()
+            if printed.strip():
+                logger.debug("vastai SDK output: %s", redactor.text(printed.strip()))

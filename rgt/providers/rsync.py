@@ -1,0 +1,357 @@
+"""Copy files off a rented box over ssh with rsync: resumable, bounded, with progress.
+
+Shared by every provider whose boxes are reachable over ssh. The choices that matter:
+
+* Resume: `--partial-dir=.rsync-partial`. A file whose transfer was cut off is kept (in the
+  partial dir, never under its final name, so a half-copied file never looks like a result)
+  and the next attempt uses it as the basis of rsync's delta transfer: only the missing tail
+  is sent as literal data. Files that completed are skipped by rsync's size+mtime check, so
+  their bytes are never sent again. rsync checks every transferred file against a whole-file
+  checksum, so a resumed file is correct, not merely the right size. (`--append-verify` would
+  also resume, but it trusts that the local prefix matches and re-sends the whole file when
+  it does not; the partial dir is as cheap and keeps incomplete files out of the result tree.)
+* Bounds: ssh ConnectTimeout and keep-alives, rsync's `--timeout` on stalled I/O, and a
+  bounded number of attempts with backoff. A copy that keeps moving bytes is never cut off
+  by a wall-clock limit (a 100 GB pull is slow, not stuck).
+* Host keys: `StrictHostKeyChecking=accept-new` into a known_hosts file rgt owns (one per
+  box, chosen by the caller), so the first contact pins the box's key and a changed key
+  later is refused, without touching the user's ~/.ssh/known_hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from rgt.errors import ProviderError, UsageError
+from rgt.providers.base import CopyProgress, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+SSH_KEY_ENV = "RGT_SSH_KEY"
+PARTIAL_DIR = ".rsync-partial"
+
+# rsync exit codes worth another attempt: the link or the far side failed, not the request.
+# 5 start-up failure, 10 socket I/O, 11 file I/O, 12 protocol stream (connection dropped),
+# 14 IPC, 20 killed by a signal, 24 source files vanished, 30/35 timeouts, 255 ssh failed.
+_RETRYABLE_RSYNC = frozenset({5, 10, 11, 12, 14, 20, 24, 30, 35, 255})
+_PARTIAL_TRANSFER = 23
+
+_PROGRESS_LINE = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s")
+_STAT_LINE = re.compile(
+    r"^(Literal data|Total file size|Number of regular files transferred|"
+    r"Total bytes received): ([\d,]+)"
+)
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    """Where a box's sshd listens."""
+
+    host: str
+    port: int
+    user: str = "root"
+
+    def rsync_spec(self, remote_path: str) -> str:
+        """`user@host:path` (IPv6 hosts bracketed)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user}@{host}:{remote_path}"
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How to authenticate and what to trust."""
+
+    known_hosts: Path
+    identity_file: Path | None = None
+    connect_timeout: int = 15
+
+    @classmethod
+    def from_environment(cls, known_hosts: Path) -> SshSettings:
+        """The private key from $RGT_SSH_KEY when set, else ssh's own default identities."""
+        return cls(known_hosts=known_hosts, identity_file=identity_from_environment())
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """Bounds for one copy."""
+
+    attempts: int = 5
+    io_timeout: int = 60  # rsync --timeout: seconds without any I/O before giving up
+    first_backoff: float = 2.0
+    max_backoff: float = 30.0
+    bwlimit_kbps: int | None = None  # rsync --bwlimit, KiB/s (None: unlimited)
+
+
+@dataclass
+class AttemptStats:
+    """What one rsync run did, from its --stats block (None when it was cut off first)."""
+
+    returncode: int
+    seconds: float
+    progress_bytes: int = 0
+    literal_bytes: int | None = None
+    bytes_received: int | None = None
+    total_file_size: int | None = None
+    files_transferred: int | None = None
+
+    @property
+    def payload_bytes(self) -> int:
+        """File content sent in this attempt: exact from --stats, else the last progress tick."""
+        return self.literal_bytes if self.literal_bytes is not None else self.progress_bytes
+
+
+@dataclass
+class RsyncReport:
+    """Every attempt of one copy."""
+
+    attempts: list[AttemptStats] = field(default_factory=list)
+
+    @property
+    def bytes_transferred(self) -> int:
+        """File content that crossed the wire, over all attempts."""
+        return sum(a.payload_bytes for a in self.attempts)
+
+    @property
+    def files_transferred(self) -> int:
+        """Files rsync (re)wrote, over all attempts."""
+        return sum(a.files_transferred or 0 for a in self.attempts)
+
+
+def identity_from_environment() -> Path | None:
+    """The ssh private key named by $RGT_SSH_KEY, or None to let ssh use the user's default."""
+    value = os.environ.get(SSH_KEY_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise UsageError(
+            f"{SSH_KEY_ENV}={value}: no such file; set it to the private key your boxes accept"
+        )
+    return path
+
+
+def ssh_command(endpoint: SshEndpoint, settings: SshSettings) -> list[str]:
+    """The ssh argv (without the remote command) for `endpoint`."""
+    settings.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "ssh",
+        "-p",
+        str(endpoint.port),
+        "-l",
+        endpoint.user,
+        "-o",
+        "BatchMode=yes",  # never prompt: an agent or a pipe cannot answer
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"UserKnownHostsFile={settings.known_hosts}",
+        "-o",
+        f"ConnectTimeout={settings.connect_timeout}",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    if settings.identity_file is not None:
+        argv += ["-i", str(settings.identity_file), "-o", "IdentitiesOnly=yes"]
+    return argv
+
+
+def read_remote_file(
+    endpoint: SshEndpoint,
+    remote_path: str,
+    settings: SshSettings,
+    *,
+    attempts: int = 3,
+    timeout: float = 60.0,
+    max_bytes: int = 64 * 1024 * 1024,
+) -> bytes:
+    """The bytes of one small file on the box (`cat` over ssh), with bounded retries.
+
+    Raises ProviderError when the file is missing, too large, or the box unreachable."""
+    if not PurePosixPath(remote_path).is_absolute():
+        raise UsageError(f"remote path {remote_path!r} must be absolute")
+    argv = [*ssh_command(endpoint, settings), endpoint.host, "cat -- " + shlex.quote(remote_path)]
+    last_error = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            last_error = f"timed out after {timeout:.0f}s"
+        else:
+            if done.returncode == 0:
+                if len(done.stdout) > max_bytes:
+                    raise ProviderError(
+                        f"{remote_path} on {endpoint.host}:{endpoint.port} is larger than "
+                        f"{max_bytes} bytes; copy it with copy_from instead"
+                    )
+                return done.stdout
+            last_error = _last_line(done.stderr) or f"exit status {done.returncode}"
+            if done.returncode != 255:  # the command ran and failed: retrying cannot help
+                break
+        if attempt < attempts:
+            time.sleep(min(2.0 * attempt, 10.0))
+    raise ProviderError(
+        f"cannot read {remote_path} on {endpoint.host}:{endpoint.port}: {last_error}"
+    )
+
+
+def rsync_pull(
+    endpoint: SshEndpoint,
+    remote_path: str,
+    local_dir: Path,
+    settings: SshSettings,
+    *,
+    copy: CopySettings | None = None,
+    progress: ProgressCallback | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RsyncReport:
+    """Copy `remote_path` (a file or a directory) into `local_dir`, resuming cut-off transfers.
+
+    `local_dir/<basename of remote_path>` is the result, as with `rsync SRC DIR/`. Retries
+    retryable rsync/ssh failures up to `copy.attempts` times; raises ProviderError otherwise."""
+    copy = copy or CopySettings()
+    if not PurePosixPath(remote_path).is_absolute():
+        raise UsageError(f"remote path {remote_path!r} must be absolute")
+    # No trailing slash: copy the directory itself into local_dir, never its contents loose.
+    source = remote_path.rstrip("/") or "/"
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        "rsync",
+        "-rlt",  # recursive, symlinks as symlinks (never followed off the tree), mtimes
+        f"--partial-dir={PARTIAL_DIR}",
+        "--no-inc-recursive",  # the whole file list first: progress2 percentages are honest
+        "--info=name1,progress2",
+        "--stats",
+        f"--timeout={copy.io_timeout}",
+        "-e",
+        shlex.join(ssh_command(endpoint, settings)),
+    ]
+    if copy.bwlimit_kbps:
+        argv.append(f"--bwlimit={copy.bwlimit_kbps}")
+    argv += [endpoint.rsync_spec(source), str(local_dir) + "/"]
+
+    report = RsyncReport()
+    done_before = 0
+    for attempt in range(1, copy.attempts + 1):
+        stats, stderr = _run_once(argv, progress=progress, done_before=done_before)
+        report.attempts.append(stats)
+        if stats.returncode == 0:
+            if progress is not None and stats.total_file_size is not None:
+                progress(CopyProgress(stats.total_file_size, stats.total_file_size, None))
+            return report
+        done_before += stats.progress_bytes
+        retryable = stats.returncode < 0 or stats.returncode in _RETRYABLE_RSYNC
+        if stats.returncode == _PARTIAL_TRANSFER and "No such file" not in stderr:
+            retryable = True
+        why = _summary(stderr) or f"rsync exit status {stats.returncode}"
+        if not retryable or attempt == copy.attempts:
+            raise ProviderError(
+                f"copy of {source} from {endpoint.host}:{endpoint.port} failed after "
+                f"{attempt} attempt(s): {why}"
+            )
+        wait = min(copy.first_backoff * 2 ** (attempt - 1), copy.max_backoff)
+        log.warning(
+            "copy attempt %d of %s failed (%s); resuming in %.1fs", attempt, source, why, wait
+        )
+        sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _run_once(
+    argv: list[str], *, progress: ProgressCallback | None, done_before: int
+) -> tuple[AttemptStats, str]:
+    """Run rsync once, feeding progress; returns its stats and its stderr text."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr_lines: list[bytes] = []
+    drain = threading.Thread(target=_collect, args=(proc.stderr, stderr_lines), daemon=True)
+    drain.start()
+    stats = AttemptStats(returncode=0, seconds=0.0)
+    current_file: str | None = None
+    pending = b""
+    try:
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                match = _PROGRESS_LINE.match(line)
+                if match:
+                    stats.progress_bytes = int(match.group(1).replace(",", ""))
+                    if progress is not None:
+                        progress(
+                            CopyProgress(done_before + stats.progress_bytes, None, current_file)
+                        )
+                    continue
+                stat = _STAT_LINE.match(line)
+                if stat:
+                    _record_stat(stats, stat.group(1), int(stat.group(2).replace(",", "")))
+                elif line and not line[0].isspace() and ": " not in line:
+                    current_file = line
+        proc.wait()
+    except BaseException:
+        # The caller gave up (progress callback raised, Ctrl-C): SIGTERM lets rsync save the
+        # partial file for the next attempt, then make sure it is gone.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        drain.join(timeout=5)
+    stats.returncode = proc.returncode
+    stats.seconds = time.monotonic() - started
+    return stats, b"".join(stderr_lines).decode("utf-8", "replace")
+
+
+def _collect(stream: object, sink: list[bytes]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        sink.append(line)
+
+
+def _record_stat(stats: AttemptStats, name: str, value: int) -> None:
+    if name == "Literal data":
+        stats.literal_bytes = value
+    elif name == "Total file size":
+        stats.total_file_size = value
+    elif name == "Number of regular files transferred":
+        stats.files_transferred = value
+    elif name == "Total bytes received":
+        stats.bytes_received = value
+
+
+def _summary(stderr: str) -> str:
+    """The most telling line of rsync's stderr: the first specific complaint, not the generic
+    `rsync error: ... (code N)` trailer."""
+    lines = [" ".join(line.split()) for line in stderr.splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith("rsync error:")]
+    chosen = specific[0] if specific else (lines[-1] if lines else "")
+    return chosen[:300]
+
+
+def _last_line(data: bytes) -> str:
+    """The last non-empty line of a tool's stderr, for a one-line error message."""
+    for line in reversed(data.decode("utf-8", "replace").splitlines()):
+        if line.strip():
+            return " ".join(line.split())[:300]
+    return ""

@@ -1,0 +1,663 @@
+"""vast.ai through the official `vastai` SDK (`vastai.VastAI`), behind rgt's Provider interface.
+
+Why `VastAI` and not the SDK's `SyncClient`: `VastAI` returns the API's own JSON (every field,
+nothing dropped by a dataclass), raises `requests.HTTPError` with the response attached (status,
+Retry-After, the body's `msg`), and has a per-request timeout; `SyncClient` has no timeout and
+no retry control. `VastAI`'s own retry loop is switched off (`retry=1` is one attempt): rgt
+retries here, once, with a bound on attempts and total time, so retries never multiply.
+
+Safety properties this module owns:
+* The API key comes from `VAST_API_KEY` or the vastai key file, never from an argument, and
+  never appears in a message, log record, captured SDK output or returned value (`Redactor`).
+* `create` is idempotent by label: it looks for an instance with the label before renting and
+  after any failed or ambiguous attempt, so a retried create never rents a second box.
+* Interruptible rentals need an explicit bid; rgt never falls back to on-demand silently.
+* Secret env vars are passed by NAME and resolved from the local environment at create time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rgt.errors import ProviderError, UsageError
+from rgt.providers.base import (
+    CopyResult,
+    Instance,
+    InstanceState,
+    Offer,
+    OfferQuery,
+    ProgressCallback,
+)
+from rgt.providers.redact import Redactor, captured_output, install_log_filter
+from rgt.providers.retry import RETRYABLE_STATUS, RetryClock, RetryPolicy, parse_retry_after
+from rgt.providers.rsync import (
+    CopySettings,
+    SshEndpoint,
+    SshSettings,
+    read_remote_file,
+    rsync_pull,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://console.vast.ai"
+URL_ENV = "VAST_URL"  # the variable the vastai CLI and SDK honour
+KEY_ENV = "VAST_API_KEY"
+DEBUG_ENV = "RGT_VAST_DEBUG"  # 1: log the SDK's request dumps (redacted) at DEBUG
+LABEL_PREFIX = "rgt:"
+# Per-request timeout handed to the SDK (its default is 120 s).
+REQUEST_TIMEOUT_SECONDS = 60.0
+
+T = TypeVar("T")
+
+
+def run_label(run_id: str) -> str:
+    """The label that marks an instance as rgt's and names its run: `rgt:<run_id>`."""
+    return LABEL_PREFIX + run_id
+
+
+def api_key_from_environment() -> str:
+    """The vast.ai API key: $VAST_API_KEY, else the vastai CLI's key file.
+
+    Key files, in the vastai CLI's order: $XDG_CONFIG_HOME/vastai/vast_api_key (default
+    ~/.config), then the legacy ~/.vast_api_key. Raises UsageError when none is set."""
+    key = os.environ.get(KEY_ENV, "").strip()
+    if key:
+        return key
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    candidates = [Path(config_home) / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"]
+    for path in candidates:
+        try:
+            key = path.read_text().strip()
+        except OSError:
+            continue
+        if key:
+            return key
+    raise UsageError(
+        f"no vast.ai API key: set {KEY_ENV} or run `vastai set api-key` "
+        f"(which writes {candidates[0]})"
+    )
+
+
+@dataclass
+class _CallError:
+    """A failed SDK call, reduced to what decides the next step (no request objects kept:
+    they carry the Authorization header)."""
+
+    description: str
+    status: int | None = None
+    retry_after: float | None = None
+    retryable: bool = False
+    ambiguous: bool = True  # the request may have reached the server and taken effect
+
+
+class VastProvider:
+    """vast.ai behind rgt's Provider interface."""
+
+    platform = "vastai"
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        copy: CopySettings | None = None,
+    ) -> None:
+        url = api_url or os.environ.get(URL_ENV) or DEFAULT_API_URL
+        # The SDK does not strip a trailing slash and would request `//api/v0/...`.
+        self.api_url = url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.copy_settings = copy or CopySettings()
+        key = api_key_from_environment()
+        self._redactor = Redactor([key])
+        install_log_filter(self._redactor, __name__, "rgt.providers.rsync")
+        import vastai  # imported here: `rgt lint` and friends must not pay for the SDK
+
+        debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        with captured_output(self._redactor, log):
+            self._sdk = vastai.VastAI(api_key=key, server_url=self.api_url, retry=1, explain=debug)
+        self._sdk.client.timeout = REQUEST_TIMEOUT_SECONDS
+
+    def __repr__(self) -> str:  # the default repr would walk into the SDK client and its key
+        return f"VastProvider(api_url={self.api_url!r})"
+
+    # -- the API call wrapper ------------------------------------------------------------
+    def _attempt(self, call: Callable[[], T]) -> tuple[T | None, _CallError | None]:
+        """One SDK call with output captured; an exception becomes a `_CallError`."""
+        import requests
+
+        try:
+            with captured_output(self._redactor, log):
+                return call(), None
+        except requests.HTTPError as exc:
+            response = exc.response
+            status = response.status_code if response is not None else None
+            detail = _error_detail(response) if response is not None else ""
+            text = f"HTTP {status}" + (f": {detail}" if detail else "")
+            retry_after = (
+                parse_retry_after(response.headers.get("Retry-After"))
+                if response is not None
+                else None
+            )
+            quota = "search_quota_exceeded" in detail
+            return None, _CallError(
+                self._redactor.one_line(text),
+                status=status,
+                retry_after=retry_after,
+                retryable=status in RETRYABLE_STATUS and not quota,
+                # A 4xx was refused before anything happened; a 5xx may have half-happened.
+                ambiguous=status is None or status >= 500,
+            )
+        except requests.Timeout:
+            return None, _CallError(
+                f"no answer within {REQUEST_TIMEOUT_SECONDS:.0f}s", retryable=True
+            )
+        except requests.ConnectionError:
+            return None, _CallError(f"cannot connect to {self.api_url}", retryable=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            # The SDK post-processes rows (start_date, extra_env); a malformed answer lands here.
+            return None, _CallError(
+                "unexpected answer from the API: " + self._redactor.one_line(exc, limit=120),
+                ambiguous=True,
+            )
+        except requests.RequestException as exc:  # a bad URL, too many redirects, ...
+            return None, _CallError(
+                type(exc).__name__ + ": " + self._redactor.one_line(exc, limit=160),
+                ambiguous=False,
+            )
+        except TimeoutError as exc:  # logs: the result URL never became ready
+            return None, _CallError(self._redactor.one_line(exc, limit=160), retryable=True)
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """Run an idempotent SDK call with bounded retries; raise one clean ProviderError."""
+        clock = RetryClock(self.retry)
+        while True:
+            attempt = clock.start_attempt()
+            result, error = self._attempt(call)
+            if error is None:
+                return result  # type: ignore[return-value]
+            if error.retryable:
+                waited = clock.wait_before_retry(error.retry_after)
+                if waited is not None:
+                    log.info(
+                        "vast.ai %s: %s; retry %d in %.1fs",
+                        what,
+                        error.description,
+                        attempt,
+                        waited,
+                    )
+                    continue
+            raise self._failure(what, error, attempt)
+
+    def _failure(self, what: str, error: _CallError, attempts: int) -> ProviderError:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        hint = ""
+        if error.status == 401:
+            hint = f" (check {KEY_ENV} or the vastai key file)"
+        elif error.status == 429 and error.retry_after is not None:
+            hint = f" (vast.ai asked to wait {error.retry_after:.0f}s)"
+        return ProviderError(
+            self._redactor.one_line(f"vast.ai {what} failed{tries}: {error.description}{hint}")
+        )
+
+    # -- Provider -------------------------------------------------------------------------
+    def search_offers(self, query: OfferQuery) -> list[Offer]:
+        """Offers matching `query`, cheapest first (by the price the rental would pay)."""
+        filters = _offer_filters(query)
+        order = "min_bid" if query.interruptible else "dph_total"
+        rows = self._call(
+            "search offers",
+            lambda: self._sdk.search_offers(
+                query=filters,
+                type="bid" if query.interruptible else "on-demand",
+                order=order,
+                limit=max(query.limit * 4, query.limit),
+                storage=float(query.disk_gb or 5.0),
+                no_default=True,  # rgt's filters are explicit, not the SDK's defaults
+            ),
+        )
+        # Re-check every filter here: an API that ignores one must not let an unverified or
+        # unreachable host through.
+        offers = [_offer(row) for row in rows if isinstance(row, dict)]
+        offers = [offer for offer in offers if _offer_matches(offer, query)]
+        offers.sort(key=lambda o: (_offer_price(o, query.interruptible), o.id))
+        return offers[: query.limit]
+
+    def create(
+        self,
+        offer_id: str,
+        *,
+        image: str,
+        disk_gb: float,
+        onstart: str,
+        label: str,
+        env: dict[str, str] | None = None,
+        interruptible: bool = False,
+        bid_per_hour: float | None = None,
+        secret_env: Sequence[str] = (),
+    ) -> Instance:
+        """Rent `offer_id` with ssh + direct access; idempotent by `label`.
+
+        `secret_env` names environment variables whose values are read from the local
+        environment now and passed to the box; values never pass through arguments. Raises
+        UsageError for a bad request (no bid for interruptible, missing secret), ProviderError
+        when vast.ai refuses or stays unreachable."""
+        if not label.startswith(LABEL_PREFIX) or len(label) == len(LABEL_PREFIX):
+            raise UsageError(
+                f"label {label!r} must be {LABEL_PREFIX}<run_id>: the label is how rgt finds "
+                "its instances again (use rgt.providers.vastai.run_label)"
+            )
+        if interruptible:
+            if bid_per_hour is None or bid_per_hour <= 0:
+                raise UsageError(
+                    "interruptible rental needs an explicit bid_per_hour > 0 "
+                    "(rgt never rents on-demand when interruptible was asked)"
+                )
+        elif bid_per_hour is not None:
+            raise UsageError("bid_per_hour is only for interruptible rentals")
+        if disk_gb <= 0:
+            raise UsageError(f"disk_gb {disk_gb} must be > 0")
+        box_env = dict(env or {})
+        missing = []
+        for name in secret_env:
+            value = os.environ.get(name)
+            if not value:
+                missing.append(name)
+                continue
+            box_env[name] = value
+            self._redactor.add(value)
+        if missing:
+            raise UsageError(
+                "secret env var(s) not set in this environment: "
+                + ", ".join(missing)
+                + " (rgt passes secrets by name and reads their values locally at create)"
+            )
+
+        existing = self._find_by_label(label)
+        if existing is not None:
+            log.info(
+                "instance %s already carries label %s; not renting another", existing.id, label
+            )
+            return existing
+
+        clock = RetryClock(self.retry)
+        while True:
+            attempt = clock.start_attempt()
+            answer, error = self._attempt(
+                lambda: self._sdk.create_instance(
+                    id=int(offer_id),
+                    image=image,
+                    disk=float(disk_gb),
+                    env=box_env,
+                    label=label,
+                    onstart_cmd=onstart,
+                    bid_price=bid_per_hour if interruptible else None,
+                    ssh=True,
+                    direct=True,
+                )
+            )
+            if error is None:
+                if (
+                    isinstance(answer, dict)
+                    and answer.get("success")
+                    and answer.get("new_contract")
+                ):
+                    return self.show(str(answer["new_contract"]))
+                detail = _body_detail(answer) if isinstance(answer, dict) else str(answer)
+                error = _CallError(
+                    self._redactor.one_line(f"offer {offer_id} refused: {detail}"),
+                    ambiguous=False,
+                )
+            if error.ambiguous:
+                # The box may have been rented even though the answer was lost: look first.
+                existing = self._find_by_label(label)
+                if existing is not None:
+                    log.info(
+                        "create of %s: answer lost (%s) but instance %s exists; using it",
+                        label,
+                        error.description,
+                        existing.id,
+                    )
+                    return existing
+            if error.retryable:
+                waited = clock.wait_before_retry(error.retry_after)
+                if waited is not None:
+                    log.info(
+                        "vast.ai create %s: %s; retry %d in %.1fs",
+                        label,
+                        error.description,
+                        attempt,
+                        waited,
+                    )
+                    continue
+            raise self._failure(f"create {label}", error, attempt)
+
+    def show(self, instance_id: str) -> Instance:
+        """The instance now; `state == "gone"` once destroyed (a null row or a 404)."""
+        import requests
+
+        def fetch() -> dict[str, Any] | None:
+            try:
+                return self._sdk.show_instance(int(instance_id))
+            except requests.HTTPError as exc:
+                if exc.response is not None and exc.response.status_code == 404:
+                    return None
+                raise
+
+        row = self._call(f"show instance {instance_id}", fetch)
+        if row is None:
+            return Instance(id=str(instance_id), state="gone")
+        return self._instance(row)
+
+    def list_instances(self) -> list[Instance]:
+        """Every instance the API key can see, all pages."""
+        rows = self._call("list instances", self._sdk.show_instances)
+        return [self._instance(row) for row in rows if isinstance(row, dict)]
+
+    def stop(self, instance_id: str) -> None:
+        """Stop the container; on vast.ai its disk keeps billing until destroy."""
+        self._change(instance_id, "stop", lambda: self._sdk.stop_instance(int(instance_id)))
+
+    def start(self, instance_id: str) -> None:
+        """Start a stopped instance; it may wait in `scheduling` until its GPU is free."""
+        self._change(instance_id, "start", lambda: self._sdk.start_instance(int(instance_id)))
+
+    def destroy(self, instance_id: str) -> None:
+        """Destroy the instance and its disk. Irreversible: only rgt.gate calls this."""
+        import requests
+
+        tried = []
+
+        def send() -> Any:
+            tried.append(1)
+            try:
+                return self._sdk.destroy_instance(int(instance_id))
+            except requests.HTTPError as exc:
+                # A 404 after an attempt whose answer was lost means that attempt worked.
+                if len(tried) > 1 and exc.response is not None and exc.response.status_code == 404:
+                    return {"success": True}
+                raise
+
+        self._change(instance_id, "destroy", send)
+
+    def logs(self, instance_id: str, *, tail: int = 200) -> str:
+        """The container's last `tail` log lines (vast.ai prepares them behind a result URL)."""
+        text = self._call(
+            f"logs of instance {instance_id}",
+            lambda: self._sdk.logs(int(instance_id), tail=str(int(tail))),
+        )
+        if isinstance(text, dict):  # no result_url: the API answered with a message instead
+            raise ProviderError(
+                self._redactor.one_line(f"vast.ai logs of {instance_id}: {_body_detail(text)}")
+            )
+        return self._redactor.text(str(text))
+
+    def read_remote_file(self, instance_id: str, remote_path: str) -> bytes:
+        """One small file off the box, over its direct ssh endpoint."""
+        endpoint = self._endpoint(instance_id)
+        return read_remote_file(endpoint, remote_path, self._ssh_settings(instance_id))
+
+    def copy_from(
+        self,
+        instance_id: str,
+        remote_path: str,
+        local_dir: Path,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> CopyResult:
+        """Copy `remote_path` into `local_dir` with rsync over ssh, resumably, bounded."""
+        endpoint = self._endpoint(instance_id)
+        report = rsync_pull(
+            endpoint,
+            remote_path,
+            Path(local_dir),
+            self._ssh_settings(instance_id),
+            copy=self.copy_settings,
+            progress=progress,
+        )
+        return CopyResult(
+            bytes_transferred=report.bytes_transferred,
+            files=report.files_transferred,
+            attempts=len(report.attempts),
+            transport="rsync+ssh",
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _change(self, instance_id: str, verb: str, call: Callable[[], Any]) -> None:
+        answer = self._call(f"{verb} instance {instance_id}", call)
+        if isinstance(answer, dict) and answer.get("success") is False:
+            raise ProviderError(
+                self._redactor.one_line(
+                    f"vast.ai {verb} instance {instance_id} refused: {_body_detail(answer)}"
+                )
+            )
+
+    def _find_by_label(self, label: str) -> Instance | None:
+        matches = [i for i in self.list_instances() if i.label == label]
+        if len(matches) > 1:
+            log.warning(
+                "%d instances carry label %s: %s",
+                len(matches),
+                label,
+                ", ".join(i.id for i in matches),
+            )
+        return min(matches, key=lambda i: int(i.id) if i.id.isdigit() else 0, default=None)
+
+    def _endpoint(self, instance_id: str) -> SshEndpoint:
+        instance = self.show(instance_id)
+        if instance.state != "running" or not instance.ssh_host or not instance.ssh_port:
+            raise ProviderError(
+                f"instance {instance_id} is {instance.state}"
+                + ("" if instance.ssh_host else ", with no ssh endpoint")
+                + "; it must be running to copy from it"
+            )
+        return SshEndpoint(instance.ssh_host, instance.ssh_port)
+
+    def _ssh_settings(self, instance_id: str) -> SshSettings:
+        from rgt.paths import state_dir
+
+        # One known_hosts per box: vast.ai reuses host:port pairs across rentals, so a shared
+        # file would either refuse a new box or have to trust every key change.
+        known = state_dir() / "known_hosts.d" / f"{self.platform}-{instance_id}"
+        return SshSettings.from_environment(known)
+
+    def _instance(self, row: dict[str, Any]) -> Instance:
+        host, port = _ssh_endpoint(row)
+        disk = row.get("disk_space")
+        return Instance(
+            id=str(row.get("id")),
+            state=instance_state(row),
+            label=row.get("label"),
+            status_msg=_text(row.get("status_msg")),
+            actual_status=_text(row.get("actual_status")),
+            intended_status=_text(row.get("intended_status")),
+            cur_state=_text(row.get("cur_state")),
+            ssh_host=host,
+            ssh_port=port,
+            dph_total=_float(row.get("dph_total")),
+            disk_gb=float(disk) if isinstance(disk, (int, float)) else None,
+            interruptible=bool(row["is_bid"]) if row.get("is_bid") is not None else None,
+            gpu_name=_text(row.get("gpu_name")),
+            raw=self._redactor.data(_safe_row(row)),
+        )
+
+
+# -- pure mapping functions (no I/O) -----------------------------------------------------------
+
+
+def instance_state(row: dict[str, Any] | None) -> InstanceState:
+    """vast.ai's actual/intended/cur_state/status_msg read as one provider-neutral state.
+
+    vast.ai reports what the container is doing (`actual_status`) and what was asked for
+    (`intended_status`) separately; the combination says whether a non-running box was
+    stopped on request, is waiting for its GPU (VAST3) or was outbid (interruptible)."""
+    if row is None:
+        return "gone"
+    actual = (_text(row.get("actual_status")) or "").lower()
+    intended = (_text(row.get("intended_status")) or "").lower()
+    cur = (_text(row.get("cur_state")) or "").lower()
+    message = (_text(row.get("status_msg")) or "").lower()
+    if actual in ("destroyed", "terminated", "deleted") or cur == "unloaded":
+        return "gone"
+    if actual == "offline":
+        return "offline"
+    if actual == "running":
+        return "running"
+    if actual in ("loading", "rebooting", "starting"):
+        return "loading"
+    if actual == "scheduling" or "schedul" in message:
+        return "scheduling"
+    if actual == "frozen" or "outbid" in message or "preempt" in message:
+        return "paused"
+    if actual in ("", "created", "none", "null"):
+        return "stopped" if intended == "stopped" else "provisioning"
+    if actual in ("stopped", "exited"):
+        if intended == "stopped":
+            return "stopped"
+        if intended == "running":
+            # Wants to run but is not: an outbid bid waits for its price, an on-demand box
+            # waits for its GPU; an exited container crashed on its own.
+            if row.get("is_bid"):
+                return "paused"
+            return "exited" if actual == "exited" else "scheduling"
+        return "stopped" if actual == "stopped" else "exited"
+    return "unknown"
+
+
+def _ssh_endpoint(row: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The direct endpoint (public_ipaddr + the host port mapped to 22/tcp) if there is one,
+    else the ssh_host/ssh_port pair vast.ai reports (its proxy on the real service)."""
+    ports = row.get("ports")
+    if isinstance(ports, dict) and row.get("public_ipaddr"):
+        mapped = ports.get("22/tcp")
+        if isinstance(mapped, list) and mapped and isinstance(mapped[0], dict):
+            port = _int(mapped[0].get("HostPort"))
+            if port:
+                return str(row["public_ipaddr"]).strip(), port
+    host, port = row.get("ssh_host"), _int(row.get("ssh_port"))
+    if host and port:
+        return str(host).strip(), port
+    return None, None
+
+
+# Fields that hold credentials or secret values on an instance row.
+_SECRET_FIELDS = frozenset({"api_key", "instance_api_key", "jupyter_token", "onstart"})
+
+
+def _safe_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row without credential fields, and env values masked (they may be secrets)."""
+    safe = {k: v for k, v in row.items() if k not in _SECRET_FIELDS}
+    env = safe.get("extra_env")
+    if isinstance(env, dict):
+        safe["extra_env"] = {str(k): "***" for k in env}
+    elif isinstance(env, list):
+        safe["extra_env"] = [[pair[0], "***"] for pair in env if isinstance(pair, list) and pair]
+    return safe
+
+
+def _offer_filters(query: OfferQuery) -> dict[str, Any]:
+    filters: dict[str, Any] = {
+        "rentable": {"eq": True},
+        "rented": {"eq": False},
+        "external": {"eq": False},
+        "num_gpus": {"eq": query.num_gpus},
+        "direct_port_count": {"gte": query.min_direct_ports},
+        "reliability": {"gte": query.min_reliability},
+    }
+    if query.verified_only:
+        filters["verified"] = {"eq": True}
+    if query.gpu_name:
+        filters["gpu_name"] = {"eq": _gpu_name(query.gpu_name)}
+    if query.max_price_per_hour is not None:
+        price_field = "min_bid" if query.interruptible else "dph_total"
+        filters[price_field] = {"lte": query.max_price_per_hour}
+    if query.disk_gb is not None:
+        filters["disk_space"] = {"gte": query.disk_gb}
+    return filters
+
+
+def _offer_matches(offer: Offer, query: OfferQuery) -> bool:
+    raw = offer.raw
+    if query.verified_only and not offer.verified:
+        return False
+    if raw.get("rentable") is False or raw.get("rented") is True:
+        return False
+    if offer.direct_port_count < query.min_direct_ports:
+        return False
+    if offer.reliability < query.min_reliability:
+        return False
+    if offer.num_gpus != query.num_gpus:
+        return False
+    if query.gpu_name and offer.gpu_name.casefold() != _gpu_name(query.gpu_name).casefold():
+        return False
+    price = _offer_price(offer, query.interruptible)
+    if query.max_price_per_hour is not None and price > query.max_price_per_hour:
+        return False
+    disk = _float(raw.get("disk_space"))
+    return not (query.disk_gb is not None and disk is not None and disk < query.disk_gb)
+
+
+def _offer_price(offer: Offer, interruptible: bool) -> float:
+    return offer.min_bid if interruptible and offer.min_bid > 0 else offer.dph_total
+
+
+def _offer(row: dict[str, Any]) -> Offer:
+    verification = row.get("verification")
+    verified = row.get("verified")
+    return Offer(
+        id=str(row.get("id")),
+        gpu_name=str(row.get("gpu_name") or ""),
+        num_gpus=_int(row.get("num_gpus")) or 0,
+        dph_total=_float(row.get("dph_total")) or 0.0,
+        min_bid=_float(row.get("min_bid")) or 0.0,
+        storage_cost_per_gb_month=_float(row.get("storage_cost")) or 0.0,
+        inet_up_cost_per_gb=_float(row.get("inet_up_cost")) or 0.0,
+        inet_down_cost_per_gb=_float(row.get("inet_down_cost")) or 0.0,
+        reliability=_float(row.get("reliability", row.get("reliability2"))) or 0.0,
+        verified=bool(verified) if verified is not None else verification == "verified",
+        direct_port_count=_int(row.get("direct_port_count")) or 0,
+        machine_id=str(row.get("machine_id", "")),
+        host_id=str(row.get("host_id", "")),
+        raw=row,
+    )
+
+
+def _gpu_name(name: str) -> str:
+    # vast.ai names GPUs with spaces ("RTX 4090"); job files use RTX_4090 like the CLI does.
+    return name.replace("_", " ").strip()
+
+
+def _error_detail(response: Any) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return (response.reason or "").strip()
+    return _body_detail(body) if isinstance(body, dict) else ""
+
+
+def _body_detail(body: dict[str, Any]) -> str:
+    parts = [str(body[k]) for k in ("error", "msg", "detail") if body.get(k)]
+    return ": ".join(parts) or "no detail given"
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

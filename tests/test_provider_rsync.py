@@ -1,0 +1,266 @@
+"""rgt.providers.rsync against a real OpenSSH sshd on 127.0.0.1 and the real rsync.
+
+The sshd here is this test module's own (generated host and client keys, loopback only), so the
+copy mechanics are tested without the vast.ai emulator; tests/test_provider_vastai.py copies
+off emulated instances through VastProvider.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rgt.errors import ProviderError, UsageError
+from rgt.providers.base import CopyProgress
+from rgt.providers.rsync import (
+    PARTIAL_DIR,
+    CopySettings,
+    SshEndpoint,
+    SshSettings,
+    identity_from_environment,
+    read_remote_file,
+    rsync_pull,
+)
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SshEndpoint, Path]]:
+    """A loopback sshd accepting one generated client key; yields (endpoint, client key)."""
+    if not (os.path.exists(SSHD) and shutil.which("rsync") and shutil.which("ssh-keygen")):
+        pytest.skip("sshd, rsync or ssh-keygen not installed")
+    # OpenSSH refuses to start without its privilege separation directory.
+    try:
+        Path("/run/sshd").mkdir(exist_ok=True)
+    except OSError:
+        if not Path("/run/sshd").is_dir():
+            pytest.skip("sshd needs /run/sshd and it cannot be created here")
+    root = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True
+        )
+    authorized = root / "authorized_keys"
+    shutil.copy(root / "client_key.pub", authorized)
+    authorized.chmod(0o600)
+    port = _free_port()
+    user = (
+        os.environ.get("USER")
+        or subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    )
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+        f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
+        f"StrictModes no\nPidFile {root / 'sshd.pid'}\nAllowUsers {user}\n"
+    )
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")]
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.skip("sshd did not start: " + (root / "sshd.log").read_text()[-300:])
+    try:
+        yield SshEndpoint("127.0.0.1", port, user=user), root / "client_key"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def settings(sshd: tuple[SshEndpoint, Path], tmp_path: Path) -> SshSettings:
+    return SshSettings(known_hosts=tmp_path / "known_hosts", identity_file=sshd[1])
+
+
+def _make_tree(root: Path, files: int, size: int) -> dict[str, bytes]:
+    contents = {}
+    for index in range(files):
+        data = os.urandom(size)
+        path = root / "results" / ("ckpt" if index % 2 else "logs") / f"part{index}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        contents[str(path.relative_to(root))] = data
+    return contents
+
+
+def _rsync_children() -> list[int]:
+    """Our own rsync child processes (the copy under test runs in a thread of this process)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if name == "rsync" and ppid == os.getpid():
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_copies_a_tree_and_pins_the_host_key(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    endpoint = sshd[0]
+    box = tmp_path / "box"
+    contents = _make_tree(box, files=4, size=50_000)
+    ticks: list[CopyProgress] = []
+    report = rsync_pull(
+        endpoint, str(box / "results"), tmp_path / "local", settings, progress=ticks.append
+    )
+    for relative, data in contents.items():
+        assert (tmp_path / "local" / relative).read_bytes() == data
+    assert len(report.attempts) == 1
+    assert report.bytes_transferred == 200_000
+    assert ticks and ticks[-1].bytes_done == 200_000 and ticks[-1].bytes_total == 200_000
+    # First contact pinned the box's own host key in rgt's known_hosts file.
+    host_key = (sshd[1].parent / "host_key.pub").read_text().split()[1]
+    assert host_key in settings.known_hosts.read_text()
+
+    # A second pull of an unchanged tree sends no file content at all.
+    again = rsync_pull(endpoint, str(box / "results"), tmp_path / "local", settings)
+    assert again.bytes_transferred == 0
+
+
+@pytest.mark.timeout(60)
+def test_killed_copy_resumes_without_resending_completed_bytes(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    endpoint, _ = sshd
+    box = tmp_path / "box"
+    size = 1_500_000
+    contents = _make_tree(box, files=6, size=size)
+    total = 6 * size
+    local = tmp_path / "local"
+    complete_at_kill: list[int] = []
+
+    def kill_midway(tick: CopyProgress) -> None:
+        # Kill the rsync (SIGKILL: no chance to clean up) once about 40% has arrived.
+        if not complete_at_kill and tick.bytes_done >= 0.4 * total:
+            complete_at_kill.append(
+                sum(len(data) for relative, data in contents.items() if (local / relative).exists())
+            )
+            for pid in _rsync_children():
+                os.kill(pid, signal.SIGKILL)
+
+    report = rsync_pull(
+        endpoint,
+        str(box / "results"),
+        local,
+        settings,
+        copy=CopySettings(bwlimit_kbps=6000, first_backoff=0.1),
+        progress=kill_midway,
+    )
+    assert complete_at_kill, "the copy finished before it could be interrupted"
+    assert len(report.attempts) == 2
+    first, resumed = report.attempts
+    assert first.returncode == -signal.SIGKILL
+    assert resumed.returncode == 0 and resumed.literal_bytes is not None
+    # The resumed run sent at most what was not complete when the copy was killed...
+    assert complete_at_kill[0] >= size
+    assert resumed.literal_bytes <= total - complete_at_kill[0]
+    # ...and every byte is right (rsync checks each file's whole-file checksum; we re-read).
+    for relative, data in contents.items():
+        assert (local / relative).read_bytes() == data
+    assert not list(local.rglob(PARTIAL_DIR))
+
+
+@pytest.mark.timeout(60)
+def test_missing_remote_path_fails_once_with_one_line(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    endpoint, _ = sshd
+    with pytest.raises(ProviderError) as caught:
+        rsync_pull(
+            endpoint,
+            str(tmp_path / "no-such-dir"),
+            tmp_path / "local",
+            settings,
+            copy=CopySettings(first_backoff=0.01),
+        )
+    message = str(caught.value)
+    assert "\n" not in message and "No such file" in message
+    assert "after 1 attempt(s)" in message
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_host_gives_up_after_bounded_attempts(
+    settings: SshSettings, tmp_path: Path
+) -> None:
+    dead = SshEndpoint("127.0.0.1", _free_port())
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match="after 3 attempt"):
+        rsync_pull(
+            dead,
+            "/results",
+            tmp_path / "local",
+            settings,
+            copy=CopySettings(attempts=3, first_backoff=0.05),
+        )
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.timeout(60)
+def test_read_remote_file_returns_bytes_and_names_a_missing_file(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    endpoint, _ = sshd
+    target = tmp_path / "with space" / "PULL_MANIFEST.json"
+    target.parent.mkdir()
+    target.write_bytes(b'{"run_id": "r1"}\n')
+    assert read_remote_file(endpoint, str(target), settings) == b'{"run_id": "r1"}\n'
+    with pytest.raises(ProviderError, match="No such file"):
+        read_remote_file(endpoint, str(tmp_path / "missing.json"), settings)
+    with pytest.raises(UsageError):
+        read_remote_file(endpoint, "relative/path", settings)
+
+
+@pytest.mark.timeout(60)
+def test_a_changed_host_key_is_refused(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    endpoint, _ = sshd
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")],
+        check=True,
+    )
+    other_key = (tmp_path / "other.pub").read_text().split()[:2]
+    settings.known_hosts.write_text(f"[127.0.0.1]:{endpoint.port} {' '.join(other_key)}\n")
+    with pytest.raises(ProviderError, match=r"(?i)host key"):
+        read_remote_file(endpoint, "/etc/hostname", settings, attempts=1)
+
+
+def test_ssh_key_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("RGT_SSH_KEY", raising=False)
+    assert identity_from_environment() is None
+    key = tmp_path / "id_test"
+    key.write_text("not really a key")
+    monkeypatch.setenv("RGT_SSH_KEY", str(key))
+    assert identity_from_environment() == key
+    monkeypatch.setenv("RGT_SSH_KEY", str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="RGT_SSH_KEY"):
+        identity_from_environment()
