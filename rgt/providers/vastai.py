@@ -17,9 +17,12 @@ Safety properties this module owns:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -278,64 +281,70 @@ class VastProvider:
                 + " (rgt passes secrets by name and reads their values locally at create)"
             )
 
+        # One create per label at a time on this machine: two processes retrying the same
+        # launch must not both find "no instance yet" and both rent.
+        with _label_lock(self.platform, label):
+            return self._create_once(
+                offer_id,
+                {
+                    "image": image,
+                    "disk": float(disk_gb),
+                    "env": box_env,
+                    "label": label,
+                    "onstart_cmd": onstart,
+                    "bid_price": bid_per_hour if interruptible else None,
+                    "ssh": True,
+                    "direct": True,  # rsync/ssh straight to the host, not through a proxy
+                },
+            )
+
+    def _create_once(self, offer_id: str, create: dict[str, Any]) -> Instance:
+        """Find the label's instance, else rent one, with bounded retries that re-check the
+        label after every failure whose effect is unknown."""
+        label = str(create["label"])
         existing = self._find_by_label(label)
         if existing is not None:
             log.info(
                 "instance %s already carries label %s; not renting another", existing.id, label
             )
             return existing
-
         clock = RetryClock(self.retry)
         while True:
             attempt = clock.start_attempt()
             answer, error = self._attempt(
-                lambda: self._sdk.create_instance(
-                    id=int(offer_id),
-                    image=image,
-                    disk=float(disk_gb),
-                    env=box_env,
-                    label=label,
-                    onstart_cmd=onstart,
-                    bid_price=bid_per_hour if interruptible else None,
-                    ssh=True,
-                    direct=True,
-                )
+                lambda: self._sdk.create_instance(id=int(offer_id), **create)
             )
             if error is None:
-                if (
-                    isinstance(answer, dict)
-                    and answer.get("success")
-                    and answer.get("new_contract")
-                ):
-                    return self.show(str(answer["new_contract"]))
+                new_id = answer.get("new_contract") if isinstance(answer, dict) else None
+                if isinstance(answer, dict) and answer.get("success") and new_id:
+                    return self.show(str(new_id))
                 detail = _body_detail(answer) if isinstance(answer, dict) else str(answer)
                 error = _CallError(
                     self._redactor.one_line(f"offer {offer_id} refused: {detail}"),
                     ambiguous=False,
                 )
+            waited = clock.wait_before_retry(error.retry_after) if error.retryable else None
             if error.ambiguous:
-                # The box may have been rented even though the answer was lost: look first.
+                # The box may have been rented although the answer was lost. Look only after
+                # the backoff, so a create the server was still finishing shows up in the list.
                 existing = self._find_by_label(label)
                 if existing is not None:
                     log.info(
-                        "create of %s: answer lost (%s) but instance %s exists; using it",
+                        "create %s: answer lost (%s) but instance %s exists; using it",
                         label,
                         error.description,
                         existing.id,
                     )
                     return existing
-            if error.retryable:
-                waited = clock.wait_before_retry(error.retry_after)
-                if waited is not None:
-                    log.info(
-                        "vast.ai create %s: %s; retry %d in %.1fs",
-                        label,
-                        error.description,
-                        attempt,
-                        waited,
-                    )
-                    continue
-            raise self._failure(f"create {label}", error, attempt)
+            if waited is None:
+                raise self._failure(f"create {label}", error, attempt)
+            log.info(
+                "vast.ai create %s: %s; retry %d after %.1fs",
+                label,
+                error.description,
+                attempt,
+                waited,
+            )
 
     def show(self, instance_id: str) -> Instance:
         """The instance now; `state == "gone"` once destroyed (a null row or a 404)."""
@@ -485,6 +494,22 @@ class VastProvider:
             gpu_name=_text(row.get("gpu_name")),
             raw=self._redactor.data(_safe_row(row)),
         )
+
+
+@contextlib.contextmanager
+def _label_lock(platform: str, label: str) -> Iterator[None]:
+    """An exclusive per-label file lock under rgt's state dir (released if the process dies)."""
+    from rgt.paths import state_dir
+
+    locks = state_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(label.encode()).hexdigest()[:24]
+    with open(locks / f"{platform}-create-{name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- pure mapping functions (no I/O) -----------------------------------------------------------
