@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -151,3 +152,27 @@ def test_kill_9_mid_write_leaves_a_consistent_ledger(tmp_path: Path) -> None:
         # A fresh writer continues after the crash without conflicts.
         with Ledger.open(path) as ledger:
             ledger.record_instance("vastai", f"after{round_}", state="running")
+
+
+def test_rgt_ledger_command_prints_the_history(isolated_user: Path) -> None:
+    empty = subprocess.run(
+        [sys.executable, "-m", "rgt", "ledger"], capture_output=True, text=True, check=True
+    )
+    assert "no ledger yet" in empty.stdout
+    with Ledger.open() as ledger:
+        ledger.record_instance("vastai", "42", label="rgt-x", state="running")
+        ledger.record_approval("42", "tty", 60)
+        ledger.record_approval_failure("42", "tty", "wrong passphrase")
+    shown = subprocess.run(
+        [sys.executable, "-m", "rgt", "ledger", "42"], capture_output=True, text=True, check=True
+    )
+    assert "state running" in shown.stdout and "approved via tty" in shown.stdout
+    assert "approval FAILED via tty: wrong passphrase" in shown.stdout
+    as_json = subprocess.run(
+        [sys.executable, "-m", "rgt", "ledger", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    kinds = [json.loads(line)["kind"] for line in as_json.stdout.splitlines()]
+    assert kinds.count("approvals") == 1 and "instance_events" in kinds
