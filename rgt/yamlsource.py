@@ -1,0 +1,302 @@
+"""YAML documents that remember where each value came from, and schema errors that say where.
+
+Profiles (a frontmatter block in Markdown) and job requests (a YAML file) are validated by JSON
+Schema only. A bare jsonschema error names a path like `overrides.detach`; a person editing the
+file wants `profiles/vastai.md:31`. This module parses YAML into both the plain data and the node
+tree (whose marks carry line numbers) and turns each schema error into a `Finding` with the line
+of the offending key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rgt.bundle import bundle_path
+
+try:  # libyaml is ~10x faster; fall back to the pure-Python loader where it is missing
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem in one file: `file:line: rule: message`."""
+
+    path: str
+    line: int
+    rule: str
+    message: str
+    severity: str = "error"  # "error" fails lint; "warning" is reported only
+
+    def format(self) -> str:
+        """The one-line human form."""
+        tag = "" if self.severity == "error" else "warning: "
+        return f"{self.path}:{self.line}: {self.rule}: {tag}{self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The machine form (`rgt lint --format json`)."""
+        return {
+            "file": self.path,
+            "line": self.line,
+            "rule": self.rule,
+            "severity": self.severity,
+            "message": self.message,
+        }
+
+
+class SourceError(Exception):
+    """A file that cannot be read as the expected document (carries its findings)."""
+
+    def __init__(self, findings: Sequence[Finding]) -> None:
+        super().__init__(findings[0].format() if findings else "invalid document")
+        self.findings = list(findings)
+
+
+@dataclass(frozen=True)
+class YamlDoc:
+    """Parsed YAML: `data` plus the node tree; `first_line` is the file line of YAML line 1."""
+
+    data: Any
+    root: yaml.Node | None
+    first_line: int = 1
+
+    def line_of(self, path: Sequence[str | int], *, key: bool = True) -> int:
+        """File line of the value at `path` (its key's line when `key`), else of its parent."""
+        node = self.root
+        if node is None:
+            return self.first_line
+        line = node.start_mark.line
+        for step in path:
+            child: yaml.Node | None = None
+            if isinstance(node, yaml.MappingNode):
+                for key_node, value_node in node.value:
+                    if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(step):
+                        child = value_node
+                        line = (key_node if key else value_node).start_mark.line
+                        break
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(step, int)
+                and 0 <= step < len(node.value)
+            ):
+                child = node.value[step]
+                line = child.start_mark.line
+            if child is None:
+                break
+            node = child
+        return line + self.first_line
+
+    def duplicate_keys(self) -> Iterator[tuple[str, int]]:
+        """(key, file line) of every key repeated in one mapping (YAML keeps only the last)."""
+        stack = [self.root] if self.root is not None else []
+        while stack:
+            node = stack.pop()
+            if isinstance(node, yaml.MappingNode):
+                seen: set[str] = set()
+                for key_node, value_node in node.value:
+                    if isinstance(key_node, yaml.ScalarNode):
+                        if key_node.value in seen:
+                            yield key_node.value, key_node.start_mark.line + self.first_line
+                        seen.add(key_node.value)
+                    stack.append(value_node)
+            elif isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+
+
+def parse_yaml(text: str, *, path: str, first_line: int = 1) -> YamlDoc:
+    """Parse one YAML document; a syntax error becomes a `SourceError` naming its line."""
+    try:
+        loader = _Loader(text)
+        try:
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = (mark.line if mark else 0) + first_line
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise SourceError([Finding(path, line, "yaml", f"invalid YAML: {problem}")]) from None
+    except yaml.YAMLError as exc:  # e.g. a constructor error without a mark
+        raise SourceError([Finding(path, first_line, "yaml", f"invalid YAML: {exc}")]) from None
+    return YamlDoc(data, root, first_line)
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's content; unreadable, binary or non-UTF-8 files become a SourceError."""
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SourceError([Finding(shown, 1, "read", f"cannot read: {exc.strerror}")]) from None
+    if b"\x00" in raw:
+        raise SourceError([Finding(shown, 1, "read", "binary file (NUL bytes), expected text")])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SourceError([Finding(shown, line, "read", "not UTF-8 text")]) from None
+
+
+_FENCE = re.compile(r"^---[ \t]*$")
+_END = re.compile(r"^(---|\.\.\.)[ \t]*$")
+
+
+def split_frontmatter(text: str, *, path: str) -> tuple[str, str, int]:
+    """Split `---`-fenced frontmatter off a Markdown text.
+
+    Returns (frontmatter, body, body_first_line); the frontmatter's line 1 is file line 2.
+    """
+    lines = text.splitlines(keepends=True)
+    if not lines or not text.strip():
+        raise SourceError([Finding(path, 1, "frontmatter", "empty file, expected a profile")])
+    if not _FENCE.match(lines[0].rstrip("\r\n")):
+        raise SourceError(
+            [Finding(path, 1, "frontmatter", "no YAML frontmatter: line 1 must be '---'")]
+        )
+    for index in range(1, len(lines)):
+        if _END.match(lines[index].rstrip("\r\n")):
+            return "".join(lines[1:index]), "".join(lines[index + 1 :]), index + 2
+    raise SourceError(
+        [Finding(path, 1, "frontmatter", "frontmatter opened on line 1 is never closed by '---'")]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Schema validation with line numbers
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """A bundled JSON Schema by file name (`profile.schema.json`)."""
+    with open(bundle_path("schemas", name), encoding="utf-8") as handle:
+        schema: dict[str, Any] = json.load(handle)
+    return schema
+
+
+@cache
+def _validator(name: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(load_schema(name))
+
+
+_UNEXPECTED = re.compile(r"'([^']+)'")
+
+
+def schema_findings(
+    data: Any,
+    schema_name: str,
+    *,
+    path: str,
+    line_of: Any,
+    prefix: Sequence[str | int] = (),
+) -> list[Finding]:
+    """Validate `data` against a bundled schema; one Finding per error, located by `line_of(path)`.
+
+    `line_of` maps an instance path (a sequence of keys/indices) to a file line; `prefix` is
+    prepended to every reported field path (e.g. a variant's name) without changing the lookup.
+    """
+    findings = []
+    schema = load_schema(schema_name)
+    for error in _validator(schema_name).iter_errors(data):
+        for where, message in _explain(error, schema):
+            field = ".".join(str(step) for step in [*prefix, *where]) or "(top level)"
+            findings.append(Finding(path, line_of(where), "schema", f"{field}: {message}"))
+    findings.sort(key=lambda f: (f.line, f.message))
+    return findings
+
+
+def _explain(error: Any, schema: dict[str, Any]) -> list[tuple[list[str | int], str]]:
+    """(instance path, message) pairs for one jsonschema error, phrased for a person."""
+    where: list[str | int] = list(error.absolute_path)
+    rule = error.schema.get("x-rule") if isinstance(error.schema, dict) else None
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        names = _UNEXPECTED.findall(error.message.split("(")[-1])
+        allowed = _allowed_keys(error.schema, schema)
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return [([*where, name], f"unknown key {name!r}{hint}") for name in names] or [
+            (where, error.message)
+        ]
+    if error.validator == "required":
+        missing = _UNEXPECTED.findall(error.message)
+        name = missing[0] if missing else "?"
+        return [(where, f"missing required key {name!r}")]
+    if error.validator in ("oneOf", "anyOf"):
+        expected = " or ".join(_describe(sub, schema) for sub in error.validator_value)
+        return [(where, f"{error.instance!r} is not allowed; expected {expected}")]
+    if "propertyNames" in error.schema_path:
+        # A bad key name: point at the key itself, not at the mapping holding it.
+        where = [*where, error.instance]
+    message = error.message
+    expected = error.schema.get("x-expected") if isinstance(error.schema, dict) else None
+    if expected:
+        message = f"{error.instance!r} is not allowed; expected {expected}"
+    elif error.validator == "pattern":
+        message = f"{error.instance!r} does not match {error.validator_value!r}"
+    if rule:
+        message = f"{message} ({rule})"
+    return [(where, message)]
+
+
+def _resolve(sub: Any, schema: dict[str, Any]) -> Any:
+    """Follow local `$ref`s (`#/$defs/...`) so a description can name what is allowed."""
+    seen = 0
+    while isinstance(sub, dict) and "$ref" in sub and seen < 10:
+        ref = sub["$ref"]
+        if not ref.startswith("#/"):
+            break
+        target: Any = schema
+        for part in ref[2:].split("/"):
+            target = target[part]
+        sub = {**target, **{k: v for k, v in sub.items() if k != "$ref"}}
+        seen += 1
+    return sub
+
+
+def _describe(sub: Any, schema: dict[str, Any]) -> str:
+    """A short phrase for what a subschema accepts: 'boolean', 'one of a, b', 'integer >= 1'."""
+    sub = _resolve(sub, schema)
+    if not isinstance(sub, dict):
+        return "a valid value"
+    if "const" in sub:
+        return repr(sub["const"])
+    if "enum" in sub:
+        return "one of " + ", ".join(str(v) for v in sub["enum"])
+    if "oneOf" in sub or "anyOf" in sub:
+        options: list[Any] = sub.get("oneOf") or sub.get("anyOf") or []
+        return " or ".join(_describe(option, schema) for option in options)
+    kind = sub.get("type")
+    text = " or ".join(kind) if isinstance(kind, list) else str(kind or "a value")
+    if "pattern" in sub:
+        text += f" matching {sub['pattern']!r}"
+    if "minimum" in sub:
+        text += f" >= {sub['minimum']}"
+    return text
+
+
+def _allowed_keys(sub: Any, schema: dict[str, Any]) -> list[str]:
+    """The property names a (possibly $ref-composed) object schema declares, sorted."""
+    keys: set[str] = set()
+    stack = [sub]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        keys.update(node.get("properties", {}))
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            target: Any = schema
+            for part in ref[2:].split("/"):
+                target = target[part]
+            stack.append(target)
+    return sorted(keys)
