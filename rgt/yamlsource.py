@@ -238,9 +238,9 @@ def _explain(error: Any, schema: dict[str, Any]) -> list[tuple[list[str | int], 
         # A bad key name: point at the key itself, not at the mapping holding it.
         where = [*where, error.instance]
     message = error.message
-    expected = error.schema.get("x-expected") if isinstance(error.schema, dict) else None
-    if expected:
-        message = f"{error.instance!r} is not allowed; expected {expected}"
+    phrase = error.schema.get("x-expected") if isinstance(error.schema, dict) else None
+    if phrase:
+        message = f"{error.instance!r} is not allowed; expected {phrase}"
     elif error.validator == "pattern":
         message = f"{error.instance!r} does not match {error.validator_value!r}"
     if rule:
