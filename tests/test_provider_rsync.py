@@ -104,9 +104,10 @@ def _make_tree(root: Path, files: int, size: int) -> dict[str, bytes]:
     return contents
 
 
-def _rsync_children() -> list[int]:
-    """Our own rsync child processes (the copy under test runs in a thread of this process)."""
-    found = []
+def _rsync_processes(*, with_receiver: bool) -> list[int]:
+    """Our own rsync child (the copy under test runs in a thread of this process) and, when
+    asked, the receiver process it forked."""
+    table: dict[int, tuple[str, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -115,10 +116,11 @@ def _rsync_children() -> list[int]:
         except OSError:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if name == "rsync" and ppid == os.getpid():
-            found.append(int(entry))
-    return found
+        table[int(entry)] = (name, int(stat[stat.rindex(")") + 2 :].split()[1]))
+    ours = [pid for pid, (name, ppid) in table.items() if name == "rsync" and ppid == os.getpid()]
+    if with_receiver:
+        ours += [pid for pid, (name, ppid) in table.items() if name == "rsync" and ppid in ours]
+    return ours
 
 
 @pytest.mark.timeout(60)
@@ -147,8 +149,9 @@ def test_copies_a_tree_and_pins_the_host_key(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("with_receiver", [False, True], ids=["kill-rsync", "kill-all-rsyncs"])
 def test_killed_copy_resumes_without_resending_completed_bytes(
-    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path, with_receiver: bool
 ) -> None:
     endpoint, _ = sshd
     box = tmp_path / "box"
@@ -157,15 +160,28 @@ def test_killed_copy_resumes_without_resending_completed_bytes(
     total = 6 * size
     local = tmp_path / "local"
     complete_at_kill: list[int] = []
+    present_at_kill: list[int] = []
 
     def kill_midway(tick: CopyProgress) -> None:
-        # Kill the rsync (SIGKILL: no chance to clean up) once about 40% has arrived.
-        if not complete_at_kill and tick.bytes_done >= 0.4 * total:
-            complete_at_kill.append(
-                sum(len(data) for relative, data in contents.items() if (local / relative).exists())
-            )
-            for pid in _rsync_children():
-                os.kill(pid, signal.SIGKILL)
+        # Kill the copy once about 40% has arrived and the next file is under way.
+        if complete_at_kill or tick.bytes_done < 0.4 * total:
+            return
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not any(
+            p.name.startswith(".") and p.stat().st_size >= 128 * 1024
+            for p in local.rglob("*")
+            if p.is_file()
+        ):
+            time.sleep(0.02)
+        complete_at_kill.append(
+            sum(len(data) for relative, data in contents.items() if (local / relative).exists())
+        )
+        # Every byte on the local disk now: complete files plus rsync's temp file of the cut one.
+        present_at_kill.append(sum(p.stat().st_size for p in local.rglob("*") if p.is_file()))
+        # SIGKILL: no chance to clean up. Killing the receiver too leaves its temp file
+        # behind instead of a file in the partial dir.
+        for pid in _rsync_processes(with_receiver=with_receiver):
+            os.kill(pid, signal.SIGKILL)
 
     report = rsync_pull(
         endpoint,
@@ -180,9 +196,11 @@ def test_killed_copy_resumes_without_resending_completed_bytes(
     first, resumed = report.attempts
     assert first.returncode == -signal.SIGKILL
     assert resumed.returncode == 0 and resumed.literal_bytes is not None
-    # The resumed run sent at most what was not complete when the copy was killed...
+    # The resumed run re-sent nothing that had arrived before the kill: not the complete files,
+    # not the cut file's head (a block of slack: delta transfer works in blocks)...
     assert complete_at_kill[0] >= size
-    assert resumed.literal_bytes <= total - complete_at_kill[0]
+    assert present_at_kill[0] > complete_at_kill[0], "the kill did not cut a file"
+    assert resumed.literal_bytes <= total - present_at_kill[0] + 64 * 1024
     # ...and every byte is right (rsync checks each file's whole-file checksum; we re-read).
     for relative, data in contents.items():
         assert (local / relative).read_bytes() == data

@@ -246,7 +246,10 @@ def rsync_pull(
 
     report = RsyncReport()
     done_before = 0
+    target = local_dir / PurePosixPath(source).name
     for attempt in range(1, copy.attempts + 1):
+        if attempt > 1:
+            adopt_temp_files(target)
         stats, stderr = _run_once(argv, progress=progress, done_before=done_before)
         report.attempts.append(stats)
         if stats.returncode == 0:
@@ -269,6 +272,43 @@ def rsync_pull(
         )
         sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+# rsync's in-flight temp file for NAME: ".NAME.XXXXXX" next to where NAME will go.
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9]{6}$")
+
+
+def adopt_temp_files(target: Path) -> int:
+    """Move temp files of a killed rsync into the partial dir, so the next attempt resumes them.
+
+    When a kill takes out the receiving rsync too, it cannot move its half-written temp file
+    into --partial-dir; the next run would start that file from zero. Only a temp whose final
+    file is absent is adopted, the biggest one per name; rsync's whole-file checksum still
+    guards the result. Returns how many were adopted."""
+    if not target.is_dir():
+        return 0
+    adopted = 0
+    for directory, _, names in os.walk(target):
+        here = Path(directory)
+        if here.name == PARTIAL_DIR:
+            continue
+        best: dict[str, Path] = {}
+        for name in names:
+            match = _TEMP_FILE.match(name)
+            if not match or (here / match.group("name")).exists():
+                continue
+            final = match.group("name")
+            candidate = here / name
+            if final not in best or candidate.stat().st_size > best[final].stat().st_size:
+                best[final] = candidate
+        for final, temp in best.items():
+            partial = here / PARTIAL_DIR / final
+            if partial.exists() and partial.stat().st_size >= temp.stat().st_size:
+                continue
+            partial.parent.mkdir(exist_ok=True)
+            os.replace(temp, partial)
+            adopted += 1
+    return adopted
 
 
 def _run_once(
