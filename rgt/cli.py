@@ -22,6 +22,9 @@ from rgt.errors import EXIT_USAGE, RgtError
 
 # Order is the order `rgt --help` lists them in: the lifecycle, then tools.
 COMMANDS: tuple[str, ...] = (
+    "lint",
+    "render",
+    "cadence",
     "pull",
     "approval",
     "approve",

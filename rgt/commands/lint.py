@@ -1,0 +1,71 @@
+"""`rgt lint [PATH...] [--format text|json] [--max-age-months N]`: check platform profiles."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "check platform profiles: schema, sections, gotcha ids, links, secrets, staleness"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """PATH... (files or folders; default: the bundled profiles), --format, --max-age-months."""
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="profile files or folders (default: bundled)"
+    )
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (default text)"
+    )
+    parser.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="same as --format json"
+    )
+    parser.add_argument(
+        "--max-age-months",
+        type=_months,
+        default=6,
+        metavar="N",
+        help="warn about `verified YYYY-MM` stamps older than N months (default 6)",
+    )
+
+
+def _months(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of months >= 0, got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print one `file:line: rule: message` per finding; exit 1 when any is an error."""
+    import json
+    from pathlib import Path
+
+    from rgt.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
+    from rgt.lint import LintOptions, expand_paths, lint_paths
+    from rgt.profile import profiles_dir
+
+    paths = [Path(p) for p in args.paths] or [profiles_dir()]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    files = expand_paths(paths)
+    if not files:
+        raise UsageError(f"no profiles (*.md) in {', '.join(str(p) for p in paths)}")
+    findings = lint_paths(files, LintOptions(max_age_months=args.max_age_months))
+    errors = sum(f.severity == "error" for f in findings)
+    if args.format == "json":
+        report = {
+            "files": [str(f) for f in files],
+            "errors": errors,
+            "warnings": len(findings) - errors,
+            "findings": [f.as_dict() for f in findings],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        for finding in findings:
+            print(finding.format())
+        if not findings:
+            print(f"rgt lint: {len(files)} profile(s) clean")
+    return EXIT_CHECK_FAILED if errors else EXIT_OK

@@ -1,0 +1,46 @@
+"""`rgt render PROFILE TEMPLATE [--job job.yaml] [-o FILE]`: a shell script from a template."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "render a script template (run_one, run_queue, onstart, pull) for a profile and a job"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """PROFILE TEMPLATE [--job FILE] [-o FILE]."""
+    parser.add_argument(
+        "profile", help="bundled profile name (vastai, generic-ssh:VARIANT) or path"
+    )
+    parser.add_argument("template", help="template name: run_one, run_queue, onstart, pull")
+    parser.add_argument(
+        "--job", metavar="FILE", help="job request YAML (default: the bundled example job)"
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write here (atomically, mode 0755), not stdout"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Render, then print or write the script; notes (e.g. compression) go to stderr."""
+    import sys
+    from pathlib import Path
+
+    from rgt.job import load_job
+    from rgt.profile import load_profile
+    from rgt.render import render_template, write_script
+
+    profile = load_profile(args.profile)
+    job = load_job(args.job)
+    rendered = render_template(profile, args.template, job)
+    for note in rendered.notes:
+        print(f"rgt render: {note}", file=sys.stderr)
+    if args.output:
+        write_script(Path(args.output), rendered.text)
+        print(
+            f"rgt render: wrote {args.output} ({len(rendered.text.encode())} bytes)",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(rendered.text)
+    return 0

@@ -1,0 +1,360 @@
+"""`rgt lint`: check profiles beyond what the schema can say.
+
+The frontmatter is validated by `schemas/profile.schema.json` (in `rgt.profile.parse_profile`);
+this module adds the checks that need the prose or other files:
+
+    sections        the 8 numbered sections, present and in order
+    gotcha-id       section-7 gotcha ids unique and carrying the profile's prefix (VAST1, ...)
+    link            references/... and scripts/... mentioned in the profile exist
+    secret          nothing that looks like an API key, token or private key
+    detach          overrides.detach names detach_primitive (base and every variant)
+    stale-verified  `verified YYYY-MM` stamps older than N months (warning)
+
+A broken file (unreadable, binary, empty, no frontmatter, bad YAML) is a finding, never a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rgt.bundle import bundle_root
+from rgt.profile import Profile, parse_profile
+from rgt.yamlsource import Finding
+
+SECTION_TITLES = (
+    "LAUNCH",
+    "STORAGE MODEL",
+    "NETWORK",
+    "SPOT / INTERRUPTION + RESUME",
+    "TEARDOWN / BILLING",
+    "DAEMON TOOL",
+    "TOP GOTCHAS",
+    "SCRIPT OVERRIDES",
+)
+GOTCHA_SECTION = 7
+DEFAULT_MAX_AGE_MONTHS = 6
+
+# What overrides.detach must mention for each detach_primitive ('none' requires it empty).
+DETACH_WORDS: dict[str, tuple[str, ...]] = {
+    "onstart": ("onstart",),
+    "tmux": ("tmux",),
+    "nohup": ("nohup",),
+    "systemd": ("systemd", "systemctl"),
+    "sbatch": ("sbatch",),
+    "k8s-job": ("k8s-job", "kubectl"),
+    "notebook-commit": ("commit",),
+}
+
+_HEADING = re.compile(r"^##\s+(?:(?P<number>\d+)\.\s+)?(?P<title>.+?)\s*#*\s*$")
+_GOTCHA = re.compile(r"^\s*[-*]\s+\*\*(?P<id>[A-Z][A-Z0-9-]*?\d+)\b")
+_LINK = re.compile(r"(?<![\w/.-])(?P<target>(?:\.\./)?(?:references|scripts)/[A-Za-z0-9._/-]*\w)")
+_STAMP = re.compile(r"\bverified:?\s+\"?(?P<year>20\d\d)-(?P<month>0[1-9]|1[0-2])\b", re.I)
+
+# Shapes of real credentials; a profile needs env-var NAMES only.
+_SECRET_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
+    ("AWS access key id", re.compile(r"\bAKIA[0-9A-Z]{16}\b")),
+    ("GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b")),
+    ("Hugging Face token", re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")),
+    ("OpenAI-style key", re.compile(r"\bsk-[A-Za-z0-9_-]{20,}\b")),
+    ("Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")),
+    ("64-hex API key (vast.ai's shape)", re.compile(r"\b[0-9a-f]{64}\b")),
+    (
+        "secret assigned inline",
+        re.compile(
+            r"\b[A-Z0-9_]*(?:API_KEY|TOKEN|SECRET|PASSWORD|PASSWD)\b['\"]?\s*[:=]\s*['\"]?"
+            r"(?![$<{])[A-Za-z0-9/+_.-]{12,}"
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class LintOptions:
+    """Knobs of `rgt lint`."""
+
+    max_age_months: int = DEFAULT_MAX_AGE_MONTHS
+    today: _dt.date | None = None
+
+
+def lint_paths(paths: Sequence[Path], options: LintOptions | None = None) -> list[Finding]:
+    """Lint profile files (directories expand to their *.md); findings sorted by file and line."""
+    options = options or LintOptions()
+    findings: list[Finding] = []
+    for path in expand_paths(paths):
+        findings += lint_file(path, options)
+    return findings
+
+
+def expand_paths(paths: Sequence[Path]) -> list[Path]:
+    """Files to lint: files as given, directories as their *.md (not starting with '_')."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.glob("*.md") if not p.name.startswith("_"))
+        else:
+            files.append(path)
+    return files
+
+
+def lint_file(path: Path, options: LintOptions) -> list[Finding]:
+    """Every finding for one profile file."""
+    shown = str(path)
+    profile, findings = parse_profile(path, shown=shown)
+    text = _safe_text(path)
+    if text is not None:
+        findings += _secret_findings(text, shown)
+        findings += _stale_findings(text, shown, options)
+    if profile is not None:
+        findings += _section_findings(profile, shown)
+        findings += _link_findings(profile, shown)
+        findings += _detach_findings(profile, shown)
+    return sorted(set(findings), key=lambda f: (f.path, f.line, f.rule, f.message))
+
+
+def _safe_text(path: Path) -> str | None:
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if b"\x00" in raw:
+        return None
+    return raw.decode("utf-8", errors="replace")
+
+
+def _sections(profile: Profile) -> list[tuple[int, int | None, str]]:
+    """(file line, number or None, title) of every `## ` heading outside code fences."""
+    headings = []
+    in_fence = False
+    for offset, line in enumerate(profile.body.splitlines()):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+            continue
+        match = None if in_fence else _HEADING.match(line)
+        if match:
+            number = int(match["number"]) if match["number"] else None
+            headings.append((profile.body_first_line + offset, number, match["title"]))
+    return headings
+
+
+def _normal(title: str) -> str:
+    return re.sub(r"\s+", " ", title.replace("*", "").strip()).upper()
+
+
+def _section_findings(profile: Profile, shown: str) -> list[Finding]:
+    findings = []
+    expected = {index + 1: title for index, title in enumerate(SECTION_TITLES)}
+    seen: list[int] = []
+    for line, number, title in _sections(profile):
+        if number is None:
+            continue
+        if number not in expected:
+            findings.append(
+                Finding(shown, line, "sections", f"section number {number} is not one of 1-8")
+            )
+            continue
+        if _normal(title) != expected[number]:
+            findings.append(
+                Finding(
+                    shown,
+                    line,
+                    "sections",
+                    f"section {number} is titled {title!r}, expected {expected[number]!r}",
+                )
+            )
+        if seen and number <= seen[-1]:
+            findings.append(
+                Finding(
+                    shown,
+                    line,
+                    "sections",
+                    f"section {number} comes after section {seen[-1]}; keep the order 1-8",
+                )
+            )
+        seen.append(number)
+    for number, title in expected.items():
+        if number not in seen:
+            findings.append(
+                Finding(
+                    shown,
+                    profile.body_first_line,
+                    "sections",
+                    f"missing section '## {number}. {title}'",
+                )
+            )
+    findings += _gotcha_findings(profile, shown)
+    return findings
+
+
+def _section_lines(profile: Profile, number: int) -> Iterable[tuple[int, str]]:
+    """(file line, text) of the lines inside one numbered section."""
+    headings = _sections(profile)
+    lines = profile.body.splitlines()
+    for index, (line, heading_number, _) in enumerate(headings):
+        if heading_number != number:
+            continue
+        end = (
+            headings[index + 1][0]
+            if index + 1 < len(headings)
+            else profile.body_first_line + len(lines)
+        )
+        for file_line in range(line + 1, end):
+            yield file_line, lines[file_line - profile.body_first_line]
+        return
+
+
+def _gotcha_findings(profile: Profile, shown: str) -> list[Finding]:
+    findings = []
+    prefix = profile.gotcha_prefix
+    first_seen: dict[str, int] = {}
+    id_pattern = re.compile(rf"^{re.escape(prefix)}[1-9][0-9]*$")
+    for line, text in _section_lines(profile, GOTCHA_SECTION):
+        match = _GOTCHA.match(text)
+        if not match:
+            continue
+        gotcha = match["id"]
+        if not id_pattern.match(gotcha):
+            findings.append(
+                Finding(
+                    shown,
+                    line,
+                    "gotcha-id",
+                    f"gotcha id {gotcha!r} must be {prefix}<n> (gotcha_prefix is {prefix!r})",
+                )
+            )
+        elif gotcha in first_seen:
+            findings.append(
+                Finding(
+                    shown,
+                    line,
+                    "gotcha-id",
+                    f"gotcha id {gotcha} is used twice (first on line {first_seen[gotcha]})",
+                )
+            )
+        else:
+            first_seen[gotcha] = line
+    if (
+        not first_seen
+        and not findings
+        and any(n == GOTCHA_SECTION for _, n, _ in _sections(profile))
+    ):
+        findings.append(
+            Finding(
+                shown,
+                profile.body_first_line,
+                "gotcha-id",
+                f"section 7 lists no gotchas (expected bullets like '- **{prefix}1 — ...**')",
+            )
+        )
+    return findings
+
+
+def _link_findings(profile: Profile, shown: str) -> list[Finding]:
+    """references/... and scripts/... must exist next to the profile's folder or in the bundle."""
+    roots = [profile.path.resolve().parent.parent, bundle_root()]
+    findings = []
+    for offset, text in enumerate(profile.body.splitlines()):
+        reported: set[str] = set()  # '[scripts/x](../scripts/x)' names one file twice
+        for match in _LINK.finditer(text):
+            target = match["target"].split("#", 1)[0]
+            relative = target[3:] if target.startswith("../") else target
+            if relative in reported:
+                continue
+            reported.add(relative)
+            if not any((root / relative).exists() for root in roots):
+                findings.append(
+                    Finding(
+                        shown,
+                        profile.body_first_line + offset,
+                        "link",
+                        f"{target} does not exist",
+                    )
+                )
+    return findings
+
+
+def _detach_findings(profile: Profile, shown: str) -> list[Finding]:
+    findings = []
+    for each in profile.all_variants():
+        primitive = each.detach_primitive
+        detach = str(each.overrides["detach"])
+        if primitive == "none":
+            ok = detach == ""
+            wanted = "empty"
+        else:
+            words = DETACH_WORDS.get(primitive, (primitive,))
+            ok = any(word in detach for word in words)
+            wanted = "mention " + " or ".join(repr(w) for w in words)
+        if ok:
+            continue
+        where: list[Any] = ["overrides", "detach"]
+        line = profile.doc.line_of(where)
+        scope = "overrides.detach"
+        if each.variant:
+            entry = profile.variants[each.variant]
+            scope = f"variants.{each.variant}.overrides.detach"
+            if "detach" in entry.get("overrides", {}):
+                line = profile.doc.line_of(["variants", each.variant, *where])
+            elif "detach_primitive" in entry:
+                line = profile.doc.line_of(["variants", each.variant, "detach_primitive"])
+        findings.append(
+            Finding(
+                shown,
+                line,
+                "detach",
+                f"{scope} is {detach!r} but detach_primitive is {primitive!r}: it must {wanted}",
+            )
+        )
+    return findings
+
+
+def _secret_findings(text: str, shown: str) -> list[Finding]:
+    findings = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for label, pattern in _SECRET_SHAPES:
+            if pattern.search(line):
+                findings.append(
+                    Finding(
+                        shown,
+                        number,
+                        "secret",
+                        f"looks like a {label}; a profile names env vars, never their values",
+                    )
+                )
+                break
+    return findings
+
+
+def _stale_findings(text: str, shown: str, options: LintOptions) -> list[Finding]:
+    today = options.today or _dt.date.today()
+    findings = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for match in _STAMP.finditer(line):
+            year, month = int(match["year"]), int(match["month"])
+            age = (today.year - year) * 12 + (today.month - month)
+            if age > options.max_age_months:
+                findings.append(
+                    Finding(
+                        shown,
+                        number,
+                        "stale-verified",
+                        f"verified {year}-{month:02d} is {age} months old "
+                        f"(limit {options.max_age_months}); re-check the fact and its source",
+                        severity="warning",
+                    )
+                )
+            elif age < 0:
+                findings.append(
+                    Finding(
+                        shown,
+                        number,
+                        "stale-verified",
+                        f"verified {year}-{month:02d} is in the future",
+                    )
+                )
+    return findings

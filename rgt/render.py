@@ -1,0 +1,242 @@
+"""Render the shell-script templates (`scripts/*.sh.j2`) for one profile and one job request.
+
+Safety is structural, not a convention:
+
+* Jinja2 runs with `StrictUndefined`: a misspelt value is an error, not an empty string.
+* Every `{{ ... }}` must end in one of the quoting filters below. The environment's `finalize`
+  hook sees every interpolated value and refuses anything that is not a `Shell` fragment, so a
+  template that forgets to quote does not render at all.
+
+      q        a shell word: 'it''s' quoted with shlex.quote
+      box      an absolute box path, prefixed with "${RGT_BOX_ROOT:-}" (the emulator seam);
+               a $HOME/... path becomes "$HOME"'/...'
+      name     an env-var name (validated ^[A-Z_][A-Z0-9_]*$), usable bare in ${NAME:-}
+      int      an integer
+      b64      text as a single-quoted base64 word (file contents shipped to the box)
+
+* Values come only from the profile and the job request (plus rgt's own version and the
+  manifest builder's source for the boot hook).
+
+The vast.ai boot hook has a size limit (profile `onstart_limit_bytes`); a longer script is
+emitted as a small self-extracting wrapper around its gzip+base64 form, with a note to stderr.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rgt import __version__
+from rgt.atomic import atomic_write_bytes
+from rgt.bundle import bundle_path
+from rgt.errors import UsageError
+from rgt.job import JobRequest
+from rgt.profile import Profile
+
+TEMPLATES = ("run_one", "run_queue", "onstart", "pull")
+BOX_ROOT = '"${RGT_BOX_ROOT:-}"'
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class Shell(str):
+    """Text that is safe to paste into a shell script as-is (made only by the filters)."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered script. `inner` is the uncompressed script when `text` is its compressed form."""
+
+    template: str
+    text: str
+    inner: str
+    compressed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def quote(value: Any) -> Shell:
+    """One shell word for any scalar value."""
+    if isinstance(value, bool) or value is None:
+        raise UsageError(f"cannot put {value!r} into a script; the template needs a string")
+    return Shell(shlex.quote(str(value)))
+
+
+def box_path(value: Any) -> Shell:
+    """An absolute box path as a shell word that honours $RGT_BOX_ROOT (see CONTRACTS)."""
+    text = str(value)
+    if text == "$HOME" or text.startswith("$HOME/"):
+        rest = text[len("$HOME") :]
+        return Shell('"$HOME"' + (shlex.quote(rest) if rest else ""))
+    if not text.startswith("/"):
+        raise UsageError(f"box path {text!r} must be absolute (start with /) or start with $HOME/")
+    return Shell(BOX_ROOT + shlex.quote(text))
+
+
+def env_name(value: Any) -> Shell:
+    """An environment variable name, safe unquoted."""
+    text = str(value)
+    if not _ENV_NAME.match(text):
+        raise UsageError(
+            f"{text!r} is not an env-var name (A-Z, 0-9, _; not starting with a digit)"
+        )
+    return Shell(text)
+
+
+def integer(value: Any) -> Shell:
+    """A whole number."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"expected an integer in the script, got {value!r}")
+    return Shell(str(value))
+
+
+def b64(value: Any) -> Shell:
+    """Text as one base64 word: file contents travel without any quoting questions."""
+    return Shell("'" + base64.b64encode(str(value).encode()).decode() + "'")
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Shell):
+        return value
+    raise UsageError(
+        f"template bug: {value!r} is interpolated without a quoting filter "
+        "(end every {{ ... }} with |q, |box, |name, |int or |b64)"
+    )
+
+
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(bundle_path("scripts"))),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
+    )
+    env.filters.update(q=quote, box=box_path, name=env_name, int=integer, b64=b64)
+    return env
+
+
+def template_names() -> list[str]:
+    """The bundled templates (scripts/*.sh.j2) by short name."""
+    return sorted(p.name[: -len(".sh.j2")] for p in bundle_path("scripts").glob("*.sh.j2"))
+
+
+def manifest_source() -> str:
+    """Source of rgt/manifest.py (stdlib-only): the boot hook ships it to the box and runs it."""
+    try:
+        import rgt.manifest as manifest_module
+    except ImportError as exc:
+        raise UsageError(
+            "the onstart template needs rgt/manifest.py (the box-side manifest builder), "
+            f"which cannot be imported here: {exc}"
+        ) from None
+    path = Path(str(manifest_module.__file__))
+    return path.read_text(encoding="utf-8")
+
+
+def _check_layout(profile: Profile, job: JobRequest) -> None:
+    """Cross checks between profile and job that no schema can see."""
+    data_dir = str(profile.overrides["data_dir"]).rstrip("/")
+    root = job.results_root.rstrip("/")
+    if data_dir == root or data_dir.startswith(root + "/"):
+        raise UsageError(
+            f"{job.source}: results_root {job.results_root!r} contains the profile's data_dir "
+            f"{profile.overrides['data_dir']!r}, where rgt keeps its state; use a sub-folder such "
+            f"as {data_dir}/results"
+        )
+
+
+def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str, Any]:
+    """The only values a template can read."""
+    overrides = profile.overrides
+    context: dict[str, Any] = {
+        "rgt_version": __version__,
+        "template": template,
+        "profile": {
+            "name": profile.name,
+            "title": profile.title,
+            "meter_stop_verb": profile.meter_stop_verb or "",
+            "instance_id_env": profile.instance_id_env or "",
+            "detach_primitive": profile.detach_primitive,
+            "overrides": {
+                "data_dir": overrides["data_dir"],
+                "durable_dir": overrides["durable_dir"],
+                "proxy_hook": overrides["proxy_hook"],
+                "cred_file": overrides["cred_file"],
+                "scratch": list(overrides["scratch"]),
+                "hf_home": overrides["hf_home"],
+                "detach": overrides["detach"],
+                "python": overrides.get("python", "python3"),
+                "ssh_user": overrides.get("ssh_user", "root"),
+                "env": dict(overrides.get("env", {})),
+            },
+        },
+        "job": job.as_dict(),
+        "env": {**dict(overrides.get("env", {})), **dict(job.env)},
+    }
+    if template == "onstart":
+        context["manifest_source"] = manifest_source()
+    return context
+
+
+def render_template(profile: Profile, template: str, job: JobRequest) -> Rendered:
+    """Render one template; the boot hook is compressed when it exceeds the profile's limit."""
+    if template not in template_names():
+        known = ", ".join(template_names())
+        raise UsageError(f"unknown template {template!r}; templates: {known}")
+    _check_layout(profile, job)
+    import jinja2
+
+    env = _environment()
+    try:
+        text = env.get_template(f"{template}.sh.j2").render(build_context(profile, job, template))
+    except jinja2.UndefinedError as exc:
+        raise UsageError(f"template {template}.sh.j2: {exc.message}") from None
+    notes: list[str] = []
+    limit = profile.onstart_limit_bytes if template == "onstart" else None
+    size = len(text.encode())
+    if limit is None or size <= limit:
+        return Rendered(template, text, text, notes=notes)
+    wrapper = self_extracting(text, profile, job)
+    packed = len(wrapper.encode())
+    if packed > limit:
+        raise UsageError(
+            f"{template} is {size} bytes and still {packed} bytes compressed; "
+            f"{profile.title} accepts {limit}: move large `files` of the job into the image or a "
+            "download"
+        )
+    notes.append(
+        f"{template} is {size} bytes, over {profile.title}'s {limit}-byte limit: emitted a "
+        f"gzip+base64 self-extracting form ({packed} bytes)"
+    )
+    return Rendered(template, wrapper, text, compressed=True, notes=notes)
+
+
+def self_extracting(script: str, profile: Profile, job: JobRequest) -> str:
+    """A tiny bash script that unpacks `script` into the state dir and runs it."""
+    payload = base64.b64encode(gzip.compress(script.encode(), mtime=0)).decode()
+    data_dir = box_path(profile.overrides["data_dir"])
+    run_dir = f"{data_dir}/.rgt/{shlex.quote(job.run_id)}"
+    return (
+        "#!/usr/bin/env bash\n"
+        f"# rgt {__version__}: the {profile.title} boot hook for run {job.run_id}, gzip+base64\n"
+        "# packed to fit the platform's size limit. It unpacks and runs the full script.\n"
+        "set -euo pipefail\n"
+        f"rgt_dir={run_dir}\n"
+        'mkdir -p "$rgt_dir"\n'
+        f"printf '%s' '{payload}' | base64 -d | gunzip >\"$rgt_dir/onstart.full.sh\"\n"
+        'exec bash "$rgt_dir/onstart.full.sh" "$@"\n'
+    )
+
+
+def write_script(path: Path, text: str) -> None:
+    """Write a rendered script atomically, executable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode(), mode=0o755)

@@ -1,0 +1,79 @@
+"""Job requests: the example loads; each bad job in the corpus gets one clear located error."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rgt.job import JobError, JobRequest, load_job
+
+BAD_JOBS = Path(__file__).parent / "data" / "bad_jobs"
+# Files that cannot carry an `# expect:` header say what they expect here.
+HEADERLESS = {"empty.yaml": (1, "empty, expected a mapping"), "binary.yaml": (1, "binary file")}
+
+
+def _expectation(path: Path) -> tuple[int, str]:
+    if path.name in HEADERLESS:
+        return HEADERLESS[path.name]
+    match = re.match(r"# expect: (\d+): (.+)", path.read_text().splitlines()[0])
+    assert match, f"{path.name} needs an '# expect: LINE: text' header"
+    return int(match[1]), match[2]
+
+
+def test_example_job_loads_with_its_fields() -> None:
+    job = load_job()
+    assert job.run_id == "example-run"
+    assert (job.gpu_name, job.gpu_count) == ("RTX_4090", 1)
+    assert job.roster == ("cell-a",)
+    assert job.checkpoint_glob == "step-*.ckpt"
+    assert JobRequest.from_dict(job.as_dict()) == JobRequest.from_dict(job.as_dict())
+
+
+@pytest.mark.parametrize("path", sorted(BAD_JOBS.iterdir()), ids=lambda p: p.name)
+def test_bad_job_is_named_with_its_line(path: Path) -> None:
+    line, text = _expectation(path)
+    with pytest.raises(JobError) as caught:
+        load_job(path)
+    message = caught.value.message
+    assert message.startswith(f"{path}:{line}: "), message
+    assert text in message
+    assert "\n" not in message
+    assert caught.value.exit_code == 2
+
+
+def test_from_dict_rejects_a_secret_value_in_env_by_name() -> None:
+    data = load_job().as_dict()
+    data["env"] = {"HF_TOKEN": "hf_abc"}
+    with pytest.raises(JobError, match=r"env\.HF_TOKEN"):
+        JobRequest.from_dict(data, source="inline")
+
+
+def test_missing_job_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="cannot read"):
+        load_job(tmp_path / "nope.yaml")
+
+
+@pytest.mark.timeout(60)
+def test_bad_job_via_cli_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rgt",
+            "render",
+            "vastai",
+            "run_one",
+            "--job",
+            str(BAD_JOBS / "gpu_with_space.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "gpu_with_space.yaml:4: schema: gpu:" in result.stderr
