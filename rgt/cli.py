@@ -14,24 +14,31 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from rgt import __version__
 from rgt.errors import EXIT_USAGE, RgtError
 
-# Order is the order `rgt --help` lists them in: the lifecycle, then tools.
-COMMANDS: tuple[str, ...] = (
-    "lint",
-    "render",
-    "cadence",
-    "pull",
-    "approval",
-    "approve",
-    "destroy",
-    "sweep",
-    "ledger",
-)
+
+def command_modules() -> list[tuple[str, ModuleType]]:
+    """Every sub-command module in `rgt.commands`, in `rgt --help` order.
+
+    Discovered rather than listed, so adding a command is adding one module. A module sets
+    `ORDER` (lower lists first: the lifecycle, then tools); names starting with "_" are helpers.
+    """
+    import rgt.commands as package
+
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"rgt.commands.{info.name}")
+        found.append((info.name.replace("_", "-"), module))
+    return sorted(found, key=lambda item: (getattr(item[1], "ORDER", 1000), item[0]))
+
 
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in rgt, not a user mistake
 
@@ -51,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rgt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
-        module = importlib.import_module(f"rgt.commands.{name.replace('-', '_')}")
+    for name, module in command_modules():
         command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+ORDER = 100  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "set (init) or inspect (status) the approval passphrase a human types to allow a destroy"
 
 

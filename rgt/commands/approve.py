@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+ORDER = 110  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "approve destroying one instance: type its id and your approval passphrase on a terminal"
 
 

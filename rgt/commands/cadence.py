@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+ORDER = 30  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "how often to checkpoint: Young/Daly W = sqrt(2 * MTBF * checkpoint cost)"
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from rgt.commands._platform import add_platform_argument
 
+ORDER = 120  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "destroy an instance only once its results are pulled, verified and a human approved"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+ORDER = 140  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "show the ledger: instances, pulls, verifications, approvals and destroys"
 
 

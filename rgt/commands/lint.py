@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+ORDER = 10  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "check platform profiles: schema, sections, gotcha ids, links, secrets, staleness"
 
 

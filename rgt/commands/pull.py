@@ -6,6 +6,7 @@ import argparse
 
 from rgt.commands._platform import add_platform_argument
 
+ORDER = 80  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "copy a run's results off the box: manifest first, then files over rsync (resumable)"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+ORDER = 20  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "render a script template (run_one, run_queue, onstart, pull) for a profile and a job"
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from rgt.commands._platform import add_platform_argument
 
+ORDER = 130  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "list every instance the API key can see, its hourly cost and what keeps billing"
 
 
