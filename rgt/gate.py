@@ -15,7 +15,9 @@ Evidence, all re-checked at decision time, none taken on trust from a file an ag
    the local files are unchanged since (``rgt.verify.check_unchanged``; see its docstring for
    what is compared and what that costs).
 4. **A fresh human approval** for exactly this instance id, recorded in the ledger, unexpired
-   and unused (``rgt.approval``).
+   and unused (``rgt.approval``). A caller that has just obtained one (the MCP server's
+   elicitation, the CLI's terminal prompt) passes its ``approval_id`` so that exactly that
+   approval, and no other row in the ledger, is the one accepted and consumed.
 
 Any exception while collecting evidence is a deny, with the error as the missing item: destroy
 is irreversible, so the gate fails closed.
@@ -23,17 +25,20 @@ is irreversible, so the gate fails closed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rgt.errors import ProviderError, Refused
-from rgt.ledger import Ledger
+from rgt.ledger import ApprovalRecord, Ledger
 from rgt.providers.base import Provider
-from rgt.pull import MANIFEST_NAME, manifest_remote_path
+from rgt.pull import MANIFEST_NAME, manifest_remote_path, still_bills_note
 
 # The instance must read "gone" within this long after the destroy request.
 CONFIRM_SECONDS = 120.0
@@ -94,14 +99,26 @@ def may_destroy(
     provider: Provider,
     ledger: Ledger,
     require_approval: bool = True,
+    approval_id: int | None = None,
+    profile: Any | None = None,
     now: float | None = None,
 ) -> GateDecision:
     """Decide whether `instance_id` may be destroyed now; lists every missing piece of evidence.
 
-    Never raises: an error while collecting evidence becomes a `gate-error` missing item."""
+    `approval_id`: accept only this approval (it must be for this instance, unexpired, unused);
+    None accepts the newest usable one. `profile` only enriches messages (what a stopped box
+    still bills). Never raises: an error while collecting evidence becomes a `gate-error` item."""
     decision = GateDecision(instance_id=str(instance_id), allowed=False)
     try:
-        _collect(decision, provider, ledger, require_approval, time.time() if now is None else now)
+        _collect(
+            decision,
+            provider,
+            ledger,
+            require_approval,
+            approval_id,
+            profile,
+            time.time() if now is None else now,
+        )
     except Exception as exc:  # fail closed: anything unexpected is a deny, with its reason
         decision.missing.append(Missing("gate-error", f"{type(exc).__name__}: {exc}"))
     decision.allowed = not decision.missing
@@ -113,6 +130,8 @@ def _collect(
     provider: Provider,
     ledger: Ledger,
     require_approval: bool,
+    approval_id: int | None,
+    profile: Any | None,
     now: float,
 ) -> None:
     instance_id = decision.instance_id
@@ -130,9 +149,9 @@ def _collect(
             Missing(
                 "box-unreachable",
                 f"instance {instance_id} is {instance.state}: the gate must re-read the manifest "
-                "on the box and cannot while it is not running. Start it, then pull → verify → "
-                "approve → destroy; or, accepting the loss of anything unverified, destroy it "
-                "outside rgt with the provider's own tool",
+                "on the box and cannot while it is not running. Start it (`rgt pull ... "
+                "--start`), then pull → verify → approve → destroy; "
+                f"{still_bills_note(instance, profile)}",
             )
         )
 
@@ -250,9 +269,11 @@ def _collect(
 
     # (4) a fresh human approval for exactly this id.
     if require_approval:
-        approval = ledger.usable_approval(instance_id, now=now)
+        approval = _approval(ledger, instance_id, approval_id, now)
         if approval is None:
-            missing.append(Missing("no-approval", _approval_gap(ledger, instance_id, now)))
+            missing.append(
+                Missing("no-approval", _approval_gap(ledger, instance_id, approval_id, now))
+            )
         else:
             evidence["approval"] = {
                 "id": approval.id,
@@ -283,12 +304,34 @@ def _local_change(local_dir: str) -> str | None:
     return check_unchanged(Path(local_dir))
 
 
-def _approval_gap(ledger: Ledger, instance_id: str, now: float) -> str:
+def _approval(
+    ledger: Ledger, instance_id: str, approval_id: int | None, now: float
+) -> ApprovalRecord | None:
+    if approval_id is None:
+        return ledger.usable_approval(instance_id, now=now)
+    record = ledger.approval(approval_id)
+    if record is None or record.instance_id != instance_id or not record.usable(now):
+        return None
+    return record
+
+
+def _approval_gap(ledger: Ledger, instance_id: str, approval_id: int | None, now: float) -> str:
     how = (
         f"a human must run `rgt approve {instance_id}` (terminal + passphrase) or answer the "
         "MCP approval prompt"
     )
-    previous = ledger.approvals(instance_id)
+    if approval_id is not None:
+        given = ledger.approval(approval_id)
+        if given is None:
+            return f"approval {approval_id} does not exist; {how}"
+        if given.instance_id != instance_id:
+            return (
+                f"approval {approval_id} is for instance {given.instance_id}, not "
+                f"{instance_id}; {how}"
+            )
+        previous = [given]
+    else:
+        previous = ledger.approvals(instance_id)
     if previous:
         last = previous[-1]
         if last.consumed is not None:
@@ -305,13 +348,21 @@ def destroy_with_gate(
     provider: Provider,
     ledger: Ledger,
     profile: Any,
+    approval_id: int | None = None,
     confirm_seconds: float = CONFIRM_SECONDS,
 ) -> DestroyOutcome:
     """Destroy `instance_id` if and only if the gate allows it now. The only caller of the
     provider's meter-stop verb in rgt.
 
-    1. claim the destroy in the ledger (one transaction: of two concurrent callers in any
-       processes, one wins, the other is refused, so at most one destroy request is sent);
+    `approval_id`: the approval the caller just obtained from a human (MCP elicitation:
+    ``rgt.approval.approve_with_passphrase(..., channel="mcp-elicitation")`` or
+    ``ledger.record_approval(id, "mcp-elicitation", ttl)``; CLI: the terminal prompt). Only that
+    approval is accepted and consumed. None: the newest usable approval for this instance.
+
+    1. take a per-instance file lock (non-blocking) and claim the destroy in the ledger (one
+       transaction). Of concurrent callers in any processes one wins and the others are refused,
+       so at most one destroy request is sent; the lock also covers a destroy slower than the
+       ledger claim's expiry;
     2. re-run the gate with approval required;
     3. consume the approval (single use);
     4. call the meter-stop verb named by the profile;
@@ -326,6 +377,21 @@ def destroy_with_gate(
             f"profile {getattr(profile, 'name', '?')!r}: meter_stop_verb {verb!r} is not an "
             f"operation rgt can gate (known: {', '.join(sorted(METER_STOP_VERBS))})"
         )
+    with _destroy_lock(provider.platform, instance_id):
+        return _destroy_claimed(
+            instance_id, provider, ledger, profile, verb, approval_id, confirm_seconds
+        )
+
+
+def _destroy_claimed(
+    instance_id: str,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any,
+    verb: str,
+    approval_id: int | None,
+    confirm_seconds: float,
+) -> DestroyOutcome:
     token = ledger.claim_destroy(provider.platform, instance_id)
     if token is None:
         raise Refused(
@@ -333,15 +399,21 @@ def destroy_with_gate(
             "(see `rgt ledger`)"
         )
     try:
-        decision = may_destroy(instance_id, provider=provider, ledger=ledger)
+        decision = may_destroy(
+            instance_id,
+            provider=provider,
+            ledger=ledger,
+            approval_id=approval_id,
+            profile=profile,
+        )
         if not decision.allowed:
             ledger.update_destroy(token, "failed", detail=decision.explain())
             raise Refused(decision.explain())
-        approval_id = int(decision.evidence["approval"]["id"])
-        if not ledger.consume_approval(approval_id):
+        used_approval = int(decision.evidence["approval"]["id"])
+        if not ledger.consume_approval(used_approval):
             ledger.update_destroy(token, "failed", detail="approval used or expired meanwhile")
             raise Refused(f"instance {instance_id}: the approval was used or expired meanwhile")
-        ledger.update_destroy(token, "sent", verb=verb, approval_id=approval_id)
+        ledger.update_destroy(token, "sent", verb=verb, approval_id=used_approval)
         try:
             getattr(provider, verb)(instance_id)
         except Exception as exc:
@@ -355,11 +427,33 @@ def destroy_with_gate(
                 f"{confirm_seconds:.0f} s; check `rgt sweep` (it may still bill)"
             )
         ledger.update_destroy(token, "confirmed", detail=f"{verb} confirmed: gone")
-        return DestroyOutcome(instance_id, verb, approval_id, state, decision)
+        return DestroyOutcome(instance_id, verb, used_approval, state, decision)
     except BaseException as exc:
         if not isinstance(exc, (Refused, ProviderError)):
             ledger.update_destroy(token, "failed", detail=f"{type(exc).__name__}: {exc}")
         raise
+
+
+@contextlib.contextmanager
+def _destroy_lock(platform: str, instance_id: str) -> Iterator[None]:
+    """An exclusive, non-blocking per-instance lock file under rgt's state dir (the kernel drops
+    it if the process dies). Held: another destroy of this instance is running; refuse."""
+    from rgt.paths import state_dir
+
+    locks = state_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    safe = hashlib.sha256(f"{platform}:{instance_id}".encode()).hexdigest()[:24]
+    with open(locks / f"{platform}-destroy-{safe}.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Refused(
+                f"instance {instance_id}: another destroy of it is in progress right now"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _wait_gone(provider: Provider, instance_id: str, seconds: float) -> str:

@@ -537,6 +537,13 @@ class Ledger:
         ).fetchone()
         return None if row is None else ApprovalRecord(**dict(row))
 
+    def approval(self, approval_id: int) -> ApprovalRecord | None:
+        """One approval by id (whatever its instance or state), or None."""
+        row = self._db.execute(
+            "SELECT * FROM approvals WHERE id = ?", (int(approval_id),)
+        ).fetchone()
+        return None if row is None else ApprovalRecord(**dict(row))
+
     def approvals(self, instance_id: str | None = None) -> list[ApprovalRecord]:
         """Every approval (of one instance, or all), oldest first."""
         if instance_id is None:

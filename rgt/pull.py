@@ -53,18 +53,33 @@ def manifest_remote_path(remote_root: str) -> str:
     return str(PurePosixPath(remote_root) / MANIFEST_NAME)
 
 
+def still_bills_note(instance: Instance, profile: Any | None) -> str:
+    """What a not-running instance keeps billing, from the profile (never hard-coded), with the
+    estimated storage $/hour when the provider reported disk size and storage price."""
+    bills = list(getattr(profile, "stop_still_bills", None) or [])
+    if not bills:
+        return "check what it still bills with `rgt sweep`"
+    from rgt.sweep import storage_hourly
+
+    hourly = storage_hourly(instance)
+    cost = (
+        f" (about ${hourly:.4f}/hour for its {instance.disk_gb:g} GB disk, until destroyed)"
+        if hourly is not None and instance.disk_gb is not None
+        else ""
+    )
+    stop = getattr(profile, "stop_verb", None) or "stop"
+    return (
+        f"`{stop}` is not a meter stop: while {instance.state} it still bills "
+        f"{', '.join(bills)}{cost}"
+    )
+
+
 def unreachable_message(instance: Instance, profile: Any | None) -> str:
     """Why a box in a non-running state cannot be copied from, and what to do (with the cost)."""
-    bills = list(getattr(profile, "stop_still_bills", None) or [])
-    billing = (
-        f"while {instance.state} it still bills: {', '.join(bills)}"
-        if bills
-        else "check what it still bills (`rgt sweep`)"
-    )
     return (
         f"instance {instance.id} is {instance.state}: its disk cannot be copied while it is not "
         f"running. Start it (`rgt pull ... --start`, or start it with your provider), then "
-        f"copy → verify → destroy; {billing}"
+        f"copy → verify → destroy; {still_bills_note(instance, profile)}"
     )
 
 

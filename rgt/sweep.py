@@ -60,7 +60,9 @@ class SweepReport:
         }
 
 
-def _storage_hourly(instance: Instance) -> float | None:
+def storage_hourly(instance: Instance) -> float | None:
+    """Estimated $/hour its disk bills while stopped: disk GB x the host's storage price
+    ($/GB/month) / hours per month; None when the provider did not report both."""
     per_gb_month = instance.raw.get("storage_cost") if instance.raw else None
     if instance.disk_gb is None or not isinstance(per_gb_month, (int, float)):
         return None
@@ -81,7 +83,7 @@ def sweep(*, provider: Provider, ledger: Ledger, profile: Any | None) -> SweepRe
         flags: list[str] = []
         if instance.state in NOT_RUNNING_STATES:
             keeps = still_bills
-            cost = _storage_hourly(instance) if still_bills else 0.0
+            cost = storage_hourly(instance) if still_bills else 0.0
             basis = "storage only (estimated from disk size)" if cost else "unknown"
             if still_bills:
                 flags.append("stopped-but-billing")

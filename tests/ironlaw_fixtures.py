@@ -64,3 +64,11 @@ def vast_profile() -> Any:
             meter_stop_irreversible=True,
             stop_still_bills=["disk storage"],
         )
+
+
+def verify_and_record(ledger: Any, local_dir: Path) -> None:
+    """Run the real verifier on `local_dir` (raises CheckFailed on a mismatch) and make sure the
+    passed verification is in the ledger, as `rgt verify` does."""
+    from rgt.verify import verify_pull  # type: ignore[import-not-found]
+
+    verify_pull(local_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from rgt.commands._platform import add_platform_argument
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     provider, profile = open_platform(args.platform)
     with Ledger.open() as ledger:
-        decision = may_destroy(args.instance, provider=provider, ledger=ledger)
+        decision = may_destroy(args.instance, provider=provider, ledger=ledger, profile=profile)
         evidence_missing = [m for m in decision.missing if m.code != "no-approval"]
         if args.json:
             print(json.dumps(decision.to_json(), indent=2))
@@ -43,15 +44,21 @@ def run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(decision.explain(), file=sys.stdout if decision.allowed else sys.stderr)
             return 0 if decision.allowed else EXIT_REFUSED
+        approval_id: int | None = None
         if not decision.allowed:
-            # Only the approval is missing: ask the human at this terminal.
-            approval.prompt_approval(
+            # Only the approval is missing: ask the human at this terminal, and destroy with
+            # exactly the approval they just gave.
+            approval_id = approval.prompt_approval(
                 ledger,
                 args.instance,
                 summary=_summary(decision.evidence, profile),
             )
         outcome = destroy_with_gate(
-            args.instance, provider=provider, ledger=ledger, profile=profile
+            args.instance,
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            approval_id=approval_id,
         )
     print(
         f"instance {outcome.instance_id}: {outcome.verb} confirmed ({outcome.confirmed_state}); "
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(evidence: dict, profile: object) -> str:
+def _summary(evidence: dict[str, Any], profile: object) -> str:
     pull = evidence.get("pull", {})
     lines = [
         "Evidence found:",
