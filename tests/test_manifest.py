@@ -1,0 +1,263 @@
+"""rgt/manifest.py: the box-side manifest builder (run standalone, as the box runs it)."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from rgt import manifest
+from rgt.manifest import ManifestRefused, build_manifest, write_manifest
+
+pytestmark = pytest.mark.timeout(60)
+
+MODULE = Path(manifest.__file__)
+SCHEMA = json.loads((Path(__file__).parent.parent / "schemas/manifest.schema.json").read_text())
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "ckpt/model.safetensors": os.urandom(9 * 1024 * 1024 + 7),  # above the big-file cut
+        "ckpt/opt/state.bin": os.urandom(1000),
+        "metrics/metrics.json": b'{"loss": 0.25}',
+        "metrics/empty.json": b"",
+    }
+    for relative, data in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    return files
+
+
+def _run(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # -I: isolated mode, no site-packages and no cwd on sys.path, like a bare box python3.
+    return subprocess.run(
+        [sys.executable, "-I", str(MODULE), str(root), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> tuple[Path, dict[str, bytes], Path]:
+    root = tmp_path / "results"
+    files = _tree(root)
+    roster = tmp_path / "roster.txt"
+    roster.write_text("ckpt\n\nmetrics\n")
+    return root, files, roster
+
+
+def test_module_is_stdlib_only_and_self_contained() -> None:
+    tree = ast.parse(MODULE.read_text(), feature_version=(3, 8))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "relative import in the box-side module"
+            imported.add((node.module or "").split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == set()
+
+
+def test_manifest_lists_every_file_with_size_and_sha256(results) -> None:
+    root, files, _ = results
+    document = build_manifest(root, "run-1", ["metrics", "ckpt"], "77", workers=2)
+    jsonschema.Draft202012Validator(SCHEMA).validate(document)
+    assert document["roster"] == ["ckpt", "metrics"]
+    assert document["instance_id"] == "77" and document["run_id"] == "run-1"
+    assert document["files"] == [
+        {"path": p, "size": len(files[p]), "sha256": hashlib.sha256(files[p]).hexdigest()}
+        for p in sorted(files)
+    ]
+    assert document["totals"] == {"files": 4, "bytes": sum(len(d) for d in files.values())}
+
+
+def test_cli_standalone_writes_atomically_and_takes_instance_from_env(results) -> None:
+    root, files, roster = results
+    done = _run(root, "--run-id", "run-1", "--roster", str(roster), env={"CONTAINER_ID": "4242"})
+    assert done.returncode == 0, done.stderr
+    data = (root / "PULL_MANIFEST.json").read_bytes()
+    assert hashlib.sha256(data).hexdigest() in done.stdout
+    document = json.loads(data)
+    jsonschema.Draft202012Validator(SCHEMA).validate(document)
+    assert document["instance_id"] == "4242"
+    assert len(document["files"]) == len(files)
+    assert [p.name for p in root.iterdir() if p.name.endswith(".tmp")] == []
+    # Rebuilding over an existing manifest works (the manifest is not a result), and the
+    # explicit --instance-id wins over the environment.
+    again = _run(root, "--run-id", "run-1", "--roster", str(roster), "--instance-id", "9")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((root / "PULL_MANIFEST.json").read_bytes())["instance_id"] == "9"
+
+
+def test_cli_via_stdin_like_the_onstart(results) -> None:
+    root, _, roster = results
+    done = subprocess.run(
+        [sys.executable, "-I", "-", str(root), "--run-id", "r", "--roster", str(roster)],
+        input=MODULE.read_text(),
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "CONTAINER_ID"},
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((root / "PULL_MANIFEST.json").read_text())["instance_id"] is None
+
+
+def test_output_elsewhere(results, tmp_path: Path) -> None:
+    root, _, roster = results
+    out = tmp_path / "elsewhere.json"
+    done = _run(root, "--run-id", "r", "--roster", str(roster), "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and not (root / "PULL_MANIFEST.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("symlink", "ckpt/link: is a symlink"),
+        ("symlinked-roster-dir", "'metrics': roster entry is a symlink"),
+        ("in-flight", "ckpt/.model.safetensors.abc.tmp: in-flight file"),
+        ("unexpected-top", "'logs': unexpected top-level directory"),
+        ("stray-top-file", "'notes.txt': unexpected top-level file"),
+        ("missing-roster-dir", "'metrics': roster directory missing"),
+        ("control-char", "unsafe name: contains a control character"),
+        ("backslash", "unsafe name: contains a slash or backslash"),
+        ("fifo", "ckpt/pipe: is not a regular file"),
+    ],
+)
+def test_refusals_name_the_problem_and_write_nothing(results, damage: str, expected: str) -> None:
+    root, _, roster = results
+    if damage == "symlink":
+        os.symlink("/etc/passwd", root / "ckpt" / "link")
+    elif damage == "symlinked-roster-dir":
+        os.rename(root / "metrics", root.parent / "real-metrics")
+        os.symlink(root.parent / "real-metrics", root / "metrics")
+    elif damage == "in-flight":
+        (root / "ckpt" / ".model.safetensors.abc.tmp").write_bytes(b"half")
+    elif damage == "unexpected-top":
+        (root / "logs").mkdir()
+    elif damage == "stray-top-file":
+        (root / "notes.txt").write_text("x")
+    elif damage == "missing-roster-dir":
+        for path in (root / "metrics").iterdir():
+            path.unlink()
+        (root / "metrics").rmdir()
+    elif damage == "control-char":
+        (root / "ckpt" / "bad\nname").write_bytes(b"x")
+    elif damage == "backslash":
+        (root / "ckpt" / "bad\\name").write_bytes(b"x")
+    elif damage == "fifo":
+        os.mkfifo(root / "ckpt" / "pipe")
+    done = _run(root, "--run-id", "r", "--roster", str(roster))
+    assert done.returncode == 1, done.stderr
+    assert expected in done.stderr
+    assert all(line.startswith("manifest.py: refused: ") for line in done.stderr.splitlines())
+    assert not (root / "PULL_MANIFEST.json").exists()
+    with pytest.raises(ManifestRefused) as caught:
+        build_manifest(root, "r", ["ckpt", "metrics"])
+    assert any(expected in problem for problem in caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("roster", "expected"),
+    [
+        (["ckpt", "ckpt", "metrics"], "listed twice"),
+        (["ckpt", "metrics", ".."], "'..' is empty, '.' or '..'"),
+        (["ckpt", "metrics/x"], "contains a slash"),
+        (["ckpt", "metrics", "PULL_MANIFEST.json"], "the manifest itself"),
+    ],
+)
+def test_bad_roster_entries(results, roster: list[str], expected: str) -> None:
+    root = results[0]
+    with pytest.raises(ManifestRefused, match="roster entry") as caught:
+        build_manifest(root, "r", roster)
+    assert any(expected in problem for problem in caught.value.problems)
+
+
+def test_usage_errors_exit_2(results, tmp_path: Path) -> None:
+    root, _, roster = results
+    assert _run(root, "--roster", str(roster)).returncode == 2  # no --run-id
+    missing = _run(tmp_path / "nope", "--run-id", "r", "--roster", str(roster))
+    assert missing.returncode == 2 and "not a directory" in missing.stderr
+    empty = tmp_path / "empty-roster"
+    empty.write_text("\n")
+    blank = _run(root, "--run-id", "r", "--roster", str(empty))
+    assert blank.returncode == 2 and "no directory names" in blank.stderr
+    nofile = _run(root, "--run-id", "r", "--roster", str(tmp_path / "absent"))
+    assert nofile.returncode == 2 and "cannot read it" in nofile.stderr
+
+
+def test_many_small_files_hash_like_hashlib(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    expected = {}
+    for folder in range(3):
+        for index in range(700):
+            data = json.dumps({"f": folder, "i": index}).encode() * (index % 5)
+            relative = f"m{folder}/{index:04d}.json"
+            (root / f"m{folder}").mkdir(parents=True, exist_ok=True)
+            (root / relative).write_bytes(data)
+            expected[relative] = hashlib.sha256(data).hexdigest()
+    seen: list[tuple[int, int]] = []
+    path = write_manifest(root, "r", ["m0", "m1", "m2"], "1", workers=4)
+    document = json.loads(Path(path).read_text())
+    assert {f["path"]: f["sha256"] for f in document["files"]} == expected
+    items, problems = manifest.list_tree(str(root), ["m0", "m1", "m2"])
+    hashed = manifest.hash_files(items, workers=3, progress=lambda d, t: seen.append((d, t)))
+    assert not problems and {k: v[1] for k, v in hashed.items()} == expected
+    assert seen[-1][0] == seen[-1][1] == sum(size for _, _, size in items)
+
+
+def test_rgt_manifest_command(results) -> None:
+    root, files, roster = results
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rgt",
+            "manifest",
+            str(root),
+            "--run-id",
+            "r",
+            "--roster",
+            str(roster),
+            "--instance-id",
+            "5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["files"] == len(files) and summary["instance_id"] == "5"
+    os.symlink("/etc/hosts", root / "metrics" / "hosts")
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rgt",
+            "manifest",
+            str(root),
+            "--run-id",
+            "r",
+            "--roster",
+            str(roster),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "rgt manifest: refused: metrics/hosts: is a symlink; results must be real files, not links"
+    )
