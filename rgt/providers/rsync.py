@@ -38,6 +38,9 @@ from rgt.providers.base import CopyProgress, ProgressCallback
 log = logging.getLogger(__name__)
 
 SSH_KEY_ENV = "RGT_SSH_KEY"
+# The ssh program (and leading arguments) to run instead of `ssh`, like git's GIT_SSH_COMMAND:
+# a wrapper, a jump-host setup, or the emulator's local pipe where no sshd can run.
+SSH_COMMAND_ENV = "RGT_SSH_COMMAND"
 PARTIAL_DIR = ".rsync-partial"
 
 # rsync exit codes worth another attempt: the link or the far side failed, not the request.
@@ -140,11 +143,32 @@ def identity_from_environment() -> Path | None:
     return path
 
 
+def ssh_program() -> list[str]:
+    """`ssh`, or the command $RGT_SSH_COMMAND names (split like a shell would)."""
+    value = os.environ.get(SSH_COMMAND_ENV, "").strip()
+    if not value:
+        return ["ssh"]
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        raise UsageError(f"{SSH_COMMAND_ENV}={value!r}: {exc}") from None
+    return words or ["ssh"]
+
+
+def transport_name() -> str:
+    """How copies travel, for reports: rsync over ssh, or over $RGT_SSH_COMMAND."""
+    return (
+        f"rsync over {SSH_COMMAND_ENV}"
+        if os.environ.get(SSH_COMMAND_ENV, "").strip()
+        else ("rsync+ssh")
+    )
+
+
 def ssh_command(endpoint: SshEndpoint, settings: SshSettings) -> list[str]:
     """The ssh argv (without the remote command) for `endpoint`."""
     settings.known_hosts.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        "ssh",
+        *ssh_program(),
         "-p",
         str(endpoint.port),
         "-l",

@@ -44,6 +44,7 @@ from rgt.providers.rsync import (
     SshSettings,
     read_remote_file,
     rsync_pull,
+    transport_name,
 )
 
 log = logging.getLogger(__name__)
@@ -433,7 +434,7 @@ class VastProvider:
             bytes_transferred=report.bytes_transferred,
             files=report.files_transferred,
             attempts=len(report.attempts),
-            transport="rsync+ssh",
+            transport=transport_name(),
         )
 
     # -- helpers ---------------------------------------------------------------------------
