@@ -6,7 +6,8 @@
 Evidence, all re-checked at decision time, none taken on trust from a file an agent can write:
 
 1. **Manifest on the box.** The manifest is re-read from the box now
-   (``provider.read_remote_file``); it must name this instance.
+   (``provider.read_remote_file``); it must name this instance, and the run the instance was
+   rented for (its ``rgt:<run_id>`` label) when rgt rented it.
 2. **A pull matching it exactly.** The ledger's latest pull of this instance has the same
    manifest SHA-256 as the box has now, and the manifest saved next to the local files still
    has it too.
@@ -190,12 +191,23 @@ def _collect(
         else:
             box_sha = hashlib.sha256(box_bytes).hexdigest()
             evidence["box_manifest_sha256"] = box_sha
-            owner = _manifest_instance(box_bytes)
+            owner, run_id = _manifest_owner(box_bytes)
+            evidence["run_id"] = run_id
             if owner != instance_id:
                 missing.append(
                     Missing(
                         "manifest-other-instance",
                         f"{MANIFEST_NAME} on the box names instance {owner!r}, not {instance_id!r}",
+                    )
+                )
+            expected_run = _rented_for_run(instance.label, ledger, provider.platform, instance_id)
+            if expected_run is not None and run_id != expected_run:
+                missing.append(
+                    Missing(
+                        "run-id-mismatch",
+                        f"{MANIFEST_NAME} on the box is of run {run_id!r}, but instance "
+                        f"{instance_id} was rented for run {expected_run!r} (its label): "
+                        "rebuild the manifest of the right run on the box, then pull and verify",
                     )
                 )
 
@@ -282,12 +294,32 @@ def _collect(
             }
 
 
-def _manifest_instance(data: bytes) -> str | None:
+def _manifest_owner(data: bytes) -> tuple[str | None, str | None]:
+    """(instance_id, run_id) named by a manifest; None for what is absent or unreadable."""
     try:
-        value = json.loads(data).get("instance_id")
-    except (ValueError, AttributeError):
-        return None
-    return None if value is None else str(value)
+        document = json.loads(data)
+    except ValueError:
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    owner, run_id = document.get("instance_id"), document.get("run_id")
+    return (None if owner is None else str(owner)), (None if run_id is None else str(run_id))
+
+
+def _rented_for_run(
+    live_label: str | None, ledger: Ledger, platform: str, instance_id: str
+) -> str | None:
+    """The run an instance was rented for, from its rgt label (`rgt:<run_id>`, live from the
+    provider, else as the ledger recorded it at launch); None for an instance rgt did not label."""
+    from rgt.providers.vastai import LABEL_PREFIX
+
+    labels = [live_label] + [
+        record.label for record in ledger.instances(platform) if record.instance_id == instance_id
+    ]
+    for label in labels:
+        if label and label.startswith(LABEL_PREFIX):
+            return label[len(LABEL_PREFIX) :]
+    return None
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -355,3 +355,21 @@ def test_a_destroy_in_progress_elsewhere_holds_the_lock(box: Box) -> None:
             )
     box.assert_alive()
     assert box.ledger.usable_approval(box.id) is not None  # not consumed by the refused try
+
+
+def test_manifest_of_another_run_than_the_instance_was_rented_for(box: Box) -> None:
+    box.pull()
+    box.approve()
+    box.ledger.record_instance("vastai", box.id, label="rgt:some-other-run", state="running")
+    decision = box.decide()
+    assert "run-id-mismatch" in [m.code for m in decision.missing]
+    assert "'some-other-run'" in decision.explain() and f"'{RUN_ID}'" in decision.explain()
+    box.assert_alive()
+
+
+def test_manifest_of_the_run_the_instance_was_rented_for_passes_that_check(box: Box) -> None:
+    box.pull()
+    box.ledger.record_instance("vastai", box.id, label=f"rgt:{RUN_ID}", state="running")
+    decision = box.decide()
+    assert "run-id-mismatch" not in [m.code for m in decision.missing]
+    assert decision.evidence["run_id"] == RUN_ID
