@@ -177,12 +177,16 @@ def _section_findings(profile: Profile, shown: str) -> list[Finding]:
                 )
             )
         seen.append(number)
+    numbered = [(line, number) for line, number, _ in _sections(profile) if number is not None]
+    end_line = profile.body_first_line + len(profile.body.splitlines())
     for number, title in expected.items():
         if number not in seen:
+            # Where it belongs: at the first later section, else at the end of the file.
+            later = [line for line, other in numbered if other > number]
             findings.append(
                 Finding(
                     shown,
-                    profile.body_first_line,
+                    later[0] if later else end_line,
                     "sections",
                     f"missing section '## {number}. {title}'",
                 )
@@ -238,15 +242,12 @@ def _gotcha_findings(profile: Profile, shown: str) -> list[Finding]:
             )
         else:
             first_seen[gotcha] = line
-    if (
-        not first_seen
-        and not findings
-        and any(n == GOTCHA_SECTION for _, n, _ in _sections(profile))
-    ):
+    heading = [line for line, n, _ in _sections(profile) if n == GOTCHA_SECTION]
+    if not first_seen and not findings and heading:
         findings.append(
             Finding(
                 shown,
-                profile.body_first_line,
+                heading[0],
                 "gotcha-id",
                 f"section 7 lists no gotchas (expected bullets like '- **{prefix}1 — ...**')",
             )
@@ -285,7 +286,7 @@ def _detach_findings(profile: Profile, shown: str) -> list[Finding]:
         detach = str(each.overrides["detach"])
         if primitive == "none":
             ok = detach == ""
-            wanted = "empty"
+            wanted = "be empty"
         else:
             words = DETACH_WORDS.get(primitive, (primitive,))
             ok = any(word in detach for word in words)

@@ -13,6 +13,9 @@ Safety is structural, not a convention:
       name     an env-var name (validated ^[A-Z_][A-Z0-9_]*$), usable bare in ${NAME:-}
       int      an integer
       b64      text as a single-quoted base64 word (file contents shipped to the box)
+      heredoc  text ending in a newline as a quoted here-document: `<<'RGT_EOF_…'`, the text,
+               the delimiter line (no expansion; unlike base64 it compresses well, which the
+               size-limited boot hook needs)
 
 * Values come only from the profile and the job request (plus rgt's own version and the
   manifest builder's source for the boot hook).
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -98,12 +102,24 @@ def b64(value: Any) -> Shell:
     return Shell("'" + base64.b64encode(str(value).encode()).decode() + "'")
 
 
+def heredoc(value: Any) -> Shell:
+    """Text as a quoted here-document operator plus body: `<<'D'` NL text D (D never a line of
+    the text). The text must end with a newline (use |b64 otherwise: a heredoc adds one)."""
+    text = str(value)
+    if not text.endswith("\n"):
+        raise UsageError("template bug: |heredoc needs text ending in a newline (use |b64)")
+    delimiter = "RGT_EOF_" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    if delimiter in text.splitlines():  # pragma: no cover - needs a sha256 preimage
+        raise UsageError(f"cannot quote text that contains the line {delimiter}")
+    return Shell(f"<<'{delimiter}'\n{text}{delimiter}")
+
+
 def _finalize(value: Any) -> Any:
     if isinstance(value, Shell):
         return value
     raise UsageError(
         f"template bug: {value!r} is interpolated without a quoting filter "
-        "(end every {{ ... }} with |q, |box, |name, |int or |b64)"
+        "(end every {{ ... }} with |q, |box, |name, |int, |b64 or |heredoc)"
     )
 
 
@@ -119,7 +135,7 @@ def _environment() -> Any:
         lstrip_blocks=True,
         finalize=_finalize,
     )
-    env.filters.update(q=quote, box=box_path, name=env_name, int=integer, b64=b64)
+    env.filters.update(q=quote, box=box_path, name=env_name, int=integer, b64=b64, heredoc=heredoc)
     return env
 
 
@@ -174,7 +190,7 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
                 "hf_home": overrides["hf_home"],
                 "detach": overrides["detach"],
                 "python": overrides.get("python", "python3"),
-                "ssh_user": overrides.get("ssh_user", "root"),
+                "ssh_user": overrides.get("ssh_user", ""),  # none: ssh config decides
                 "env": dict(overrides.get("env", {})),
             },
         },

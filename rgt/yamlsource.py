@@ -125,6 +125,10 @@ def parse_yaml(text: str, *, path: str, first_line: int = 1) -> YamlDoc:
         mark = exc.problem_mark or exc.context_mark
         line = (mark.line if mark else 0) + first_line
         problem = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context and exc.context_mark:
+            # Where the unfinished construct began: often the line that holds the typo.
+            began = exc.context_mark.line + first_line
+            problem += f" ({exc.context} started on line {began})"
         raise SourceError([Finding(path, line, "yaml", f"invalid YAML: {problem}")]) from None
     except yaml.YAMLError as exc:  # e.g. a constructor error without a mark
         raise SourceError([Finding(path, first_line, "yaml", f"invalid YAML: {exc}")]) from None

@@ -1,0 +1,186 @@
+"""`rgt lint`: every planted defect of the bad-profile corpus is named with its file and line, the
+bundled profiles are clean, the output formats and exit codes hold, and it starts fast.
+
+Each corpus file (tests/data/bad_profiles/*.md) is a small valid profile with one planted defect;
+its `# expect: LINE RULE: text` lines say exactly which findings lint must report (no more).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rgt.bundle import bundle_root
+from rgt.lint import LintOptions, lint_paths
+from rgt.profile import bundled_profile_paths
+
+BAD_PROFILES = Path(__file__).parent / "data" / "bad_profiles"
+CORPUS = sorted(BAD_PROFILES.glob("*.md"))
+# The corpus' stale stamp is from 2001 and the base stamps from 2026: a 20-year limit separates
+# them for as long as this suite lives.
+MAX_AGE = 240
+OPTIONS = LintOptions(max_age_months=MAX_AGE)
+# Files that cannot carry an `# expect:` line say what they expect here.
+HEADERLESS = {
+    "empty.md": [(1, "frontmatter", "empty file, expected a profile")],
+    "binary.md": [(1, "read", "binary file (NUL bytes), expected text")],
+}
+_EXPECT = re.compile(r"^# expect: (\d+) ([a-z-]+): (.+)$")
+
+
+def _expected(path: Path) -> list[tuple[int, str, str]]:
+    if path.name in HEADERLESS:
+        return HEADERLESS[path.name]
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    found = [_EXPECT.match(line) for line in text.splitlines()]
+    expected = [(int(m[1]), m[2], m[3]) for m in found if m]
+    assert expected, f"{path.name} needs '# expect: LINE RULE: text' lines"
+    return expected
+
+
+def _rgt(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rgt", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+
+
+def test_corpus_covers_the_defects_the_issue_lists() -> None:
+    rules = {rule for path in CORPUS for _, rule, _ in _expected(path)}
+    assert rules >= {
+        "read",
+        "frontmatter",
+        "yaml",
+        "schema",
+        "sections",
+        "gotcha-id",
+        "secret",
+        "stale-verified",
+        "detach",
+        "link",
+        "platform-name",
+        "variant",
+    }
+    assert len(CORPUS) >= 30
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
+def test_bad_profile_gets_exactly_its_planted_findings(path: Path) -> None:
+    findings = lint_paths([path], OPTIONS)
+    expected = _expected(path)
+    got = {(f.line, f.rule) for f in findings}
+    assert got == {(line, rule) for line, rule, _ in expected}, [f.format() for f in findings]
+    for line, rule, text in expected:
+        messages = [f.message for f in findings if (f.line, f.rule) == (line, rule)]
+        assert any(text in m for m in messages), (text, messages)
+    for finding in findings:
+        assert finding.path == str(path)
+        assert "\n" not in finding.format()
+
+
+def test_secret_findings_do_not_repeat_the_secret() -> None:
+    for name in ("secret-inline", "secret-assigned", "vast-key-in-frontmatter", "private-key"):
+        path = BAD_PROFILES / f"{name}.md"
+        text = path.read_text()
+        for finding in lint_paths([path], OPTIONS):
+            for token in re.findall(r"[A-Za-z0-9_]{20,}", text):
+                assert token not in finding.message, (name, finding.message)
+
+
+def test_cli_names_every_bad_file_and_exits_1() -> None:
+    result = _rgt("lint", "--max-age-months", str(MAX_AGE), str(BAD_PROFILES))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    shape = re.compile(r"^(?P<file>[^:]+\.md):(?P<line>\d+): (?P<rule>[a-z-]+): .+$")
+    assert all(shape.match(line) for line in lines), lines
+    assert {shape.match(line)["file"] for line in lines} == {str(p) for p in CORPUS}  # type: ignore[index]
+    assert "Traceback" not in result.stdout + result.stderr
+    expected_total = sum(len(_expected(p)) for p in CORPUS)
+    assert len(lines) == expected_total
+
+
+def test_cli_json_format() -> None:
+    result = _rgt("lint", "--format", "json", "--max-age-months", str(MAX_AGE), str(BAD_PROFILES))
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert sorted(report["files"]) == sorted(str(p) for p in CORPUS)
+    findings = report["findings"]
+    assert report["errors"] + report["warnings"] == len(findings)
+    assert report["warnings"] == 1  # the stale stamp; everything else is an error
+    assert {tuple(sorted(f)) for f in findings} == {("file", "line", "message", "rule", "severity")}
+    dup = next(f for f in findings if f["file"].endswith("duplicate-gotcha.md"))
+    assert (dup["line"], dup["rule"], dup["severity"]) == (69, "gotcha-id", "error")
+
+
+def test_warnings_alone_exit_0() -> None:
+    stale = BAD_PROFILES / "stale-stamp.md"
+    result = _rgt("lint", "--max-age-months", str(MAX_AGE), str(stale))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.startswith(f"{stale}:48: stale-verified: warning: verified 2001-01 is ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/nonexistent/profile.md"], "no such file or folder: /nonexistent/profile.md"),
+        (["--max-age-months", "soon"], "expected a whole number of months >= 0, got 'soon'"),
+        (["--format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
+    result = _rgt("lint", *args)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_folder_without_profiles_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "_draft.md").write_text("not a profile: names starting with _ are skipped\n")
+    result = _rgt("lint", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"rgt lint: error: no profiles (*.md) in {tmp_path}"
+
+
+def test_bundled_profiles_are_clean() -> None:
+    references = bundle_root() / "references"
+    linked = {"iron-law.md", "gotchas-universal.md", "spot-resilience.md"}
+    if not all((references / name).exists() for name in linked):
+        pytest.skip("references/ not complete yet (written by the platforms helper)")
+    findings = lint_paths(bundled_profile_paths())
+    assert [f.format() for f in findings if f.severity == "error"] == []
+    result = _rgt("lint")
+    assert result.returncode == 0, result.stdout
+    assert re.fullmatch(r"rgt lint: \d+ profile\(s\) clean\n", result.stdout)
+
+
+@pytest.mark.timeout(60)
+def test_lint_is_fast_and_imports_neither_mcp_nor_vastai() -> None:
+    # -X importtime lists every module the real command imports (to stderr).
+    traced = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "rgt", "lint"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    modules = {line.split("|")[-1].strip() for line in traced.stderr.splitlines() if "|" in line}
+    assert "rgt.lint" in modules
+    heavy = sorted(m for m in modules if m.split(".")[0] in {"mcp", "vastai", "torch", "jinja2"})
+    assert heavy == []
+    # Wall time of the whole command, interpreter start included: best of three (a shared CI
+    # runner has noisy neighbours; the budget is for the command, not for the noise).
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "rgt", "lint"], capture_output=True, check=False)
+        best = min(best, time.perf_counter() - start)
+    assert best < 0.3, f"rgt lint took {best:.3f} s over the bundled profiles"
