@@ -1,0 +1,59 @@
+"""`rgt launch OFFER --job JOB.yaml --max-price P`: rent an offer for a job (costs money)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rgt.commands._platform import add_platform_argument
+
+ORDER = 60  # position in `rgt --help` (see rgt.cli.command_modules)
+HELP = "rent an offer for a job: render the boot hook, create, record in the ledger"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """OFFER --job FILE --max-price P [--interruptible --bid B] [--json]."""
+    parser.add_argument("offer", help="offer id (from `rgt search`)")
+    parser.add_argument("--job", required=True, help="job request YAML file")
+    parser.add_argument(
+        "--max-price", type=float, required=True, help="refuse if the rental costs more $/hour"
+    )
+    parser.add_argument("--interruptible", action="store_true", help="rent as a bid (spot)")
+    parser.add_argument("--bid", type=float, help="$/hour bid for --interruptible")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_platform_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Launch and print the instance id, price and warnings."""
+    import json
+    import sys
+
+    from rgt.commands._platform import open_platform
+    from rgt.job import load_job
+    from rgt.ledger import Ledger
+    from rgt.lifecycle import launch
+
+    job = load_job(args.job)
+    provider, profile = open_platform(args.platform)
+    with Ledger.open() as ledger:
+        result = launch(
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            job=job,
+            offer_id=args.offer,
+            max_price_per_hour=args.max_price,
+            interruptible=args.interruptible,
+            bid_per_hour=args.bid,
+        )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(
+        f"instance {result.instance_id} ({result.label}) rented from offer {result.offer_id} "
+        f"at {result.price_per_hour:.4f} $/hour; state {result.state}\n"
+        f"next: rgt poll {result.instance_id}"
+    )
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0

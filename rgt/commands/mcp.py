@@ -1,0 +1,32 @@
+"""`rgt mcp [--http [--port N]]`: serve rgt's tools to a coding agent over MCP."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 150  # position in `rgt --help` (see rgt.cli.command_modules)
+HELP = "run the MCP server for coding agents (stdio by default; --http on 127.0.0.1 only)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """[--http] [--port N]."""
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="serve streamable HTTP on 127.0.0.1 (never another interface) instead of stdio",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8765, help="port for --http (default 8765; path /mcp)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until the client disconnects (stdio) or the process is interrupted (HTTP)."""
+    from rgt.errors import UsageError
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port: {args.port} is not a TCP port (1-65535)")
+    from rgt.mcp_server import serve
+
+    serve(http=args.http, port=args.port)
+    return 0

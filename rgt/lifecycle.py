@@ -1,0 +1,555 @@
+"""The rental lifecycle outside the Iron Law: search, launch, poll, stop, cost.
+
+Shared by the CLI (`rgt search/launch/poll/stop/cost`) and the MCP server, so both say the same
+thing about the same instance. Platform facts (what a stopped box still bills, which verb stops
+the meter, which gotcha explains a state) come from the profile; this module only reads them.
+
+Destroy is not here: `rgt.gate.destroy_with_gate` is the only path to the meter-stop verb.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rgt.errors import Refused, UsageError
+from rgt.job import JobRequest
+from rgt.ledger import InstanceRecord, Ledger
+from rgt.profile import Profile
+from rgt.providers.base import Instance, Offer, OfferQuery, Provider
+
+HOURS_PER_MONTH = 730.0  # converts a $/GB/month storage price to $/hour
+SECONDS_PER_HOUR = 3600.0
+
+# Which words in a profile's section-7 gotcha bullet identify the gotcha that explains a state.
+# The ids themselves (VAST13, VAST3, ...) are read from the profile, never written here.
+_STATE_GOTCHA_WORDS: dict[str, tuple[str, ...]] = {
+    "loading": ("stuck in loading", "stays loading"),
+    "stuck-scheduling": ("scheduling",),
+    "offline": ("offline", "host disappears"),
+    "stopped-but-billing": ("stopped instance keeps billing", "stopped instance"),
+    "preempted": ("preemption", "preempt", "outbid"),
+}
+_GOTCHA_BULLET = re.compile(r"^- \*\*(?P<id>[A-Z][A-Z0-9]*\d+)\s+[—-]+\s+(?P<text>.+)$")
+
+
+# -- profile facts -----------------------------------------------------------------------------
+
+
+def danger_clocks(profile: Profile) -> list[str]:
+    """The meters a user must hear about before renting, as sentences built from the profile."""
+    clocks: list[str] = []
+    stop, meter_stop = profile.stop_verb, profile.meter_stop_verb
+    bills = profile.stop_still_bills
+    if stop and bills:
+        clocks.append(
+            f"`{stop}` does not stop the meter: a stopped instance still bills "
+            f"{', '.join(bills)}, indefinitely"
+        )
+    if meter_stop:
+        sentence = f"only `{meter_stop}` ends all billing"
+        if profile.meter_stop_irreversible:
+            sentence += ", and it is irreversible: the box and its disk are deleted"
+        clocks.append(sentence + " (rgt runs it only through the Teardown Iron Law)")
+    residual = list(profile.frontmatter.get("residual_billables") or [])
+    if residual:
+        clocks.append(
+            f"these outlive `{meter_stop}` and bill until deleted separately: {', '.join(residual)}"
+        )
+    timers = dict(profile.frontmatter.get("clocks") or {})
+    for key, what in (
+        ("release_after_stop", "a stopped instance is released (its disks deleted) after"),
+        ("scratch_wipe_after_stop", "the scratch disk of a stopped instance is wiped after"),
+        ("session_limit", "the platform stops a session or job after"),
+    ):
+        if timers.get(key):
+            clocks.append(f"{what} {timers[key]}")
+    egress = profile.egress
+    notes = egress.get("notes")
+    if notes:
+        clocks.append(f"bandwidth: {notes}")
+    if profile.spot_available:
+        grace = str(profile.frontmatter.get("spot_grace", "n/a"))
+        clocks.append(
+            f"interruptible rentals can be preempted with {grace} notice: checkpoint on a timer"
+        )
+    return clocks
+
+
+def profile_summary(profile: Profile) -> dict[str, Any]:
+    """The machine facts of a profile, danger clocks first (for `get_profile` and the skill)."""
+    return {
+        "danger_clocks": danger_clocks(profile),
+        "name": profile.name,
+        "title": profile.title,
+        "kind": profile.kind,
+        "meter_stop_verb": profile.meter_stop_verb,
+        "meter_stop_irreversible": profile.meter_stop_irreversible,
+        "stop_verb": profile.stop_verb,
+        "stop_still_bills": profile.stop_still_bills,
+        "egress": profile.egress,
+        "spot_available": profile.spot_available,
+        "spot_grace_seconds": profile.spot_grace_seconds,
+        "detach_primitive": profile.detach_primitive,
+        "onstart_limit_bytes": profile.onstart_limit_bytes,
+        "data_dir": profile.overrides.get("data_dir"),
+        "variants": sorted(profile.variants),
+        "verified": profile.verified,
+        "sources": profile.sources,
+        "gotchas": gotchas(profile),
+    }
+
+
+def gotchas(profile: Profile) -> dict[str, str]:
+    """Section-7 gotchas of the profile: id -> its one-line title."""
+    return {gotcha_id: title for gotcha_id, title, _ in _gotcha_bullets(profile)}
+
+
+def gotcha_for(profile: Profile, classification: str) -> str | None:
+    """The id of the profile's gotcha that explains `classification`, if the profile has one."""
+    words = _STATE_GOTCHA_WORDS.get(classification)
+    if not words:
+        return None
+    bullets = _gotcha_bullets(profile)
+    for word in words:
+        for gotcha_id, _, text in bullets:
+            if word in text.casefold():
+                return gotcha_id
+    return None
+
+
+def _gotcha_bullets(profile: Profile) -> list[tuple[str, str, str]]:
+    """(id, title, symptom and root cause) of each gotcha bullet of the profile, in order."""
+    bullets: list[tuple[str, str, str]] = []
+    current: list[str] = []
+    for line in [*profile.body.splitlines(), ""]:
+        stripped = line.strip()
+        if current and (not stripped or stripped.startswith(("- ", "#"))):
+            match = _GOTCHA_BULLET.match(" ".join(current))
+            if match and match["id"].startswith(profile.gotcha_prefix):
+                title, _, rest = match["text"].partition("**")
+                cause = rest.split("Fix:", 1)[0]
+                bullets.append((match["id"], title.strip().rstrip("."), f"{title} {cause}"))
+            current = []
+        if stripped.startswith("- **"):
+            current = [stripped]
+        elif current and stripped:
+            current.append(stripped)
+    return bullets
+
+
+# -- search ------------------------------------------------------------------------------------
+
+
+def offer_summary(offer: Offer, *, interruptible: bool) -> dict[str, Any]:
+    """One offer as plain data, with the price the rental would pay."""
+    price = offer.min_bid if interruptible and offer.min_bid > 0 else offer.dph_total
+    return {
+        "offer_id": offer.id,
+        "gpu_name": offer.gpu_name,
+        "num_gpus": offer.num_gpus,
+        "price_per_hour": round(price, 6),
+        "dph_total": offer.dph_total,
+        "min_bid": offer.min_bid,
+        "storage_cost_per_gb_month": offer.storage_cost_per_gb_month,
+        "inet_up_cost_per_gb": offer.inet_up_cost_per_gb,
+        "inet_down_cost_per_gb": offer.inet_down_cost_per_gb,
+        "reliability": offer.reliability,
+        "verified": offer.verified,
+        "direct_port_count": offer.direct_port_count,
+        "machine_id": offer.machine_id,
+    }
+
+
+def search(provider: Provider, query: OfferQuery) -> list[dict[str, Any]]:
+    """Offers matching `query` (verified, direct-port, reliable by default), cheapest first."""
+    return [
+        offer_summary(offer, interruptible=query.interruptible)
+        for offer in provider.search_offers(query)
+    ]
+
+
+# -- launch ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What `launch` rented."""
+
+    instance_id: str
+    label: str
+    run_id: str
+    profile: str
+    offer_id: str
+    state: str
+    price_per_hour: float
+    interruptible: bool
+    onstart_bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def find_offer(provider: Provider, offer_id: str, job: JobRequest, interruptible: bool) -> Offer:
+    """The offer `offer_id` among those rgt would rent for this job (same safe filters)."""
+    query = OfferQuery(
+        gpu_name=job.gpu_name,
+        num_gpus=job.gpu_count,
+        interruptible=interruptible,
+        disk_gb=float(job.disk_gb),
+        limit=1000,
+    )
+    for offer in provider.search_offers(query):
+        if offer.id == str(offer_id):
+            return offer
+    raise UsageError(
+        f"offer {offer_id} is not among the rentable verified, direct-port, reliable offers for "
+        f"{job.gpu} with {job.disk_gb} GB disk; search again (it may have been taken)"
+    )
+
+
+def launch(
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Profile,
+    job: JobRequest,
+    offer_id: str,
+    max_price_per_hour: float,
+    interruptible: bool = False,
+    bid_per_hour: float | None = None,
+) -> LaunchResult:
+    """Render the boot hook from the profile and job, rent the offer, record it in the ledger.
+
+    Refuses (Refused, exit 4) when the price would exceed `max_price_per_hour`; the offer is
+    re-read from the marketplace now, so the cap holds against the price actually paid."""
+    from rgt.providers.vastai import run_label
+    from rgt.render import render_template
+
+    if max_price_per_hour <= 0:
+        raise UsageError(f"max_price_per_hour {max_price_per_hour} must be > 0")
+    if interruptible and not profile.spot_available:
+        raise UsageError(f"profile {profile.name}: interruptible rentals are not available")
+    if interruptible and (bid_per_hour is None or bid_per_hour <= 0):
+        raise UsageError("interruptible launch needs a bid per hour > 0 (bid)")
+    if not interruptible and bid_per_hour is not None:
+        raise UsageError("bid is only for interruptible launches")
+    offer = find_offer(provider, offer_id, job, interruptible)
+    if interruptible:
+        assert bid_per_hour is not None
+        if offer.min_bid > 0 and bid_per_hour < offer.min_bid:
+            raise UsageError(
+                f"bid {bid_per_hour:.4f} $/h is under offer {offer.id}'s minimum bid "
+                f"{offer.min_bid:.4f} $/h"
+            )
+        price = bid_per_hour
+    else:
+        price = offer.dph_total
+    if price > max_price_per_hour:
+        raise Refused(
+            f"offer {offer.id} costs {price:.4f} $/h, above the cap max_price_per_hour "
+            f"{max_price_per_hour:.4f} $/h; nothing was rented"
+        )
+    rendered = render_template(profile, "onstart", job)
+    label = run_label(job.run_id)
+    instance = provider.create(
+        offer.id,
+        image=job.image,
+        disk_gb=float(job.disk_gb),
+        onstart=rendered.text,
+        label=label,
+        env=dict(job.env),
+        interruptible=interruptible,
+        bid_per_hour=bid_per_hour if interruptible else None,
+        secret_env=job.secret_env,
+    )
+    ledger.record_instance(
+        provider.platform,
+        instance.id,
+        label=label,
+        profile=profile.name,
+        offer_id=offer.id,
+        price_per_hour=price,
+        interruptible=interruptible,
+        state=instance.state,
+    )
+    warnings = [*danger_clocks(profile), *rendered.notes]
+    if offer.inet_down_cost_per_gb or offer.inet_up_cost_per_gb:
+        warnings.append(
+            f"this host charges {offer.inet_down_cost_per_gb:g} $/GB down and "
+            f"{offer.inet_up_cost_per_gb:g} $/GB up, in every state"
+        )
+    return LaunchResult(
+        instance_id=instance.id,
+        label=label,
+        run_id=job.run_id,
+        profile=profile.name,
+        offer_id=offer.id,
+        state=instance.state,
+        price_per_hour=price,
+        interruptible=interruptible,
+        onstart_bytes=len(rendered.text.encode()),
+        warnings=warnings,
+    )
+
+
+# -- poll --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PollReport:
+    """An instance now: its state, what that means, what to do next, and what it has cost."""
+
+    instance_id: str
+    state: str
+    classification: str
+    next_action: str
+    gotcha: str | None
+    keeps_billing: list[str]
+    hourly_cost: float | None
+    cost_so_far: float | None
+    cost_basis: str
+    status_msg: str | None = None
+    state_since: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
+    """(classification, next action) for an instance state, in the profile's terms."""
+    stop, meter_stop = profile.stop_verb or "stop", profile.meter_stop_verb or "destroy"
+    bills = profile.stop_still_bills
+    state = instance.state
+    if state == "gone":
+        return "gone", "nothing to do: the instance no longer exists and bills nothing"
+    if state == "running":
+        return (
+            "running",
+            "keep polling; when the job has written PULL_MANIFEST.json in its results root, "
+            f"copy → verify → {meter_stop} (through the gate)",
+        )
+    if state in ("loading", "provisioning"):
+        return (
+            "loading",
+            "the image is being pulled and the container started: poll again in a minute; if it "
+            "stays loading for many minutes read the instance logs and consider a faster offer",
+        )
+    if state == "scheduling":
+        return (
+            "stuck-scheduling",
+            "the instance waits for its GPU, which someone else may hold: if it stays scheduling "
+            "for more than about 30 s, launch a new instance and resume from an off-box checkpoint",
+        )
+    if state == "paused":
+        return (
+            "preempted",
+            "the interruptible instance was outbid or preempted: wait for it to resume (the boot "
+            "hook resumes from the newest checkpoint), or relaunch with a higher bid elsewhere",
+        )
+    if state == "offline":
+        return (
+            "offline",
+            "the host stopped answering: poll a few more times; if it stays offline, relaunch on "
+            "a verified reliable offer and resume from the newest off-box checkpoint",
+        )
+    if state in ("stopped", "exited"):
+        if bills:
+            return (
+                "stopped-but-billing",
+                f"this {state} instance still bills {', '.join(bills)}: start it and copy → "
+                f"verify → {meter_stop} through the gate, never park it {stop}ped",
+            )
+        return state, f"nothing bills while {state}; start it to continue"
+    return "unknown", "poll again; if this persists read the instance logs"
+
+
+def keeps_billing(instance: Instance, profile: Profile) -> list[str]:
+    """What this instance bills right now, by the profile."""
+    if instance.state == "gone":
+        return []
+    if instance.state == "running":
+        return ["compute", *[item for item in profile.stop_still_bills if item != "compute"]]
+    if instance.state in ("loading", "provisioning"):
+        return ["compute?", *profile.stop_still_bills]
+    return list(profile.stop_still_bills)
+
+
+def _storage_rate(instance: Instance) -> float | None:
+    per_gb_month = instance.raw.get("storage_cost") if instance.raw else None
+    if instance.disk_gb is None or not isinstance(per_gb_month, (int, float)):
+        return None
+    return float(instance.disk_gb) * float(per_gb_month) / HOURS_PER_MONTH
+
+
+def estimate_cost(
+    instance: Instance,
+    record: InstanceRecord | None,
+    history: Sequence[tuple[float, str, str | None]],
+    profile: Profile,
+    *,
+    now: float,
+) -> tuple[float | None, float | None, str]:
+    """(hourly cost now, cost so far, basis): an estimate from rgt's own observations.
+
+    Compute is charged at the rental price while running; storage (when the profile says a
+    stopped box still bills its disk) whenever the instance exists; bandwidth is not counted."""
+    compute_rate = (record.price_per_hour if record and record.price_per_hour else None) or (
+        instance.dph_total
+    )
+    storage_rate = _storage_rate(instance) if "disk" in profile.stop_still_bills else 0.0
+    started = record.created if record is not None else None
+    start_date = instance.raw.get("start_date") if instance.raw else None
+    if isinstance(start_date, (int, float)) and (started is None or start_date < started):
+        started = float(start_date)
+    if instance.state == "running":
+        hourly = compute_rate
+    elif instance.state == "gone":
+        hourly = 0.0
+    else:
+        hourly = storage_rate
+    if started is None or compute_rate is None:
+        return hourly, None, "unknown: rgt has no record of when this instance started"
+    # Piecewise: each observed state lasts until the next observation.
+    events = [(at, state) for at, state, _ in history if at >= started]
+    timeline = [(started, events[0][1] if events else instance.state), *events]
+    timeline.append((now, instance.state))
+    total = 0.0
+    for (at, state), (until, _) in itertools.pairwise(timeline):
+        hours = max(0.0, until - at) / SECONDS_PER_HOUR
+        if state == "running":
+            total += hours * compute_rate
+        elif state != "gone":
+            total += hours * (storage_rate or 0.0)
+    basis = (
+        "estimate from rgt's state observations: compute at the rental price while running"
+        + (", disk storage while stopped" if storage_rate else "")
+        + "; bandwidth not included"
+    )
+    return hourly, round(total, 6), basis
+
+
+def poll(
+    instance_id: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Profile,
+    now: float | None = None,
+) -> PollReport:
+    """One look at the instance (a single API call): classification, next action, cost so far.
+
+    Records the observed state in the ledger when it changed, so costs and "since" add up."""
+    at = time.time() if now is None else now
+    instance = provider.show(str(instance_id))
+    record = next(
+        (r for r in ledger.instances(provider.platform) if r.instance_id == instance.id), None
+    )
+    history = ledger.state_history(instance.id)
+    if record is not None and (not history or history[-1][1] != instance.state):
+        ledger.record_state(provider.platform, instance.id, instance.state, now=at)
+        history = ledger.state_history(instance.id)
+    classification, next_action = classify(instance, profile)
+    gone_by_rgt = any(d.status == "confirmed" for d in ledger.destroys(instance.id))
+    if instance.state == "gone" and gone_by_rgt:
+        next_action = (
+            f"nothing to do: rgt's gated {profile.meter_stop_verb} was confirmed; billing stopped"
+        )
+    since = None
+    for when, state, _ in reversed(history):
+        if state != instance.state:
+            break
+        since = when
+    hourly, so_far, basis = estimate_cost(instance, record, history, profile, now=at)
+    return PollReport(
+        instance_id=instance.id,
+        state=instance.state,
+        classification=classification,
+        next_action=next_action,
+        gotcha=gotcha_for(profile, classification),
+        keeps_billing=keeps_billing(instance, profile),
+        hourly_cost=hourly,
+        cost_so_far=so_far,
+        cost_basis=basis,
+        status_msg=instance.status_msg,
+        state_since=since,
+    )
+
+
+# -- stop and cost -----------------------------------------------------------------------------
+
+
+def stop(
+    instance_id: str, *, provider: Provider, ledger: Ledger, profile: Profile
+) -> dict[str, Any]:
+    """Stop the instance (reversible) and say, from the profile, what keeps billing."""
+    if not profile.stop_verb:
+        raise UsageError(f"profile {profile.name} has no stop verb")
+    provider.stop(str(instance_id))
+    ledger.record_state(provider.platform, str(instance_id), "stopped", detail="stopped by rgt")
+    bills = profile.stop_still_bills
+    meter_stop = profile.meter_stop_verb
+    message = (
+        f"instance {instance_id} stopped. On {profile.title} a stopped instance still bills: "
+        f"{', '.join(bills) or 'nothing'}."
+    )
+    if bills and meter_stop:
+        message += (
+            f" Only `{meter_stop}` ends that, through the gate: copy → verify → approve → "
+            f"{meter_stop}."
+        )
+    return {
+        "instance_id": str(instance_id),
+        "stopped": True,
+        "keeps_billing": bills,
+        "meter_stop_verb": meter_stop,
+        "message": message,
+    }
+
+
+def cost_report(
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Profile,
+    instance_id: str | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Spend so far and burn rate of every instance rgt rented (or one), plus live hourly total."""
+    at = time.time() if now is None else now
+    records = [
+        r
+        for r in ledger.instances(provider.platform)
+        if instance_id is None or r.instance_id == str(instance_id)
+    ]
+    if instance_id is not None and not records:
+        records = []
+        ids = [str(instance_id)]
+    else:
+        ids = [r.instance_id for r in records]
+    rows: list[dict[str, Any]] = []
+    for ident in ids:
+        report = poll(ident, provider=provider, ledger=ledger, profile=profile, now=at)
+        rows.append(
+            {
+                "instance_id": ident,
+                "state": report.state,
+                "hourly_cost": report.hourly_cost,
+                "cost_so_far": report.cost_so_far,
+                "keeps_billing": report.keeps_billing,
+            }
+        )
+    return {
+        "platform": provider.platform,
+        "instances": rows,
+        "total_so_far": round(sum(r["cost_so_far"] or 0.0 for r in rows), 6),
+        "hourly_total": round(sum(r["hourly_cost"] or 0.0 for r in rows), 6),
+        "basis": "estimates from rgt's own observations (see rgt poll); bandwidth not included",
+    }

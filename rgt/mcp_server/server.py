@@ -1,0 +1,643 @@
+"""rgt's MCP server: the rental lifecycle as tools for a coding agent, the Iron Law included.
+
+Tools run their blocking work (vast.ai API, ssh, rsync, SQLite) on worker threads, so the
+server keeps answering (a `poll` is never stuck behind a long `copy`). The only destroy path is
+`rgt.gate.destroy_with_gate`; the human's approval comes from an elicitation answered in the
+client's user interface (the model never sees the question's answer field as an argument).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from mcp.server.mcpserver import (
+    AcceptedElicitation,
+    Context,
+    Elicit,
+    ElicitationResult,
+    MCPServer,
+    Resolve,
+)
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field
+
+from rgt import __version__
+from rgt.errors import RgtError
+from rgt.mcp_server.strict import strict_tool
+
+T = TypeVar("T")
+
+APPROVAL_CHANNEL = "mcp-elicitation"
+# An approval typed in the client is used at once; the TTL only bounds a destroy that fails
+# after the approval was recorded.
+APPROVAL_TTL_SECONDS = 300.0
+PROGRESS_INTERVAL_SECONDS = 0.25
+DEFAULT_PROFILE = "vastai"
+
+INSTRUCTIONS = """\
+rgt runs long GPU jobs on rented machines without losing results or leaving a meter running.
+Lifecycle: list_profiles / get_profile (tell the user the danger clocks first) → search_offers →
+launch (refuses above max_price_per_hour) → poll (cheap; repeat, follow next_action) → when the
+job has written PULL_MANIFEST.json: copy → verify → destroy.
+Teardown Iron Law: destroy runs only when the results were pulled, verified byte-for-byte against
+the manifest built on the box, and a human approved by typing the instance id back in the
+client's prompt. You cannot approve for them; no tool argument can. A refusal lists exactly what
+is missing. stop is not a meter stop on every platform (get_profile says what keeps billing);
+sweep and cost show what still bills.
+"""
+
+ReadOnly = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=True)
+
+
+class _Providers(threading.local):
+    """One provider per worker thread and platform (the SDK session is not shared)."""
+
+    def __init__(self) -> None:
+        self.by_platform: dict[str, Any] = {}
+
+
+_PROVIDERS = _Providers()
+
+
+def _provider(platform: str) -> Any:
+    cached = _PROVIDERS.by_platform.get(platform)
+    if cached is None:
+        from rgt.providers import get_provider
+
+        cached = get_provider(platform)
+        _PROVIDERS.by_platform[platform] = cached
+    return cached
+
+
+def _profile(name: str) -> Any:
+    from rgt.profile import load_profile
+
+    return load_profile(name)
+
+
+def _ledger() -> Any:
+    from rgt.ledger import Ledger
+
+    return Ledger.open()
+
+
+def _instance_profile(ledger: Any, instance_id: str) -> Any:
+    """The profile the instance was launched with (the ledger knows), else the default."""
+    for record in ledger.instances():
+        if record.instance_id == str(instance_id) and record.profile:
+            return _profile(record.profile)
+    return _profile(DEFAULT_PROFILE)
+
+
+async def _blocking(fn: Callable[[], T]) -> T:
+    """Run `fn` on a worker thread; an rgt error becomes a tool error with its one-line text."""
+    try:
+        return await anyio.to_thread.run_sync(fn)
+    except RgtError as exc:
+        raise ToolError(exc.message) from None
+
+
+def _progress_reporter(ctx: Context, label: str) -> Callable[[int, int | None, str | None], None]:
+    """A thread-side callback that forwards progress to the client, at most 4 times a second."""
+    last = [0.0]
+
+    def report(done: int, total: int | None, note: str | None) -> None:
+        now = time.monotonic()
+        final = total is not None and done >= total
+        if not final and now - last[0] < PROGRESS_INTERVAL_SECONDS:
+            return
+        last[0] = now
+        message = f"{label}: {done}/{total} bytes" if total else f"{label}: {done} bytes"
+        if note:
+            message += f" ({note})"
+        # Progress is best effort: the copy itself must not fail over a notification.
+        with contextlib.suppress(Exception):
+            anyio.from_thread.run(ctx.report_progress, float(done), total and float(total), message)
+
+    return report
+
+
+# -- results -----------------------------------------------------------------------------------
+
+
+class MissingEvidence(BaseModel):
+    """One piece of evidence the gate did not find."""
+
+    code: str
+    message: str
+
+
+class DestroyResult(BaseModel):
+    """What `destroy` did: destroyed, or refused with the reason and what is missing."""
+
+    instance_id: str
+    destroyed: bool
+    outcome: Literal[
+        "destroyed",
+        "missing-evidence",
+        "declined",
+        "cancelled",
+        "mismatch",
+        "no-elicitation",
+        "refused",
+    ]
+    message: str
+    missing: list[MissingEvidence] = Field(default_factory=list)
+    approval_channel: str | None = None
+
+
+class PollResult(BaseModel):
+    """An instance now: state, classification, next action, gotcha, billing, cost so far."""
+
+    instance_id: str
+    state: str
+    classification: str
+    next_action: str
+    gotcha: str | None
+    keeps_billing: list[str]
+    hourly_cost: float | None
+    cost_so_far: float | None
+    cost_basis: str
+    status_msg: str | None = None
+    state_since: float | None = None
+
+
+class ConfirmDestroy(BaseModel):
+    """The form the human fills in (flat: elicitation schemas allow primitives only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instance_id: str = Field(
+        title="Instance id",
+        description="Type the instance id exactly to confirm it may be destroyed",
+    )
+
+
+# -- destroy: precheck + elicitation (the resolver runs before the tool body) -----------------
+
+
+def _precheck(instance_id: str, can_ask: bool) -> DestroyResult | None:
+    """None = ask the human; else the refusal to return without asking.
+
+    Approvals already in the ledger are not used here: through MCP only the approval this
+    call obtains from the human counts (a row slipped into the ledger cannot be)."""
+    with _ledger() as ledger:
+        profile = _instance_profile(ledger, instance_id)
+        provider = _provider(profile.platform)
+        from rgt.gate import may_destroy
+
+        decision = may_destroy(
+            instance_id, provider=provider, ledger=ledger, require_approval=False, profile=profile
+        )
+        missing = list(decision.missing)
+        if missing:
+            return DestroyResult(
+                instance_id=instance_id,
+                destroyed=False,
+                outcome="missing-evidence",
+                message=(
+                    f"destroy REFUSED, nothing was destroyed: {len(missing)} piece(s) of evidence "
+                    "missing; after these, a human approves in the client prompt"
+                ),
+                missing=[MissingEvidence(code=m.code, message=m.message) for m in missing],
+            )
+        if not can_ask:
+            return DestroyResult(
+                instance_id=instance_id,
+                destroyed=False,
+                outcome="no-elicitation",
+                message=(
+                    "destroy REFUSED, nothing was destroyed: all evidence is present but this "
+                    "MCP client cannot ask the human (no elicitation support). The human "
+                    f"approves out of band on a terminal: `rgt approve {instance_id}` (with the "
+                    f"approval passphrase), then `rgt destroy {instance_id}`"
+                ),
+                missing=[
+                    MissingEvidence(
+                        code="no-approval",
+                        message=f"a human must run `rgt approve {instance_id}` on a terminal",
+                    )
+                ],
+            )
+    return None
+
+
+def _client_can_elicit(ctx: Context) -> bool:
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    # A bare `elicitation: {}` (before modes existed) means form support; url-only does not.
+    return elicitation is not None and (elicitation.form is not None or elicitation.url is None)
+
+
+async def ask_human_to_confirm(
+    instance_id: str, ctx: Context
+) -> Elicit[ConfirmDestroy] | DestroyResult:
+    """Resolver for destroy: refuse early when evidence is missing, else ask the human."""
+    found = await _blocking(lambda: _precheck(instance_id, _client_can_elicit(ctx)))
+    if found is not None:
+        return found
+    return Elicit(
+        f"PERMANENTLY destroy instance {instance_id}? Its results were pulled and verified "
+        "against the manifest built on the box; destroy deletes the box and its disk and stops "
+        f"the meter. Type the instance id ({instance_id}) to confirm.",
+        ConfirmDestroy,
+    )
+
+
+def _destroy_now(instance_id: str) -> DestroyResult:
+    """Record the human's approval just given and destroy through the gate with exactly it."""
+    from rgt.errors import Refused
+    from rgt.gate import destroy_with_gate
+
+    with _ledger() as ledger:
+        profile = _instance_profile(ledger, instance_id)
+        provider = _provider(profile.platform)
+        approval_id = ledger.record_approval(instance_id, APPROVAL_CHANNEL, APPROVAL_TTL_SECONDS)
+        try:
+            outcome = destroy_with_gate(
+                instance_id,
+                provider=provider,
+                ledger=ledger,
+                profile=profile,
+                approval_id=approval_id,
+            )
+        except Refused as exc:
+            return DestroyResult(
+                instance_id=instance_id,
+                destroyed=False,
+                outcome="refused",
+                message=f"destroy REFUSED, nothing was destroyed: {exc.message}",
+                approval_channel=APPROVAL_CHANNEL,
+            )
+    return DestroyResult(
+        instance_id=instance_id,
+        destroyed=True,
+        outcome="destroyed",
+        message=(
+            f"instance {instance_id}: {outcome.verb} confirmed ({outcome.confirmed_state}); "
+            "billing stopped and its disk is deleted"
+        ),
+        approval_channel=APPROVAL_CHANNEL,
+    )
+
+
+def _record_failure(instance_id: str, reason: str) -> None:
+    with _ledger() as ledger:
+        ledger.record_approval_failure(instance_id, APPROVAL_CHANNEL, reason)
+
+
+async def destroy(
+    instance_id: Annotated[str, Field(description="The instance id to destroy")],
+    ctx: Context,
+    confirmation: Annotated[ElicitationResult[ConfirmDestroy] | Any, Resolve(ask_human_to_confirm)],
+) -> DestroyResult:
+    """Destroy an instance (irreversible: deletes the box and its disk, stops the meter).
+
+    Runs the Teardown Iron Law gate. Missing evidence: nothing is destroyed and the result lists
+    exactly what is missing. All evidence present: the human is asked, in the client, to type
+    the instance id back; only an exact match destroys."""
+    instance_id = str(instance_id)
+    if not isinstance(confirmation, AcceptedElicitation):
+        action: Literal["declined", "cancelled"] = (
+            "declined" if confirmation.action == "decline" else "cancelled"
+        )
+        await _blocking(lambda: _record_failure(instance_id, f"elicitation {action}"))
+        return DestroyResult(
+            instance_id=instance_id,
+            destroyed=False,
+            outcome=action,
+            message=f"the human {action} the destroy of instance {instance_id}; nothing destroyed",
+        )
+    data = confirmation.data
+    if isinstance(data, DestroyResult):
+        return data
+    typed = data.instance_id.strip() if isinstance(data, ConfirmDestroy) else ""
+    if typed != instance_id:
+        await _blocking(lambda: _record_failure(instance_id, "typed id did not match"))
+        return DestroyResult(
+            instance_id=instance_id,
+            destroyed=False,
+            outcome="mismatch",
+            message=(
+                f"the id typed back ({typed!r}) is not {instance_id!r}; nothing destroyed "
+                "(call destroy again to ask once more)"
+            ),
+        )
+    return await _blocking(lambda: _destroy_now(instance_id))
+
+
+# -- the other tools ---------------------------------------------------------------------------
+
+
+async def list_profiles() -> dict[str, Any]:
+    """Every bundled platform profile: name, title and the danger clocks to tell the user first."""
+
+    def work() -> dict[str, Any]:
+        from rgt.lifecycle import danger_clocks
+        from rgt.profile import list_profiles as all_profiles
+
+        return {
+            "profiles": [
+                {
+                    "name": p.name,
+                    "title": p.title,
+                    "kind": p.kind,
+                    "danger_clocks": danger_clocks(p),
+                    "variants": sorted(p.variants),
+                }
+                for p in all_profiles()
+            ]
+        }
+
+    return await _blocking(work)
+
+
+async def get_profile(
+    name: Annotated[str, Field(description="Profile name, e.g. vastai or family:variant")],
+) -> dict[str, Any]:
+    """One profile's machine facts, danger clocks first (what keeps billing, what is lost)."""
+    from rgt.lifecycle import profile_summary
+
+    return await _blocking(lambda: profile_summary(_profile(name)))
+
+
+async def search_offers(
+    gpu: Annotated[str | None, Field(description="GPU model, e.g. RTX_4090")] = None,
+    count: Annotated[int, Field(ge=1, le=16, description="GPUs per machine")] = 1,
+    max_price_per_hour: Annotated[float | None, Field(gt=0, description="$/hour cap")] = None,
+    interruptible: Annotated[bool, Field(description="bid (spot) prices instead")] = False,
+    disk_gb: Annotated[float | None, Field(gt=0, description="disk the job needs")] = None,
+    min_reliability: Annotated[float, Field(ge=0.9, le=1.0)] = 0.98,
+    limit: Annotated[int, Field(ge=1, le=100)] = 10,
+    profile: Annotated[str, Field(description="platform profile")] = DEFAULT_PROFILE,
+) -> dict[str, Any]:
+    """Rentable offers, cheapest first: verified, direct-port, reliable hosts only."""
+    from rgt.lifecycle import search
+    from rgt.providers.base import OfferQuery
+
+    query = OfferQuery(
+        gpu_name=gpu,
+        num_gpus=count,
+        max_price_per_hour=max_price_per_hour,
+        interruptible=interruptible,
+        min_reliability=min_reliability,
+        disk_gb=disk_gb,
+        limit=limit,
+    )
+
+    def work() -> dict[str, Any]:
+        offers = search(_provider(_profile(profile).platform), query)
+        return {
+            "offers": offers,
+            "filters": {
+                "verified_only": True,
+                "min_direct_ports": query.min_direct_ports,
+                "min_reliability": min_reliability,
+            },
+        }
+
+    return await _blocking(work)
+
+
+async def launch(
+    profile: Annotated[str, Field(description="platform profile, e.g. vastai")],
+    offer_id: Annotated[str, Field(description="an offer id from search_offers")],
+    job: Annotated[str, Field(description="path to a job request YAML file")],
+    max_price_per_hour: Annotated[float, Field(gt=0, description="refuse above this $/hour")],
+    interruptible: bool = False,
+    bid: Annotated[float | None, Field(gt=0, description="$/hour bid (interruptible)")] = None,
+) -> dict[str, Any]:
+    """Rent an offer for a job: renders the boot hook from the profile and job, creates the
+    instance, records it in the ledger. Refuses above max_price_per_hour."""
+    from rgt.job import load_job
+    from rgt.lifecycle import launch as launch_instance
+
+    def work() -> dict[str, Any]:
+        chosen = _profile(profile)
+        request = load_job(job)
+        with _ledger() as ledger:
+            result = launch_instance(
+                provider=_provider(chosen.platform),
+                ledger=ledger,
+                profile=chosen,
+                job=request,
+                offer_id=offer_id,
+                max_price_per_hour=max_price_per_hour,
+                interruptible=interruptible,
+                bid_per_hour=bid,
+            )
+        return result.to_json()
+
+    return await _blocking(work)
+
+
+async def poll(
+    instance_id: Annotated[str, Field(description="the instance id")],
+) -> PollResult:
+    """The instance now (one API call): state, classification, next action, cost so far."""
+    from rgt.lifecycle import poll as poll_instance
+
+    def work() -> PollResult:
+        with _ledger() as ledger:
+            profile = _instance_profile(ledger, instance_id)
+            report = poll_instance(
+                instance_id, provider=_provider(profile.platform), ledger=ledger, profile=profile
+            )
+        return PollResult(**report.to_json())
+
+    return await _blocking(work)
+
+
+async def copy(
+    instance_id: Annotated[str, Field(description="the instance id")],
+    remote_root: Annotated[str, Field(description="absolute results root on the box")],
+    local_dir: Annotated[str, Field(description="local directory to copy into")],
+    ctx: Context,
+) -> dict[str, Any]:
+    """Pull the results: the manifest built on the box first, then the files (resumable),
+    with progress notifications. Records the pull in the ledger."""
+    from rgt.pull import pull_instance
+
+    report = _progress_reporter(ctx, f"copy {instance_id}")
+
+    def work() -> dict[str, Any]:
+        with _ledger() as ledger:
+            profile = _instance_profile(ledger, instance_id)
+            result = pull_instance(
+                instance_id,
+                remote_root,
+                Path(local_dir),
+                provider=_provider(profile.platform),
+                ledger=ledger,
+                profile=profile,
+                progress=report,
+            )
+        return {
+            "instance_id": result.instance_id,
+            "local_dir": str(result.local_dir),
+            "manifest_sha256": result.manifest_sha256,
+            "run_id": result.run_id,
+            "files": result.files,
+            "bytes_total": result.bytes_total,
+            "bytes_transferred": result.bytes_transferred,
+            "next": f"verify(local_dir={str(result.local_dir)!r})",
+        }
+
+    return await _blocking(work)
+
+
+async def verify(
+    local_dir: Annotated[str, Field(description="the directory copy wrote into")],
+    ctx: Context,
+) -> dict[str, Any]:
+    """Verify a pull byte-for-byte against the manifest built on the box (with progress);
+    records the verification in the ledger."""
+    report = _progress_reporter(ctx, "verify")
+
+    def progress(*args: Any) -> None:
+        numbers = [a for a in args if isinstance(a, int)]
+        notes = [a for a in args if isinstance(a, str)]
+        if numbers:
+            total = numbers[1] if len(numbers) > 1 else None
+            report(numbers[0], total, notes[0] if notes else None)
+
+    def work() -> dict[str, Any]:
+        try:
+            from rgt.verify import verify_pull
+        except ImportError as exc:
+            raise ToolError(f"verification is not available in this rgt build: {exc}") from None
+        record = verify_pull(Path(local_dir), progress=progress)
+        return dict(record) if isinstance(record, dict) else {"record": str(record)}
+
+    return await _blocking(work)
+
+
+async def stop(
+    instance_id: Annotated[str, Field(description="the instance id")],
+) -> dict[str, Any]:
+    """Stop an instance (reversible). The result says what keeps billing on this platform."""
+    from rgt.lifecycle import stop as stop_instance
+
+    def work() -> dict[str, Any]:
+        with _ledger() as ledger:
+            profile = _instance_profile(ledger, instance_id)
+            return stop_instance(
+                instance_id, provider=_provider(profile.platform), ledger=ledger, profile=profile
+            )
+
+    return await _blocking(work)
+
+
+async def cost(
+    instance_id: Annotated[str | None, Field(description="one instance, or all")] = None,
+    profile: Annotated[str, Field(description="platform profile")] = DEFAULT_PROFILE,
+) -> dict[str, Any]:
+    """Spend so far and the hourly burn of the instances rgt rented (estimates)."""
+    from rgt.lifecycle import cost_report
+
+    def work() -> dict[str, Any]:
+        chosen = _profile(profile)
+        with _ledger() as ledger:
+            return cost_report(
+                provider=_provider(chosen.platform),
+                ledger=ledger,
+                profile=chosen,
+                instance_id=instance_id,
+            )
+
+    return await _blocking(work)
+
+
+async def sweep(
+    profile: Annotated[str, Field(description="platform profile")] = DEFAULT_PROFILE,
+) -> dict[str, Any]:
+    """Every instance the API key can see, what it costs per hour and what keeps billing,
+    including instances the ledger does not know."""
+    from rgt.sweep import sweep as run_sweep
+
+    def work() -> dict[str, Any]:
+        chosen = _profile(profile)
+        with _ledger() as ledger:
+            report = run_sweep(provider=_provider(chosen.platform), ledger=ledger, profile=chosen)
+        return report.to_json()
+
+    return await _blocking(work)
+
+
+def build_server() -> MCPServer:
+    """The rgt MCP server with every tool registered (strict arguments, annotations)."""
+    idempotent_read = ToolAnnotations(
+        read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True
+    )
+    tools = [
+        strict_tool(list_profiles, annotations=idempotent_read),
+        strict_tool(get_profile, annotations=idempotent_read),
+        strict_tool(search_offers, annotations=idempotent_read),
+        strict_tool(
+            launch,
+            title="Launch an instance (rents it: costs money)",
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True
+            ),
+        ),
+        strict_tool(poll, annotations=idempotent_read),
+        strict_tool(
+            copy,
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True
+            ),
+        ),
+        strict_tool(
+            verify,
+            annotations=ToolAnnotations(
+                read_only_hint=False,
+                destructive_hint=False,
+                idempotent_hint=True,
+                open_world_hint=False,
+            ),
+        ),
+        strict_tool(
+            destroy,
+            title="Destroy an instance (Iron Law gate + human confirmation)",
+            annotations=ToolAnnotations(
+                read_only_hint=False,
+                destructive_hint=True,
+                idempotent_hint=True,
+                open_world_hint=True,
+            ),
+        ),
+        strict_tool(
+            stop,
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True
+            ),
+        ),
+        strict_tool(cost, annotations=idempotent_read),
+        strict_tool(sweep, annotations=idempotent_read),
+    ]
+    return MCPServer(
+        "rgt",
+        title="remote-gpu-trainer",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        tools=tools,
+        log_level="WARNING",
+    )
+
+
+def serve(*, http: bool = False, port: int = 8765) -> None:
+    """Run the server: stdio (default) or streamable HTTP bound to 127.0.0.1 only."""
+    server = build_server()
+    if http:
+        server.run("streamable-http", host="127.0.0.1", port=port)
+    else:
+        server.run()

@@ -1,0 +1,143 @@
+"""rgt.lifecycle without a network: classification, gotchas, danger clocks and cost arithmetic
+read from the real bundled profile; poll/stop against the labelled stand-in provider
+(tests/ironlaw_standin.py: a box is a local directory). Launch and the whole lifecycle run against
+the emulator in tests/test_mcp_lifecycle.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rgt import lifecycle
+from rgt.ledger import Ledger
+from rgt.profile import load_profile
+from rgt.providers.base import Instance
+from tests.ironlaw_standin import LocalBoxProvider
+
+
+@pytest.fixture
+def vast():
+    return load_profile("vastai")
+
+
+@pytest.mark.parametrize(
+    ("state", "classification", "gotcha"),
+    [
+        ("loading", "loading", "VAST13"),
+        ("running", "running", None),
+        ("paused", "preempted", "VAST4"),
+        ("scheduling", "stuck-scheduling", "VAST3"),
+        ("offline", "offline", "VAST7"),
+        ("stopped", "stopped-but-billing", "VAST1"),
+        ("gone", "gone", None),
+    ],
+)
+def test_each_state_is_classified_with_the_profiles_gotcha(
+    vast, state: str, classification: str, gotcha: str | None
+) -> None:
+    found, next_action = lifecycle.classify(Instance(id="7", state=state), vast)  # type: ignore[arg-type]
+    assert found == classification
+    assert lifecycle.gotcha_for(vast, found) == gotcha
+    assert next_action and next_action[0].islower()
+
+
+def test_stopped_next_action_names_what_still_bills_and_the_meter_stop(vast) -> None:
+    _, action = lifecycle.classify(Instance(id="7", state="stopped"), vast)
+    for item in vast.stop_still_bills:
+        assert item in action
+    assert vast.meter_stop_verb in action
+    assert lifecycle.keeps_billing(Instance(id="7", state="stopped"), vast) == vast.stop_still_bills
+    assert lifecycle.keeps_billing(Instance(id="7", state="gone"), vast) == []
+
+
+def test_danger_clocks_come_from_the_profile_fields(vast) -> None:
+    clocks = lifecycle.danger_clocks(vast)
+    assert f"`{vast.stop_verb}` does not stop the meter" in clocks[0]
+    assert all(item in clocks[0] for item in vast.stop_still_bills)
+    assert f"only `{vast.meter_stop_verb}` ends all billing" in clocks[1]
+    assert "irreversible" in clocks[1]
+    assert any(vast.egress["notes"] in clock for clock in clocks)
+    summary = lifecycle.profile_summary(vast)
+    assert next(iter(summary)) == "danger_clocks"
+    assert summary["gotchas"]["VAST1"].startswith("a stopped instance keeps billing")
+
+
+def test_danger_clocks_follow_a_changed_profile(vast) -> None:
+    # Not hard-coded: a profile whose stop bills only disk says only disk.
+    from dataclasses import replace
+
+    changed = replace(vast, frontmatter={**vast.frontmatter, "stop_still_bills": ["disk"]})
+    assert "still bills disk, indefinitely" in lifecycle.danger_clocks(changed)[0]
+    extra = replace(
+        vast,
+        frontmatter={
+            **vast.frontmatter,
+            "residual_billables": ["volume"],
+            "clocks": {"release_after_stop": "15d"},
+        },
+    )
+    clocks = lifecycle.danger_clocks(extra)
+    assert any("volume" in c and "separately" in c for c in clocks)
+    assert any("released" in c and "15d" in c for c in clocks)
+
+
+def test_cost_estimate_integrates_running_and_stopped_time(vast) -> None:
+    hour = 3600.0
+    instance = Instance(
+        id="9", state="stopped", disk_gb=73.0, raw={"storage_cost": 0.1}, dph_total=0.5
+    )
+    from rgt.ledger import InstanceRecord
+
+    record = InstanceRecord(
+        provider="vastai",
+        instance_id="9",
+        label=None,
+        profile="vastai",
+        offer_id="1",
+        price_per_hour=0.4,
+        interruptible=False,
+        created=1000.0,
+        last_state=None,
+        last_state_at=None,
+    )
+    history = [(1000.0, "loading", None), (1000.0 + hour, "running", None)]
+    history.append((1000.0 + 3 * hour, "stopped", None))
+    hourly, so_far, basis = lifecycle.estimate_cost(
+        instance, record, history, vast, now=1000.0 + 4 * hour
+    )
+    storage = 73.0 * 0.1 / lifecycle.HOURS_PER_MONTH
+    assert hourly == pytest.approx(storage)
+    # 1 h loading (storage) + 2 h running at the rental price + 1 h stopped (storage)
+    assert so_far == pytest.approx(2 * 0.4 + 2 * storage, abs=1e-6)
+    assert "bandwidth not included" in basis
+
+
+def test_poll_records_state_changes_and_reports_gone(tmp_path: Path, vast) -> None:
+    provider = LocalBoxProvider(tmp_path / "boxes")
+    provider.add_box("42", state="running")
+    with Ledger.open() as ledger:
+        ledger.record_instance("vastai", "42", profile="vastai", price_per_hour=0.5)
+        first = lifecycle.poll("42", provider=provider, ledger=ledger, profile=vast)
+        assert first.classification == "running"
+        assert first.keeps_billing[0] == "compute"
+        assert first.cost_so_far is not None
+        lifecycle.stop("42", provider=provider, ledger=ledger, profile=vast)
+        stopped = lifecycle.poll("42", provider=provider, ledger=ledger, profile=vast)
+        assert stopped.classification == "stopped-but-billing"
+        assert stopped.gotcha == "VAST1"
+        states = [state for _, state, _ in ledger.state_history("42")]
+        assert states[:2] == ["running", "stopped"]
+        # Polling again without a change adds no event.
+        lifecycle.poll("42", provider=provider, ledger=ledger, profile=vast)
+        assert len(ledger.state_history("42")) == len(states)
+
+
+def test_stop_says_what_keeps_billing(tmp_path: Path, vast) -> None:
+    provider = LocalBoxProvider(tmp_path / "boxes")
+    provider.add_box("5")
+    with Ledger.open() as ledger:
+        result = lifecycle.stop("5", provider=provider, ledger=ledger, profile=vast)
+    assert provider.show("5").state == "stopped"
+    assert result["keeps_billing"] == vast.stop_still_bills
+    assert "disk" in result["message"] and vast.meter_stop_verb in result["message"]
