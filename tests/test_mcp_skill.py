@@ -1,0 +1,46 @@
+"""The agent skill: Agent Skills frontmatter, and a platforms table equal to the one generated
+from the bundled profiles (regenerate with `python -m rgt.skilldoc` after changing a profile)."""
+
+from __future__ import annotations
+
+import yaml
+
+from rgt import skilldoc
+from rgt.profile import list_profiles
+
+
+def _skill_text() -> str:
+    return skilldoc.skill_path().read_text(encoding="utf-8")
+
+
+def test_skill_has_agent_skills_frontmatter() -> None:
+    text = _skill_text()
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n", 2)[1])
+    assert front["name"] == "remote-gpu-trainer" == skilldoc.skill_path().parent.name
+    assert 50 < len(front["description"]) <= 1024
+    assert len(text.splitlines()) < 120, "keep SKILL.md concise"
+
+
+def test_platforms_table_is_the_generated_one() -> None:
+    assert skilldoc.current_table(_skill_text()) == skilldoc.platform_table(), (
+        "SKILL.md's platforms table is stale: run `python -m rgt.skilldoc`"
+    )
+    assert skilldoc.main(["--check"]) == 0
+
+
+def test_every_profile_has_a_row_built_from_its_fields() -> None:
+    table = skilldoc.platform_table()
+    for profile in list_profiles():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{profile.name}` |"))
+        if profile.meter_stop_verb:
+            assert f"`{profile.meter_stop_verb}`" in row
+        for item in profile.stop_still_bills if profile.stop_verb else []:
+            assert item in row
+
+
+def test_a_changed_table_is_detected(tmp_path) -> None:
+    text = _skill_text()
+    stale = text.replace("| `vastai` |", "| `vastai-old` |")
+    assert skilldoc.current_table(stale) != skilldoc.platform_table()
+    assert skilldoc.replace_table(stale, skilldoc.platform_table()) == text
