@@ -1,0 +1,517 @@
+"""Rendered scripts: the whole template x profile matrix passes real shellcheck, and the scripts do
+what they say when run for real (resume from the newest checkpoint, bounded retries, exit codes).
+
+Scripts run with bash on this machine; box paths are prefixed by $RGT_BOX_ROOT (the emulator
+seam), so a temp dir stands in for the rented box's filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rgt.errors import UsageError
+from rgt.job import JobRequest, load_job
+from rgt.profile import Profile, list_profiles, load_profile
+from rgt.render import Rendered, _environment, render_template, template_names
+from tests.conftest import CANARY_API_KEY, assert_no_canary
+
+SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+MATRIX = [
+    pytest.param(each.name, template, id=f"{each.name}-{template}")
+    for profile in list_profiles()
+    for each in profile.all_variants()
+    for template in template_names()
+]
+SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
+
+
+def _profile(name: str) -> Profile:
+    return load_profile(name)
+
+
+def _job(**changes: Any) -> JobRequest:
+    data = load_job().as_dict()
+    data.update(changes)
+    return JobRequest.from_dict(data, source="test-job")
+
+
+def _profile_copy(tmp_path: Path, name: str, *replacements: tuple[str, str]) -> Profile:
+    """A bundled profile with some frontmatter lines replaced, saved under its own name."""
+    text = load_profile(name).path.read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    path = tmp_path / f"{name}.md"
+    path.write_text(text)
+    return load_profile(path)
+
+
+def _shellcheck(text: str, where: Path) -> None:
+    where.write_text(text)
+    result = subprocess.run(
+        [SHELLCHECK, "--shell=bash", "--severity=style", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _preamble_sets_strict_mode(text: str) -> bool:
+    """`set -euo pipefail` comes before any command (only the shebang, comments, blanks)."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        return stripped == "set -euo pipefail"
+    return False
+
+
+def test_matrix_covers_every_template_and_profile() -> None:
+    assert set(template_names()) == {"run_one", "run_queue", "onstart", "pull"}
+    names = {p.name for p in list_profiles()}
+    assert names >= {"vastai", "local", "generic-ssh"}
+    assert len(MATRIX) >= 12
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("profile_name", "template"), MATRIX)
+def test_every_template_renders_for_every_profile_and_passes_shellcheck(
+    profile_name: str, template: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The secrets are in the environment while rendering: none may reach the script.
+    for name in SECRETS:
+        monkeypatch.setenv(name, CANARY_API_KEY)
+    profile = _profile(profile_name)
+    job = _job(secret_env=list(SECRETS))
+    rendered = render_template(profile, template, job)
+
+    texts = [rendered.text] + ([rendered.inner] if rendered.compressed else [])
+    for index, text in enumerate(texts):
+        _shellcheck(text, tmp_path / f"{template}.{index}.sh")
+        assert text.startswith("#!/usr/bin/env bash\n")
+        assert _preamble_sets_strict_mode(text), text[:400]
+        assert_no_canary(text)
+    if template in ("onstart", "run_one"):
+        # Secrets appear by name only, checked at start time.
+        for name in SECRETS:
+            assert re.search(rf"\b{name}\b", rendered.inner)
+    limit = profile.onstart_limit_bytes
+    if template == "onstart" and limit is not None:
+        assert len(rendered.text.encode()) <= limit
+        assert rendered.compressed == (len(rendered.inner.encode()) > limit)
+    else:
+        assert not rendered.compressed
+        assert rendered.text == rendered.inner
+
+
+def test_no_unquoted_interpolation_can_render() -> None:
+    env = _environment()
+    with pytest.raises(UsageError, match="without a quoting filter"):
+        env.from_string("echo {{ value }}").render(value="$(rm -rf /)")
+    assert env.from_string("echo {{ value|q }}").render(value="$(rm -rf /)") == (
+        "echo '$(rm -rf /)'"
+    )
+
+
+def test_strict_undefined() -> None:
+    import jinja2
+
+    with pytest.raises(jinja2.UndefinedError):
+        _environment().from_string("{{ profile.nope|q }}").render(profile={})
+
+
+def test_unknown_template_and_bad_layout_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="unknown template 'deploy'; templates: onstart, pull"):
+        render_template(_profile("vastai"), "deploy", _job())
+    with pytest.raises(UsageError, match="results_root '/workspace' contains the profile's"):
+        render_template(_profile("vastai"), "run_one", _job(results_root="/workspace"))
+
+
+def test_empty_override_means_empty(tmp_path: Path) -> None:
+    bare = _profile_copy(
+        tmp_path, "generic-ssh", ("hf_home: $HOME/rgt/.cache/huggingface", 'hf_home: ""')
+    )
+    assert bare.overrides["proxy_hook"] == bare.overrides["cred_file"] == ""
+    assert bare.overrides["durable_dir"] == bare.overrides["hf_home"] == ""
+    for template in ("run_one", "onstart"):
+        text = render_template(bare, template, _job()).inner
+        # No hook, no cred file, no HF cache, no durable copy -- and no other platform's default.
+        for absent in ("eval ", "cred_file", "RGT_CRED_FILE", "HF_HOME", "network_turbo", "autodl"):
+            assert absent not in text, (template, absent)
+    run_one = render_template(bare, "run_one", _job()).inner
+    assert "results copied to" not in run_one
+    assert "no on-box durable dir" in run_one
+    # The same keys, set, do render.
+    vast = render_template(_profile("vastai"), "run_one", _job()).inner
+    assert 'export HF_HOME="${RGT_BOX_ROOT:-}"/workspace/.cache/huggingface' in vast
+
+
+# --- run_one / run_queue, for real ---------------------------------------------------------
+
+RUN_ONE_COMMAND = r"""python3 - <<'EOF'
+import json, os, pathlib, sys
+ckpt = pathlib.Path(os.environ["RGT_CHECKPOINT_DIR"])
+resume = os.environ["RGT_RESUME_FROM"]
+step = json.loads(pathlib.Path(resume).read_text())["step"] if resume else 0
+(ckpt / f"step-{step + 1:03d}.ckpt").write_text(json.dumps({"step": step + 1}))
+(ckpt / "latest.pt").write_text("scratch")
+out = pathlib.Path(os.environ["RGT_RESULTS_ROOT"]) / "cell-a"
+out.mkdir(parents=True, exist_ok=True)
+(out / "metrics.json").write_text(json.dumps({"step": step + 1, "cell": os.environ["RGT_CELL"]}))
+print("job says:", "it's", os.environ["RGT_RUN_ID"], flush=True)
+sys.exit(int(os.environ.get("FAIL_CELL") == os.environ["RGT_CELL"]) * 7)
+EOF"""
+
+
+def _box_env(box: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "HOME": os.environ["HOME"],
+        "RGT_BOX_ROOT": str(box),
+        **extra,
+    }
+
+
+def _write(tmp_path: Path, rendered: Rendered, name: str) -> Path:
+    path = tmp_path / f"{name}.sh"
+    path.write_text(rendered.text)
+    return path
+
+
+def _run(script: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+@pytest.mark.timeout(60)
+def test_run_one_resumes_prunes_scratch_and_copies_to_the_durable_dir(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    local = _profile("local")
+    job = _job(command=RUN_ONE_COMMAND, run_id="r1")
+    script = _write(tmp_path, render_template(local, "run_one", job), "run_one")
+    env = _box_env(box)
+    first = _run(script, "cell1", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "fresh start" in first.stdout
+    assert "job says: it's r1" in first.stdout
+    second = _run(script, "cell1", env=env)
+    assert second.returncode == 0, second.stderr
+    assert f"resuming from {box}/workspace/checkpoints/step-001.ckpt" in second.stdout
+    checkpoints = sorted(p.name for p in (box / "workspace/checkpoints").iterdir())
+    assert checkpoints == ["step-001.ckpt", "step-002.ckpt"]  # latest.pt (scratch) pruned
+    durable = Path(os.environ["HOME"]) / "rgt/final/r1/cell-a/metrics.json"
+    assert json.loads(durable.read_text()) == {"step": 2, "cell": "cell1"}
+    assert "DONE run r1 cell cell1; results copied to" in second.stdout
+
+
+@pytest.mark.timeout(60)
+def test_run_one_exit_codes(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    job = _job(command=RUN_ONE_COMMAND, run_id="r2")
+    script = _write(tmp_path, render_template(_profile("local"), "run_one", job), "run_one")
+    failed = _run(script, "c", env=_box_env(box, FAIL_CELL="c"))
+    assert failed.returncode == 7
+    assert "FAILED run r2 cell c: the job exited 7" in failed.stderr
+    assert "DONE" not in failed.stdout
+    # The durable copy fails (a file where a result dir must go): the success line depends on it.
+    target = Path(os.environ["HOME"]) / "rgt/final/r2"
+    target.mkdir(parents=True)
+    (target / "cell-a").write_text("in the way")
+    blocked = _run(script, "c", env=_box_env(box))
+    assert blocked.returncode == 2
+    assert "the durable copy to" in blocked.stderr
+    assert "DONE" not in blocked.stdout
+    bad_cell = _run(script, "../x", env=_box_env(box))
+    assert bad_cell.returncode == 2
+
+
+@pytest.mark.timeout(60)
+def test_run_one_secret_and_proxy_hook_failures_stop_the_job(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    hooked = _profile_copy(tmp_path, "generic-ssh", ('proxy_hook: ""', "proxy_hook: 'false'"))
+    job = _job(command=RUN_ONE_COMMAND, secret_env=["HF_TOKEN"])
+    script = _write(tmp_path, render_template(hooked, "run_one", job), "run_one")
+    missing = _run(script, env=_box_env(box))
+    assert missing.returncode == 1
+    assert "secret env var HF_TOKEN is not set" in missing.stderr
+    hook = _run(script, env=_box_env(box, HF_TOKEN=CANARY_API_KEY))
+    assert hook.returncode == 1
+    assert "the profile's proxy_hook failed" in hook.stderr
+    assert_no_canary(hook.stdout, hook.stderr)
+    assert not (box / "workspace/checkpoints/step-001.ckpt").exists()
+
+
+@pytest.mark.timeout(60)
+def test_run_queue_resumes_from_an_index_and_fails_when_a_cell_failed(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    job = _job(command=RUN_ONE_COMMAND, run_id="q1")
+    _write(tmp_path, render_template(_profile("vastai"), "run_one", job), "run_one")
+    queue = _write(tmp_path, render_template(_profile("vastai"), "run_queue", job), "run_queue")
+    cells = tmp_path / "cells.txt"
+    cells.write_text("# the ablation\na\n\nbad  # fails\nc\n")
+    env = _box_env(box, FAIL_CELL="bad")
+    first = _run(queue, str(cells), env=env)
+    assert first.returncode == 1
+    assert "QUEUE DONE: 3 cells, 3 run, 1 failed" in first.stdout
+    assert "[2] FAILED bad (exit 7); resume later with: run_queue.sh" in first.stderr
+    done = box / "workspace/.rgt/q1/queue"
+    assert sorted(p.name for p in done.iterdir()) == ["a.done", "c.done"]
+    again = _run(queue, str(cells), "2", env=env)
+    assert again.returncode == 1
+    assert "QUEUE DONE: 3 cells, 1 run, 1 failed" in again.stdout
+    assert "[3] c already done, skipping" in again.stdout
+    past = _run(queue, str(cells), "3", env=env)
+    assert past.returncode == 0
+    assert "QUEUE DONE: 3 cells, 0 run, 0 failed" in past.stdout
+    for bad_index in ("0", "x", "-1"):
+        assert _run(queue, str(cells), bad_index, env=env).returncode == 2
+    assert _run(queue, str(tmp_path / "missing.txt"), env=env).returncode == 2
+
+
+# --- onstart, for real: resume after a kill, the self-extracting form -----------------------
+
+TRAIN = """\
+import json, os, pathlib, time
+ckpt = pathlib.Path(os.environ["RGT_CHECKPOINT_DIR"])
+resume = os.environ["RGT_RESUME_FROM"]
+step = json.loads(pathlib.Path(resume).read_text())["step"] if resume else 0
+with open(ckpt / "starts.log", "a") as log:
+    log.write(f"{step}\\n")
+while step < 8:
+    time.sleep(float(os.environ["STEP_SECONDS"]))
+    step += 1
+    tmp = ckpt / f".step-{step:03d}.tmp"
+    tmp.write_text(json.dumps({"step": step}))
+    os.replace(tmp, ckpt / f"step-{step:03d}.json")
+out = pathlib.Path(os.environ["RGT_RESULTS_ROOT"]) / "cell-a"
+out.mkdir(parents=True, exist_ok=True)
+(out / "metrics.json").write_text(json.dumps({"steps": step}))
+"""
+
+
+def _onstart_job(step_seconds: str) -> JobRequest:
+    return _job(
+        run_id="resume-test",
+        command='python3 "${RGT_BOX_ROOT:-}/workspace/job/train.py"',
+        checkpoint_glob="step-*.json",
+        env={"STEP_SECONDS": step_seconds},
+        files={"/workspace/job/train.py": TRAIN},
+    )
+
+
+def _wait_for(path: Path, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+def test_onstart_resumes_from_the_newest_checkpoint_after_a_kill(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    (box / "root").mkdir(parents=True)
+    vast = _profile("vastai")
+    rendered = render_template(vast, "onstart", _onstart_job("0.3"))
+    # The real boot hook is over vast.ai's 16 KB: this runs the self-extracting form for real.
+    assert rendered.compressed
+    assert len(rendered.text.encode()) <= 16384
+    assert "gzip+base64 self-extracting form" in rendered.notes[0]
+    env = _box_env(box, HOME=str(box / "root"), CONTAINER_ID="4242")
+    ckpt = box / "workspace/checkpoints"
+
+    # First start, killed like a preemption (SIGKILL to the whole process group) after step 3.
+    first = subprocess.Popen(
+        ["bash", "-c", rendered.text],
+        cwd=box,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(ckpt / "step-003.json", 30)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    newest = max(int(p.stem.split("-")[1]) for p in ckpt.glob("step-*.json"))
+    assert newest < 8
+
+    # Second start: resumes from the newest complete checkpoint and finishes, with a manifest.
+    second = subprocess.run(
+        ["bash", "-c", rendered.text],
+        cwd=box,
+        env={**env, "STEP_SECONDS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"start #2, resuming from {ckpt}/step-{newest:03d}.json" in second.stdout
+    assert (ckpt / "starts.log").read_text().split() == ["0", str(newest)]
+    manifest = json.loads((box / "workspace/results/PULL_MANIFEST.json").read_text())
+    assert manifest["run_id"] == "resume-test"
+    assert manifest["instance_id"] == "4242"
+    assert [f["path"] for f in manifest["files"]] == ["cell-a/metrics.json"]
+
+    # Third start (the platform restarts the container): nothing runs again.
+    third = subprocess.run(
+        ["bash", "-c", rendered.text], cwd=box, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert third.returncode == 0
+    assert "already finished" in third.stdout
+    assert (ckpt / "starts.log").read_text().split() == ["0", str(newest)]
+
+
+def test_onstart_under_the_limit_is_plain_and_too_big_is_refused(tmp_path: Path) -> None:
+    roomy = _profile_copy(
+        tmp_path, "vastai", ("onstart_limit_bytes: 16384", "onstart_limit_bytes: 1000000")
+    )
+    plain = render_template(roomy, "onstart", _job())
+    assert not plain.compressed
+    assert plain.text == plain.inner
+    assert plain.notes == []
+    # Incompressible content cannot be squeezed under 16 KB: a clear error, not a broken hook.
+    noise = os.urandom(30_000).hex()[:60_000] + "\n"
+    with pytest.raises(UsageError, match=r"still \d+ bytes compressed; vast.ai accepts 16384"):
+        render_template(_profile("vastai"), "onstart", _job(files={"/workspace/noise.txt": noise}))
+
+
+def test_onstart_ships_files_exactly(tmp_path: Path) -> None:
+    tricky = "line with 'quotes', $HOME, `ticks` and \\backslash\nRGT_EOF\n"
+    no_newline = "no final newline; $(not run)"
+    job = _job(
+        command="true",
+        files={"/workspace/a.txt": tricky, "/workspace/b.txt": no_newline},
+    )
+    box = tmp_path / "box"
+    (box / "root").mkdir(parents=True)
+    rendered = render_template(_profile("local"), "onstart", job)
+    result = subprocess.run(
+        ["bash", "-c", rendered.text],
+        cwd=box,
+        env=_box_env(box, HOME=str(box / "root")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (box / "workspace/a.txt").read_text() == tricky
+    assert (box / "workspace/b.txt").read_text() == no_newline
+    # `true` writes no results, so the manifest builder refuses the missing roster dir.
+    assert result.returncode != 0
+    assert "cell-a" in result.stdout + result.stderr
+
+
+# --- pull: bounded, resumable ---------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.timeout(60)
+def test_pull_retry_loop_is_bounded(tmp_path: Path) -> None:
+    script = _write(tmp_path, render_template(_profile("vastai"), "pull", _job()), "pull")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ["HOME"],
+        "RGT_PULL_ATTEMPTS": "3",
+        "RGT_PULL_RETRY_WAIT": "0",
+        "RGT_PULL_ATTEMPT_TIMEOUT": "20",
+    }
+    start = time.monotonic()
+    result = _run(script, "127.0.0.1", str(_closed_port()), str(tmp_path / "out"), env=env)
+    assert result.returncode == 1
+    assert time.monotonic() - start < 30
+    retries = re.findall(r"attempt (\d)/3 for \S+ failed", result.stderr)
+    assert retries == ["1", "2"]
+    assert "giving up on /workspace/results/PULL_MANIFEST.json after 3 attempts" in result.stderr
+    assert "no manifest on the box yet" in result.stderr
+    assert "VERIFIED" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["h", "22"], {}, "usage: pull.sh SSH_HOST SSH_PORT LOCAL_DIR"),
+        (["h", "2x2", "out"], {}, "SSH_PORT must be a number, got '2x2'"),
+        (["h", "22", "out"], {"RGT_PULL_ATTEMPTS": "many"}, "RGT_PULL_ATTEMPTS must be a whole"),
+        (["h", "22", "out"], {"RGT_PULL_ATTEMPTS": "0"}, "RGT_PULL_ATTEMPTS must be 1-100, got 0"),
+        (["h", "22", "out"], {"RGT_PULL_RETRY_WAIT": "-1"}, "RGT_PULL_RETRY_WAIT must be a whole"),
+    ],
+)
+def test_pull_usage_errors_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    script = _write(tmp_path, render_template(_profile("generic-ssh"), "pull", _job()), "pull")
+    result = _run(script, *args, env={"PATH": os.environ["PATH"], **env})
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_pull_login_user_comes_from_env_then_profile() -> None:
+    vast = render_template(_profile("vastai"), "pull", _job()).text
+    assert "user=${RGT_SSH_USER:-root}" in vast
+    bare = render_template(_profile("generic-ssh"), "pull", _job()).text
+    assert "user=${RGT_SSH_USER:-''}" in bare  # none: ~/.ssh/config decides
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cli_render_writes_an_executable_script_and_notes_compression(tmp_path: Path) -> None:
+    out = tmp_path / "scripts" / "onstart.sh"
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "render", "vastai", "onstart", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert "gzip+base64 self-extracting form" in result.stderr
+    assert f"wrote {out}" in result.stderr
+    assert result.stdout == ""
+    assert len(out.read_bytes()) <= 16384
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope", "run_one"], "unknown profile 'nope'; bundled profiles:"),
+        (["vastai", "deploy"], "unknown template 'deploy'"),
+        (["vastai", "run_one", "--job", "/nonexistent.yaml"], "cannot read"),
+        (["generic-ssh:nope", "run_one"], "has no variant 'nope'"),
+    ],
+)
+def test_cli_render_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "render", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
