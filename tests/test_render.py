@@ -465,6 +465,53 @@ def test_pull_usage_errors_exit_2(
     assert message in result.stderr
 
 
+def _finished_box(tmp_path: Path) -> Path:
+    """A box disk on which the rendered onstart ran the job to the end (results + manifest)."""
+    box = tmp_path / "box"
+    (box / "root").mkdir(parents=True)
+    rendered = render_template(_profile("vastai"), "onstart", _onstart_job("0"))
+    env = _box_env(box, HOME=str(box / "root"), CONTAINER_ID="4242")
+    done = subprocess.run(
+        ["bash", "-c", rendered.text], cwd=box, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return box
+
+
+@pytest.mark.timeout(60)
+def test_pull_copies_over_real_ssh_and_succeeds_only_when_verified(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("rgt.commands.verify") is None:
+        pytest.skip("`rgt verify` has not landed yet (verify helper)")
+    from rgt.sim.ssh import SshServer, ssh_client_environment
+
+    box = _finished_box(tmp_path)
+    server = SshServer(box, tmp_path / "keys")
+    port = server.start()
+    try:
+        script = _write(tmp_path, render_template(_profile("vastai"), "pull", _job()), "pull")
+        env = {
+            **os.environ,
+            **ssh_client_environment(tmp_path / "keys"),
+            "RGT_BIN": str(Path(sys.executable).parent / "rgt"),
+            "RGT_PULL_RETRY_WAIT": "0",
+        }
+        out = tmp_path / "pulled"
+        pulled = _run(script, "127.0.0.1", str(port), str(out), env=env)
+        assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+        assert f"pull: VERIFIED {out}" in pulled.stdout
+        assert json.loads((out / "cell-a/metrics.json").read_text()) == {"steps": 8}
+        # A box whose files no longer match its manifest: copied, but never reported as verified.
+        (box / "workspace/results/cell-a/metrics.json").write_text('{"steps": 9}')
+        tampered = _run(script, "127.0.0.1", str(port), str(tmp_path / "again"), env=env)
+        assert tampered.returncode == 1
+        assert "verification FAILED; do not destroy the box" in tampered.stderr
+        assert "VERIFIED" not in tampered.stdout
+    finally:
+        server.stop()
+
+
 def test_pull_login_user_comes_from_env_then_profile() -> None:
     vast = render_template(_profile("vastai"), "pull", _job()).text
     assert "user=${RGT_SSH_USER:-root}" in vast
