@@ -53,8 +53,8 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 
 # Files at least this big are hashed by one task each with big reads; smaller ones in batches.
-_BIG_FILE = 8 * 1024 * 1024
-_READ_CHUNK = 4 * 1024 * 1024
+BIG_FILE = 8 * 1024 * 1024
+READ_CHUNK = 4 * 1024 * 1024
 _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_FILES = 256
 # More problems than this are summarised, so a broken tree does not flood the terminal.
@@ -234,7 +234,7 @@ def _walk(
 
 def _hash_big(path: str) -> tuple[int, str]:
     digest = hashlib.sha256()
-    buffer = bytearray(_READ_CHUNK)
+    buffer = bytearray(READ_CHUNK)
     view = memoryview(buffer)
     total = 0
     with open(path, "rb", buffering=0) as handle:
@@ -260,7 +260,7 @@ def _hash_small(path: str, size: int) -> tuple[int, str]:
         digest = hashlib.sha256(data)
         total = len(data)
         while True:
-            more = os.read(fd, _READ_CHUNK)
+            more = os.read(fd, READ_CHUNK)
             if not more:
                 return total, digest.hexdigest()
             digest.update(more)
@@ -273,7 +273,7 @@ def _hash_batch(batch: Sequence[FileItem]) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for relative, path, size in batch:
         try:
-            if size >= _BIG_FILE:
+            if size >= BIG_FILE:
                 out.append((relative, _hash_big(path)))
             else:
                 out.append((relative, _hash_small(path, size)))
@@ -282,14 +282,15 @@ def _hash_batch(batch: Sequence[FileItem]) -> list[tuple[str, Any]]:
     return out
 
 
-def _batches(items: Sequence[FileItem]) -> list[list[FileItem]]:
+def make_batches(items: Sequence[FileItem]) -> list[list[FileItem]]:
+    """Work units: each big file alone (biggest first), small files grouped by count and bytes."""
     # Biggest work first so the pool does not end on one long file.
-    big = sorted((i for i in items if i[2] >= _BIG_FILE), key=lambda i: -i[2])
+    big = sorted((i for i in items if i[2] >= BIG_FILE), key=lambda i: -i[2])
     batches: list[list[FileItem]] = [[item] for item in big]
     current: list[FileItem] = []
     current_bytes = 0
     for item in items:
-        if item[2] >= _BIG_FILE:
+        if item[2] >= BIG_FILE:
             continue
         current.append(item)
         current_bytes += item[2]
@@ -312,7 +313,7 @@ def hash_files(
     Returns relative -> (bytes_read, hexdigest), or relative -> error string when unreadable.
     `progress(bytes_done, bytes_total)` is called from the calling thread as batches finish."""
     results: HashResult = {}
-    batches = _batches(items)
+    batches = make_batches(items)
     total = sum(item[2] for item in items)
     done = 0
     count = min(workers or default_workers(), max(1, len(batches)))

@@ -1,0 +1,79 @@
+"""`rgt verify LOCAL_DIR`: the pull matches the box's manifest byte for byte; checkpoints load."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 90  # position in `rgt --help` (see rgt.cli.command_modules)
+HELP = "check a pull against its manifest (roster, sizes, SHA-256) and that checkpoints load safely"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """LOCAL_DIR [--allow-pickle] [--run-id ID] [--instance-id ID] [--workers N] [--json]."""
+    parser.add_argument("local_dir", help="the directory `rgt pull` copied into")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load .pt/.pth that weights_only refuses with a full unpickle (RUNS CODE from the "
+        "file; only for a box you trust); recorded in PULL_VERIFIED.json and the ledger",
+    )
+    parser.add_argument("--run-id", help="refuse unless the manifest is of this run")
+    parser.add_argument("--instance-id", help="refuse unless the manifest is of this instance")
+    parser.add_argument("--workers", type=int, help="hashing threads (default: CPU count)")
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Verify; exit 0 when everything matches, 1 with one line per problem otherwise."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from rgt.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
+    from rgt.progress import ProgressBar, human_bytes
+    from rgt.verify import VERIFIED_NAME, VerificationFailed, verify_pull
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be 1 or more")
+    bar = ProgressBar("verify")
+
+    def progress(done: int, total: int) -> None:
+        bar.update(done, total=total)
+
+    try:
+        record = verify_pull(
+            Path(args.local_dir),
+            allow_pickle=args.allow_pickle,
+            workers=args.workers,
+            progress=progress,
+            expected_run_id=args.run_id,
+            expected_instance_id=args.instance_id,
+        )
+    except VerificationFailed as exc:
+        bar.finish()
+        if args.json:
+            print(json.dumps({"ok": False, "problems": exc.problems}, indent=2))
+        for line in exc.problems:
+            print(f"rgt verify: FAILED: {line}", file=sys.stderr)
+        print(
+            f"rgt verify: {len(exc.problems)} problem(s); do NOT destroy the box; pull again",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
+    bar.finish()
+    totals = record["totals"]
+    seconds = max(float(record.get("seconds", 0.0)), 1e-9)
+    if args.json:
+        summary = {k: v for k, v in record.items() if k not in ("files", "snapshot")}
+        summary["record"] = str(Path(record["local_dir"]) / VERIFIED_NAME)
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    loads = ", ".join(f"{c['path']} ({c['method']})" for c in record["checkpoints"]) or "none"
+    print(
+        f"verified {totals['files']} files ({human_bytes(totals['bytes'])}) of run "
+        f"{record['run_id']} from instance {record['instance_id']} in {seconds:.2f} s "
+        f"({human_bytes(totals['bytes'] / seconds)}/s); manifest sha256 "
+        f"{record['manifest_sha256']}\ncheckpoints: {loads}\n"
+        f"recorded in the ledger; next: rgt approve {record['instance_id']}"
+    )
+    return EXIT_OK

@@ -1,0 +1,858 @@
+"""Verify a pull byte for byte against the manifest built on the box, and that checkpoints load.
+
+`verify_pull(local_dir)` reads LOCAL_DIR/PULL_MANIFEST.json (the bytes `rgt pull` copied from the
+box) and checks:
+
+1. the manifest itself: schema, run id (and the expected one, if given), an instance id, a
+   roster of plain names, file paths that are safe (no traversal, absolute paths, control
+   characters, backslashes), no duplicates; when the ledger recorded a pull into this
+   directory, the manifest here is that pull's manifest (same SHA-256, same instance);
+2. the exact roster: every manifest file is present as a regular file and nothing else is
+   there -- no extra file, no symlink, no special file. Excepted, because they are not results:
+   the top-level PULL_MANIFEST.json and PULL_VERIFIED.json (and the temp files of their atomic
+   writes) and rsync's ``.rsync-partial`` directories (``--partial-dir``; they hold only
+   incomplete copies, never files under their final name);
+3. sizes, then SHA-256 of every file, hashed in parallel (threads; hashlib and the reads release
+   the GIL) across files;
+4. every checkpoint loads safely: ``.safetensors`` headers parsed (8-byte little-endian length,
+   JSON header, tensor offsets exactly covering the data area as the safetensors library
+   requires); ``.pt``/``.pth``/``.ckpt`` through ``torch.load(weights_only=True)`` when torch is
+   importable, else their pickles are scanned opcode by opcode WITHOUT executing them; never
+   unpickled with code execution unless ``allow_pickle`` (``--allow-pickle``), which is recorded;
+   rgt's own ``.ckpt`` format through ``rgt.checkpoint.load``; ``.json``/``.jsonl`` parse.
+
+It writes LOCAL_DIR/PULL_VERIFIED.json atomically (schemas/verification.schema.json) whether it
+passed or not, and records a PASSED verification in the ledger, bound to the manifest SHA-256 and
+to the SHA-256 of the record it wrote. `check_unchanged(local_dir)` answers later, cheaply,
+whether anything changed since (see its docstring for the method, its cost and its blind spots).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import pickle
+import pickletools
+import stat
+import struct
+import time
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rgt import __version__
+from rgt.atomic import atomic_write_bytes
+from rgt.errors import CheckFailed
+from rgt.ledger import Ledger
+from rgt.manifest import (
+    BIG_FILE,
+    MANIFEST_NAME,
+    READ_CHUNK,
+    default_workers,
+    make_batches,
+    name_problem,
+    path_problem,
+)
+from rgt.manifest import (
+    SCHEMA as MANIFEST_SCHEMA,
+)
+
+VERIFIED_NAME = "PULL_VERIFIED.json"
+RECORD_SCHEMA = "rgt.pull-verified/v1"
+VERIFIER_VERSION = f"rgt {__version__} verify/1"
+# rsync --partial-dir (rgt.providers.rsync.PARTIAL_DIR): incomplete copies, not results.
+PARTIAL_DIR = ".rsync-partial"
+SNAPSHOT_METHOD = "lstat (size, mtime_ns, ctime_ns, inode, device) of every file + tree listing"
+# A file whose ctime is this close to (or after) the snapshot may have been rewritten within one
+# filesystem timestamp tick of the final stat ("racily clean", as git calls it): re-hash it.
+RACY_NS = 100_000_000
+# safetensors caps the header at 100 MB; so do we (a bigger one is not a real header).
+SAFETENSORS_MAX_HEADER = 100_000_000
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+JSON_SUFFIXES = (".json", ".jsonl")
+# Globals a torch checkpoint pickle may name for the no-torch scan (what weights_only allows).
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._utils", "_rebuild_sparse_tensor"),
+    ("torch._utils", "_rebuild_meta_tensor_no_storage"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "Size"),
+    ("torch", "Tensor"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "device"),
+    ("torch", "dtype"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+}
+
+ProgressFn = Callable[[int, int], None]
+
+
+class VerificationFailed(CheckFailed):
+    """The pull does not match its manifest; `problems` has one line per problem."""
+
+    def __init__(self, problems: Sequence[str], record: dict[str, Any] | None = None) -> None:
+        self.problems = list(problems)
+        self.record = record
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(self.problems[0] + more)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What hashing one local file found."""
+
+    size: int
+    sha256: str
+    stat: list[int]  # size, mtime_ns, ctime_ns, inode, device: after the last read
+    changed: bool  # the file changed while it was read
+    json_error: str | None
+
+
+def _stat_key(info: os.stat_result) -> list[int]:
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
+
+
+def _utc(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# -- the manifest ------------------------------------------------------------------------------
+
+
+def _load_manifest(local_dir: Path) -> tuple[bytes, dict[str, Any]]:
+    path = local_dir / MANIFEST_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckFailed(
+            f"{path}: missing; pull first (`rgt pull INSTANCE REMOTE_ROOT {local_dir}`)"
+        ) from None
+    except OSError as exc:
+        raise CheckFailed(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise CheckFailed(f"{path}: not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise CheckFailed(f"{path}: top level must be an object")
+    return data, document
+
+
+def _manifest_problems(
+    document: dict[str, Any], expected_run_id: str | None, expected_instance_id: str | None
+) -> list[str]:
+    where = MANIFEST_NAME
+    problems: list[str] = []
+    if document.get("schema") != MANIFEST_SCHEMA:
+        problems.append(
+            f"{where}: field schema is {document.get('schema')!r}; allowed: {MANIFEST_SCHEMA!r}"
+        )
+    run_id = document.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        problems.append(f"{where}: field run_id {run_id!r} must be a non-empty string")
+    elif expected_run_id is not None and run_id != expected_run_id:
+        problems.append(f"{where}: run id {run_id!r}, expected run {expected_run_id!r}")
+    instance_id = document.get("instance_id")
+    if instance_id is None or str(instance_id) == "":
+        problems.append(
+            f"{where}: field instance_id is missing; the manifest must be built on the box with "
+            "--instance-id (or $CONTAINER_ID)"
+        )
+    elif expected_instance_id is not None and str(instance_id) != str(expected_instance_id):
+        problems.append(
+            f"{where}: manifest of instance {instance_id!r}, expected instance "
+            f"{expected_instance_id!r}"
+        )
+    roster = document.get("roster")
+    if not isinstance(roster, list) or not roster:
+        problems.append(f"{where}: field roster must be a non-empty list of directory names")
+        roster = []
+    for name in roster:
+        reason = name_problem(name) if isinstance(name, str) else "is not a string"
+        if reason is not None:
+            problems.append(f"{where}: roster entry {name!r} {reason}")
+    if len(set(map(str, roster))) != len(roster):
+        problems.append(f"{where}: roster lists a directory twice")
+    files = document.get("files")
+    if not isinstance(files, list):
+        return [*problems, f"{where}: field files must be a list"]
+    seen: set[str] = set()
+    for index, entry in enumerate(files):
+        label = f"{where}: files[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{label} is not an object")
+            continue
+        relative = entry.get("path")
+        if not isinstance(relative, str):
+            problems.append(f"{label}: path {relative!r} is not a string")
+            continue
+        reason = path_problem(relative)
+        if reason is not None:
+            problems.append(f"{label}: path {relative!r} {reason}")
+            continue
+        if relative.split("/", 1)[0] not in roster or "/" not in relative:
+            problems.append(f"{label}: path {relative!r} is not inside a roster directory")
+        if relative in seen:
+            problems.append(f"{label}: path {relative!r} is listed twice")
+        seen.add(relative)
+        size = entry.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            problems.append(f"{label}: size {size!r} must be a whole number >= 0")
+        digest = entry.get("sha256")
+        if (
+            not isinstance(digest, str)
+            or len(digest) != 64
+            or digest.strip("0123456789abcdef") != ""
+        ):
+            problems.append(f"{label}: sha256 {digest!r} must be 64 lowercase hex digits")
+    return problems
+
+
+def _pull_problems(
+    ledger: Ledger, local_dir: Path, manifest_sha256: str, document: dict[str, Any]
+) -> list[str]:
+    """If the ledger recorded a pull into this directory, the manifest here must be its one."""
+    pulls = [p for p in ledger.pulls() if p.local_dir == str(local_dir)]
+    if not pulls:
+        return []
+    pull = pulls[-1]
+    problems = []
+    if str(document.get("instance_id")) != pull.instance_id:
+        problems.append(
+            f"{MANIFEST_NAME}: manifest of instance {document.get('instance_id')!r}, but this "
+            f"directory was pulled from instance {pull.instance_id!r} (ledger pull #{pull.id})"
+        )
+    if pull.manifest_sha256 != manifest_sha256:
+        problems.append(
+            f"{MANIFEST_NAME}: sha256 {manifest_sha256[:12]}… is not the manifest pulled into "
+            f"this directory (ledger pull #{pull.id}: {pull.manifest_sha256[:12]}…); pull again"
+        )
+    return problems
+
+
+# -- the local tree ----------------------------------------------------------------------------
+
+
+def _is_own_top_level(name: str) -> bool:
+    if name in (MANIFEST_NAME, VERIFIED_NAME):
+        return True
+    return name.endswith(".tmp") and (
+        name.startswith(f".{MANIFEST_NAME}.") or name.startswith(f".{VERIFIED_NAME}.")
+    )
+
+
+def list_local(local_dir: Path) -> tuple[dict[str, os.stat_result], list[str]]:
+    """Every regular file under `local_dir` (relative POSIX path -> lstat), and the entries that
+    are not plain files or directories (symlinks, specials, unsafe names) as problems.
+
+    Skips the top-level manifest/record (and their temp files) and rsync partial dirs."""
+    found: dict[str, os.stat_result] = {}
+    problems: list[str] = []
+    stack: list[tuple[str, str]] = [(str(local_dir), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            problems.append(f"{prefix or '.'}: cannot list it ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            name = entry.name
+            relative = prefix + name
+            if not prefix and _is_own_top_level(name):
+                continue
+            reason = name_problem(name)
+            if reason is not None:
+                problems.append(f"{relative!r}: unsafe name, {reason}")
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                problems.append(f"{relative}: cannot stat it ({exc.strerror or exc})")
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if name == PARTIAL_DIR:
+                    continue
+                stack.append((entry.path, relative + "/"))
+            elif stat.S_ISLNK(info.st_mode):
+                problems.append(f"{relative}: is a symlink; a pulled result must be a real file")
+            elif not stat.S_ISREG(info.st_mode):
+                problems.append(f"{relative}: is not a regular file (fifo, socket or device)")
+            else:
+                found[relative] = info
+    return found, problems
+
+
+# -- hashing -----------------------------------------------------------------------------------
+
+
+def _check_file(path: str, size: int, parse_json: bool) -> _Checked:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        before = os.fstat(fd)
+        digest = hashlib.sha256()
+        total = 0
+        data = b""
+        if size < BIG_FILE:
+            chunk = os.read(fd, size + 1)
+            data = chunk
+            while chunk:
+                total += len(chunk)
+                digest.update(chunk)
+                if total <= size:
+                    break  # a short read is the end of a regular file
+                chunk = os.read(fd, READ_CHUNK)
+        else:
+            if hasattr(os, "posix_fadvise"):  # read-ahead hint; absent on macOS
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            buffer = bytearray(READ_CHUNK)
+            view = memoryview(buffer)
+            with open(fd, "rb", buffering=0, closefd=False) as handle:
+                while count := handle.readinto(view):
+                    digest.update(view[:count])
+                    total += count
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    json_error = None
+    if parse_json and total == size:
+        json_error = _json_problem(data if size < BIG_FILE else Path(path).read_bytes(), path)
+    changed = _stat_key(before) != _stat_key(after)
+    return _Checked(total, digest.hexdigest(), _stat_key(after), changed, json_error)
+
+
+def _json_problem(data: bytes, path: str) -> str | None:
+    try:
+        if path.endswith(".jsonl"):
+            for number, line in enumerate(data.splitlines(), 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except ValueError as exc:
+                        return f"line {number}: {exc}"
+        else:
+            json.loads(data)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _hash_all(
+    items: list[tuple[str, str, int]], workers: int | None, progress: ProgressFn | None
+) -> dict[str, _Checked | str]:
+    def work(batch: list[tuple[str, str, int]]) -> list[tuple[str, _Checked | str]]:
+        out: list[tuple[str, _Checked | str]] = []
+        for relative, path, size in batch:
+            try:
+                out.append((relative, _check_file(path, size, relative.endswith(JSON_SUFFIXES))))
+            except OSError as exc:
+                out.append((relative, f"cannot read it ({exc.strerror or exc})"))
+        return out
+
+    results: dict[str, _Checked | str] = {}
+    batches = make_batches(items)
+    total = sum(item[2] for item in items)
+    done = 0
+    count = max(1, min(workers or default_workers(), len(batches)))
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="rgt-verify") as pool:
+        futures = {pool.submit(work, batch): batch for batch in batches}
+        for future in as_completed(futures):
+            results.update(future.result())
+            done += sum(item[2] for item in futures[future])
+            if progress is not None:
+                progress(done, total)
+    return results
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+class _LoadProblem(Exception):
+    """A checkpoint did not load safely."""
+
+
+def check_safetensors(path: Path, size: int) -> str:
+    """Parse a .safetensors header the way the safetensors library validates it, without
+    loading tensors; returns a short description or raises _LoadProblem."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise _LoadProblem("shorter than the 8-byte header length")
+        (length,) = struct.unpack("<Q", head)
+        if length > SAFETENSORS_MAX_HEADER or 8 + length > size:
+            raise _LoadProblem(f"header length {length} does not fit the file ({size} bytes)")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise _LoadProblem(f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise _LoadProblem("header is not a JSON object")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise _LoadProblem("__metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict):
+            raise _LoadProblem(f"tensor {name!r}: entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPE_BYTES:
+            raise _LoadProblem(f"tensor {name!r}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise _LoadProblem(f"tensor {name!r}: shape {shape!r} is not a list of sizes")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise _LoadProblem(f"tensor {name!r}: data_offsets {offsets!r} are not [begin, end]")
+        elements = 1
+        for dim in shape:
+            elements *= dim
+        if elements * _DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+            raise _LoadProblem(
+                f"tensor {name!r}: {dtype}{shape} needs {elements * _DTYPE_BYTES[dtype]} bytes, "
+                f"data_offsets span {offsets[1] - offsets[0]}"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise _LoadProblem(f"tensor {name!r}: data_offsets start at {begin}, not {position}")
+        position = end
+    data_bytes = size - 8 - length
+    if position != data_bytes:
+        raise _LoadProblem(
+            f"tensors cover {position} bytes of data, the file has {data_bytes} after the header"
+        )
+    return f"safetensors header parsed: {len(spans)} tensors, offsets cover the data exactly"
+
+
+def _torch_module() -> Any | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def check_torch(path: Path, allow_pickle: bool) -> str:
+    """Load a torch checkpoint safely (weights_only) or, without torch, scan its pickles
+    without executing them; with `allow_pickle`, fall back to a full unpickle (runs code)."""
+    torch = _torch_module()
+    if torch is None:
+        if allow_pickle:
+            raise _LoadProblem(
+                "torch is not installed here, so it cannot be loaded even with --allow-pickle"
+            )
+        return scan_torch_pickles(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _torch_load(torch, path, weights_only=True)
+            return "torch.load(weights_only=True)"
+        except Exception as exc:
+            restricted = isinstance(exc, pickle.UnpicklingError)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc)
+            if not restricted:
+                raise _LoadProblem(f"torch.load(weights_only=True) failed: {first}") from None
+            if not allow_pickle:
+                raise _LoadProblem(
+                    "refused to unpickle: it holds objects outside torch's weights-only "
+                    f"allow-list ({first}); if you trust the box, rerun with --allow-pickle "
+                    "(that runs code from the file)"
+                ) from None
+        try:
+            _torch_load(torch, path, weights_only=False)
+        except Exception as exc:
+            raise _LoadProblem(f"torch.load(weights_only=False) failed: {exc}") from None
+    return "torch.load(weights_only=False) --allow-pickle"
+
+
+def _torch_load(torch: Any, path: Path, *, weights_only: bool) -> None:
+    try:
+        torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy format
+
+
+def scan_torch_pickles(path: Path) -> str:
+    """Without torch: every pickle in a zip-format torch file is walked opcode by opcode
+    (pickletools, nothing executed) and may name only the globals a weights-only load allows."""
+    if not zipfile.is_zipfile(path):
+        raise _LoadProblem(
+            "not a zip-format torch file and torch is not installed: cannot check it without "
+            "unpickling; install torch to verify it"
+        )
+    with zipfile.ZipFile(path) as archive:
+        members = [n for n in archive.namelist() if n.endswith(".pkl")]
+        if not members:
+            raise _LoadProblem("zip holds no .pkl member: not a torch checkpoint")
+        for member in members:
+            for module, name in _pickle_globals(archive.read(member)):
+                if (module, name) not in _SAFE_GLOBALS and not (
+                    module == "torch" and name.endswith("Storage")
+                ):
+                    raise _LoadProblem(
+                        f"{member} names {module}.{name}, outside the weights-only allow-list; "
+                        "refused (nothing was unpickled)"
+                    )
+    return "pickle opcodes scanned, not executed (torch not installed)"
+
+
+def _pickle_globals(data: bytes) -> list[tuple[str, str]]:
+    names: list[tuple[str, str]] = []
+    strings: list[str] = []  # recent string pushes (STACK_GLOBAL takes the last two)
+    memo: dict[int, str] = {}
+    memoized = 0  # MEMOIZE numbers every memoized object, strings or not
+    last: Any = None
+    try:
+        for opcode, arg, _pos in pickletools.genops(io.BytesIO(data)):
+            op = opcode.name
+            if op in ("GLOBAL", "INST"):
+                module, _, name = str(arg).partition(" ")
+                names.append((module, name))
+            elif op == "STACK_GLOBAL":
+                if len(strings) < 2:
+                    raise _LoadProblem("pickle uses a global whose name cannot be resolved")
+                names.append((strings[-2], strings[-1]))
+            elif op in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                strings.append(str(arg))
+                last = str(arg)
+                continue
+            elif op in ("BINPUT", "LONG_BINPUT", "PUT") and isinstance(last, str):
+                memo[int(str(arg))] = last
+            elif op == "MEMOIZE":
+                if isinstance(last, str):
+                    memo[memoized] = last
+                memoized += 1
+            elif op in ("BINGET", "LONG_BINGET", "GET"):
+                value = memo.get(int(str(arg)))
+                if value is not None:
+                    strings.append(value)
+                    last = value
+                    continue
+            if op not in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                last = None
+    except ValueError as exc:
+        raise _LoadProblem(f"malformed pickle ({exc})") from None
+    return names
+
+
+def check_rgt_checkpoint(path: Path) -> str:
+    """rgt's own checkpoint format (stdlib, no pickle): decoded and its trailer checked."""
+    from rgt.checkpoint import CheckpointError, load
+
+    try:
+        checkpoint = load(path)
+    except CheckpointError as exc:
+        raise _LoadProblem(str(exc)) from None
+    return f"rgt.checkpoint.load (step {getattr(checkpoint, 'step', '?')})"
+
+
+def _load_check(path: Path, relative: str, size: int, allow_pickle: bool) -> str | None:
+    """How the file was checked as a checkpoint (None: not a checkpoint); raises _LoadProblem."""
+    if relative.endswith(".safetensors"):
+        return check_safetensors(path, size)
+    if relative.endswith(".ckpt"):
+        with open(path, "rb") as handle:
+            if handle.read(9) == b"RGTCKPT1\n":
+                return check_rgt_checkpoint(path)
+    if relative.endswith(TORCH_SUFFIXES):
+        return check_torch(path, allow_pickle)
+    return None
+
+
+# -- the verification --------------------------------------------------------------------------
+
+
+def verify_pull(
+    local_dir: Path,
+    *,
+    allow_pickle: bool = False,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    expected_run_id: str | None = None,
+    expected_instance_id: str | None = None,
+    ledger: Ledger | None = None,
+) -> dict[str, Any]:
+    """Verify LOCAL_DIR against its PULL_MANIFEST.json; write PULL_VERIFIED.json; on success
+    record the verification in the ledger. Returns the record.
+
+    Raises VerificationFailed (a CheckFailed, exit 1) listing every problem; the record written
+    then says ok: false and nothing is recorded in the ledger."""
+    started = time.time()
+    clock = time.monotonic()
+    local_dir = Path(local_dir).resolve()
+    if not local_dir.is_dir():
+        raise CheckFailed(f"LOCAL_DIR {local_dir}: not a directory")
+    manifest_bytes, document = _load_manifest(local_dir)
+    manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+    own_ledger = ledger is None
+    book = Ledger.open() if ledger is None else ledger
+    try:
+        problems = _manifest_problems(document, expected_run_id, expected_instance_id)
+        if problems:
+            # Replace any earlier passing record: a stale "ok" must not outlive this failure.
+            failed = {
+                "schema": RECORD_SCHEMA,
+                "ok": False,
+                "problems": problems,
+                "manifest_sha256": manifest_sha256,
+                "local_dir": str(local_dir),
+                "verifier": {"name": "rgt.verify", "version": VERIFIER_VERSION},
+                "verified_at": _utc(time.time()),
+            }
+            atomic_write_bytes(
+                local_dir / VERIFIED_NAME, (json.dumps(failed, indent=1) + "\n").encode()
+            )
+            raise VerificationFailed(problems, failed)
+        problems += _pull_problems(book, local_dir, manifest_sha256, document)
+        record = _verify_tree(
+            local_dir, document, manifest_sha256, problems, allow_pickle, workers, progress
+        )
+        record["started_at"] = _utc(started)
+        record["seconds"] = round(time.monotonic() - clock, 3)
+        data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+        atomic_write_bytes(local_dir / VERIFIED_NAME, data)
+        if problems:
+            raise VerificationFailed(problems, record)
+        book.record_verification(
+            str(document["instance_id"]),
+            local_dir=local_dir,
+            manifest_sha256=manifest_sha256,
+            run_id=str(document["run_id"]),
+            record_sha256=hashlib.sha256(data).hexdigest(),
+            allow_pickle=allow_pickle,
+            detail={
+                "files": record["totals"]["files"],
+                "bytes": record["totals"]["bytes"],
+                "checkpoints": [c["path"] for c in record["checkpoints"]],
+                "verifier": VERIFIER_VERSION,
+            },
+        )
+    finally:
+        if own_ledger:
+            book.close()
+    return record
+
+
+def _verify_tree(
+    local_dir: Path,
+    document: dict[str, Any],
+    manifest_sha256: str,
+    problems: list[str],
+    allow_pickle: bool,
+    workers: int | None,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    expected = {entry["path"]: entry for entry in document["files"]}
+    roster = [str(name) for name in document["roster"]]
+    found, tree_problems = list_local(local_dir)
+    problems += tree_problems
+    for name in roster:
+        if not (local_dir / name).is_dir() or (local_dir / name).is_symlink():
+            problems.append(f"{name}/: roster directory missing (or not a directory)")
+    for relative in sorted(set(found) - set(expected)):
+        top = relative.split("/", 1)[0]
+        where = "outside the roster" if "/" not in relative or top not in roster else "extra"
+        problems.append(f"{relative}: {where} file, not in the manifest")
+    items: list[tuple[str, str, int]] = []
+    for relative, entry in sorted(expected.items()):
+        info = found.get(relative)
+        if info is None:
+            problems.append(f"{relative}: missing (the manifest lists {entry['size']} bytes)")
+        elif info.st_size != entry["size"]:
+            problems.append(
+                f"{relative}: {info.st_size} bytes, the manifest says {entry['size']} (truncated "
+                "or incomplete copy)"
+            )
+        else:
+            items.append((relative, str(local_dir / relative), info.st_size))
+    checked = _hash_all(items, workers, progress)
+    files: list[dict[str, Any]] = []
+    checkpoints: list[dict[str, Any]] = []
+    for relative, path, size in items:
+        result = checked[relative]
+        entry = expected[relative]
+        row: dict[str, Any] = {"path": relative, "size": size, "sha256": entry["sha256"]}
+        files.append(row)
+        if isinstance(result, str):
+            problems.append(f"{relative}: {result}")
+            row["ok"] = False
+            continue
+        row["stat"] = result.stat
+        row["ok"] = False
+        if result.changed or result.size != size:
+            problems.append(f"{relative}: changed while it was being verified")
+        elif result.sha256 != entry["sha256"]:
+            problems.append(
+                f"{relative}: sha256 {result.sha256[:12]}… differs from the manifest's "
+                f"{entry['sha256'][:12]}… (corrupted copy)"
+            )
+        elif result.json_error is not None:
+            problems.append(f"{relative}: not valid JSON ({result.json_error})")
+        else:
+            row["ok"] = True
+        if not row["ok"]:
+            continue
+        try:
+            method = _load_check(Path(path), relative, size, allow_pickle)
+        except (_LoadProblem, OSError) as exc:
+            problems.append(f"{relative}: checkpoint does not load safely: {exc}")
+            row["ok"] = False
+            checkpoints.append({"path": relative, "ok": False, "method": None, "detail": str(exc)})
+            continue
+        if relative.endswith(JSON_SUFFIXES):
+            row["load"] = "json parsed"
+        if method is not None:
+            row["load"] = method
+            checkpoints.append({"path": relative, "ok": True, "method": method})
+    now = time.time()
+    return {
+        "schema": RECORD_SCHEMA,
+        "ok": not problems,
+        "problems": problems,
+        "run_id": document.get("run_id"),
+        "instance_id": None
+        if document.get("instance_id") is None
+        else str(document["instance_id"]),
+        "manifest_sha256": manifest_sha256,
+        "local_dir": str(local_dir),
+        "allow_pickle": allow_pickle,
+        "verifier": {"name": "rgt.verify", "version": VERIFIER_VERSION},
+        "verified_at": _utc(now),
+        "roster": roster,
+        "totals": {"files": len(files), "bytes": sum(f["size"] for f in files)},
+        "files": files,
+        "checkpoints": checkpoints,
+        "snapshot": {"method": SNAPSHOT_METHOD, "taken_ns": time.time_ns()},
+    }
+
+
+# -- after the verification --------------------------------------------------------------------
+
+
+def check_unchanged(local_dir: Path, *, ledger: Ledger | None = None) -> str | None:
+    """None if LOCAL_DIR is exactly as it was verified; else a one-line reason.
+
+    Method: the ledger's latest verification for the instance named in PULL_VERIFIED.json must
+    cover this directory and carry the SHA-256 of PULL_VERIFIED.json as it is now (a forged or
+    edited record fails here; a record never entered in the ledger is no evidence at all). The
+    record holds, per verified file, the lstat (size, mtime_ns, ctime_ns, inode, device) taken
+    after its bytes were hashed; the tree is listed again and every file lstat'ed: a file
+    added, removed, replaced (inode), rewritten (size, mtime or ctime) or turned into a symlink
+    is reported. ctime cannot be set back by a user (unlike mtime), so a same-size rewrite that
+    restores the mtime is still seen. Files whose ctime is within RACY_NS of the snapshot
+    could have been rewritten inside one timestamp tick of the final stat; those are re-hashed.
+
+    Cost: one directory scan and one lstat per file (O(files), about 1-3 µs each when cached),
+    plus re-hashing the rare racily-clean files: no re-hash of the data in the normal case.
+    Blind spots: writes that bypass the filesystem (raw block device), a filesystem that does
+    not maintain ctime, or root moving the system clock back AND restoring the same inode,
+    size, mtime and ctime; bit rot on the disk after verification (that needs a re-hash:
+    `rgt verify` again)."""
+    local_dir = Path(local_dir).resolve()
+    record_path = local_dir / VERIFIED_NAME
+    try:
+        data = record_path.read_bytes()
+        record = json.loads(data)
+        if not isinstance(record, dict):
+            raise ValueError("top level is not an object")
+    except FileNotFoundError:
+        return f"{record_path} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{record_path} is unreadable ({exc})"
+    instance_id = record.get("instance_id")
+    if not isinstance(instance_id, str):
+        return f"{record_path}: no instance id"
+    own = ledger is None
+    book = Ledger.open() if ledger is None else ledger
+    try:
+        verification = book.latest_verification(instance_id)
+    finally:
+        if own:
+            book.close()
+    if verification is None:
+        return f"no verification of instance {instance_id} is recorded in the ledger"
+    if verification.local_dir != str(local_dir):
+        return f"the latest verification of instance {instance_id} is of {verification.local_dir}"
+    record_sha = hashlib.sha256(data).hexdigest()
+    if verification.record_sha256 != record_sha:
+        return (
+            f"{VERIFIED_NAME} (sha256 {record_sha[:12]}…) is not the record the verification "
+            "wrote: it was edited or forged"
+        )
+    if (
+        record.get("ok") is not True
+        or record.get("manifest_sha256") != verification.manifest_sha256
+    ):
+        return f"{VERIFIED_NAME} does not record a passed verification of the recorded manifest"
+    manifest_sha = _sha256_file(local_dir / MANIFEST_NAME)
+    if manifest_sha != verification.manifest_sha256:
+        return f"{MANIFEST_NAME} changed since it was verified"
+    return _tree_change(local_dir, record)
+
+
+def _sha256_file(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _tree_change(local_dir: Path, record: dict[str, Any]) -> str | None:
+    found, problems = list_local(local_dir)
+    if problems:
+        return problems[0]
+    verified = {row["path"]: row for row in record.get("files", [])}
+    added = sorted(set(found) - set(verified))
+    if added:
+        return f"{added[0]} was added" + (f" (and {len(added) - 1} more)" if len(added) > 1 else "")
+    removed = sorted(set(verified) - set(found))
+    if removed:
+        return f"{removed[0]} was removed" + (
+            f" (and {len(removed) - 1} more)" if len(removed) > 1 else ""
+        )
+    taken_ns = int(record.get("snapshot", {}).get("taken_ns", 0))
+    racy: list[tuple[str, dict[str, Any]]] = []
+    for relative, row in verified.items():
+        now = _stat_key(found[relative])
+        if now != row.get("stat"):
+            return f"{relative} changed (size, mtime, ctime or inode differ)"
+        if now[2] >= taken_ns - RACY_NS:
+            racy.append((relative, row))
+    for relative, row in racy:
+        if _sha256_file(local_dir / relative) != row["sha256"]:
+            return f"{relative} changed (its content no longer matches the manifest)"
+    return None
