@@ -184,3 +184,42 @@ def test_lint_is_fast_and_imports_neither_mcp_nor_vastai() -> None:
         subprocess.run([sys.executable, "-m", "rgt", "lint"], capture_output=True, check=False)
         best = min(best, time.perf_counter() - start)
     assert best < 0.3, f"rgt lint took {best:.3f} s over the bundled profiles"
+
+
+def test_pre_commit_hook_lints_the_files_it_matches() -> None:
+    import shlex
+
+    import yaml
+
+    hooks = yaml.safe_load((Path(__file__).parents[1] / ".pre-commit-hooks.yaml").read_text())
+    (hook,) = [h for h in hooks if h["id"] == "rgt-lint"]
+    assert hook["language"] == "python"
+    files = re.compile(hook["files"])
+    assert files.search("profiles/vastai.md")
+    assert files.search("platforms/profiles/mine.md")
+    assert not files.search("profiles/_draft.md")
+    assert not files.search("docs/profiles.md")
+    assert not files.search("profiles/sub/dir.md")
+    # pre-commit runs `entry` + the matched file names: the console script of this package.
+    program, *arguments = shlex.split(hook["entry"])
+    assert program == "rgt"
+    console = Path(sys.executable).parent / program
+    clean = subprocess.run(
+        [str(console), *arguments, *map(str, bundled_profile_paths())],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    references = bundle_root() / "references"
+    if (references / "spot-resilience.md").exists():
+        assert clean.returncode == 0, clean.stdout
+    bad = subprocess.run(
+        [str(console), *arguments, str(BAD_PROFILES / "duplicate-gotcha.md")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert bad.returncode == 1
+    assert "duplicate-gotcha.md:69: gotcha-id:" in bad.stdout
