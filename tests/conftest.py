@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,3 +34,22 @@ def isolated_user(
     monkeypatch.setenv("VAST_API_KEY", CANARY_API_KEY)
     monkeypatch.delenv("VAST_URL", raising=False)
     yield home
+
+
+@pytest.fixture
+def emulator(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """A running rgt.sim.Emulator that accepts the canary key; VAST_URL points the vastai
+    SDK/CLI at it, RGT_SSH_KEY (and RGT_SSH_COMMAND where sshd cannot run) point rsync at its
+    instances. Stopped afterwards (instance processes and sshds killed)."""
+    from rgt.sim import Emulator
+
+    sim = Emulator(state_dir=tmp_path_factory.mktemp("sim"), api_key=CANARY_API_KEY).start()
+    try:
+        monkeypatch.setenv("VAST_URL", sim.url)
+        for name, value in sim.client_environment().items():
+            monkeypatch.setenv(name, value)
+        yield sim
+    finally:
+        sim.stop()

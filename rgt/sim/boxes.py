@@ -1,0 +1,77 @@
+"""The real side of an emulated instance: its container disk and the onstart process.
+
+Each container start runs `bash -c ONSTART` in its own process group (cwd = the disk), with the
+environment vast.ai gives a container plus the create's env. Stopping, preemption and a host
+going offline kill the whole group with SIGKILL: vast.ai gives a container no signal first."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+# Host variables a box may inherit; nothing else of the emulator's environment (API keys!)
+# reaches an instance.
+_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def box_environment(
+    disk: Path, instance_id: int, env: dict[str, str], id_env: str
+) -> dict[str, str]:
+    """The environment of instance `instance_id`'s onstart process."""
+    environment = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    environment.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    # Docker-style flags (`-p 8080:8080`) arrive as env keys in the create body; they are not
+    # variables.
+    environment.update({k: v for k, v in env.items() if k and not k.startswith("-")})
+    environment.update(
+        {
+            id_env: str(instance_id),
+            "VAST_CONTAINERLABEL": f"C.{instance_id}",
+            "RGT_BOX_ROOT": str(disk),
+            "HOME": str(disk / "root"),
+        }
+    )
+    return environment
+
+
+class Box:
+    """The onstart process of one running container (not persisted: a restart re-runs it)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+
+    @classmethod
+    def start(cls, onstart: str, disk: Path, environment: dict[str, str], log_path: Path) -> Box:
+        """Run `bash -c onstart` in a new session (its own process group), output to the log."""
+        (disk / "root").mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                ["bash", "-c", onstart],
+                cwd=disk,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return cls(process)
+
+    @property
+    def pid(self) -> int:
+        """The process id (= its process group id)."""
+        return self.process.pid
+
+    def alive(self) -> bool:
+        """True while the onstart script itself still runs."""
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, no signal first (as vast.ai does), and reap."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)

@@ -1,0 +1,365 @@
+"""The emulator's HTTP face: the vast.ai REST routes the `vastai` CLI/SDK use, plus /_sim/.
+
+Paths, bodies and headers follow what `vastai` 1.9.1 sends and reads (see
+/work/shared/research/vastai_api.md): JSON answers carry `Content-Type: application/json`
+exactly (the CLI refuses anything else for search), repeated slashes are collapsed (a trailing
+`/` on VAST_URL yields `//api/...`), query values are JSON text. Bearer auth on everything but
+the gpu-names call and log result URLs, which the clients fetch without a key."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from rgt.sim.faults import Fault, Faults
+from rgt.sim.world import ApiError, World
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+_INSTANCE = re.compile(r"^/api/v0/instances/(\d+)/$")
+_ASK = re.compile(r"^/api/v0/asks/(\d+)/$")
+_REBOOT = re.compile(r"^/api/v0/instances/reboot/(\d+)/$")
+_LOGS = re.compile(r"^/api/v0/instances/request_logs/(\d+)/$")
+_RESULT = re.compile(r"^/_sim/logs/([A-Za-z0-9_-]+)$")
+_CONTROL = re.compile(r"^/_sim/(preempt|win_bid|host_offline|host_online)/(\d+)/?$")
+_METER = re.compile(r"^/_sim/meter(?:/(\d+))?/?$")
+
+
+class Reply:
+    """An HTTP answer: status, JSON (or text) body, extra headers."""
+
+    def __init__(
+        self,
+        status: int,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        content_type: str = JSON,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+        self.content_type = content_type
+
+    def payload(self) -> bytes:
+        """The body bytes."""
+        if self.content_type == JSON:
+            return json.dumps(self.body).encode()
+        return str(self.body).encode()
+
+
+def _error(status: int, error: str, msg: str) -> Reply:
+    return Reply(status, {"success": False, "error": error, "msg": msg})
+
+
+class SimHttpServer(ThreadingHTTPServer):
+    """A threading HTTP server bound to one World."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], world: World, api_key: str, faults: Faults):
+        super().__init__(address, _Handler)
+        self.world = world
+        self.api_key = api_key
+        self.faults = faults
+        self.log_requests: dict[str, tuple[int, Any, Any]] = {}
+        self._tokens_lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        """http://127.0.0.1:PORT"""
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def new_log_token(self, instance_id: int, tail: Any, grep: Any) -> str:
+        """A one-off, unguessable result-URL token for a logs request."""
+        token = secrets.token_urlsafe(16)
+        with self._tokens_lock:
+            self.log_requests[token] = (instance_id, tail, grep)
+        return token
+
+    def log_request_for(self, token: str) -> tuple[int, Any, Any] | None:
+        """The logs request behind a token."""
+        with self._tokens_lock:
+            return self.log_requests.get(token)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SimHttpServer
+    server_version = "rgt-sim"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _serve(self) -> None:
+        split = urlsplit(self.path)
+        path = re.sub("/{2,}", "/", split.path) or "/"
+        query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        faults = self.server.faults
+        faults.count(self.command, path)
+        try:
+            body = self._body()
+        except ValueError as exc:
+            self._send(_error(400, "invalid_json", f"request body is not JSON: {exc}"))
+            return
+        if faults.latency > 0 and not path.startswith("/_sim/"):
+            time.sleep(faults.latency)
+        public = self._public(path)
+        if public is not None:
+            self._send(public)
+            return
+        denied = self._check_key()
+        if denied is not None:
+            self._send(denied)
+            return
+        fault = faults.take() if path.startswith("/api/") else None
+        if fault is not None and not fault.after_commit:
+            self._send(self._fault_reply(fault))
+            return
+        try:
+            reply = self._route(self.command, path, query, body)
+        except ApiError as exc:
+            reply = _error(exc.status, exc.error, exc.msg)
+        except Exception as exc:  # a bug here must answer, not hang the client
+            log.exception("emulator error on %s %s", self.command, path)
+            reply = _error(500, "internal", f"emulator error: {type(exc).__name__}")
+        if fault is not None:
+            reply = self._fault_reply(fault)
+        self._send(reply)
+
+    def _fault_reply(self, fault: Fault) -> Reply:
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        return Reply(fault.status, fault.body(), headers)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length <= 0:
+            return {}
+        raw = self.rfile.read(length)
+        return json.loads(raw) if raw.strip() else {}
+
+    def _check_key(self) -> Reply | None:
+        header = self.headers.get("Authorization") or ""
+        if not header:
+            return _error(
+                401,
+                "auth_error",
+                "No API key: send the header `Authorization: Bearer <key>` "
+                "(`rgt sim serve` prints the key this emulator accepts)",
+            )
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            key.strip().encode(), self.server.api_key.encode()
+        ):
+            return _error(
+                401,
+                "auth_error",
+                "Invalid user key: this emulator accepts only the key `rgt sim serve` "
+                "printed (or the one given with --api-key)",
+            )
+        return None
+
+    def _send(self, reply: Reply) -> None:
+        data = reply.payload()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    # -- routes ---------------------------------------------------------------------------
+    def _public(self, path: str) -> Reply | None:
+        world = self.server.world
+        if self.command == "GET" and path == "/api/v0/gpu_names/unique/":
+            return Reply(200, {"gpu_names": world.gpu_names()})
+        match = _RESULT.match(path)
+        if self.command == "GET" and match:
+            request = self.server.log_request_for(match.group(1))
+            if request is None:
+                return Reply(404, "no such log result\n", content_type="text/plain")
+            try:
+                text = world.logs(*request)
+            except ApiError as exc:
+                return Reply(404, exc.msg + "\n", content_type="text/plain")
+            return Reply(200, text, content_type="text/plain")
+        if self.command == "GET" and path in ("/", "/_sim/health"):
+            return Reply(200, {"emulator": "rgt.sim", "ok": True})
+        return None
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> Reply:
+        world = self.server.world
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_args", "the request body must be a JSON object")
+        ok = Reply(200, {"success": True})
+        if path.startswith("/_sim/"):
+            return self._control(method, path, body)
+        if method == "POST" and path == "/api/v0/bundles/":
+            return Reply(200, {"offers": world.search(body)})
+        if method == "PUT" and path == "/api/v0/search/asks/":
+            search = body.get("q")
+            if not isinstance(search, dict):
+                raise ApiError(400, "invalid_args", "expected the filter object in q")
+            return Reply(200, {"offers": world.search(search)})
+        if method in ("GET", "PUT") and path in ("/api/v0/users/current", "/api/v0/users/current/"):
+            return Reply(200, world.user())
+        if method == "GET" and path == "/api/v0/instances/filters/":
+            return Reply(200, {"filters": []})
+        if method == "GET" and path == "/api/v1/instances/":
+            page = world.list_page(
+                _json_arg(query.get("select_filters"), "select_filters"),
+                _json_arg(query.get("order_by"), "order_by"),
+                _json_arg(query.get("limit"), "limit"),
+                query.get("after_token"),
+            )
+            return Reply(200, page)
+        if method == "GET" and path == "/api/v0/instances/":
+            return Reply(200, {"instances": world.rows()})
+        if method == "PUT" and path == "/api/v0/instances/":
+            for instance_id in _ids(body.get("ids")):
+                _change(world, instance_id, body)
+            return ok
+        if method == "DELETE" and path == "/api/v0/instances/":
+            for instance_id in _ids(body.get("instance_ids")):
+                world.destroy(instance_id)
+            return ok
+        match = _ASK.match(path)
+        if method == "PUT" and match:
+            new_id = world.create(int(match.group(1)), body)
+            return Reply(200, {"success": True, "new_contract": new_id})
+        match = _REBOOT.match(path)
+        if method == "PUT" and match:
+            world.reboot(int(match.group(1)))
+            return ok
+        match = _LOGS.match(path)
+        if method == "PUT" and match:
+            instance_id = int(match.group(1))
+            world.logs(instance_id, None, None)  # 404 for an unknown instance
+            token = self.server.new_log_token(instance_id, body.get("tail"), body.get("filter"))
+            return Reply(
+                200,
+                {
+                    "success": True,
+                    "result_url": f"{self.server.base_url}/_sim/logs/{token}",
+                    "msg": "Logs are being prepared; fetch result_url.",
+                },
+            )
+        match = _INSTANCE.match(path)
+        if match:
+            instance_id = int(match.group(1))
+            if method == "GET":
+                return Reply(200, {"instances": world.show(instance_id)})
+            if method == "PUT":
+                _change(world, instance_id, body)
+                return ok
+            if method == "DELETE":
+                world.destroy(instance_id)
+                return ok
+        return _error(404, "not_found", f"the emulator has no route {method} {path}")
+
+    def _control(self, method: str, path: str, body: dict[str, Any]) -> Reply:
+        """/_sim/: fault injection and meters for `rgt sim serve` users (same key)."""
+        world = self.server.world
+        faults = self.server.faults
+        match = _CONTROL.match(path)
+        if method == "POST" and match:
+            action = {
+                "preempt": world.preempt,
+                "win_bid": world.win_bid,
+                "host_offline": world.take_host_offline,
+                "host_online": world.bring_host_online,
+            }[match.group(1)]
+            action(int(match.group(2)))
+            return Reply(200, {"success": True})
+        match = _METER.match(path)
+        if method == "GET" and match:
+            if match.group(1):
+                try:
+                    return Reply(200, world.meter(int(match.group(1))))
+                except KeyError as exc:
+                    raise ApiError(404, "no_such_instance", str(exc)) from exc
+            return Reply(200, world.account_meter())
+        try:
+            if method == "POST" and path.rstrip("/") == "/_sim/fail_next":
+                faults.fail_next(
+                    int(body.get("n", 1)),
+                    status=int(body.get("status", 503)),
+                    retry_after=body.get("retry_after"),
+                    after_commit=bool(body.get("after_commit", False)),
+                    skip=int(body.get("skip", 0)),
+                )
+                return Reply(200, {"success": True})
+            if method == "POST" and path.rstrip("/") == "/_sim/latency":
+                faults.latency = max(float(body.get("seconds", 0.0)), 0.0)
+                return Reply(200, {"success": True, "latency": faults.latency})
+            if method == "POST" and path.rstrip("/") == "/_sim/advance":
+                world.clock.advance(float(body.get("seconds", 0.0)))
+                return Reply(200, {"success": True, "now": world.clock.now()})
+            if method == "POST" and path.rstrip("/") == "/_sim/balance":
+                world.set_balance(float(body["dollars"]))
+                return Reply(200, {"success": True, "balance": world.user()["balance"]})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ApiError(400, "invalid_args", f"{path}: {exc}") from exc
+        if method == "GET" and path.rstrip("/") == "/_sim/requests":
+            counts = [
+                {"method": m, "path": p, "count": c}
+                for (m, p), c in sorted(faults.requests.items())
+            ]
+            return Reply(200, {"requests": counts})
+        return _error(404, "not_found", f"the emulator has no control route {method} {path}")
+
+
+def _change(world: World, instance_id: int, body: dict[str, Any]) -> None:
+    if "state" not in body and "label" not in body:
+        raise ApiError(400, "invalid_args", "expected state and/or label in the body")
+    if "label" in body:
+        label = body["label"]
+        world.set_label(instance_id, None if label is None else str(label))
+    if "state" in body:
+        world.set_state(instance_id, str(body["state"]))
+
+
+def _ids(value: Any) -> list[int]:
+    if not isinstance(value, list):
+        raise ApiError(400, "invalid_args", "expected a list of instance ids")
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, "invalid_args", f"instance ids must be numbers: {value!r}") from exc
+
+
+def _json_arg(text: str | None, name: str) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        if name == "limit" and text.isdigit():
+            return int(text)
+        raise ApiError(400, "invalid_args", f"query {name}={text!r} is not JSON") from None

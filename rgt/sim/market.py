@@ -1,0 +1,181 @@
+"""A seeded, deterministic marketplace: machines with GPUs, and the offers (asks) on them.
+
+Prices and host qualities are invented per machine by a seeded RNG, so the same seed always
+gives the same marketplace. A machine has 1-8 GPUs; each machine lists one offer per rental size
+(1, 2, 4, 8 GPUs) it can hold. GPUs are real slots: renting takes specific GPU indices, and an
+offer is rentable only while its machine has that many GPUs free and is online (VAST3 and VAST7
+come from exactly this)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+# (name, GPU RAM MB, base $/h per GPU, DLPerf per GPU, cuda_max_good, compute capability)
+GPU_MODELS: tuple[tuple[str, int, float, float, float, int], ...] = (
+    ("RTX 3090", 24576, 0.20, 21.0, 12.4, 860),
+    ("RTX 4090", 24564, 0.35, 38.0, 12.6, 890),
+    ("RTX A6000", 49140, 0.45, 32.0, 12.4, 860),
+    ("L40S", 46068, 0.80, 52.0, 12.6, 890),
+    ("A100 SXM4", 81920, 1.10, 70.0, 12.4, 800),
+    ("H100 SXM", 81920, 2.20, 140.0, 12.8, 900),
+)
+RENTAL_SIZES = (1, 2, 4, 8)
+COUNTRIES = ("US", "CA", "DE", "NL", "FR", "SE", "PL", "JP", "KR", "TW", "BR", "AU")
+# Hours in the month vast.ai prorates storage over (for the per-hour dph_total figure).
+HOURS_PER_MONTH = 30 * 24
+
+
+@dataclass
+class Machine:
+    """One host machine. `holders[i]` is who holds GPU i (an instance id, or a marker)."""
+
+    id: int
+    host_id: int
+    gpu_name: str
+    gpu_count: int
+    gpu_ram: int
+    dph_per_gpu: float
+    bid_factor: float
+    dlperf_per_gpu: float
+    cuda_max_good: float
+    compute_cap: int
+    storage_cost: float  # $/GB-month
+    inet_up_cost: float  # $/GB
+    inet_down_cost: float  # $/GB
+    inet_up: float  # Mb/s
+    inet_down: float
+    reliability: float
+    verified: bool
+    direct_port_count: int
+    geolocation: str
+    cpu_cores: int
+    cpu_ram: int  # MB
+    disk_space: float  # GB free for containers
+    online: bool = True
+    holders: dict[int, str] = field(default_factory=dict)
+
+    def free_gpus(self) -> list[int]:
+        """GPU indices nobody holds."""
+        return [i for i in range(self.gpu_count) if i not in self.holders]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """An offer: `num_gpus` GPUs of one machine."""
+
+    id: int
+    machine_id: int
+    num_gpus: int
+
+
+def generate(seed: int, machines: int = 60) -> tuple[dict[int, Machine], dict[int, Ask]]:
+    """The marketplace for `seed`: machines by id and asks by id."""
+    rng = random.Random(seed)
+    by_id: dict[int, Machine] = {}
+    asks: dict[int, Ask] = {}
+    ask_id = 300_000 + rng.randrange(0, 50_000)
+    for index in range(machines):
+        name, ram, price, dlperf, cuda, cap = rng.choice(GPU_MODELS)
+        machine_id = 10_000 + index * 7 + rng.randrange(7)
+        count = rng.choice((1, 2, 4, 4, 8, 8))
+        verified = rng.random() < 0.8
+        reliability = round(rng.uniform(0.97, 0.9995) if verified else rng.uniform(0.85, 0.99), 4)
+        machine = Machine(
+            id=machine_id,
+            host_id=50_000 + rng.randrange(0, 900) * 11,
+            gpu_name=name,
+            gpu_count=count,
+            gpu_ram=ram,
+            dph_per_gpu=round(price * rng.uniform(0.75, 1.4), 4),
+            bid_factor=round(rng.uniform(0.35, 0.6), 3),
+            dlperf_per_gpu=round(dlperf * rng.uniform(0.85, 1.05), 2),
+            cuda_max_good=cuda,
+            compute_cap=cap,
+            storage_cost=round(rng.uniform(0.05, 0.30), 4),
+            inet_up_cost=round(rng.choice((0.0, 0.0, rng.uniform(0.001, 0.02))), 5),
+            inet_down_cost=round(rng.choice((0.0, 0.0, rng.uniform(0.001, 0.02))), 5),
+            inet_up=round(rng.uniform(100, 5000), 1),
+            inet_down=round(rng.uniform(100, 5000), 1),
+            reliability=reliability,
+            verified=verified,
+            direct_port_count=0 if rng.random() < 0.15 else rng.choice((4, 16, 64, 200)),
+            geolocation=rng.choice(COUNTRIES),
+            cpu_cores=count * rng.choice((8, 16, 32)),
+            cpu_ram=count * rng.choice((32, 64, 128)) * 1024,
+            disk_space=float(rng.choice((200, 500, 1000, 2000))),
+        )
+        by_id[machine_id] = machine
+        for size in RENTAL_SIZES:
+            if size <= count:
+                ask_id += 1 + rng.randrange(3)
+                asks[ask_id] = Ask(ask_id, machine_id, size)
+    return by_id, asks
+
+
+def offer_row(ask: Ask, machine: Machine, allocated_storage: float) -> dict[str, Any]:
+    """The offer as vast.ai's search returns it (fields the CLI table and SDK read)."""
+    n = ask.num_gpus
+    dph_base = round(machine.dph_per_gpu * n, 4)
+    storage_per_hour = allocated_storage * machine.storage_cost / HOURS_PER_MONTH
+    dph_total = dph_base + storage_per_hour
+    rentable = machine.online and len(machine.free_gpus()) >= n
+    dlperf = round(machine.dlperf_per_gpu * n, 2)
+    return {
+        "id": ask.id,
+        "ask_contract_id": ask.id,
+        "bundle_id": ask.id,
+        "machine_id": machine.id,
+        "host_id": machine.host_id,
+        "num_gpus": n,
+        "gpu_name": machine.gpu_name,
+        "gpu_ram": machine.gpu_ram,
+        "gpu_total_ram": machine.gpu_ram * n,
+        "gpu_frac": n / machine.gpu_count,
+        "cuda_max_good": machine.cuda_max_good,
+        "compute_cap": machine.compute_cap,
+        "driver_version": "560.35.03",
+        "cpu_name": "AMD EPYC 7543 32-Core Processor",
+        "cpu_cores": machine.cpu_cores,
+        "cpu_cores_effective": machine.cpu_cores * n / machine.gpu_count,
+        "cpu_ghz": 2.8,
+        "cpu_ram": machine.cpu_ram * n // machine.gpu_count,
+        "disk_space": machine.disk_space,
+        "disk_bw": 2000.0,
+        "disk_name": "nvme",
+        "inet_up": machine.inet_up,
+        "inet_down": machine.inet_down,
+        "inet_up_cost": machine.inet_up_cost,
+        "inet_down_cost": machine.inet_down_cost,
+        "internet_up_cost_per_tb": round(machine.inet_up_cost * 1000, 4),
+        "internet_down_cost_per_tb": round(machine.inet_down_cost * 1000, 4),
+        "direct_port_count": machine.direct_port_count,
+        "pci_gen": 4.0,
+        "pcie_bw": 24.0,
+        "dph_base": dph_base,
+        "dph_total": round(dph_total, 6),
+        "min_bid": round(dph_base * machine.bid_factor, 4),
+        "storage_cost": machine.storage_cost,
+        "storage_total_cost": round(storage_per_hour, 6),
+        "dlperf": dlperf,
+        "dlperf_per_dphtotal": round(dlperf / dph_total, 3) if dph_total else 0.0,
+        "total_flops": round(dlperf * 2.1, 2),
+        "flops_per_dphtotal": round(dlperf * 2.1 / dph_total, 3) if dph_total else 0.0,
+        "score": round(dlperf * machine.reliability / dph_total, 3) if dph_total else 0.0,
+        "reliability": machine.reliability,
+        "reliability2": machine.reliability,
+        "verified": machine.verified,
+        "verification": "verified" if machine.verified else "unverified",
+        "rentable": rentable,
+        "rented": not rentable,
+        "is_bid": False,
+        "external": False,
+        "hosting_type": 0,
+        "geolocation": machine.geolocation,
+        "static_ip": False,
+        "public_ipaddr": "127.0.0.1",
+        "duration": 30 * 86400.0,
+        "vms_enabled": False,
+        "cluster_id": None,
+    }

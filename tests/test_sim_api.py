@@ -1,0 +1,268 @@
+"""The emulator's wire protocol, driven by the real `vastai` 1.9.1 CLI (subprocess) and SDK."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import vastai
+from conftest import CANARY_API_KEY, assert_no_canary
+
+from rgt.sim import Emulator
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def cli(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The stock `vastai` CLI of this venv (VAST_URL and the key come from the environment)."""
+    env = dict(os.environ)
+    if key is not None:
+        env["VAST_API_KEY"] = key
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "vastai"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def sdk(emulator: Emulator, key: str = CANARY_API_KEY) -> Any:
+    return vastai.VastAI(api_key=key, server_url=emulator.url, retry=1)
+
+
+def wait_status(client: Any, instance_id: int, status: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = client.show_instance(id=instance_id)
+        if row and row["actual_status"] == status:
+            return dict(row)
+        assert time.monotonic() < deadline, f"{instance_id} never {status}: {row}"
+        time.sleep(0.05)
+
+
+def test_stock_cli_lifecycle_with_raw_json(emulator: Emulator) -> None:
+    outputs: list[str] = []
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        done = cli(*args)
+        outputs.extend([done.stdout, done.stderr])
+        assert done.returncode == 0, done.stderr
+        return done
+
+    found = run(
+        "search",
+        "offers",
+        "gpu_name=RTX_4090 num_gpus=1 verified=true direct_port_count>=1 rentable=true",
+        "-o",
+        "dph+",
+        "--raw",
+    )
+    offers = json.loads(found.stdout)
+    assert offers and {o["gpu_name"] for o in offers} == {"RTX 4090"}
+    assert all(o["num_gpus"] == 1 and o["direct_port_count"] >= 1 for o in offers)
+    assert [o["dph_total"] for o in offers] == sorted(o["dph_total"] for o in offers)
+    # The CLI asked for gpu names at start-up, without a key, from VAST_URL.
+    assert emulator.request_count("GET", "/api/v0/gpu_names/unique/") >= 1
+
+    created = run(
+        "create", "instance", str(offers[0]["id"]), "--image", "pytorch/pytorch",
+        "--disk", "20", "--ssh", "--direct", "--label", "rgt:cli",
+        "--onstart-cmd", "echo hello-from-$CONTAINER_ID; sleep 300", "--raw",
+    )  # fmt: skip
+    answer = json.loads(created.stdout)
+    assert answer["success"] is True
+    instance_id = int(answer["new_contract"])
+
+    client = sdk(emulator)
+    wait_status(client, instance_id, "running")
+    shown = json.loads(run("show", "instance", str(instance_id), "--raw").stdout)
+    assert shown["actual_status"] == "running" and shown["intended_status"] == "running"
+    assert shown["label"] == "rgt:cli" and shown["disk_space"] == 20.0
+    assert shown["image_runtype"] == "ssh_direc ssh_proxy"
+    listed = json.loads(run("show", "instances", "--raw").stdout)
+    assert [row["id"] for row in listed] == [instance_id]
+
+    run("label", "instance", str(instance_id), "rgt:renamed")
+    assert client.show_instance(id=instance_id)["label"] == "rgt:renamed"
+
+    assert "stopping" in run("stop", "instance", str(instance_id)).stdout
+    stopped = json.loads(run("show", "instance", str(instance_id), "--raw").stdout)
+    assert (stopped["actual_status"], stopped["intended_status"], stopped["cur_state"]) == (
+        "stopped",
+        "stopped",
+        "stopped",
+    )
+    run("start", "instance", str(instance_id))
+    wait_status(client, instance_id, "running")
+    run("reboot", "instance", str(instance_id))
+    wait_status(client, instance_id, "running")
+    logs = run("logs", str(instance_id)).stdout
+    assert f"hello-from-{instance_id}" in logs
+
+    user = json.loads(run("show", "user", "--raw").stdout)
+    assert 0 < user["balance"] < 100 and "api_key" not in user
+
+    run("destroy", "instance", str(instance_id), "-y")
+    gone = run("show", "instance", str(instance_id), "--raw")
+    assert json.loads(gone.stdout) == {"instances": None}
+    assert not emulator.instance_disk(instance_id).exists()
+    assert_no_canary(*outputs)
+
+
+def test_wrong_or_missing_key_gets_401_with_a_clear_body(emulator: Emulator) -> None:
+    with pytest.raises(requests.HTTPError) as caught:
+        sdk(emulator, key="not-the-key").show_instances()
+    assert caught.value.response.status_code == 401
+    assert "Invalid user key" in caught.value.response.json()["msg"]
+    bare = requests.get(f"{emulator.url}/api/v0/users/current", timeout=5)
+    assert bare.status_code == 401 and "Authorization: Bearer" in bare.json()["msg"]
+    assert bare.headers["Content-Type"] == "application/json"
+    done = cli("show", "user", key="not-the-key")
+    assert "Failed with error 401" in done.stdout + done.stderr
+    # Nothing was created or billed by the refused calls.
+    assert emulator.instance_ids() == []
+
+
+def _search(emulator: Emulator, body: dict[str, Any]) -> list[dict[str, Any]]:
+    answer = requests.post(
+        f"{emulator.url}/api/v0/bundles/",
+        json=body,
+        headers={"Authorization": f"Bearer {CANARY_API_KEY}"},
+        timeout=5,
+    )
+    assert answer.status_code == 200, answer.text
+    offers: list[dict[str, Any]] = answer.json()["offers"]
+    return offers
+
+
+def test_search_filter_operators_order_and_limit(emulator: Emulator) -> None:
+    everything = _search(emulator, {})
+    assert len(everything) > 50
+    names = {o["gpu_name"] for o in everything}
+    assert len(names) >= 3
+
+    def ids(rows: list[dict[str, Any]]) -> set[int]:
+        return {r["id"] for r in rows}
+
+    def expect(body: dict[str, Any], keep: Any) -> None:
+        assert ids(_search(emulator, body)) == ids([o for o in everything if keep(o)]), body
+
+    expect({"num_gpus": {"eq": "2"}}, lambda o: o["num_gpus"] == 2)  # numbers arrive as text
+    expect({"num_gpus": {"neq": 1}}, lambda o: o["num_gpus"] != 1)
+    expect({"dph_total": {"gt": "0.5"}}, lambda o: o["dph_total"] > 0.5)
+    expect({"dph_total": {"gte": 0.5, "lte": 1.5}}, lambda o: 0.5 <= o["dph_total"] <= 1.5)
+    expect({"reliability": {"lt": 0.98}}, lambda o: o["reliability"] < 0.98)
+    expect(
+        {"gpu_name": {"in": ["RTX 4090", "L40S"]}}, lambda o: o["gpu_name"] in ("RTX 4090", "L40S")
+    )
+    expect({"gpu_name": {"notin": ["RTX 4090"]}}, lambda o: o["gpu_name"] != "RTX 4090")
+    expect({"verified": {"eq": True}, "external": {"eq": False}}, lambda o: o["verified"])
+    expect({"direct_port_count": {"gte": "1"}}, lambda o: o["direct_port_count"] >= 1)
+
+    ordered = _search(emulator, {"order": [["dph_total", "desc"]], "limit": 7})
+    assert len(ordered) == 7
+    assert [o["dph_total"] for o in ordered] == sorted(
+        (o["dph_total"] for o in everything), reverse=True
+    )[:7]
+    bad = requests.post(
+        f"{emulator.url}/api/v0/bundles/",
+        json={"num_gpus": {"about": 1}},
+        headers={"Authorization": f"Bearer {CANARY_API_KEY}"},
+        timeout=5,
+    )
+    assert bad.status_code == 400 and "about" in bad.json()["msg"]
+
+
+def test_marketplace_is_deterministic_per_seed(tmp_path: Path) -> None:
+    def offers(seed: int) -> list[dict[str, Any]]:
+        with Emulator(seed=seed, api_key="k", ssh=False) as sim:
+            return list(vastai.VastAI(api_key="k", server_url=sim.url).search_offers(
+                query={}, no_default=True, limit=1000
+            ))  # fmt: skip
+
+    first, again, other = offers(1), offers(1), offers(2)
+    assert first == again
+    assert [o["id"] for o in first] != [o["id"] for o in other]
+
+
+def test_list_pages_like_the_sdk_does(emulator: Emulator) -> None:
+    client = sdk(emulator)
+    created = []
+    for index in range(30):
+        offer = client.search_offers(query={}, limit=1)[0]  # rentable only: GPUs get used up
+        answer = client.create_instance(id=offer["id"], image="img", disk=10, label=f"p{index}")
+        created.append(answer["new_contract"])
+    before = emulator.request_count("GET", "/api/v1/instances/")
+    rows = client.show_instances()
+    assert sorted(r["id"] for r in rows) == sorted(created)
+    assert emulator.request_count("GET", "/api/v1/instances/") - before == 2  # 25 + 5
+    page = client.show_instances_v1(
+        {
+            "select_filters": {"label": {"in": ["p1", "p2"]}},
+            "order_by": [{"col": "id", "dir": "desc"}],
+            "limit": 1,
+        }
+    )
+    assert page["total_instances"] == 2 and page["next_token"]
+    assert page["instances"][0]["label"] in ("p1", "p2")
+
+
+def test_faults_are_served_as_vast_ai_would(emulator: Emulator) -> None:
+    assert cli("show", "user").returncode == 0  # the CLI's one-off role probe, out of the way
+    emulator.fail_next(2, status=429, retry_after=0.1)
+    started = time.monotonic()
+    done = cli("show", "instances", "--raw")
+    assert done.returncode == 0 and json.loads(done.stdout) == []
+    assert emulator.request_count("GET", "/api/v1/instances/") == 3
+    assert time.monotonic() - started >= 0.2
+
+    client = sdk(emulator)
+    offer = client.search_offers(query={}, limit=1)[0]
+    emulator.fail_next(1, status=502, after_commit=True)
+    with pytest.raises(requests.HTTPError):
+        client.create_instance(id=offer["id"], image="img", disk=10, label="rgt:committed")
+    assert [r["label"] for r in client.show_instances()] == ["rgt:committed"]
+
+    emulator.fail_next(1, status=503, skip=1)
+    client.show_user()
+    with pytest.raises(requests.HTTPError) as caught:
+        client.show_user()
+    assert caught.value.response.status_code == 503
+    client.show_user()
+
+    emulator.add_latency(0.3)
+    started = time.monotonic()
+    client.show_user()
+    assert time.monotonic() - started >= 0.3
+
+
+def test_logs_result_url_needs_no_key_and_unknown_ids_are_404(emulator: Emulator) -> None:
+    client = sdk(emulator)
+    offer = client.search_offers(query={}, limit=1)[0]
+    instance_id = client.create_instance(
+        id=offer["id"], image="img", disk=10, onstart_cmd="for i in 1 2 3; do echo line$i; done"
+    )["new_contract"]
+    wait_status(client, instance_id, "running")
+    asked = requests.put(
+        f"{emulator.url}/api/v0/instances/request_logs/{instance_id}/",
+        json={"tail": "2"},
+        headers={"Authorization": f"Bearer {CANARY_API_KEY}"},
+        timeout=5,
+    ).json()
+    deadline = time.monotonic() + 5
+    while "line3" not in (text := requests.get(asked["result_url"], timeout=5).text):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert text.splitlines() == ["line2", "line3"]
+    with pytest.raises(requests.HTTPError) as caught:
+        client.stop_instance(id=999)
+    assert caught.value.response.status_code == 404
+    assert client.show_instance(id=999) is None
