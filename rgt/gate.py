@@ -269,7 +269,7 @@ def _collect(
                 )
             )
         if box_sha is not None and verification.manifest_sha256 == box_sha:
-            problem = _local_change(verification.local_dir)
+            problem = _local_change(verification.local_dir, ledger)
             if problem is not None:
                 missing.append(
                     Missing(
@@ -329,11 +329,12 @@ def _file_sha256(path: Path) -> str | None:
         return None
 
 
-def _local_change(local_dir: str) -> str | None:
-    """None if the verified local files are unchanged; else what changed (rgt.verify decides)."""
+def _local_change(local_dir: str, ledger: Ledger) -> str | None:
+    """None if the verified local files are unchanged; else what changed (rgt.verify decides:
+    an lstat snapshot of every file, no re-hash in the normal case; see its docstring)."""
     from rgt.verify import check_unchanged
 
-    return check_unchanged(Path(local_dir))
+    return check_unchanged(Path(local_dir), ledger=ledger)
 
 
 def _approval(

@@ -105,21 +105,32 @@ def parse_manifest(data: bytes, *, instance_id: str) -> dict[str, Any]:
     roster = manifest.get("roster")
     if not isinstance(roster, list) or not roster:
         raise CheckFailed(f"{MANIFEST_NAME} on the box: field roster must be a non-empty list")
+    # The box-side builder's own rules (one module, so the box and the pull agree).
+    from rgt.manifest import name_problem, path_problem
+
     for name in roster:
-        if (
-            not isinstance(name, str)
-            or not name
-            or name in (".", "..")
-            or "/" in name
-            or "\\" in name
-            or "\x00" in name
-        ):
+        problem = name_problem(name) if isinstance(name, str) else "is not a string"
+        if problem is not None:
             raise CheckFailed(
-                f"{MANIFEST_NAME} on the box: roster entry {name!r} is not a plain directory name"
+                f"{MANIFEST_NAME} on the box: roster entry {name!r} {problem}; "
+                "allowed: a plain top-level directory name"
             )
     files = manifest.get("files")
     if not isinstance(files, list):
         raise CheckFailed(f"{MANIFEST_NAME} on the box: field files must be a list")
+    for index, entry in enumerate(files):
+        relative = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(relative, str):
+            problem = "is missing"
+        else:
+            problem = path_problem(relative)
+            if problem is None and relative.split("/", 1)[0] not in roster:
+                problem = "is outside every roster directory"
+        if problem is not None:
+            raise CheckFailed(
+                f"{MANIFEST_NAME} on the box: files[{index}].path {relative!r} {problem}; "
+                "allowed: a relative path inside a roster directory"
+            )
     return manifest
 
 

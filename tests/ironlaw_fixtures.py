@@ -40,4 +40,16 @@ def verify_and_record(ledger: Any, local_dir: Path) -> None:
     passed verification is in the ledger, as `rgt verify` does."""
     from rgt.verify import verify_pull
 
-    verify_pull(local_dir)
+    verify_pull(local_dir, ledger=ledger)
+
+
+def safetensors_bytes(payload: bytes) -> bytes:
+    """A valid safetensors file holding `payload` as one U8 tensor (what the verifier loads)."""
+    import json
+    import struct
+
+    header = json.dumps(
+        {"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}
+    ).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to 8 bytes
+    return struct.pack("<Q", len(header)) + header + payload

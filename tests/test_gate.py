@@ -24,6 +24,7 @@ from tests.ironlaw_fixtures import (
     REMOTE_ROOT,
     RUN_ID,
     build_manifest_on_box,
+    safetensors_bytes,
     vast_profile,
     verify_and_record,
     write_results,
@@ -31,7 +32,7 @@ from tests.ironlaw_fixtures import (
 from tests.ironlaw_standin import LocalBoxProvider
 
 FILES = {
-    "ckpt/step_100.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + os.urandom(64),
+    "ckpt/step_100.safetensors": safetensors_bytes(os.urandom(64)),
     "metrics/metrics.json": b'{"loss": 0.25}',
 }
 

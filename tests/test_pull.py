@@ -123,6 +123,21 @@ def test_roster_traversal_is_refused_before_copying(tmp_path: Path, bad: str) ->
     assert not (tmp_path / "l" / "ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    "bad", ["../../etc/passwd", "/etc/passwd", "ckpt/../../x", "other/x.bin", "ckpt//x"]
+)
+def test_file_path_traversal_in_the_manifest_is_refused_before_copying(
+    tmp_path: Path, bad: str
+) -> None:
+    provider, _, results, _ = _box(tmp_path)
+    document = json.loads((results / MANIFEST_NAME).read_text())
+    document["files"].append({"path": bad, "size": 1, "sha256": "0" * 64})
+    (results / MANIFEST_NAME).write_text(json.dumps(document))
+    with Ledger.open() as ledger, pytest.raises(CheckFailed, match=r"files\[\d+\]\.path"):
+        pull_instance("1001", REMOTE_ROOT, tmp_path / "l", provider=provider, ledger=ledger)
+    assert not (tmp_path / "l" / "ckpt").exists()
+
+
 def test_missing_file_on_the_box_fails_the_pull(tmp_path: Path) -> None:
     provider, _, results, _ = _box(tmp_path)
     (results / "ckpt" / "step_200.pt").unlink()  # deleted after the manifest was built
