@@ -1,0 +1,251 @@
+"""`rgt demo`: the whole lifecycle on the embedded emulator, run as a user runs it (the real CLI
+in a subprocess), its report checked against the emulator's meter, the ledger and the job's own
+checkpoints; and the demo's approval shortcut refused for anything but its own emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.conftest import CANARY_API_KEY, assert_no_canary
+
+pytest.importorskip("rgt.sim.emulator")
+pytest.importorskip("rgt.verify")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo(demo_dir: Path, *args: str) -> subprocess.Popen[str]:
+    """`rgt demo ARGS --dir DEMO_DIR` with no terminal (stdin from /dev/null, own session)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "rgt", "demo", "--dir", str(demo_dir), *args],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # no controlling terminal: /dev/tty cannot open
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Both demos at once (they mostly wait): `--yes --json`, and one without --yes or a TTY."""
+    env_keys = ("HOME", "RGT_STATE_DIR", "RGT_CONFIG_DIR", "VAST_API_KEY")
+    saved = {k: os.environ.get(k) for k in env_keys}
+    home = tmp_path_factory.mktemp("demo-home")
+    os.environ.update(
+        HOME=str(home),
+        RGT_STATE_DIR=str(home / "user-state"),
+        RGT_CONFIG_DIR=str(home / "user-config"),
+        VAST_API_KEY=CANARY_API_KEY,  # the user's real key: the demo must never send it
+    )
+    try:
+        yes_dir, no_tty_dir = home / "demo-yes", home / "demo-no-tty"
+        began = time.monotonic()
+        runs = {"yes": _demo(yes_dir, "--yes", "--json"), "no_tty": _demo(no_tty_dir)}
+        outputs = {name: run.communicate(timeout=120) for name, run in runs.items()}
+        seconds = time.monotonic() - began
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return {
+        "home": home,
+        "seconds": seconds,
+        "yes": (runs["yes"].returncode, *outputs["yes"], yes_dir),
+        "no_tty": (runs["no_tty"].returncode, *outputs["no_tty"], no_tty_dir),
+    }
+
+
+@pytest.fixture(scope="module")
+def report(demo_runs: dict[str, Any]) -> dict[str, Any]:
+    """The --json report of the --yes run."""
+    code, out, err, _ = demo_runs["yes"]
+    assert code == 0, err
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def _reopen_emulator(demo_dir: Path) -> Any:
+    from rgt.sim import Emulator
+
+    return Emulator(state_dir=demo_dir / "emulator", ssh=False).start()
+
+
+def _ledger(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from rgt.ledger import Ledger
+
+    monkeypatch.setenv("RGT_STATE_DIR", str(demo_dir / "state"))
+    return Ledger.open()
+
+
+@pytest.mark.timeout(150)
+def test_demo_finishes_under_a_minute_without_leaking_the_users_key(
+    demo_runs: dict[str, Any], report: dict[str, Any]
+) -> None:
+    assert report["seconds"] < 60
+    _code, out, err, demo_dir = demo_runs["yes"]
+    assert_no_canary(out, err)
+    for path in demo_dir.rglob("*"):
+        if path.is_file():
+            assert_no_canary(path.read_bytes())
+    # The user's own state dir got nothing: the demo's ledger lives in its own dir.
+    assert not (demo_runs["home"] / "user-state").exists()
+
+
+def test_job_resumed_from_a_checkpoint_and_reached_the_end(report: dict[str, Any]) -> None:
+    from rgt.checkpoint import list_checkpoints, load
+
+    job = report["job"]
+    assert job["starts"] == 2
+    assert job["final_step"] == job["steps"] == 600
+    assert job["resumed_from_step"] > 0
+    assert job["resumed_from_step"] % report["cadence"]["interval_steps"] == 0
+    assert job["preempted_at_step"] >= job["resumed_from_step"]
+    assert job["steps_lost"] == job["preempted_at_step"] - job["resumed_from_step"]
+    assert job["steps_lost"] <= report["cadence"]["interval_steps"]
+    assert job["weights_match_uninterrupted"] is True
+    # The pulled results say the same as the report (it was built from them).
+    results = Path(report["pull"]["local_dir"]) / "linreg"
+    starts = json.loads((results / "starts.json").read_text())
+    assert [s["resumed_from_step"] for s in starts] == [0, job["resumed_from_step"]]
+    assert starts[1]["checkpoint"] == job["resume_checkpoint"]
+    assert starts[1]["onstart_resume_from"] == job["resume_checkpoint"]  # the boot hook agreed
+    # Every pulled checkpoint loads; the newest is the final step.
+    on_disk = list_checkpoints(results / "checkpoints")
+    assert on_disk and on_disk[-1][0] == 600
+    for step, path in on_disk:
+        assert load(path).step == step
+
+
+def test_report_meter_matches_the_emulator_and_billing_stopped(report: dict[str, Any]) -> None:
+    demo_dir = Path(report["demo_dir"])
+    instance = report["instance_id"]
+    emulator = _reopen_emulator(demo_dir)
+    try:
+        assert int(instance) not in emulator.instance_ids()  # destroyed
+        final = emulator.meter(instance)
+        time.sleep(0.5)
+        assert emulator.meter(instance) == final  # a destroyed instance bills nothing more
+    finally:
+        emulator.stop()
+    for part in ("compute", "storage", "bandwidth", "total"):
+        assert report["cost"]["actual"][part] == pytest.approx(final[part], rel=1e-9, abs=1e-12)
+    assert report["destroy"]["meter_at_destroy"] == pytest.approx(final["total"], abs=1e-12)
+    assert report["destroy"]["billing_stopped"] is True
+    assert report["destroy"]["state"] == "gone"
+    assert final["compute"] > 0 and final["storage"] > 0
+    ideal, actual = report["cost"]["without_preemption"], report["cost"]["actual"]
+    assert 0 < ideal["compute"] < actual["compute"]
+    assert 0 < ideal["storage"] < actual["storage"]
+    assert ideal["total"] == pytest.approx(
+        sum(ideal[k] for k in ("compute", "storage", "bandwidth"))
+    )
+    assert report["cost"]["extra_wall_seconds"] >= report["cost"]["extra_running_seconds"] > 0
+
+
+def test_ledger_holds_pull_verification_demo_approval_and_destroy(
+    report: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo_dir = Path(report["demo_dir"])
+    instance = report["instance_id"]
+    with _ledger(demo_dir, monkeypatch) as ledger:
+        pulls = ledger.pulls(instance)
+        assert len(pulls) == 1 and pulls[0].bytes_total == report["pull"]["bytes_total"]
+        assert pulls[0].manifest_sha256 == report["pull"]["manifest_sha256"]
+        assert ledger.latest_verification(instance) is not None
+        approvals = ledger.approvals(instance)
+        assert [a.channel for a in approvals] == ["demo --yes (in-process emulator)"]
+        assert approvals[0].consumed is not None
+        destroys = ledger.destroys(instance)
+        assert [d.status for d in destroys] == ["confirmed"]
+        states = [state for _, state, _ in ledger.state_history(instance)]
+    assert "paused" in states and states[-1] == "gone"
+    assert states.index("paused") < len(states) - 1 - states[::-1].index("running")
+    gate = report["gate"]
+    assert not gate["before_verify"]["allowed"]
+    assert {"no-verification", "no-approval"} <= set(gate["before_verify"]["missing"])
+    assert gate["after_approval"] == {"allowed": True, "missing": []}
+    assert report["pull"]["bytes_total"] == report["verify"]["bytes"] > 0
+
+
+def test_without_yes_or_a_terminal_the_demo_rents_nothing(demo_runs: dict[str, Any]) -> None:
+    code, _out, err, demo_dir = demo_runs["no_tty"]
+    assert code == 4, err
+    assert err.startswith("rgt demo: error:") and "--yes" in err
+    assert "Traceback" not in err
+    assert not (demo_dir / "emulator").exists()  # refused before the emulator even started
+
+
+@pytest.mark.timeout(60)
+def test_wrong_approval_answer_destroys_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rgt.demo.scenario import Demo, DemoSettings
+    from rgt.errors import Refused
+
+    settings = DemoSettings(steps=200, preempt_at_fraction=0.5, outage_seconds=0.5)
+    asked: list[str] = []
+
+    def wrong_answer(instance_id: str) -> str:
+        asked.append(instance_id)
+        return instance_id + "0"
+
+    demo = Demo(settings, yes=False, demo_dir=tmp_path / "demo", confirm=wrong_answer)
+    with pytest.raises(Refused, match="nothing approved"):
+        demo.run()
+    assert len(asked) == 1
+    emulator = _reopen_emulator(tmp_path / "demo")
+    try:
+        assert emulator.instance_ids() == [int(asked[0])]  # still rented
+        disk = emulator.instance_disk(asked[0])
+        assert (disk / "workspace" / "results" / "PULL_MANIFEST.json").is_file()
+    finally:
+        emulator.stop()
+    with _ledger(tmp_path / "demo", monkeypatch) as ledger:
+        assert ledger.approvals(asked[0]) == [] and ledger.destroys(asked[0]) == []
+        assert ledger.latest_verification(asked[0]) is not None  # it got as far as the question
+
+
+def test_text_report_is_readable(report: dict[str, Any]) -> None:
+    from rgt.demo.report import render_text
+
+    text = render_text(report)
+    for expected in (
+        f"instance {report['instance_id']}",
+        "paused",
+        f"resumed from checkpoint step {report['job']['resumed_from_step']}",
+        "no preemption",
+        "REFUSED, missing",
+        "billing stopped",
+    ):
+        assert expected in text
+    assert max(len(line) for line in text.splitlines()) < 200
+
+
+def test_demo_approval_is_refused_for_any_other_provider() -> None:
+    from rgt.demo.scenario import require_emulator_instance
+    from rgt.errors import Refused
+    from rgt.sim import Emulator
+
+    with Emulator(ssh=False) as emulator:
+        real = SimpleNamespace(api_url="https://console.vast.ai")
+        with pytest.raises(Refused, match="only for the in-process emulator"):
+            require_emulator_instance(real, emulator, "1")
+        other_port = SimpleNamespace(api_url="http://127.0.0.1:1")
+        with pytest.raises(Refused, match="only for the in-process emulator"):
+            require_emulator_instance(other_port, emulator, "1")
+        ours = SimpleNamespace(api_url=emulator.url)
+        with pytest.raises(Refused, match="not an instance of the in-process emulator"):
+            require_emulator_instance(ours, emulator, "424242")
