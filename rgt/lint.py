@@ -9,6 +9,9 @@ this module adds the checks that need the prose or other files:
     secret          nothing that looks like an API key, token or private key
     detach          overrides.detach names detach_primitive (base and every variant)
     stale-verified  `verified YYYY-MM` stamps older than N months (warning)
+    billing-prose, spot-prose, clock-prose, variant-doc
+                    the danger facts (meter-stop verb, what stop still bills, spot grace, clocks)
+                    agree with sections 4/5, per variant (rgt/consistency.py)
 
 A broken file (unreadable, binary, empty, no frontmatter, bad YAML) is a finding, never a crash.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rgt.bundle import bundle_root
+from rgt.consistency import consistency_findings
 from rgt.profile import Profile, parse_profile
 from rgt.yamlsource import Finding
 
@@ -114,6 +118,7 @@ def lint_file(path: Path, options: LintOptions) -> list[Finding]:
         findings += _section_findings(profile, shown)
         findings += _link_findings(profile, shown)
         findings += _detach_findings(profile, shown)
+        findings += consistency_findings(profile, shown)
     return sorted(set(findings), key=lambda f: (f.path, f.line, f.rule, f.message))
 
 
