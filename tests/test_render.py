@@ -220,6 +220,21 @@ def test_run_one_resumes_prunes_scratch_and_copies_to_the_durable_dir(tmp_path: 
 
 
 @pytest.mark.timeout(60)
+def test_scratch_pruning_keeps_the_newest_checkpoint(tmp_path: Path) -> None:
+    # vast.ai's scratch globs are latest.pt and periodic-*.pt; here they are the checkpoints too.
+    command = (
+        'for i in 1 2 3; do echo $i >"$RGT_CHECKPOINT_DIR/periodic-$i.pt"; sleep 0.02; done; '
+        'echo best >"$RGT_CHECKPOINT_DIR/best.pt"; touch -d @1 "$RGT_CHECKPOINT_DIR/best.pt"'
+    )
+    job = _job(command=command, checkpoint_glob="*.pt")
+    script = _write(tmp_path, render_template(_profile("vastai"), "run_one", job), "run_one")
+    result = _run(script, env=_box_env(tmp_path / "box"))
+    assert result.returncode == 0, result.stderr
+    left = sorted(p.name for p in (tmp_path / "box/workspace/checkpoints").iterdir())
+    assert left == ["best.pt", "periodic-3.pt"]
+
+
+@pytest.mark.timeout(60)
 def test_run_one_exit_codes(tmp_path: Path) -> None:
     box = tmp_path / "box"
     job = _job(command=RUN_ONE_COMMAND, run_id="r2")
