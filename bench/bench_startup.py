@@ -1,0 +1,101 @@
+"""Start-up: `rgt lint` over all bundled profiles and `rgt --help`, each a fresh process.
+
+Baseline in the same run: `python -c pass` (the interpreter alone). Two regimes:
+  warm bytecode  the normal case: .pyc files exist;
+  cold bytecode  a fresh, empty PYTHONPYCACHEPREFIX, so every module of rgt and its dependencies
+                 is compiled from source (the first run after an install or an upgrade).
+Also checks that neither command imports the heavy SDKs (mcp, vastai, torch): `-X importtime`.
+Target: rgt lint and rgt --help under 0.3 s (warm).
+
+    .venv/bin/python bench/bench_startup.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchlib import REPO, emit, machine_line, median, percentile, table
+
+TARGET_SECONDS = 0.3
+HEAVY = ("mcp", "vastai", "torch")
+COMMANDS = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "rgt --help": [sys.executable, "-m", "rgt", "--help"],
+    "rgt lint (all profiles)": [sys.executable, "-m", "rgt", "lint"],
+}
+
+
+def time_runs(argv: list[str], runs: int, env: dict[str, str], fresh_cache: bool) -> list[float]:
+    """Wall seconds of `runs` fresh processes."""
+    seconds = []
+    for _ in range(runs):
+        run_env = dict(env)
+        if fresh_cache:
+            run_env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="rgt-bench-pyc-")
+        began = time.perf_counter()
+        done = subprocess.run(argv, env=run_env, capture_output=True, cwd=REPO)
+        seconds.append(time.perf_counter() - began)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()}")
+    return seconds
+
+
+def heavy_imports(argv: list[str], env: dict[str, str]) -> list[str]:
+    """Top-level packages among HEAVY that the command imports."""
+    done = subprocess.run(
+        [argv[0], "-X", "importtime", *argv[1:]], env=env, capture_output=True, text=True
+    )
+    found = set()
+    for line in done.stderr.splitlines():
+        if "|" not in line:
+            continue
+        name = line.rsplit("|", 1)[1].strip().split(".")[0]
+        if name in HEAVY:
+            found.add(name)
+    return sorted(found)
+
+
+def main() -> int:
+    """Measure, print a table, write bench/out/startup.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    env = {**os.environ, "VASTAI_NO_UPDATE_CHECK": "1"}
+    print(f"# start-up ({machine_line()})")
+    rows, results = [], {}
+    for label, argv in COMMANDS.items():
+        time_runs(argv, 2, env, fresh_cache=False)  # make sure .pyc files exist
+        warm = time_runs(argv, args.runs, env, fresh_cache=False)
+        cold = time_runs(argv, max(3, args.runs // 3), env, fresh_cache=True)
+        heavy = heavy_imports(argv, env) if label.startswith("rgt") else []
+        results[label] = {
+            "warm_median_s": median(warm),
+            "warm_p95_s": percentile(warm, 0.95),
+            "cold_bytecode_median_s": median(cold),
+            "heavy_imports": heavy,
+        }
+        rows.append(
+            [
+                label,
+                f"{median(warm) * 1000:.0f} ms",
+                f"{percentile(warm, 0.95) * 1000:.0f} ms",
+                f"{median(cold) * 1000:.0f} ms",
+                ", ".join(heavy) or "none",
+            ]
+        )
+    print(table(["command", "warm p50", "warm p95", "cold-bytecode p50", "heavy SDKs"], rows))
+    worst = max(results[k]["warm_median_s"] for k in COMMANDS if k.startswith("rgt"))
+    ok = worst < TARGET_SECONDS and not any(r["heavy_imports"] for r in results.values())
+    print(f"target: rgt commands < {TARGET_SECONDS * 1000:.0f} ms warm, no heavy SDK: "
+          f"{'MET' if ok else 'MISSED'} (slowest {worst * 1000:.0f} ms)")  # fmt: skip
+    emit("startup", {"results": results, "target_s": TARGET_SECONDS, "met": ok, "runs": args.runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
