@@ -392,6 +392,37 @@ def test_onstart_resumes_from_the_newest_checkpoint_after_a_kill(tmp_path: Path)
     assert (ckpt / "starts.log").read_text().split() == ["0", str(newest)]
 
 
+@pytest.mark.timeout(60)
+def test_onstart_checks_secret_names_and_never_logs_their_values(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    (box / "root").mkdir(parents=True)
+    job = _onstart_job("0")
+    job = _job(**{**job.as_dict(), "secret_env": ["HF_TOKEN"]})
+    text = render_template(_profile("vastai"), "onstart", job).text
+    env = _box_env(box, HOME=str(box / "root"))
+    missing = subprocess.run(
+        ["bash", "-c", text], cwd=box, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 1
+    assert "missing secret env var(s): HF_TOKEN" in missing.stdout + missing.stderr
+    assert not (box / "workspace/checkpoints/starts.log").exists()  # the job never started
+    ran = subprocess.run(
+        ["bash", "-c", text],
+        cwd=box,
+        env={**env, "HF_TOKEN": CANARY_API_KEY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    log = box / "workspace/.rgt/resume-test/onstart.log"
+    assert "finished; manifest at" in log.read_text()
+    assert_no_canary(ran.stdout, ran.stderr, log.read_bytes(), text)
+    for path in (box / "workspace").rglob("*"):
+        if path.is_file():
+            assert_no_canary(path.read_bytes())
+
+
 def test_onstart_under_the_limit_is_plain_and_too_big_is_refused(tmp_path: Path) -> None:
     roomy = _profile_copy(
         tmp_path, "vastai", ("onstart_limit_bytes: 16384", "onstart_limit_bytes: 1000000")
