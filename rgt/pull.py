@@ -13,7 +13,6 @@ import contextlib
 import glob
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,7 +209,7 @@ def pull_instance(
     atomic_write_bytes(local_dir / MANIFEST_NAME, manifest_bytes)
 
     bytes_total = _manifest_bytes_total(manifest)
-    adopted = adopt_interrupted_partials(local_dir, manifest)
+    adopted = adopt_interrupted_partials(local_dir)
     done_before = 0
     transferred = 0
     attempts = 0
@@ -269,46 +268,32 @@ def pull_instance(
     )
 
 
-def _rsync_temp_files(target: Path) -> list[Path]:
-    # rsync receives into ".NAME.XXXXXX" next to NAME and renames when done; a kill -9 of the
-    # receiving rsync leaves that temp file behind.
-    try:
-        return [
-            candidate
-            for candidate in target.parent.glob(f".{glob.escape(target.name)}.??????")
-            if candidate.is_file() and not candidate.is_symlink()
-        ]
-    except OSError:
-        return []
-
-
-def adopt_interrupted_partials(local_dir: Path, manifest: dict[str, Any]) -> int:
-    """Give each missing file the biggest temp file a killed rsync left for it, so the next
-    rsync (delta transfer) re-sends only what is not there yet instead of the whole file.
+def adopt_interrupted_partials(local_dir: Path) -> int:
+    """Move the temp files a killed rsync left (``.NAME.XXXXXX``) into rsync's partial dir, so
+    the next copy re-sends only what is missing, and a cut file never sits under its final name.
 
     Safe: rsync checks every file's whole-file checksum after transfer, and the verifier
     re-hashes everything against the manifest. Returns how many were adopted."""
-    adopted = 0
-    for entry in manifest["files"]:
-        if not isinstance(entry, dict):
-            continue
-        target = local_dir / str(entry.get("path", ""))
-        if target.exists() or not target.resolve().is_relative_to(local_dir):
-            continue
-        temps = sorted(_rsync_temp_files(target), key=lambda p: p.stat().st_size)
-        if temps:
-            os.replace(temps[-1], target)
-            adopted += 1
-    return adopted
+    from rgt.providers.rsync import adopt_temp_files
+
+    return adopt_temp_files(local_dir)
 
 
 def remove_stale_partials(local_dir: Path, manifest: dict[str, Any]) -> None:
     """Delete rsync temp files of manifest files left by an interrupted earlier pull."""
+    from rgt.providers.rsync import PARTIAL_DIR
+
     for entry in manifest["files"]:
-        if isinstance(entry, dict):
-            for temp in _rsync_temp_files(local_dir / str(entry.get("path", ""))):
+        if not isinstance(entry, dict):
+            continue
+        target = local_dir / str(entry.get("path", ""))
+        leftovers = [target.parent / PARTIAL_DIR / target.name]
+        with contextlib.suppress(OSError):
+            leftovers += list(target.parent.glob(f".{glob.escape(target.name)}.??????"))
+        for leftover in leftovers:
+            if leftover.is_file() and not leftover.is_symlink():
                 with contextlib.suppress(OSError):
-                    temp.unlink()
+                    leftover.unlink()
 
 
 def _missing_or_short(local_dir: Path, manifest: dict[str, Any]) -> list[str]:

@@ -100,7 +100,7 @@ class LocalBoxProvider:
             [
                 "rsync",
                 "-a",
-                "--partial",
+                "--partial-dir=.rsync-partial",  # as rgt.providers.rsync copies
                 "--no-whole-file",
                 "--timeout=30",
                 "--stats",
