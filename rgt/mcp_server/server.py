@@ -298,7 +298,9 @@ def _record_failure(instance_id: str, reason: str) -> None:
 async def destroy(
     instance_id: Annotated[str, Field(description="The instance id to destroy")],
     ctx: Context,
-    confirmation: Annotated[ElicitationResult[ConfirmDestroy] | Any, Resolve(ask_human_to_confirm)],
+    # Filled by the resolver, never by the model: not in the input schema. A refusal found
+    # before asking arrives as an accepted outcome whose data is the DestroyResult.
+    confirmation: Annotated[ElicitationResult[ConfirmDestroy], Resolve(ask_human_to_confirm)],
 ) -> DestroyResult:
     """Destroy an instance (irreversible: deletes the box and its disk, stops the meter).
 
@@ -317,7 +319,7 @@ async def destroy(
             outcome=action,
             message=f"the human {action} the destroy of instance {instance_id}; nothing destroyed",
         )
-    data = confirmation.data
+    data: Any = confirmation.data
     if isinstance(data, DestroyResult):
         return data
     typed = data.instance_id.strip() if isinstance(data, ConfirmDestroy) else ""

@@ -1,0 +1,137 @@
+"""Helpers for the MCP tests: a real MCP client spawning `rgt mcp` over stdio against the
+emulator, a scripted "human" answering elicitations, and the checks every refusal repeats."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
+from mcp.types import CallToolResult, ElicitRequestParams, ElicitResult
+
+from tests.conftest import CANARY_API_KEY, assert_no_canary
+
+REPO = Path(__file__).resolve().parents[1]
+REMOTE_ROOT = "/workspace/results"
+PASSED_ENV = (
+    "HOME",
+    "XDG_CONFIG_HOME",
+    "RGT_STATE_DIR",
+    "RGT_CONFIG_DIR",
+    "RGT_SSH_KEY",
+    "RGT_SSH_COMMAND",
+    "VASTAI_NO_UPDATE_CHECK",
+)
+
+
+def child_env(emulator: Any) -> dict[str, str]:
+    """What the MCP host passes to `rgt mcp`: the emulator's URL and key, the ssh key, and the
+    test's isolated state directories (StdioServerParameters passes little else)."""
+    env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+    env.update(VAST_URL=emulator.url, VAST_API_KEY=CANARY_API_KEY, PYTHONPATH=str(REPO))
+    return env
+
+
+def server_params(emulator: Any) -> StdioServerParameters:
+    """`python -m rgt mcp` over stdio (the same entry point as the `rgt mcp` console script)."""
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "rgt", "mcp"], env=child_env(emulator), cwd=str(REPO)
+    )
+
+
+class Human:
+    """Answers the destroy prompt the way a person in the client UI would (scripted)."""
+
+    def __init__(self, action: str = "accept", typed: str | None = None) -> None:
+        self.action = action
+        self.typed = typed
+        self.asked: list[ElicitRequestParams] = []
+
+    async def __call__(self, context: Any, params: ElicitRequestParams) -> ElicitResult:
+        self.asked.append(params)
+        if self.action == "accept":
+            return ElicitResult(action="accept", content={"instance_id": self.typed or ""})
+        return ElicitResult(action=self.action)  # type: ignore[arg-type]
+
+
+class Session:
+    """A connected client; every result it sees is kept for the canary check."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.seen: list[str] = []
+
+    async def call(self, name: str, arguments: dict[str, Any], **options: Any) -> CallToolResult:
+        result = await self.client.call_tool(name, arguments, **options)
+        text = json.dumps(result.structured_content) + " ".join(
+            getattr(block, "text", "") for block in result.content
+        )
+        self.seen.append(text)
+        assert_no_canary(text)
+        return result
+
+    async def data(self, name: str, arguments: dict[str, Any], **options: Any) -> dict[str, Any]:
+        """Call and return the structured result; fail with the tool's text on an error."""
+        result = await self.call(name, arguments, **options)
+        assert not result.is_error, f"{name}: {result.content[0].text}"  # type: ignore[union-attr]
+        assert result.structured_content is not None
+        return result.structured_content
+
+
+@asynccontextmanager
+async def connect(emulator: Any, mode: str, human: Human | None = None) -> AsyncIterator[Session]:
+    """A real MCP client spawning `rgt mcp` (stdio) in protocol generation `mode`."""
+    async with Client(
+        server_params(emulator), mode=mode, elicitation_callback=human, read_timeout_seconds=60
+    ) as client:
+        yield Session(client)
+
+
+def write_job(directory: Path, run_id: str) -> Path:
+    """The bundled example job (checkpoints + results + manifest in ~2 s) under a new run id."""
+    text = (REPO / "schemas" / "job.example.yaml").read_text()
+    path = directory / f"{run_id}.yaml"
+    path.write_text(text.replace("run_id: example-run", f"run_id: {run_id}"))
+    return path
+
+
+async def launch_and_finish(session: Session, emulator: Any, job: Path) -> str:
+    """search → launch → poll until running → wait for the job's manifest on the box."""
+    offers = (await session.data("search_offers", {"gpu": "RTX_4090", "disk_gb": 40}))["offers"]
+    assert offers, "the emulator offers no RTX 4090"
+    offer = offers[0]
+    launched = await session.data(
+        "launch",
+        {
+            "profile": "vastai",
+            "offer_id": offer["offer_id"],
+            "job": str(job),
+            "max_price_per_hour": offer["price_per_hour"] + 0.01,
+        },
+    )
+    instance_id = str(launched["instance_id"])
+    deadline = time.monotonic() + 30
+    seen: list[str] = []
+    while True:
+        report = await session.data("poll", {"instance_id": instance_id})
+        seen.append(report["classification"])
+        manifest = emulator.instance_disk(instance_id) / REMOTE_ROOT.lstrip("/")
+        if report["classification"] == "running" and (manifest / "PULL_MANIFEST.json").exists():
+            return instance_id
+        assert time.monotonic() < deadline, f"job did not finish: polls saw {seen}"
+        await anyio.sleep(0.2)
+
+
+def assert_alive(emulator: Any, instance_id: str) -> None:
+    """The instance and its disk (with the results and manifest) still exist; no DELETE sent."""
+    assert int(instance_id) in emulator.instance_ids()
+    disk = emulator.instance_disk(instance_id)
+    assert (disk / REMOTE_ROOT.lstrip("/") / "PULL_MANIFEST.json").is_file()
+    assert emulator.request_count("DELETE") == 0

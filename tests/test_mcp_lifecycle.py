@@ -1,0 +1,124 @@
+"""The whole lifecycle through a real MCP client that spawns `rgt mcp` over stdio, against the
+emulator (real vastai SDK, real sshd + rsync), in both protocol generations:
+launch → poll until running → the job writes checkpoints, results and its manifest on the box →
+copy → verify → destroy with an accepting elicitation → poll shows it gone, billing stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rgt.ledger import Ledger
+from tests.mcp_client import (
+    REMOTE_ROOT,
+    Human,
+    assert_alive,
+    connect,
+    launch_and_finish,
+    write_job,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_whole_lifecycle_over_stdio(mode: str, emulator: Any, tmp_path: Path) -> None:
+    human = Human("accept")
+    local = tmp_path / "pulled"
+    async with connect(emulator, mode, human) as session:
+        if mode == "legacy":
+            assert session.client.protocol_version == "2025-11-25"
+        instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "life"))
+        disk = emulator.instance_disk(instance_id)
+        assert sorted(p.name for p in (disk / "workspace" / "checkpoints").glob("step-*.ckpt"))
+        assert (disk / REMOTE_ROOT.lstrip("/") / "cell-a" / "metrics.json").is_file()
+
+        progress: list[tuple[float, float | None, str | None]] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append((done, total, message))
+
+        copied = await session.data(
+            "copy",
+            {"instance_id": instance_id, "remote_root": REMOTE_ROOT, "local_dir": str(local)},
+            progress_callback=on_progress,
+        )
+        assert copied["files"] >= 1 and (local / "cell-a" / "metrics.json").is_file()
+        assert progress and progress[-1][0] == progress[-1][1] == copied["bytes_total"]
+        copy_ticks = len(progress)
+        await session.data("verify", {"local_dir": str(local)}, progress_callback=on_progress)
+        assert len(progress) > copy_ticks, "verify sent no progress notification"
+
+        human.typed = instance_id
+        assert_alive(emulator, instance_id)
+        destroyed = await session.data("destroy", {"instance_id": instance_id})
+        assert destroyed["destroyed"] is True and destroyed["outcome"] == "destroyed"
+        assert len(human.asked) == 1 and instance_id in human.asked[0].message
+
+        gone = await session.data("poll", {"instance_id": instance_id})
+        assert gone["classification"] == "gone" and gone["state"] == "gone"
+        assert gone["keeps_billing"] == [] and gone["hourly_cost"] == 0
+        assert "billing stopped" in gone["next_action"]
+
+    assert int(instance_id) not in emulator.instance_ids()
+    assert emulator.request_count("DELETE") == 1
+    bill = emulator.meter(instance_id)["total"]
+    emulator.clock.advance(3600)
+    assert emulator.meter(instance_id)["total"] == bill, "the meter still runs after destroy"
+    with Ledger.open() as ledger:
+        approvals = ledger.approvals(instance_id)
+        assert [a.channel for a in approvals] == ["mcp-elicitation"]
+        assert approvals[0].consumed is not None
+        assert [d.status for d in ledger.destroys(instance_id)] == ["confirmed"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_launch_refuses_above_the_price_cap(mode: str, emulator: Any, tmp_path: Path) -> None:
+    async with connect(emulator, mode) as session:
+        offers = (await session.data("search_offers", {"gpu": "RTX_4090"}))["offers"]
+        for offer in offers:
+            assert offer["verified"] and offer["direct_port_count"] >= 1
+            assert offer["reliability"] >= 0.98
+        cheapest = offers[0]
+        refused = await session.call(
+            "launch",
+            {
+                "profile": "vastai",
+                "offer_id": cheapest["offer_id"],
+                "job": str(write_job(tmp_path, "capped")),
+                "max_price_per_hour": cheapest["price_per_hour"] / 2,
+            },
+        )
+        assert refused.is_error
+        assert "above the cap" in refused.content[0].text  # type: ignore[union-attr]
+        assert "nothing was rented" in refused.content[0].text  # type: ignore[union-attr]
+    assert emulator.instance_ids() == []
+    assert emulator.request_count("PUT") == 0
+
+
+async def test_poll_classifies_emulated_faults(emulator: Any, tmp_path: Path) -> None:
+    async with connect(emulator, "auto") as session:
+        instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "faults"))
+        emulator.take_host_offline(instance_id)
+        offline = await session.data("poll", {"instance_id": instance_id})
+        assert (offline["classification"], offline["gotcha"]) == ("offline", "VAST7")
+        emulator.bring_host_online(instance_id)
+        stopped = await session.data("stop", {"instance_id": instance_id})
+        assert stopped["keeps_billing"] == ["disk", "bandwidth"]
+        assert "still bills" in stopped["message"]
+        report = await session.data("poll", {"instance_id": instance_id})
+        assert (report["classification"], report["gotcha"]) == ("stopped-but-billing", "VAST1")
+        assert report["keeps_billing"] == ["disk", "bandwidth"]
+        assert report["hourly_cost"] > 0 and report["cost_so_far"] > 0
+        costs = await session.data("cost", {})
+        assert [row["instance_id"] for row in costs["instances"]] == [instance_id]
+        swept = await session.data("sweep", {})
+        assert "stopped-but-billing" in swept["instances"][0]["flags"]
+    assert_alive(emulator, instance_id)

@@ -1,0 +1,124 @@
+"""Every way the MCP destroy must refuse, through a real MCP client spawning `rgt mcp` over stdio
+against the emulator, in both protocol generations. After each refusal the instance and its disk
+(with the results and the manifest) still exist and no DELETE reached the emulator.
+
+One instance walks the whole corpus in order (before copy, before verify, declined, cancelled,
+wrong id, no elicitation, smuggled approval, local file changed), then two clients race to
+destroy it: at most one DELETE reaches the emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from rgt.ledger import Ledger
+from tests.mcp_client import (
+    REMOTE_ROOT,
+    Human,
+    Session,
+    assert_alive,
+    connect,
+    launch_and_finish,
+    write_job,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _refused(
+    session: Session, emulator: Any, instance_id: str, outcome: str, codes: list[str] = ()
+) -> dict[str, Any]:
+    result = await session.data("destroy", {"instance_id": instance_id})
+    assert result["destroyed"] is False
+    assert result["outcome"] == outcome, result
+    assert "nothing" in result["message"] and "destroyed" in result["message"]
+    found = [item["code"] for item in result["missing"]]
+    for code in codes:
+        assert code in found, (code, result)
+    assert_alive(emulator, instance_id)
+    return result
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_refusal_corpus_then_a_race(mode: str, emulator: Any, tmp_path: Path) -> None:
+    local = tmp_path / "pulled"
+    human = Human("accept")
+    async with connect(emulator, mode, human) as session:
+        instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "refuse"))
+        human.typed = instance_id
+        copy_args = {
+            "instance_id": instance_id,
+            "remote_root": REMOTE_ROOT,
+            "local_dir": str(local),
+        }
+
+        # Missing evidence: refused without asking the human anything.
+        await _refused(session, emulator, instance_id, "missing-evidence", ["no-pull"])
+        await session.data("copy", copy_args)
+        await _refused(session, emulator, instance_id, "missing-evidence", ["no-verification"])
+        assert human.asked == []
+        await session.data("verify", {"local_dir": str(local)})
+
+        # All evidence present: the human says no, cancels, or types another id.
+        human.action = "decline"
+        await _refused(session, emulator, instance_id, "declined")
+        human.action = "cancel"
+        await _refused(session, emulator, instance_id, "cancelled")
+        human.action, human.typed = "accept", instance_id + "0"
+        mismatch = await _refused(session, emulator, instance_id, "mismatch")
+        assert repr(instance_id + "0") in mismatch["message"]
+        assert len(human.asked) == 3
+
+        # An approval smuggled into the arguments is rejected before anything runs.
+        human.typed = instance_id
+        for extra in ({"approval": "yes"}, {"confirmation": {"instance_id": instance_id}}):
+            smuggled = await session.call("destroy", {"instance_id": instance_id, **extra})
+            assert smuggled.is_error
+            assert_alive(emulator, instance_id)
+        assert len(human.asked) == 3
+
+        # A local file changed after the verification.
+        metrics = local / "cell-a" / "metrics.json"
+        original = metrics.read_bytes()
+        metrics.write_bytes(original.replace(b"steps", b"stepz"))
+        await _refused(session, emulator, instance_id, "missing-evidence", ["local-files-changed"])
+        assert len(human.asked) == 3
+        metrics.write_bytes(original)
+
+    # A client that cannot ask the human is told the out-of-band way.
+    async with connect(emulator, mode) as plain:
+        await plain.data("copy", copy_args)
+        await plain.data("verify", {"local_dir": str(local)})
+        result = await _refused(plain, emulator, instance_id, "no-elicitation", ["no-approval"])
+        assert f"rgt approve {instance_id}" in result["message"]
+
+    with Ledger.open() as ledger:
+        assert ledger.approvals(instance_id) == []
+        reasons = [f["reason"] for f in ledger.approval_failures()]
+        assert reasons == [
+            "elicitation declined",
+            "elicitation cancelled",
+            "typed id did not match",
+        ]
+
+    # Two clients (two server processes) race to destroy: one DELETE at most.
+    results: list[dict[str, Any]] = []
+
+    async def destroy_from_own_client() -> None:
+        async with connect(emulator, mode, Human("accept", instance_id)) as racer:
+            results.append(await racer.data("destroy", {"instance_id": instance_id}))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(destroy_from_own_client)
+        group.start_soon(destroy_from_own_client)
+    assert sorted(r["destroyed"] for r in results) == [False, True], results
+    assert emulator.request_count("DELETE") == 1
+    assert int(instance_id) not in emulator.instance_ids()
