@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from rgt.atomic import atomic_write_text
 from rgt.sim.clock import SimClock
 from rgt.sim.faults import Faults
 from rgt.sim.http import SimHttpServer
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.05  # how often due events are settled in real time
 SAVE_SECONDS = 1.0  # how often accrued billing is written to the state file
+KEY_FILE = "api_key"  # a generated key, reused when the emulator restarts on the same state
 
 
 class Emulator:
@@ -50,7 +52,7 @@ class Emulator:
             Path(tempfile.mkdtemp(prefix="rgt-sim-")) if state_dir is None else Path(state_dir)
         )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.api_key = api_key or "sim-" + secrets.token_hex(16)
+        self.api_key = api_key or self._stored_or_new_key()
         self.clock = SimClock(time_scale)
         self.faults = Faults()
         self.port = port
@@ -70,6 +72,21 @@ class Emulator:
         self._server: SimHttpServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+
+    def _stored_or_new_key(self) -> str:
+        """A generated key, kept in a persistent state dir so a restart accepts the same one."""
+        key_file = self.state_dir / KEY_FILE
+        if not self._ephemeral:
+            try:
+                stored = key_file.read_text().strip()
+            except OSError:
+                stored = ""
+            if stored:
+                return stored
+        key = "sim-" + secrets.token_hex(16)
+        if not self._ephemeral:
+            atomic_write_text(key_file, key + "\n", mode=0o600)
+        return key
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> Emulator:
