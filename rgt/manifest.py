@@ -34,13 +34,14 @@ import contextlib
 import datetime
 import hashlib
 import json
+import marshal
 import os
 import platform
-import stat
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Dict, Tuple  # noqa: UP035 (aliases below run on python 3.8)
 
 SCHEMA = "rgt.pull-manifest/v1"
@@ -57,12 +58,21 @@ BIG_FILE = 8 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024
 _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_FILES = 256
+SMALL_BUFFER = 1024 * 1024
+# This many small files make a process pool worth its fork (their per-file work holds the GIL).
+_PROCESS_MIN_FILES = 4000
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS |= getattr(os, "O_NONBLOCK", 0)  # a fifo swapped in after listing must not block
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
+DEFER = "defer: big file, hash it on its own"
 # More problems than this are summarised, so a broken tree does not flood the terminal.
 _MAX_PROBLEM_LINES = 50
 
 # (relative path, absolute path, size seen when listed)
 FileItem = Tuple[str, str, int]  # noqa: UP006
-# relative path -> (bytes hashed, sha256 hex) or an error string
+# (size, sha256 hex, [size, mtime_ns, ctime_ns, inode, device] or None, problem or None)
+FileResult = Tuple[int, str, Any, Any]  # noqa: UP006
+# relative path -> FileResult, or an error string
 HashResult = Dict[str, Any]  # noqa: UP006
 
 
@@ -87,14 +97,15 @@ def name_problem(name: str) -> str | None:
     """Why one path component is unsafe, or None if it is a plain name."""
     if name in ("", ".", ".."):
         return "is empty, '.' or '..'"
-    if "/" in name or "\\" in name:
-        return "contains a slash or backslash"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if _UNSAFE_CHARS.search(name) is not None:  # the common case is one regex search
+        if "/" in name or "\\" in name:
+            return "contains a slash or backslash"
         return "contains a control character"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid UTF-8"
     return None
 
 
@@ -150,9 +161,10 @@ def list_tree(
 ) -> tuple[list[FileItem], list[str]]:
     """Every regular file under the roster directories of `root`, plus the problems found.
 
-    `skip`: absolute paths not to list (the manifest being written). Problems: unexpected
-    top-level entries, missing roster directories, symlinks, special files, unsafe names,
-    in-flight ``*.tmp`` files."""
+    Items are (relative path, path, -1): the size is learnt while hashing (the listing uses the
+    directory entries' types, no stat per file). `skip`: absolute paths not to list (the
+    manifest being written). Problems: unexpected top-level entries, missing roster
+    directories, symlinks, special files, unsafe names, in-flight ``*.tmp`` files."""
     items: list[FileItem] = []
     problems: list[str] = []
     skipped = {os.path.abspath(p) for p in skip}
@@ -186,7 +198,7 @@ def list_tree(
     for name in roster:
         if name not in present:
             problems.append(f"{name!r}: roster directory missing under {root}")
-    items.sort(key=lambda item: item[0])
+    items.sort()
     return items, problems
 
 
@@ -202,104 +214,220 @@ def _walk(
     except OSError as exc:
         problems.append(f"{relative}: cannot list it ({exc.strerror or exc})")
         return
+    prefix = relative + "/"
     for entry in entries:
         name = entry.name
-        rel = relative + "/" + name
+        rel = prefix + name
         problem = name_problem(name)
         if problem is not None:
             problems.append(f"{rel!r}: unsafe name: {problem}")
             continue
-        if os.path.abspath(entry.path) in skipped:
+        if skipped and os.path.abspath(entry.path) in skipped:
             continue
+        # The entry's type comes from the directory listing itself (no stat call); on file
+        # systems that do not report it, Python stats the entry instead.
         try:
-            info = entry.stat(follow_symlinks=False)
+            if entry.is_file(follow_symlinks=False):
+                if name.endswith(IN_FLIGHT_SUFFIX):
+                    problems.append(
+                        f"{rel}: in-flight file (*.tmp of an atomic write still being written, "
+                        "or left by a crash); wait for the writer to finish or remove it"
+                    )
+                else:
+                    items.append((rel, entry.path, -1))
+            elif entry.is_symlink():
+                problems.append(f"{rel}: is a symlink; results must be real files, not links")
+            elif entry.is_dir(follow_symlinks=False):
+                _walk(entry.path, rel, items, problems, skipped)
+            else:
+                problems.append(f"{rel}: is not a regular file (fifo, socket or device)")
         except OSError as exc:
             problems.append(f"{rel}: cannot stat it ({exc.strerror or exc})")
-            continue
-        mode = info.st_mode
-        if stat.S_ISLNK(mode):
-            problems.append(f"{rel}: is a symlink; results must be real files, not links")
-        elif stat.S_ISDIR(mode):
-            _walk(entry.path, rel, items, problems, skipped)
-        elif not stat.S_ISREG(mode):
-            problems.append(f"{rel}: is not a regular file (fifo, socket or device)")
-        elif name.endswith(IN_FLIGHT_SUFFIX):
-            problems.append(
-                f"{rel}: in-flight file (*.tmp of an atomic write still being written, or "
-                "left by a crash); wait for the writer to finish or remove it"
-            )
-        else:
-            items.append((rel, entry.path, info.st_size))
 
 
-def _hash_big(path: str) -> tuple[int, str]:
+def _stat5(info: os.stat_result) -> list[int]:
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
+
+
+def _hash_big(path: str, want_stat: bool) -> FileResult:
     digest = hashlib.sha256()
-    buffer = bytearray(READ_CHUNK)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(READ_CHUNK))
     total = 0
-    with open(path, "rb", buffering=0) as handle:
-        if hasattr(os, "posix_fadvise"):
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        before = _stat5(os.fstat(fd))  # a big file is compared before/after: a writer shows
+        if hasattr(os, "posix_fadvise"):  # read-ahead hint; absent on macOS
             with contextlib.suppress(OSError):
-                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         while True:
-            count = handle.readinto(view)
+            count = os.readv(fd, [view])
             if not count:
                 break
             digest.update(view[:count])
             total += count
-    return total, digest.hexdigest()
-
-
-def _hash_small(path: str, size: int) -> tuple[int, str]:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        # One read of size+1: a short read means end of file, so one syscall usually suffices.
-        data = os.read(fd, size + 1)
-        if len(data) <= size:
-            return len(data), hashlib.sha256(data).hexdigest()
-        digest = hashlib.sha256(data)
-        total = len(data)
-        while True:
-            more = os.read(fd, READ_CHUNK)
-            if not more:
-                return total, digest.hexdigest()
-            digest.update(more)
-            total += len(more)
+        after = _stat5(os.fstat(fd))
     finally:
         os.close(fd)
+    note = "changed while it was read" if after != before else None
+    return (total, digest.hexdigest(), after if want_stat else None, note)
 
 
-def _hash_batch(batch: Sequence[FileItem]) -> list[tuple[str, Any]]:
+def hash_batch(
+    batch: Sequence[FileItem],
+    want_stat: bool = False,
+    inspect: Callable[[str, bytes], str | None] | None = None,
+) -> list[tuple[str, Any]]:
+    """Hash one work unit. Per item: (size, sha256, stat or None, note or None), an error
+    string, or DEFER for a file to hash on its own (it turned out big).
+
+    Small files cost one open, two reads into a reused buffer (the second confirms the end of
+    the file), a close and, with `want_stat`, one fstat: no per-file allocation of a buffer.
+    `inspect(relative, data)` may return a problem for a small file's content (JSON parses)."""
     out: list[tuple[str, Any]] = []
+    buffer = bytearray(SMALL_BUFFER)
+    view = memoryview(buffer)
+    size_of = len(buffer)
+    sha256 = hashlib.sha256
+    readv = os.readv
     for relative, path, size in batch:
+        if size >= BIG_FILE:
+            try:
+                out.append((relative, _hash_big(path, want_stat)))
+            except OSError as exc:
+                out.append((relative, f"cannot read it ({exc.strerror or exc})"))
+            continue
         try:
-            if size >= BIG_FILE:
-                out.append((relative, _hash_big(path)))
-            else:
-                out.append((relative, _hash_small(path, size)))
+            fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
             out.append((relative, f"cannot read it ({exc.strerror or exc})"))
+            continue
+        try:
+            count = readv(fd, [view])
+            more = readv(fd, [view[count:]]) if count < size_of else 1
+            if more == 0:
+                data = view[:count]
+                digest = sha256(data).hexdigest()
+                info = _stat5(os.fstat(fd)) if want_stat else None
+                note = inspect(relative, data.tobytes()) if inspect is not None else None
+                out.append((relative, (count, digest, info, note)))
+                continue
+            if os.fstat(fd).st_size >= BIG_FILE:
+                out.append((relative, DEFER))
+                continue
+            hasher = sha256(view[: count + more])
+            total = count + more
+            while True:
+                got = readv(fd, [view])
+                if not got:
+                    break
+                hasher.update(view[:got])
+                total += got
+            info = _stat5(os.fstat(fd)) if want_stat else None
+            out.append((relative, (total, hasher.hexdigest(), info, None)))
+        except OSError as exc:
+            out.append((relative, f"cannot read it ({exc.strerror or exc})"))
+        finally:
+            os.close(fd)
     return out
 
 
-def make_batches(items: Sequence[FileItem]) -> list[list[FileItem]]:
-    """Work units: each big file alone (biggest first), small files grouped by count and bytes."""
-    # Biggest work first so the pool does not end on one long file.
-    big = sorted((i for i in items if i[2] >= BIG_FILE), key=lambda i: -i[2])
+def make_batches(items: Sequence[FileItem], workers: int = 1) -> list[list[FileItem]]:
+    """Work units: each known-big file alone (biggest first), the rest in runs of consecutive
+    items, small enough that every worker gets several."""
+    big = [item for item in items if item[2] >= BIG_FILE]
+    rest = [item for item in items if item[2] < BIG_FILE] if big else list(items)
+    big.sort(key=lambda item: -item[2])
+    per_batch = max(1, min(_BATCH_FILES, -(-len(rest) // (workers * 4))))
     batches: list[list[FileItem]] = [[item] for item in big]
-    current: list[FileItem] = []
-    current_bytes = 0
-    for item in items:
-        if item[2] >= BIG_FILE:
-            continue
-        current.append(item)
-        current_bytes += item[2]
-        if len(current) >= _BATCH_FILES or current_bytes >= _BATCH_BYTES:
-            batches.append(current)
-            current, current_bytes = [], 0
-    if current:
-        batches.append(current)
+    start = 0
+    while start < len(rest):
+        end = min(start + per_batch, len(rest))
+        # Cut early where known sizes add up, so one unit does not hold too many bytes.
+        if rest[end - 1][2] > 0:
+            total = 0
+            for index in range(start, end):
+                total += max(rest[index][2], 0)
+                if total >= _BATCH_BYTES:
+                    end = index + 1
+                    break
+        batches.append(rest[start:end])
+        start = end
     return batches
+
+
+def _hash_share(
+    share: Sequence[FileItem],
+    want_stat: bool,
+    inspect: Callable[[str, bytes], str | None] | None,
+) -> list[tuple[str, Any]]:
+    """Hash a share of the items in this process, big files included (no deferral)."""
+    results = hash_batch(share, want_stat, inspect)
+    paths = {item[0]: item[1] for item in share}
+    for index, (relative, result) in enumerate(results):
+        if result == DEFER:
+            results[index] = hash_batch([(relative, paths[relative], BIG_FILE)], want_stat)[0]
+    return results
+
+
+def _hash_forked(
+    items: Sequence[FileItem],
+    count: int,
+    want_stat: bool,
+    inspect: Callable[[str, bytes], str | None] | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[tuple[str, Any]] | None:
+    """Split the items over `count` processes (this one and count-1 forked children, each
+    sending its results back over a pipe with marshal). None if fork is unavailable.
+
+    Processes, not threads, because the per-file Python work of small files holds the GIL;
+    a plain fork, not multiprocessing, because it costs little, needs nothing picklable, and
+    works when this module runs from stdin on the box (`python3 - ...`)."""
+    if not hasattr(os, "fork"):
+        return None
+    shares = [items[i * len(items) // count : (i + 1) * len(items) // count] for i in range(count)]
+    children: list[tuple[int, int]] = []
+    try:
+        for share in shares[1:]:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: hash, send, exit without running any parent cleanup
+                status = 0
+                try:
+                    os.close(read_end)
+                    payload = marshal.dumps(_hash_share(share, want_stat, inspect))
+                    view = memoryview(payload)
+                    while view:
+                        view = view[os.write(write_end, view) :]
+                except BaseException:
+                    status = 1
+                finally:
+                    os._exit(status)
+            os.close(write_end)
+            children.append((pid, read_end))
+        results = _hash_share(shares[0], want_stat, inspect)
+        done = sum(r[1][0] for r in results if isinstance(r[1], tuple))
+        for pid, read_end in children:
+            chunks = []
+            while True:
+                chunk = os.read(read_end, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            _, status = os.waitpid(pid, 0)
+            if status != 0:
+                raise OSError(f"a hashing process failed (wait status {status})")
+            share_results = marshal.loads(b"".join(chunks))
+            results.extend(share_results)
+            done += sum(r[1][0] for r in share_results if isinstance(r[1], tuple))
+            if progress is not None:
+                progress(done, done)
+        return results
+    finally:
+        for pid, read_end in children:
+            with contextlib.suppress(OSError):
+                os.close(read_end)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 def hash_files(
@@ -307,35 +435,62 @@ def hash_files(
     *,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    want_stat: bool = False,
+    inspect: Callable[[str, bytes], str | None] | None = None,
+    processes: bool | None = None,
 ) -> HashResult:
-    """SHA-256 of every (relative, path, size) item on a thread pool.
+    """SHA-256 of every (relative, path, size or -1) item, in parallel.
 
-    Returns relative -> (bytes_read, hexdigest), or relative -> error string when unreadable.
-    `progress(bytes_done, bytes_total)` is called from the calling thread as batches finish."""
+    Returns relative -> (size, sha256 hex, stat or None, note or None), or relative -> error
+    string when unreadable. Threads when the bytes dominate (hashlib and reads release the
+    GIL); forked processes when many small files dominate (`processes=None` decides: their
+    per-file Python work holds the GIL). `progress(bytes_done, bytes_total)` runs in the
+    calling thread as work finishes; bytes_total grows as sizes become known."""
+    count = max(1, workers or default_workers())
     results: HashResult = {}
-    batches = make_batches(items)
-    total = sum(item[2] for item in items)
-    done = 0
-    count = min(workers or default_workers(), max(1, len(batches)))
-    if count <= 1:
-        for batch in batches:
-            results.update(_hash_batch(batch))
-            done += sum(item[2] for item in batch)
-            if progress is not None:
-                progress(done, total)
+    state = {"known": sum(max(item[2], 0) for item in items), "done": 0}
+    paths: dict[str, str] = {}
+
+    def collect(batch_results: list[tuple[str, Any]], again: list[list[FileItem]]) -> None:
+        for relative, result in batch_results:
+            if result == DEFER:
+                if not paths:
+                    paths.update((item[0], item[1]) for item in items)
+                again.append([(relative, paths[relative], BIG_FILE)])
+                continue
+            results[relative] = result
+            if isinstance(result, tuple):
+                state["done"] += result[0]
+        if progress is not None:
+            progress(state["done"], max(state["known"], state["done"]))
+
+    if count > 1 and len(items) > 1:
+        if processes is None:
+            small = sum(1 for item in items if item[2] < BIG_FILE)
+            processes = small >= _PROCESS_MIN_FILES
+        if processes:
+            forked = _hash_forked(items, count, want_stat, inspect, progress)
+            if forked is not None:
+                return dict(forked)
+    batches = make_batches(items, count)
+    if count == 1 or len(batches) <= 1:
+        while batches:
+            collect(hash_batch(batches.pop(), want_stat, inspect), batches)
         return results
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="rgt-hash") as pool:
-        futures = {pool.submit(_hash_batch, batch): batch for batch in batches}
-        for future in as_completed(futures):
-            results.update(future.result())
-            done += sum(item[2] for item in futures[future])
-            if progress is not None:
-                progress(done, total)
+        futures = {pool.submit(hash_batch, batch, want_stat, inspect) for batch in batches}
+        while futures:
+            finished, futures = wait(futures, return_when=FIRST_COMPLETED)
+            for future in finished:
+                again: list[list[FileItem]] = []
+                collect(future.result(), again)
+                futures |= {pool.submit(hash_batch, b, want_stat, inspect) for b in again}
     return results
 
 
 def _utc_now() -> str:
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (python 3.8)
+    now = now.replace(microsecond=0)
     return now.isoformat().replace("+00:00", "Z")
 
 
@@ -375,19 +530,16 @@ def build_manifest(
         raise ManifestRefused(problems)
     hashed = hash_files(items, workers=workers, progress=progress)
     files = []
-    for relative, _path, size in items:
+    for relative, _path, _size in items:
         result = hashed.get(relative, "was not hashed")
         if isinstance(result, str):
             problems.append(f"{relative}: {result}")
             continue
-        got, digest = result
-        if got != size:
-            problems.append(
-                f"{relative}: changed while hashing ({size} bytes listed, {got} read); "
-                "is a writer still running?"
-            )
+        size, digest, _stat, note = result
+        if note is not None:
+            problems.append(f"{relative}: {note}; is a writer still running?")
             continue
-        files.append({"path": relative, "size": got, "sha256": digest})
+        files.append({"path": relative, "size": size, "sha256": digest})
     if problems:
         raise ManifestRefused(problems)
     return {
@@ -409,9 +561,9 @@ def build_manifest(
 
 def encode_manifest(manifest: dict[str, Any]) -> bytes:
     """The manifest's bytes as written: UTF-8 JSON, sorted keys, trailing newline."""
-    return (json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode(
-        "utf-8"
-    )
+    # Compact: with indent, json falls back to its pure-Python encoder (slow for 50k files).
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return (text + "\n").encode("utf-8")
 
 
 def _atomic_write(path: str, data: bytes) -> None:

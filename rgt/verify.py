@@ -36,14 +36,11 @@ import json
 import os
 import pickle
 import pickletools
-import stat
 import struct
 import time
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +49,9 @@ from rgt.atomic import atomic_write_bytes
 from rgt.errors import CheckFailed
 from rgt.ledger import Ledger
 from rgt.manifest import (
-    BIG_FILE,
     MANIFEST_NAME,
-    READ_CHUNK,
-    default_workers,
-    make_batches,
+    SMALL_BUFFER,
+    hash_files,
     name_problem,
     path_problem,
 )
@@ -118,19 +113,13 @@ class VerificationFailed(CheckFailed):
         super().__init__(self.problems[0] + more)
 
 
-@dataclass(frozen=True)
-class _Checked:
-    """What hashing one local file found."""
-
-    size: int
-    sha256: str
-    stat: list[int]  # size, mtime_ns, ctime_ns, inode, device: after the last read
-    changed: bool  # the file changed while it was read
-    json_error: str | None
-
-
 def _stat_key(info: os.stat_result) -> list[int]:
     return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    # Compact: json's indent mode uses its pure-Python encoder, slow for 50k files.
+    return (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 def _utc(seconds: float) -> str:
@@ -263,12 +252,15 @@ def _is_own_top_level(name: str) -> bool:
     )
 
 
-def list_local(local_dir: Path) -> tuple[dict[str, os.stat_result], list[str]]:
-    """Every regular file under `local_dir` (relative POSIX path -> lstat), and the entries that
-    are not plain files or directories (symlinks, specials, unsafe names) as problems.
-
-    Skips the top-level manifest/record (and their temp files) and rsync partial dirs."""
-    found: dict[str, os.stat_result] = {}
+def list_local(
+    local_dir: Path, *, with_stat: bool = False
+) -> tuple[dict[str, os.stat_result | None], list[str]]:
+    """Every regular file under `local_dir` (relative POSIX path -> lstat, or None without
+    `with_stat`: the entry types then come from the directory listing, no stat per file), and
+    the entries that are not plain files or directories (symlinks, specials, unsafe names) as
+    problems. Skips the top-level manifest/record (and their temp files) and rsync partial
+    dirs."""
+    found: dict[str, os.stat_result | None] = {}
     problems: list[str] = []
     stack: list[tuple[str, str]] = [(str(local_dir), "")]
     while stack:
@@ -288,102 +280,42 @@ def list_local(local_dir: Path) -> tuple[dict[str, os.stat_result], list[str]]:
                 problems.append(f"{relative!r}: unsafe name, {reason}")
                 continue
             try:
-                info = entry.stat(follow_symlinks=False)
+                if entry.is_file(follow_symlinks=False):
+                    found[relative] = entry.stat(follow_symlinks=False) if with_stat else None
+                elif entry.is_symlink():
+                    problems.append(
+                        f"{relative}: is a symlink; a pulled result must be a real file"
+                    )
+                elif entry.is_dir(follow_symlinks=False):
+                    if name != PARTIAL_DIR:
+                        stack.append((entry.path, relative + "/"))
+                else:
+                    problems.append(f"{relative}: is not a regular file (fifo, socket or device)")
             except OSError as exc:
                 problems.append(f"{relative}: cannot stat it ({exc.strerror or exc})")
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                if name == PARTIAL_DIR:
-                    continue
-                stack.append((entry.path, relative + "/"))
-            elif stat.S_ISLNK(info.st_mode):
-                problems.append(f"{relative}: is a symlink; a pulled result must be a real file")
-            elif not stat.S_ISREG(info.st_mode):
-                problems.append(f"{relative}: is not a regular file (fifo, socket or device)")
-            else:
-                found[relative] = info
     return found, problems
 
 
 # -- hashing -----------------------------------------------------------------------------------
 
 
-def _check_file(path: str, size: int, parse_json: bool) -> _Checked:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def json_problem(relative: str, data: bytes) -> str | None:
+    """Why a .json/.jsonl file's bytes do not parse (None if they do or it is not JSON)."""
+    if not relative.endswith(JSON_SUFFIXES):
+        return None
     try:
-        before = os.fstat(fd)
-        digest = hashlib.sha256()
-        total = 0
-        data = b""
-        if size < BIG_FILE:
-            chunk = os.read(fd, size + 1)
-            data = chunk
-            while chunk:
-                total += len(chunk)
-                digest.update(chunk)
-                if total <= size:
-                    break  # a short read is the end of a regular file
-                chunk = os.read(fd, READ_CHUNK)
-        else:
-            if hasattr(os, "posix_fadvise"):  # read-ahead hint; absent on macOS
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            buffer = bytearray(READ_CHUNK)
-            view = memoryview(buffer)
-            with open(fd, "rb", buffering=0, closefd=False) as handle:
-                while count := handle.readinto(view):
-                    digest.update(view[:count])
-                    total += count
-        after = os.fstat(fd)
-    finally:
-        os.close(fd)
-    json_error = None
-    if parse_json and total == size:
-        json_error = _json_problem(data if size < BIG_FILE else Path(path).read_bytes(), path)
-    changed = _stat_key(before) != _stat_key(after)
-    return _Checked(total, digest.hexdigest(), _stat_key(after), changed, json_error)
-
-
-def _json_problem(data: bytes, path: str) -> str | None:
-    try:
-        if path.endswith(".jsonl"):
+        if relative.endswith(".jsonl"):
             for number, line in enumerate(data.splitlines(), 1):
                 if line.strip():
                     try:
                         json.loads(line)
                     except ValueError as exc:
-                        return f"line {number}: {exc}"
+                        return f"not valid JSON (line {number}: {exc})"
         else:
             json.loads(data)
     except ValueError as exc:
-        return str(exc)
+        return f"not valid JSON ({exc})"
     return None
-
-
-def _hash_all(
-    items: list[tuple[str, str, int]], workers: int | None, progress: ProgressFn | None
-) -> dict[str, _Checked | str]:
-    def work(batch: list[tuple[str, str, int]]) -> list[tuple[str, _Checked | str]]:
-        out: list[tuple[str, _Checked | str]] = []
-        for relative, path, size in batch:
-            try:
-                out.append((relative, _check_file(path, size, relative.endswith(JSON_SUFFIXES))))
-            except OSError as exc:
-                out.append((relative, f"cannot read it ({exc.strerror or exc})"))
-        return out
-
-    results: dict[str, _Checked | str] = {}
-    batches = make_batches(items)
-    total = sum(item[2] for item in items)
-    done = 0
-    count = max(1, min(workers or default_workers(), len(batches)))
-    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="rgt-verify") as pool:
-        futures = {pool.submit(work, batch): batch for batch in batches}
-        for future in as_completed(futures):
-            results.update(future.result())
-            done += sum(item[2] for item in futures[future])
-            if progress is not None:
-                progress(done, total)
-    return results
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -643,7 +575,7 @@ def verify_pull(
         )
         record["started_at"] = _utc(started)
         record["seconds"] = round(time.monotonic() - clock, 3)
-        data = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+        data = _encode(record)
         atomic_write_bytes(local_dir / VERIFIED_NAME, data)
         if problems:
             raise VerificationFailed(problems, record)
@@ -689,43 +621,45 @@ def _verify_tree(
         problems.append(f"{relative}: {where} file, not in the manifest")
     items: list[tuple[str, str, int]] = []
     for relative, entry in sorted(expected.items()):
-        info = found.get(relative)
-        if info is None:
-            problems.append(f"{relative}: missing (the manifest lists {entry['size']} bytes)")
-        elif info.st_size != entry["size"]:
-            problems.append(
-                f"{relative}: {info.st_size} bytes, the manifest says {entry['size']} (truncated "
-                "or incomplete copy)"
-            )
+        if relative in found:
+            items.append((relative, str(local_dir / relative), int(entry["size"])))
         else:
-            items.append((relative, str(local_dir / relative), info.st_size))
-    checked = _hash_all(items, workers, progress)
+            problems.append(f"{relative}: missing (the manifest lists {entry['size']} bytes)")
+    hashed = hash_files(
+        items, workers=workers, progress=progress, want_stat=True, inspect=json_problem
+    )
     files: list[dict[str, Any]] = []
     checkpoints: list[dict[str, Any]] = []
-    for relative, path, size in items:
-        result = checked[relative]
+    for relative, path, expected_size in items:
+        result = hashed[relative]
         entry = expected[relative]
-        row: dict[str, Any] = {"path": relative, "size": size, "sha256": entry["sha256"]}
+        row: dict[str, Any] = {"path": relative, "size": expected_size, "sha256": entry["sha256"]}
         files.append(row)
+        row["ok"] = False
         if isinstance(result, str):
             problems.append(f"{relative}: {result}")
-            row["ok"] = False
             continue
-        row["stat"] = result.stat
-        row["ok"] = False
-        if result.changed or result.size != size:
-            problems.append(f"{relative}: changed while it was being verified")
-        elif result.sha256 != entry["sha256"]:
+        size, digest, row["stat"], note = result
+        if size != expected_size:
             problems.append(
-                f"{relative}: sha256 {result.sha256[:12]}… differs from the manifest's "
+                f"{relative}: {size} bytes, the manifest says {expected_size} (truncated or "
+                "incomplete copy)"
+            )
+        elif note is not None:
+            problems.append(f"{relative}: {note}")
+        elif digest != entry["sha256"]:
+            problems.append(
+                f"{relative}: sha256 {digest[:12]}… differs from the manifest's "
                 f"{entry['sha256'][:12]}… (corrupted copy)"
             )
-        elif result.json_error is not None:
-            problems.append(f"{relative}: not valid JSON ({result.json_error})")
+        elif size >= SMALL_BUFFER and (big_json := json_problem(relative, Path(path).read_bytes())):
+            problems.append(f"{relative}: {big_json}")  # too big to have been parsed while hashed
         else:
             row["ok"] = True
         if not row["ok"]:
             continue
+        if relative.endswith(JSON_SUFFIXES):
+            row["load"] = "json parsed"
         try:
             method = _load_check(Path(path), relative, size, allow_pickle)
         except (_LoadProblem, OSError) as exc:
@@ -733,8 +667,6 @@ def _verify_tree(
             row["ok"] = False
             checkpoints.append({"path": relative, "ok": False, "method": None, "detail": str(exc)})
             continue
-        if relative.endswith(JSON_SUFFIXES):
-            row["load"] = "json parsed"
         if method is not None:
             row["load"] = method
             checkpoints.append({"path": relative, "ok": True, "method": method})
@@ -832,7 +764,7 @@ def _sha256_file(path: Path) -> str | None:
 
 
 def _tree_change(local_dir: Path, record: dict[str, Any]) -> str | None:
-    found, problems = list_local(local_dir)
+    found, problems = list_local(local_dir, with_stat=True)
     if problems:
         return problems[0]
     verified = {row["path"]: row for row in record.get("files", [])}
@@ -847,8 +779,9 @@ def _tree_change(local_dir: Path, record: dict[str, Any]) -> str | None:
     taken_ns = int(record.get("snapshot", {}).get("taken_ns", 0))
     racy: list[tuple[str, dict[str, Any]]] = []
     for relative, row in verified.items():
-        now = _stat_key(found[relative])
-        if now != row.get("stat"):
+        info = found[relative]
+        now = _stat_key(info) if info is not None else None
+        if now is None or now != row.get("stat"):
             return f"{relative} changed (size, mtime, ctime or inode differ)"
         if now[2] >= taken_ns - RACY_NS:
             racy.append((relative, row))

@@ -211,9 +211,17 @@ def test_many_small_files_hash_like_hashlib(tmp_path: Path) -> None:
     document = json.loads(Path(path).read_text())
     assert {f["path"]: f["sha256"] for f in document["files"]} == expected
     items, problems = manifest.list_tree(str(root), ["m0", "m1", "m2"])
-    hashed = manifest.hash_files(items, workers=3, progress=lambda d, t: seen.append((d, t)))
-    assert not problems and {k: v[1] for k, v in hashed.items()} == expected
-    assert seen[-1][0] == seen[-1][1] == sum(size for _, _, size in items)
+    total = sum((root / relative).stat().st_size for relative in expected)
+    for processes in (False, True):  # threads, and forked processes
+        seen.clear()
+        hashed = manifest.hash_files(
+            items, workers=3, processes=processes, progress=lambda d, t: seen.append((d, t))
+        )
+        assert not problems and {k: v[1] for k, v in hashed.items()} == expected
+        assert {k: v[0] for k, v in hashed.items()} == {
+            k: (root / k).stat().st_size for k in expected
+        }
+        assert seen[-1][0] == seen[-1][1] == total
 
 
 def test_rgt_manifest_command(results) -> None:
@@ -261,3 +269,18 @@ def test_rgt_manifest_command(results) -> None:
     assert refused.stderr.strip() == (
         "rgt manifest: refused: metrics/hosts: is a symlink; results must be real files, not links"
     )
+
+
+def test_forked_and_threaded_hashing_agree_on_a_mix_of_big_and_small(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    (root / "d").mkdir(parents=True)
+    expected = {}
+    for index in range(40):
+        data = os.urandom(manifest.BIG_FILE + 1 if index in (3, 30) else index * 100)
+        (root / "d" / f"{index:02d}.bin").write_bytes(data)
+        expected[f"d/{index:02d}.bin"] = (len(data), hashlib.sha256(data).hexdigest())
+    items, _ = manifest.list_tree(str(root), ["d"])
+    for processes in (False, True):
+        hashed = manifest.hash_files(items, workers=3, processes=processes, want_stat=True)
+        assert {k: (v[0], v[1]) for k, v in hashed.items()} == expected
+        assert all(v[2][0] == v[0] and v[3] is None for v in hashed.values())

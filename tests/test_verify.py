@@ -482,3 +482,14 @@ def test_rgt_verify_command(pull: Pull) -> None:
     missing = _rgt("verify", str(pull.local.parent / "nowhere"))
     assert missing.returncode == 1 and "not a directory" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_many_small_files_take_the_forked_path_and_still_catch_one_flip(tmp_path: Path) -> None:
+    files = {f"metrics/m{i // 1000}/{i:05d}.json": b'{"i": %d}' % i for i in range(4200)}
+    pull = Pull(tmp_path, {**BASIC, **files})
+    record = verify_pull(pull.local, workers=2)
+    assert record["totals"]["files"] == 4204
+    assert all(row["ok"] and len(row["stat"]) == 5 for row in record["files"])
+    assert check_unchanged(pull.local) is None
+    (pull.local / "metrics/m3/03999.json").write_bytes(b'{"i": 3998}')
+    pull.fails("metrics/m3/03999.json: sha256")
