@@ -320,8 +320,9 @@ def _detach_findings(profile: Profile, shown: str) -> list[Finding]:
 
 
 def _secret_findings(text: str, shown: str) -> list[Finding]:
+    """One finding per line that looks like it holds a credential (never echoing it)."""
     findings = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         for label, pattern in _SECRET_SHAPES:
             if pattern.search(line):
                 findings.append(
@@ -337,30 +338,28 @@ def _secret_findings(text: str, shown: str) -> list[Finding]:
 
 
 def _stale_findings(text: str, shown: str, options: LintOptions) -> list[Finding]:
+    """`verified YYYY-MM` stamps older than the limit (warnings) or in the future (errors)."""
     today = options.today or _dt.date.today()
     findings = []
-    for number, line in enumerate(text.splitlines(), 1):
-        for match in _STAMP.finditer(line):
-            year, month = int(match["year"]), int(match["month"])
-            age = (today.year - year) * 12 + (today.month - month)
-            if age > options.max_age_months:
-                findings.append(
-                    Finding(
-                        shown,
-                        number,
-                        "stale-verified",
-                        f"verified {year}-{month:02d} is {age} months old "
-                        f"(limit {options.max_age_months}); re-check the fact and its source",
-                        severity="warning",
-                    )
+    for match in _STAMP.finditer(text):
+        number = text.count("\n", 0, match.start()) + 1
+        year, month = int(match["year"]), int(match["month"])
+        age = (today.year - year) * 12 + (today.month - month)
+        if age > options.max_age_months:
+            findings.append(
+                Finding(
+                    shown,
+                    number,
+                    "stale-verified",
+                    f"verified {year}-{month:02d} is {age} months old "
+                    f"(limit {options.max_age_months}); re-check the fact and its source",
+                    severity="warning",
                 )
-            elif age < 0:
-                findings.append(
-                    Finding(
-                        shown,
-                        number,
-                        "stale-verified",
-                        f"verified {year}-{month:02d} is in the future",
-                    )
+            )
+        elif age < 0:
+            findings.append(
+                Finding(
+                    shown, number, "stale-verified", f"verified {year}-{month:02d} is in the future"
                 )
+            )
     return findings

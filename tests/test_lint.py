@@ -8,6 +8,7 @@ its `# expect: LINE RULE: text` lines say exactly which findings lint must repor
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -176,14 +177,24 @@ def test_lint_is_fast_and_imports_neither_mcp_nor_vastai() -> None:
     assert "rgt.lint" in modules
     heavy = sorted(m for m in modules if m.split(".")[0] in {"mcp", "vastai", "torch", "jinja2"})
     assert heavy == []
-    # Wall time of the whole command, interpreter start included: best of three (a shared CI
-    # runner has noisy neighbours; the budget is for the command, not for the noise).
-    best = float("inf")
-    for _ in range(3):
+    # The whole command, interpreter start included, best of five: wall time, and the CPU time
+    # of the process (user + sys), which noisy neighbours on a shared runner cannot inflate.
+    best_wall = best_cpu = float("inf")
+    for _ in range(5):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "rgt", "lint"], capture_output=True, check=False)
-        best = min(best, time.perf_counter() - start)
-    assert best < 0.3, f"rgt lint took {best:.3f} s over the bundled profiles"
+        child = subprocess.Popen(
+            [sys.executable, "-m", "rgt", "lint"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        best_wall = min(best_wall, time.perf_counter() - start)
+        best_cpu = min(best_cpu, usage.ru_utime + usage.ru_stime)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    assert best_cpu < 0.3, f"rgt lint used {best_cpu:.3f} s of CPU over the bundled profiles"
+    overloaded = os.getloadavg()[0] > (os.cpu_count() or 1)
+    if not overloaded:
+        assert best_wall < 0.3, f"rgt lint took {best_wall:.3f} s wall over the bundled profiles"
 
 
 def test_pre_commit_hook_lints_the_files_it_matches() -> None:
@@ -223,3 +234,11 @@ def test_pre_commit_hook_lints_the_files_it_matches() -> None:
     )
     assert bad.returncode == 1
     assert "duplicate-gotcha.md:69: gotcha-id:" in bad.stdout
+
+
+def test_a_stamp_wrapped_across_lines_is_still_read(tmp_path: Path) -> None:
+    source = (BAD_PROFILES / "stale-stamp.md").read_text()
+    wrapped = tmp_path / "stale-stamp.md"
+    wrapped.write_text(source.replace("(verified 2001-01 example", "(verified\n2001-01 example"))
+    (finding,) = lint_paths([wrapped], OPTIONS)
+    assert (finding.line, finding.rule, finding.severity) == (48, "stale-verified", "warning")
