@@ -5,6 +5,10 @@ the emulator in tests/test_mcp_lifecycle.py."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +145,63 @@ def test_stop_says_what_keeps_billing(tmp_path: Path, vast) -> None:
     assert provider.show("5").state == "stopped"
     assert result["keeps_billing"] == vast.stop_still_bills
     assert "disk" in result["message"] and vast.meter_stop_verb in result["message"]
+
+
+# -- the CLI commands against the emulator (real vastai SDK, real processes) -------------------
+
+
+def _rgt(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rgt", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.timeout(60)
+def test_cli_search_launch_poll_stop_cost(emulator, tmp_path: Path) -> None:
+    from tests.conftest import assert_no_canary
+
+    found = _rgt("search", "--gpu", "RTX_4090", "--disk", "40", "--json")
+    assert found.returncode == 0, found.stderr
+    offers = json.loads(found.stdout)
+    assert offers and all(o["verified"] and o["direct_port_count"] >= 1 for o in offers)
+    offer = offers[0]
+    job = tmp_path / "job.yaml"
+    job.write_text((Path(__file__).parents[1] / "schemas" / "job.example.yaml").read_text())
+
+    capped = _rgt("launch", offer["offer_id"], "--job", str(job), "--max-price", "0.01")
+    assert capped.returncode == 4
+    assert capped.stderr.count("\n") == 1 and "above the cap" in capped.stderr
+    assert emulator.instance_ids() == []
+
+    price = str(offer["price_per_hour"] + 0.01)
+    launched = _rgt("launch", offer["offer_id"], "--job", str(job), "--max-price", price, "--json")
+    assert launched.returncode == 0, launched.stderr
+    instance_id = json.loads(launched.stdout)["instance_id"]
+
+    deadline = time.monotonic() + 30
+    while True:
+        polled = _rgt("poll", instance_id, "--json")
+        assert polled.returncode == 0, polled.stderr
+        if json.loads(polled.stdout)["classification"] == "running":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+
+    stopped = _rgt("stop", instance_id)
+    assert stopped.returncode == 0 and "still bills: disk, bandwidth" in stopped.stdout
+    human = _rgt("poll", instance_id)
+    assert "stopped-but-billing (VAST1)" in human.stdout
+    cost = _rgt("cost", "--json")
+    rows = json.loads(cost.stdout)["instances"]
+    assert [r["instance_id"] for r in rows] == [instance_id] and rows[0]["cost_so_far"] > 0
+    assert int(instance_id) in emulator.instance_ids()
+    for result in (found, capped, launched, polled, stopped, human, cost):
+        assert_no_canary(result.stdout, result.stderr)
+
+
+def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
+    missing = _rgt("launch", "1", "--job", str(tmp_path / "nope.yaml"), "--max-price", "1")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "nope.yaml" in missing.stderr
+    port = _rgt("mcp", "--http", "--port", "0")
+    assert port.returncode == 2 and "--port" in port.stderr
