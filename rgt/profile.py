@@ -36,9 +36,6 @@ from rgt.yamlsource import (
 PROFILE_SCHEMA = "profile.schema.json"
 VARIANT_SEPARATOR = ":"
 
-# Keys that belong to the family as a whole; a variant cannot change them.
-_FAMILY_KEYS = ("platform", "gotcha_prefix", "variants")
-
 _DURATION = re.compile(r"^~?(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -257,7 +254,8 @@ def parse_profile(path: Path, *, shown: str | None = None) -> tuple[Profile | No
 
 def _variant_findings(data: dict[str, Any], doc: YamlDoc, label: str) -> list[Finding]:
     """Validate every merged variant against the schema; report at the variant's own key when it
-    set the offending value, else at the base key it inherited."""
+    set the offending value, else at the base key it inherited. (A variant cannot set the family
+    keys platform, gotcha_prefix or variants: the schema's variant definition has no such key.)"""
     findings: list[Finding] = []
     variants = data.get("variants") or {}
     for name, entry in variants.items():
@@ -276,16 +274,6 @@ def _variant_findings(data: dict[str, Any], doc: YamlDoc, label: str) -> list[Fi
         findings += schema_findings(
             merged, PROFILE_SCHEMA, path=label, line_of=line_of, prefix=["variants", name]
         )
-        for key in sorted(entry):
-            if key in _FAMILY_KEYS:
-                findings.append(
-                    Finding(
-                        label,
-                        doc.line_of(["variants", name, key]),
-                        "variant",
-                        f"variants.{name}.{key}: a variant cannot change {key!r}",
-                    )
-                )
         findings += _unresolved(merged, label, line_of, f"variants.{name}")
     if not variants:
         findings += _unresolved(data, label, doc.line_of, "")
