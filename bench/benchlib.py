@@ -29,21 +29,33 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def load_average() -> str:
+    """The 1-minute load average: other work on the machine skews timings (record it)."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 def machine() -> dict[str, Any]:
-    """Cores, CPU, Python, OS and the UTC date: printed with every result."""
+    """Cores, CPU, Python, OS, load and the UTC date: printed with every result."""
     return {
         "cores": os.cpu_count(),
         "cpu": cpu_model(),
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_1min": load_average(),
     }
 
 
 def machine_line() -> str:
     """One line describing the machine."""
     m = machine()
-    return f"{m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['os']}, {m['date']}"
+    return (
+        f"{m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['os']}, {m['date']}, "
+        f"load {m['load_1min']}"
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:
