@@ -1,0 +1,197 @@
+"""MCP server: spawn → first tools/list, and the poll round trip against the emulator.
+
+1. Start-up. A real MCP client spawns `python -m rgt mcp` over stdio and times from the spawn to
+   the answer of the first tools/list, both protocol generations (auto = 2026-07-28, legacy =
+   2025-11-25). Baseline in the same run: a minimal MCPServer with one tool (the SDK's floor).
+   Target: under 1.5 s.
+2. Poll. One instance launched on the in-process emulator; the client calls `poll` repeatedly.
+   Baseline: the provider's own `show` in-process (the API floor under the tool). Target: p50
+   under 30 ms.
+
+    .venv/bin/python bench/bench_mcp.py [--spawns N] [--polls N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from benchlib import REPO, emit, machine_line, median, percentile, table
+
+sys.path.insert(0, str(REPO))
+
+from mcp import Client, StdioServerParameters  # noqa: E402
+
+SPAWN_TARGET_SECONDS = 1.5
+POLL_TARGET_MS = 30.0
+MINIMAL_SERVER = """
+from mcp.server.mcpserver import MCPServer
+server = MCPServer("floor")
+
+@server.tool()
+def ping() -> str:
+    return "pong"
+
+server.run()
+"""
+
+
+async def spawn_to_list(params: StdioServerParameters, mode: str) -> float:
+    """Seconds from spawning the server to the answer of its first tools/list."""
+    began = time.perf_counter()
+    async with Client(params, mode=mode) as client:
+        await client.list_tools()
+        elapsed = time.perf_counter() - began
+    return elapsed
+
+
+async def measure_spawns(runs: int, env: dict[str, str]) -> list[list[Any]]:
+    floor_file = Path(tempfile.mkdtemp(prefix="rgt-bench-mcp-")) / "floor.py"
+    floor_file.write_text(MINIMAL_SERVER)
+    servers = {
+        "rgt mcp": StdioServerParameters(
+            command=sys.executable, args=["-m", "rgt", "mcp"], env=env, cwd=str(REPO)
+        ),
+        "minimal MCPServer (baseline)": StdioServerParameters(
+            command=sys.executable, args=[str(floor_file)], env=env, cwd=str(REPO)
+        ),
+    }
+    rows = []
+    for name, params in servers.items():
+        for mode in ("auto", "legacy"):
+            await spawn_to_list(params, mode)  # warm the bytecode and page caches
+            seconds = [await spawn_to_list(params, mode) for _ in range(runs)]
+            rows.append([name, mode, f"{median(seconds):.3f}", f"{max(seconds):.3f}"])
+    return rows
+
+
+def launch_instance(env: dict[str, str]) -> str:
+    """Rent one instance on the emulator in-process (the lifecycle code the tools use)."""
+    os.environ.update(env)
+    from rgt import lifecycle
+    from rgt.job import load_job
+    from rgt.ledger import Ledger
+    from rgt.profile import load_profile
+    from rgt.providers.base import OfferQuery
+    from rgt.providers.vastai import VastProvider
+
+    provider = VastProvider()
+    job = load_job(None)
+    offer = lifecycle.search(provider, OfferQuery(gpu_name=job.gpu_name, disk_gb=job.disk_gb))[0]
+    with Ledger.open() as ledger:
+        launched = lifecycle.launch(
+            provider=provider,
+            ledger=ledger,
+            profile=load_profile("vastai"),
+            job=job,
+            offer_id=offer["offer_id"],
+            max_price_per_hour=offer["price_per_hour"] + 0.01,
+        )
+    return launched.instance_id
+
+
+def provider_show_ms(instance_id: str, runs: int) -> list[float]:
+    from rgt.providers.vastai import VastProvider
+
+    provider = VastProvider()
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        provider.show(instance_id)
+        times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+async def poll_ms(
+    params: StdioServerParameters, mode: str, instance_id: str, runs: int
+) -> list[float]:
+    times = []
+    async with Client(params, mode=mode) as client:
+        for _ in range(5):  # warm: imports, provider, ledger
+            await client.call_tool("poll", {"instance_id": instance_id})
+        for _ in range(runs):
+            began = time.perf_counter()
+            result = await client.call_tool("poll", {"instance_id": instance_id})
+            times.append((time.perf_counter() - began) * 1000)
+            assert not result.is_error, result.content
+    return times
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    from rgt.sim import Emulator
+
+    state = Path(tempfile.mkdtemp(prefix="rgt-bench-mcp-state-"))
+    base_env = {
+        "HOME": str(state / "home"),
+        "RGT_STATE_DIR": str(state / "rgt"),
+        "RGT_CONFIG_DIR": str(state / "config"),
+        "VASTAI_NO_UPDATE_CHECK": "1",
+        "PATH": os.environ.get("PATH", ""),
+    }
+    spawn_rows = await measure_spawns(args.spawns, base_env)
+
+    with Emulator(state_dir=state / "sim") as sim:
+        env = {**base_env, "VAST_URL": sim.url, "VAST_API_KEY": sim.api_key}
+        if sim.client_key_path is not None:
+            env["RGT_SSH_KEY"] = str(sim.client_key_path)
+        instance_id = launch_instance(env)
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "rgt", "mcp"], env=env, cwd=str(REPO)
+        )
+        poll_rows = []
+        figures: dict[str, Any] = {}
+        show = provider_show_ms(instance_id, args.polls)
+        poll_rows.append(
+            [
+                "provider.show in-process (baseline)",
+                "-",
+                f"{median(show):.2f}",
+                f"{percentile(show, 0.95):.2f}",
+            ]
+        )
+        for mode in ("auto", "legacy"):
+            times = await poll_ms(params, mode, instance_id, args.polls)
+            figures[mode] = {"p50_ms": median(times), "p95_ms": percentile(times, 0.95)}
+            poll_rows.append(
+                [
+                    "rgt mcp poll (stdio round trip)",
+                    mode,
+                    f"{median(times):.2f}",
+                    f"{percentile(times, 0.95):.2f}",
+                ]
+            )
+
+    print(machine_line())
+    print(
+        f"\nspawn → first tools/list ({args.spawns} runs each; target < {SPAWN_TARGET_SECONDS} s)"
+    )
+    print(table(["server", "mode", "median s", "max s"], spawn_rows))
+    print(f"\npoll round trip ({args.polls} calls; target p50 < {POLL_TARGET_MS:.0f} ms)")
+    print(table(["what", "mode", "p50 ms", "p95 ms"], poll_rows))
+    rgt_spawn = [float(r[2]) for r in spawn_rows if r[0] == "rgt mcp"]
+    verdict = {
+        "spawn_ok": max(rgt_spawn) < SPAWN_TARGET_SECONDS,
+        "poll_ok": all(f["p50_ms"] < POLL_TARGET_MS for f in figures.values()),
+    }
+    print(f"\ntargets met: {verdict}")
+    return {"spawn": spawn_rows, "poll": poll_rows, "poll_figures": figures, "targets": verdict}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spawns", type=int, default=5)
+    parser.add_argument("--polls", type=int, default=200)
+    args = parser.parse_args()
+    result = anyio.run(main_async, args)
+    emit("mcp", result)
+    return 0 if all(result["targets"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
