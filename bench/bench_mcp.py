@@ -26,7 +26,7 @@ from benchlib import REPO, emit, machine_line, median, percentile, table
 
 sys.path.insert(0, str(REPO))
 
-from mcp import Client, StdioServerParameters  # noqa: E402
+from mcp import Client, StdioServerParameters
 
 SPAWN_TARGET_SECONDS = 1.5
 POLL_TARGET_MS = 30.0
