@@ -281,7 +281,7 @@ def hash_batch(
     string, or DEFER for a file to hash on its own (it turned out big).
 
     Small files cost one open, two reads into a reused buffer (the second confirms the end of
-    the file), a close and, with `want_stat`, one fstat: no per-file allocation of a buffer.
+    the file; with `want_stat` the fstat does that instead) and a close: no per-file buffer.
     `inspect(relative, data)` may return a problem for a small file's content (JSON parses)."""
     out: list[tuple[str, Any]] = []
     buffer = bytearray(SMALL_BUFFER)
@@ -303,19 +303,27 @@ def hash_batch(
             continue
         try:
             count = readv(fd, [view])
-            more = readv(fd, [view[count:]]) if count < size_of else 1
-            if more == 0:
+            info = None
+            extra = 0  # bytes read past `count` while confirming the end of the file
+            at_end = False
+            if count < size_of:
+                if want_stat:  # the fstat wanted anyway confirms the end: no second read
+                    info = _stat5(os.fstat(fd))
+                    at_end = info[0] == count
+                if not at_end:
+                    extra = readv(fd, [view[count:]])
+                    at_end = extra == 0
+            if at_end:
                 data = view[:count]
                 digest = sha256(data).hexdigest()
-                info = _stat5(os.fstat(fd)) if want_stat else None
                 note = inspect(relative, data.tobytes()) if inspect is not None else None
                 out.append((relative, (count, digest, info, note)))
                 continue
             if os.fstat(fd).st_size >= BIG_FILE:
                 out.append((relative, DEFER))
                 continue
-            hasher = sha256(view[: count + more])
-            total = count + more
+            hasher = sha256(view[: count + extra])
+            total = count + extra
             while True:
                 got = readv(fd, [view])
                 if not got:

@@ -276,11 +276,18 @@ def test_forked_and_threaded_hashing_agree_on_a_mix_of_big_and_small(tmp_path: P
     (root / "d").mkdir(parents=True)
     expected = {}
     for index in range(40):
-        data = os.urandom(manifest.BIG_FILE + 1 if index in (3, 30) else index * 100)
+        sizes = {3: manifest.BIG_FILE + 1, 30: manifest.BIG_FILE, 7: 2 * manifest.SMALL_BUFFER + 5}
+        sizes.update({8: manifest.SMALL_BUFFER, 9: manifest.SMALL_BUFFER - 1, 10: 0})
+        data = os.urandom(sizes.get(index, index * 100))
         (root / "d" / f"{index:02d}.bin").write_bytes(data)
         expected[f"d/{index:02d}.bin"] = (len(data), hashlib.sha256(data).hexdigest())
     items, _ = manifest.list_tree(str(root), ["d"])
     for processes in (False, True):
-        hashed = manifest.hash_files(items, workers=3, processes=processes, want_stat=True)
-        assert {k: (v[0], v[1]) for k, v in hashed.items()} == expected
-        assert all(v[2][0] == v[0] and v[3] is None for v in hashed.values())
+        for want_stat in (False, True):
+            hashed = manifest.hash_files(items, workers=3, processes=processes, want_stat=want_stat)
+            assert {k: (v[0], v[1]) for k, v in hashed.items()} == expected
+            assert all(v[3] is None for v in hashed.values())
+            if want_stat:
+                assert all(v[2][0] == v[0] for v in hashed.values())
+    serial = manifest.hash_files(items, workers=1)
+    assert {k: (v[0], v[1]) for k, v in serial.items()} == expected
