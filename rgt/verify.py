@@ -652,8 +652,12 @@ def _verify_tree(
                 f"{relative}: sha256 {digest[:12]}… differs from the manifest's "
                 f"{entry['sha256'][:12]}… (corrupted copy)"
             )
-        elif size >= SMALL_BUFFER and (big_json := json_problem(relative, Path(path).read_bytes())):
-            problems.append(f"{relative}: {big_json}")  # too big to have been parsed while hashed
+        elif (
+            size >= SMALL_BUFFER  # too big to have been parsed while it was hashed
+            and relative.endswith(JSON_SUFFIXES)
+            and (big_json := json_problem(relative, Path(path).read_bytes())) is not None
+        ):
+            problems.append(f"{relative}: {big_json}")
         else:
             row["ok"] = True
         if not row["ok"]:

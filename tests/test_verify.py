@@ -493,3 +493,12 @@ def test_many_small_files_take_the_forked_path_and_still_catch_one_flip(tmp_path
     assert check_unchanged(pull.local) is None
     (pull.local / "metrics/m3/03999.json").write_bytes(b'{"i": 3998}')
     pull.fails("metrics/m3/03999.json: sha256")
+
+
+def test_big_json_is_parsed_too(tmp_path: Path) -> None:
+    big = json.dumps({"losses": list(range(300_000))}).encode()  # > 1 MiB: parsed after hashing
+    assert len(big) > 1024 * 1024
+    assert verify_pull(Pull(tmp_path / "a", {**BASIC, "metrics/big.json": big}).local)["ok"]
+    Pull(tmp_path / "b", {**BASIC, "metrics/big.json": big[:-1]}).fails(
+        "metrics/big.json: not valid JSON"
+    )
