@@ -17,8 +17,16 @@ Safety is structural, not a convention:
                the delimiter line (no expansion; unlike base64 it compresses well, which the
                size-limited boot hook needs)
 
+      yaml     a value as one YAML double-quoted scalar (JSON string syntax), for manifests
+
 * Values come only from the profile and the job request (plus rgt's own version and the
   manifest builder's source for the boot hook).
+
+Most templates render for every profile. Two belong to one detach primitive: `sbatch` (a Slurm
+batch script, `generic-ssh:slurm`) and `k8s_job` (a Kubernetes Job manifest, `scripts/*.yaml.j2`,
+`generic-ssh:kubernetes`, checked against `schemas/k8s_job.schema.json`). Both wrap the rendered
+boot hook in a supervisor that forwards the scheduler's stop signal to the job. Files starting
+with `_` are partials, not templates.
 
 The vast.ai boot hook has a size limit (profile `onstart_limit_bytes`); a longer script is
 emitted as a small self-extracting wrapper around its gzip+base64 form, with a note to stderr.
@@ -29,6 +37,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -43,6 +52,10 @@ from rgt.job import JobRequest
 from rgt.profile import Profile
 
 TEMPLATES = ("run_one", "run_queue", "onstart", "pull")
+# Templates tied to one detach primitive; every other template renders for every profile.
+PRIMITIVE_TEMPLATES: dict[str, str] = {"sbatch": "sbatch", "k8s_job": "k8s-job"}
+TEMPLATE_SUFFIXES = (".sh.j2", ".yaml.j2")
+K8S_SCHEMA = "k8s_job.schema.json"
 BOX_ROOT = '"${RGT_BOX_ROOT:-}"'
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
@@ -114,6 +127,13 @@ def heredoc(value: Any) -> Shell:
     return Shell(f"<<'{delimiter}'\n{text}{delimiter}")
 
 
+def yaml_scalar(value: Any) -> Shell:
+    """A string or number as one YAML scalar (JSON syntax is valid YAML); never a structure."""
+    if isinstance(value, bool) or value is None or not isinstance(value, (str, int)):
+        raise UsageError(f"cannot put {value!r} into a manifest; the template needs a scalar")
+    return Shell(json.dumps(value, ensure_ascii=False))
+
+
 def _finalize(value: Any) -> Any:
     if isinstance(value, Shell):
         return value
@@ -135,13 +155,40 @@ def _environment() -> Any:
         lstrip_blocks=True,
         finalize=_finalize,
     )
-    env.filters.update(q=quote, box=box_path, name=env_name, int=integer, b64=b64, heredoc=heredoc)
+    env.filters.update(
+        q=quote,
+        box=box_path,
+        name=env_name,
+        int=integer,
+        b64=b64,
+        heredoc=heredoc,
+        yaml=yaml_scalar,
+    )
     return env
 
 
-def template_names() -> list[str]:
-    """The bundled templates (scripts/*.sh.j2) by short name."""
-    return sorted(p.name[: -len(".sh.j2")] for p in bundle_path("scripts").glob("*.sh.j2"))
+def template_files() -> dict[str, str]:
+    """Every bundled template: short name -> file name (scripts/*.sh.j2, scripts/*.yaml.j2)."""
+    files: dict[str, str] = {}
+    for path in bundle_path("scripts").iterdir():
+        for suffix in TEMPLATE_SUFFIXES:
+            if path.name.endswith(suffix) and not path.name.startswith("_"):
+                files[path.name[: -len(suffix)]] = path.name
+    return files
+
+
+def template_names(profile: Profile | None = None) -> list[str]:
+    """The templates that render for `profile`, by short name.
+
+    Without a profile: those every profile renders. With one: those plus the template of its
+    detach primitive (`sbatch` for Slurm, `k8s_job` for Kubernetes).
+    """
+    primitive = profile.detach_primitive if profile is not None else None
+    return sorted(
+        name
+        for name in template_files()
+        if name not in PRIMITIVE_TEMPLATES or PRIMITIVE_TEMPLATES[name] == primitive
+    )
 
 
 def manifest_source() -> str:
@@ -199,22 +246,52 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
     }
     if template == "onstart":
         context["manifest_source"] = manifest_source()
+    if template in PRIMITIVE_TEMPLATES:
+        context.update(_scheduler_context(profile, job))
     return context
+
+
+def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
+    """What the sbatch and k8s_job templates add: the boot hook they supervise, the stop-signal
+    grace (the profile's spot_grace), the GPU count and a DNS-safe job name."""
+    grace = profile.spot_grace_seconds
+    name = re.sub(r"[^a-z0-9-]+", "-", f"rgt-{job.run_id}".lower()).strip("-")[:63].rstrip("-")
+    overrides = profile.overrides
+    return {
+        "onstart_script": render_template(profile, "onstart", job).inner,
+        "grace_seconds": max(1, round(grace)) if grace is not None else 30,
+        "gpu_count": job.gpu_count,
+        "k8s": {
+            "job_name": name,
+            "mount_path": overrides["durable_dir"] or overrides["data_dir"],
+        },
+    }
 
 
 def render_template(profile: Profile, template: str, job: JobRequest) -> Rendered:
     """Render one template; the boot hook is compressed when it exceeds the profile's limit."""
-    if template not in template_names():
-        known = ", ".join(template_names())
+    files = template_files()
+    if template not in template_names(profile):
+        if template in files and template in PRIMITIVE_TEMPLATES:
+            primitive = PRIMITIVE_TEMPLATES[template]
+            raise UsageError(
+                f"template {template!r} is for profiles whose detach_primitive is "
+                f"{primitive!r} ({_profiles_with(primitive)}); "
+                f"{profile.name} uses {profile.detach_primitive!r}"
+            )
+        known = ", ".join(template_names(profile))
         raise UsageError(f"unknown template {template!r}; templates: {known}")
     _check_layout(profile, job)
     import jinja2
 
     env = _environment()
     try:
-        text = env.get_template(f"{template}.sh.j2").render(build_context(profile, job, template))
+        text = env.get_template(files[template]).render(build_context(profile, job, template))
     except jinja2.UndefinedError as exc:
-        raise UsageError(f"template {template}.sh.j2: {exc.message}") from None
+        raise UsageError(f"template {files[template]}: {exc.message}") from None
+    if files[template].endswith(".yaml.j2"):
+        check_manifest(text, source=files[template])
+        return Rendered(template, text, text)
     notes: list[str] = []
     limit = profile.onstart_limit_bytes if template == "onstart" else None
     size = len(text.encode())
@@ -233,6 +310,39 @@ def render_template(profile: Profile, template: str, job: JobRequest) -> Rendere
         f"gzip+base64 self-extracting form ({packed} bytes)"
     )
     return Rendered(template, wrapper, text, compressed=True, notes=notes)
+
+
+def _profiles_with(primitive: str) -> str:
+    """Names of the bundled profiles/variants using a detach primitive, for error messages."""
+    from rgt.profile import list_profiles
+
+    names = [
+        each.name
+        for profile in list_profiles()
+        for each in profile.all_variants()
+        if each.detach_primitive == primitive
+    ]
+    return "e.g. " + ", ".join(names) if names else "none bundled"
+
+
+def check_manifest(text: str, *, source: str = "manifest") -> dict[str, Any]:
+    """Parse a rendered Kubernetes manifest and check it against schemas/k8s_job.schema.json.
+
+    The schema holds what rgt relies on (a batch/v1 Job that never restarts in place, a GPU
+    limit, a grace period, secrets only by reference); a violation is a template bug.
+    """
+    import yaml
+
+    from rgt.yamlsource import schema_findings
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{source}: the rendered manifest is not YAML: {exc}") from None
+    findings = schema_findings(data, K8S_SCHEMA, path=source, line_of=lambda _where: 1)
+    if findings:
+        raise UsageError(f"{source}: rendered manifest breaks {K8S_SCHEMA}: {findings[0].message}")
+    return dict(data)
 
 
 def self_extracting(script: str, profile: Profile, job: JobRequest) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 
 ORDER = 20  # position in `rgt --help` (see rgt.cli.command_modules)
-HELP = "render a script template (run_one, run_queue, onstart, pull) for a profile and a job"
+HELP = (
+    "render a template (run_one, run_queue, onstart, pull; sbatch for Slurm, k8s_job for "
+    "Kubernetes) for a profile and a job"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "profile", help="bundled profile name (vastai, generic-ssh:VARIANT) or path"
     )
-    parser.add_argument("template", help="template name: run_one, run_queue, onstart, pull")
+    parser.add_argument(
+        "template",
+        help="template name: run_one, run_queue, onstart, pull; sbatch (generic-ssh:slurm), "
+        "k8s_job (generic-ssh:kubernetes)",
+    )
     parser.add_argument(
         "--job", metavar="FILE", help="job request YAML (default: the bundled example job)"
     )

@@ -1,0 +1,423 @@
+"""The platform profiles and the scheduler templates (Slurm sbatch script, Kubernetes Job).
+
+Real parts: the `rgt lint`/`rgt render` CLIs, real shellcheck, the official Kubernetes JSON
+schema (kubernetes-validate, strict) for the rendered manifest, and the rendered scripts run for
+real with bash. No Slurm or Kubernetes runs here: the scheduler's part (sending SIGUSR1/SIGTERM,
+`scontrol requeue`) is played by the test — signals sent to the real script, and a recording
+`scontrol` stand-in on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rgt.errors import UsageError
+from rgt.job import JobRequest, load_job
+from rgt.profile import bundled_profile_paths, list_profiles, load_profile
+from rgt.render import (
+    PRIMITIVE_TEMPLATES,
+    check_manifest,
+    render_template,
+    template_files,
+    template_names,
+)
+from tests.conftest import CANARY_API_KEY, assert_no_canary
+
+SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+RGT = [sys.executable, "-m", "rgt"]
+SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
+
+# A trainer that does what references/spot-resilience.md asks: SIGTERM sets a flag, the loop
+# saves atomically at the next step and exits 143; a start loads the newest checkpoint.
+TRAINER = """\
+import json, os, pathlib, signal, sys, time
+
+stop = False
+
+
+def request_stop(signum, frame):
+    global stop
+    stop = True
+
+
+signal.signal(signal.SIGTERM, request_stop)
+ckpt = pathlib.Path(os.environ["RGT_CHECKPOINT_DIR"])
+ckpt.mkdir(parents=True, exist_ok=True)
+resume = os.environ.get("RGT_RESUME_FROM", "")
+step = json.loads(pathlib.Path(resume).read_text())["step"] if resume else 0
+with open(ckpt / "starts.log", "a") as log:
+    log.write(f"{step}\\n")
+(ckpt / "running").write_text(str(os.getpid()))
+total = int(os.environ.get("STEPS", "20"))
+while step < total:
+    time.sleep(0.02)
+    step += 1
+    if stop or step == total:
+        tmp = ckpt / f".step-{step:06d}.tmp"
+        tmp.write_text(json.dumps({"step": step}))
+        os.replace(tmp, ckpt / f"step-{step:06d}.ckpt")
+    if stop:
+        sys.exit(143)
+out = pathlib.Path(os.environ["RGT_RESULTS_ROOT"]) / "cell-a"
+out.mkdir(parents=True, exist_ok=True)
+(out / "metrics.json").write_text(json.dumps({"steps": step}) + "\\n")
+"""
+
+
+def _job(**changes: Any) -> JobRequest:
+    data = load_job().as_dict()
+    data.update(
+        {
+            "run_id": "sched-test",
+            "command": 'python3 "${RGT_BOX_ROOT:-}/workspace/job/train.py"',
+            "files": {"/workspace/job/train.py": TRAINER},
+            "env": {"PYTHONUNBUFFERED": "1"},
+        }
+    )
+    data.update(changes)
+    return JobRequest.from_dict(data, source="test-job")
+
+
+def _shellcheck(text: str, where: Path) -> None:
+    where.write_text(text)
+    result = subprocess.run(
+        [SHELLCHECK, "--shell=bash", "--severity=style", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {seconds} s"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return status.exists() and status.read_text().split()[2] != "Z"
+
+
+# -- profiles ------------------------------------------------------------------------------------
+
+
+def test_eight_profiles_and_their_variants() -> None:
+    names = [p.stem for p in bundled_profile_paths()]
+    assert len(names) == 8
+    variants = sorted(v.name for p in list_profiles() for v in p.all_variants() if v.variant)
+    assert variants == [
+        "china:featurize",
+        "china:gpushare",
+        "china:lanrui",
+        "china:matpool",
+        "generic-ssh:kubernetes",
+        "generic-ssh:slurm",
+        "paperspace:notebook",
+    ]
+
+
+def test_rgt_lint_is_clean_over_all_profiles_and_fast() -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [*RGT, "lint", "--format", "json"], capture_output=True, text=True, timeout=60
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    findings = report["findings"] if isinstance(report, dict) else report
+    assert [f for f in findings if f.get("severity", "error") == "error"] == []
+    assert elapsed < 10, elapsed
+
+
+def test_scheduler_variants_facts() -> None:
+    slurm = load_profile("generic-ssh:slurm")
+    assert (slurm.kind, slurm.detach_primitive, slurm.spot_grace_seconds) == ("slurm", "sbatch", 30)
+    assert slurm.meter_stop_verb == "scancel" and slurm.instance_id_env == "SLURM_JOB_ID"
+    k8s = load_profile("generic-ssh:kubernetes")
+    assert (k8s.kind, k8s.detach_primitive, k8s.spot_grace_seconds) == ("kubernetes", "k8s-job", 30)
+    assert k8s.frontmatter["residual_billables"] == ["compute", "volume"]
+    # The base stays a plain SSH box.
+    assert load_profile("generic-ssh").detach_primitive == "tmux"
+
+
+# -- which templates exist for whom --------------------------------------------------------------
+
+
+def test_scheduler_templates_belong_to_their_detach_primitive() -> None:
+    assert {"sbatch", "k8s_job"} <= set(template_files())
+    assert template_files()["k8s_job"] == "k8s_job.yaml.j2"
+    generic = set(template_names())
+    assert generic == {"run_one", "run_queue", "onstart", "pull"}
+    assert set(template_names(load_profile("generic-ssh:slurm"))) == generic | {"sbatch"}
+    assert set(template_names(load_profile("generic-ssh:kubernetes"))) == generic | {"k8s_job"}
+    for profile in list_profiles():
+        for each in profile.all_variants():
+            extra = set(template_names(each)) - generic
+            assert extra == {
+                t for t, p in PRIMITIVE_TEMPLATES.items() if p == each.detach_primitive
+            }
+
+
+def test_the_shared_matrix_covers_every_profile_and_variant() -> None:
+    """The new profiles join tests/test_render.py's template x profile matrix (no duplicate)."""
+    from tests.test_render import MATRIX
+
+    ids = {param.id for param in MATRIX}
+    for profile in list_profiles():
+        for each in profile.all_variants():
+            for template in template_names():
+                assert f"{each.name}-{template}" in ids
+
+
+def test_scheduler_template_for_the_wrong_profile_is_a_usage_error() -> None:
+    with pytest.raises(
+        UsageError,
+        match=r"'sbatch' is for profiles whose detach_primitive is 'sbatch' "
+        r"\(e\.g\. generic-ssh:slurm\); vastai uses 'onstart'",
+    ):
+        render_template(load_profile("vastai"), "sbatch", _job())
+    result = subprocess.run(
+        [*RGT, "render", "runpod", "k8s_job"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "generic-ssh:kubernetes" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- Slurm ---------------------------------------------------------------------------------------
+
+
+def test_sbatch_script_renders_passes_shellcheck_and_carries_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in SECRETS:
+        monkeypatch.setenv(name, CANARY_API_KEY)
+    job = _job(gpu="A100:2", secret_env=list(SECRETS))
+    rendered = render_template(load_profile("generic-ssh:slurm"), "sbatch", job)
+    text = rendered.text
+    _shellcheck(text, tmp_path / "sbatch.sh")
+    assert_no_canary(text)
+    lines = text.splitlines()
+    assert lines[0] == "#!/usr/bin/env bash"
+    directives = [line for line in lines if line.startswith("#SBATCH")]
+    assert "#SBATCH --gpus=2" in directives
+    assert "#SBATCH --job-name=rgt-sched-test" in directives
+    assert "#SBATCH --requeue" in directives
+    assert "#SBATCH --signal=B:USR1@300" in directives
+    # sbatch stops reading directives at the first command: all of them come first.
+    first_command = next(
+        i for i, line in enumerate(lines[1:], 1) if line and not line.startswith("#")
+    )
+    assert all(lines.index(d) < first_command for d in directives)
+    assert lines[first_command] == "set -euo pipefail"
+
+
+def test_sbatch_script_forwards_the_time_limit_warning_requeues_and_resumes(tmp_path: Path) -> None:
+    """USR1 (Slurm's --signal=B:USR1 warning) reaches the job as SIGTERM; it checkpoints and
+    exits 143; the script requeues itself; the next run resumes and builds the manifest."""
+    script = tmp_path / "sbatch.sh"
+    script.write_text(render_template(load_profile("generic-ssh:slurm"), "sbatch", _job()).text)
+    box, home, bin_dir = tmp_path / "box", tmp_path / "home", tmp_path / "bin"
+    for folder in (box, home, bin_dir):
+        folder.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    scontrol = bin_dir / "scontrol"  # stand-in: no Slurm controller runs here
+    scontrol.write_text(f'#!/usr/bin/env bash\necho "$@" >>{calls}\n')
+    scontrol.chmod(0o755)
+    env = {
+        **os.environ,
+        "RGT_BOX_ROOT": str(box),
+        "HOME": str(home),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "777",
+        "STEPS": "100000",
+    }
+    ckpt = box / "workspace/checkpoints"
+
+    first = subprocess.Popen(
+        ["bash", str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(ckpt / "running", 30)
+        trainer_pid = int((ckpt / "running").read_text())
+        first.send_signal(signal.SIGUSR1)
+        out, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 143, out + err
+    assert "received SIGUSR1" in err and "the job exited 143" in err
+    assert "requeued Slurm job 777" in out
+    assert calls.read_text().split() == ["requeue", "777"]
+    assert not _alive(trainer_pid)
+    saved = sorted(ckpt.glob("step-*.ckpt"))
+    assert saved, "the job saved nothing on SIGTERM"
+    step = json.loads(saved[-1].read_text())["step"]
+    assert step > 0
+
+    second = subprocess.run(
+        ["bash", str(script)],
+        cwd=tmp_path,
+        env={**env, "STEPS": str(step + 3)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (ckpt / "starts.log").read_text().split() == ["0", str(step)]
+    manifest = json.loads((box / "workspace/results/PULL_MANIFEST.json").read_text())
+    assert manifest["run_id"] == "sched-test" and manifest["instance_id"] == "777"
+    assert calls.read_text().split() == ["requeue", "777"]  # a clean finish does not requeue
+
+
+# -- Kubernetes ----------------------------------------------------------------------------------
+
+
+def _manifest(job: JobRequest) -> dict[str, Any]:
+    text = render_template(load_profile("generic-ssh:kubernetes"), "k8s_job", job).text
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_k8s_job_validates_against_the_official_kubernetes_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for name in SECRETS:
+        monkeypatch.setenv(name, CANARY_API_KEY)
+    job = _job(gpu="H100:4", secret_env=list(SECRETS), run_id="My_Run.v2")
+    text = render_template(load_profile("generic-ssh:kubernetes"), "k8s_job", job).text
+    assert_no_canary(text)
+    data = yaml.safe_load(text)
+    kubernetes_validate.validate(data, kubernetes_validate.latest_version(), strict=True)
+
+    assert (data["apiVersion"], data["kind"]) == ("batch/v1", "Job")
+    assert data["metadata"]["name"] == "rgt-my-run-v2"
+    pod = data["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["terminationGracePeriodSeconds"] == 30  # the profile's spot_grace
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["volumeMounts"] == [{"name": "rgt-data", "mountPath": "/workspace"}]
+    by_name = {e["name"]: e for e in container["env"]}
+    for name in SECRETS:
+        assert by_name[name] == {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": "rgt-secrets", "key": name}},
+        }
+    assert by_name["RGT_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    rules = data["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+    assert container["command"][:2] == ["bash", "-c"]
+    _shellcheck(container["command"][2], tmp_path / "entry.sh")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("spec", "template", "spec", "restartPolicy"), "Always", "never restarts in place"),
+        (
+            ("spec", "template", "spec", "containers", 0, "env", 0),
+            {"name": "HF_TOKEN", "value": "x" * 12},
+            "from a Kubernetes Secret",
+        ),
+        (
+            ("spec", "template", "spec", "containers", 0, "resources"),
+            {"limits": {}},
+            "nvidia.com/gpu",
+        ),
+        (
+            ("spec", "template", "spec", "containers", 0, "imagePullPolicyy"),
+            "Always",
+            "unknown key",
+        ),
+    ],
+)
+def test_rgt_manifest_schema_refuses_what_rgt_relies_on(
+    path: tuple[Any, ...], value: Any, message: str
+) -> None:
+    data = _manifest(_job())
+    target: Any = data
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    with pytest.raises(UsageError, match=re.escape(message)):
+        check_manifest(yaml.safe_dump(data), source="mutant.yaml")
+
+
+def test_k8s_entry_point_forwards_sigterm_and_the_next_pod_resumes(tmp_path: Path) -> None:
+    """The container command as PID 1 would run it: SIGTERM (eviction) reaches the job, which
+    checkpoints within the grace; a new pod resumes from the volume and builds the manifest."""
+    entry = _manifest(_job())["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    box = tmp_path / "box"
+    box.mkdir()
+    env = {
+        **os.environ,
+        "RGT_BOX_ROOT": str(box),
+        "RGT_POD_NAME": "rgt-sched-test-abcde",
+        "STEPS": "100000",
+    }
+    ckpt = box / "workspace/checkpoints"
+
+    first = subprocess.Popen(
+        ["bash", "-c", entry],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(ckpt / "running", 30)
+        trainer_pid = int((ckpt / "running").read_text())
+        started = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        out, err = first.communicate(timeout=30)
+        within = time.monotonic() - started
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 143, out + err
+    assert within < 30, within  # inside terminationGracePeriodSeconds
+    assert "received SIGTERM" in err
+    assert not _alive(trainer_pid)
+    step = json.loads(sorted(ckpt.glob("step-*.ckpt"))[-1].read_text())["step"]
+
+    second = subprocess.run(
+        ["bash", "-c", entry],
+        cwd=tmp_path,
+        env={**env, "STEPS": str(step + 2), "RGT_POD_NAME": "rgt-sched-test-fghij"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (ckpt / "starts.log").read_text().split() == ["0", str(step)]
+    manifest = json.loads((box / "workspace/results/PULL_MANIFEST.json").read_text())
+    assert manifest["instance_id"] == "rgt-sched-test-fghij"
