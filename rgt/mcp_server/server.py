@@ -42,6 +42,9 @@ APPROVAL_CHANNEL = "mcp-elicitation"
 APPROVAL_TTL_SECONDS = 300.0
 PROGRESS_INTERVAL_SECONDS = 0.25
 DEFAULT_PROFILE = "vastai"
+# poll answers within about this long even while the API fails (then it says so).
+PROMPT_ATTEMPTS = 2
+PROMPT_SECONDS = 4.0
 
 INSTRUCTIONS = """\
 rgt runs long GPU jobs on rented machines without losing results or leaving a meter running.
@@ -68,13 +71,22 @@ class _Providers(threading.local):
 _PROVIDERS = _Providers()
 
 
-def _provider(platform: str) -> Any:
-    cached = _PROVIDERS.by_platform.get(platform)
+def _provider(platform: str, *, prompt: bool = False) -> Any:
+    """The platform's provider for this thread. `prompt`: retries bounded to a few seconds, for
+    tools that must answer promptly (poll) rather than wait out a long outage."""
+    key = f"{platform}:prompt" if prompt else platform
+    cached = _PROVIDERS.by_platform.get(key)
     if cached is None:
         from rgt.providers import get_provider
 
         cached = get_provider(platform)
-        _PROVIDERS.by_platform[platform] = cached
+        if prompt and hasattr(cached, "retry"):
+            from rgt.providers.retry import RetryPolicy
+
+            cached.retry = RetryPolicy(
+                attempts=PROMPT_ATTEMPTS, total_seconds=PROMPT_SECONDS, max_retry_after=2.0
+            )
+        _PROVIDERS.by_platform[key] = cached
     return cached
 
 
@@ -452,7 +464,10 @@ async def poll(
         with _ledger() as ledger:
             profile = _instance_profile(ledger, instance_id)
             report = poll_instance(
-                instance_id, provider=_provider(profile.platform), ledger=ledger, profile=profile
+                instance_id,
+                provider=_provider(profile.platform, prompt=True),
+                ledger=ledger,
+                profile=profile,
             )
         return PollResult(**report.to_json())
 
