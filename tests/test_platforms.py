@@ -421,3 +421,44 @@ def test_k8s_entry_point_forwards_sigterm_and_the_next_pod_resumes(tmp_path: Pat
     assert (ckpt / "starts.log").read_text().split() == ["0", str(step)]
     manifest = json.loads((box / "workspace/results/PULL_MANIFEST.json").read_text())
     assert manifest["instance_id"] == "rgt-sched-test-fghij"
+
+
+# -- references ----------------------------------------------------------------------------------
+
+REFERENCES = Path(__file__).resolve().parents[1] / "references"
+
+
+def test_universal_gotchas_have_unique_ids_and_symptom_cause_fix() -> None:
+    text = (REFERENCES / "gotchas-universal.md").read_text(encoding="utf-8")
+    entries = re.split(r"^### ", text, flags=re.M)[1:]
+    ids = [re.match(r"(UNIV\d+) — ", entry) for entry in entries]
+    assert all(ids), [e[:40] for e, m in zip(entries, ids, strict=True) if not m]
+    numbers = [int(m.group(1)[4:]) for m in ids if m]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 20
+    for entry in entries:
+        for part in ("**Symptom:**", "**Root cause:**", "**Fix:**"):
+            assert part in entry, (entry.splitlines()[0], part)
+
+
+def test_references_links_resolve_and_profiles_link_them() -> None:
+    for path in REFERENCES.glob("*.md"):
+        for target in re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", path.read_text()):
+            assert (path.parent / target).exists(), (path.name, target)
+    for profile in bundled_profile_paths():
+        text = profile.read_text(encoding="utf-8")
+        for name in ("iron-law.md", "gotchas-universal.md", "spot-resilience.md"):
+            assert f"references/{name}" in text, (profile.name, name)
+
+
+def test_spot_resilience_grace_table_matches_the_profiles() -> None:
+    """Every profile/variant with spot has its window in the reference's table, same value."""
+    table = (REFERENCES / "spot-resilience.md").read_text(encoding="utf-8")
+    for name, row in (
+        ("vastai", "vast.ai interruptible"),
+        ("runpod", "RunPod spot"),
+        ("generic-ssh:slurm", "Slurm"),
+        ("generic-ssh:kubernetes", "Kubernetes"),
+    ):
+        grace = load_profile(name).frontmatter["spot_grace"]
+        line = next(line for line in table.splitlines() if line.startswith(f"| {row}"))
+        assert f"`{grace}`" in line, (name, grace, line)
