@@ -1,0 +1,456 @@
+"""VastProvider end to end: the real `vastai` SDK against the rgt.sim emulator (real HTTP, real
+instance processes, real sshd + rsync for copies). Faults are injected by the emulator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import CANARY_API_KEY, assert_no_canary
+
+from rgt.errors import ProviderError, UsageError
+from rgt.providers.base import CopyProgress, Instance, OfferQuery
+from rgt.providers.retry import RetryPolicy
+from rgt.providers.rsync import CopySettings
+from rgt.providers.vastai import VastProvider, run_label
+
+# Fast, still bounded: the emulator answers in milliseconds.
+FAST_RETRY = RetryPolicy(attempts=5, total_seconds=20, first_backoff=0.05, max_backoff=0.2)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def provider(emulator: Any) -> VastProvider:
+    return VastProvider(retry=FAST_RETRY)
+
+
+def wait_for(
+    provider: VastProvider, instance_id: str, states: set[str], timeout: float = 30
+) -> Instance:
+    """Poll show() until the instance is in one of `states`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        instance = provider.show(instance_id)
+        if instance.state in states:
+            return instance
+        if time.monotonic() > deadline:
+            raise AssertionError(f"instance {instance_id} stuck in {instance.state}")
+        time.sleep(0.1)
+
+
+def rent(provider: VastProvider, run_id: str, **overrides: Any) -> Instance:
+    offer = provider.search_offers(OfferQuery())[0]
+    arguments: dict[str, Any] = {
+        "image": "pytorch/pytorch",
+        "disk_gb": 10,
+        "onstart": "echo started-$CONTAINER_ID\nsleep 600\n",
+        "label": run_label(run_id),
+    }
+    arguments.update(overrides)
+    return provider.create(offer.id, **arguments)
+
+
+def labelled(provider: VastProvider, run_id: str) -> list[Instance]:
+    return [i for i in provider.list_instances() if i.label == run_label(run_id)]
+
+
+# -- search ------------------------------------------------------------------------------------
+
+
+def test_search_defaults_keep_only_verified_reachable_reliable_offers_cheapest_first(
+    provider: VastProvider,
+) -> None:
+    everything = provider._sdk.search_offers(query={}, no_default=True, limit=1000)
+    offers = provider.search_offers(OfferQuery(limit=1000))
+    assert offers, "the emulated marketplace has no offer passing the defaults"
+    # The marketplace holds offers the defaults must exclude, so the filter is exercised.
+    assert len(offers) < len(everything)
+    assert all(o.verified and o.direct_port_count >= 1 and o.reliability >= 0.98 for o in offers)
+    assert all(o.num_gpus == 1 for o in offers)
+    prices = [o.dph_total for o in offers]
+    assert prices == sorted(prices)
+
+
+def test_search_filters_by_gpu_and_price_and_interruptible_sorts_by_bid(
+    provider: VastProvider,
+) -> None:
+    some = provider.search_offers(OfferQuery(limit=1000))
+    gpu = some[0].gpu_name
+    by_gpu = provider.search_offers(OfferQuery(gpu_name=gpu.replace(" ", "_"), limit=1000))
+    assert by_gpu and {o.gpu_name for o in by_gpu} == {gpu}
+    ceiling = sorted(o.dph_total for o in some)[len(some) // 2]
+    cheap = provider.search_offers(OfferQuery(max_price_per_hour=ceiling, limit=1000))
+    assert cheap and all(o.dph_total <= ceiling for o in cheap)
+    bids = provider.search_offers(OfferQuery(interruptible=True, limit=1000))
+    assert [o.min_bid for o in bids] == sorted(o.min_bid for o in bids)
+    assert len(provider.search_offers(OfferQuery(limit=3))) <= 3
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_create_show_stop_start_destroy(provider: VastProvider) -> None:
+    created = rent(provider, "life")
+    assert created.state in {"provisioning", "loading", "running"}
+    assert created.label == run_label("life")
+    running = wait_for(provider, created.id, {"running"})
+    assert running.ssh_host and running.ssh_port
+    assert any(i.id == created.id for i in provider.list_instances())
+
+    provider.stop(created.id)
+    stopped = wait_for(provider, created.id, {"stopped"})
+    assert stopped.intended_status == "stopped"
+
+    provider.start(created.id)
+    wait_for(provider, created.id, {"running"})
+
+    provider.destroy(created.id)
+    assert wait_for(provider, created.id, {"gone"}).state == "gone"
+    assert all(i.id != created.id for i in provider.list_instances())
+    with pytest.raises(ProviderError) as caught:
+        provider.stop(created.id)
+    assert "\n" not in str(caught.value)
+
+
+def test_interruptible_create_with_a_bid_and_refusal_without(provider: VastProvider) -> None:
+    with pytest.raises(UsageError, match="bid"):
+        rent(provider, "spot", interruptible=True)
+    assert labelled(provider, "spot") == []
+    offer = provider.search_offers(OfferQuery(interruptible=True))[0]
+    created = provider.create(
+        offer.id,
+        image="pytorch/pytorch",
+        disk_gb=10,
+        onstart="sleep 600",
+        label=run_label("spot"),
+        interruptible=True,
+        bid_per_hour=max(offer.min_bid, 0.01) * 1.5,
+    )
+    assert created.interruptible is True
+
+
+def test_logs_return_the_onstart_output(provider: VastProvider) -> None:
+    created = rent(provider, "logs")
+    wait_for(provider, created.id, {"running"})
+    deadline = time.monotonic() + 20
+    while f"started-{created.id}" not in provider.logs(created.id, tail=50):
+        assert time.monotonic() < deadline, "onstart output never reached the logs"
+        time.sleep(0.2)
+
+
+def test_secret_env_values_reach_the_box_but_no_returned_value(
+    provider: VastProvider, monkeypatch: pytest.MonkeyPatch, emulator: Any
+) -> None:
+    monkeypatch.setenv("RGT_TEST_SECRET", "s3cr3t-value-for-the-box")
+    created = rent(
+        provider,
+        "secret",
+        onstart='printf %s "$RGT_TEST_SECRET" > "${RGT_BOX_ROOT:-}/secret.txt"\nsleep 600\n',
+        secret_env=["RGT_TEST_SECRET"],
+        env={"PLAIN": "1"},
+    )
+    wait_for(provider, created.id, {"running"})
+    secret_file = Path(emulator.instance_disk(created.id)) / "secret.txt"
+    deadline = time.monotonic() + 20
+    while not secret_file.exists() or not secret_file.read_text():
+        assert time.monotonic() < deadline, "onstart never wrote the secret"
+        time.sleep(0.1)
+    assert secret_file.read_text() == "s3cr3t-value-for-the-box"
+    shown = provider.show(created.id)
+    assert "s3cr3t-value-for-the-box" not in repr(shown) + repr(shown.raw)
+
+
+# -- faults and idempotency --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_transient_errors_are_retried_and_create_rents_exactly_one(
+    provider: VastProvider, emulator: Any, status: int
+) -> None:
+    offer = provider.search_offers(OfferQuery())[0]
+    puts_before = emulator.request_count("PUT", "/api/v0/asks/*")
+    # Let the label lookup through; then the create (and, after an ambiguous 503, the lookup
+    # that follows it) meets three failures.
+    emulator.fail_next(3, status=status, retry_after=0.1 if status == 429 else None, skip=1)
+    created = provider.create(
+        offer.id, image="img", disk_gb=10, onstart="sleep 600", label=run_label("retry")
+    )
+    puts = emulator.request_count("PUT", "/api/v0/asks/*") - puts_before
+    # A 429 was refused before anything happened: the create itself is re-sent, three times.
+    # A 503 may have half-happened: rgt looks for the label before each re-send.
+    assert puts == 4 if status == 429 else puts >= 2
+    assert [i.id for i in labelled(provider, "retry")] == [created.id]
+    # A second create with the same label (a retried tool call) returns the same instance.
+    again = provider.create(
+        offer.id, image="img", disk_gb=10, onstart="sleep 600", label=run_label("retry")
+    )
+    assert again.id == created.id
+    assert len(labelled(provider, "retry")) == 1
+
+
+def test_concurrent_creates_of_one_label_rent_one_instance(provider: VastProvider) -> None:
+    offer = provider.search_offers(OfferQuery())[0]
+    ids: list[str] = []
+
+    def launch() -> None:
+        created = VastProvider(retry=FAST_RETRY).create(
+            offer.id, image="img", disk_gb=10, onstart="sleep 600", label=run_label("twice")
+        )
+        ids.append(created.id)
+
+    threads = [threading.Thread(target=launch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 3 and len(set(ids)) == 1
+    assert len(labelled(provider, "twice")) == 1
+
+
+def test_create_whose_answer_was_lost_does_not_rent_twice(
+    provider: VastProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The create request reaches the emulator and rents the box, but the client never sees
+    the answer (a dropped connection). The provider must find the box by its label."""
+    original: Callable[..., Any] = provider._sdk.create_instance
+    sent = []
+
+    def create_then_lose_the_answer(**kwargs: Any) -> Any:
+        sent.append(original(**kwargs))  # the real request, really served
+        raise requests.ConnectionError("connection reset by peer (answer lost)")
+
+    monkeypatch.setattr(provider._sdk, "create_instance", create_then_lose_the_answer)
+    created = rent(provider, "lost")
+    assert len(sent) == 1
+    assert [i.id for i in labelled(provider, "lost")] == [created.id]
+
+
+def test_server_side_commit_with_5xx_answer_does_not_rent_twice(
+    provider: VastProvider, emulator: Any
+) -> None:
+    offer = provider.search_offers(OfferQuery())[0]
+    provider.list_instances()
+    # Let the label lookup through, then commit the create but answer 502.
+    puts_before = emulator.request_count("PUT", "/api/v0/asks/*")
+    lists_before = emulator.request_count("GET", "/api/v1/instances/")
+    emulator.fail_next(1, status=502, after_commit=True, skip=1)
+    created = provider.create(
+        offer.id, image="img", disk_gb=10, onstart="sleep 600", label=run_label("commit")
+    )
+    # One create sent; the 502 made rgt look again (a second list) and find the box.
+    assert emulator.request_count("PUT", "/api/v0/asks/*") - puts_before == 1
+    assert emulator.request_count("GET", "/api/v1/instances/") - lists_before == 2
+    assert [i.id for i in labelled(provider, "commit")] == [created.id]
+
+
+def test_retries_are_bounded_and_the_error_is_one_clean_line(
+    provider: VastProvider, emulator: Any
+) -> None:
+    emulator.fail_next(50, status=503)
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as caught:
+        provider.list_instances()
+    assert time.monotonic() - started < 15
+    message = str(caught.value)
+    assert "after 5 attempts" in message and "503" in message and "\n" not in message
+    emulator.fail_next(0)
+
+
+def test_a_long_retry_after_fails_fast_with_the_wait_named(
+    provider: VastProvider, emulator: Any
+) -> None:
+    emulator.fail_next(1, status=429, retry_after=3600)
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match="3600"):
+        provider.list_instances()
+    assert time.monotonic() - started < 5
+
+
+def test_list_follows_every_page(provider: VastProvider, emulator: Any) -> None:
+    count = 30  # more than the SDK's page size of 25
+    for index in range(count):
+        # A rental takes its GPU: search again each time, as offers get used up.
+        offer = provider.search_offers(OfferQuery(min_reliability=0, verified_only=False))[0]
+        provider.create(
+            offer.id, image="img", disk_gb=1, onstart="true", label=run_label(f"page{index}")
+        )
+    labels = {i.label for i in provider.list_instances()}
+    assert {run_label(f"page{index}") for index in range(count)} <= labels
+
+
+# -- copy --------------------------------------------------------------------------------------
+
+
+def _rsync_children() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if name == "rsync" and ppid == os.getpid():
+                found.append(int(entry))
+    return found
+
+
+def test_copy_off_an_instance_resumes_after_a_kill_without_resending(
+    emulator: Any, tmp_path: Path
+) -> None:
+    provider = VastProvider(
+        retry=FAST_RETRY, copy=CopySettings(bwlimit_kbps=6000, first_backoff=0.1)
+    )
+    created = rent(provider, "copy")
+    wait_for(provider, created.id, {"running"})
+    results = Path(emulator.instance_disk(created.id)) / "workspace" / "results"
+    size, files = 1_500_000, 6
+    contents = {}
+    for index in range(files):
+        path = results / ("ckpt" if index % 2 else "logs") / f"part{index}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        contents[path.relative_to(results.parent)] = os.urandom(size)
+        path.write_bytes(contents[path.relative_to(results.parent)])
+    (results / "PULL_MANIFEST.json").write_text('{"run_id": "copy"}')
+    assert provider.read_remote_file(created.id, "/workspace/results/PULL_MANIFEST.json") == (
+        b'{"run_id": "copy"}'
+    )
+
+    local = tmp_path / "pulled"
+    total = size * files
+    present_at_kill: list[int] = []
+
+    def kill_midway(tick: CopyProgress) -> None:
+        # Once ~40% arrived and the next file is under way, SIGKILL the local rsync.
+        if present_at_kill or tick.bytes_done < 0.4 * total:
+            return
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not any(
+            p.name.startswith(".") and p.stat().st_size >= 128 * 1024
+            for p in local.rglob("*")
+            if p.is_file()
+        ):
+            time.sleep(0.02)
+        present_at_kill.append(sum(p.stat().st_size for p in local.rglob("*") if p.is_file()))
+        for pid in _rsync_children():
+            os.kill(pid, signal.SIGKILL)
+
+    result = provider.copy_from(created.id, "/workspace/results", local, progress=kill_midway)
+    assert present_at_kill and present_at_kill[0] >= 2 * size
+    assert result.attempts == 2
+    assert result.transport in ("rsync+ssh", "rsync over RGT_SSH_COMMAND")
+    # Content bytes over both attempts: the killed attempt's (counted to its last progress
+    # tick, so at most what was present) plus the resumed one's. Had the resume re-sent what
+    # was present, this would exceed the total by that much.
+    assert result.bytes_transferred <= total + 64 * 1024
+    for relative, data in contents.items():
+        assert (local / relative).read_bytes() == data
+
+
+def test_copy_from_a_stopped_instance_is_refused_clearly(provider: VastProvider) -> None:
+    created = rent(provider, "stopped-copy")
+    wait_for(provider, created.id, {"running"})
+    provider.stop(created.id)
+    wait_for(provider, created.id, {"stopped"})
+    with pytest.raises(ProviderError, match="stopped"):
+        provider.copy_from(created.id, "/workspace", Path("/tmp/never"))
+
+
+# -- the canary key ------------------------------------------------------------------------------
+
+
+def test_the_api_key_never_leaks(
+    emulator: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    assert os.environ["VAST_API_KEY"] == CANARY_API_KEY
+    monkeypatch.setenv("RGT_VAST_DEBUG", "1")  # the SDK prints every request with its header
+    caplog.set_level(logging.DEBUG)
+    provider = VastProvider(retry=FAST_RETRY)
+    seen: list[str] = [repr(provider)]
+    created = rent(provider, "canary")
+    seen += [repr(created), repr(created.raw)]
+    running = wait_for(provider, created.id, {"running"})
+    seen += [repr(running.raw), repr(provider.list_instances())]
+    seen += [repr(provider.search_offers(OfferQuery()))]
+    seen.append(provider.logs(created.id))
+    emulator.fail_next(50, status=500)
+    for action in (lambda: provider.show(created.id), lambda: provider.stop(created.id)):
+        with pytest.raises(ProviderError) as caught:
+            action()
+        seen += [str(caught.value), repr(caught.value.__context__), repr(caught.value.__cause__)]
+    emulator.fail_next(0)
+    with pytest.raises(ProviderError) as refused:
+        provider.stop("999999")
+    seen.append(str(refused.value))
+    # A wrong key: the 401 path must not echo it either.
+    monkeypatch.setenv("VAST_API_KEY", CANARY_API_KEY[::-1])
+    with pytest.raises(ProviderError, match="401") as unauthorised:
+        VastProvider(retry=FAST_RETRY).list_instances()
+    seen.append(str(unauthorised.value))
+    out, err = capfd.readouterr()
+    assert "Authorization" in caplog.text or "Bearer" in caplog.text  # debug output was logged
+    assert_no_canary(out, err, caplog.text, *seen, *(r.getMessage() for r in caplog.records))
+    assert CANARY_API_KEY[::-1] not in caplog.text + out + err + "".join(seen)
+
+
+# -- interplay with the stock vastai CLI -----------------------------------------------------------
+
+
+def run_vastai(*args: str) -> subprocess.CompletedProcess[str]:
+    """The stock `vastai` CLI from this venv, at the emulator (VAST_URL), with the isolated
+    HOME and the canary key the autouse fixture planted."""
+    vastai = Path(sys.executable).parent / "vastai"
+    return subprocess.run(
+        [str(vastai), *args], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
+
+
+def test_an_instance_rented_with_the_stock_cli_is_found_by_label_not_rented_again(
+    provider: VastProvider,
+) -> None:
+    offer = provider.search_offers(OfferQuery())[0]
+    rented = run_vastai(
+        "create",
+        "instance",
+        offer.id,
+        "--image",
+        "img",
+        "--disk",
+        "10",
+        "--ssh",
+        "--direct",
+        "--onstart-cmd",
+        "sleep 600",
+        "--label",
+        run_label("cli"),
+        "--raw",
+    )
+    assert rented.returncode == 0, rented.stderr
+    cli_id = str(json.loads(rented.stdout)["new_contract"])
+    assert_no_canary(rented.stdout, rented.stderr)
+    created = provider.create(
+        offer.id, image="img", disk_gb=10, onstart="sleep 600", label=run_label("cli")
+    )
+    assert created.id == cli_id
+    wait_for(provider, cli_id, {"running"})
+    shown = run_vastai("show", "instance", cli_id, "--raw")
+    assert json.loads(shown.stdout)["label"] == run_label("cli")
+    # What rgt reports and what the stock CLI reports agree.
+    assert provider.show(cli_id).actual_status == json.loads(shown.stdout)["actual_status"]
