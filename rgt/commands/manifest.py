@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 ORDER = 85  # position in `rgt --help` (see rgt.cli.command_modules)
-HELP = "write ROOT/PULL_MANIFEST.json: roster, every file's path, size and SHA-256 (runs on the box)"
+HELP = "write ROOT/PULL_MANIFEST.json: roster, each file's path, size and SHA-256 (runs on the box)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
