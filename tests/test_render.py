@@ -28,11 +28,13 @@ from rgt.render import Rendered, _environment, render_template, template_names
 from tests.conftest import CANARY_API_KEY, assert_no_canary
 
 SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+# Every template each profile (and variant) renders: the four universal ones, plus the template
+# of its detach primitive (sbatch for Slurm, k8s_job for Kubernetes).
 MATRIX = [
     pytest.param(each.name, template, id=f"{each.name}-{template}")
     for profile in list_profiles()
     for each in profile.all_variants()
-    for template in template_names()
+    for template in template_names(each)
 ]
 SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
 
@@ -84,6 +86,10 @@ def test_matrix_covers_every_template_and_profile() -> None:
     assert set(template_names()) == {"run_one", "run_queue", "onstart", "pull"}
     names = {p.name for p in list_profiles()}
     assert names >= {"vastai", "local", "generic-ssh"}
+    ids = {param.id for param in MATRIX}
+    for profile in list_profiles():
+        for each in profile.all_variants():
+            assert {f"{each.name}-{t}" for t in template_names(each)} <= ids
     assert len(MATRIX) >= 12
 
 
@@ -100,6 +106,15 @@ def test_every_template_renders_for_every_profile_and_passes_shellcheck(
     rendered = render_template(profile, template, job)
 
     texts = [rendered.text] + ([rendered.inner] if rendered.compressed else [])
+    if template == "k8s_job":
+        # A Kubernetes manifest (schema-checked while rendering): its shell is the entry point.
+        import yaml
+
+        assert_no_canary(rendered.text)
+        manifest = yaml.safe_load(rendered.text)
+        (container,) = manifest["spec"]["template"]["spec"]["containers"]
+        assert container["command"][:2] == ["bash", "-c"]
+        texts = [container["command"][2]]
     for index, text in enumerate(texts):
         _shellcheck(text, tmp_path / f"{template}.{index}.sh")
         assert text.startswith("#!/usr/bin/env bash\n")
