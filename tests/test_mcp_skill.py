@@ -44,3 +44,16 @@ def test_a_changed_table_is_detected(tmp_path) -> None:
     stale = text.replace("| `vastai` |", "| `vastai-old` |")
     assert skilldoc.current_table(stale) != skilldoc.platform_table()
     assert skilldoc.replace_table(stale, skilldoc.platform_table()) == text
+
+
+def test_example_mcp_json_registers_rgt_mcp_without_a_key() -> None:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "mcp.json"
+    servers = json.loads(path.read_text())["mcpServers"]
+    assert servers["rgt"]["command"] == "rgt" and servers["rgt"]["args"] == ["mcp"]
+    # The real key is taken from the user's environment, never written into the file.
+    assert servers["rgt"]["env"]["VAST_API_KEY"] == "${VAST_API_KEY}"
+    for server in servers.values():
+        assert server["args"][0] == "mcp"
