@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import CANARY_API_KEY, assert_no_canary
+from tests.ptyrun import PtyProcess
 
 pytest.importorskip("rgt.sim.emulator")
 pytest.importorskip("rgt.verify")
@@ -50,8 +52,16 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     try:
         yes_dir, no_tty_dir = home / "demo-yes", home / "demo-no-tty"
+        tty_dir = home / "demo-tty"
         began = time.monotonic()
         runs = {"yes": _demo(yes_dir, "--yes", "--json"), "no_tty": _demo(no_tty_dir)}
+        # A person at a terminal: answers the approval prompt with the instance id it names.
+        person = PtyProcess("demo", "--dir", str(tty_dir), env=dict(os.environ))
+        prompt = person.expect("Type the instance id to confirm: ", timeout=100)
+        match = re.search(r"Approve DESTROYING emulated instance (\d+)", prompt)
+        assert match, prompt
+        person.send(match[1])
+        tty_code = person.wait(timeout=60)
         outputs = {name: run.communicate(timeout=120) for name, run in runs.items()}
         seconds = time.monotonic() - began
     finally:
@@ -65,6 +75,7 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "seconds": seconds,
         "yes": (runs["yes"].returncode, *outputs["yes"], yes_dir),
         "no_tty": (runs["no_tty"].returncode, *outputs["no_tty"], no_tty_dir),
+        "tty": (tty_code, person.text, match[1], tty_dir),
     }
 
 
@@ -188,6 +199,18 @@ def test_without_yes_or_a_terminal_the_demo_rents_nothing(demo_runs: dict[str, A
     assert not (demo_dir / "emulator").exists()  # refused before the emulator even started
 
 
+def test_at_a_terminal_the_typed_instance_id_approves_the_destroy(
+    demo_runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, text, instance, demo_dir = demo_runs["tty"]
+    assert code == 0, text
+    assert "train [" in text and "pull [" in text  # progress bars drawn on the terminal
+    assert f"instance {instance} is gone" in text and "billing stopped" in text
+    with _ledger(demo_dir, monkeypatch) as ledger:
+        assert [a.channel for a in ledger.approvals(instance)] == ["demo-tty (in-process emulator)"]
+        assert [d.status for d in ledger.destroys(instance)] == ["confirmed"]
+
+
 @pytest.mark.timeout(60)
 def test_wrong_approval_answer_destroys_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -195,7 +218,7 @@ def test_wrong_approval_answer_destroys_nothing(
     from rgt.demo.scenario import Demo, DemoSettings
     from rgt.errors import Refused
 
-    settings = DemoSettings(steps=200, preempt_at_fraction=0.5, outage_seconds=0.5)
+    settings = DemoSettings(steps=120, preempt_at_fraction=0.5, outage_seconds=0.3)
     asked: list[str] = []
 
     def wrong_answer(instance_id: str) -> str:

@@ -7,6 +7,7 @@ steps)."""
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from typing import Any, TextIO
 
@@ -16,10 +17,19 @@ _METER_PARTS = ("compute", "storage", "bandwidth", "total")
 
 
 def dollars(value: float | None) -> str:
-    """'$0.0123' with enough digits to show a demo-sized bill (a few cents)."""
+    """'$0.012345': six decimals, enough for a demo-sized bill (a few cents) to add up."""
     if value is None:
         return "-"
-    return f"${value:,.4f}" if abs(value) >= 0.01 or value == 0 else f"${value:.6f}"
+    return f"${value:,.6f}"
+
+
+def rate(value: float | None) -> str:
+    """A price: '$0.1745'."""
+    return "-" if value is None else f"${value:.4f}"
+
+
+def _percent(actual: float, ideal: float) -> str:
+    return f"{(actual / ideal - 1):+.1%}" if ideal > 0 else ""
 
 
 def _signed_dollars(value: float) -> str:
@@ -33,25 +43,32 @@ def render_text(report: dict[str, Any]) -> str:
     offer = report["offer"]
     add(f"rgt demo: run {report['run_id']} on the embedded vast.ai emulator ({report['emulator']})")
     add(
-        f"  rented offer {offer['offer_id']}: {offer['num_gpus']}x {offer['gpu_name']}, "
-        f"interruptible, bid {dollars(offer['bid_per_hour'])}/h (on-demand "
-        f"{dollars(offer['dph_total'])}/h), storage {dollars(offer['storage_cost_per_gb_month'])}"
-        f"/GB-month; instance {report['instance_id']}"
+        f"  instance {report['instance_id']}: offer {offer['offer_id']}, {offer['num_gpus']}x "
+        f"{offer['gpu_name']}, the cheapest verified interruptible one that fits"
+    )
+    add(
+        f"  price: bid {rate(offer['bid_per_hour'])}/h (on-demand {rate(offer['dph_total'])}/h), "
+        f"storage {rate(offer['storage_cost_per_gb_month'])}/GB-month, bandwidth "
+        f"{rate(offer.get('inet_up_cost_per_gb'))}/GB out of the box"
     )
     cadence = report["cadence"]
     add(
         f"  checkpoint cadence (Young/Daly, MTBF {cadence['mtbf_seconds']:.0f} s, checkpoint cost "
         f"{cadence['checkpoint_cost_seconds'] * 1000:.1f} ms): every {cadence['interval_steps']} "
         f"steps"
+        + (
+            f" (Young/Daly said {cadence['young_daly_steps']}; capped so the demo has a checkpoint)"
+            if cadence.get("young_daly_steps") != cadence["interval_steps"]
+            else ""
+        )
     )
     clock = report.get("clock_scale", 1.0)
     if clock != 1.0:
         add(f"  the emulator's clock runs x{clock:g}: billed time is {clock:g}x the demo's time")
     add("")
-    add("Timeline (seconds since the rental, the state the API reported)")
+    add("Timeline (seconds since the demo started; states as the API reported them)")
     for event in report["timeline"]:
-        note = f"  {event['note']}" if event.get("note") else ""
-        add(f"  {event['t']:6.1f} s  {event['state']:<10}{note}")
+        add(f"  {event['t']:6.1f} s  {event['state']:<10}  {event.get('note', '')}".rstrip())
     add("")
     job = report["job"]
     add("Job (read from the pulled, verified results)")
@@ -79,7 +96,12 @@ def render_text(report: dict[str, Any]) -> str:
             f"  {part:<10} {dollars(actual[part]):>12} {dollars(ideal[part]):>14} "
             f"{_signed_dollars(actual[part] - ideal[part]):>12}"
         )
-    add(f"  ({report['cost']['basis']})")
+    add(f"  {'':<10} {'':>12} {'':>14} {_percent(actual['total'], ideal['total']):>12}")
+    add(
+        textwrap.fill(
+            report["cost"]["basis"], width=96, initial_indent="  ", subsequent_indent="  "
+        )
+    )
     add("")
     pulled, verified = report["pull"], report["verify"]
     add("Results")

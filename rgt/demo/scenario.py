@@ -266,9 +266,12 @@ class Demo:
         provider = VastProvider(api_url=emulator.url)
         ckpt_cost = measure_checkpoint_cost(self.demo_dir / "ckpt-cost")
         cadence = young_daly(settings.mtbf_seconds, ckpt_cost, settings.step_seconds)
-        job = demo_job(settings, cadence.interval_steps or 1)
+        # On a very slow disk Young/Daly could ask for fewer checkpoints than the demo has
+        # before its preemption; cap it so there is always one to resume from (shown if used).
+        ckpt_every = min(cadence.interval_steps or 1, max(1, settings.steps // 10))
+        job = demo_job(settings, ckpt_every)
         self.say(
-            f"demo: emulator at {emulator.url}; checkpoint every {cadence.interval_steps} steps "
+            f"demo: emulator at {emulator.url}; checkpoint every {ckpt_every} steps "
             f"(Young/Daly: MTBF {settings.mtbf_seconds:g} s, one save {ckpt_cost * 1000:.2f} ms)"
         )
 
@@ -306,7 +309,7 @@ class Demo:
             progress = self._run_job(emulator, provider, instance_id, record)
             report = self._finish(emulator, provider, ledger, profile, instance_id, record)
         local = Path(report["pull"]["local_dir"])
-        job_report = job_summary(local, settings, cadence.interval_steps or 1)
+        job_report = job_summary(local, settings, ckpt_every)
         scale = float(getattr(emulator.clock, "time_scale", 1.0))
         billed = report["destroy"]["clock"] - rented_clock  # simulated seconds of the rental
         report.update(
@@ -320,9 +323,16 @@ class Demo:
                 "bid_per_hour": bid,
                 "dph_total": offer.dph_total,
                 "storage_cost_per_gb_month": offer.storage_cost_per_gb_month,
+                "inet_up_cost_per_gb": offer.inet_up_cost_per_gb,
+                "inet_down_cost_per_gb": offer.inet_down_cost_per_gb,
                 "verified": offer.verified,
             },
-            cadence={**cadence.as_dict(), "checkpoint_cost_seconds": ckpt_cost},
+            cadence={
+                **cadence.as_dict(),
+                "checkpoint_cost_seconds": ckpt_cost,
+                "young_daly_steps": cadence.interval_steps,
+                "interval_steps": ckpt_every,
+            },
             onstart_bytes=launched.onstart_bytes,
             demo_dir=str(self.demo_dir),
             timeline=self.timeline.events,
@@ -369,7 +379,7 @@ class Demo:
             time.sleep(0.05)
         emulator.preempt(instance_id)
         preempted_at = time.time()
-        self.timeline.add("outbid", f"the emulator preempts the box (SIGKILL) near step {step}")
+        self.timeline.add("outbid", "the emulator preempts the box: SIGKILL, no warning")
         record("preempted", f"demo: outbid near step {step}")
         bar.update(step, "PREEMPTED")
         paused_until = time.monotonic() + settings.outage_seconds
@@ -581,8 +591,8 @@ def counterfactual_cost(
         "extra_wall_seconds": extra_wall,
         "extra_running_seconds": extra_running,
         "basis": (
-            "this run: the emulator's meter at destroy. No preemption: the same rates without "
-            f"the {extra_wall:.1f} s from the preemption until the job had redone its lost steps "
-            f"({extra_running:.1f} s of it running)"
+            "This run: the emulator's meter at destroy. No preemption: the same rates without "
+            f"the {extra_wall:.0f} billed seconds from the preemption until the job had redone "
+            f"its lost steps ({extra_running:.0f} s of them running)."
         ),
     }
