@@ -1,0 +1,234 @@
+"""The Teardown Iron Law end to end against the vast.ai emulator (rgt.sim), with the real
+VastProvider (vastai SDK -> emulator HTTP API; rsync and cat over the instance's real sshd).
+
+`rgt manifest` runs ON the box (the boot hook ships rgt/manifest.py and runs it with the box's
+python3) -> `rgt pull` -> `rgt verify` -> `rgt approve` / `rgt destroy` with the passphrase typed
+on a real pseudo-terminal -> destroy confirmed, exactly one DELETE. Plus: concurrent destroys,
+kill -9 during a pull then resume, a stopped box (start -> copy -> verify -> destroy).
+The refusal corpus is in tests/test_ironlaw_refusals.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rgt.errors import EXIT_REFUSED
+from tests.conftest import assert_no_canary
+from tests.ironlaw_emulator import REMOTE_ROOT, REPO, Rental, rgt
+from tests.ironlaw_fixtures import vast_profile
+from tests.ptyrun import PtyProcess
+
+PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture
+def rental(emulator: Any, tmp_path: Path) -> Iterator[Rental]:
+    box = Rental(emulator, tmp_path)
+    yield box
+    box.close()
+
+
+@pytest.mark.timeout(120)
+def test_whole_chain_through_the_cli(rental: Rental) -> None:
+    from rgt import approval
+
+    approval.store_passphrase(PASSPHRASE, n=2**14)
+    outputs: list[str] = []
+    # Before anything: refused, nothing sent.
+    early = rgt("destroy", rental.id)
+    assert early.returncode == EXIT_REFUSED and "[no-pull]" in early.stderr
+    rental.assert_alive()
+
+    pulled = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local), "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["files"] == 3
+
+    before_verify = rgt("destroy", rental.id, "--check", "--json")
+    assert before_verify.returncode == EXIT_REFUSED
+    codes = [m["code"] for m in json.loads(before_verify.stdout)["missing"]]
+    assert codes == ["no-verification", "no-approval"]
+    rental.assert_alive()
+
+    verified = rgt("verify", str(rental.local))
+    assert verified.returncode == 0, verified.stderr
+
+    # No terminal: refused, and told how to approve.
+    headless = rgt("destroy", rental.id)
+    assert headless.returncode == EXIT_REFUSED and "rgt approve" in headless.stderr
+    rental.assert_alive()
+
+    human = PtyProcess("destroy", rental.id)
+    human.expect("Type the instance id")
+    human.send(rental.id)
+    human.expect("Approval passphrase")
+    human.send(PASSPHRASE)
+    assert human.wait(timeout=90) == 0, human.text
+    assert "destroy confirmed" in human.text
+    assert PASSPHRASE not in human.text.split("Approval passphrase", 1)[1]  # not echoed
+    assert rental.provider.show(rental.id).state == "gone"
+    assert rental.destroy_requests() == 1
+    (record,) = rental.ledger.destroys(rental.id)
+    assert record.status == "confirmed" and record.approval_id is not None
+    assert rental.ledger.approval(record.approval_id).channel == "tty"  # type: ignore[union-attr]
+
+    # Destroyed once; a second destroy is refused without reaching the provider.
+    again = rgt("destroy", rental.id)
+    assert again.returncode == EXIT_REFUSED and rental.destroy_requests() == 1
+
+    swept = rgt("sweep", "--json")
+    assert rental.id not in [row["instance_id"] for row in json.loads(swept.stdout)["instances"]]
+    outputs += [early.stderr, pulled.stdout, verified.stdout, human.text, swept.stdout]
+    assert_no_canary(*outputs)
+
+
+@pytest.mark.timeout(90)
+def test_approve_on_a_terminal_then_destroy_from_a_script(rental: Rental) -> None:
+    from rgt import approval
+
+    approval.store_passphrase(PASSPHRASE, n=2**14)
+    rental.pull()
+    rental.verify()
+    human = PtyProcess("approve", rental.id, "--ttl-minutes", "5")
+    human.expect("Type the instance id")
+    human.send(rental.id)
+    human.expect("Approval passphrase")
+    human.send(PASSPHRASE)
+    assert human.wait() == 0, human.text
+    # The approval is in the ledger, for this id, single-use: a headless destroy may use it once.
+    destroyed = rgt("destroy", rental.id)
+    assert destroyed.returncode == 0, destroyed.stderr
+    assert rental.provider.show(rental.id).state == "gone" and rental.destroy_requests() == 1
+    assert all(a.consumed is not None for a in rental.ledger.approvals(rental.id))
+
+
+@pytest.mark.timeout(120)
+def test_stopped_box_start_copy_verify_destroy(rental: Rental) -> None:
+    rental.provider.stop(rental.id)
+    deadline = time.monotonic() + 30
+    while rental.provider.show(rental.id).state != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # The gate cannot re-read the manifest of a stopped box: refused, saying what still bills.
+    rental.approve()
+    message = rental.refused("box-unreachable")
+    assert "is not a meter stop" in message
+    assert all(item in message for item in vast_profile().stop_still_bills)
+    # A plain pull cannot copy from it and offers start -> copy -> verify -> destroy.
+    pulled = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local))
+    assert pulled.returncode == 3, pulled.stderr
+    assert "--start" in pulled.stderr and "copy → verify → destroy" in pulled.stderr
+    assert "is not a meter stop" in pulled.stderr and "still bills disk" in pulled.stderr
+    rental.assert_alive()
+    # The offered path works end to end.
+    started = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local), "--start")
+    assert started.returncode == 0, started.stderr
+    assert rgt("verify", str(rental.local)).returncode == 0
+    from rgt.gate import destroy_with_gate
+
+    outcome = destroy_with_gate(
+        rental.id, provider=rental.provider, ledger=rental.ledger, profile=vast_profile()
+    )
+    assert outcome.confirmed_state == "gone" and rental.destroy_requests() == 1
+
+
+_RACER = r"""
+import sys
+from rgt.errors import Refused
+from rgt.gate import destroy_with_gate
+from rgt.ledger import Ledger
+from rgt.providers.vastai import VastProvider
+from tests.ironlaw_fixtures import vast_profile
+with Ledger.open() as ledger:
+    try:
+        destroy_with_gate(
+            sys.argv[1], provider=VastProvider(), ledger=ledger, profile=vast_profile()
+        )
+        print("destroyed")
+    except Refused:
+        print("refused")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_destroys_reach_the_provider_once(rental: Rental) -> None:
+    rental.pull()
+    rental.verify()
+    rental.approve()
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, rental.id],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [racer.communicate(timeout=100)[0].strip() for racer in racers]
+    assert sorted(outputs) == ["destroyed", "refused", "refused"], outputs
+    assert rental.destroy_requests() == 1
+
+
+_SLOW_PULL = r"""
+import sys
+from pathlib import Path
+from rgt.ledger import Ledger
+from rgt.providers.rsync import CopySettings
+from rgt.providers.vastai import VastProvider
+from rgt.pull import pull_instance
+provider = VastProvider()
+provider.copy_settings = CopySettings(bwlimit_kbps=4000)
+with Ledger.open() as ledger:
+    pull_instance(sys.argv[1], sys.argv[2], Path(sys.argv[3]), provider=provider, ledger=ledger)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_during_a_pull_then_resume(emulator: Any, tmp_path: Path) -> None:
+    # 9 MB at 4 MB/s: long enough to land the kill mid-file.
+    box = Rental(emulator, tmp_path, blob_bytes=9_000_000)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PULL, box.id, REMOTE_ROOT, str(box.local)],
+        cwd=REPO,
+        start_new_session=True,  # the kill takes rsync and ssh down too, like a crashed laptop
+    )
+
+    def arrived() -> int:
+        ckpt = box.local / "ckpt"
+        return sum(p.stat().st_size for p in ckpt.rglob("*blob.bin*")) if ckpt.exists() else 0
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and arrived() < 3_000_000:
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    present = arrived()
+    assert 3_000_000 <= present < 9_000_000, present
+    assert box.ledger.pulls() == []  # an interrupted pull is not recorded
+    total = sum(
+        entry["size"]
+        for entry in json.loads((box.results / "PULL_MANIFEST.json").read_text())["files"]
+    )
+    result = box.pull()
+    # Only the missing bytes travel again, give or take under 1 % of the whole.
+    resent = result.bytes_transferred - (total - present)
+    assert resent < total // 100, (resent, total, present, result)
+    print(
+        f"kill -9 mid-pull (emulator, rsync over sshd): {present} of {total} bytes present, "
+        f"{result.bytes_transferred} sent on resume, {resent} re-sent"
+    )
+    box.verify()
+    box.approve()
+    from rgt.gate import may_destroy
+
+    decision = may_destroy(box.id, provider=box.provider, ledger=box.ledger)
+    assert decision.allowed, decision.explain()
+    box.close()
