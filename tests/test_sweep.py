@@ -1,15 +1,24 @@
 """Sweep: every visible instance, what it costs, what keeps billing, and the flags.
 
-Uses the labelled STAND-IN provider (a box is a local directory); tests/test_ironlaw_e2e.py runs
-`rgt sweep --json` against the vast.ai emulator.
+The first tests use the labelled STAND-IN provider (a box is a local directory); the last runs
+against the vast.ai emulator with the real VastProvider, the stock vastai CLI and `rgt sweep`.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from rgt.ledger import Ledger
+from rgt.providers.base import OfferQuery
 from rgt.sweep import format_report, sweep
+from tests.conftest import CANARY_API_KEY, assert_no_canary
 from tests.ironlaw_fixtures import vast_profile
 from tests.ironlaw_standin import LocalBoxProvider
 
@@ -47,3 +56,99 @@ def test_sweep_of_an_empty_account(tmp_path: Path) -> None:
     with Ledger.open() as ledger:
         report = sweep(provider=provider, ledger=ledger, profile=vast_profile())
     assert report.rows == [] and "no instances" in format_report(report)
+
+
+# -- against the vast.ai emulator: the provider's list, not the ledger, is the truth ------------
+
+
+@pytest.mark.timeout(60)
+def test_sweep_against_the_emulator_sees_every_instance_the_key_sees(
+    emulator: Any, isolated_user: Path
+) -> None:
+    from rgt.providers.vastai import VastProvider
+    from tests.ironlaw_emulator import create_instance
+
+    provider = VastProvider()
+    known = create_instance(provider, "sweep-known")
+    stopped = create_instance(provider, "sweep-stopped")
+    # Rented by hand with the stock vastai CLI: rgt never heard of it.
+    key_file = isolated_user / ".config" / "vastai" / "vast_api_key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(CANARY_API_KEY)
+    offer = provider.search_offers(OfferQuery(limit=1))[0]
+    by_hand = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "vastai"),
+            "create",
+            "instance",
+            offer.id,
+            "--image",
+            "ubuntu",
+            "--disk",
+            "20",
+            "--raw",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
+    unknown = str(json.loads(by_hand.stdout)["new_contract"])
+    with Ledger.open() as ledger:
+        for instance_id, run in ((known, "sweep-known"), (stopped, "sweep-stopped")):
+            ledger.record_instance("vastai", instance_id, label=f"rgt:{run}", state="created")
+        ledger.record_instance("vastai", "999999", label="rgt:gone-elsewhere", state="running")
+        _wait_state(provider, [known, stopped, unknown], "running")
+        provider.stop(stopped)
+        _wait_state(provider, [stopped], "stopped")
+        report = sweep(provider=provider, ledger=ledger, profile=vast_profile())
+    rows = {row.instance_id: row for row in report.rows}
+    assert set(rows) == {known, stopped, unknown}
+    # (The emulated jobs finished: their GPUs report ~0 % use, so running boxes are also idle.)
+    assert "unknown-to-ledger" not in rows[known].flags
+    assert rows[known].keeps_billing[0] == "compute"
+    assert rows[known].hourly_cost == provider.show(known).dph_total
+    assert "unknown-to-ledger" in rows[unknown].flags
+    # Stopped but billing: what keeps billing comes from the profile, with its storage $/hour.
+    row = rows[stopped]
+    assert row.flags == ["stopped-but-billing"]
+    assert row.keeps_billing == vast_profile().stop_still_bills
+    assert row.hourly_cost is not None and row.hourly_cost > 0
+    # ... and that estimate is what the emulator's meter charges a stopped box per hour.
+    before = emulator.meter(stopped)
+    emulator.clock.advance(3600)
+    after = emulator.meter(stopped)
+    assert after["compute"] == pytest.approx(before["compute"])
+    assert after["storage"] - before["storage"] == pytest.approx(row.hourly_cost, rel=0.02)
+    assert report.ledger_only == ["999999"]
+    # The CLI: exit 1 because something is flagged; JSON for machines; no key in the output.
+    cli = subprocess.run(
+        [sys.executable, "-m", "rgt", "sweep", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert cli.returncode == 1, cli.stderr
+    flagged = {r["instance_id"]: r["flags"] for r in json.loads(cli.stdout)["instances"]}
+    assert flagged[stopped] == ["stopped-but-billing"] and "unknown-to-ledger" in flagged[unknown]
+    text = subprocess.run(
+        [sys.executable, "-m", "rgt", "sweep"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert f"{row.hourly_cost:.3f}" in text.stdout and "stopped-but-billing" in text.stdout
+    assert_no_canary(cli.stdout, cli.stderr, text.stdout, text.stderr)
+
+
+def _wait_state(provider: Any, ids: list[str], state: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {i: provider.show(i).state for i in ids}
+        if all(s == state for s in states.values()):
+            return
+        assert time.monotonic() < deadline, f"waiting for {state}: {states}"
+        time.sleep(0.1)
