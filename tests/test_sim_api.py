@@ -266,3 +266,26 @@ def test_logs_result_url_needs_no_key_and_unknown_ids_are_404(emulator: Emulator
         client.stop_instance(id=999)
     assert caught.value.response.status_code == 404
     assert client.show_instance(id=999) is None
+
+
+def test_bulk_calls_launch_and_no_key_on_disk(emulator: Emulator) -> None:
+    client = sdk(emulator)
+    done = cli(
+        "launch", "instance", "-g", "RTX_4090", "-n", "1", "-i", "pytorch/pytorch",
+        "--ssh", "--direct", "--raw",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    launched = int(json.loads(done.stdout)["new_contract"])
+    assert client.show_instance(id=launched)["gpu_name"] == "RTX 4090"
+    offer = client.search_offers(query={}, limit=1)[0]
+    other = int(client.create_instance(id=offer["id"], image="img", disk=10)["new_contract"])
+    wait_status(client, other, "running")
+    client.stop_instances(ids=[launched, other])  # PUT /api/v0/instances/ {"ids", "state"}
+    assert {r["actual_status"] for r in client.show_instances()} == {"stopped"}
+    client.destroy_instances(ids=[launched, other])  # DELETE /api/v0/instances/
+    assert client.show_instances() == []
+    # The key is held in memory only: nothing the emulator wrote contains it.
+    for path in emulator.state_dir.rglob("*"):
+        if path.is_file():
+            assert_no_canary(path.read_bytes())
+    assert_no_canary(done.stdout, done.stderr)

@@ -249,6 +249,8 @@ class _Handler(BaseHTTPRequestHandler):
             for instance_id in _ids(body.get("instance_ids")):
                 world.destroy(instance_id)
             return ok
+        if method == "PUT" and path == "/api/v0/launch_instance/":
+            return Reply(200, {"success": True, "new_contract": _launch(world, body)})
         match = _ASK.match(path)
         if method == "PUT" and match:
             new_id = world.create(int(match.group(1)), body)
@@ -333,6 +335,21 @@ class _Handler(BaseHTTPRequestHandler):
             ]
             return Reply(200, {"requests": counts})
         return _error(404, "not_found", f"the emulator has no control route {method} {path}")
+
+
+def _launch(world: World, body: dict[str, Any]) -> int:
+    """`vastai launch instance`: search with the body's `q`, rent the first rentable offer."""
+    query = body.get("q")
+    if not isinstance(query, dict):
+        raise ApiError(400, "invalid_args", "launch_instance needs the search filter object in q")
+    query = {**query, "rentable": {"eq": True}}
+    for offer in world.search(query):
+        try:
+            return world.create(int(offer["id"]), body)
+        except ApiError as exc:
+            if exc.error != "no_such_ask":
+                raise
+    raise ApiError(404, "no_offers", "no rentable offer matches the launch query")
 
 
 def _change(world: World, instance_id: int, body: dict[str, Any]) -> None:
