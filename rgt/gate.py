@@ -452,7 +452,14 @@ def _destroy_claimed(
         except Exception as exc:
             ledger.update_destroy(token, "failed", detail=f"{type(exc).__name__}: {exc}")
             raise ProviderError(f"{verb} of instance {instance_id} failed: {exc}") from exc
-        state = _wait_gone(provider, instance_id, confirm_seconds)
+        try:
+            state = _wait_gone(provider, instance_id, confirm_seconds)
+        except Exception as exc:
+            ledger.update_destroy(token, "failed", detail=f"confirm: {type(exc).__name__}: {exc}")
+            raise ProviderError(
+                f"{verb} of instance {instance_id} was sent but confirming it failed ({exc}); "
+                "check `rgt sweep` (it may still bill)"
+            ) from exc
         if state != "gone":
             ledger.update_destroy(token, "failed", detail=f"still {state} after {verb}")
             raise ProviderError(

@@ -374,3 +374,27 @@ def test_manifest_of_the_run_the_instance_was_rented_for_passes_that_check(box: 
     decision = box.decide()
     assert "run-id-mismatch" not in [m.code for m in decision.missing]
     assert decision.evidence["run_id"] == RUN_ID
+
+
+def test_a_failed_confirmation_is_a_provider_error_recorded_as_failed(box: Box) -> None:
+    from rgt.errors import ProviderError
+
+    class LosesTheAnswer(LocalBoxProvider):
+        def show(self, instance_id: str):  # type: ignore[no-untyped-def]
+            if self.destroy_requests():
+                raise ConnectionError("api unreachable")
+            return super().show(instance_id)
+
+    box.pull()
+    box.verify()
+    box.approve()
+    flaky = LosesTheAnswer(box.provider.root)
+    with pytest.raises(ProviderError, match="confirming it failed"):
+        destroy_with_gate(box.id, provider=flaky, ledger=box.ledger, profile=vast_profile())
+    (record,) = box.ledger.destroys(box.id)
+    assert record.status == "failed" and "api unreachable" in (record.detail or "")
+    # A retry does not send a second request: the gate finds the instance gone.
+    box.approve()
+    with pytest.raises(Refused, match="instance-gone"):
+        destroy_with_gate(box.id, provider=box.provider, ledger=box.ledger, profile=vast_profile())
+    assert box.provider.destroy_requests() == [box.id]
