@@ -232,3 +232,17 @@ def test_kill_9_during_a_pull_then_resume(emulator: Any, tmp_path: Path) -> None
     decision = may_destroy(box.id, provider=box.provider, ledger=box.ledger)
     assert decision.allowed, decision.explain()
     box.close()
+
+
+@pytest.mark.timeout(60)
+def test_pull_on_a_terminal_draws_a_progress_bar_and_a_repeat_sends_nothing(
+    rental: Rental,
+) -> None:
+    terminal = PtyProcess("pull", rental.id, REMOTE_ROOT, str(rental.local))
+    terminal.expect(f"pull {rental.id} [")
+    assert terminal.wait() == 0, terminal.text
+    assert "100.0%" in terminal.text and "next: rgt verify" in terminal.text
+    # Headless (a pipe, as an agent captures it): no bar, no carriage returns.
+    again = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local))
+    assert again.returncode == 0 and "\r" not in again.stderr
+    assert ", 0 sent this time)" in again.stdout  # everything was already here
