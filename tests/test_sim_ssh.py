@@ -324,7 +324,10 @@ def test_without_sshd_copies_fall_back_to_local_rsync_and_say_so(
     disk: Path, key_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(FORCE_LOCAL_ENV, "1")
-    (disk / "workspace" / "results" / "a.bin").write_bytes(b"x" * 5000)
+    # Megabytes, not a few bytes: the stand-in shares non-blocking pipes with rsync, and a
+    # small file fits in one pipe buffer without ever meeting a full pipe.
+    data = os.urandom(2_000_000)
+    (disk / "workspace" / "results" / "a.bin").write_bytes(data)
     fallback = SshServer(disk, key_dir)
     port = fallback.start()
     try:
@@ -337,9 +340,9 @@ def test_without_sshd_copies_fall_back_to_local_rsync_and_say_so(
         settings = settings_for(key_dir, tmp_path)
         endpoint = SshEndpoint("127.0.0.1", port)
         report = rsync_pull(endpoint, "/workspace/results", tmp_path / "local", settings)
-        assert (tmp_path / "local" / "results" / "a.bin").read_bytes() == b"x" * 5000
-        assert report.bytes_transferred == 5000
-        assert fallback.traffic()[0] >= 5000
+        assert (tmp_path / "local" / "results" / "a.bin").read_bytes() == data
+        assert len(report.attempts) == 1 and report.bytes_transferred == len(data)
+        assert fallback.traffic()[0] >= len(data)
         with pytest.raises(ProviderError, match="outside the instance disk"):
             read_remote_file(endpoint, "/../etc/hostname", settings, attempts=1)
     finally:

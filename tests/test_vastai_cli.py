@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from conftest import CANARY_API_KEY, assert_no_canary
 
+from rgt.providers.rsync import ssh_program
+
 pytestmark = pytest.mark.timeout(60)
 
 VASTAI = str(Path(sys.executable).parent / "vastai")
@@ -160,9 +162,10 @@ def test_cli_lifecycle_search_create_poll_ssh_stop_start_destroy(
         },
         lambda r: r["ok"],
     )
+    # ssh_program(): plain `ssh`, or the emulator's local stand-in where no sshd can run.
     over_ssh = subprocess.run(
         [
-            "ssh",
+            *ssh_program(),
             "-p",
             port,
             "-i",

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -434,6 +435,26 @@ def serve_command(disk: Path, original: str | None, traffic_file: Path | None = 
     return _relay_counting(program, argv, cwd, environment, traffic_file)
 
 
+def _read(fd: int) -> bytes:
+    """os.read that waits on a non-blocking fd. The local fallback shares its pipes with the
+    rsync client, which makes them non-blocking: EAGAIN there means "not yet", not an error."""
+    while True:
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            select.select([fd], [], [], 1.0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data`, waiting whenever a non-blocking fd is full."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+
+
 def _relay_counting(
     program: str, argv: list[str], cwd: Path, environment: dict[str, str], traffic_file: Path
 ) -> int:
@@ -452,7 +473,7 @@ def _relay_counting(
     def inbound() -> None:
         assert child.stdin is not None
         try:
-            while chunk := os.read(0, 65536):
+            while chunk := _read(0):
                 child.stdin.write(chunk)
                 child.stdin.flush()
                 counts[1] += len(chunk)
@@ -466,10 +487,7 @@ def _relay_counting(
     reader.start()
     try:
         while chunk := os.read(child.stdout.fileno(), 65536):
-            view = memoryview(chunk)
-            while view:
-                written = os.write(1, view)
-                view = view[written:]
+            _write_all(1, chunk)
             counts[0] += len(chunk)
     except OSError:
         # The client went away (a killed copy): stop the command instead of leaving it blocked.
