@@ -64,6 +64,9 @@ _PROCESS_MIN_FILES = 4000
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 _OPEN_FLAGS |= getattr(os, "O_NONBLOCK", 0)  # a fifo swapped in after listing must not block
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
+# Anything that may make a relative path unsafe: a control character or backslash, an empty,
+# "." or ".." component, a leading slash. Paths without a match need no per-component check.
+_SUSPECT_PATH = re.compile(r"[\x00-\x1f\x7f\\]|(?:^|/)\.{0,2}(?:/|$)")
 DEFER = "defer: big file, hash it on its own"
 # More problems than this are summarised, so a broken tree does not flood the terminal.
 _MAX_PROBLEM_LINES = 50
@@ -113,6 +116,8 @@ def path_problem(relative: str) -> str | None:
     """Why a manifest-relative POSIX path is unsafe (absolute, traversal, odd names), or None."""
     if not isinstance(relative, str) or not relative:
         return "is empty or not a string"
+    if relative.isascii() and _SUSPECT_PATH.search(relative) is None:
+        return None  # the common case: one regex over the whole path
     if relative.startswith("/"):
         return "is absolute"
     for part in relative.split("/"):

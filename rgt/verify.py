@@ -36,6 +36,7 @@ import json
 import os
 import pickle
 import pickletools
+import re
 import struct
 import time
 import warnings
@@ -77,6 +78,7 @@ _DTYPE_BYTES = {
     "I64": 8, "U64": 8, "F64": 8, "C64": 8,
 }  # fmt: skip
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+CHECKPOINT_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 JSON_SUFFIXES = (".json", ".jsonl")
 # Globals a torch checkpoint pickle may name for the no-torch scan (what weights_only allows).
 _SAFE_GLOBALS = {
@@ -101,6 +103,8 @@ _SAFE_GLOBALS = {
 }
 
 ProgressFn = Callable[[int, int], None]
+_HEX64 = re.compile("[0-9a-f]{64}")
+_JSON = json.JSONDecoder()
 
 
 class VerificationFailed(CheckFailed):
@@ -188,34 +192,48 @@ def _manifest_problems(
     if not isinstance(files, list):
         return [*problems, f"{where}: field files must be a list"]
     seen: set[str] = set()
+    tops = {f"{name}/" for name in roster if isinstance(name, str)}
     for index, entry in enumerate(files):
-        label = f"{where}: files[{index}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{label} is not an object")
-            continue
-        relative = entry.get("path")
-        if not isinstance(relative, str):
-            problems.append(f"{label}: path {relative!r} is not a string")
-            continue
-        reason = path_problem(relative)
-        if reason is not None:
-            problems.append(f"{label}: path {relative!r} {reason}")
-            continue
-        if relative.split("/", 1)[0] not in roster or "/" not in relative:
-            problems.append(f"{label}: path {relative!r} is not inside a roster directory")
-        if relative in seen:
-            problems.append(f"{label}: path {relative!r} is listed twice")
-        seen.add(relative)
-        size = entry.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            problems.append(f"{label}: size {size!r} must be a whole number >= 0")
-        digest = entry.get("sha256")
-        if (
-            not isinstance(digest, str)
-            or len(digest) != 64
-            or digest.strip("0123456789abcdef") != ""
-        ):
-            problems.append(f"{label}: sha256 {digest!r} must be 64 lowercase hex digits")
+        # Fast path first (one regex per path, C-level checks); the slow path names the fault.
+        if type(entry) is dict:
+            relative, size, digest = entry.get("path"), entry.get("size"), entry.get("sha256")
+            if (
+                type(relative) is str
+                and type(size) is int
+                and size >= 0
+                and type(digest) is str
+                and _HEX64.fullmatch(digest) is not None
+                and path_problem(relative) is None
+                and relative[: relative.find("/") + 1] in tops
+                and relative not in seen
+            ):
+                seen.add(relative)
+                continue
+        problems += _entry_problems(f"{where}: files[{index}]", entry, tops, seen)
+    return problems
+
+
+def _entry_problems(label: str, entry: Any, tops: set[str], seen: set[str]) -> list[str]:
+    if not isinstance(entry, dict):
+        return [f"{label} is not an object"]
+    relative = entry.get("path")
+    if not isinstance(relative, str):
+        return [f"{label}: path {relative!r} is not a string"]
+    reason = path_problem(relative)
+    if reason is not None:
+        return [f"{label}: path {relative!r} {reason}"]
+    problems = []
+    if relative[: relative.find("/") + 1] not in tops:
+        problems.append(f"{label}: path {relative!r} is not inside a roster directory")
+    if relative in seen:
+        problems.append(f"{label}: path {relative!r} is listed twice")
+    seen.add(relative)
+    size = entry.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        problems.append(f"{label}: size {size!r} must be a whole number >= 0")
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or _HEX64.fullmatch(digest) is None:
+        problems.append(f"{label}: sha256 {digest!r} must be 64 lowercase hex digits")
     return problems
 
 
@@ -308,11 +326,12 @@ def json_problem(relative: str, data: bytes) -> str | None:
             for number, line in enumerate(data.splitlines(), 1):
                 if line.strip():
                     try:
-                        json.loads(line)
+                        json.loads(line.decode("utf-8"))
                     except ValueError as exc:
                         return f"not valid JSON (line {number}: {exc})"
         else:
-            json.loads(data)
+            # UTF-8 only (RFC 8259); decoding first skips json's encoding detection.
+            _JSON.decode(data.decode("utf-8"))
     except ValueError as exc:
         return f"not valid JSON ({exc})"
     return None
@@ -620,9 +639,10 @@ def _verify_tree(
         where = "outside the roster" if "/" not in relative or top not in roster else "extra"
         problems.append(f"{relative}: {where} file, not in the manifest")
     items: list[tuple[str, str, int]] = []
+    base = f"{local_dir}{os.sep}"
     for relative, entry in sorted(expected.items()):
         if relative in found:
-            items.append((relative, str(local_dir / relative), int(entry["size"])))
+            items.append((relative, base + relative, int(entry["size"])))
         else:
             problems.append(f"{relative}: missing (the manifest lists {entry['size']} bytes)")
     hashed = hash_files(
@@ -664,6 +684,8 @@ def _verify_tree(
             continue
         if relative.endswith(JSON_SUFFIXES):
             row["load"] = "json parsed"
+        if not relative.endswith(CHECKPOINT_SUFFIXES):
+            continue
         try:
             method = _load_check(Path(path), relative, size, allow_pickle)
         except (_LoadProblem, OSError) as exc:
