@@ -438,6 +438,51 @@ def test_onstart_checks_secret_names_and_never_logs_their_values(tmp_path: Path)
             assert_no_canary(path.read_bytes())
 
 
+@pytest.mark.timeout(60)
+def test_onstart_runs_once_at_a_time_and_without_flock_still_runs(tmp_path: Path) -> None:
+    box = tmp_path / "box"
+    (box / "root").mkdir(parents=True)
+    text = render_template(_profile("vastai"), "onstart", _onstart_job("0")).text
+    env = _box_env(box, HOME=str(box / "root"))
+    state = box / "workspace/.rgt/resume-test"
+    state.mkdir(parents=True)
+    # A start still holding the lock: a second start leaves it alone (and runs nothing).
+    holder = subprocess.Popen(["flock", str(state / "onstart.lock"), "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["flock", "-n", str(state / "onstart.lock"), "true"]).returncode == 0:
+            assert time.monotonic() < deadline, "the lock holder never took the lock"
+            time.sleep(0.05)
+        second = subprocess.run(
+            ["bash", "-c", text], cwd=box, env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert second.returncode == 0
+    assert "another start of this run holds the lock" in second.stdout
+    assert not (box / "workspace/checkpoints/starts.log").exists()
+    # An image without flock: the job still runs (a PATH with every tool but flock).
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for directory in [str(Path(sys.executable).parent), *os.environ["PATH"].split(os.pathsep)]:
+        for tool in Path(directory).glob("*") if Path(directory).is_dir() else []:
+            target = tools / tool.name
+            if tool.name != "flock" and not target.exists() and os.access(tool, os.X_OK):
+                target.symlink_to(tool)
+    unlocked = subprocess.run(
+        ["bash", "-c", text],
+        cwd=box,
+        env={**env, "PATH": str(tools)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+    assert "flock not found" in unlocked.stdout + unlocked.stderr  # the hook logs both
+    assert (box / "workspace/results/PULL_MANIFEST.json").exists()
+
+
 def test_onstart_under_the_limit_is_plain_and_too_big_is_refused(tmp_path: Path) -> None:
     roomy = _profile_copy(
         tmp_path, "vastai", ("onstart_limit_bytes: 16384", "onstart_limit_bytes: 1000000")
