@@ -454,3 +454,73 @@ def test_an_instance_rented_with_the_stock_cli_is_found_by_label_not_rented_agai
     assert json.loads(shown.stdout)["label"] == run_label("cli")
     # What rgt reports and what the stock CLI reports agree.
     assert provider.show(cli_id).actual_status == json.loads(shown.stdout)["actual_status"]
+
+
+# -- every state the platform reports, read through the provider ---------------------------------
+
+
+def test_the_provider_reads_vast3_preemption_and_vast7_as_the_right_states(
+    provider: VastProvider, emulator: Any
+) -> None:
+    """The emulator reports states as vast.ai does (actual/intended/status_msg); rgt must read
+    each as the neutral state the lifecycle acts on. The onstart process is the witness: a
+    preempted or offline box has lost it, a resumed one runs it again."""
+    # VAST3: stopped, its GPU rented by someone else, asked to start -> waits in scheduling.
+    first = rent(provider, "vast3")
+    wait_for(provider, first.id, {"running"})
+    machine = first.raw.get("machine_id")
+    provider.stop(first.id)
+    assert wait_for(provider, first.id, {"stopped"}).intended_status == "stopped"
+    same_machine = [
+        o
+        for o in provider.search_offers(
+            OfferQuery(limit=1000, min_reliability=0, verified_only=False)
+        )
+        if o.machine_id == str(machine)
+    ]
+    assert same_machine, "the stopped instance's GPU should be rentable again (VAST3)"
+    taken = 0
+    with pytest.raises(ProviderError, match="no_such_ask"):
+        for index in range(16):  # a machine has at most 8 GPUs
+            provider.create(
+                same_machine[0].id,
+                image="img",
+                disk_gb=1,
+                onstart="sleep 600",
+                label=run_label(f"squatter{index}"),
+            )
+            taken += 1
+    assert taken >= 1
+    provider.start(first.id)
+    stuck = wait_for(provider, first.id, {"scheduling"})
+    assert stuck.intended_status == "running" and stuck.actual_status != "running"
+    assert emulator.process_id(first.id) is None
+
+    # Preemption: an interruptible box outbid is paused abruptly, and resumes with onstart.
+    offer = provider.search_offers(OfferQuery(interruptible=True))[0]
+    spot = provider.create(
+        offer.id,
+        image="img",
+        disk_gb=1,
+        onstart="sleep 600",
+        label=run_label("spot-states"),
+        interruptible=True,
+        bid_per_hour=max(offer.min_bid, 0.01) * 1.2,
+    )
+    wait_for(provider, spot.id, {"running"})
+    before = emulator.process_id(spot.id)
+    assert before is not None
+    emulator.preempt(spot.id)
+    assert wait_for(provider, spot.id, {"paused"}).interruptible is True
+    assert emulator.process_id(spot.id) is None
+    emulator.win_bid(spot.id)
+    wait_for(provider, spot.id, {"running"})
+    assert emulator.process_id(spot.id) not in (None, before)
+
+    # VAST7: the host goes offline, then comes back.
+    emulator.take_host_offline(spot.id)
+    assert wait_for(provider, spot.id, {"offline"}).actual_status == "offline"
+    with pytest.raises(ProviderError, match="offline"):
+        provider.read_remote_file(spot.id, "/workspace/anything")
+    emulator.bring_host_online(spot.id)
+    wait_for(provider, spot.id, {"running"})

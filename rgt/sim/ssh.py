@@ -431,7 +431,7 @@ def serve_command(disk: Path, original: str | None, traffic_file: Path | None = 
         return 127
     if traffic_file is None:
         os.chdir(cwd)
-        os.execve(program, [program, *argv[1:]], environment)
+        os.execve(program, argv, environment)
     return _relay_counting(program, argv, cwd, environment, traffic_file)
 
 
@@ -461,7 +461,8 @@ def _relay_counting(
     """Run the command with its stdin/stdout relayed and counted, so the emulator can bill
     the bytes that left and entered the box; appends `OUT IN` to `traffic_file`."""
     child = subprocess.Popen(
-        [program, *argv[1:]],
+        argv,
+        executable=program,
         cwd=cwd,
         env=environment,
         stdin=subprocess.PIPE,
