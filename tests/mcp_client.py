@@ -49,15 +49,21 @@ def server_params(emulator: Any) -> StdioServerParameters:
 class Human:
     """Answers the destroy prompt the way a person in the client UI would (scripted)."""
 
-    def __init__(self, action: str = "accept", typed: str | None = None) -> None:
+    def __init__(
+        self, action: str = "accept", typed: str | None = None, passphrase: str | None = None
+    ) -> None:
         self.action = action
         self.typed = typed
+        self.passphrase = passphrase
         self.asked: list[ElicitRequestParams] = []
 
     async def __call__(self, context: Any, params: ElicitRequestParams) -> ElicitResult:
         self.asked.append(params)
         if self.action == "accept":
-            return ElicitResult(action="accept", content={"instance_id": self.typed or ""})
+            content = {"instance_id": self.typed or ""}
+            if self.passphrase is not None:
+                content["passphrase"] = self.passphrase
+            return ElicitResult(action="accept", content=content)
         return ElicitResult(action=self.action)  # type: ignore[arg-type]
 
 

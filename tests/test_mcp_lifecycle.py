@@ -20,7 +20,7 @@ from tests.mcp_client import (
     write_job,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 
 @pytest.fixture

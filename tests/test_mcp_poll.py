@@ -13,7 +13,7 @@ import pytest
 from rgt.ledger import Ledger
 from tests.mcp_client import assert_alive, connect, launch_and_finish, write_job
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.mcp_client import (
     write_job,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 
 @pytest.fixture

@@ -194,6 +194,16 @@ class ConfirmDestroy(BaseModel):
     )
 
 
+class ConfirmDestroyWithPassphrase(ConfirmDestroy):
+    """The form when the user has set an approval passphrase (`rgt approval init`): the id and
+    the passphrase, so a client that answers prompts by itself cannot approve alone."""
+
+    passphrase: str = Field(
+        title="Approval passphrase",
+        description="Your rgt approval passphrase (set with `rgt approval init`)",
+    )
+
+
 # -- destroy: precheck + elicitation (the resolver runs before the tool body) -----------------
 
 
@@ -254,26 +264,57 @@ async def ask_human_to_confirm(
     instance_id: str, ctx: Context
 ) -> Elicit[ConfirmDestroy] | DestroyResult:
     """Resolver for destroy: refuse early when evidence is missing, else ask the human."""
+    from rgt import approval
+
     found = await _blocking(lambda: _precheck(instance_id, _client_can_elicit(ctx)))
     if found is not None:
         return found
-    return Elicit(
+    message = (
         f"PERMANENTLY destroy instance {instance_id}? Its results were pulled and verified "
         "against the manifest built on the box; destroy deletes the box and its disk and stops "
-        f"the meter. Type the instance id ({instance_id}) to confirm.",
-        ConfirmDestroy,
+        f"the meter. Type the instance id ({instance_id}) to confirm"
     )
+    if approval.is_configured():
+        # The form's schema is the one asked at run time; the annotation names the base form.
+        form: type[ConfirmDestroy] = ConfirmDestroyWithPassphrase
+        message += ", and your approval passphrase."
+    else:
+        form = ConfirmDestroy
+        message += "."
+    return Elicit(message, form)
 
 
-def _destroy_now(instance_id: str) -> DestroyResult:
+def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
     """Record the human's approval just given and destroy through the gate with exactly it."""
+    from rgt import approval
     from rgt.errors import Refused
     from rgt.gate import destroy_with_gate
 
     with _ledger() as ledger:
         profile = _instance_profile(ledger, instance_id)
         provider = _provider(profile.platform)
-        approval_id = ledger.record_approval(instance_id, APPROVAL_CHANNEL, APPROVAL_TTL_SECONDS)
+        try:
+            if approval.is_configured():
+                # Checks the id and passphrase, rate-limits, records failures.
+                approval_id = approval.approve_with_passphrase(
+                    ledger,
+                    instance_id,
+                    typed_instance_id=answer.instance_id,
+                    passphrase=getattr(answer, "passphrase", ""),
+                    channel=APPROVAL_CHANNEL,
+                    ttl_seconds=APPROVAL_TTL_SECONDS,
+                )
+            else:
+                approval_id = ledger.record_approval(
+                    instance_id, APPROVAL_CHANNEL, APPROVAL_TTL_SECONDS
+                )
+        except Refused as exc:
+            return DestroyResult(
+                instance_id=instance_id,
+                destroyed=False,
+                outcome="refused",
+                message=f"destroy REFUSED, nothing was destroyed: {exc.message}",
+            )
         try:
             outcome = destroy_with_gate(
                 instance_id,
@@ -346,7 +387,7 @@ async def destroy(
                 "(call destroy again to ask once more)"
             ),
         )
-    return await _blocking(lambda: _destroy_now(instance_id))
+    return await _blocking(lambda: _destroy_now(instance_id, data))
 
 
 # -- the other tools ---------------------------------------------------------------------------
