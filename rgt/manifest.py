@@ -552,7 +552,7 @@ def build_manifest(
         if note is not None:
             problems.append(f"{relative}: {note}; is a writer still running?")
             continue
-        files.append({"path": relative, "size": size, "sha256": digest})
+        files.append({"path": relative, "sha256": digest, "size": size})
     if problems:
         raise ManifestRefused(problems)
     return {
@@ -562,20 +562,23 @@ def build_manifest(
         "created_at": _utc_now(),
         "builder": {
             "name": "rgt.manifest",
-            "version": BUILDER_VERSION,
             "python": platform.python_version(),
+            "version": BUILDER_VERSION,
         },
         "hash": "sha256",
         "roster": names,
         "files": files,
-        "totals": {"files": len(files), "bytes": sum(f["size"] for f in files)},
+        "totals": {"bytes": sum(f["size"] for f in files), "files": len(files)},
     }
 
 
 def encode_manifest(manifest: dict[str, Any]) -> bytes:
     """The manifest's bytes as written: UTF-8 JSON, sorted keys, trailing newline."""
     # Compact: with indent, json falls back to its pure-Python encoder (slow for 50k files).
-    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # Keys in sorted order, but without sort_keys: the file entries are built with their keys
+    # already in order ("path" < "sha256" < "size"), which saves a sort per entry.
+    ordered = {key: manifest[key] for key in sorted(manifest)}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
     return (text + "\n").encode("utf-8")
 
 

@@ -78,6 +78,13 @@ def test_manifest_lists_every_file_with_size_and_sha256(results) -> None:
         for p in sorted(files)
     ]
     assert document["totals"] == {"files": 4, "bytes": sum(len(d) for d in files.values())}
+    # Written with sorted keys (built in order, so the encoder need not sort each entry).
+    assert (
+        manifest.encode_manifest(document)
+        == (
+            json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+        ).encode()
+    )
 
 
 def test_cli_standalone_writes_atomically_and_takes_instance_from_env(results) -> None:
