@@ -88,6 +88,22 @@ def test_bad_profile_gets_exactly_its_planted_findings(path: Path) -> None:
         assert "\n" not in finding.format()
 
 
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
+def test_bad_profile_cli_exit_code_and_lines(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rgt.cli import main
+
+    expected = _expected(path)
+    only_warnings = all(rule == "stale-verified" and "old" in text for _, rule, text in expected)
+    code = main(["lint", "--max-age-months", str(MAX_AGE), str(path)])
+    out = capsys.readouterr()
+    assert code == (0 if only_warnings else 1)
+    assert out.err == ""
+    printed = [line.split(": ", 2)[:2] for line in out.out.splitlines()]
+    assert printed == [[f"{path}:{line}", rule] for line, rule, _ in sorted(expected)]
+
+
 def test_secret_findings_do_not_repeat_the_secret() -> None:
     for name in ("secret-inline", "secret-assigned", "vast-key-in-frontmatter", "private-key"):
         path = BAD_PROFILES / f"{name}.md"
