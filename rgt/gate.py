@@ -425,7 +425,8 @@ def _destroy_claimed(
     approval_id: int | None,
     confirm_seconds: float,
 ) -> DestroyOutcome:
-    token = ledger.claim_destroy(provider.platform, instance_id)
+    # Called under the per-instance lock: an unfinished claim is a dead process's.
+    token = ledger.claim_destroy(provider.platform, instance_id, abandon_unfinished=True)
     if token is None:
         raise Refused(
             f"instance {instance_id}: another destroy is in progress or it was already destroyed "
@@ -441,6 +442,10 @@ def _destroy_claimed(
         )
         if not decision.allowed:
             ledger.update_destroy(token, "failed", detail=decision.explain())
+            if any(item.code == "instance-gone" for item in decision.missing):
+                # e.g. an earlier destroy's request landed but its process died before the
+                # confirmation: remember it, so the sweep stops expecting the instance.
+                ledger.record_state(provider.platform, instance_id, "gone", detail="found gone")
             raise Refused(decision.explain())
         used_approval = int(decision.evidence["approval"]["id"])
         if not ledger.consume_approval(used_approval):

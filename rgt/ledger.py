@@ -597,16 +597,31 @@ class Ledger:
     # -- destroys ------------------------------------------------------------------------------
 
     def claim_destroy(
-        self, provider: str, instance_id: str, *, now: float | None = None
+        self,
+        provider: str,
+        instance_id: str,
+        *,
+        abandon_unfinished: bool = False,
+        now: float | None = None,
     ) -> str | None:
         """Take the exclusive right to destroy `instance_id`; returns a claim token, or None when
         another live claim holds it or the instance is already confirmed destroyed.
 
         The check and the insert run in one BEGIN IMMEDIATE transaction, so of two processes
-        racing here exactly one gets a token."""
+        racing here exactly one gets a token. `abandon_unfinished`: the caller holds the
+        per-instance destroy lock, so an unfinished claim can only be one whose process died
+        (kill -9, power loss); it is marked failed and taken over at once instead of blocking
+        for DESTROY_CLAIM_SECONDS. Safe: the gate re-checks everything after the claim."""
         at = _now(now)
         token = uuid.uuid4().hex
         with self.transaction() as db:
+            if abandon_unfinished:
+                db.execute(
+                    "UPDATE destroys SET status = 'failed', finished = ?, "
+                    "detail = COALESCE(detail || '; ', '') || 'abandoned: its process died' "
+                    "WHERE instance_id = ? AND status IN ('claimed', 'sent')",
+                    (at, str(instance_id)),
+                )
             blocking = db.execute(
                 "SELECT 1 FROM destroys WHERE instance_id = ? AND ("
                 " status = 'confirmed' OR (status IN ('claimed', 'sent') AND claimed > ?))",

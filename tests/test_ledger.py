@@ -217,3 +217,22 @@ def test_rgt_ledger_command_prints_the_history(isolated_user: Path) -> None:
     )
     kinds = [json.loads(line)["kind"] for line in as_json.stdout.splitlines()]
     assert kinds.count("approvals") == 1 and "instance_events" in kinds
+
+
+def test_a_dead_processes_unfinished_claim_can_be_taken_over_by_the_lock_holder(
+    tmp_path: Path,
+) -> None:
+    with Ledger.open(tmp_path / "l.db") as ledger:
+        dead = ledger.claim_destroy("vastai", "42", now=1000.0)
+        ledger.update_destroy(dead, "sent", verb="destroy")  # type: ignore[arg-type]
+        # Without the lock: blocked until the claim expires.
+        assert ledger.claim_destroy("vastai", "42", now=1010.0) is None
+        # Holding the per-instance lock (the gate does): the dead claim is abandoned at once.
+        token = ledger.claim_destroy("vastai", "42", abandon_unfinished=True, now=1010.0)
+        assert token is not None
+        first, second = ledger.destroys("42")
+        assert first.status == "failed" and "abandoned" in (first.detail or "")
+        assert second.status == "claimed"
+        # A confirmed destroy is never taken over.
+        ledger.update_destroy(token, "confirmed")
+        assert ledger.claim_destroy("vastai", "42", abandon_unfinished=True, now=1020.0) is None
