@@ -138,6 +138,8 @@ def test_job_resumed_from_a_checkpoint_and_reached_the_end(report: dict[str, Any
     assert on_disk and on_disk[-1][0] == 600
     for step, path in on_disk:
         assert load(path).step == step
+    # rgt verify loaded each of them too (rgt.checkpoint, no pickle).
+    assert report["verify"]["checkpoints_loaded"] == len(on_disk)
 
 
 def test_report_meter_matches_the_emulator_and_billing_stopped(report: dict[str, Any]) -> None:

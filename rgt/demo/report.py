@@ -111,7 +111,8 @@ def render_text(report: dict[str, Any]) -> str:
     )
     add(
         f"  verified         {verified['files']} files, {human_bytes(verified['bytes'])} "
-        f"byte-for-byte against manifest {verified['manifest_sha256'][:16]}…"
+        f"byte-for-byte against manifest {verified['manifest_sha256'][:16]}…; "
+        f"{verified.get('checkpoints_loaded', 0)} checkpoints load"
     )
     add("")
     add("Teardown (the Iron Law)")

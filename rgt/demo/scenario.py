@@ -446,7 +446,15 @@ class Demo:
         self.timeline.add(
             "gate", "REFUSED before verification: " + ", ".join(m.code for m in before.missing)
         )
-        verified = verify_pull(local)
+        check_bar = ProgressBar("verify", None)
+        verified = verify_pull(
+            local,
+            expected_run_id=RUN_ID,
+            expected_instance_id=instance_id,
+            ledger=ledger,
+            progress=lambda done, total: check_bar.update(done, total=total),
+        )
+        check_bar.finish()
         self.timeline.add("verified", "byte-for-byte against the box's manifest")
 
         require_emulator_instance(provider, emulator, instance_id)
@@ -518,9 +526,11 @@ def verification_summary(record: dict[str, Any], manifest_sha256: str) -> dict[s
     """Files and bytes the verification covered (read from its record)."""
     totals = record.get("totals") or {}
     files = record.get("files")
+    checkpoints = record.get("checkpoints")
     return {
         "files": int(totals.get("files", len(files) if isinstance(files, list) else 0)),
         "bytes": int(totals.get("bytes", 0)),
+        "checkpoints_loaded": len(checkpoints) if isinstance(checkpoints, list) else 0,
         "manifest_sha256": record.get("manifest_sha256", manifest_sha256),
         "ok": True,
     }
