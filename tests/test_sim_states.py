@@ -280,3 +280,33 @@ def test_destroy_removes_row_process_and_disk(sim: Emulator, client: Any) -> Non
     assert state(client, instance_id) == "gone"
     assert not disk.exists() and not alive(pid)
     assert all(row["id"] != instance_id for row in client.show_instances())
+
+
+def test_an_on_demand_rental_outbids_a_bid_which_resumes_when_the_gpu_is_free(
+    sim: Emulator, client: Any
+) -> None:
+    # A one-GPU machine: the newcomer can only get the bid's GPU.
+    offer = client.search_offers(query={"gpu_frac": {"eq": 1}, "num_gpus": {"eq": 1}}, limit=1)[0]
+    low = int(
+        client.create_instance(
+            id=offer["id"], image="img", disk=10, onstart_cmd=JOB, price=offer["min_bid"]
+        )["new_contract"]
+    )
+    sim.clock.advance(0.5)
+    disk = sim.instance_disk(low)
+    wait_file_lines(disk / "runs.txt", 1)
+    pid = sim.process_id(low)
+    assert pid is not None
+    # A bid no higher does not take the GPU.
+    with pytest.raises(Exception, match="400"):
+        client.create_instance(id=offer["id"], image="img", disk=10, price=offer["min_bid"])
+    assert state(client, low) == "running"
+    winner = int(client.create_instance(id=offer["id"], image="img", disk=10)["new_contract"])
+    assert state(client, low) == "paused" and not alive(pid)
+    assert not (disk / "signals.txt").exists()
+    sim.clock.advance(3600)
+    assert state(client, low) == "paused"
+    client.destroy_instance(id=winner)
+    sim.clock.advance(0.3)
+    assert state(client, low) == "running"
+    assert len(wait_file_lines(disk / "runs.txt", 2)) == 2

@@ -13,9 +13,13 @@ Reported states follow vast.ai (actual_status / intended_status / cur_state / st
     running     running   running   running    held      onstart running, ssh up, compute billed
     stopped     stopped   stopped   stopped    released  disk still billed (VAST1)
     scheduling  stopped   running   stopped    waiting   its own GPU is rented by another (VAST3)
-    paused      stopped   running   stopped    outbid    interruptible outbid (VAST4)
+    paused      stopped   running   stopped    waiting   interruptible outbid (VAST4)
     offline     offline   (as was)  (as was)   held      host stopped answering (VAST7)
     destroyed   -- the row is gone ({"instances": null}), disk deleted
+
+Outbidding happens two ways: a new rental on the machine (on-demand, or a higher bid) that
+needs the GPUs of lower bids takes them, and the outbid instances resume when their GPU is free
+again; or a test calls `preempt()`, and the instance waits until `win_bid()`.
 """
 
 from __future__ import annotations
@@ -431,9 +435,46 @@ class World:
             with contextlib.suppress(Exception):
                 server.stop()
 
+    def _outbid_for(self, machine: Machine, needed: int, price: float | None) -> list[int]:
+        """The auction: a new rental at `price` (None = on-demand, which outranks every bid)
+        takes GPUs from lower interruptible bids on the machine, cheapest bid first, if that
+        frees enough. Returns the machine's free GPUs afterwards."""
+        free = machine.free_gpus()
+        bids = sorted(
+            (
+                i
+                for i in self.instances.values()
+                if i.machine_id == machine.id
+                and i.phase in ("loading", "running")
+                and i.is_bid
+                and (price is None or (i.bid_price or 0.0) < price)
+            ),
+            key=lambda i: (i.bid_price or 0.0, i.id),
+        )
+        victims: list[SimInstance] = []
+        available = len(free)
+        for inst in bids:
+            if available >= needed:
+                break
+            victims.append(inst)
+            available += len(inst.gpu_indices)
+        if available < needed:
+            return free
+        for inst in victims:
+            self._pause_outbid(inst)
+            inst.waiting_since = self.accrued_at  # resumes when its GPU is free again
+        return machine.free_gpus()
+
+    def _pause_outbid(self, inst: SimInstance) -> None:
+        """Outbid: the container dies at once (SIGKILL, no notice); the disk stays."""
+        self._halt(inst)
+        inst.phase = "paused"
+        inst.status_msg = "Outbid: paused until this bid is the highest again (interruptible)"
+
     def _schedule_waiting(self) -> None:
-        """Instances waiting in scheduling get their GPU as soon as it is free again."""
-        waiting = [i for i in self.instances.values() if i.phase == "scheduling"]
+        """Instances waiting for their own GPU (a start in scheduling, a bid outbid by a
+        rental that has ended) get it as soon as it is free again."""
+        waiting = [i for i in self.instances.values() if i.phase in ("scheduling", "paused")]
         for inst in sorted(waiting, key=lambda i: (i.waiting_since or 0.0, i.id)):
             if self._claim(inst):
                 self._begin_loading(inst, self.settings.restart_seconds, "Starting container")
@@ -521,6 +562,8 @@ class World:
                         f"bid ${price:g}/h is below this offer's min_bid ${row['min_bid']:g}/h.",
                     )
             free = machine.free_gpus()
+            if machine.online and len(free) < ask.num_gpus:
+                free = self._outbid_for(machine, ask.num_gpus, price)
             if not machine.online or len(free) < ask.num_gpus:
                 raise ApiError(
                     400, "no_such_ask", f"Offer {ask_id} is no longer available (GPUs rented)."
@@ -550,6 +593,7 @@ class World:
             self._prepare_disk(inst)
             self.instances[inst.id] = inst
             self._begin_loading(inst, self.settings.boot_seconds, f"Pulling image {image}")
+            self._schedule_waiting()  # an outbid bid whose GPU the newcomer did not need
             self._save()
             return inst.id
 
@@ -754,12 +798,10 @@ class World:
                 )
             if inst.phase not in ("loading", "running"):
                 raise ApiError(400, "invalid_state", f"instance {inst.id} is {inst.phase}")
-            self._halt(inst)
+            self._pause_outbid(inst)
             machine = self.machines[inst.machine_id]
-            for gpu in inst.gpu_indices:  # the higher bid now holds the GPU
+            for gpu in inst.gpu_indices:  # a (notional) higher bid holds the GPU until win_bid
                 machine.holders[gpu] = f"outbid-{inst.id}"
-            inst.phase = "paused"
-            inst.status_msg = "Outbid: paused until this bid is the highest again (interruptible)"
             self._save()
 
     def win_bid(self, instance_id: int) -> None:
