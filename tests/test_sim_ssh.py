@@ -355,3 +355,30 @@ def test_without_sshd_copies_fall_back_to_local_rsync_and_say_so(
             settings_for(key_dir, tmp_path),
             attempts=1,
         )
+
+
+@NEEDS_SSHD
+def test_sshds_left_by_a_killed_emulator_are_reaped(disk: Path, key_dir: Path) -> None:
+    from rgt.sim.ssh import reap_stale_servers
+
+    orphan = SshServer(disk, key_dir)
+    port = orphan.start()
+    assert orphan._proc is not None
+    pid = orphan._proc.pid
+    # The emulator process died without stop(): forget the server object, keep its sshd.
+    orphan._proc = None
+    assert reap_stale_servers(key_dir) == 1
+    # It ends (sshd exits 0 on SIGTERM); waitpid would block, and the test time out, if not.
+    # It is our child here; after a real crash init would reap it.
+    os.waitpid(pid, 0)
+    with pytest.raises(ProviderError):
+        read_remote_file(
+            SshEndpoint("127.0.0.1", port),
+            "/workspace",
+            SshSettings(
+                known_hosts=key_dir.parent / "kh", identity_file=ensure_client_key(key_dir)
+            ),
+            attempts=1,
+        )
+    assert not list(key_dir.glob("sshd-*"))
+    assert reap_stale_servers(key_dir) == 0

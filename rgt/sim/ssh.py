@@ -320,6 +320,35 @@ class SshServer:
         return port
 
 
+def reap_stale_servers(key_dir: Path) -> int:
+    """Stop sshds that an earlier emulator process using `key_dir` left behind (it was killed
+    before it could stop them) and remove their files; returns how many were stopped. Call it
+    once when an emulator starts on a persisted state dir, before starting any server."""
+    stopped = 0
+    run_dirs = list(Path(key_dir).glob("sshd-*"))
+    # Found by command line, not by pid file: sshd writes its pid file a moment after it starts
+    # listening, and a pid in an old file may belong to another process by now.
+    configs = [str(run_dir / "sshd_config").encode() for run_dir in run_dirs]
+    for entry in os.listdir("/proc") if configs else ():
+        if not entry.isdigit():
+            continue
+        try:
+            # sshd rewrites its title ("sshd: /usr/sbin/sshd -D -f CONFIG ... [listener]"),
+            # so search the raw command line rather than argv[0].
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if SSHD.encode() in raw and any(config in raw for config in configs):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGTERM)
+                stopped += 1
+    for run_dir in run_dirs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        (Path(key_dir) / LOCAL_REGISTRY_NAME).unlink()
+    return stopped
+
+
 def _tail(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
