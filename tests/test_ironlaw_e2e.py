@@ -101,8 +101,11 @@ def test_approve_on_a_terminal_then_destroy_from_a_script(rental: Rental) -> Non
     human.send(PASSPHRASE)
     assert human.wait() == 0, human.text
     # The approval is in the ledger, for this id, single-use: a headless destroy may use it once.
-    destroyed = rgt("destroy", rental.id)
+    destroyed = rgt("destroy", rental.id, "--json")
     assert destroyed.returncode == 0, destroyed.stderr
+    result = json.loads(destroyed.stdout)  # one JSON document, for a script to read
+    assert result["destroyed"] is True and result["allowed"] is True
+    assert result["evidence"]["approval"]["channel"] == "tty"
     assert rental.provider.show(rental.id).state == "gone" and rental.destroy_requests() == 1
     assert all(a.consumed is not None for a in rental.ledger.approvals(rental.id))
 

@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only run the gate and say what is missing (exit 0 if allowed, 4 if not)",
     )
-    parser.add_argument("--json", action="store_true", help="print the gate decision as JSON")
+    parser.add_argument(
+        "--json", action="store_true", help="print the gate decision (and outcome) as JSON"
+    )
     add_platform_argument(parser)
 
 
@@ -38,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     with Ledger.open() as ledger:
         decision = may_destroy(args.instance, provider=provider, ledger=ledger, profile=profile)
         evidence_missing = [m for m in decision.missing if m.code != "no-approval"]
-        if args.json:
-            print(json.dumps(decision.to_json(), indent=2))
         if args.check or evidence_missing:
-            if not args.json:
+            if args.json:
+                print(json.dumps(decision.to_json(), indent=2))
+            else:
                 print(decision.explain(), file=sys.stdout if decision.allowed else sys.stderr)
             return 0 if decision.allowed else EXIT_REFUSED
         approval_id: int | None = None
@@ -60,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
             profile=profile,
             approval_id=approval_id,
         )
-    print(
-        f"instance {outcome.instance_id}: {outcome.verb} confirmed ({outcome.confirmed_state}); "
-        "the meter has stopped and its disk is deleted"
-    )
+    if args.json:
+        result = {"destroyed": True, "verb": outcome.verb, "approval_id": outcome.approval_id}
+        print(json.dumps({**outcome.decision.to_json(), **result}, indent=2))
+    else:
+        print(
+            f"instance {outcome.instance_id}: {outcome.verb} confirmed "
+            f"({outcome.confirmed_state}); the meter has stopped and its disk is deleted"
+        )
     return 0
 
 
