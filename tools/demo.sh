@@ -5,4 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
-exec .venv/bin/rgt demo "$@"
+args=("$@")
+if [ ! -t 0 ] && [[ " ${args[*]} " != *" --yes "* ]]; then
+  # Nobody at a terminal (CI, a pipe): `rgt demo` would refuse to ask. The demo may approve the
+  # destroy of its own emulated instance up front; it never can for a real one.
+  echo "demo.sh: no terminal on stdin: running \`rgt demo --yes\`" >&2
+  args+=(--yes)
+fi
+exec .venv/bin/rgt demo "${args[@]}"
