@@ -176,3 +176,32 @@ def test_serve_never_echoes_a_key_taken_from_the_environment(tmp_path: Path) -> 
     finally:
         err = _stop(server)
     assert_no_canary(banner, err)
+
+
+def test_after_a_crash_the_restarted_emulator_kills_the_orphaned_job(tmp_path: Path) -> None:
+    state = tmp_path / "sim"
+    server = _serve(state, "--json", "--api-key", "k", "--no-ssh")
+    assert server.stdout is not None
+    url = json.loads(server.stdout.readline())["url"]
+    client = vastai.VastAI(api_key="k", server_url=url, retry=1)
+    offer = client.search_offers(query={}, limit=1)[0]
+    job = 'echo "start $$" >> runs.txt\nsleep 300\n'
+    instance_id = client.create_instance(id=offer["id"], image="i", disk=10, onstart_cmd=job)[
+        "new_contract"
+    ]
+    runs = state / "instances" / str(instance_id) / "disk" / "runs.txt"
+    wait_for(lambda: runs.exists() and runs.read_text().count("start") == 1, what="onstart")
+    orphan = int(runs.read_text().split()[1])
+    time.sleep(1.5)  # the state file is written at least once a second
+    server.kill()  # the emulator dies; its container process (own session) lives on
+    server.communicate(timeout=10)
+    assert alive(orphan)
+
+    server = _serve(state, "--json", "--api-key", "k", "--no-ssh")
+    try:
+        assert server.stdout is not None
+        json.loads(server.stdout.readline())
+        assert not alive(orphan)  # killed on load: one job per disk, never two
+        wait_for(lambda: runs.read_text().count("start") == 2, what="onstart re-run")
+    finally:
+        _stop(server)

@@ -75,3 +75,21 @@ class Box:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
+
+
+def kill_orphan(pgid: int, disk: Path) -> bool:
+    """SIGKILL the process group a crashed emulator left running for the instance on `disk`.
+
+    Only a group whose leader still runs with RGT_BOX_ROOT=<disk> in its environment is killed:
+    a reused pid belonging to anything else is left alone. Returns True when it killed one."""
+    try:
+        environ = Path(f"/proc/{pgid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if f"RGT_BOX_ROOT={disk}".encode() not in environ:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from rgt.atomic import atomic_write_text
 from rgt.sim import filters
-from rgt.sim.boxes import Box, box_environment
+from rgt.sim.boxes import Box, box_environment, kill_orphan
 from rgt.sim.clock import SimClock
 from rgt.sim.market import HOURS_PER_MONTH, Ask, Machine, generate, offer_row
 
@@ -138,6 +138,7 @@ class SimInstance:
     before_offline: str | None = None
     started_at: float | None = None
     starts: int = 0
+    pid: int | None = None  # the onstart process group, so a crashed emulator's can be found
     compute: float = 0.0
     storage: float = 0.0
     bandwidth: float = 0.0
@@ -407,7 +408,9 @@ class World:
             handle.write(f"[sim] container start #{inst.starts} of instance {inst.id}\n".encode())
         environment = box_environment(disk, inst.id, inst.env, self.platform.id_env)
         if inst.onstart.strip():
-            self.boxes[inst.id] = Box.start(inst.onstart, disk, environment, self.log_path(inst.id))
+            box = Box.start(inst.onstart, disk, environment, self.log_path(inst.id))
+            self.boxes[inst.id] = box
+            inst.pid = box.pid
         if self.ssh_factory is not None:
             try:
                 server = self.ssh_factory(disk)
@@ -422,6 +425,7 @@ class World:
         box = self.boxes.pop(inst.id, None)
         if box is not None:
             box.kill()
+        inst.pid = None
         self._stop_ssh(inst.id)
         self._release(inst)
         inst.ready_at = None
@@ -995,6 +999,9 @@ class World:
                     value = getattr(inst, name)
                     if value is not None:
                         setattr(inst, name, value + shift)
+                if inst.pid is not None:
+                    kill_orphan(inst.pid, self.disk(inst.id))
+                    inst.pid = None
                 if inst.phase == "running":  # the container restarts with the emulator
                     self._begin_loading(
                         inst, self.settings.restart_seconds, "Starting container (emulator restart)"
