@@ -220,3 +220,24 @@ def test_bulk_calls_launch_and_no_key_on_disk(emulator: Emulator) -> None:
         if path.is_file():
             assert_no_canary(path.read_bytes())
     assert_no_canary(done.stdout, done.stderr)
+
+
+def test_create_refusals_name_the_problem_and_rent_nothing(emulator: Emulator) -> None:
+    from rgt.profile import load_profile
+
+    client = sdk(emulator)
+    offer = client.search_offers(query={}, type="bid", limit=1)[0]
+    limit = load_profile("vastai").onstart_limit_bytes
+    assert limit is not None
+    cases = [
+        ({"id": 1, "image": "img"}, 404, "does not exist"),
+        ({"id": offer["id"], "image": "img", "onstart_cmd": "x" * (limit + 1)}, 400, str(limit)),
+        ({"id": offer["id"], "image": "img", "price": offer["min_bid"] / 2}, 400, "min_bid"),
+        ({"id": offer["id"], "image": "img", "disk": 10**6}, 400, "disk"),
+    ]
+    for arguments, status, needle in cases:
+        with pytest.raises(requests.HTTPError) as caught:
+            client.create_instance(**arguments)
+        assert caught.value.response.status_code == status
+        assert needle in caught.value.response.json()["msg"]
+    assert client.show_instances() == []

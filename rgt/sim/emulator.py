@@ -152,7 +152,8 @@ class Emulator:
                 saved += TICK_SECONDS
                 if saved >= SAVE_SECONDS:
                     saved = 0.0
-                    world.save()
+                    # With instances the meter moves every tick; without, only events count.
+                    world.save(only_if_dirty=not world.instances)
             except Exception:  # keep ticking; the failure is in the log
                 log.exception("emulator tick failed")
 
