@@ -241,3 +241,10 @@ def test_create_refusals_name_the_problem_and_rent_nothing(emulator: Emulator) -
         assert caught.value.response.status_code == status
         assert needle in caught.value.response.json()["msg"]
     assert client.show_instances() == []
+
+
+def test_a_trailing_slash_on_the_url_still_reaches_the_api(emulator: Emulator) -> None:
+    # `VAST_URL=http://host:port/` makes the CLI and SDK request `//api/v0/...`.
+    client = vastai.VastAI(api_key=CANARY_API_KEY, server_url=emulator.url + "/", retry=1)
+    assert client.show_user()["username"] == "rgt-sim"
+    assert emulator.request_count("GET", "/api/v0/users/current") == 1
