@@ -404,13 +404,20 @@ class World:
     def _launch(self, inst: SimInstance) -> None:
         """The real side of a container start: onstart process and sshd."""
         disk = self.disk(inst.id)
-        with open(self.log_path(inst.id), "ab") as handle:
-            handle.write(f"[sim] container start #{inst.starts} of instance {inst.id}\n".encode())
-        environment = box_environment(disk, inst.id, inst.env, self.platform.id_env)
-        if inst.onstart.strip():
-            box = Box.start(inst.onstart, disk, environment, self.log_path(inst.id))
-            self.boxes[inst.id] = box
-            inst.pid = box.pid
+        try:
+            disk.mkdir(parents=True, exist_ok=True)  # someone may have deleted it by hand
+            with open(self.log_path(inst.id), "ab") as handle:
+                note = f"[sim] container start #{inst.starts} of instance {inst.id}\n"
+                handle.write(note.encode())
+            environment = box_environment(disk, inst.id, inst.env, self.platform.id_env)
+            if inst.onstart.strip():
+                box = Box.start(inst.onstart, disk, environment, self.log_path(inst.id))
+                self.boxes[inst.id] = box
+                inst.pid = box.pid
+        except OSError as exc:
+            # The container "runs" without its job, as a broken onstart would leave it.
+            log.warning("instance %s: onstart not started (%s)", inst.id, exc)
+            inst.status_msg = f"success, running {inst.image}; onstart failed to start: {exc}"
         if self.ssh_factory is not None:
             try:
                 server = self.ssh_factory(disk)
