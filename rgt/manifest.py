@@ -40,6 +40,7 @@ import platform
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Dict, Tuple  # noqa: UP035 (aliases below run on python 3.8)
@@ -480,7 +481,9 @@ def hash_files(
     if count > 1 and len(items) > 1:
         if processes is None:
             small = sum(1 for item in items if item[2] < BIG_FILE)
-            processes = small >= _PROCESS_MIN_FILES
+            # Fork only a single-threaded process: forking one with other threads running
+            # (an MCP server, say) can deadlock the child on a lock some thread held.
+            processes = small >= _PROCESS_MIN_FILES and threading.active_count() == 1
         if processes:
             forked = _hash_forked(items, count, want_stat, inspect, progress)
             if forked is not None:

@@ -484,10 +484,26 @@ def test_rgt_verify_command(pull: Pull) -> None:
     assert "Traceback" not in missing.stderr
 
 
-def test_many_small_files_take_the_forked_path_and_still_catch_one_flip(tmp_path: Path) -> None:
+def test_many_small_files_take_the_forked_path_and_still_catch_one_flip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rgt import manifest
+
+    forks: list[int] = []
+    real = manifest._hash_forked
+
+    def spy(items: Any, count: int, *args: Any) -> Any:
+        forks.append(count)
+        return real(items, count, *args)
+
+    monkeypatch.setattr(manifest, "_hash_forked", spy)
     files = {f"metrics/m{i // 1000}/{i:05d}.json": b'{"i": %d}' % i for i in range(4200)}
     pull = Pull(tmp_path, {**BASIC, **files})
+    cpus = manifest.default_workers()
+    assert forks == ([cpus] if cpus > 1 else [])  # the manifest build forked too
+    forks.clear()
     record = verify_pull(pull.local, workers=2)
+    assert forks == [2]
     assert record["totals"]["files"] == 4204
     assert all(row["ok"] and len(row["stat"]) == 5 for row in record["files"])
     assert check_unchanged(pull.local) is None
