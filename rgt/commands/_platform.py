@@ -16,10 +16,10 @@ def add_platform_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def open_platform(name: str) -> tuple[Any, Any]:
-    """(provider, profile) for a platform name; the API key is read by the provider itself."""
-    import importlib
+    """(provider, profile) for a platform name; the API key is read by the provider itself.
 
-    # Looked up by name: the provider registry and the profile loader live in other modules.
-    providers = importlib.import_module("rgt.providers")
-    profiles = importlib.import_module("rgt.profile")
-    return providers.get_provider(name), profiles.load_profile(name)
+    Imported here, not at module level: `rgt --help` must not load the provider SDKs."""
+    from rgt.profile import load_profile
+    from rgt.providers import get_provider
+
+    return get_provider(name), load_profile(name)
