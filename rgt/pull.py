@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rgt.atomic import atomic_write_bytes
-from rgt.errors import CheckFailed, ProviderError, Refused
+from rgt.errors import CheckFailed, ProviderError, Refused, UsageError
 from rgt.ledger import Ledger
 from rgt.providers.base import CopyProgress, Instance, Provider
 
@@ -194,7 +194,10 @@ def pull_instance(
     instance), CheckFailed (malformed manifest, files missing after the copy)."""
     instance_id = str(instance_id)
     if not PurePosixPath(remote_root).is_absolute():
-        raise CheckFailed(f"REMOTE_ROOT {remote_root!r} must be an absolute path on the box")
+        raise UsageError(
+            f"REMOTE_ROOT {remote_root!r}: not absolute; give the result root on the box as an "
+            "absolute path, e.g. /workspace/results"
+        )
     local_dir = Path(local_dir).resolve()
     started = time.time()
     ensure_reachable(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rgt.errors import CheckFailed, ProviderError, Refused
+from rgt.errors import CheckFailed, ProviderError, Refused, UsageError
 from rgt.ledger import Ledger
 from rgt.pull import MANIFEST_NAME, pull_instance
 from tests.ironlaw_fixtures import (
@@ -149,8 +149,20 @@ def test_missing_file_on_the_box_fails_the_pull(tmp_path: Path) -> None:
 
 def test_relative_remote_root_is_a_usage_error(tmp_path: Path) -> None:
     provider, _, _, _ = _box(tmp_path)
-    with Ledger.open() as ledger, pytest.raises(CheckFailed, match="absolute"):
+    with Ledger.open() as ledger, pytest.raises(UsageError, match="not absolute"):
         pull_instance("1001", "workspace/results", tmp_path / "l", provider=provider, ledger=ledger)
+    # Through the CLI: one line naming the argument, exit 2, no traceback.
+    done = subprocess.run(
+        [sys.executable, "-m", "rgt", "pull", "1001", "workspace/results", str(tmp_path / "l")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "rgt pull: error: REMOTE_ROOT 'workspace/results': not absolute; give the result root on "
+        "the box as an absolute path, e.g. /workspace/results"
+    ]
 
 
 _SLOW_PULL = r"""
