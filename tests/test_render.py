@@ -483,6 +483,76 @@ def test_onstart_runs_once_at_a_time_and_without_flock_still_runs(tmp_path: Path
     assert (box / "workspace/results/PULL_MANIFEST.json").exists()
 
 
+def _python38() -> str | None:
+    """A Python 3.8 interpreter (the oldest the box-side builder supports), if one is installed."""
+    import glob
+
+    candidates = [
+        shutil.which("python3.8"),
+        *sorted(glob.glob("/root/.pyenv/versions/3.8*/bin/python3.8")),
+    ]
+    for candidate in candidates:
+        if (
+            candidate
+            and subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0
+        ):
+            return candidate
+    return None
+
+
+@pytest.mark.timeout(60)
+def test_shipped_manifest_builder_is_the_same_code_without_its_documentation(
+    tmp_path: Path,
+) -> None:
+    import ast
+
+    from rgt.render import manifest_source
+
+    full = Path(__file__).parents[1] / "rgt" / "manifest.py"
+    shipped = manifest_source()
+    assert len(shipped) < 0.9 * len(full.read_text())
+    tree = ast.parse(shipped)
+    assert ast.get_docstring(tree) is None
+    # The round trip changed nothing but documentation: the original without its docstrings
+    # parses to exactly the shipped statements.
+    original = ast.parse(full.read_text())
+    for node in ast.walk(original):
+        documented = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+        if isinstance(node, documented) and ast.get_docstring(node, clean=False) is not None:
+            node.body = node.body[1:] or [ast.Pass()]
+    assert ast.dump(original) == ast.dump(tree)
+
+    results = tmp_path / "results"
+    for relative, content in {"cell-a/m.json": b"{}", "cell-b/x/w.bin": os.urandom(3000)}.items():
+        (results / relative).parent.mkdir(parents=True, exist_ok=True)
+        (results / relative).write_bytes(content)
+    roster = tmp_path / "roster.txt"
+    roster.write_text("cell-a\ncell-b\n")
+    script = tmp_path / "manifest.py"
+    script.write_text(shipped)
+    runs = {"full": (sys.executable, full), "shipped": (sys.executable, script)}
+    old = _python38()
+    if old:
+        runs["shipped-py38"] = (old, script)
+    documents = {}
+    for label, (python, source) in runs.items():
+        out = tmp_path / f"{label}.json"
+        args = [str(results), "--run-id", "r", "--roster", str(roster), "--instance-id", "7"]
+        done = subprocess.run(
+            [python, str(source), *args, "--output", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, (label, done.stderr)
+        document = json.loads(out.read_text())
+        document.pop("created_at")
+        document["builder"].pop("python")
+        documents[label] = document
+    assert all(doc == documents["full"] for doc in documents.values()), documents
+    assert documents["full"]["totals"] == {"bytes": 3002, "files": 2}
+
+
 def test_onstart_under_the_limit_is_plain_and_too_big_is_refused(tmp_path: Path) -> None:
     roomy = _profile_copy(
         tmp_path, "vastai", ("onstart_limit_bytes: 16384", "onstart_limit_bytes: 1000000")
