@@ -45,6 +45,22 @@ def test_bad_job_is_named_with_its_line(path: Path) -> None:
     assert caught.value.exit_code == 2
 
 
+@pytest.mark.parametrize("path", sorted(BAD_JOBS.iterdir()), ids=lambda p: p.name)
+def test_bad_job_through_the_cli_is_one_line_exit_2(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rgt.cli import main
+
+    line, text = _expectation(path)
+    code = main(["render", "vastai", "run_one", "--job", str(path)])
+    out = capsys.readouterr()
+    assert code == 2
+    assert out.out == ""
+    assert out.err.startswith(f"rgt render: error: {path}:{line}: "), out.err
+    assert text in out.err
+    assert out.err.count("\n") == 1
+
+
 def test_from_dict_rejects_a_secret_value_in_env_by_name() -> None:
     data = load_job().as_dict()
     data["env"] = {"HF_TOKEN": "hf_abc"}
