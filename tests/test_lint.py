@@ -258,3 +258,13 @@ def test_a_stamp_wrapped_across_lines_is_still_read(tmp_path: Path) -> None:
     wrapped.write_text(source.replace("(verified 2001-01 example", "(verified\n2001-01 example"))
     (finding,) = lint_paths([wrapped], OPTIONS)
     assert (finding.line, finding.rule, finding.severity) == (48, "stale-verified", "warning")
+
+
+def test_bundled_profile_names_are_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    from rgt.cli import main
+
+    assert main(["lint", "--format", "json", "vastai", "generic-ssh:slurm"]) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    assert [Path(f).name for f in report["files"]] == ["vastai.md", "generic-ssh.md"]
+    assert main(["lint", "no-such-platform"]) == 2
+    assert "no such file or folder: no-such-platform" in capsys.readouterr().err

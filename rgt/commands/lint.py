@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 ORDER = 10  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "check platform profiles: schema, sections, gotcha ids, links, secrets, staleness"
@@ -11,7 +12,10 @@ HELP = "check platform profiles: schema, sections, gotcha ids, links, secrets, s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """PATH... (files or folders; default: the bundled profiles), --format, --max-age-months."""
     parser.add_argument(
-        "paths", nargs="*", metavar="PATH", help="profile files or folders (default: bundled)"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="profile files, folders or bundled names (default: every bundled profile)",
     )
     parser.add_argument(
         "--format", choices=("text", "json"), default="text", help="output format (default text)"
@@ -28,6 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _bundled(name: str) -> Path | None:
+    """The bundled profile file for a name like 'vastai' or 'generic-ssh:slurm', else None."""
+    from rgt.profile import profiles_dir
+
+    stem = name.partition(":")[0]
+    path = profiles_dir() / f"{stem}.md"
+    return path if stem and not stem.endswith(".md") and path.is_file() else None
+
+
 def _months(text: str) -> int:
     try:
         value = int(text)
@@ -41,16 +54,26 @@ def _months(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Print one `file:line: rule: message` per finding; exit 1 when any is an error."""
     import json
-    from pathlib import Path
 
     from rgt.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
     from rgt.lint import LintOptions, expand_paths, lint_paths
     from rgt.profile import profiles_dir
 
-    paths = [Path(p) for p in args.paths] or [profiles_dir()]
-    missing = [str(p) for p in paths if not p.exists()]
+    paths: list[Path] = []
+    missing: list[str] = []
+    for text in args.paths:
+        if Path(text).exists():
+            paths.append(Path(text))
+        elif "/" not in text and (bundled := _bundled(text)) is not None:
+            paths.append(bundled)
+        else:
+            missing.append(text)
     if missing:
-        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+        raise UsageError(
+            f"no such file or folder: {', '.join(missing)} "
+            "(give profile files, folders, or bundled profile names such as vastai)"
+        )
+    paths = paths or [profiles_dir()]
     files = expand_paths(paths)
     if not files:
         raise UsageError(f"no profiles (*.md) in {', '.join(str(p) for p in paths)}")
