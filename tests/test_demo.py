@@ -274,3 +274,21 @@ def test_demo_approval_is_refused_for_any_other_provider() -> None:
         ours = SimpleNamespace(api_url=emulator.url)
         with pytest.raises(Refused, match="not an instance of the in-process emulator"):
             require_emulator_instance(ours, emulator, "424242")
+
+
+def test_no_preemption_cost_removes_only_the_time_the_preemption_took() -> None:
+    from rgt.demo.scenario import counterfactual_cost
+
+    meter = {"compute": 10.0, "storage": 2.0, "bandwidth": 0.5, "total": 12.5}
+    progress = {"preempted_at": 100.0, "running_again_at": 101.0}
+    job = {"caught_up_at": 101.5}
+    # Bid 36 $/h = 0.01 $/s; 200 s of rental billed 2 $ of storage = 0.01 $/s; clock x60.
+    cost = counterfactual_cost(meter, 36.0, 200.0, progress, job, clock_scale=60.0)
+    assert cost["extra_wall_seconds"] == pytest.approx(90.0)  # 1.5 real s x 60
+    assert cost["extra_running_seconds"] == pytest.approx(30.0)  # 0.5 real s x 60
+    ideal = cost["without_preemption"]
+    assert ideal["compute"] == pytest.approx(10.0 - 0.30)
+    assert ideal["storage"] == pytest.approx(2.0 - 0.90)
+    assert ideal["bandwidth"] == 0.5
+    assert ideal["total"] == pytest.approx(9.70 + 1.10 + 0.5)
+    assert cost["actual"] == meter
