@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every benchmark in bench/ (bench/bench_*.py), one after the other, each printing its figures next
 # to a baseline measured in the same run. Figures also land in bench/out/*.json; bench/RESULTS.md
-# records them with the machine and date. Needs the test set-up (torch is not needed).
+# records them with the machine and date. The runtime set-up is enough (no test extras, no torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh test
+tools/setup.sh
 status=0
 for bench in bench/bench_*.py; do
   echo "== $bench"
