@@ -117,3 +117,12 @@ async def test_get_profile_puts_the_danger_clocks_first(mode: str) -> None:
     assert "vastai" in names
     assert unknown.is_error and "unknown profile 'nosuch'" in unknown.content[0].text
     assert_no_canary(str(data), str(listed.structured_content), unknown.content[0].text)
+
+
+async def test_missing_api_key_is_a_clear_tool_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VAST_API_KEY")
+    async with Client(build_server()) as client:
+        result = await client.call_tool("search_offers", {"gpu": "RTX_4090"})
+    assert result.is_error
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "no vast.ai API key: set VAST_API_KEY" in text
