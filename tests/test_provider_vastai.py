@@ -358,6 +358,12 @@ def test_copy_off_an_instance_resumes_after_a_kill_without_resending(
     assert result.bytes_transferred <= total + 64 * 1024
     for relative, data in contents.items():
         assert (local / relative).read_bytes() == data
+    # The bytes that left the box through its sshd were billed as bandwidth out.
+    deadline = time.monotonic() + 10
+    while emulator.meter(created.id)["bytes_out"] < result.bytes_transferred:
+        assert time.monotonic() < deadline, emulator.meter(created.id)
+        time.sleep(0.2)
+    assert emulator.meter(created.id)["bandwidth"] > 0
 
 
 def test_copy_from_a_stopped_instance_is_refused_clearly(provider: VastProvider) -> None:

@@ -382,3 +382,18 @@ def test_sshds_left_by_a_killed_emulator_are_reaped(disk: Path, key_dir: Path) -
         )
     assert not list(key_dir.glob("sshd-*"))
     assert reap_stale_servers(key_dir) == 0
+
+
+def test_every_server_counts_its_own_traffic_from_zero(disk: Path, key_dir: Path) -> None:
+    """The emulator starts a new server per container start and bills its totals from zero:
+    a new server must never pick up an earlier one's log."""
+    key_dir.mkdir(parents=True)
+    seen = set()
+    for _ in range(50):
+        server = SshServer(disk, key_dir)
+        assert server.traffic() == (0, 0)
+        assert server.traffic_file not in seen
+        seen.add(server.traffic_file)
+        server.traffic_file.write_text("100 10\n")
+        assert server.traffic() == (100, 10)
+        del server

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import select
 import shlex
 import shutil
@@ -170,8 +171,9 @@ class SshServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._run_dir: Path | None = None
         # Names this server's files in the shared key dir (the traffic log survives restarts
-        # of the same server object, so the emulator can bill its deltas).
-        self._token = f"{os.getpid()}-{id(self):x}"
+        # of the same server object, so the emulator can bill its deltas). Random, not id():
+        # a new server must never inherit (and re-bill) a collected server's log.
+        self._token = f"{os.getpid()}-{secrets.token_hex(6)}"
 
     def __repr__(self) -> str:
         return f"SshServer(disk={str(self.disk)!r}, port={self.port}, transport={self.transport})"
