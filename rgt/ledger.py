@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rgt import paths
+from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
 SCHEMA_VERSION = 1
@@ -199,8 +200,9 @@ class DestroyRecord:
     finished: float | None
 
 
-class LedgerError(Exception):
-    """The ledger file is unusable (corrupt, newer schema, not a database)."""
+class LedgerError(UsageError):
+    """The ledger file is unusable (corrupt, newer schema, not a database): a bad input file,
+    reported in one line (exit 2), never as an internal error."""
 
 
 def default_path() -> Path:

@@ -47,6 +47,18 @@ def test_not_a_database_is_one_clear_error(tmp_path: Path) -> None:
         Ledger.open(tmp_path / "l.db")
 
 
+def test_a_corrupt_ledger_is_one_line_from_the_cli(isolated_user: Path) -> None:
+    default_path().parent.mkdir(parents=True, exist_ok=True)
+    default_path().write_bytes(b"this is not sqlite" * 100)
+    done = subprocess.run(
+        [sys.executable, "-m", "rgt", "ledger"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("rgt ledger: error: ") and str(default_path()) in line
+    assert "not a usable rgt ledger" in line
+
+
 def test_instances_and_state_history(tmp_path: Path) -> None:
     with Ledger.open(tmp_path / "l.db") as ledger:
         ledger.record_instance(
@@ -164,15 +176,19 @@ def _check_complete(ledger: Ledger) -> None:
             assert verification.detail == {"files": list(range(50))}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_kill_9_at_random_points_leaves_a_consistent_ledger(tmp_path: Path) -> None:
     import random
 
     path = tmp_path / "l.db"
     Ledger.open(path).close()
     rng = random.Random(4)
-    rounds, inside = 16, 0
-    for round_ in range(rounds):
+    # Kill at random points until enough kills landed inside an open transaction (what the test
+    # is about; how many rounds that takes depends on the machine's load).
+    rounds, inside, want, cap = 0, 0, 8, 40
+    while inside < want and rounds < cap:
+        round_ = rounds
+        rounds += 1
         writer = subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(path), f"r{round_}-"],
             stdout=subprocess.PIPE,
@@ -190,8 +206,7 @@ def test_kill_9_at_random_points_leaves_a_consistent_ledger(tmp_path: Path) -> N
             _check_complete(ledger)
             # A fresh writer continues after the crash without conflicts.
             ledger.record_instance("vastai", f"after{round_}", state="running")
-    # The test is only meaningful if kills did land inside open transactions.
-    assert inside >= rounds // 4, f"only {inside} of {rounds} kills landed mid-transaction"
+    assert inside >= want, f"only {inside} of {rounds} kills landed mid-transaction"
     print(f"kill -9 rounds: {rounds}, inside a transaction: {inside}")
 
 
