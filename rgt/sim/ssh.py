@@ -9,9 +9,11 @@ An emulated instance has no container filesystem: its "disk" is a host directory
 is therefore forced (`ForceCommand`) through this file's command wrapper, which rewrites the
 absolute paths in the incoming command into the disk (`/workspace/x` becomes
 `<disk>/workspace/x`), refuses paths that would leave the disk, and runs the command without a
-shell. That covers what rgt sends (`rsync --server --sender ...`, `cat -- PATH`) and simple
-commands a user types (`ls /workspace`, `test -e PATH`). It is an emulator, not a sandbox: a
-program can still open any path it computes itself (`python3 -c ...`).
+shell. That covers what rgt sends (`rsync --server --sender ...`, `cat -- PATH`), simple
+commands a user types (`ls /workspace`, `test -e PATH`) and `scp -O` (the classic scp protocol;
+no sftp subsystem is served, so plain `scp` of OpenSSH 9 fails with "subsystem request failed").
+It is an emulator, not a sandbox: a program can still open any path it computes itself
+(`python3 -c ...`).
 
 Where sshd cannot run (not installed, no privilege-separation directory, not root: the client
 logs in as `root`, as on vast.ai), copies fall back to a local pipe: `ssh_client_environment`
