@@ -26,6 +26,9 @@ async def test_poll_classifies_emulated_faults(emulator: Any, tmp_path: Path) ->
 
     async with connect(emulator, "auto") as session:
         instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "faults"))
+        shown = await session.data("logs", {"instance_id": instance_id, "tail": 50})
+        assert any("rgt onstart" in line for line in shown["lines"]), shown
+        assert len(shown["lines"]) <= 50
         first = await session.data("poll", {"instance_id": instance_id})
         assert first["classification"] == "running" and first["keeps_billing"][0] == "compute"
 

@@ -31,6 +31,7 @@ TOOLS = {
     "stop",
     "cost",
     "sweep",
+    "logs",
 }
 # No argument of any tool may look like it could carry an approval, override or secret.
 FORBIDDEN_ARGUMENT = re.compile(
@@ -67,7 +68,15 @@ async def test_tools_are_strict_and_carry_no_approval_argument(mode: str) -> Non
         assert list(destroy.input_schema["properties"]) == ["instance_id"]
         assert destroy.annotations is not None and destroy.annotations.destructive_hint is True
         assert destroy.annotations.read_only_hint is False
-        for name in ("poll", "get_profile", "list_profiles", "search_offers", "sweep", "cost"):
+        for name in (
+            "poll",
+            "get_profile",
+            "list_profiles",
+            "search_offers",
+            "sweep",
+            "cost",
+            "logs",
+        ):
             assert tools[name].annotations.read_only_hint is True, name
         for name in ("stop", "copy", "verify", "launch"):
             assert tools[name].annotations.destructive_hint is False, name

@@ -55,10 +55,8 @@ Teardown Iron Law: destroy runs only when the results were pulled, verified byte
 the manifest built on the box, and a human approved by typing the instance id back in the
 client's prompt. You cannot approve for them; no tool argument can. A refusal lists exactly what
 is missing. stop is not a meter stop on every platform (get_profile says what keeps billing);
-sweep and cost show what still bills.
+sweep and cost show what still bills; logs shows the box's own output.
 """
-
-ReadOnly = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=True)
 
 
 class _Providers(threading.local):
@@ -579,6 +577,22 @@ async def verify(
     return await _blocking(work)
 
 
+async def logs(
+    instance_id: Annotated[str, Field(description="the instance id")],
+    tail: Annotated[int, Field(ge=1, le=2000, description="how many last lines")] = 200,
+) -> dict[str, Any]:
+    """The container's last log lines: the first stop for a box stuck loading or a failing
+    boot hook (the platform prepares them; secrets are redacted)."""
+
+    def work() -> dict[str, Any]:
+        with _ledger() as ledger:
+            profile = _instance_profile(ledger, instance_id)
+        text = _provider(profile.platform).logs(instance_id, tail=tail)
+        return {"instance_id": instance_id, "lines": text.splitlines()[-tail:]}
+
+    return await _blocking(work)
+
+
 async def stop(
     instance_id: Annotated[str, Field(description="the instance id")],
 ) -> dict[str, Any]:
@@ -673,6 +687,7 @@ def build_server() -> MCPServer:
                 open_world_hint=True,
             ),
         ),
+        strict_tool(logs, annotations=idempotent_read),
         strict_tool(
             stop,
             annotations=ToolAnnotations(
