@@ -724,6 +724,8 @@ def test_cli_render_writes_an_executable_script_and_notes_compression(tmp_path: 
         (["vastai", "deploy"], "unknown template 'deploy'"),
         (["vastai", "run_one", "--job", "/nonexistent.yaml"], "cannot read"),
         (["generic-ssh:nope", "run_one"], "has no variant 'nope'"),
+        (["vastai", "run_one", "-o", "/"], "-o /: is a folder"),
+        (["vastai", "run_one", "-o", "/proc/no-such-dir/x.sh"], "cannot write"),
     ],
 )
 def test_cli_render_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from rgt.errors import UsageError
     from rgt.job import load_job
     from rgt.profile import load_profile
     from rgt.render import render_template, write_script
@@ -44,7 +45,13 @@ def run(args: argparse.Namespace) -> int:
     for note in rendered.notes:
         print(f"rgt render: {note}", file=sys.stderr)
     if args.output:
-        write_script(Path(args.output), rendered.text)
+        output = Path(args.output)
+        if output.is_dir():
+            raise UsageError(f"-o {args.output}: is a folder; give a file name such as onstart.sh")
+        try:
+            write_script(output, rendered.text)
+        except OSError as exc:
+            raise UsageError(f"-o {args.output}: cannot write: {exc.strerror}") from None
         print(
             f"rgt render: wrote {args.output} ({len(rendered.text.encode())} bytes)",
             file=sys.stderr,
