@@ -171,7 +171,7 @@ from pathlib import Path
 from rgt.ledger import Ledger
 from rgt.pull import pull_instance
 from tests.ironlaw_standin import LocalBoxProvider
-provider = LocalBoxProvider(Path(sys.argv[1]), bwlimit_kbps=2000)
+provider = LocalBoxProvider(Path(sys.argv[1]), bwlimit_kbps=1000)
 with Ledger.open() as ledger:
     pull_instance("1001", sys.argv[2], Path(sys.argv[3]), provider=provider, ledger=ledger)
 """
