@@ -398,3 +398,40 @@ def test_a_failed_confirmation_is_a_provider_error_recorded_as_failed(box: Box) 
     with pytest.raises(Refused, match="instance-gone"):
         destroy_with_gate(box.id, provider=box.provider, ledger=box.ledger, profile=vast_profile())
     assert box.provider.destroy_requests() == [box.id]
+
+
+def test_the_gate_is_the_only_code_that_sends_a_destroy() -> None:
+    """Static guard of the single destroy path: outside the providers (which implement the
+    verb) and the emulator (which serves it), no module of rgt calls a destroy method, names
+    the SDK's destroy calls, or shells out to `vastai destroy`; the gate calls the profile's
+    verb only through getattr."""
+    import ast
+
+    import rgt
+
+    package = Path(rgt.__file__).resolve().parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith(("providers/", "sim/")):
+            continue
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"destroy", "destroy_instance", "destroy_instances"}
+            ):
+                offenders.append(f"{relative}:{node.lineno}: .{node.func.attr}(...)")
+        for needle in ("destroy_instance", "vastai destroy", "'destroy', 'instance'"):
+            if needle in source and relative != "gate.py":
+                offenders += [
+                    f"{relative}:{number}: {needle}"
+                    for number, line in enumerate(source.splitlines(), 1)
+                    if needle in line
+                    and not line.lstrip().startswith("#")
+                    and "`vastai destroy" not in line  # prose in docstrings and messages
+                ]
+    assert offenders == [], offenders
+    gate_source = (package / "gate.py").read_text(encoding="utf-8")
+    assert gate_source.count("getattr(provider, verb)(instance_id)") == 1
