@@ -292,3 +292,26 @@ def test_no_preemption_cost_removes_only_the_time_the_preemption_took() -> None:
     assert ideal["bandwidth"] == 0.5
     assert ideal["total"] == pytest.approx(9.70 + 1.10 + 0.5)
     assert cost["actual"] == meter
+
+
+@pytest.mark.parametrize("kind", ["not-empty", "a-file"])
+def test_bad_dir_is_a_one_line_usage_error(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / kind
+    if kind == "a-file":
+        target.write_text("x")
+    else:
+        target.mkdir()
+        (target / "ledger.db").write_text("someone's")
+    done = subprocess.run(
+        [sys.executable, "-m", "rgt", "demo", "--yes", "--dir", str(target)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.startswith(f"rgt demo: error: --dir {target}") and done.stderr.count("\n") == 1
+    )
+    if kind == "not-empty":
+        assert sorted(p.name for p in target.iterdir()) == ["ledger.db"]  # left alone

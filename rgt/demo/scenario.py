@@ -227,8 +227,15 @@ class Demo:
         """Start the emulator, run the scenario, stop the emulator (also on failure)."""
         from rgt.sim import Emulator
 
-        self.demo_dir.mkdir(parents=True, exist_ok=True)
-        if any(p for p in self.demo_dir.iterdir()):
+        try:
+            self.demo_dir.mkdir(parents=True, exist_ok=True)
+            used = any(True for _ in self.demo_dir.iterdir())
+        except OSError as exc:
+            raise UsageError(
+                f"--dir {self.demo_dir}: cannot use it as the demo's directory "
+                f"({exc.strerror or exc}); give a new or empty directory"
+            ) from None
+        if used:
             raise UsageError(
                 f"--dir {self.demo_dir}: must be empty or new (the demo's ledger lives there)"
             )
