@@ -6,8 +6,10 @@
 Evidence, all re-checked at decision time, none taken on trust from a file an agent can write:
 
 1. **Manifest on the box.** The manifest is re-read from the box now
-   (``provider.read_remote_file``); it must name this instance, and the run the instance was
-   rented for (its ``rgt:<run_id>`` label) when rgt rented it.
+   (``provider.read_remote_file``); it must name this instance, and — for an instance rgt
+   launched — the run it was rented for (its ``rgt:<run_id>`` label), the job's results root
+   and the job's exact roster (recorded in the ledger at launch), so a pull of some other
+   directory cannot unlock a destroy.
 2. **A pull matching it exactly.** The ledger's latest pull of this instance has the same
    manifest SHA-256 as the box has now, and the manifest saved next to the local files still
    has it too.
@@ -33,7 +35,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rgt.errors import ProviderError, Refused
@@ -172,6 +174,18 @@ def _collect(
             "manifest_sha256": pull.manifest_sha256,
             "remote_root": pull.remote_root,
         }
+        launched = ledger.instance(provider.platform, instance_id)
+        if launched is not None and launched.results_root:
+            expected_root = PurePosixPath(launched.results_root)
+            if PurePosixPath(pull.remote_root) != expected_root:
+                missing.append(
+                    Missing(
+                        "wrong-results-root",
+                        f"the pull copied {pull.remote_root} but the job of instance "
+                        f"{instance_id} writes its results under {expected_root}: run "
+                        f"`rgt pull {instance_id} {expected_root} LOCAL_DIR`, then verify",
+                    )
+                )
 
     # (1) the manifest on the box, now.
     box_sha: str | None = None
@@ -191,7 +205,7 @@ def _collect(
         else:
             box_sha = hashlib.sha256(box_bytes).hexdigest()
             evidence["box_manifest_sha256"] = box_sha
-            owner, run_id = _manifest_owner(box_bytes)
+            owner, run_id, roster = _manifest_owner(box_bytes)
             evidence["run_id"] = run_id
             if owner != instance_id:
                 missing.append(
@@ -208,6 +222,17 @@ def _collect(
                         f"{MANIFEST_NAME} on the box is of run {run_id!r}, but instance "
                         f"{instance_id} was rented for run {expected_run!r} (its label): "
                         "rebuild the manifest of the right run on the box, then pull and verify",
+                    )
+                )
+            launched = ledger.instance(provider.platform, instance_id)
+            job_roster = None if launched is None else launched.roster
+            if job_roster is not None and sorted(job_roster) != sorted(roster or []):
+                missing.append(
+                    Missing(
+                        "roster-mismatch",
+                        f"{MANIFEST_NAME} on the box covers {sorted(roster or [])}, but the "
+                        f"job's roster is {sorted(job_roster)}: rebuild the manifest with the "
+                        "job's roster on the box, then pull and verify",
                     )
                 )
 
@@ -294,16 +319,20 @@ def _collect(
             }
 
 
-def _manifest_owner(data: bytes) -> tuple[str | None, str | None]:
-    """(instance_id, run_id) named by a manifest; None for what is absent or unreadable."""
+def _manifest_owner(data: bytes) -> tuple[str | None, str | None, list[str] | None]:
+    """(instance_id, run_id, roster) named by a manifest; None for what is absent or unreadable."""
     try:
         document = json.loads(data)
     except ValueError:
-        return None, None
+        return None, None, None
     if not isinstance(document, dict):
-        return None, None
-    owner, run_id = document.get("instance_id"), document.get("run_id")
-    return (None if owner is None else str(owner)), (None if run_id is None else str(run_id))
+        return None, None, None
+    owner, run_id, roster = (document.get(k) for k in ("instance_id", "run_id", "roster"))
+    return (
+        None if owner is None else str(owner),
+        None if run_id is None else str(run_id),
+        [str(name) for name in roster] if isinstance(roster, list) else None,
+    )
 
 
 def _rented_for_run(

@@ -26,7 +26,7 @@ from rgt import paths
 from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 15_000
 # A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
 # a live destroy finishes well inside it (bounded retries + a confirm poll).
@@ -114,6 +114,12 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX destroys_by_instance ON destroys (instance_id, status);
     """,
+    # v2: where the job writes its results, and the exact roster, as launched: the gate binds
+    # the pull to them, so pulling some other directory cannot unlock a destroy.
+    """
+    ALTER TABLE instances ADD COLUMN results_root TEXT;
+    ALTER TABLE instances ADD COLUMN roster TEXT;
+    """,
 )
 
 
@@ -131,6 +137,8 @@ class InstanceRecord:
     created: float
     last_state: str | None
     last_state_at: float | None
+    results_root: str | None = None  # absolute box path the job writes results under
+    roster: list[str] | None = None  # the job's exact top-level result directories
 
 
 @dataclass(frozen=True)
@@ -300,22 +308,30 @@ class Ledger:
         price_per_hour: float | None = None,
         interruptible: bool | None = None,
         state: str | None = None,
+        results_root: str | None = None,
+        roster: Sequence[str] | None = None,
         now: float | None = None,
     ) -> None:
-        """Remember a rented instance (idempotent: a second call updates the known fields)."""
+        """Remember a rented instance (idempotent: a second call updates the known fields).
+
+        `results_root` and `roster` (from the job request) let the gate insist that the pull it
+        is shown is of the job's results, not of some other directory on the box."""
         at = _now(now)
         with self.transaction() as db:
             db.execute(
                 """
                 INSERT INTO instances (provider, instance_id, label, profile, offer_id,
-                                       price_per_hour, interruptible, created)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                                       price_per_hour, interruptible, created, results_root,
+                                       roster)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (provider, instance_id) DO UPDATE SET
                     label = COALESCE(excluded.label, label),
                     profile = COALESCE(excluded.profile, profile),
                     offer_id = COALESCE(excluded.offer_id, offer_id),
                     price_per_hour = COALESCE(excluded.price_per_hour, price_per_hour),
-                    interruptible = COALESCE(excluded.interruptible, interruptible)
+                    interruptible = COALESCE(excluded.interruptible, interruptible),
+                    results_root = COALESCE(excluded.results_root, results_root),
+                    roster = COALESCE(excluded.roster, roster)
                 """,
                 (
                     provider,
@@ -326,6 +342,8 @@ class Ledger:
                     price_per_hour,
                     None if interruptible is None else int(interruptible),
                     at,
+                    results_root,
+                    None if roster is None else json.dumps(list(roster)),
                 ),
             )
             if state is not None:
@@ -379,9 +397,18 @@ class Ledger:
                 created=row["created"],
                 last_state=row["last_state"],
                 last_state_at=row["last_state_at"],
+                results_root=row["results_root"],
+                roster=None if row["roster"] is None else list(json.loads(row["roster"])),
             )
             for row in self._db.execute(sql, args)
         ]
+
+    def instance(self, provider: str, instance_id: str) -> InstanceRecord | None:
+        """One known instance, or None when rgt has no record of it."""
+        for record in self.instances(provider):
+            if record.instance_id == str(instance_id):
+                return record
+        return None
 
     def state_history(self, instance_id: str) -> list[tuple[float, str, str | None]]:
         """(time, state, detail) for one instance, oldest first."""

@@ -28,6 +28,7 @@ from tests.ironlaw_fixtures import vast_profile, verify_and_record
 
 REMOTE_ROOT = "/workspace/results"
 RUN_ID = "run-e2e"
+ROSTER = ("ckpt", "metrics")
 REPO = Path(__file__).resolve().parent.parent
 
 ONSTART = r"""set -euo pipefail
@@ -110,7 +111,15 @@ class Rental:
         )
         self.local = tmp_path / "local"
         self.ledger = Ledger.open()
-        self.ledger.record_instance("vastai", self.id, label=run_label(run_id), state="created")
+        # As `rgt launch` records it: the job's results root and roster bind the pull.
+        self.ledger.record_instance(
+            "vastai",
+            self.id,
+            label=run_label(run_id),
+            state="created",
+            results_root=REMOTE_ROOT,
+            roster=list(ROSTER),
+        )
         self.disk = Path(emulator.instance_disk(self.id))
         self._wait_for_manifest()
 

@@ -435,3 +435,31 @@ def test_the_gate_is_the_only_code_that_sends_a_destroy() -> None:
     assert offenders == [], offenders
     gate_source = (package / "gate.py").read_text(encoding="utf-8")
     assert gate_source.count("getattr(provider, verb)(instance_id)") == 1
+
+
+def test_a_pull_of_another_directory_than_the_jobs_results_root_is_refused(box: Box) -> None:
+    # The job writes under /workspace/results; someone pulls (and verifies) a small side
+    # directory with a manifest of its own instead. It must not unlock the destroy.
+    box.ledger.record_instance(
+        "vastai", box.id, results_root=REMOTE_ROOT, roster=["ckpt", "metrics"], state="running"
+    )
+    side = box.provider.box_path(box.id, "/workspace/side")
+    write_results(side, {"ckpt/tiny.json": b"{}"})
+    build_manifest_on_box(side, run_id=RUN_ID, roster=["ckpt"], instance_id=box.id)
+    pull_instance(box.id, "/workspace/side", box.local, provider=box.provider, ledger=box.ledger)
+    box.verify()
+    box.approve()
+    decision = box.decide()
+    assert [m.code for m in decision.missing] == ["wrong-results-root", "roster-mismatch"]
+    assert f"rgt pull {box.id} {REMOTE_ROOT}" in decision.explain()
+    box.assert_alive()
+
+
+def test_the_jobs_results_root_and_roster_pass(box: Box) -> None:
+    box.ledger.record_instance(
+        "vastai", box.id, results_root=REMOTE_ROOT + "/", roster=["metrics", "ckpt"]
+    )
+    box.pull()
+    box.verify()
+    box.approve()
+    assert box.decide().allowed

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from rgt.errors import CheckFailed
-from rgt.pull import MANIFEST_NAME
+from rgt.pull import MANIFEST_NAME, pull_instance
 from tests.conftest import CANARY_API_KEY
 from tests.ironlaw_emulator import Rental, RentalPool
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # One emulator for the module, with a box per case rented up front (boots overlap).
-CASES = 16
+CASES = 17
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +211,19 @@ def test_expired_approval(rental: Rental) -> None:
     rental.approve(ttl=60, now=time.time() - 3600)
     message = rental.refused("no-approval")
     assert "expired" in message
+
+
+def test_pull_of_another_directory_than_the_jobs_results(rental: Rental) -> None:
+    from rgt import manifest
+
+    side = rental.disk / "workspace" / "side"
+    (side / "ckpt").mkdir(parents=True)
+    (side / "ckpt" / "tiny.json").write_text("{}")
+    manifest.write_manifest(side, rental.run_id, ["ckpt"], rental.id)
+    pull_instance(
+        rental.id, "/workspace/side", rental.local, provider=rental.provider, ledger=rental.ledger
+    )
+    rental.verify()  # consistent in itself...
+    rental.approve()
+    message = rental.refused("wrong-results-root")  # ...but not the job's results
+    assert "[roster-mismatch]" in message

@@ -33,6 +33,30 @@ def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     raw.close()
 
 
+def test_a_version_1_ledger_is_migrated_forward_keeping_its_rows(tmp_path: Path) -> None:
+    from rgt.ledger import _MIGRATIONS, _split_sql
+
+    path = tmp_path / "l.db"
+    raw = sqlite3.connect(path)
+    for statement in _split_sql(_MIGRATIONS[0]):
+        raw.execute(statement)
+    raw.execute(
+        "INSERT INTO instances (provider, instance_id, label, created) VALUES ('vastai', '7', "
+        "'rgt:old', 1.0)"
+    )
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with Ledger.open(path) as ledger:
+        assert ledger.schema_version() == SCHEMA_VERSION == 2
+        old = ledger.instance("vastai", "7")
+        assert old is not None and old.label == "rgt:old" and old.results_root is None
+        ledger.record_instance("vastai", "7", results_root="/workspace/r", roster=["a", "b"])
+        again = ledger.instance("vastai", "7")
+        assert again is not None and again.roster == ["a", "b"] and again.label == "rgt:old"
+        assert again.results_root == "/workspace/r"
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     raw = sqlite3.connect(tmp_path / "l.db")
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
