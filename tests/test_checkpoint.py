@@ -102,6 +102,8 @@ def test_torch_state_round_trips_without_pickle(tmp_path: Path) -> None:
         "half": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3),
         "scalar": torch.tensor(7, dtype=torch.int64),
         "empty": torch.zeros(0, 5),
+        "transposed": model.weight.detach().t(),  # not contiguous
+        "strided_slice": torch.arange(10.0)[2:9:3],  # offset into a larger storage
         "epoch": 4,
     }
     save(tmp_path, 1, checkpoint.torch_state_to_tree(state))
