@@ -290,6 +290,31 @@ def prompt_approval(
         return approval_id
 
 
+def ledger_summary(ledger: Ledger, instance_id: str) -> str:
+    """What the ledger knows about `instance_id`'s results, shown to the human before they
+    approve (local only: the gate re-checks everything against the box at destroy time)."""
+    from rgt.progress import human_bytes
+
+    lines = [f"What rgt knows about instance {instance_id}:"]
+    pull = ledger.latest_pull(instance_id)
+    if pull is None:
+        lines.append("  pulled    NOTHING yet: its results exist only on the box")
+    else:
+        lines.append(
+            f"  pulled    {pull.files} files, {human_bytes(pull.bytes_total)} of run "
+            f"{pull.run_id} from {pull.remote_root} into {pull.local_dir}"
+        )
+    verification = ledger.latest_verification(instance_id)
+    if verification is None:
+        lines.append("  verified  NO")
+    else:
+        lines.append(
+            f"  verified  {verification.local_dir} against manifest sha256 "
+            f"{verification.manifest_sha256[:16]}…"
+        )
+    return "\n".join(lines)
+
+
 def prompt_new_passphrase() -> str:
     """Ask twice on the TTY for a new passphrase (and the old one when replacing)."""
     try:

@@ -41,7 +41,9 @@ def test_init_then_approve_on_a_real_terminal(isolated_user: Path) -> None:
     assert PASSPHRASE not in stored.read_text()
 
     approve = PtyProcess("approve", "1234")
-    approve.expect("Type the instance id")
+    shown = approve.expect("Type the instance id")
+    # The human sees what rgt knows before saying yes: here, nothing was pulled.
+    assert "pulled    NOTHING yet" in shown and "verified  NO" in shown
     approve.send("1234")
     approve.expect("Approval passphrase")
     approve.send(PASSPHRASE)

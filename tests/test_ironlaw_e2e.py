@@ -95,7 +95,10 @@ def test_approve_on_a_terminal_then_destroy_from_a_script(rental: Rental) -> Non
     rental.pull()
     rental.verify()
     human = PtyProcess("approve", rental.id, "--ttl-minutes", "5")
-    human.expect("Type the instance id")
+    shown = human.expect("Type the instance id")
+    assert "pulled    3 files, 195.5 KiB" in shown  # 200 000 + 118 bytes
+    assert f"of run {rental.run_id} from {REMOTE_ROOT}" in shown
+    assert f"verified  {rental.local}" in shown
     human.send(rental.id)
     human.expect("Approval passphrase")
     human.send(PASSPHRASE)

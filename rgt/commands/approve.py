@@ -29,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--ttl-minutes: {args.ttl_minutes} is not in (0, 1440]")
     with Ledger.open() as ledger:
         approval_id = approval.prompt_approval(
-            ledger, args.instance, ttl_seconds=args.ttl_minutes * 60
+            ledger,
+            args.instance,
+            ttl_seconds=args.ttl_minutes * 60,
+            summary=approval.ledger_summary(ledger, args.instance),
         )
     print(f"approval {approval_id} recorded for instance {args.instance}")
     return 0
