@@ -64,7 +64,8 @@ def test_whole_chain_through_the_cli(rental: Rental) -> None:
     rental.assert_alive()
 
     human = PtyProcess("destroy", rental.id)
-    human.expect("Type the instance id")
+    shown = human.expect("Type the instance id")
+    assert f"verified  {rental.local}" in shown and "IRREVERSIBLE" in shown
     human.send(rental.id)
     human.expect("Approval passphrase")
     human.send(PASSPHRASE)

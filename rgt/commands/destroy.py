@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             approval_id = approval.prompt_approval(
                 ledger,
                 args.instance,
-                summary=_summary(decision.evidence, profile),
+                summary=_summary(ledger, args.instance, decision.evidence, profile),
             )
         outcome = destroy_with_gate(
             args.instance,
@@ -73,14 +73,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(evidence: dict[str, Any], profile: object) -> str:
-    pull = evidence.get("pull", {})
+def _summary(ledger: Any, instance_id: str, evidence: dict[str, Any], profile: object) -> str:
+    """What the human sees before typing the passphrase: the evidence the gate just checked."""
+    from rgt import approval
+
     lines = [
-        "Evidence found:",
-        f"  manifest on the box  sha256 {evidence.get('box_manifest_sha256', '?')}",
-        f"  pulled and verified  {pull.get('local_dir', '?')}",
+        approval.ledger_summary(ledger, instance_id),
+        f"  the box's manifest now: sha256 {evidence.get('box_manifest_sha256', '?')} "
+        "(matches the pull and the verification)",
     ]
-    if not getattr(profile, "meter_stop_irreversible", True):
-        return "\n".join(lines)
-    lines.append("  destroy is IRREVERSIBLE: the box and its disk are deleted.")
+    if getattr(profile, "meter_stop_irreversible", True):
+        lines.append("  destroy is IRREVERSIBLE: the box and its disk are deleted.")
     return "\n".join(lines)
