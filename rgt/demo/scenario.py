@@ -222,6 +222,7 @@ class Demo:
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.confirm = confirm
         self.timeline = Timeline()
+        self.profile: Any = None
 
     def run(self) -> dict[str, Any]:
         """Start the emulator, run the scenario, stop the emulator (also on failure)."""
@@ -269,7 +270,7 @@ class Demo:
         from rgt.providers.vastai import VastProvider
 
         settings = self.settings
-        profile = load_profile("vastai")
+        profile = self.profile = load_profile("vastai")
         provider = VastProvider(api_url=emulator.url)
         ckpt_cost = measure_checkpoint_cost(self.demo_dir / "ckpt-cost")
         cadence = young_daly(settings.mtbf_seconds, ckpt_cost, settings.step_seconds)
@@ -353,9 +354,17 @@ class Demo:
         return report
 
     def _poll(self, provider: Any, instance_id: str, record: Callable[..., None]) -> str:
-        state = provider.show(instance_id).state
-        if self.timeline.observe(state):
-            record(state)
+        """One `show`; a new state goes into the timeline with what `rgt poll` makes of it."""
+        from rgt import lifecycle
+
+        instance = provider.show(instance_id)
+        state = instance.state
+        if state != self.timeline.last_state:
+            classification, _ = lifecycle.classify(instance, self.profile)
+            gotcha = lifecycle.gotcha_for(self.profile, classification)
+            note = f"rgt poll: {classification}" + (f" (gotcha {gotcha})" if gotcha else "")
+            self.timeline.observe(state, note)
+            record(state, note)
         return state
 
     def _progress(self, provider: Any, instance_id: str) -> int:
@@ -387,7 +396,6 @@ class Demo:
         emulator.preempt(instance_id)
         preempted_at = time.time()
         self.timeline.add("outbid", "the emulator preempts the box: SIGKILL, no warning")
-        record("preempted", f"demo: outbid near step {step}")
         bar.update(step, "PREEMPTED")
         paused_until = time.monotonic() + settings.outage_seconds
         while time.monotonic() < paused_until:
