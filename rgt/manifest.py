@@ -36,13 +36,10 @@ import hashlib
 import json
 import marshal
 import os
-import platform
 import re
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Any, Dict, Tuple  # noqa: UP035 (aliases below run on python 3.8)
 
 SCHEMA = "rgt.pull-manifest/v1"
@@ -493,6 +490,9 @@ def hash_files(
         while batches:
             collect(hash_batch(batches.pop(), want_stat, inspect), batches)
         return results
+    # Imported here: the forked and serial paths (and the box's start-up) do without them.
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="rgt-hash") as pool:
         futures = {pool.submit(hash_batch, batch, want_stat, inspect) for batch in batches}
         while futures:
@@ -565,7 +565,7 @@ def build_manifest(
         "created_at": _utc_now(),
         "builder": {
             "name": "rgt.manifest",
-            "python": platform.python_version(),
+            "python": "{}.{}.{}".format(*sys.version_info[:3]),
             "version": BUILDER_VERSION,
         },
         "hash": "sha256",
@@ -587,9 +587,13 @@ def encode_manifest(manifest: dict[str, Any]) -> bytes:
 
 def _atomic_write(path: str, data: bytes) -> None:
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(
-        prefix="." + os.path.basename(path) + ".", suffix=IN_FLIGHT_SUFFIX, dir=directory
+    # A fresh, exclusive temp name next to the target (what tempfile.mkstemp does, without
+    # importing tempfile: start-up counts on the box and for `rgt manifest`).
+    tmp = os.path.join(
+        directory,
+        f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(6).hex()}{IN_FLIGHT_SUFFIX}",
     )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
