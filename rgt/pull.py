@@ -236,6 +236,15 @@ def pull_instance(
         if progress is not None:
             progress(done_before, bytes_total, None)
 
+    # The job may still be writing: a manifest rebuilt on the box while we copied means the
+    # files here may be a mix of two states. Say so now rather than at verification.
+    after = provider.read_remote_file(instance_id, manifest_remote_path(remote_root))
+    if hashlib.sha256(after).hexdigest() != manifest_sha256:
+        raise CheckFailed(
+            f"{MANIFEST_NAME} on instance {instance_id} changed during the pull (is the job still "
+            "writing results?); nothing recorded: wait for it to finish, then run the same "
+            "`rgt pull` again (it resumes)"
+        )
     remove_stale_partials(local_dir, manifest)
     missing = _missing_or_short(local_dir, manifest)
     if missing:

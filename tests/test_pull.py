@@ -147,6 +147,30 @@ def test_missing_file_on_the_box_fails_the_pull(tmp_path: Path) -> None:
         assert ledger.pulls() == []
 
 
+def test_a_manifest_rebuilt_on_the_box_during_the_pull_is_caught(tmp_path: Path) -> None:
+    provider, _, results, _ = _box(tmp_path)
+
+    class StillWriting(LocalBoxProvider):
+        def copy_from(self, instance_id, remote_path, local_dir, *, progress=None):  # type: ignore[no-untyped-def]
+            done = super().copy_from(instance_id, remote_path, local_dir, progress=progress)
+            write_results(results, {"metrics/late.json": b"{}"})
+            build_manifest_on_box(
+                results, run_id=RUN_ID, roster=["ckpt", "metrics"], instance_id=instance_id
+            )
+            return done
+
+    busy = StillWriting(provider.root)
+    with Ledger.open() as ledger:
+        with pytest.raises(CheckFailed, match="changed during the pull"):
+            pull_instance("1001", REMOTE_ROOT, tmp_path / "l", provider=busy, ledger=ledger)
+        assert ledger.pulls() == []  # not recorded: the copy may mix two states
+        # Once the job is done, the same pull resumes and is recorded.
+        result = pull_instance(
+            "1001", REMOTE_ROOT, tmp_path / "l", provider=provider, ledger=ledger
+        )
+        assert result.files == 4 and len(ledger.pulls()) == 1
+
+
 def test_relative_remote_root_is_a_usage_error(tmp_path: Path) -> None:
     provider, _, _, _ = _box(tmp_path)
     with Ledger.open() as ledger, pytest.raises(UsageError, match="not absolute"):
