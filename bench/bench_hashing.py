@@ -8,7 +8,9 @@ Baselines:
   sha256sum        coreutils, `find -print0 | xargs -0 sha256sum`;
   machine limit    cores x single-core hashlib SHA-256 speed on in-memory data.
 rgt is timed twice: the CLI (`python -m rgt manifest|verify`, a fresh process: what a user
-runs, interpreter start-up included) and the library call in this process.
+runs, interpreter start-up included) and the library call in this process. Also timed: the
+gate's `check_unchanged` after a verification (what a destroy pays to know the files are
+still the verified ones).
 
 Page cache: the files are written by the bench and read once before any timing, and they fit
 in RAM many times over, so every figure is WARM (no disk reads). Cold-disk speed is the
@@ -41,7 +43,7 @@ from benchlib import REPO, emit, machine_line, median, table
 sys.path.insert(0, str(REPO))
 
 from rgt.manifest import build_manifest, hash_files
-from rgt.verify import VERIFIED_NAME, verify_pull
+from rgt.verify import VERIFIED_NAME, check_unchanged, verify_pull
 
 SINGLE_CORE_SAMPLES: list[float] = []  # bytes/s, sampled through the run
 RATIO_TARGET_A = 1.2
@@ -232,6 +234,18 @@ def measure(
             times[label].append(time.perf_counter() - began)
             times.setdefault(f"cpu:{label}", []).append(_cpu_seconds() - cpu_before)
         print(f"  [{name}] run {run + 1}/{runs} done", file=sys.stderr)
+    # What the gate pays at destroy time to know the verified files are unchanged.
+    clear_record()
+    verify_pull(results)
+    label = "check_unchanged (gate)"
+    for _ in range(runs):
+        cpu_before = _cpu_seconds()
+        began = time.perf_counter()
+        reason = check_unchanged(results)
+        times.setdefault(label, []).append(time.perf_counter() - began)
+        times.setdefault(f"cpu:{label}", []).append(_cpu_seconds() - cpu_before)
+        if reason is not None:
+            raise SystemExit(f"check_unchanged after a fresh verification: {reason}")
     clear_record()
     return files, size, times
 
