@@ -135,3 +135,24 @@ async def test_missing_api_key_is_a_clear_tool_error(monkeypatch: pytest.MonkeyP
     assert result.is_error
     text = result.content[0].text  # type: ignore[union-attr]
     assert "no vast.ai API key: set VAST_API_KEY" in text
+
+
+async def test_a_bad_local_path_is_a_one_line_tool_error(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    async with Client(build_server()) as client:
+        result = await client.call_tool("verify", {"local_dir": str(blocker / "sub")})
+        job = await client.call_tool(
+            "launch",
+            {
+                "profile": "vastai",
+                "offer_id": "1",
+                "job": str(tmp_path / "missing.yaml"),
+                "max_price_per_hour": 1.0,
+            },
+        )
+    for bad in (result, job):
+        assert bad.is_error
+        text = bad.content[0].text  # type: ignore[union-attr]
+        assert "\n" not in text.strip() and text != "Error executing tool"
+    assert "missing.yaml" in job.content[0].text  # type: ignore[union-attr]

@@ -109,11 +109,17 @@ def _instance_profile(ledger: Any, instance_id: str) -> Any:
 
 
 async def _blocking(fn: Callable[[], T]) -> T:
-    """Run `fn` on a worker thread; an rgt error becomes a tool error with its one-line text."""
+    """Run `fn` on a worker thread; an rgt error (or a local file or ledger problem) becomes a
+    tool error with its one-line text; anything else is a bug and its text is withheld."""
+    from rgt.ledger import LedgerError
+
     try:
         return await anyio.to_thread.run_sync(fn)
     except RgtError as exc:
         raise ToolError(exc.message) from None
+    except (LedgerError, OSError) as exc:
+        # A user-side problem (unwritable local_dir, full disk, unusable ledger): say it.
+        raise ToolError(f"{type(exc).__name__}: {exc}") from None
 
 
 def _progress_reporter(ctx: Context, label: str) -> Callable[[int, int | None, str | None], None]:
