@@ -178,9 +178,19 @@ def test_serve_never_echoes_a_key_taken_from_the_environment(tmp_path: Path) -> 
     assert_no_canary(banner, err)
 
 
-def test_after_a_crash_the_restarted_emulator_kills_the_orphaned_job(tmp_path: Path) -> None:
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_after_a_crash_the_restarted_emulator_kills_the_orphaned_job_and_sshd(
+    tmp_path: Path,
+) -> None:
     state = tmp_path / "sim"
-    server = _serve(state, "--json", "--api-key", "k", "--no-ssh")
+    server = _serve(state, "--json", "--api-key", "k")
     assert server.stdout is not None
     url = json.loads(server.stdout.readline())["url"]
     client = vastai.VastAI(api_key="k", server_url=url, retry=1)
@@ -192,16 +202,27 @@ def test_after_a_crash_the_restarted_emulator_kills_the_orphaned_job(tmp_path: P
     runs = state / "instances" / str(instance_id) / "disk" / "runs.txt"
     wait_for(lambda: runs.exists() and runs.read_text().count("start") == 1, what="onstart")
     orphan = int(runs.read_text().split()[1])
-    time.sleep(1.5)  # the state file is written at least once a second
-    server.kill()  # the emulator dies; its container process (own session) lives on
-    server.communicate(timeout=10)
-    assert alive(orphan)
 
-    server = _serve(state, "--json", "--api-key", "k", "--no-ssh")
+    def recorded() -> bool:
+        try:
+            saved = json.loads((state / "state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return any(i["id"] == instance_id and i["pid"] == orphan for i in saved["instances"])
+
+    wait_for(recorded, what="the container start in the state file")
+    ssh_port = client.show_instance(id=instance_id)["ssh_port"]
+    assert ssh_port and _listening(ssh_port)
+    server.kill()  # the emulator dies; its container process and sshd (own sessions) live on
+    server.communicate(timeout=10)
+    assert alive(orphan) and _listening(ssh_port)
+
+    server = _serve(state, "--json", "--api-key", "k")
     try:
         assert server.stdout is not None
         json.loads(server.stdout.readline())
         assert not alive(orphan)  # killed on load: one job per disk, never two
+        assert not _listening(ssh_port)  # the old sshd was stopped too
         wait_for(lambda: runs.read_text().count("start") == 2, what="onstart re-run")
     finally:
         _stop(server)

@@ -122,6 +122,11 @@ class Emulator:
             return None
         key_dir = self.state_dir / "ssh"
         key_dir.mkdir(parents=True, exist_ok=True)
+        reap = getattr(sim_ssh, "reap_stale_servers", None)
+        if reap is not None:  # sshds a SIGKILLed emulator on this state dir left listening
+            stale = reap(key_dir)
+            if stale:
+                log.info("stopped %d sshd(s) left by an earlier emulator", stale)
         try:
             self.client_key_path = Path(sim_ssh.client_key_path(key_dir))
         except Exception as exc:
@@ -154,6 +159,10 @@ class Emulator:
                     saved = 0.0
                     # With instances the meter moves every tick; without, only events count.
                     world.save(only_if_dirty=not world.instances)
+                else:
+                    # An event (a container started, a deletion) is written at once: a crash
+                    # must not forget which process group runs on which disk.
+                    world.save(only_if_dirty=True)
             except Exception:  # keep ticking; the failure is in the log
                 log.exception("emulator tick failed")
 

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import secrets
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,6 +74,14 @@ class SimHttpServer(ThreadingHTTPServer):
         self.faults = faults
         self.log_requests: dict[str, tuple[int, Any, Any]] = {}
         self._tokens_lock = threading.Lock()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer (killed, timed out) is routine, not a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("client %s went away: %s", client_address, error)
+        else:
+            log.warning("error serving %s", client_address, exc_info=True)
 
     @property
     def base_url(self) -> str:
