@@ -35,7 +35,9 @@ def _tree(root: Path) -> dict[str, bytes]:
     return files
 
 
-def _run(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     # -I: isolated mode, no site-packages and no cwd on sys.path, like a bare box python3.
     return subprocess.run(
         [sys.executable, "-I", str(MODULE), str(root), *args],
@@ -46,8 +48,11 @@ def _run(root: Path, *args: str, env: dict[str, str] | None = None) -> subproces
     )
 
 
+Results = tuple[Path, dict[str, bytes], Path]  # results root, its files, the roster file
+
+
 @pytest.fixture
-def results(tmp_path: Path) -> tuple[Path, dict[str, bytes], Path]:
+def results(tmp_path: Path) -> Results:
     root = tmp_path / "results"
     files = _tree(root)
     roster = tmp_path / "roster.txt"
@@ -67,7 +72,7 @@ def test_module_is_stdlib_only_and_self_contained() -> None:
     assert imported - set(sys.stdlib_module_names) == set()
 
 
-def test_manifest_lists_every_file_with_size_and_sha256(results) -> None:
+def test_manifest_lists_every_file_with_size_and_sha256(results: Results) -> None:
     root, files, _ = results
     document = build_manifest(root, "run-1", ["metrics", "ckpt"], "77", workers=2)
     jsonschema.Draft202012Validator(SCHEMA).validate(document)
@@ -87,7 +92,7 @@ def test_manifest_lists_every_file_with_size_and_sha256(results) -> None:
     )
 
 
-def test_cli_standalone_writes_atomically_and_takes_instance_from_env(results) -> None:
+def test_cli_standalone_writes_atomically_and_takes_instance_from_env(results: Results) -> None:
     root, files, roster = results
     done = _run(root, "--run-id", "run-1", "--roster", str(roster), env={"CONTAINER_ID": "4242"})
     assert done.returncode == 0, done.stderr
@@ -105,7 +110,7 @@ def test_cli_standalone_writes_atomically_and_takes_instance_from_env(results) -
     assert json.loads((root / "PULL_MANIFEST.json").read_bytes())["instance_id"] == "9"
 
 
-def test_cli_via_stdin_like_the_onstart(results) -> None:
+def test_cli_via_stdin_like_the_onstart(results: Results) -> None:
     root, _, roster = results
     done = subprocess.run(
         [sys.executable, "-I", "-", str(root), "--run-id", "r", "--roster", str(roster)],
@@ -119,7 +124,7 @@ def test_cli_via_stdin_like_the_onstart(results) -> None:
     assert json.loads((root / "PULL_MANIFEST.json").read_text())["instance_id"] is None
 
 
-def test_output_elsewhere(results, tmp_path: Path) -> None:
+def test_output_elsewhere(results: Results, tmp_path: Path) -> None:
     root, _, roster = results
     out = tmp_path / "elsewhere.json"
     done = _run(root, "--run-id", "r", "--roster", str(roster), "--output", str(out))
@@ -141,7 +146,9 @@ def test_output_elsewhere(results, tmp_path: Path) -> None:
         ("fifo", "ckpt/pipe: is not a regular file"),
     ],
 )
-def test_refusals_name_the_problem_and_write_nothing(results, damage: str, expected: str) -> None:
+def test_refusals_name_the_problem_and_write_nothing(
+    results: Results, damage: str, expected: str
+) -> None:
     root, _, roster = results
     if damage == "symlink":
         os.symlink("/etc/passwd", root / "ckpt" / "link")
@@ -183,14 +190,14 @@ def test_refusals_name_the_problem_and_write_nothing(results, damage: str, expec
         (["ckpt", "metrics", "PULL_MANIFEST.json"], "the manifest itself"),
     ],
 )
-def test_bad_roster_entries(results, roster: list[str], expected: str) -> None:
+def test_bad_roster_entries(results: Results, roster: list[str], expected: str) -> None:
     root = results[0]
     with pytest.raises(ManifestRefused, match="roster entry") as caught:
         build_manifest(root, "r", roster)
     assert any(expected in problem for problem in caught.value.problems)
 
 
-def test_usage_errors_exit_2(results, tmp_path: Path) -> None:
+def test_usage_errors_exit_2(results: Results, tmp_path: Path) -> None:
     root, _, roster = results
     assert _run(root, "--roster", str(roster)).returncode == 2  # no --run-id
     missing = _run(tmp_path / "nope", "--run-id", "r", "--roster", str(roster))
@@ -231,7 +238,7 @@ def test_many_small_files_hash_like_hashlib(tmp_path: Path) -> None:
         assert seen[-1][0] == seen[-1][1] == total
 
 
-def test_rgt_manifest_command(results) -> None:
+def test_rgt_manifest_command(results: Results) -> None:
     root, files, roster = results
     done = subprocess.run(
         [

@@ -86,7 +86,8 @@ class Pull:
         shutil.copytree(self.box, self.local, symlinks=True)
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads((self.local / "PULL_MANIFEST.json").read_text())
+        document: dict[str, Any] = json.loads((self.local / "PULL_MANIFEST.json").read_text())
+        return document
 
     def rewrite_manifest(self, document: dict[str, Any]) -> None:
         (self.local / "PULL_MANIFEST.json").write_text(json.dumps(document))
