@@ -53,7 +53,13 @@ async def test_whole_lifecycle_over_stdio(mode: str, emulator: Any, tmp_path: Pa
         assert copied["files"] >= 1 and (local / "cell-a" / "metrics.json").is_file()
         assert progress and progress[-1][0] == progress[-1][1] == copied["bytes_total"]
         copy_ticks = len(progress)
-        await session.data("verify", {"local_dir": str(local)}, progress_callback=on_progress)
+        other = await session.call("verify", {"local_dir": str(local), "instance_id": "999"})
+        assert other.is_error and "999" in other.content[0].text  # type: ignore[union-attr]
+        await session.data(
+            "verify",
+            {"local_dir": str(local), "instance_id": instance_id},
+            progress_callback=on_progress,
+        )
         assert len(progress) > copy_ticks, "verify sent no progress notification"
 
         human.typed = instance_id

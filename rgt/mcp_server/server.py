@@ -560,9 +560,14 @@ async def copy(
 async def verify(
     local_dir: Annotated[str, Field(description="the directory copy wrote into")],
     ctx: Context,
+    instance_id: Annotated[
+        str | None, Field(description="refuse unless the manifest is of this instance")
+    ] = None,
 ) -> dict[str, Any]:
     """Verify a pull byte-for-byte against the manifest built on the box (with progress);
-    records the verification in the ledger."""
+    records the verification in the ledger. Checkpoints are loaded safely only: a pickle that
+    needs a full unpickle is refused here (a human decides that with `rgt verify
+    --allow-pickle` on a terminal)."""
     report = _progress_reporter(ctx, "verify")
 
     def progress(*args: Any) -> None:
@@ -577,7 +582,7 @@ async def verify(
             from rgt.verify import verify_pull
         except ImportError as exc:
             raise ToolError(f"verification is not available in this rgt build: {exc}") from None
-        record = verify_pull(Path(local_dir), progress=progress)
+        record = verify_pull(Path(local_dir), progress=progress, expected_instance_id=instance_id)
         return dict(record) if isinstance(record, dict) else {"record": str(record)}
 
     return await _blocking(work)
