@@ -88,10 +88,19 @@ def _provider(platform: str, *, prompt: bool = False) -> Any:
     return cached
 
 
-def _profile(name: str) -> Any:
-    from rgt.profile import load_profile
+_PROFILES: dict[tuple[str, int], Any] = {}
 
-    return load_profile(name)
+
+def _profile(name: str) -> Any:
+    """The profile, re-read only when its file changed (poll calls this every time)."""
+    from rgt.profile import load_profile, resolve_profile_path
+
+    path, _ = resolve_profile_path(name)
+    key = (name, path.stat().st_mtime_ns)
+    profile = _PROFILES.get(key)
+    if profile is None:
+        profile = _PROFILES[key] = load_profile(name)
+    return profile
 
 
 def _ledger() -> Any:
