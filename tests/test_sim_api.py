@@ -248,3 +248,52 @@ def test_a_trailing_slash_on_the_url_still_reaches_the_api(emulator: Emulator) -
     client = vastai.VastAI(api_key=CANARY_API_KEY, server_url=emulator.url + "/", retry=1)
     assert client.show_user()["username"] == "rgt-sim"
     assert emulator.request_count("GET", "/api/v0/users/current") == 1
+
+
+def test_the_control_endpoints_drive_faults_time_and_money(tmp_path: Path) -> None:
+    with Emulator(state_dir=tmp_path / "sim", api_key="k", ssh=False, time_scale=0) as sim:
+        client = vastai.VastAI(api_key="k", server_url=sim.url, retry=1)
+        auth = {"Authorization": "Bearer k"}
+
+        def control(route: str, body: dict[str, Any] | None = None) -> Any:
+            answer = requests.post(
+                f"{sim.url}/_sim/{route}", json=body or {}, headers=auth, timeout=5
+            )
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        offer = client.search_offers(query={}, type="bid", limit=1)[0]
+        bid = client.create_instance(id=offer["id"], image="i", disk=10, price=offer["min_bid"])
+        instance_id = int(bid["new_contract"])
+        control(f"stall_loading/{instance_id}")
+        control("advance", {"seconds": 3600})
+        assert client.show_instance(id=instance_id)["actual_status"] == "loading"
+        control(f"stall_loading/{instance_id}", {"seconds": 1})
+        control("advance", {"seconds": 1})
+        assert client.show_instance(id=instance_id)["actual_status"] == "running"
+        control(f"preempt/{instance_id}")
+        assert "Outbid" in client.show_instance(id=instance_id)["status_msg"]
+        control(f"win_bid/{instance_id}")
+        control("advance", {"seconds": 1})
+        control(f"host_offline/{instance_id}")
+        assert client.show_instance(id=instance_id)["actual_status"] == "offline"
+        control(f"host_online/{instance_id}")
+        control("advance", {"seconds": 1})
+        assert client.show_instance(id=instance_id)["actual_status"] == "running"
+        meter = requests.get(f"{sim.url}/_sim/meter/{instance_id}", headers=auth, timeout=5).json()
+        assert meter["storage"] > 0 and meter["total"] == pytest.approx(
+            sim.meter(instance_id)["total"]
+        )
+        assert control("balance", {"dollars": 12.5})["balance"] == 12.5
+        control("latency", {"seconds": 0.2})
+        started = time.monotonic()
+        client.show_user()
+        assert time.monotonic() - started >= 0.2
+        seen = requests.get(f"{sim.url}/_sim/requests", headers=auth, timeout=5).json()["requests"]
+        assert {"method": "POST", "path": "/_sim/advance", "count": 4} in seen
+        bad = requests.post(
+            f"{sim.url}/_sim/fail_next", json={"n": 1, "status": 404}, headers=auth, timeout=5
+        )
+        assert bad.status_code == 400 and "429 or 5xx" in bad.json()["msg"]
+        wrong = requests.post(f"{sim.url}/_sim/preempt/{instance_id}", timeout=5)
+        assert wrong.status_code == 401

@@ -310,3 +310,20 @@ def test_an_on_demand_rental_outbids_a_bid_which_resumes_when_the_gpu_is_free(
     sim.clock.advance(0.3)
     assert state(client, low) == "running"
     assert len(wait_file_lines(disk / "runs.txt", 2)) == 2
+
+
+def test_vast13_a_stalled_image_pull_stays_loading_until_released(
+    sim: Emulator, client: Any
+) -> None:
+    instance_id, _ = rent(client)
+    sim.stall_loading(instance_id)
+    sim.clock.advance(24 * 3600)
+    row = client.show_instance(id=instance_id)
+    assert state(client, instance_id) == "loading" and "stalled" in row["status_msg"]
+    assert sim.meter(instance_id)["compute"] == 0.0  # no compute billed while loading
+    assert sim.meter(instance_id)["storage"] > 0
+    sim.stall_loading(instance_id, 60)
+    sim.clock.advance(59)
+    assert state(client, instance_id) == "loading"
+    sim.clock.advance(1)
+    assert state(client, instance_id) == "running"

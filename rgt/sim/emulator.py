@@ -229,6 +229,11 @@ class Emulator:
         """The instance's bid is the highest again: it resumes (onstart runs again)."""
         self._world().win_bid(int(instance_id))
 
+    def stall_loading(self, instance_id: int | str, seconds: float | None = None) -> None:
+        """Slow image pull (VAST13): a loading instance stays loading `seconds` more
+        (simulated), or until called again with a number when `seconds` is None."""
+        self._world().stall_loading(int(instance_id), seconds)
+
     def take_host_offline(self, instance_id: int | str) -> None:
         """The instance's host goes offline (VAST7): every container on it is SIGKILLed."""
         self._world().take_host_offline(int(instance_id))

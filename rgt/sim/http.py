@@ -326,6 +326,13 @@ class _Handler(BaseHTTPRequestHandler):
                     skip=int(body.get("skip", 0)),
                 )
                 return Reply(200, {"success": True})
+            stall = re.match(r"^/_sim/stall_loading/(\d+)/?$", path)
+            if method == "POST" and stall:
+                seconds = body.get("seconds")
+                world.stall_loading(
+                    int(stall.group(1)), None if seconds is None else float(seconds)
+                )
+                return Reply(200, {"success": True})
             if method == "POST" and path.rstrip("/") == "/_sim/latency":
                 faults.latency = max(float(body.get("seconds", 0.0)), 0.0)
                 return Reply(200, {"success": True, "latency": faults.latency})

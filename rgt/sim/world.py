@@ -829,6 +829,22 @@ class World:
             self._schedule_waiting()
             self._save()
 
+    def stall_loading(self, instance_id: int, seconds: float | None = None) -> None:
+        """A slow image pull (VAST13): the loading instance needs `seconds` more (None: until
+        `stall_loading` is called again with a number)."""
+        with self.lock:
+            self._settle(self.clock.now())
+            inst = self._get(instance_id)
+            if inst.phase != "loading":
+                raise ApiError(400, "invalid_state", f"instance {inst.id} is {inst.phase}")
+            if seconds is None:
+                inst.ready_at = None
+                inst.status_msg = f"Pulling image {inst.image}: download stalled"
+            else:
+                inst.ready_at = self.accrued_at + max(float(seconds), 0.0)
+                inst.status_msg = f"Pulling image {inst.image}"
+            self._save()
+
     def take_host_offline(self, instance_id: int) -> None:
         """The instance's host stops answering: every container on it dies (SIGKILL)."""
         with self.lock:
