@@ -22,6 +22,7 @@ from rgt.ledger import InstanceRecord, Ledger
 from rgt.profile import Profile
 from rgt.providers.base import Instance, Offer, OfferQuery, Provider
 
+PER_VARIANT = "variant-dependent"  # a family profile's value that each variant sets
 HOURS_PER_MONTH = 730.0  # converts a $/GB/month storage price to $/hour
 SECONDS_PER_HOUR = 3600.0
 
@@ -44,11 +45,24 @@ def danger_clocks(profile: Profile) -> list[str]:
     """The meters a user must hear about before renting, as sentences built from the profile."""
     clocks: list[str] = []
     stop, meter_stop = profile.stop_verb, profile.meter_stop_verb
+    if PER_VARIANT in (stop, meter_stop):
+        clocks.append(
+            f"{profile.title} is a family profile: which verb stops the meter and what a stopped "
+            f"machine still bills depend on the variant; pick one ({', '.join(profile.variants)})"
+        )
+        stop = None if stop == PER_VARIANT else stop
+        meter_stop = None if meter_stop == PER_VARIANT else meter_stop
     bills = profile.stop_still_bills
+    timers = dict(profile.frontmatter.get("clocks") or {})
     if stop and bills:
+        until = (
+            "until the platform releases it"
+            if timers.get("release_after_stop")
+            else ("indefinitely")
+        )
         clocks.append(
             f"`{stop}` does not stop the meter: a stopped instance still bills "
-            f"{', '.join(bills)}, indefinitely"
+            f"{', '.join(bills)}, {until}"
         )
     if meter_stop:
         sentence = f"only `{meter_stop}` ends all billing"
@@ -60,14 +74,15 @@ def danger_clocks(profile: Profile) -> list[str]:
         clocks.append(
             f"these outlive `{meter_stop}` and bill until deleted separately: {', '.join(residual)}"
         )
-    timers = dict(profile.frontmatter.get("clocks") or {})
     for key, what in (
-        ("release_after_stop", "a stopped instance is released (its disks deleted) after"),
-        ("scratch_wipe_after_stop", "the scratch disk of a stopped instance is wiped after"),
-        ("session_limit", "the platform stops a session or job after"),
+        ("release_after_stop", "a stopped instance is released (its disks deleted)"),
+        ("scratch_wipe_after_stop", "the scratch disk of a stopped instance is wiped"),
+        ("session_limit", "the platform stops a session or job"),
     ):
-        if timers.get(key):
-            clocks.append(f"{what} {timers[key]}")
+        duration = str(timers.get(key) or "")
+        if duration:
+            at_once = duration.lstrip("~").rstrip("smhd") in ("0", "0.0")
+            clocks.append(f"{what} {'at once' if at_once else 'after ' + duration}")
     egress = profile.egress
     notes = egress.get("notes")
     if notes:

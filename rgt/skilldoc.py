@@ -36,26 +36,40 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+PER_VARIANT = "variant-dependent"
+
+
+def _clock(key: str, duration: str) -> str:
+    """One danger clock in words; "0h" / "~0s" mean at once."""
+    at_once = duration.lstrip("~").rstrip("smhd") in ("0", "0.0")
+    if key == "session_limit":
+        return f"session stopped after {duration}"
+    what = "released" if key == "release_after_stop" else "scratch wiped"
+    return f"{what} at once on stop" if at_once else f"{what} {duration} after stop"
+
+
 def platform_row(profile: Profile) -> str:
     """One table row for a profile (or one variant of a family profile)."""
     verb = profile.meter_stop_verb
-    meter_stop = "none (nothing bills)" if verb is None else f"`{verb}`"
-    if verb is not None and profile.meter_stop_irreversible:
-        meter_stop += " (irreversible)"
+    if verb == PER_VARIANT:
+        meter_stop = "per variant"
+    elif verb is None:
+        meter_stop = "none (nothing bills)"
+    else:
+        meter_stop = f"`{verb}`" + (" (irreversible)" if profile.meter_stop_irreversible else "")
     bills = ", ".join(profile.stop_still_bills) or "nothing"
-    still = "no stop verb" if profile.stop_verb is None else bills
+    if profile.stop_verb == PER_VARIANT:
+        still = "per variant"
+    else:
+        still = "no stop verb" if profile.stop_verb is None else bills
     clocks = [
         f"{item} bills until deleted"
         for item in profile.frontmatter.get("residual_billables") or []
     ]
     timers = dict(profile.frontmatter.get("clocks") or {})
-    for key, what in (
-        ("release_after_stop", "released {} after stop"),
-        ("scratch_wipe_after_stop", "scratch wiped {} after stop"),
-        ("session_limit", "stopped after {}"),
-    ):
+    for key in ("release_after_stop", "scratch_wipe_after_stop", "session_limit"):
         if timers.get(key):
-            clocks.append(what.format(timers[key]))
+            clocks.append(_clock(key, str(timers[key])))
     if profile.spot_available:
         grace = str(profile.frontmatter.get("spot_grace", "n/a"))
         spot = f"yes ({grace} notice)"

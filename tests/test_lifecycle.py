@@ -205,3 +205,14 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     assert "nope.yaml" in missing.stderr
     port = _rgt("mcp", "--http", "--port", "0")
     assert port.returncode == 2 and "--port" in port.stderr
+
+
+def test_danger_clocks_of_a_family_and_of_a_releasing_platform() -> None:
+    family = load_profile("china")
+    clocks = lifecycle.danger_clocks(family)
+    assert "family profile" in clocks[0]
+    assert all(name in clocks[0] for name in family.variants)
+    assert not any("`variant-dependent`" in clock for clock in clocks)
+    runpod = load_profile("runpod")
+    stop_clock = lifecycle.danger_clocks(runpod)[0]
+    assert "until the platform releases it" in stop_clock and "indefinitely" not in stop_clock

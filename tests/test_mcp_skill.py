@@ -33,9 +33,12 @@ def test_every_profile_has_a_row_built_from_its_fields() -> None:
     table = skilldoc.platform_table()
     for profile in list_profiles():
         row = next(line for line in table.splitlines() if line.startswith(f"| `{profile.name}` |"))
-        if profile.meter_stop_verb:
+        if profile.meter_stop_verb == skilldoc.PER_VARIANT:
+            assert "per variant" in row
+        elif profile.meter_stop_verb:
             assert f"`{profile.meter_stop_verb}`" in row
-        for item in profile.stop_still_bills if profile.stop_verb else []:
+        billing = profile.stop_verb and profile.stop_verb != skilldoc.PER_VARIANT
+        for item in profile.stop_still_bills if billing else []:
             assert item in row
 
 
