@@ -327,3 +327,22 @@ def test_vast13_a_stalled_image_pull_stays_loading_until_released(
     assert state(client, instance_id) == "loading"
     sim.clock.advance(1)
     assert state(client, instance_id) == "running"
+
+
+def test_an_instance_stopped_while_its_host_is_offline_comes_back_stopped(
+    sim: Emulator, client: Any
+) -> None:
+    instance_id, _ = rent(client)
+    sim.clock.advance(0.5)
+    sim.take_host_offline(instance_id)
+    client.stop_instance(id=instance_id)
+    row = client.show_instance(id=instance_id)
+    assert (row["actual_status"], row["intended_status"]) == ("offline", "stopped")
+    sim.bring_host_online(instance_id)
+    sim.clock.advance(5)
+    row = client.show_instance(id=instance_id)
+    assert (row["actual_status"], row["intended_status"]) == ("stopped", "stopped")
+    assert sim.process_id(instance_id) is None
+    client.start_instance(id=instance_id)  # its GPU was released and is free: it starts
+    sim.clock.advance(0.3)
+    assert state(client, instance_id) == "running"

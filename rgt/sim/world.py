@@ -874,8 +874,15 @@ class World:
                     continue
                 before = inst.before_offline or "stopped"
                 inst.before_offline = None
+                if inst.intended == "stopped" and before != "stopped":
+                    # Stopped while its host was away: it comes back stopped, GPU released.
+                    self._release(inst)
+                    before = "stopped"
                 if before in ("loading", "running"):
                     self._begin_loading(inst, self.settings.restart_seconds, "Starting container")
+                elif before == "stopped" and inst.intended == "running":
+                    inst.phase = "stopped"
+                    self._start(inst)  # started while its host was away
                 else:
                     inst.phase = before
                     inst.status_msg = f"Host back online; instance is {before}"
