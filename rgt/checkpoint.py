@@ -21,6 +21,8 @@ File format (one file per checkpoint, named PREFIX + 9-digit step + SUFFIX):
 A save writes a hidden temp file, fsyncs it, renames it into place and fsyncs the directory, so a
 kill at any moment leaves the previous checkpoints intact and never a partial file under a final
 name. load_latest trusts no file on its name: it takes the highest step whose digest checks.
+One run per directory; a checkpoint is read whole into memory (for states of many GB, keep the
+big tensors in their own files and the small state here).
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ def save(
     prefix: str = DEFAULT_PREFIX,
     suffix: str = DEFAULT_SUFFIX,
 ) -> Path:
-    """Write checkpoint `step` atomically, then prune to the newest `keep` (None keeps all).
+    """Write checkpoint `step` atomically, then keep the newest `keep` of steps <= `step` (None:
+    keep all; files of later steps are left alone).
 
     Order: temp file -> fsync -> rename -> fsync directory. Older checkpoints are deleted only
     after the new one is durable, and stale temp files of a killed writer are swept.
@@ -193,18 +196,23 @@ def save(
             os.unlink(tmp_name)
         raise
     _fsync_dir(folder)
-    _sweep(folder, prefix, suffix, keep, current=tmp_name)
+    _sweep(folder, prefix, suffix, keep, step, current=tmp_name)
     return final
 
 
-def _sweep(folder: Path, prefix: str, suffix: str, keep: int | None, current: str) -> None:
+def _sweep(
+    folder: Path, prefix: str, suffix: str, keep: int | None, step: int, current: str
+) -> None:
     for entry in folder.glob(f".{prefix}*{suffix}.*.tmp"):
         if str(entry) != current:
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
     if keep is None:
         return
-    for _step, path in list_checkpoints(folder, prefix, suffix)[:-keep]:
+    # Only checkpoints up to this step count towards `keep`: a file of a later step (a corrupt
+    # one load_latest skipped) must not push out the good ones this run resumed from.
+    mine = [path for found, path in list_checkpoints(folder, prefix, suffix) if found <= step]
+    for path in mine[:-keep]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 

@@ -42,6 +42,19 @@ def test_keep_last_n_prunes_oldest_only(tmp_path: Path) -> None:
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [15, 20, 25, 30]
 
 
+def test_a_corrupt_later_checkpoint_does_not_push_out_the_good_ones(tmp_path: Path) -> None:
+    for step in (10, 20, 30):
+        save(tmp_path, step, {"step": step}, keep=2)
+    (tmp_path / "step-000000030.ckpt").write_bytes(b"RGTCKPT1\n torn")
+    resumed = load_latest(tmp_path)
+    assert resumed is not None and resumed.step == 20
+    save(tmp_path, 21, {"step": 21}, keep=2)
+    steps = [s for s, _ in checkpoint.list_checkpoints(tmp_path)]
+    assert steps == [20, 21, 30]  # 20 and 21 kept; the torn 30 is not counted (nor trusted)
+    latest = load_latest(tmp_path)
+    assert latest is not None and latest.step == 21
+
+
 def test_load_latest_is_none_on_fresh_start(tmp_path: Path) -> None:
     assert load_latest(tmp_path / "missing") is None
     assert load_latest(tmp_path) is None
