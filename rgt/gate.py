@@ -433,6 +433,12 @@ def destroy_with_gate(
     Raises Refused (exit 4) when evidence is missing or another destroy holds the claim, and
     ProviderError (exit 3) when the request fails or the instance does not disappear."""
     instance_id = str(instance_id)
+    platform = getattr(profile, "platform", None)
+    if platform is not None and platform != provider.platform:
+        raise Refused(
+            f"profile {getattr(profile, 'name', platform)!r} is for platform {platform!r}, but "
+            f"the provider is {provider.platform!r}: its meter-stop verb does not apply here"
+        )
     verb = str(getattr(profile, "meter_stop_verb", "") or "")
     if verb not in METER_STOP_VERBS or not callable(getattr(provider, verb, None)):
         raise Refused(

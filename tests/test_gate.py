@@ -234,6 +234,11 @@ def test_profile_verb_must_be_a_known_meter_stop(box: Box) -> None:
     weird = type("P", (), {"name": "x", "meter_stop_verb": "stop"})()
     with pytest.raises(Refused, match="meter_stop_verb 'stop'"):
         destroy_with_gate(box.id, provider=box.provider, ledger=box.ledger, profile=weird)
+    from rgt.profile import load_profile
+
+    other = load_profile("generic-ssh")  # another platform's profile: its verb does not apply
+    with pytest.raises(Refused, match="is for platform 'generic-ssh'"):
+        destroy_with_gate(box.id, provider=box.provider, ledger=box.ledger, profile=other)
     assert profile.meter_stop_verb == "destroy"
     box.assert_alive()
 
