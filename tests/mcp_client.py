@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -39,10 +40,20 @@ def child_env(emulator: Any) -> dict[str, str]:
     return env
 
 
-def server_params(emulator: Any) -> StdioServerParameters:
-    """`python -m rgt mcp` over stdio (the same entry point as the `rgt mcp` console script)."""
+def server_params(emulator: Any, stderr_to: Path | None = None) -> StdioServerParameters:
+    """`python -m rgt mcp` over stdio (the same entry point as the `rgt mcp` console script);
+    with `stderr_to`, the server's stderr (its log) is appended to that file via `exec`."""
+    command = [sys.executable, "-m", "rgt", "mcp"]
+    if stderr_to is not None:
+        script = 'exec "$0" "$@" 2>>' + shlex.quote(str(stderr_to))
+        return StdioServerParameters(
+            command="/bin/sh",
+            args=["-c", script, *command],
+            env=child_env(emulator),
+            cwd=str(REPO),
+        )
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "rgt", "mcp"], env=child_env(emulator), cwd=str(REPO)
+        command=command[0], args=command[1:], env=child_env(emulator), cwd=str(REPO)
     )
 
 
@@ -92,10 +103,15 @@ class Session:
 
 
 @asynccontextmanager
-async def connect(emulator: Any, mode: str, human: Human | None = None) -> AsyncIterator[Session]:
+async def connect(
+    emulator: Any, mode: str, human: Human | None = None, stderr_to: Path | None = None
+) -> AsyncIterator[Session]:
     """A real MCP client spawning `rgt mcp` (stdio) in protocol generation `mode`."""
     async with Client(
-        server_params(emulator), mode=mode, elicitation_callback=human, read_timeout_seconds=60
+        server_params(emulator, stderr_to),
+        mode=mode,
+        elicitation_callback=human,
+        read_timeout_seconds=60,
     ) as client:
         yield Session(client)
 

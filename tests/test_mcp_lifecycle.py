@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from rgt.ledger import Ledger
+from tests.conftest import assert_no_canary
 from tests.mcp_client import (
     REMOTE_ROOT,
     Human,
@@ -32,7 +33,8 @@ def anyio_backend() -> str:
 async def test_whole_lifecycle_over_stdio(mode: str, emulator: Any, tmp_path: Path) -> None:
     human = Human("accept")
     local = tmp_path / "pulled"
-    async with connect(emulator, mode, human) as session:
+    server_log = tmp_path / "server.log"
+    async with connect(emulator, mode, human, stderr_to=server_log) as session:
         if mode == "legacy":
             assert session.client.protocol_version == "2025-11-25"
         instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "life"))
@@ -73,6 +75,8 @@ async def test_whole_lifecycle_over_stdio(mode: str, emulator: Any, tmp_path: Pa
         assert gone["keeps_billing"] == [] and gone["hourly_cost"] == 0
         assert "billing stopped" in gone["next_action"]
 
+    assert server_log.exists()  # the server ran through the redirect
+    assert_no_canary(server_log.read_bytes())
     assert int(instance_id) not in emulator.instance_ids()
     assert emulator.request_count("DELETE") == 1
     bill = emulator.meter(instance_id)["total"]
