@@ -648,7 +648,9 @@ def _parser() -> argparse.ArgumentParser:
         help="environment variable holding the instance id (default %(default)s, set by vast.ai)",
     )
     parser.add_argument("--output", help="where to write (default ROOT/PULL_MANIFEST.json)")
-    parser.add_argument("--workers", type=int, help="hashing threads (default: CPU count)")
+    parser.add_argument(
+        "--workers", type=int, help="hashing workers, threads or processes (default: CPU count)"
+    )
     return parser
 
 

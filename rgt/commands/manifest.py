@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--instance-id", help="the instance id (default: $CONTAINER_ID, set by vast.ai, if any)"
     )
     parser.add_argument("--output", help="where to write (default ROOT/PULL_MANIFEST.json)")
-    parser.add_argument("--workers", type=int, help="hashing threads (default: CPU count)")
+    parser.add_argument(
+        "--workers", type=int, help="hashing workers, threads or processes (default: CPU count)"
+    )
     parser.add_argument("--json", action="store_true", help="print path, sha256, totals as JSON")
 
 

@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-id", help="refuse unless the manifest is of this run")
     parser.add_argument("--instance-id", help="refuse unless the manifest is of this instance")
-    parser.add_argument("--workers", type=int, help="hashing threads (default: CPU count)")
+    parser.add_argument(
+        "--workers", type=int, help="hashing workers, threads or processes (default: CPU count)"
+    )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
 
 
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"verified {totals['files']} files ({human_bytes(totals['bytes'])}) of run "
         f"{record['run_id']} from instance {record['instance_id']} in {seconds:.2f} s "
-        f"({human_bytes(totals['bytes'] / seconds)}/s); manifest sha256 "
+        f"({human_bytes(totals['bytes'] / seconds)}/s, {totals['files'] / seconds:,.0f} files/s); "
+        "manifest sha256 "
         f"{record['manifest_sha256']}\ncheckpoints: {loads}\n"
         f"recorded in the ledger; next: rgt approve {record['instance_id']}"
     )
