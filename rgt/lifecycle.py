@@ -544,11 +544,8 @@ def cost_report(
         for r in ledger.instances(provider.platform)
         if instance_id is None or r.instance_id == str(instance_id)
     ]
-    if instance_id is not None and not records:
-        records = []
-        ids = [str(instance_id)]
-    else:
-        ids = [r.instance_id for r in records]
+    # One instance rgt did not rent is still reported (the provider knows it).
+    ids = [r.instance_id for r in records] or ([str(instance_id)] if instance_id else [])
     rows: list[dict[str, Any]] = []
     for ident in ids:
         report = poll(ident, provider=provider, ledger=ledger, profile=profile, now=at)
