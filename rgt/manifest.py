@@ -417,7 +417,7 @@ def _hash_forked(
             children.append((pid, read_end))
         results = _hash_share(shares[0], want_stat, inspect)
         done = sum(r[1][0] for r in results if isinstance(r[1], tuple))
-        for pid, read_end in children:
+        for index, (pid, read_end) in enumerate(children):
             chunks = []
             while True:
                 chunk = os.read(read_end, 1 << 20)
@@ -425,9 +425,12 @@ def _hash_forked(
                     break
                 chunks.append(chunk)
             _, status = os.waitpid(pid, 0)
-            if status != 0:
-                raise OSError(f"a hashing process failed (wait status {status})")
-            share_results = marshal.loads(b"".join(chunks))
+            try:
+                share_results = marshal.loads(b"".join(chunks)) if status == 0 else None
+            except (ValueError, EOFError, TypeError):
+                share_results = None
+            if share_results is None:  # the child died (OOM killer, say): do its share here
+                share_results = _hash_share(shares[index + 1], want_stat, inspect)
             results.extend(share_results)
             done += sum(r[1][0] for r in share_results if isinstance(r[1], tuple))
             if progress is not None:

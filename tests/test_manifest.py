@@ -305,3 +305,27 @@ def test_forked_and_threaded_hashing_agree_on_a_mix_of_big_and_small(tmp_path: P
                 assert all(v[2][0] == v[0] for v in hashed.values())
     serial = manifest.hash_files(items, workers=1)
     assert {k: (v[0], v[1]) for k, v in serial.items()} == expected
+
+
+def test_a_hashing_child_that_dies_is_redone_in_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "r"
+    (root / "d").mkdir(parents=True)
+    expected = {}
+    for index in range(30):
+        data = os.urandom(index * 10)
+        (root / "d" / f"{index:02d}").write_bytes(data)
+        expected[f"d/{index:02d}"] = hashlib.sha256(data).hexdigest()
+    parent = os.getpid()
+    real = manifest._hash_share
+
+    def dying(share: object, *args: object) -> object:
+        if os.getpid() != parent:
+            os._exit(9)  # as if the OOM killer took the child
+        return real(share, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manifest, "_hash_share", dying)
+    items, _ = manifest.list_tree(str(root), ["d"])
+    hashed = manifest.hash_files(items, workers=3, processes=True)
+    assert {k: v[1] for k, v in hashed.items()} == expected
