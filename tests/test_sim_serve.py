@@ -226,3 +226,17 @@ def test_after_a_crash_the_restarted_emulator_kills_the_orphaned_job_and_sshd(
         wait_for(lambda: runs.read_text().count("start") == 2, what="onstart re-run")
     finally:
         _stop(server)
+
+
+def test_where_sshd_cannot_run_serve_says_so_and_exports_the_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RGT_SIM_NO_SSHD", "1")  # as on a machine without sshd / without root
+    server = _serve(tmp_path / "sim", "--json", "--api-key", "k")
+    try:
+        assert server.stdout is not None
+        summary = json.loads(server.stdout.readline())
+    finally:
+        _stop(server)
+    assert "fall back to local rsync" in summary["ssh"]
+    assert "RGT_SSH_COMMAND" in summary["env"] and "RGT_SSH_KEY" in summary["env"]
