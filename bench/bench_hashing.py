@@ -271,7 +271,7 @@ def _cpu_seconds() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--big-files", type=int, default=4)
     parser.add_argument("--big-mib", type=int, default=512)
     parser.add_argument("--folders", type=int, default=10)
