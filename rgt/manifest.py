@@ -626,11 +626,29 @@ def write_manifest(
 ) -> str:
     """Build the manifest of `root` and write it atomically (temp, fsync, rename, fsync dir) to
     `output` (default ROOT/PULL_MANIFEST.json); returns the path written."""
+    return write_manifest_and_describe(
+        root, run_id, roster, instance_id, output=output, workers=workers
+    )[0]
+
+
+def write_manifest_and_describe(
+    root: Any,
+    run_id: str,
+    roster: Sequence[str],
+    instance_id: str | None = None,
+    *,
+    output: str | None = None,
+    workers: int | None = None,
+) -> tuple[str, str, dict[str, Any]]:
+    """`write_manifest`, returning (path written, SHA-256 of the bytes written, the manifest
+    without its file list) so a caller can report it without reading the file back."""
     root = os.path.abspath(os.fspath(root))
     target = os.path.abspath(output) if output else os.path.join(root, MANIFEST_NAME)
     manifest = build_manifest(root, run_id, roster, instance_id, workers, skip=[target])
-    _atomic_write(target, encode_manifest(manifest))
-    return target
+    data = encode_manifest(manifest)
+    _atomic_write(target, data)
+    summary = {key: value for key, value in manifest.items() if key != "files"}
+    return target, hashlib.sha256(data).hexdigest(), summary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -674,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     instance_id = args.instance_id or os.environ.get(args.instance_id_env or "", "") or None
     try:
-        path = write_manifest(
+        path, digest, _summary = write_manifest_and_describe(
             args.root, args.run_id, roster, instance_id, output=args.output, workers=args.workers
         )
     except ManifestRefused as exc:
@@ -690,8 +708,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{prog}: error: cannot write the manifest ({exc})", file=sys.stderr)
         return EXIT_REFUSED
-    with open(path, "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()
     print(f"{prog}: wrote {path} (sha256 {digest})")
     return EXIT_OK
 

@@ -27,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build and write the manifest; exit 1 with one line per problem when refused."""
-    import hashlib
     import json
     import os
     import sys
@@ -47,18 +46,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     instance_id = args.instance_id or os.environ.get(manifest.DEFAULT_INSTANCE_ID_ENV) or None
     try:
-        path = manifest.write_manifest(
+        path, digest, document = manifest.write_manifest_and_describe(
             root, args.run_id, roster, instance_id, output=args.output, workers=args.workers
         )
     except manifest.ManifestRefused as exc:
         for line in exc.problems:
             print(f"rgt manifest: refused: {line}", file=sys.stderr)
         return EXIT_CHECK_FAILED
-    data = Path(path).read_bytes()
-    document = json.loads(data)
     summary = {
         "path": path,
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": digest,
         "run_id": document["run_id"],
         "instance_id": document["instance_id"],
         "files": document["totals"]["files"],
