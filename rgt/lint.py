@@ -5,6 +5,7 @@ this module adds the checks that need the prose or other files:
 
     sections        the 8 numbered sections, present and in order
     gotcha-id       section-7 gotcha ids unique and carrying the profile's prefix (VAST1, ...)
+    gotcha-ref      every gotcha id the prose mentions (VAST7) is defined in section 7 (warning)
     link            references/... and scripts/... mentioned in the profile exist
     secret          nothing that looks like an API key, token or private key
     detach          overrides.detach names detach_primitive (base and every variant)
@@ -41,6 +42,9 @@ SECTION_TITLES = (
     "SCRIPT OVERRIDES",
 )
 GOTCHA_SECTION = 7
+# A dangling gotcha mention is reported as a warning until the bundled profiles are free of them
+# (then an error, like the other gotcha rules).
+GOTCHA_REF_SEVERITY = "warning"
 DEFAULT_MAX_AGE_MONTHS = 6
 
 # What overrides.detach must mention for each detach_primitive ('none' requires it empty).
@@ -257,6 +261,27 @@ def _gotcha_findings(profile: Profile, shown: str) -> list[Finding]:
                 f"section 7 lists no gotchas (expected bullets like '- **{prefix}1 — ...**')",
             )
         )
+    if first_seen:
+        findings += _gotcha_reference_findings(profile, shown, set(first_seen))
+    return findings
+
+
+def _gotcha_reference_findings(profile: Profile, shown: str, defined: set[str]) -> list[Finding]:
+    """Every `VAST7`-style mention in the prose names a gotcha that section 7 defines."""
+    mention = re.compile(rf"(?<![\w-]){re.escape(profile.gotcha_prefix)}[0-9]+(?![\w-])")
+    known = sorted(defined, key=lambda g: int(g[len(profile.gotcha_prefix) :]))
+    findings = []
+    for offset, text in enumerate(profile.body.splitlines()):
+        for gotcha in sorted({m.group() for m in mention.finditer(text)} - defined):
+            findings.append(
+                Finding(
+                    shown,
+                    profile.body_first_line + offset,
+                    "gotcha-ref",
+                    f"{gotcha} is mentioned but section 7 defines only {', '.join(known)}",
+                    severity=GOTCHA_REF_SEVERITY,
+                )
+            )
     return findings
 
 

@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for finding in findings:
             print(finding.format())
-        if not findings:
-            print(f"rgt lint: {len(files)} profile(s) clean")
+        if not errors:
+            warnings = len(findings)
+            note = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+            print(f"rgt lint: {len(files)} profile(s) clean{note}")
     return EXIT_CHECK_FAILED if errors else EXIT_OK
