@@ -13,7 +13,6 @@ import pytest
 from rgt.errors import UsageError
 from rgt.profile import (
     ProfileError,
-    bundled_profile_paths,
     duration_seconds,
     list_profiles,
     load_profile,
@@ -157,7 +156,3 @@ def test_loading_profiles_imports_neither_mcp_nor_vastai() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
-
-
-def test_bundled_profile_paths_are_markdown() -> None:
-    assert all(p.suffix == ".md" for p in bundled_profile_paths())
