@@ -40,6 +40,9 @@ CHECKPOINT_DIR = f"{RESULTS_ROOT}/{RESULT_DIR}/checkpoints"
 DEMO_APPROVAL_CHANNEL = "demo --yes (in-process emulator)"
 DEMO_TTY_CHANNEL = "demo-tty (in-process emulator)"
 APPROVAL_TTL_SECONDS = 300.0
+# Between polls of the API and the job's progress (each progress read is an ssh session: on a
+# 2-core machine, polling harder would slow the job it watches).
+POLL_SECONDS = 0.15
 
 
 @dataclass(frozen=True)
@@ -392,7 +395,7 @@ class Demo:
             if self._poll(provider, instance_id, record) == "running":
                 step = self._progress(provider, instance_id)
                 bar.update(step, "running")
-            time.sleep(0.05)
+            time.sleep(POLL_SECONDS)
         emulator.preempt(instance_id)
         preempted_at = time.time()
         self.timeline.add("outbid", "the emulator preempts the box: SIGKILL, no warning")
@@ -401,26 +404,27 @@ class Demo:
         while time.monotonic() < paused_until:
             self._poll(provider, instance_id, record)
             time.sleep(0.1)
+        # The container restarts at once (the emulator's restart takes milliseconds of real
+        # time), so compute bills again from here; polling would notice it later than it is.
+        running_again = time.time()
         emulator.win_bid(instance_id)
         self.timeline.add("bid wins", "the higher bid ended; the container starts again")
         manifest = f"{RESULTS_ROOT}/PULL_MANIFEST.json"
-        running_again: float | None = None
         while True:
             self._check_deadline(deadline, "the job to finish and write its manifest")
             if self._poll(provider, instance_id, record) == "running":
-                running_again = running_again or time.time()
                 step = self._progress(provider, instance_id)
                 bar.update(step, "resumed")
                 if step >= settings.steps:
                     with contextlib.suppress(Exception):
                         provider.read_remote_file(instance_id, manifest)
                         break
-            time.sleep(0.05)
+            time.sleep(POLL_SECONDS)
         bar.finish("done")
         self.timeline.add("job done", "manifest written on the box")
         return {
             "preempted_at": preempted_at,
-            "running_again_at": running_again or time.time(),
+            "running_again_at": running_again,
         }
 
     def _check_deadline(self, deadline: float, what: str) -> None:
@@ -576,7 +580,8 @@ def job_summary(local: Path, settings: DemoSettings, ckpt_every: int) -> dict[st
         "resumed_from_step": resumed["resumed_from_step"] if resumed else 0,
         "resume_checkpoint": resumed["checkpoint"] if resumed else None,
         "steps_lost": metrics["steps_redone"],
-        "caught_up_at": resumed.get("caught_up_at") if resumed else None,
+        # When the resumed job had redone the lost steps (or, none lost, when it started).
+        "caught_up_at": (resumed.get("caught_up_at") or resumed["at"]) if resumed else None,
         "checkpoints_written": metrics["checkpoints_written"],
         "checkpoint_seconds": metrics["checkpoint_seconds"],
         "checkpoints_on_disk": sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt")),
