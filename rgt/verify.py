@@ -139,6 +139,8 @@ def _utc(seconds: float) -> str:
 
 def _load_manifest(local_dir: Path) -> tuple[bytes, dict[str, Any]]:
     path = local_dir / MANIFEST_NAME
+    if path.is_symlink():
+        raise CheckFailed(f"{path}: is a symlink; the pulled manifest must be a regular file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

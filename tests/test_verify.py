@@ -20,6 +20,7 @@ import jsonschema
 import pytest
 
 from rgt import checkpoint
+from rgt.errors import CheckFailed
 from rgt.ledger import Ledger
 from rgt.manifest import write_manifest
 from rgt.verify import (
@@ -519,3 +520,11 @@ def test_big_json_is_parsed_too(tmp_path: Path) -> None:
     Pull(tmp_path / "b", {**BASIC, "metrics/big.json": big[:-1]}).fails(
         "metrics/big.json: not valid JSON"
     )
+
+
+def test_symlinked_manifest_is_refused(pull: Pull) -> None:
+    real = pull.local.parent / "elsewhere.json"
+    (pull.local / "PULL_MANIFEST.json").rename(real)
+    os.symlink(real, pull.local / "PULL_MANIFEST.json")
+    with pytest.raises(CheckFailed, match=r"PULL_MANIFEST\.json: is a symlink"):
+        verify_pull(pull.local)
