@@ -12,8 +12,9 @@ box) and checks:
    the top-level PULL_MANIFEST.json and PULL_VERIFIED.json (and the temp files of their atomic
    writes) and rsync's ``.rsync-partial`` directories (``--partial-dir``; they hold only
    incomplete copies, never files under their final name);
-3. sizes, then SHA-256 of every file, hashed in parallel (threads; hashlib and the reads release
-   the GIL) across files;
+3. sizes and SHA-256 of every file, hashed in parallel across files (``rgt.manifest.hash_files``:
+   threads for big files, forked processes for thousands of small ones), with one ``fstat`` per
+   file kept as the snapshot `check_unchanged` compares against;
 4. every checkpoint loads safely: ``.safetensors`` headers parsed (8-byte little-endian length,
    JSON header, tensor offsets exactly covering the data area as the safetensors library
    requires); ``.pt``/``.pth``/``.ckpt`` through ``torch.load(weights_only=True)`` when torch is
