@@ -25,8 +25,8 @@ Hashing (``hash_files``, shared with ``rgt verify``): the listing uses the direc
 types (no stat per file); big files are read in 4 MiB ``readv`` calls into a reused buffer, each
 on a thread of its own (hashlib and the reads release the GIL); small files are read into a
 reused 1 MiB buffer (one open, two reads, one close each) and, when there are thousands, split
-over forked processes, because their per-file Python work holds the GIL. Files between the two
-are found while reading and handed to a thread. bench/bench_hashing.py measures it.
+over forked processes, because their per-file Python work holds the GIL. A file listed without
+a size that turns out big is handed to a task of its own. bench/bench_hashing.py measures it.
 Also importable: ``build_manifest``, ``write_manifest``, ``hash_files``, ``list_tree``.
 """
 
