@@ -44,7 +44,7 @@ from benchlib import REPO, emit, machine_line, median, table
 
 sys.path.insert(0, str(REPO))
 
-from rgt.manifest import build_manifest, hash_files
+from rgt.manifest import hash_files, write_manifest
 from rgt.verify import VERIFIED_NAME, check_unchanged, verify_pull
 
 SINGLE_CORE_SAMPLES: list[float] = []  # bytes/s, sampled through the run
@@ -218,7 +218,8 @@ def measure(
 
     def lib_manifest() -> None:
         clear_record()
-        build_manifest(results, "bench", roster_names, "bench")
+        # write_manifest, not just build_manifest: what the CLI does, minus the interpreter.
+        write_manifest(results, "bench", roster_names, "bench")
 
     methods: dict[str, Callable[[], object]] = {
         "straightforward": lambda: straightforward(results),
