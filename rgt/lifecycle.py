@@ -293,6 +293,9 @@ def launch(
         price_per_hour=price,
         interruptible=interruptible,
         state=instance.state,
+        # The gate binds a later pull to exactly this results root and roster.
+        results_root=job.results_root,
+        roster=list(job.roster),
     )
     warnings = [*danger_clocks(profile), *rendered.notes]
     if offer.inet_down_cost_per_gb or offer.inet_up_cost_per_gb:

@@ -3,11 +3,13 @@ against the emulator, in both protocol generations. After each refusal the insta
 (with the results and the manifest) still exist and no DELETE reached the emulator.
 
 One instance walks the whole corpus in order (before copy, before verify, declined, cancelled,
-wrong id, no elicitation, smuggled approval, local file changed), then two clients race to
-destroy it: at most one DELETE reaches the emulator."""
+wrong id, no elicitation, smuggled approval, local file changed, a pull of another directory
+than the job's results root), then two clients race to destroy it: at most one DELETE reaches
+the emulator."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,20 @@ async def test_refusal_corpus_then_a_race(mode: str, emulator: Any, tmp_path: Pa
         await _refused(session, emulator, instance_id, "missing-evidence", ["local-files-changed"])
         assert len(human.asked) == 3
         metrics.write_bytes(original)
+
+        # A pull of another directory than the job's results root does not count: lay a copy
+        # of the results (with its manifest) elsewhere on the box, pull and verify that.
+        disk = emulator.instance_disk(instance_id)
+        shutil.copytree(disk / REMOTE_ROOT.lstrip("/"), disk / "workspace" / "elsewhere")
+        other = {
+            **copy_args,
+            "remote_root": "/workspace/elsewhere",
+            "local_dir": str(tmp_path / "o"),
+        }
+        await session.data("copy", other)
+        await session.data("verify", {"local_dir": other["local_dir"]})
+        await _refused(session, emulator, instance_id, "missing-evidence", ["wrong-results-root"])
+        assert len(human.asked) == 3
 
     # A client that cannot ask the human is told the out-of-band way.
     async with connect(emulator, mode) as plain:
