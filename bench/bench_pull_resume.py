@@ -108,8 +108,8 @@ def main() -> int:
                 "RGT_CONFIG_DIR": str(scratch / "config"),
                 "VASTAI_NO_UPDATE_CHECK": "1",
             }
-            if emulator.client_key_path:
-                env["RGT_SSH_KEY"] = str(emulator.client_key_path)
+            env.pop("RGT_SSH_COMMAND", None)
+            env.update(emulator.client_environment())  # the client key (+ a pipe without sshd)
             os.environ.update(env)
             provider = VastProvider(api_url=emulator.url)
             offer = provider.search_offers(OfferQuery(limit=5))[0]

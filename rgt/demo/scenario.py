@@ -86,16 +86,18 @@ class Timeline:
 
 @contextlib.contextmanager
 def isolated_environment(
-    demo_dir: Path, api_key: str, url: str, ssh_key: Path | None
+    demo_dir: Path, api_key: str, url: str, ssh_environment: dict[str, str]
 ) -> Iterator[None]:
-    """Point rgt's state/config dirs, the API URL and key, and the ssh key at the demo's own,
-    restoring the caller's environment afterwards."""
-    wanted = {
+    """Point rgt's state/config dirs, the API URL and key, and the ssh settings (the emulator's
+    client key; a local pipe where sshd cannot run) at the demo's own, restoring the caller's
+    environment afterwards."""
+    wanted: dict[str, str | None] = {
         "RGT_STATE_DIR": str(demo_dir / "state"),
         "RGT_CONFIG_DIR": str(demo_dir / "config"),
         "VAST_URL": url,
         "VAST_API_KEY": api_key,
-        "RGT_SSH_KEY": str(ssh_key) if ssh_key else None,
+        "RGT_SSH_KEY": ssh_environment.get("RGT_SSH_KEY"),
+        "RGT_SSH_COMMAND": ssh_environment.get("RGT_SSH_COMMAND"),
     }
     saved = {name: os.environ.get(name) for name in wanted}
     try:
@@ -255,7 +257,7 @@ class Demo:
         with (
             emulator,
             isolated_environment(
-                self.demo_dir, emulator.api_key, emulator.url, emulator.client_key_path
+                self.demo_dir, emulator.api_key, emulator.url, emulator.client_environment()
             ),
         ):
             report = self._scenario(emulator)
