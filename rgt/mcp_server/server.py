@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -32,9 +32,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rgt import __version__
 from rgt.errors import RgtError
+
+# The poll tool returns the lifecycle's report itself (its output schema is built from it), so
+# the CLI and MCP cannot drift apart on what a poll says.
+from rgt.lifecycle import PollReport
 from rgt.mcp_server.strict import strict_tool
 
 T = TypeVar("T")
+
+# Tool arguments several tools take, described once.
+InstanceIdArg = Annotated[str, Field(description="the instance id")]
+ProfileArg = Annotated[str, Field(description="platform profile")]
 
 APPROVAL_CHANNEL = "mcp-elicitation"
 # An approval typed in the client is used at once; the TTL only bounds a destroy that fails
@@ -117,6 +125,15 @@ def _instance_profile(ledger: Any, instance_id: str) -> Any:
     return _profile(DEFAULT_PROFILE)
 
 
+@contextlib.contextmanager
+def _for_instance(instance_id: str, *, prompt: bool = False) -> Iterator[tuple[Any, Any, Any]]:
+    """(ledger, profile, provider) for a tool acting on one instance: the profile it was
+    launched with and that platform's provider (`prompt`: see `_provider`)."""
+    with _ledger() as ledger:
+        profile = _instance_profile(ledger, instance_id)
+        yield ledger, profile, _provider(profile.platform, prompt=prompt)
+
+
 async def _blocking(fn: Callable[[], T]) -> T:
     """Run `fn` on a worker thread; an rgt error (or a local file or ledger problem) becomes a
     tool error with its one-line text; anything else is a bug and its text is withheld."""
@@ -180,22 +197,6 @@ class DestroyResult(BaseModel):
     approval_channel: str | None = None
 
 
-class PollResult(BaseModel):
-    """An instance now: state, classification, next action, gotcha, billing, cost so far."""
-
-    instance_id: str
-    state: str
-    classification: str
-    next_action: str
-    gotcha: str | None
-    keeps_billing: list[str]
-    hourly_cost: float | None
-    cost_so_far: float | None
-    cost_basis: str
-    status_msg: str | None = None
-    state_since: float | None = None
-
-
 class ConfirmDestroy(BaseModel):
     """The form the human fills in (flat: elicitation schemas allow primitives only)."""
 
@@ -225,9 +226,7 @@ def _precheck(instance_id: str, can_ask: bool) -> DestroyResult | None:
 
     Approvals already in the ledger are not used here: through MCP only the approval this
     call obtains from the human counts (a row slipped into the ledger cannot be)."""
-    with _ledger() as ledger:
-        profile = _instance_profile(ledger, instance_id)
-        provider = _provider(profile.platform)
+    with _for_instance(instance_id) as (ledger, profile, provider):
         from rgt.gate import may_destroy
 
         decision = may_destroy(
@@ -303,9 +302,7 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
     from rgt.errors import Refused
     from rgt.gate import destroy_with_gate
 
-    with _ledger() as ledger:
-        profile = _instance_profile(ledger, instance_id)
-        provider = _provider(profile.platform)
+    with _for_instance(instance_id) as (ledger, profile, provider):
         try:
             if approval.is_configured():
                 # Checks the id and passphrase, rate-limits, records failures.
@@ -446,7 +443,7 @@ async def search_offers(
     disk_gb: Annotated[float | None, Field(gt=0, description="disk the job needs")] = None,
     min_reliability: Annotated[float, Field(ge=0.9, le=1.0)] = 0.98,
     limit: Annotated[int, Field(ge=1, le=100)] = 10,
-    profile: Annotated[str, Field(description="platform profile")] = DEFAULT_PROFILE,
+    profile: ProfileArg = DEFAULT_PROFILE,
 ) -> dict[str, Any]:
     """Rentable offers, cheapest first: verified, direct-port, reliable hosts only."""
     from rgt.lifecycle import search
@@ -509,27 +506,20 @@ async def launch(
 
 
 async def poll(
-    instance_id: Annotated[str, Field(description="the instance id")],
-) -> PollResult:
+    instance_id: InstanceIdArg,
+) -> PollReport:
     """The instance now (one API call): state, classification, next action, cost so far."""
     from rgt.lifecycle import poll as poll_instance
 
-    def work() -> PollResult:
-        with _ledger() as ledger:
-            profile = _instance_profile(ledger, instance_id)
-            report = poll_instance(
-                instance_id,
-                provider=_provider(profile.platform, prompt=True),
-                ledger=ledger,
-                profile=profile,
-            )
-        return PollResult(**report.to_json())
+    def work() -> PollReport:
+        with _for_instance(instance_id, prompt=True) as (ledger, profile, provider):
+            return poll_instance(instance_id, provider=provider, ledger=ledger, profile=profile)
 
     return await _blocking(work)
 
 
 async def copy(
-    instance_id: Annotated[str, Field(description="the instance id")],
+    instance_id: InstanceIdArg,
     remote_root: Annotated[str, Field(description="absolute results root on the box")],
     local_dir: Annotated[str, Field(description="local directory to copy into")],
     ctx: Context,
@@ -541,13 +531,12 @@ async def copy(
     report = _progress_reporter(ctx, f"copy {instance_id}")
 
     def work() -> dict[str, Any]:
-        with _ledger() as ledger:
-            profile = _instance_profile(ledger, instance_id)
+        with _for_instance(instance_id) as (ledger, profile, provider):
             result = pull_instance(
                 instance_id,
                 remote_root,
                 Path(local_dir),
-                provider=_provider(profile.platform),
+                provider=provider,
                 ledger=ledger,
                 profile=profile,
                 progress=report,
@@ -598,40 +587,36 @@ async def verify(
 
 
 async def logs(
-    instance_id: Annotated[str, Field(description="the instance id")],
+    instance_id: InstanceIdArg,
     tail: Annotated[int, Field(ge=1, le=2000, description="how many last lines")] = 200,
 ) -> dict[str, Any]:
     """The container's last log lines: the first stop for a box stuck loading or a failing
     boot hook (the platform prepares them; secrets are redacted)."""
 
     def work() -> dict[str, Any]:
-        with _ledger() as ledger:
-            profile = _instance_profile(ledger, instance_id)
-        text = _provider(profile.platform).logs(instance_id, tail=tail)
+        with _for_instance(instance_id) as (_, _, provider):
+            text = provider.logs(instance_id, tail=tail)
         return {"instance_id": instance_id, "lines": text.splitlines()[-tail:]}
 
     return await _blocking(work)
 
 
 async def stop(
-    instance_id: Annotated[str, Field(description="the instance id")],
+    instance_id: InstanceIdArg,
 ) -> dict[str, Any]:
     """Stop an instance (reversible). The result says what keeps billing on this platform."""
     from rgt.lifecycle import stop as stop_instance
 
     def work() -> dict[str, Any]:
-        with _ledger() as ledger:
-            profile = _instance_profile(ledger, instance_id)
-            return stop_instance(
-                instance_id, provider=_provider(profile.platform), ledger=ledger, profile=profile
-            )
+        with _for_instance(instance_id) as (ledger, profile, provider):
+            return stop_instance(instance_id, provider=provider, ledger=ledger, profile=profile)
 
     return await _blocking(work)
 
 
 async def cost(
     instance_id: Annotated[str | None, Field(description="one instance, or all")] = None,
-    profile: Annotated[str, Field(description="platform profile")] = DEFAULT_PROFILE,
+    profile: ProfileArg = DEFAULT_PROFILE,
 ) -> dict[str, Any]:
     """Spend so far and the hourly burn of the instances rgt rented (estimates)."""
     from rgt.lifecycle import cost_report
@@ -650,7 +635,7 @@ async def cost(
 
 
 async def sweep(
-    profile: Annotated[str, Field(description="platform profile")] = DEFAULT_PROFILE,
+    profile: ProfileArg = DEFAULT_PROFILE,
 ) -> dict[str, Any]:
     """Every instance the API key can see, what it costs per hour and what keeps billing,
     including instances the ledger does not know."""
