@@ -10,6 +10,7 @@ Destroy is not here: `rgt.gate.destroy_with_gate` is the only path to the meter-
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -247,12 +248,15 @@ def launch(
     from rgt.providers.vastai import run_label
     from rgt.render import render_template
 
-    if max_price_per_hour <= 0:
-        raise UsageError(f"max_price_per_hour {max_price_per_hour} must be > 0")
+    # `not x > 0` (not `x <= 0`): NaN compares false both ways and would slip past the cap.
+    if not (math.isfinite(max_price_per_hour) and max_price_per_hour > 0):
+        raise UsageError(f"max_price_per_hour {max_price_per_hour} must be a number > 0")
     if interruptible and not profile.spot_available:
         raise UsageError(f"profile {profile.name}: interruptible rentals are not available")
-    if interruptible and (bid_per_hour is None or bid_per_hour <= 0):
-        raise UsageError("interruptible launch needs a bid per hour > 0 (bid)")
+    if interruptible and not (
+        bid_per_hour is not None and math.isfinite(bid_per_hour) and bid_per_hour > 0
+    ):
+        raise UsageError(f"interruptible launch needs a bid per hour > 0 (bid {bid_per_hour})")
     if not interruptible and bid_per_hour is not None:
         raise UsageError("bid is only for interruptible launches")
     offer = find_offer(provider, offer_id, job, interruptible)

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the offers."""
     import json
+    import math
 
     from rgt.commands._platform import open_platform
     from rgt.errors import UsageError
@@ -40,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--count: {args.count} must be at least 1")
     if not 0.9 <= args.min_reliability <= 1.0:
         raise UsageError(f"--min-reliability: {args.min_reliability} is not in [0.9, 1]")
-    if args.max_price is not None and args.max_price <= 0:
-        raise UsageError(f"--max-price: {args.max_price} must be > 0")
+    # `not x > 0` rejects NaN too (it compares false both ways); inf is no price either.
+    if args.max_price is not None and not (math.isfinite(args.max_price) and args.max_price > 0):
+        raise UsageError(f"--max-price: {args.max_price} must be a number > 0")
+    if args.disk is not None and not (math.isfinite(args.disk) and args.disk > 0):
+        raise UsageError(f"--disk: {args.disk} must be a number of GB > 0")
     if args.limit < 1:
         raise UsageError(f"--limit: {args.limit} must be at least 1")
     provider, _profile = open_platform(args.platform)

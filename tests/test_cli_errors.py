@@ -1,0 +1,70 @@
+"""Bad input on the `rgt` sub-commands, as a careless user types it (QA regressions).
+
+Each case runs the real CLI in a subprocess and asserts the README's rule: one line on stderr
+naming the flag/file/value and what is allowed, the documented exit code, never a traceback —
+and, where money is at stake, that nothing was rented (the emulator holds no instance)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_no_canary
+
+EXAMPLE_JOB = Path(__file__).parents[1] / "schemas" / "job.example.yaml"
+
+
+def _rgt(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rgt", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _assert_one_line_error(
+    result: subprocess.CompletedProcess[str], code: int, *words: str
+) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+    assert_no_canary(result.stdout, result.stderr)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--max-price", "nan"], "max_price_per_hour nan"),
+        (["--max-price", "inf"], "max_price_per_hour inf"),
+        (["--max-price", "1", "--interruptible", "--bid", "nan"], "bid nan"),
+    ],
+)
+def test_launch_with_a_nan_price_cap_or_bid_rents_nothing(
+    emulator, tmp_path: Path, flags: list[str], named: str
+) -> None:
+    # NaN compares false both ways: `price > nan` is False, so an unchecked NaN cap let
+    # `rgt launch --max-price nan` rent at any price.
+    found = _rgt("search", "--gpu", "RTX_4090", "--disk", "40", "--json")
+    assert found.returncode == 0, found.stderr
+    offer = json.loads(found.stdout)[0]["offer_id"]
+    result = _rgt("launch", offer, "--job", str(EXAMPLE_JOB), *flags)
+    _assert_one_line_error(result, 2, named)
+    assert emulator.instance_ids() == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--max-price", "nan"], "--max-price: nan"),
+        (["--disk", "-5"], "--disk: -5"),
+        (["--disk", "nan"], "--disk: nan"),
+    ],
+)
+def test_search_rejects_non_numbers_before_asking_the_api(flags: list[str], named: str) -> None:
+    # VAST_URL unset and no emulator: a check that reached the API would fail with exit 3.
+    _assert_one_line_error(_rgt("search", *flags), 2, named)
