@@ -68,3 +68,26 @@ def test_launch_with_a_nan_price_cap_or_bid_rents_nothing(
 def test_search_rejects_non_numbers_before_asking_the_api(flags: list[str], named: str) -> None:
     # VAST_URL unset and no emulator: a check that reached the API would fail with exit 3.
     _assert_one_line_error(_rgt("search", *flags), 2, named)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["poll", "abc"],
+        ["poll", "--", "-1"],
+        ["poll", ""],
+        ["stop", "1 2"],
+        ["cost", "../../etc"],
+        ["pull", "abc", "/workspace/results", "out"],
+    ],
+)
+def test_a_malformed_instance_id_is_a_usage_error_before_any_request(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Was exit 3 "unexpected answer from the API: invalid literal for int()" (or, for -1,
+    # "gone", exit 0) after a request. Nothing listens on port 9: a request would be exit 3.
+    monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")
+    monkeypatch.chdir(tmp_path)
+    result = _rgt(*command)
+    _assert_one_line_error(result, 2, "instance id", "positive whole numbers")
+    assert not (tmp_path / "out").exists()

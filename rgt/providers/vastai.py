@@ -303,6 +303,7 @@ class VastProvider:
         """Find the label's instance, else rent one, with bounded retries that re-check the
         label after every failure whose effect is unknown."""
         label = str(create["label"])
+        offer_number = vast_id(offer_id, what="offer id")
         existing = self._find_by_label(label)
         if existing is not None:
             log.info(
@@ -313,7 +314,7 @@ class VastProvider:
         while True:
             attempt = clock.start_attempt()
             answer, error = self._attempt(
-                lambda: self._sdk.create_instance(id=int(offer_id), **create)
+                lambda: self._sdk.create_instance(id=offer_number, **create)
             )
             if error is None:
                 new_id = answer.get("new_contract") if isinstance(answer, dict) else None
@@ -351,9 +352,11 @@ class VastProvider:
         """The instance now; `state == "gone"` once destroyed (a null row or a 404)."""
         import requests
 
+        number = vast_id(instance_id)
+
         def fetch() -> dict[str, Any] | None:
             try:
-                return self._sdk.show_instance(int(instance_id))
+                return self._sdk.show_instance(number)
             except requests.HTTPError as exc:
                 if exc.response is not None and exc.response.status_code == 404:
                     return None
@@ -371,22 +374,25 @@ class VastProvider:
 
     def stop(self, instance_id: str) -> None:
         """Stop the container; on vast.ai its disk keeps billing until destroy."""
-        self._change(instance_id, "stop", lambda: self._sdk.stop_instance(int(instance_id)))
+        number = vast_id(instance_id)
+        self._change(instance_id, "stop", lambda: self._sdk.stop_instance(number))
 
     def start(self, instance_id: str) -> None:
         """Start a stopped instance; it may wait in `scheduling` until its GPU is free."""
-        self._change(instance_id, "start", lambda: self._sdk.start_instance(int(instance_id)))
+        number = vast_id(instance_id)
+        self._change(instance_id, "start", lambda: self._sdk.start_instance(number))
 
     def destroy(self, instance_id: str) -> None:
         """Destroy the instance and its disk. Irreversible: only rgt.gate calls this."""
         import requests
 
+        number = vast_id(instance_id)
         tried = []
 
         def send() -> Any:
             tried.append(1)
             try:
-                return self._sdk.destroy_instance(int(instance_id))
+                return self._sdk.destroy_instance(number)
             except requests.HTTPError as exc:
                 # A 404 after an attempt whose answer was lost means that attempt worked.
                 if len(tried) > 1 and exc.response is not None and exc.response.status_code == 404:
@@ -397,9 +403,10 @@ class VastProvider:
 
     def logs(self, instance_id: str, *, tail: int = 200) -> str:
         """The container's last `tail` log lines (vast.ai prepares them behind a result URL)."""
+        number = vast_id(instance_id)
         text = self._call(
             f"logs of instance {instance_id}",
-            lambda: self._sdk.logs(int(instance_id), tail=str(int(tail))),
+            lambda: self._sdk.logs(number, tail=str(int(tail))),
         )
         if isinstance(text, dict):  # no result_url: the API answered with a message instead
             raise ProviderError(
@@ -680,6 +687,15 @@ def _float(value: Any) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def vast_id(value: str, *, what: str = "instance id") -> int:
+    """A vast.ai instance or offer id as the API takes it; a user's typo is a UsageError (exit 2)
+    here, before any request, not an SDK `int()` failure reported as an API error."""
+    text = str(value).strip()
+    if not text.isascii() or not text.isdigit() or int(text) <= 0:
+        raise UsageError(f"{what} {value!r}: vast.ai ids are positive whole numbers, e.g. 4504940")
+    return int(text)
 
 
 def _int(value: Any) -> int | None:
