@@ -199,6 +199,7 @@ def pull_instance(
             "absolute path, e.g. /workspace/results"
         )
     local_dir = Path(local_dir).resolve()
+    _check_local_dir(local_dir)
     started = time.time()
     ensure_reachable(
         instance_id, provider=provider, profile=profile, start_if_stopped=start_if_stopped
@@ -207,7 +208,10 @@ def pull_instance(
     manifest_bytes = provider.read_remote_file(instance_id, manifest_remote_path(remote_root))
     manifest = parse_manifest(manifest_bytes, instance_id=instance_id)
     manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
-    local_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        local_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"LOCAL_DIR {local_dir}: cannot create it: {exc.strerror}") from None
     # Exactly the bytes read from the box: their SHA-256 is the pull's identity.
     atomic_write_bytes(local_dir / MANIFEST_NAME, manifest_bytes)
 
@@ -278,6 +282,17 @@ def pull_instance(
         pull_id=pull_id,
         partials_adopted=adopted,
     )
+
+
+def _check_local_dir(local_dir: Path) -> None:
+    """A LOCAL_DIR that cannot hold the copy is a usage error, found before the box is asked."""
+    if local_dir.exists() and not local_dir.is_dir():
+        raise UsageError(
+            f"LOCAL_DIR {local_dir}: exists and is not a directory; give a directory to copy into"
+        )
+    ancestor = next(p for p in (local_dir, *local_dir.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise UsageError(f"LOCAL_DIR {local_dir}: {ancestor} is not a directory")
 
 
 def adopt_interrupted_partials(local_dir: Path) -> int:

@@ -245,3 +245,25 @@ def test_kill_9_mid_pull_then_resume_resends_only_the_unfinished(tmp_path: Path)
     assert resent < total // 100, (resent, total, present)
     print(f"kill -9 mid-pull: {present} of {total} bytes present, {resent} bytes re-sent")
     assert sorted(p.name for p in (local / "ckpt").iterdir()) == ["a_first.pt", "b_second.pt"]
+
+
+@pytest.mark.parametrize(
+    ("local", "said"),
+    [
+        ("a-file", "exists and is not a directory"),
+        ("a-file/sub", "a-file is not a directory"),
+        ("/proc/rgt-no-such/x", "cannot create it"),
+    ],
+)
+def test_a_local_dir_that_cannot_hold_the_copy_is_a_usage_error(
+    tmp_path: Path, local: str, said: str
+) -> None:
+    # Was exit 70 "internal error: FileExistsError" (QA). Nothing is written anywhere.
+    provider, _, _, _ = _box(tmp_path)
+    (tmp_path / "a-file").write_text("not a directory\n")
+    target = tmp_path / local
+    with Ledger.open() as ledger:
+        with pytest.raises(UsageError, match=said):
+            pull_instance("1001", REMOTE_ROOT, target, provider=provider, ledger=ledger)
+        assert ledger.pulls() == []
+    assert (tmp_path / "a-file").read_text() == "not a directory\n"
