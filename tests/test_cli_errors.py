@@ -91,3 +91,22 @@ def test_a_malformed_instance_id_is_a_usage_error_before_any_request(
     result = _rgt(*command)
     _assert_one_line_error(result, 2, "instance id", "positive whole numbers")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "said"),
+    [("{tmp}", "is a directory"), ("{tmp}/no-such-dir/m.json", "does not exist")],
+)
+def test_manifest_output_that_cannot_be_written_is_a_usage_error(
+    tmp_path: Path, output: str, said: str
+) -> None:
+    # Was exit 70 "internal error: FileNotFoundError / IsADirectoryError" (QA).
+    (tmp_path / "root" / "cell-a").mkdir(parents=True)
+    (tmp_path / "root" / "cell-a" / "f.txt").write_text("x\n")
+    (tmp_path / "roster.txt").write_text("cell-a\n")
+    target = output.format(tmp=tmp_path)
+    result = _rgt(
+        "manifest", str(tmp_path / "root"), "--run-id", "r1",
+        "--roster", str(tmp_path / "roster.txt"), "--output", target,
+    )  # fmt: skip
+    _assert_one_line_error(result, 2, f"--output {target}", said)

@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"ROOT {root}: not a directory")
+    if args.output is not None:
+        output = Path(args.output)
+        if output.is_dir():
+            raise UsageError(f"--output {output}: is a directory; give the manifest's file path")
+        if not output.parent.is_dir():
+            raise UsageError(f"--output {output}: folder {output.parent} does not exist")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be 1 or more")
     try:
