@@ -34,6 +34,7 @@ from rgt.render import (
     template_names,
 )
 from tests.conftest import CANARY_API_KEY, assert_no_canary
+from tests.procs import alive
 
 SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
 RGT = [sys.executable, "-m", "rgt"]
@@ -107,15 +108,6 @@ def _wait_for(path: Path, seconds: float) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear in {seconds} s"
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat")
-    return status.exists() and status.read_text().split()[2] != "Z"
 
 
 # -- profiles ------------------------------------------------------------------------------------
@@ -274,7 +266,7 @@ def test_sbatch_script_forwards_the_time_limit_warning_requeues_and_resumes(tmp_
     assert "received SIGUSR1" in err and "the job exited 143" in err
     assert "requeued Slurm job 777" in out
     assert calls.read_text().split() == ["requeue", "777"]
-    assert not _alive(trainer_pid)
+    assert not alive(trainer_pid)
     saved = sorted(ckpt.glob("step-*.ckpt"))
     assert saved, "the job saved nothing on SIGTERM"
     step = json.loads(saved[-1].read_text())["step"]
@@ -406,7 +398,7 @@ def test_k8s_entry_point_forwards_sigterm_and_the_next_pod_resumes(tmp_path: Pat
     assert first.returncode == 143, out + err
     assert within < 30, within  # inside terminationGracePeriodSeconds
     assert "received SIGTERM" in err
-    assert not _alive(trainer_pid)
+    assert not alive(trainer_pid)
     step = json.loads(sorted(ckpt.glob("step-*.ckpt"))[-1].read_text())["step"]
 
     second = subprocess.run(

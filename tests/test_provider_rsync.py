@@ -29,6 +29,8 @@ from rgt.providers.rsync import (
     read_remote_file,
     rsync_pull,
 )
+from tests.copy_helpers import bytes_on_disk, make_result_tree, wait_for_cut_file
+from tests.procs import rsync_processes
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -93,43 +95,13 @@ def settings(sshd: tuple[SshEndpoint, Path], tmp_path: Path) -> SshSettings:
     return SshSettings(known_hosts=tmp_path / "known_hosts", identity_file=sshd[1])
 
 
-def _make_tree(root: Path, files: int, size: int) -> dict[str, bytes]:
-    contents = {}
-    for index in range(files):
-        data = os.urandom(size)
-        path = root / "results" / ("ckpt" if index % 2 else "logs") / f"part{index}.bin"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        contents[str(path.relative_to(root))] = data
-    return contents
-
-
-def _rsync_processes(*, with_receiver: bool) -> list[int]:
-    """Our own rsync child (the copy under test runs in a thread of this process) and, when
-    asked, the receiver process it forked."""
-    table: dict[int, tuple[str, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        table[int(entry)] = (name, int(stat[stat.rindex(")") + 2 :].split()[1]))
-    ours = [pid for pid, (name, ppid) in table.items() if name == "rsync" and ppid == os.getpid()]
-    if with_receiver:
-        ours += [pid for pid, (name, ppid) in table.items() if name == "rsync" and ppid in ours]
-    return ours
-
-
 @pytest.mark.timeout(60)
 def test_copies_a_tree_and_pins_the_host_key(
     sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
 ) -> None:
     endpoint = sshd[0]
     box = tmp_path / "box"
-    contents = _make_tree(box, files=4, size=50_000)
+    contents = make_result_tree(box, files=4, size=50_000)
     ticks: list[CopyProgress] = []
     report = rsync_pull(
         endpoint, str(box / "results"), tmp_path / "local", settings, progress=ticks.append
@@ -156,7 +128,7 @@ def test_killed_copy_resumes_without_resending_completed_bytes(
     endpoint, _ = sshd
     box = tmp_path / "box"
     size = 1_500_000
-    contents = _make_tree(box, files=6, size=size)
+    contents = make_result_tree(box, files=6, size=size)
     total = 6 * size
     local = tmp_path / "local"
     complete_at_kill: list[int] = []
@@ -166,21 +138,15 @@ def test_killed_copy_resumes_without_resending_completed_bytes(
         # Kill the copy once about 40% has arrived and the next file is under way.
         if complete_at_kill or tick.bytes_done < 0.4 * total:
             return
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and not any(
-            p.name.startswith(".") and p.stat().st_size >= 128 * 1024
-            for p in local.rglob("*")
-            if p.is_file()
-        ):
-            time.sleep(0.02)
+        wait_for_cut_file(local)
         complete_at_kill.append(
             sum(len(data) for relative, data in contents.items() if (local / relative).exists())
         )
         # Every byte on the local disk now: complete files plus rsync's temp file of the cut one.
-        present_at_kill.append(sum(p.stat().st_size for p in local.rglob("*") if p.is_file()))
+        present_at_kill.append(bytes_on_disk(local))
         # SIGKILL: no chance to clean up. Killing the receiver too leaves its temp file
         # behind instead of a file in the partial dir.
-        for pid in _rsync_processes(with_receiver=with_receiver):
+        for pid in rsync_processes(with_receiver=with_receiver):
             os.kill(pid, signal.SIGKILL)
 
     report = rsync_pull(

@@ -24,6 +24,8 @@ from rgt.providers.base import CopyProgress, Instance, OfferQuery
 from rgt.providers.retry import RetryPolicy
 from rgt.providers.rsync import CopySettings
 from rgt.providers.vastai import VastProvider, run_label
+from tests.copy_helpers import bytes_on_disk, make_result_tree, wait_for_cut_file
+from tests.procs import rsync_processes
 
 # Fast, still bounded: the emulator answers in milliseconds.
 FAST_RETRY = RetryPolicy(attempts=5, total_seconds=20, first_backoff=0.05, max_backoff=0.2)
@@ -293,21 +295,6 @@ def test_list_follows_every_page(provider: VastProvider, emulator: Any) -> None:
 # -- copy --------------------------------------------------------------------------------------
 
 
-def _rsync_children() -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if name == "rsync" and ppid == os.getpid():
-                found.append(int(entry))
-    return found
-
-
 def test_copy_off_an_instance_resumes_after_a_kill_without_resending(
     emulator: Any, tmp_path: Path
 ) -> None:
@@ -316,14 +303,10 @@ def test_copy_off_an_instance_resumes_after_a_kill_without_resending(
     )
     created = rent(provider, "copy")
     wait_for(provider, created.id, {"running"})
-    results = Path(emulator.instance_disk(created.id)) / "workspace" / "results"
+    workspace = Path(emulator.instance_disk(created.id)) / "workspace"
     size, files = 1_500_000, 6
-    contents = {}
-    for index in range(files):
-        path = results / ("ckpt" if index % 2 else "logs") / f"part{index}.bin"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        contents[path.relative_to(results.parent)] = os.urandom(size)
-        path.write_bytes(contents[path.relative_to(results.parent)])
+    contents = make_result_tree(workspace, files, size)
+    results = workspace / "results"
     (results / "PULL_MANIFEST.json").write_text('{"run_id": "copy"}')
     assert provider.read_remote_file(created.id, "/workspace/results/PULL_MANIFEST.json") == (
         b'{"run_id": "copy"}'
@@ -337,15 +320,9 @@ def test_copy_off_an_instance_resumes_after_a_kill_without_resending(
         # Once ~40% arrived and the next file is under way, SIGKILL the local rsync.
         if present_at_kill or tick.bytes_done < 0.4 * total:
             return
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and not any(
-            p.name.startswith(".") and p.stat().st_size >= 128 * 1024
-            for p in local.rglob("*")
-            if p.is_file()
-        ):
-            time.sleep(0.02)
-        present_at_kill.append(sum(p.stat().st_size for p in local.rglob("*") if p.is_file()))
-        for pid in _rsync_children():
+        wait_for_cut_file(local)
+        present_at_kill.append(bytes_on_disk(local))
+        for pid in rsync_processes():
             os.kill(pid, signal.SIGKILL)
 
     result = provider.copy_from(created.id, "/workspace/results", local, progress=kill_midway)

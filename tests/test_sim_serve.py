@@ -16,6 +16,7 @@ import vastai
 from conftest import CANARY_API_KEY, assert_no_canary
 
 from rgt.sim import Emulator
+from tests.procs import alive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,14 +29,6 @@ def wait_for(predicate: Any, timeout: float = 10, what: str = "condition") -> No
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_a_restarted_emulator_keeps_instances_disks_meters_and_ids(tmp_path: Path) -> None:

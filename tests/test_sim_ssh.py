@@ -34,6 +34,8 @@ from rgt.sim.ssh import (
     ssh_client_environment,
     sshd_unavailable_reason,
 )
+from tests.copy_helpers import raw_ssh
+from tests.procs import rsync_processes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,26 +83,7 @@ def ssh_run(
 ) -> subprocess.CompletedProcess[str]:
     """One raw ssh login (no rgt code in between) running `command`."""
     assert server.port is not None
-    argv = [
-        "ssh",
-        "-p",
-        str(server.port),
-        "-i",
-        str(ensure_client_key(key_dir)),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=accept-new",
-        "-o",
-        f"UserKnownHostsFile={tmp_path / 'known_hosts_raw'}",
-        "-o",
-        "LogLevel=ERROR",
-        "root@127.0.0.1",
-        command,
-    ]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    return raw_ssh(server.port, ensure_client_key(key_dir), tmp_path / "known_hosts_raw", command)
 
 
 # -- path mapping (pure) -------------------------------------------------------------------------
@@ -256,20 +239,6 @@ def test_each_instance_sees_only_its_own_disk_and_stop_closes_the_port(
             s.stop()
 
 
-def _our_rsyncs() -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            if name == "rsync" and int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid():
-                found.append(int(entry))
-    return found
-
-
 @NEEDS_SSHD
 def test_a_killed_copy_resumes_through_the_counting_relay(
     server: SshServer, disk: Path, key_dir: Path, tmp_path: Path
@@ -285,7 +254,7 @@ def test_a_killed_copy_resumes_through_the_counting_relay(
 
     def kill_midway(tick: CopyProgress) -> None:
         if not killed and tick.bytes_done >= 0.4 * size * files:
-            killed.extend(_our_rsyncs())
+            killed.extend(rsync_processes())
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
 

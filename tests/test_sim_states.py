@@ -16,6 +16,7 @@ from conftest import CANARY_API_KEY
 
 from rgt.providers.vastai import instance_state
 from rgt.sim import Emulator
+from tests.procs import alive
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,18 +62,6 @@ def wait_file_lines(path: Path, count: int, timeout: float = 10) -> list[str]:
             return lines
         assert time.monotonic() < deadline, f"{path} has {lines}, expected {count} lines"
         time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purpose.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def group_members(pgid: int) -> list[int]:

@@ -23,6 +23,7 @@ import pytest
 from conftest import CANARY_API_KEY, assert_no_canary
 
 from rgt.providers.rsync import ssh_program
+from tests.copy_helpers import raw_ssh
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -173,30 +174,12 @@ def test_cli_lifecycle_search_create_poll_ssh_stop_start_destroy(
         lambda r: r["ok"],
     )
     # ssh_program(): plain `ssh`, or the emulator's local stand-in where no sshd can run.
-    over_ssh = subprocess.run(
-        [
-            *ssh_program(),
-            "-p",
-            port,
-            "-i",
-            str(emulator.client_key_path),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=accept-new",
-            "-o",
-            f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
-            "-o",
-            "LogLevel=ERROR",
-            "root@127.0.0.1",
-            "cat /workspace/hello",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    over_ssh = raw_ssh(
+        port,
+        emulator.client_key_path,
+        tmp_path / "known_hosts",
+        "cat /workspace/hello",
+        program=ssh_program(),
     )
     assert over_ssh.returncode == 0, over_ssh.stderr
     assert over_ssh.stdout == f"box {instance_id}\n"
