@@ -44,7 +44,7 @@ SECTION_TITLES = (
 GOTCHA_SECTION = 7
 # A dangling gotcha mention is reported as a warning until the bundled profiles are free of them
 # (then an error, like the other gotcha rules).
-GOTCHA_REF_SEVERITY = "warning"
+GOTCHA_REF_SEVERITY = "error"
 DEFAULT_MAX_AGE_MONTHS = 6
 
 # What overrides.detach must mention for each detach_primitive ('none' requires it empty).
