@@ -42,8 +42,8 @@ SECTION_TITLES = (
     "SCRIPT OVERRIDES",
 )
 GOTCHA_SECTION = 7
-# A dangling gotcha mention is reported as a warning until the bundled profiles are free of them
-# (then an error, like the other gotcha rules).
+# A gotcha id mentioned in the prose but not defined in section 7 is an error, like the other
+# gotcha rules (the tests read this constant).
 GOTCHA_REF_SEVERITY = "error"
 DEFAULT_MAX_AGE_MONTHS = 6
 
