@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 # Host variables a box may inherit; nothing else of the emulator's environment (API keys!)
@@ -92,4 +93,18 @@ def kill_orphan(pgid: int, disk: Path) -> bool:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         return False
+    # SIGKILL is delivered asynchronously: wait (bounded) until the leader is really dead, so the
+    # instance's onstart never runs twice on one disk, not even for a moment.
+    deadline = time.monotonic() + 5
+    while _running(pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return True
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (an orphan's zombie waits for init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
