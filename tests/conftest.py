@@ -53,3 +53,9 @@ def emulator(
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (the MCP client ones) run on asyncio, the backend the mcp SDK targets."""
+    return "asyncio"

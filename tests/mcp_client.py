@@ -8,7 +8,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -157,3 +157,24 @@ def assert_alive(emulator: Any, instance_id: str) -> None:
     disk = emulator.instance_disk(instance_id)
     assert (disk / REMOTE_ROOT.lstrip("/") / "PULL_MANIFEST.json").is_file()
     assert emulator.request_count("DELETE") == 0
+
+
+def copy_arguments(instance_id: str, local: Path) -> dict[str, str]:
+    """The copy tool's arguments: the job's results root on the box into `local`."""
+    return {"instance_id": instance_id, "remote_root": REMOTE_ROOT, "local_dir": str(local)}
+
+
+async def assert_refused(
+    session: Session, emulator: Any, instance_id: str, outcome: str, codes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Call destroy and check it refused with `outcome` (naming each of `codes` as missing),
+    said nothing was destroyed, and left the instance and its disk alive."""
+    result = await session.data("destroy", {"instance_id": instance_id})
+    assert result["destroyed"] is False
+    assert result["outcome"] == outcome, result
+    assert "nothing" in result["message"] and "destroyed" in result["message"]
+    found = [item["code"] for item in result["missing"]]
+    for code in codes:
+        assert code in found, (code, result)
+    assert_alive(emulator, instance_id)
+    return result

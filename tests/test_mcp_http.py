@@ -15,11 +15,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -17,16 +17,12 @@ from tests.mcp_client import (
     Human,
     assert_alive,
     connect,
+    copy_arguments,
     launch_and_finish,
     write_job,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -49,7 +45,7 @@ async def test_whole_lifecycle_over_stdio(mode: str, emulator: Any, tmp_path: Pa
 
         copied = await session.data(
             "copy",
-            {"instance_id": instance_id, "remote_root": REMOTE_ROOT, "local_dir": str(local)},
+            copy_arguments(instance_id, local),
             progress_callback=on_progress,
         )
         assert copied["files"] >= 1 and (local / "cell-a" / "metrics.json").is_file()

@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 
 from rgt.ledger import Ledger
-from tests.mcp_client import REMOTE_ROOT, Human, connect, launch_and_finish, write_job
-from tests.test_mcp_refusals import _refused
+from tests.mcp_client import (
+    Human,
+    assert_refused,
+    connect,
+    copy_arguments,
+    launch_and_finish,
+    write_job,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -33,15 +34,11 @@ async def test_passphrase_is_asked_when_configured(
     async with connect(emulator, mode, human) as session:
         instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "phrase"))
         human.typed = instance_id
-        copy_args = {
-            "instance_id": instance_id,
-            "remote_root": REMOTE_ROOT,
-            "local_dir": str(local),
-        }
+        copy_args = copy_arguments(instance_id, local)
         await session.data("copy", copy_args)
         await session.data("verify", {"local_dir": str(local)})
 
-        wrong = await _refused(session, emulator, instance_id, "refused")
+        wrong = await assert_refused(session, emulator, instance_id, "refused")
         assert "wrong approval passphrase" in wrong["message"]
         schema = human.asked[0].requested_schema
         assert set(schema["properties"]) == {"instance_id", "passphrase"}

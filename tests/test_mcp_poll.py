@@ -16,11 +16,6 @@ from tests.mcp_client import assert_alive, connect, launch_and_finish, write_job
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_poll_classifies_emulated_faults(emulator: Any, tmp_path: Path) -> None:
     from rgt.providers.vastai import VastProvider
 

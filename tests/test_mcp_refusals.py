@@ -20,33 +20,15 @@ from rgt.ledger import Ledger
 from tests.mcp_client import (
     REMOTE_ROOT,
     Human,
-    Session,
     assert_alive,
+    assert_refused,
     connect,
+    copy_arguments,
     launch_and_finish,
     write_job,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-async def _refused(
-    session: Session, emulator: Any, instance_id: str, outcome: str, codes: list[str] = ()
-) -> dict[str, Any]:
-    result = await session.data("destroy", {"instance_id": instance_id})
-    assert result["destroyed"] is False
-    assert result["outcome"] == outcome, result
-    assert "nothing" in result["message"] and "destroyed" in result["message"]
-    found = [item["code"] for item in result["missing"]]
-    for code in codes:
-        assert code in found, (code, result)
-    assert_alive(emulator, instance_id)
-    return result
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -56,26 +38,24 @@ async def test_refusal_corpus_then_a_race(mode: str, emulator: Any, tmp_path: Pa
     async with connect(emulator, mode, human) as session:
         instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "refuse"))
         human.typed = instance_id
-        copy_args = {
-            "instance_id": instance_id,
-            "remote_root": REMOTE_ROOT,
-            "local_dir": str(local),
-        }
+        copy_args = copy_arguments(instance_id, local)
 
         # Missing evidence: refused without asking the human anything.
-        await _refused(session, emulator, instance_id, "missing-evidence", ["no-pull"])
+        await assert_refused(session, emulator, instance_id, "missing-evidence", ["no-pull"])
         await session.data("copy", copy_args)
-        await _refused(session, emulator, instance_id, "missing-evidence", ["no-verification"])
+        await assert_refused(
+            session, emulator, instance_id, "missing-evidence", ["no-verification"]
+        )
         assert human.asked == []
         await session.data("verify", {"local_dir": str(local)})
 
         # All evidence present: the human says no, cancels, or types another id.
         human.action = "decline"
-        await _refused(session, emulator, instance_id, "declined")
+        await assert_refused(session, emulator, instance_id, "declined")
         human.action = "cancel"
-        await _refused(session, emulator, instance_id, "cancelled")
+        await assert_refused(session, emulator, instance_id, "cancelled")
         human.action, human.typed = "accept", instance_id + "0"
-        mismatch = await _refused(session, emulator, instance_id, "mismatch")
+        mismatch = await assert_refused(session, emulator, instance_id, "mismatch")
         assert repr(instance_id + "0") in mismatch["message"]
         assert len(human.asked) == 3
 
@@ -91,7 +71,9 @@ async def test_refusal_corpus_then_a_race(mode: str, emulator: Any, tmp_path: Pa
         metrics = local / "cell-a" / "metrics.json"
         original = metrics.read_bytes()
         metrics.write_bytes(original.replace(b"steps", b"stepz"))
-        await _refused(session, emulator, instance_id, "missing-evidence", ["local-files-changed"])
+        await assert_refused(
+            session, emulator, instance_id, "missing-evidence", ["local-files-changed"]
+        )
         assert len(human.asked) == 3
         metrics.write_bytes(original)
 
@@ -106,14 +88,18 @@ async def test_refusal_corpus_then_a_race(mode: str, emulator: Any, tmp_path: Pa
         }
         await session.data("copy", other)
         await session.data("verify", {"local_dir": other["local_dir"]})
-        await _refused(session, emulator, instance_id, "missing-evidence", ["wrong-results-root"])
+        await assert_refused(
+            session, emulator, instance_id, "missing-evidence", ["wrong-results-root"]
+        )
         assert len(human.asked) == 3
 
     # A client that cannot ask the human is told the out-of-band way.
     async with connect(emulator, mode) as plain:
         await plain.data("copy", copy_args)
         await plain.data("verify", {"local_dir": str(local)})
-        result = await _refused(plain, emulator, instance_id, "no-elicitation", ["no-approval"])
+        result = await assert_refused(
+            plain, emulator, instance_id, "no-elicitation", ["no-approval"]
+        )
         assert f"rgt approve {instance_id}" in result["message"]
 
     with Ledger.open() as ledger:

@@ -39,11 +39,6 @@ FORBIDDEN_ARGUMENT = re.compile(
 )
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _never_asked() -> tuple[Any, list[Any]]:
     asked: list[Any] = []
 
