@@ -43,6 +43,38 @@ def verify_and_record(ledger: Any, local_dir: Path) -> None:
     verify_pull(local_dir, ledger=ledger)
 
 
+def forge_verified_record(
+    local_dir: Path, *, run_id: str, instance_id: str, paths: list[str]
+) -> None:
+    """Write a PULL_VERIFIED.json of the right shape with made-up hashes that no verification
+    recorded: what an agent could write to fake one. The gate must not take it as evidence."""
+    import json
+
+    from rgt.verify import RECORD_SCHEMA, VERIFIED_NAME
+
+    document = {
+        "schema": RECORD_SCHEMA,
+        "ok": True,
+        "run_id": run_id,
+        "instance_id": instance_id,
+        "manifest_sha256": "0" * 64,
+        "files": [{"path": path, "sha256": "0" * 64, "ok": True} for path in paths],
+    }
+    (local_dir / VERIFIED_NAME).write_text(json.dumps(document))
+
+
+def tamper_verified_record(local_dir: Path) -> None:
+    """Edit a real PULL_VERIFIED.json by hand: it now names another manifest sha256."""
+    import json
+
+    from rgt.verify import VERIFIED_NAME
+
+    record = local_dir / VERIFIED_NAME
+    document = json.loads(record.read_text())
+    document["manifest_sha256"] = "0" * 64
+    record.write_text(json.dumps(document))
+
+
 def safetensors_bytes(payload: bytes) -> bytes:
     """A valid safetensors file holding `payload` as one U8 tensor (what the verifier loads)."""
     import json

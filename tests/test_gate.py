@@ -7,7 +7,6 @@ tests/test_ironlaw_e2e.py repeats the chain and the refusal corpus against the e
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,9 @@ from tests.ironlaw_fixtures import (
     REMOTE_ROOT,
     RUN_ID,
     build_manifest_on_box,
+    forge_verified_record,
     safetensors_bytes,
+    tamper_verified_record,
     vast_profile,
     verify_and_record,
     write_results,
@@ -192,13 +193,7 @@ def test_extra_local_file_after_verification_is_refused(box: Box) -> None:
 def test_forged_pull_verified_json_is_not_evidence(box: Box) -> None:
     box.pull()
     # Right shape, wrong hashes, never recorded in the ledger: the gate ignores the file.
-    forged = {
-        "run_id": RUN_ID,
-        "instance_id": box.id,
-        "manifest_sha256": "0" * 64,
-        "files": [{"path": p, "sha256": "0" * 64, "ok": True} for p in FILES],
-    }
-    (box.local / "PULL_VERIFIED.json").write_text(json.dumps(forged))
+    forge_verified_record(box.local, run_id=RUN_ID, instance_id=box.id, paths=list(FILES))
     box.approve()
     assert box.codes() == ["no-verification"]
     box.assert_alive()
@@ -208,10 +203,7 @@ def test_forged_record_after_a_real_verification_is_detected(box: Box) -> None:
     box.pull()
     box.verify()
     box.approve()
-    record = box.local / "PULL_VERIFIED.json"
-    document = json.loads(record.read_text())
-    document["manifest_sha256"] = "0" * 64
-    record.write_text(json.dumps(document))
+    tamper_verified_record(box.local)
     assert box.codes() == ["local-files-changed"]
     box.assert_alive()
 

@@ -22,6 +22,7 @@ from rgt.errors import CheckFailed
 from rgt.pull import MANIFEST_NAME, pull_instance
 from tests.conftest import CANARY_API_KEY
 from tests.ironlaw_emulator import Rental, RentalPool
+from tests.ironlaw_fixtures import forge_verified_record, tamper_verified_record
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -174,15 +175,9 @@ def test_verification_made_stale_by_a_later_local_change(rental: Rental) -> None
 
 def test_forged_pull_verified_json(rental: Rental) -> None:
     rental.pull()
-    document = {
-        "schema": "rgt.pull-verified/v1",
-        "ok": True,
-        "run_id": rental.run_id,
-        "instance_id": rental.id,
-        "manifest_sha256": "0" * 64,
-        "files": [{"path": "ckpt/blob.bin", "sha256": "0" * 64, "ok": True}],
-    }
-    (rental.local / "PULL_VERIFIED.json").write_text(json.dumps(document))
+    forge_verified_record(
+        rental.local, run_id=rental.run_id, instance_id=rental.id, paths=["ckpt/blob.bin"]
+    )
     rental.approve()
     rental.refused("no-verification")
 
@@ -191,10 +186,7 @@ def test_forged_pull_verified_json_after_a_real_verification(rental: Rental) -> 
     rental.pull()
     rental.verify()
     rental.approve()
-    record = rental.local / "PULL_VERIFIED.json"
-    document = json.loads(record.read_text())
-    document["manifest_sha256"] = "0" * 64
-    record.write_text(json.dumps(document))
+    tamper_verified_record(rental.local)
     rental.refused("local-files-changed")
 
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,39 @@ def _wait_for(path: Path, seconds: float) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear in {seconds} s"
         time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class SignalledRun:
+    """How a job signalled while training ended."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    trainer_pid: int  # the trainer's pid, from the job's checkpoints/running file
+    seconds: float  # from the signal to the job's exit
+
+
+def _signal_the_running_job(
+    argv: list[str], cwd: Path, env: dict[str, str], sig: signal.Signals
+) -> SignalledRun:
+    """Start the job, wait until its trainer runs (checkpoints/running under RGT_BOX_ROOT),
+    send `sig` to the job and wait (bounded) for it to exit."""
+    running = Path(env["RGT_BOX_ROOT"]) / "workspace/checkpoints/running"
+    job = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for(running, 30)
+        trainer_pid = int(running.read_text())
+        started = time.monotonic()
+        job.send_signal(sig)
+        out, err = job.communicate(timeout=30)
+        seconds = time.monotonic() - started
+    finally:
+        if job.poll() is None:
+            job.kill()
+    return SignalledRun(job.returncode, out, err, trainer_pid, seconds)
 
 
 # -- profiles ------------------------------------------------------------------------------------
@@ -246,22 +280,8 @@ def test_sbatch_script_forwards_the_time_limit_warning_requeues_and_resumes(tmp_
     }
     ckpt = box / "workspace/checkpoints"
 
-    first = subprocess.Popen(
-        ["bash", str(script)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_for(ckpt / "running", 30)
-        trainer_pid = int((ckpt / "running").read_text())
-        first.send_signal(signal.SIGUSR1)
-        out, err = first.communicate(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    first = _signal_the_running_job(["bash", str(script)], tmp_path, env, signal.SIGUSR1)
+    out, err, trainer_pid = first.stdout, first.stderr, first.trainer_pid
     assert first.returncode == 143, out + err
     assert "received SIGUSR1" in err and "the job exited 143" in err
     assert "requeued Slurm job 777" in out
@@ -377,26 +397,10 @@ def test_k8s_entry_point_forwards_sigterm_and_the_next_pod_resumes(tmp_path: Pat
     }
     ckpt = box / "workspace/checkpoints"
 
-    first = subprocess.Popen(
-        ["bash", "-c", entry],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_for(ckpt / "running", 30)
-        trainer_pid = int((ckpt / "running").read_text())
-        started = time.monotonic()
-        first.send_signal(signal.SIGTERM)
-        out, err = first.communicate(timeout=30)
-        within = time.monotonic() - started
-    finally:
-        if first.poll() is None:
-            first.kill()
+    first = _signal_the_running_job(["bash", "-c", entry], tmp_path, env, signal.SIGTERM)
+    out, err, trainer_pid = first.stdout, first.stderr, first.trainer_pid
     assert first.returncode == 143, out + err
-    assert within < 30, within  # inside terminationGracePeriodSeconds
+    assert first.seconds < 30, first.seconds  # inside terminationGracePeriodSeconds
     assert "received SIGTERM" in err
     assert not alive(trainer_pid)
     step = json.loads(sorted(ckpt.glob("step-*.ckpt"))[-1].read_text())["step"]
