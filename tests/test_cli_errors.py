@@ -110,3 +110,39 @@ def test_manifest_output_that_cannot_be_written_is_a_usage_error(
         "--roster", str(tmp_path / "roster.txt"), "--output", target,
     )  # fmt: skip
     _assert_one_line_error(result, 2, f"--output {target}", said)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_stops_the_stdio_mcp_server_while_its_client_keeps_stdin_open() -> None:
+    # Was: SIGINT cancelled the event loop, which then waited forever for the transport's
+    # blocking stdin read (on a terminal, or a client's pipe left open): Ctrl-C hung.
+    import signal
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rgt", "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        hello = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "qa", "version": "0"},
+            },
+        }
+        server.stdin.write(json.dumps(hello).encode() + b"\n")
+        server.stdin.flush()
+        assert json.loads(server.stdout.readline())["id"] == 1  # serving, blocked on stdin
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=10) == 130
+        assert server.stderr is not None
+        assert server.stderr.read().decode() == "rgt mcp: interrupted\n"
+    finally:
+        server.kill()
+        server.wait()

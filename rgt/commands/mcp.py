@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 
 ORDER = 150  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "run the MCP server for coding agents (stdio by default; --http on 127.0.0.1 only)"
@@ -28,5 +30,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port: {args.port} is not a TCP port (1-65535)")
     from rgt.mcp_server import serve
 
+    if not args.http:
+        signal.signal(signal.SIGINT, _exit_interrupted)
     serve(http=args.http, port=args.port)
     return 0
+
+
+def _exit_interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C on the stdio server: exit at once, as the other commands do (exit 130).
+
+    Why not the usual KeyboardInterrupt: the stdio transport reads stdin in a worker thread, and
+    the cancelled event loop waits for that read, which on a terminal (or a client's pipe left
+    open) never returns, so Ctrl-C hung forever. Exiting here leaves nothing a kill -9 would not
+    (every ledger write is one transaction; an interrupted destroy is taken over by the next)."""
+    os.write(2, b"rgt mcp: interrupted\n")
+    os._exit(130)
