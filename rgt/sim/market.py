@@ -114,6 +114,20 @@ def generate(seed: int, machines: int = 60) -> tuple[dict[int, Machine], dict[in
     return by_id, asks
 
 
+def network_fields(machine: Machine, up_cost: float, down_cost: float) -> dict[str, float]:
+    """The API's bandwidth fields of an offer or instance: the machine's link speeds (Mb/s) and
+    the bandwidth prices, in $/GB and, as vast.ai also reports them, in $/TB. An instance keeps
+    the prices it was rented at, hence the costs as arguments."""
+    return {
+        "inet_up": machine.inet_up,
+        "inet_down": machine.inet_down,
+        "inet_up_cost": up_cost,
+        "inet_down_cost": down_cost,
+        "internet_up_cost_per_tb": round(up_cost * 1000, 4),
+        "internet_down_cost_per_tb": round(down_cost * 1000, 4),
+    }
+
+
 def offer_row(ask: Ask, machine: Machine, allocated_storage: float) -> dict[str, Any]:
     """The offer as vast.ai's search returns it (fields the CLI table and SDK read)."""
     n = ask.num_gpus
@@ -144,12 +158,7 @@ def offer_row(ask: Ask, machine: Machine, allocated_storage: float) -> dict[str,
         "disk_space": machine.disk_space,
         "disk_bw": 2000.0,
         "disk_name": "nvme",
-        "inet_up": machine.inet_up,
-        "inet_down": machine.inet_down,
-        "inet_up_cost": machine.inet_up_cost,
-        "inet_down_cost": machine.inet_down_cost,
-        "internet_up_cost_per_tb": round(machine.inet_up_cost * 1000, 4),
-        "internet_down_cost_per_tb": round(machine.inet_down_cost * 1000, 4),
+        **network_fields(machine, machine.inet_up_cost, machine.inet_down_cost),
         "direct_port_count": machine.direct_port_count,
         "pci_gen": 4.0,
         "pcie_bw": 24.0,

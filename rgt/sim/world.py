@@ -39,7 +39,7 @@ from rgt.atomic import atomic_write_text
 from rgt.sim import filters
 from rgt.sim.boxes import Box, box_environment, kill_orphan
 from rgt.sim.clock import SimClock
-from rgt.sim.market import HOURS_PER_MONTH, Ask, Machine, generate, offer_row
+from rgt.sim.market import HOURS_PER_MONTH, Ask, Machine, generate, network_fields, offer_row
 
 log = logging.getLogger(__name__)
 
@@ -939,12 +939,7 @@ class World:
             "disk_usage": 0.0,
             "mem_usage": 0.0,
             "mem_limit": float(row["cpu_ram"]),
-            "inet_up": machine.inet_up,
-            "inet_down": machine.inet_down,
-            "inet_up_cost": inst.inet_up_cost,
-            "inet_down_cost": inst.inet_down_cost,
-            "internet_up_cost_per_tb": round(inst.inet_up_cost * 1000, 4),
-            "internet_down_cost_per_tb": round(inst.inet_down_cost * 1000, 4),
+            **network_fields(machine, inst.inet_up_cost, inst.inet_down_cost),
             "ssh_host": "127.0.0.1" if port else None,
             "ssh_port": port,
             "ssh_idx": None,
