@@ -64,6 +64,16 @@ def wait_file_lines(path: Path, count: int, timeout: float = 10) -> list[str]:
         time.sleep(0.02)
 
 
+def boot_and_run_once(sim: Emulator, instance_id: int) -> tuple[Path, int]:
+    """Let a new instance boot and its onstart (JOB) start once: its disk and the onstart's pid."""
+    sim.clock.advance(0.5)
+    disk = sim.instance_disk(instance_id)
+    wait_file_lines(disk / "runs.txt", 1)
+    pid = sim.process_id(instance_id)
+    assert pid is not None
+    return disk, pid
+
+
 def group_members(pgid: int) -> list[int]:
     members = []
     for entry in os.listdir("/proc"):
@@ -163,11 +173,8 @@ def test_preemption_kills_the_job_with_no_signal_and_winning_the_bid_reruns_onst
             id=offer["id"], image="img", disk=10, onstart_cmd=JOB, price=offer["min_bid"] * 1.2
         )["new_contract"]
     )
-    sim.clock.advance(0.5)
-    disk = sim.instance_disk(instance_id)
-    wait_file_lines(disk / "runs.txt", 1)
+    disk, pid = boot_and_run_once(sim, instance_id)
     wait_file_lines(disk / "child.pid", 1)
-    pid = sim.process_id(instance_id)
     assert pid is not None
     child = int((disk / "child.pid").read_text())
     assert alive(child)
@@ -202,11 +209,7 @@ def test_vast7_host_offline_kills_the_process_and_returns_with_onstart(
     sim: Emulator, client: Any
 ) -> None:
     instance_id, _ = rent(client)
-    sim.clock.advance(0.5)
-    disk = sim.instance_disk(instance_id)
-    wait_file_lines(disk / "runs.txt", 1)
-    pid = sim.process_id(instance_id)
-    assert pid is not None
+    disk, pid = boot_and_run_once(sim, instance_id)
     sim.take_host_offline(instance_id)
     row = client.show_instance(id=instance_id)
     assert row["actual_status"] == "offline" and state(client, instance_id) == "offline"
@@ -259,11 +262,7 @@ def test_credit_before_the_grace_ends_keeps_the_instance(sim: Emulator, client: 
 
 def test_destroy_removes_row_process_and_disk(sim: Emulator, client: Any) -> None:
     instance_id, _ = rent(client)
-    sim.clock.advance(0.5)
-    disk = sim.instance_disk(instance_id)
-    wait_file_lines(disk / "runs.txt", 1)
-    pid = sim.process_id(instance_id)
-    assert pid is not None
+    disk, pid = boot_and_run_once(sim, instance_id)
     client.destroy_instance(id=instance_id)
     assert client.show_instance(id=instance_id) is None
     assert state(client, instance_id) == "gone"
@@ -281,11 +280,7 @@ def test_an_on_demand_rental_outbids_a_bid_which_resumes_when_the_gpu_is_free(
             id=offer["id"], image="img", disk=10, onstart_cmd=JOB, price=offer["min_bid"]
         )["new_contract"]
     )
-    sim.clock.advance(0.5)
-    disk = sim.instance_disk(low)
-    wait_file_lines(disk / "runs.txt", 1)
-    pid = sim.process_id(low)
-    assert pid is not None
+    disk, pid = boot_and_run_once(sim, low)
     # A bid no higher does not take the GPU.
     with pytest.raises(Exception, match="400"):
         client.create_instance(id=offer["id"], image="img", disk=10, price=offer["min_bid"])
