@@ -146,3 +146,21 @@ def test_ctrl_c_stops_the_stdio_mcp_server_while_its_client_keeps_stdin_open() -
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--time-scale", "nan"], "--time-scale"),
+        (["--time-scale", "inf"], "--time-scale"),
+        (["--balance", "nan"], "--balance"),
+        (["--state", "/proc/rgt-no-such/x"], "--state: cannot create /proc/rgt-no-such/x"),
+    ],
+)
+def test_sim_serve_rejects_non_numbers_and_an_uncreatable_state_dir(
+    flags: list[str], named: str
+) -> None:
+    # Was: a NaN time scale or balance started an emulator with a NaN meter; an uncreatable
+    # --state was exit 70 "internal error: FileNotFoundError" (QA).
+    result = _rgt("sim", "serve", "--port", "0", "--no-ssh", *flags, timeout=20)
+    _assert_one_line_error(result, 2, named)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import signal
@@ -59,7 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulated image pull before an instance runs (default 5)",
     )
     serve.add_argument(
-        "--balance", type=float, default=100.0, metavar="USD", help="starting credit (default 100)"
+        "--balance",
+        type=_dollars,
+        default=100.0,
+        metavar="USD",
+        help="starting credit (default 100)",
     )
     serve.add_argument("--no-ssh", action="store_true", help="no sshd per instance")
     serve.add_argument(
@@ -84,8 +89,18 @@ def _non_negative(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value < 0:
+    if not (math.isfinite(value) and value >= 0):  # NaN compares false both ways
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _dollars(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected an amount in dollars, got {text!r}")
     return value
 
 
@@ -107,6 +122,10 @@ def serve(args: argparse.Namespace) -> int:
     state = args.state if args.state is not None else state_dir() / "sim"
     if state.exists() and not state.is_dir():
         raise UsageError(f"--state: {state} exists and is not a directory")
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--state: cannot create {state}: {exc.strerror}") from None
     generated = args.api_key is None
     emulator = Emulator(
         state_dir=state,
