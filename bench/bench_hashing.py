@@ -227,7 +227,8 @@ def measure(
         "rgt manifest (CLI)": cli_manifest,
         "rgt manifest (library)": lib_manifest,
         "rgt verify (CLI)": lambda: rgt_cli("verify", str(results), "--json", env=env),
-        "rgt verify (library)": lambda: verify_pull(results),
+        # As `rgt verify` calls it: the per-file rows stay in PULL_VERIFIED.json.
+        "rgt verify (library)": lambda: verify_pull(results, keep_rows=False),
     }
     cli_manifest()  # verify needs a manifest from the start
     files = sum(1 for p in results.rglob("*") if p.is_file() and p.name != "PULL_MANIFEST.json")
@@ -324,7 +325,10 @@ def main() -> int:
             print(
                 f"\n({key}) {title}: generated in {time.perf_counter() - began:.1f} s", flush=True
             )
+            load_before = os.getloadavg()[0]
             files, size, times = measure(key, root, args.runs, state)
+            load_after = os.getloadavg()[0]
+            print(f"({key}) load average {load_before:.1f} before, {load_after:.1f} after")
             single = max(SINGLE_CORE_SAMPLES)
             limit = n * single
             print(
@@ -410,6 +414,7 @@ def main() -> int:
                 "methods": figures,
                 "target_met": ok,
                 "target_figures": {k: round(v, 3) for k, v in verdicts.items()},
+                "load_average": [round(load_before, 2), round(load_after, 2)],
             }
             shutil.rmtree(root)
     report["single_core_mib_s"] = round(max(SINGLE_CORE_SAMPLES) / MIB, 1)

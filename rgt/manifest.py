@@ -43,6 +43,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from json.encoder import encode_basestring as _encode_string  # what json.dumps uses
 from typing import Any, Dict, Tuple  # noqa: UP035 (aliases below run on python 3.8)
 
 SCHEMA = "rgt.pull-manifest/v1"
@@ -61,7 +62,7 @@ _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_FILES = 256
 SMALL_BUFFER = 1024 * 1024
 # This many small files make a process pool worth its fork (their per-file work holds the GIL).
-_PROCESS_MIN_FILES = 4000
+PROCESS_MIN_FILES = 4000
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 _OPEN_FLAGS |= getattr(os, "O_NONBLOCK", 0)  # a fifo swapped in after listing must not block
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -208,6 +209,45 @@ def list_tree(
     return items, problems
 
 
+def _clean_roster_dirs(root: str, roster: Sequence[str], skip: Sequence[str]) -> list[str] | None:
+    """The roster directories' names in the order of their files' paths, if the top of `root`
+    holds exactly them (real directories) and the manifest; else None (list_tree then names
+    what is wrong). Sorted by name + "/": every path under X starts with "X/", so listing the
+    directories in this order yields the files' paths sorted ("a-b/..." < "a/...")."""
+    skipped = {os.path.abspath(p) for p in skip}
+    try:
+        top = list(os.scandir(root))
+    except OSError:
+        return None
+    names = []
+    for entry in top:
+        if entry.name == MANIFEST_NAME or _is_own_temp(entry.name):
+            continue
+        if os.path.abspath(entry.path) in skipped:
+            continue
+        if entry.name not in roster or not entry.is_dir(follow_symlinks=False):
+            return None
+        names.append(entry.name)
+    if len(names) != len(set(roster)):
+        return None
+    return sorted(names, key=lambda name: name + "/")
+
+
+def _list_share(root: str, names: Sequence[str], skip: Sequence[str]) -> tuple[Any, ...]:
+    """List and hash the files under some roster directories (one forked worker's share):
+    _manifest_rows of them, or ("", None, 0, 0) when the listing found a problem (the caller
+    then redoes the tree with list_tree, which names the problems in its usual order)."""
+    items: list[FileItem] = []
+    problems: list[str] = []
+    skipped = {os.path.abspath(p) for p in skip}
+    for name in names:
+        _walk(os.path.join(root, name), name, items, problems, skipped)
+    if problems:
+        return ("", None, 0, 0)
+    items.sort()
+    return _manifest_rows(hash_share(items, False, None))
+
+
 def _walk(
     directory: str,
     relative: str,
@@ -221,6 +261,7 @@ def _walk(
         problems.append(f"{relative}: cannot list it ({exc.strerror or exc})")
         return
     prefix = relative + "/"
+    skipped_names = {os.path.basename(path) for path in skipped}
     for entry in entries:
         name = entry.name
         rel = prefix + name
@@ -228,7 +269,8 @@ def _walk(
         if problem is not None:
             problems.append(f"{rel!r}: unsafe name: {problem}")
             continue
-        if skipped and os.path.abspath(entry.path) in skipped:
+        # By name first: abspath for every entry would cost more than the listing itself.
+        if name in skipped_names and os.path.abspath(entry.path) in skipped:
             continue
         # The entry's type comes from the directory listing itself (no stat call); on file
         # systems that do not report it, Python stats the entry instead.
@@ -313,9 +355,14 @@ def hash_batch(
             extra = 0  # bytes read past `count` while confirming the end of the file
             at_end = False
             if count < size_of:
-                if want_stat:  # the fstat wanted anyway confirms the end: no second read
+                if want_stat:  # the fstat wanted anyway confirms the end
                     info = _stat5(os.fstat(fd))
                     at_end = info[0] == count
+                else:
+                    # A short read of a regular file is its end (POSIX: only end-of-file or
+                    # a signal makes it short, and Python retries on EINTR). A second read
+                    # would only narrow, not close, the window for a concurrent appender.
+                    at_end = True
                 if not at_end:
                     extra = readv(fd, [view[count:]])
                     at_end = extra == 0
@@ -369,7 +416,7 @@ def make_batches(items: Sequence[FileItem], workers: int = 1) -> list[list[FileI
     return batches
 
 
-def _hash_share(
+def hash_share(
     share: Sequence[FileItem],
     want_stat: bool,
     inspect: Callable[[str, bytes], str | None] | None,
@@ -383,33 +430,37 @@ def _hash_share(
     return results
 
 
-def _hash_forked(
-    items: Sequence[FileItem],
-    count: int,
-    want_stat: bool,
-    inspect: Callable[[str, bytes], str | None] | None,
-    progress: Callable[[int, int], None] | None,
-) -> list[tuple[str, Any]] | None:
-    """Split the items over `count` processes (this one and count-1 forked children, each
-    sending its results back over a pipe with marshal). None if fork is unavailable.
+def split_items(items: Sequence[Any], count: int) -> list[Sequence[Any]]:
+    """`count` contiguous shares of `items` (order kept: concatenated results stay sorted)."""
+    return [items[i * len(items) // count : (i + 1) * len(items) // count] for i in range(count)]
+
+
+def fork_map(
+    shares: Sequence[Any],
+    work: Callable[[Any], Any],
+    each: Callable[[Any], None] | None = None,
+) -> list[Any] | None:
+    """[work(share) for share in shares], the first share in this process and each other in a
+    forked child that sends its (marshal-able) result back over a pipe. None if fork is
+    unavailable. A child that dies (the OOM killer, say) has its share redone here.
+    `each(result)` runs in this process as each share's result arrives, in share order.
 
     Processes, not threads, because the per-file Python work of small files holds the GIL;
     a plain fork, not multiprocessing, because it costs little, needs nothing picklable, and
-    works when this module runs from stdin on the box (`python3 - ...`)."""
+    works when this module runs from stdin on the box (`python3 - ...`). Fork only from a
+    single-threaded process (see hash_files)."""
     if not hasattr(os, "fork"):
         return None
-    shares = [items[i * len(items) // count : (i + 1) * len(items) // count] for i in range(count)]
     children: list[tuple[int, int]] = []
     try:
         for share in shares[1:]:
             read_end, write_end = os.pipe()
             pid = os.fork()
-            if pid == 0:  # the child: hash, send, exit without running any parent cleanup
+            if pid == 0:  # the child: work, send, exit without running any parent cleanup
                 status = 0
                 try:
                     os.close(read_end)
-                    payload = marshal.dumps(_hash_share(share, want_stat, inspect))
-                    view = memoryview(payload)
+                    view = memoryview(marshal.dumps(work(share)))
                     while view:
                         view = view[os.write(write_end, view) :]
                 except BaseException:
@@ -418,8 +469,9 @@ def _hash_forked(
                     os._exit(status)
             os.close(write_end)
             children.append((pid, read_end))
-        results = _hash_share(shares[0], want_stat, inspect)
-        done = sum(r[1][0] for r in results if isinstance(r[1], tuple))
+        results = [work(shares[0])]
+        if each is not None:
+            each(results[0])
         for index, (pid, read_end) in enumerate(children):
             chunks = []
             while True:
@@ -428,16 +480,18 @@ def _hash_forked(
                     break
                 chunks.append(chunk)
             _, status = os.waitpid(pid, 0)
-            try:
-                share_results = marshal.loads(b"".join(chunks)) if status == 0 else None
-            except (ValueError, EOFError, TypeError):
-                share_results = None
-            if share_results is None:  # the child died (OOM killer, say): do its share here
-                share_results = _hash_share(shares[index + 1], want_stat, inspect)
-            results.extend(share_results)
-            done += sum(r[1][0] for r in share_results if isinstance(r[1], tuple))
-            if progress is not None:
-                progress(done, done)
+            result: Any = None
+            ok = status == 0
+            if ok:
+                try:
+                    result = marshal.loads(b"".join(chunks))
+                except (ValueError, EOFError, TypeError):
+                    ok = False
+            if not ok:
+                result = work(shares[index + 1])
+            results.append(result)
+            if each is not None:
+                each(result)
         return results
     finally:
         for pid, read_end in children:
@@ -445,6 +499,37 @@ def _hash_forked(
                 os.close(read_end)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)
+
+
+def _hash_forked(
+    items: Sequence[FileItem],
+    count: int,
+    want_stat: bool,
+    inspect: Callable[[str, bytes], str | None] | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[tuple[str, Any]] | None:
+    """Hash the items in `count` processes (fork_map); None if fork is unavailable."""
+    done = [0]
+
+    def each(share_results: list[tuple[str, Any]]) -> None:
+        done[0] += sum(r[1][0] for r in share_results if isinstance(r[1], tuple))
+        if progress is not None:
+            progress(done[0], done[0])
+
+    parts = fork_map(
+        split_items(items, count), lambda share: hash_share(share, want_stat, inspect), each
+    )
+    return None if parts is None else [result for part in parts for result in part]
+
+
+def may_fork(items: Sequence[FileItem], count: int) -> bool:
+    """Whether hashing `items` with `count` workers is worth forking processes for."""
+    if count < 2 or not hasattr(os, "fork"):
+        return False
+    small = sum(1 for item in items if item[2] < BIG_FILE)
+    # Fork only a single-threaded process: forking one with other threads running (an MCP
+    # server, say) can deadlock the child on a lock some thread held.
+    return small >= PROCESS_MIN_FILES and threading.active_count() == 1
 
 
 def hash_files(
@@ -483,10 +568,7 @@ def hash_files(
 
     if count > 1 and len(items) > 1:
         if processes is None:
-            small = sum(1 for item in items if item[2] < BIG_FILE)
-            # Fork only a single-threaded process: forking one with other threads running
-            # (an MCP server, say) can deadlock the child on a lock some thread held.
-            processes = small >= _PROCESS_MIN_FILES and threading.active_count() == 1
+            processes = may_fork(items, count)
         if processes:
             forked = _hash_forked(items, count, want_stat, inspect, progress)
             if forked is not None:
@@ -537,6 +619,48 @@ def build_manifest(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The manifest of `root` as a dict; raises ManifestRefused listing every problem."""
+    data, _summary = build_manifest_bytes(
+        root, run_id, roster, instance_id, workers, skip=skip, progress=progress
+    )
+    document: dict[str, Any] = json.loads(data)
+    return document
+
+
+def _manifest_rows(results: Iterable[tuple[str, Any]]) -> tuple[str, list[str], int, int]:
+    """(the JSON text of the file entries, problems, bytes, files) of hashed results, in order.
+
+    Built as text where the results are (in the hashing processes), so the parent only joins:
+    exactly what json.dumps writes for {"path", "sha256", "size"} in encode_manifest."""
+    encode = _encode_string
+    rows: list[str] = []
+    problems: list[str] = []
+    total = 0
+    for relative, result in results:
+        if type(result) is str:
+            problems.append(f"{relative}: {result}")
+            continue
+        size, digest, _stat, note = result
+        if note is not None:
+            problems.append(f"{relative}: {note}; is a writer still running?")
+            continue
+        rows.append(f'{{"path":{encode(relative)},"sha256":"{digest}","size":{size}}}')
+        total += size
+    return ",".join(rows), problems, total, len(rows)
+
+
+def build_manifest_bytes(
+    root: Any,
+    run_id: str,
+    roster: Sequence[str],
+    instance_id: str | None = None,
+    workers: int | None = None,
+    *,
+    skip: Sequence[str] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """The manifest's bytes as encode_manifest writes them, and the manifest without its file
+    list; raises ManifestRefused listing every problem. The hashing processes encode their
+    own files' entries (fork_map), so the serial part is the listing and one join."""
     root = os.path.abspath(os.fspath(root))
     problems = _check_id("run id", run_id) + _check_id("instance id", instance_id)
     if not run_id:
@@ -547,24 +671,45 @@ def build_manifest(
         problems.append("roster: empty; name at least one top-level result directory")
     if problems:
         raise ManifestRefused(problems)
-    items, problems = list_tree(root, names, skip=skip)
+    count = max(1, workers or default_workers())
+    parts: list[Any] | None = None
+    # Many top-level directories (and no other thread): each forked worker lists and hashes
+    # its share of them, so the listing runs in parallel too.
+    tops = _clean_roster_dirs(root, names, skip) if count > 1 else None
+    if tops is not None and len(tops) >= 2 * count and threading.active_count() == 1:
+        parts = fork_map(
+            split_items(tops, count), lambda share: _list_share(root, share, skip), None
+        )
+        if parts is not None and any(part[1] is None for part in parts):
+            parts = None
+        if parts is not None and progress is not None:
+            done = sum(part[2] for part in parts)
+            progress(done, done)
+    items: list[FileItem] = []
+    if parts is None:
+        items, problems = list_tree(root, names, skip=skip)
+        if problems:
+            raise ManifestRefused(problems)
+    if parts is None and may_fork(items, count):
+        done = [0]
+
+        def each(part: tuple[str, list[str], int, int]) -> None:
+            done[0] += part[2]
+            if progress is not None:
+                progress(done[0], done[0])
+
+        parts = fork_map(
+            split_items(items, count),
+            lambda share: _manifest_rows(hash_share(share, False, None)),
+            each,
+        )
+    if parts is None:  # threads, or one process
+        hashed = hash_files(items, workers=count, progress=progress, processes=False)
+        parts = [_manifest_rows((item[0], hashed.get(item[0], "was not hashed")) for item in items)]
+    problems = [line for part in parts for line in part[1]]
     if problems:
         raise ManifestRefused(problems)
-    hashed = hash_files(items, workers=workers, progress=progress)
-    files = []
-    for relative, _path, _size in items:
-        result = hashed.get(relative, "was not hashed")
-        if isinstance(result, str):
-            problems.append(f"{relative}: {result}")
-            continue
-        size, digest, _stat, note = result
-        if note is not None:
-            problems.append(f"{relative}: {note}; is a writer still running?")
-            continue
-        files.append({"path": relative, "sha256": digest, "size": size})
-    if problems:
-        raise ManifestRefused(problems)
-    return {
+    summary = {
         "schema": SCHEMA,
         "run_id": run_id,
         "instance_id": instance_id,
@@ -576,9 +721,13 @@ def build_manifest(
         },
         "hash": "sha256",
         "roster": names,
-        "files": files,
-        "totals": {"bytes": sum(f["size"] for f in files), "files": len(files)},
+        "totals": {"bytes": sum(part[2] for part in parts), "files": sum(p[3] for p in parts)},
     }
+    text = encode_manifest({**summary, "files": []}).decode("utf-8")
+    # The only '"files":[]' outside a string value (quotes inside values are escaped).
+    head, _, tail = text.partition('"files":[]')
+    body = ",".join(part[0] for part in parts if part[0])
+    return (head + '"files":[' + body + "]" + tail).encode("utf-8"), summary
 
 
 def encode_manifest(manifest: dict[str, Any]) -> bytes:
@@ -647,10 +796,8 @@ def write_manifest_and_describe(
     without its file list) so a caller can report it without reading the file back."""
     root = os.path.abspath(os.fspath(root))
     target = os.path.abspath(output) if output else os.path.join(root, MANIFEST_NAME)
-    manifest = build_manifest(root, run_id, roster, instance_id, workers, skip=[target])
-    data = encode_manifest(manifest)
+    data, summary = build_manifest_bytes(root, run_id, roster, instance_id, workers, skip=[target])
     _atomic_write(target, data)
-    summary = {key: value for key, value in manifest.items() if key != "files"}
     return target, hashlib.sha256(data).hexdigest(), summary
 
 

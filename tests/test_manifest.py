@@ -318,14 +318,57 @@ def test_a_hashing_child_that_dies_is_redone_in_the_parent(
         (root / "d" / f"{index:02d}").write_bytes(data)
         expected[f"d/{index:02d}"] = hashlib.sha256(data).hexdigest()
     parent = os.getpid()
-    real = manifest._hash_share
+    real = manifest.hash_share
 
     def dying(share: object, *args: object) -> object:
         if os.getpid() != parent:
             os._exit(9)  # as if the OOM killer took the child
         return real(share, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(manifest, "_hash_share", dying)
+    monkeypatch.setattr(manifest, "hash_share", dying)
     items, _ = manifest.list_tree(str(root), ["d"])
     hashed = manifest.hash_files(items, workers=3, processes=True)
     assert {k: v[1] for k, v in hashed.items()} == expected
+
+
+def test_workers_listing_their_own_directories_write_the_same_bytes(tmp_path: Path) -> None:
+    # Enough top-level directories that each forked worker lists and hashes its own share;
+    # names whose order differs between "name" and "name/" ("a-b" < "a" + "/..." paths).
+    roster = ["a", "a-b", "a.c", "é", "z", "b", "c", "d"]
+    expected = {}
+    for name in roster:
+        for relative in ("x", "sub/y", "a-b", "é", "sub/z.json"):
+            data = f"{name}:{relative}".encode()
+            (tmp_path / name / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / relative).write_bytes(data)
+            expected[f"{name}/{relative}"] = (len(data), hashlib.sha256(data).hexdigest())
+    texts = []
+    for workers in (1, 2, 3):
+        data, summary = manifest.build_manifest_bytes(tmp_path, "r", roster, "i", workers)
+        document = json.loads(data)
+        assert manifest.encode_manifest(document) == data  # byte for byte what json writes
+        paths = [f["path"] for f in document["files"]]
+        assert paths == sorted(expected)
+        assert {f["path"]: (f["size"], f["sha256"]) for f in document["files"]} == expected
+        assert (
+            summary["totals"]
+            == document["totals"]
+            == {
+                "files": len(expected),
+                "bytes": sum(size for size, _ in expected.values()),
+            }
+        )
+        document.pop("created_at")
+        texts.append(document)
+    assert texts[0] == texts[1] == texts[2]
+    # A problem found by a worker's listing is reported as the serial listing reports it.
+    (tmp_path / "c" / "sub" / "half.tmp").write_bytes(b"x")
+    (tmp_path / "z" / "link").symlink_to(tmp_path / "a" / "x")
+    for workers in (1, 2):
+        with pytest.raises(ManifestRefused) as refused:
+            build_manifest(tmp_path, "r", roster, "i", workers)
+        assert refused.value.problems == [
+            "c/sub/half.tmp: in-flight file (*.tmp of an atomic write still being written, or "
+            "left by a crash); wait for the writer to finish or remove it",
+            "z/link: is a symlink; results must be real files, not links",
+        ]

@@ -492,13 +492,13 @@ def test_many_small_files_take_the_forked_path_and_still_catch_one_flip(
     from rgt import manifest
 
     forks: list[int] = []
-    real = manifest._hash_forked
+    real = manifest.fork_map
 
-    def spy(items: Any, count: int, *args: Any) -> Any:
-        forks.append(count)
-        return real(items, count, *args)
+    def spy(shares: Any, *args: Any) -> Any:
+        forks.append(len(shares))
+        return real(shares, *args)
 
-    monkeypatch.setattr(manifest, "_hash_forked", spy)
+    monkeypatch.setattr(manifest, "fork_map", spy)
     files = {f"metrics/m{i // 1000}/{i:05d}.json": b'{"i": %d}' % i for i in range(4200)}
     pull = Pull(tmp_path, {**BASIC, **files})
     cpus = manifest.default_workers()
@@ -528,3 +528,50 @@ def test_symlinked_manifest_is_refused(pull: Pull) -> None:
     os.symlink(real, pull.local / "PULL_MANIFEST.json")
     with pytest.raises(CheckFailed, match=r"PULL_MANIFEST\.json: is a symlink"):
         verify_pull(pull.local)
+
+
+def _without_times(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in record.items()
+        if k not in ("verified_at", "started_at", "seconds", "snapshot")
+    }
+
+
+@pytest.mark.parametrize("tops", [2, 9])  # parent lists and splits / each worker lists its own
+def test_forked_fast_path_writes_the_record_the_general_path_writes(
+    tmp_path: Path, tops: int
+) -> None:
+    from rgt import manifest
+
+    files = {f"m{i % tops}/d{i // 700}/{i:05d}.json": b'{"i": %d}' % i for i in range(4300)}
+    files["m0/ü name.txt"] = b"not json"
+    files["m1/w.safetensors"] = _safetensors()
+    pull = Pull(tmp_path, files)
+    (pull.local / "m0/.rsync-partial").mkdir()  # an interrupted copy's leftovers: skipped
+    (pull.local / "m0/.rsync-partial/half").write_bytes(b"partial")
+    serial = verify_pull(pull.local, workers=1)
+    serial_bytes = (pull.local / VERIFIED_NAME).read_bytes()
+    assert check_unchanged(pull.local) is None
+    calls: list[int] = []
+    real = manifest.fork_map
+
+    def spy(shares: Any, *args: Any) -> Any:
+        calls.append(len(shares))
+        return real(shares, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest, "fork_map", spy)
+        forked = verify_pull(pull.local, workers=2)
+        slim = verify_pull(pull.local, workers=2, keep_rows=False)
+    assert calls == [2, 2]
+    assert _without_times(forked) == _without_times(serial)
+    assert "files" not in slim
+    assert _without_times({**slim, "files": serial["files"]}) == _without_times(serial)
+    record = json.loads((pull.local / VERIFIED_NAME).read_bytes())
+    assert _without_times(record) == _without_times(json.loads(serial_bytes))
+    assert {c["path"] for c in record["checkpoints"]} == {"m1/w.safetensors"}
+    assert check_unchanged(pull.local) is None
+    # Anything amiss sends it down the general path, which names it.
+    (pull.local / "m1/d3/02101.json").write_bytes(b'{"i": 2101')
+    pull.fails("m1/d3/02101.json: ", workers=2)

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             expected_run_id=args.run_id,
             expected_instance_id=args.instance_id,
+            keep_rows=False,  # the per-file rows are in PULL_VERIFIED.json; not printed here
         )
     except VerificationFailed as exc:
         bar.finish()
