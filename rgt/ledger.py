@@ -465,6 +465,17 @@ class Ledger:
             )
             return int(cursor.lastrowid or 0)
 
+    def _oldest_first(self, table: str, order: str, instance_id: str | None) -> list[sqlite3.Row]:
+        """Every row of `table` (or only `instance_id`'s), oldest first by `order`, then id.
+
+        `table` and `order` are this module's own names, never input."""
+        if instance_id is None:
+            return self._db.execute(f"SELECT * FROM {table} ORDER BY {order}, id").fetchall()
+        return self._db.execute(
+            f"SELECT * FROM {table} WHERE instance_id = ? ORDER BY {order}, id",
+            (str(instance_id),),
+        ).fetchall()
+
     def latest_pull(self, instance_id: str) -> PullRecord | None:
         """The most recent completed pull of this instance."""
         row = self._db.execute(
@@ -475,14 +486,9 @@ class Ledger:
 
     def pulls(self, instance_id: str | None = None) -> list[PullRecord]:
         """Completed pulls (of one instance, or all), oldest first."""
-        if instance_id is None:
-            rows = self._db.execute("SELECT * FROM pulls ORDER BY finished, id")
-        else:
-            rows = self._db.execute(
-                "SELECT * FROM pulls WHERE instance_id = ? ORDER BY finished, id",
-                (str(instance_id),),
-            )
-        return [PullRecord(**dict(row)) for row in rows]
+        return [
+            PullRecord(**dict(row)) for row in self._oldest_first("pulls", "finished", instance_id)
+        ]
 
     def record_verification(
         self,
@@ -575,14 +581,10 @@ class Ledger:
 
     def approvals(self, instance_id: str | None = None) -> list[ApprovalRecord]:
         """Every approval (of one instance, or all), oldest first."""
-        if instance_id is None:
-            rows = self._db.execute("SELECT * FROM approvals ORDER BY created, id")
-        else:
-            rows = self._db.execute(
-                "SELECT * FROM approvals WHERE instance_id = ? ORDER BY created, id",
-                (str(instance_id),),
-            )
-        return [ApprovalRecord(**dict(row)) for row in rows]
+        return [
+            ApprovalRecord(**dict(row))
+            for row in self._oldest_first("approvals", "created", instance_id)
+        ]
 
     def consume_approval(self, approval_id: int, *, now: float | None = None) -> bool:
         """Mark an approval used. False if it was already consumed or has expired (a race lost)."""
@@ -697,14 +699,10 @@ class Ledger:
 
     def destroys(self, instance_id: str | None = None) -> list[DestroyRecord]:
         """Destroy attempts (of one instance, or all), oldest first."""
-        if instance_id is None:
-            rows = self._db.execute("SELECT * FROM destroys ORDER BY claimed, id")
-        else:
-            rows = self._db.execute(
-                "SELECT * FROM destroys WHERE instance_id = ? ORDER BY claimed, id",
-                (str(instance_id),),
-            )
-        return [DestroyRecord(**dict(row)) for row in rows]
+        return [
+            DestroyRecord(**dict(row))
+            for row in self._oldest_first("destroys", "claimed", instance_id)
+        ]
 
     def history(self, instance_id: str | None = None) -> list[dict[str, Any]]:
         """Everything the ledger knows, as one time-ordered list of small dicts (for display)."""
