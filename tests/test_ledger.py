@@ -275,3 +275,23 @@ def test_a_dead_processes_unfinished_claim_can_be_taken_over_by_the_lock_holder(
         # A confirmed destroy is never taken over.
         ledger.update_destroy(token, "confirmed")
         assert ledger.claim_destroy("vastai", "42", abandon_unfinished=True, now=1020.0) is None
+
+
+def test_rgt_ledger_says_when_an_instance_has_no_entries_and_does_not_repeat_a_status(
+    isolated_user: Path,
+) -> None:
+    with Ledger.open() as ledger:
+        ledger.record_instance("vastai", "42", label="rgt-x", state="running")
+        token = ledger.claim_destroy("vastai", "42")
+        assert token is not None
+        ledger.update_destroy(token, "confirmed", detail="destroy confirmed: gone")
+    # A typo'd id printed nothing at all (QA).
+    unknown = subprocess.run(
+        [sys.executable, "-m", "rgt", "ledger", "43"], capture_output=True, text=True, check=True
+    )
+    assert unknown.stdout.startswith("no ledger entries for instance 43 (")
+    shown = subprocess.run(
+        [sys.executable, "-m", "rgt", "ledger", "42"], capture_output=True, text=True, check=True
+    )
+    assert "destroy confirmed: gone" in shown.stdout
+    assert "destroy confirmed: destroy confirmed" not in shown.stdout

@@ -26,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with Ledger.open() as ledger:
         events = ledger.history(args.instance)
+    if not events and not args.json:
+        # Silence would look like a broken command (or a typo'd id that matched nothing).
+        about = f" for instance {args.instance}" if args.instance else ""
+        print(f"no ledger entries{about} ({default_path()})")
+        return 0
     for event in events:
         if args.json:
             print(json.dumps(event, sort_keys=True))
@@ -46,9 +51,16 @@ def run(args: argparse.Namespace) -> int:
                 f"approved via {e['channel']}" + (" (used)" if e["consumed"] else "")
             ),
             "approval_failures": lambda e: f"approval FAILED via {e['channel']}: {e['reason']}",
-            "destroys": lambda e: (
-                f"destroy {e['status']}" + (f": {e['detail']}" if e["detail"] else "")
-            ),
+            "destroys": lambda e: _destroy_line(e["status"], e["detail"]),
         }[event["kind"]](event)
         print(f"{when}Z  {event.get('instance_id') or '-':<12} {detail}")
     return 0
+
+
+def _destroy_line(status: str, detail: str | None) -> str:
+    """`destroy confirmed: gone`, not `destroy confirmed: destroy confirmed: gone` (the gate's
+    detail often repeats the status)."""
+    head = f"destroy {status}"
+    if not detail:
+        return head
+    return detail if detail.startswith(head) else f"{head}: {detail}"
