@@ -296,6 +296,20 @@ async def ask_human_to_confirm(
     return Elicit(message, form)
 
 
+def _refused(
+    instance_id: str, exc: RgtError, *, approval_channel: str | None = None
+) -> DestroyResult:
+    """The result of a destroy the approval check or the gate refused: nothing was destroyed,
+    and why."""
+    return DestroyResult(
+        instance_id=instance_id,
+        destroyed=False,
+        outcome="refused",
+        message=f"destroy REFUSED, nothing was destroyed: {exc.message}",
+        approval_channel=approval_channel,
+    )
+
+
 def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
     """Record the human's approval just given and destroy through the gate with exactly it."""
     from rgt import approval
@@ -319,12 +333,7 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
                     instance_id, APPROVAL_CHANNEL, APPROVAL_TTL_SECONDS
                 )
         except Refused as exc:
-            return DestroyResult(
-                instance_id=instance_id,
-                destroyed=False,
-                outcome="refused",
-                message=f"destroy REFUSED, nothing was destroyed: {exc.message}",
-            )
+            return _refused(instance_id, exc)
         try:
             outcome = destroy_with_gate(
                 instance_id,
@@ -334,13 +343,7 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
                 approval_id=approval_id,
             )
         except Refused as exc:
-            return DestroyResult(
-                instance_id=instance_id,
-                destroyed=False,
-                outcome="refused",
-                message=f"destroy REFUSED, nothing was destroyed: {exc.message}",
-                approval_channel=APPROVAL_CHANNEL,
-            )
+            return _refused(instance_id, exc, approval_channel=APPROVAL_CHANNEL)
     return DestroyResult(
         instance_id=instance_id,
         destroyed=True,
