@@ -164,3 +164,40 @@ def test_sim_serve_rejects_non_numbers_and_an_uncreatable_state_dir(
     # --state was exit 70 "internal error: FileNotFoundError" (QA).
     result = _rgt("sim", "serve", "--port", "0", "--no-ssh", *flags, timeout=20)
     _assert_one_line_error(result, 2, named)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("body", "gone"),
+    [(b"", False), (b"<html>Not Found</html>", False), (b'{"success": false, "msg": "x"}', True)],
+)
+def test_a_404_without_the_apis_json_is_not_an_instance_gone(
+    monkeypatch: pytest.MonkeyPatch, body: bytes, gone: bool
+) -> None:
+    # Was: any 404 meant "gone", so a VAST_URL pointing at another web server (a typo, the
+    # website instead of the API) made `rgt poll` say "nothing to do: bills nothing", exit 0.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("VAST_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        result = _rgt("poll", "4504940")
+    finally:
+        server.shutdown()
+        server.server_close()
+    if gone:
+        assert result.returncode == 0 and "gone" in result.stdout, result.stderr
+    else:
+        _assert_one_line_error(result, 3, "answered 404 without an API body", "NOT assumed gone")

@@ -359,7 +359,15 @@ class VastProvider:
                 return self._sdk.show_instance(number)
             except requests.HTTPError as exc:
                 if exc.response is not None and exc.response.status_code == 404:
-                    return None
+                    if _has_json_body(exc.response):
+                        return None
+                    # A bare 404 (HTML, empty) is not the API saying "no such instance": a
+                    # VAST_URL pointing at some other web server would make every box "gone".
+                    raise ProviderError(
+                        f"vast.ai show instance {instance_id}: {self.api_url} answered 404 "
+                        f"without an API body; is {URL_ENV} the vast.ai API (unset: "
+                        f"{DEFAULT_API_URL})? The instance is NOT assumed gone"
+                    ) from None
                 raise
 
         row = self._call(f"show instance {instance_id}", fetch)
@@ -663,6 +671,14 @@ def _offer(row: dict[str, Any]) -> Offer:
 def _gpu_name(name: str) -> str:
     # vast.ai names GPUs with spaces ("RTX 4090"); job files use RTX_4090 like the CLI does.
     return name.replace("_", " ").strip()
+
+
+def _has_json_body(response: Any) -> bool:
+    """True when an error answer carries the API's JSON object (vast.ai's `{"msg": ...}`)."""
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        return False
 
 
 def _error_detail(response: Any) -> str:
