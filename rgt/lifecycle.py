@@ -212,15 +212,21 @@ class LaunchResult:
         return asdict(self)
 
 
-def find_offer(provider: Provider, offer_id: str, job: JobRequest, interruptible: bool) -> Offer:
-    """The offer `offer_id` among those rgt would rent for this job (same safe filters)."""
-    query = OfferQuery(
+def offer_query_for_job(job: JobRequest, *, interruptible: bool, limit: int) -> OfferQuery:
+    """The query for offers that fit `job` (its GPU model and count, its disk), with the safe
+    defaults of OfferQuery: verified, direct-port, reliable hosts only."""
+    return OfferQuery(
         gpu_name=job.gpu_name,
         num_gpus=job.gpu_count,
         interruptible=interruptible,
         disk_gb=float(job.disk_gb),
-        limit=1000,
+        limit=limit,
     )
+
+
+def find_offer(provider: Provider, offer_id: str, job: JobRequest, interruptible: bool) -> Offer:
+    """The offer `offer_id` among those rgt would rent for this job (same safe filters)."""
+    query = offer_query_for_job(job, interruptible=interruptible, limit=1000)
     for offer in provider.search_offers(query):
         if offer.id == str(offer_id):
             return offer

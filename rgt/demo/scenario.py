@@ -272,7 +272,6 @@ class Demo:
         from rgt.cadence import young_daly
         from rgt.ledger import Ledger
         from rgt.profile import load_profile
-        from rgt.providers.base import OfferQuery
         from rgt.providers.vastai import VastProvider
 
         settings = self.settings
@@ -289,15 +288,9 @@ class Demo:
             f"(Young/Daly: MTBF {settings.mtbf_seconds:g} s, one save {ckpt_cost * 1000:.2f} ms)"
         )
 
-        query = OfferQuery(
-            gpu_name=job.gpu_name,
-            num_gpus=job.gpu_count,
-            interruptible=True,
-            disk_gb=float(job.disk_gb),
-            verified_only=True,
-            limit=5,
+        offers = provider.search_offers(
+            lifecycle.offer_query_for_job(job, interruptible=True, limit=5)
         )
-        offers = provider.search_offers(query)
         if not offers:
             raise ProviderError(f"the emulator lists no verified interruptible {job.gpu} offer")
         offer = offers[0]
