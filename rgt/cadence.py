@@ -55,7 +55,8 @@ def parse_duration(text: str) -> float:
         if position == 0 or cleaned[position:].strip():
             raise DurationError(f"cannot read duration {text!r}; expected {allowed}") from None
     if not math.isfinite(seconds) or seconds <= 0:
-        raise DurationError(f"duration {text!r} must be positive; expected {allowed}")
+        what = "positive" if math.isfinite(seconds) or math.isnan(seconds) else "finite"
+        raise DurationError(f"duration {text!r} must be {what}; expected {allowed}")
     return seconds
 
 

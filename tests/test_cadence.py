@@ -107,6 +107,7 @@ def test_cli_json() -> None:
         (["--mtbf", "3h", "--ckpt-cost", "0s"], "--ckpt-cost: duration '0s' must be positive"),
         (["--mtbf", "30s", "--ckpt-cost", "1m"], "must be well below --mtbf"),
         (["--mtbf", "3h"], "required: --ckpt-cost"),
+        (["--mtbf", "1e400", "--ckpt-cost", "30s"], "--mtbf: duration '1e400' must be finite"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
