@@ -14,20 +14,36 @@ CONFIG_DIR_ENV = "RGT_CONFIG_DIR"
 
 
 def state_dir() -> Path:
-    """The directory holding the ledger (`$RGT_STATE_DIR`, else the platform's user state dir)."""
+    """The directory holding the ledger (`$RGT_STATE_DIR`, else the platform's user state dir),
+    created if missing."""
     override = os.environ.get(STATE_DIR_ENV)
     if override:
-        return Path(override)
+        return _usable_dir(Path(override), STATE_DIR_ENV)
     import platformdirs
 
-    return Path(platformdirs.user_state_dir("rgt"))
+    return _usable_dir(Path(platformdirs.user_state_dir("rgt")), STATE_DIR_ENV)
 
 
 def config_dir() -> Path:
     """The directory holding user config such as the approval hash (`$RGT_CONFIG_DIR` overrides)."""
     override = os.environ.get(CONFIG_DIR_ENV)
     if override:
-        return Path(override)
+        return _usable_dir(Path(override), CONFIG_DIR_ENV)
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("rgt"))
+    return _usable_dir(Path(platformdirs.user_config_dir("rgt")), CONFIG_DIR_ENV)
+
+
+def _usable_dir(path: Path, env: str) -> Path:
+    """`path`, created if missing; a file in the way or an uncreatable path is the user's to fix
+    (exit 2 naming the variable), not an internal error in whichever command touched it first."""
+    from rgt.errors import UsageError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
+        raise UsageError(
+            f"{path}: cannot use it as rgt's directory ({reason}); set {env} to a directory"
+        ) from None
+    return path

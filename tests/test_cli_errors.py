@@ -201,3 +201,18 @@ def test_a_404_without_the_apis_json_is_not_an_instance_gone(
         assert result.returncode == 0 and "gone" in result.stdout, result.stderr
     else:
         _assert_one_line_error(result, 3, "answered 404 without an API body", "NOT assumed gone")
+
+
+@pytest.mark.parametrize("env", ["RGT_STATE_DIR", "RGT_CONFIG_DIR"])
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [("a-file", "a file is in the way"), ("a-file/sub", "Not a directory")],
+)
+def test_a_state_or_config_dir_that_cannot_be_a_directory_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: str, where: str, reason: str
+) -> None:
+    # Was exit 70 "internal error: FileExistsError" from whichever command touched it first.
+    (tmp_path / "a-file").write_text("x\n")
+    monkeypatch.setenv(env, str(tmp_path / where))
+    command = ["ledger"] if env == "RGT_STATE_DIR" else ["approval", "status"]
+    _assert_one_line_error(_rgt(*command), 2, str(tmp_path / where), reason, env)
