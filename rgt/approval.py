@@ -84,6 +84,12 @@ def approval_path() -> Path:
     return paths.config_dir() / APPROVAL_FILE
 
 
+# `rgt approval init` itself needs the current passphrase, which a broken file cannot check: a
+# human removes it by hand (deliberately not automatic: a file an agent corrupted must not let
+# the agent set a passphrase of its own without a human noticing).
+_START_OVER = "a human must remove it (rm {}) and run `rgt approval init` in a terminal"
+
+
 def is_configured() -> bool:
     """True once `rgt approval init` has stored a passphrase hash."""
     return approval_path().is_file()
@@ -142,7 +148,7 @@ def load_passphrase_hash() -> PassphraseHash:
         ) from None
     except (OSError, ValueError) as exc:
         raise Refused(
-            f"{target}: unreadable approval file ({exc}); re-run `rgt approval init`"
+            f"{target}: unreadable approval file ({exc}); {_START_OVER.format(target)}"
         ) from None
     try:
         if data["kdf"] != "scrypt" or data["format"] != FORMAT_VERSION:
@@ -158,7 +164,7 @@ def load_passphrase_hash() -> PassphraseHash:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise Refused(
-            f"{target}: malformed approval file ({exc}); re-run `rgt approval init`"
+            f"{target}: malformed approval file ({exc}); {_START_OVER.format(target)}"
         ) from None
 
 

@@ -179,3 +179,21 @@ def test_env_is_not_a_channel(isolated_user: Path) -> None:
     source = Path(approval.__file__).read_text()
     assert "os.environ" not in source and "argv" not in source
     assert os.environ.get("RGT_APPROVAL_PASSPHRASE") is None
+
+
+def test_a_broken_approval_file_is_not_configured_and_says_how_to_start_over(
+    isolated_user: Path,
+) -> None:
+    # Was: `rgt approval status` said "configured" (exit 0), and the error said "re-run
+    # `rgt approval init`", which asks for the current passphrase and fails the same way.
+    approval.approval_path().parent.mkdir(parents=True, exist_ok=True)
+    approval.approval_path().write_text("{not json")
+    status = subprocess.run(
+        [sys.executable, "-m", "rgt", "approval", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 4 and status.stdout == ""
+    assert status.stderr.count("\n") == 1
+    assert f"rm {approval.approval_path()}" in status.stderr

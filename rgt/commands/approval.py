@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "status":
         if approval.is_configured():
+            approval.load_passphrase_hash()  # a corrupt file is not "configured" (exit 4)
             print(f"approval passphrase: configured ({approval.approval_path()})")
             return 0
         print("approval passphrase: NOT configured; run `rgt approval init` in a terminal")
