@@ -482,7 +482,7 @@ def test_rgt_verify_command(pull: Pull) -> None:
     assert lines[1].startswith("rgt verify: FAILED: ckpt/blob.bin: 2999 bytes")
     assert "do NOT destroy" in lines[-1] and len(lines) == 3
     missing = _rgt("verify", str(pull.local.parent / "nowhere"))
-    assert missing.returncode == 1 and "not a directory" in missing.stderr
+    assert missing.returncode == 2 and "not a directory" in missing.stderr  # a bad argument
     assert "Traceback" not in missing.stderr
 
 

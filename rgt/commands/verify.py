@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be 1 or more")
+    if not Path(args.local_dir).is_dir():  # a wrong argument (exit 2), not a failed check
+        raise UsageError(
+            f"LOCAL_DIR {args.local_dir}: not a directory; give the folder `rgt pull` copied into"
+        )
     bar = ProgressBar("verify")
 
     def progress(done: int, total: int) -> None:
