@@ -216,3 +216,23 @@ def test_a_state_or_config_dir_that_cannot_be_a_directory_is_a_usage_error(
     monkeypatch.setenv(env, str(tmp_path / where))
     command = ["ledger"] if env == "RGT_STATE_DIR" else ["approval", "status"]
     _assert_one_line_error(_rgt(*command), 2, str(tmp_path / where), reason, env)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["VAST_API_KEY", "MY_ALIAS"])
+def test_launch_refuses_to_send_the_accounts_api_key_to_the_box(
+    emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Was: `secret_env: [VAST_API_KEY]` (or any variable holding the key) rented a box with the
+    # account's key in its environment, readable by the job and the host.
+    from tests.conftest import CANARY_API_KEY
+
+    monkeypatch.setenv("MY_ALIAS", CANARY_API_KEY)
+    job = tmp_path / "job.yaml"
+    job.write_text(EXAMPLE_JOB.read_text().replace("secret_env: []", f"secret_env: [{name}]", 1))
+    assert f"secret_env: [{name}]" in job.read_text()
+    found = _rgt("search", "--gpu", "RTX_4090", "--disk", "40", "--json")
+    offer = json.loads(found.stdout)[0]["offer_id"]
+    result = _rgt("launch", offer, "--job", str(job), "--max-price", "5")
+    _assert_one_line_error(result, 2, f"env {name}: holds this account's vast.ai API key")
+    assert emulator.instance_ids() == []

@@ -118,6 +118,8 @@ class VastProvider:
         self.retry = retry or RetryPolicy()
         self.copy_settings = copy or CopySettings()
         key = api_key_from_environment()
+        # Kept as a digest only, to refuse sending the key itself to a box (see create).
+        self._key_digest = hashlib.sha256(key.encode()).digest()
         self._redactor = Redactor([key])
         install_log_filter(self._redactor, __name__, "rgt.providers.rsync")
         import vastai  # imported here: `rgt lint` and friends must not pay for the SDK
@@ -281,6 +283,13 @@ class VastProvider:
                 + ", ".join(missing)
                 + " (rgt passes secrets by name and reads their values locally at create)"
             )
+        for name, value in box_env.items():
+            if hashlib.sha256(value.encode()).digest() == self._key_digest:
+                raise UsageError(
+                    f"env {name}: holds this account's vast.ai API key; rgt never sends it to a "
+                    "box (the job and the host could rent, or destroy, on your account); "
+                    "nothing was rented"
+                )
 
         # One create per label at a time on this machine: two processes retrying the same
         # launch must not both find "no instance yet" and both rent.
