@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import gc
 import hashlib
 import json
 import marshal
@@ -42,7 +43,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import encode_basestring as _encode_string  # what json.dumps uses
 from typing import Any, Dict, Tuple  # noqa: UP035 (aliases below run on python 3.8)
 
@@ -207,45 +208,6 @@ def list_tree(
             problems.append(f"{name!r}: roster directory missing under {root}")
     items.sort()
     return items, problems
-
-
-def _clean_roster_dirs(root: str, roster: Sequence[str], skip: Sequence[str]) -> list[str] | None:
-    """The roster directories' names in the order of their files' paths, if the top of `root`
-    holds exactly them (real directories) and the manifest; else None (list_tree then names
-    what is wrong). Sorted by name + "/": every path under X starts with "X/", so listing the
-    directories in this order yields the files' paths sorted ("a-b/..." < "a/...")."""
-    skipped = {os.path.abspath(p) for p in skip}
-    try:
-        top = list(os.scandir(root))
-    except OSError:
-        return None
-    names = []
-    for entry in top:
-        if entry.name == MANIFEST_NAME or _is_own_temp(entry.name):
-            continue
-        if os.path.abspath(entry.path) in skipped:
-            continue
-        if entry.name not in roster or not entry.is_dir(follow_symlinks=False):
-            return None
-        names.append(entry.name)
-    if len(names) != len(set(roster)):
-        return None
-    return sorted(names, key=lambda name: name + "/")
-
-
-def _list_share(root: str, names: Sequence[str], skip: Sequence[str]) -> tuple[Any, ...]:
-    """List and hash the files under some roster directories (one forked worker's share):
-    _manifest_rows of them, or ("", None, 0, 0) when the listing found a problem (the caller
-    then redoes the tree with list_tree, which names the problems in its usual order)."""
-    items: list[FileItem] = []
-    problems: list[str] = []
-    skipped = {os.path.abspath(p) for p in skip}
-    for name in names:
-        _walk(os.path.join(root, name), name, items, problems, skipped)
-    if problems:
-        return ("", None, 0, 0)
-    items.sort()
-    return _manifest_rows(hash_share(items, False, None))
 
 
 def _walk(
@@ -501,27 +463,6 @@ def fork_map(
                 os.waitpid(pid, os.WNOHANG)
 
 
-def _hash_forked(
-    items: Sequence[FileItem],
-    count: int,
-    want_stat: bool,
-    inspect: Callable[[str, bytes], str | None] | None,
-    progress: Callable[[int, int], None] | None,
-) -> list[tuple[str, Any]] | None:
-    """Hash the items in `count` processes (fork_map); None if fork is unavailable."""
-    done = [0]
-
-    def each(share_results: list[tuple[str, Any]]) -> None:
-        done[0] += sum(r[1][0] for r in share_results if isinstance(r[1], tuple))
-        if progress is not None:
-            progress(done[0], done[0])
-
-    parts = fork_map(
-        split_items(items, count), lambda share: hash_share(share, want_stat, inspect), each
-    )
-    return None if parts is None else [result for part in parts for result in part]
-
-
 def may_fork(items: Sequence[FileItem], count: int) -> bool:
     """Whether hashing `items` with `count` workers is worth forking processes for."""
     if count < 2 or not hasattr(os, "fork"):
@@ -570,9 +511,13 @@ def hash_files(
         if processes is None:
             processes = may_fork(items, count)
         if processes:
-            forked = _hash_forked(items, count, want_stat, inspect, progress)
-            if forked is not None:
-                return dict(forked)
+            parts = fork_map(
+                split_items(items, count),
+                lambda share: hash_share(share, want_stat, inspect),
+                lambda part: collect(part, []),
+            )
+            if parts is not None:
+                return results
     batches = make_batches(items, count)
     if count == 1 or len(batches) <= 1:
         while batches:
@@ -619,9 +564,10 @@ def build_manifest(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The manifest of `root` as a dict; raises ManifestRefused listing every problem."""
-    data, _summary = build_manifest_bytes(
-        root, run_id, roster, instance_id, workers, skip=skip, progress=progress
-    )
+    with gc_paused():
+        data, _summary = build_manifest_bytes(
+            root, run_id, roster, instance_id, workers, skip=skip, progress=progress
+        )
     document: dict[str, Any] = json.loads(data)
     return document
 
@@ -648,6 +594,21 @@ def _manifest_rows(results: Iterable[tuple[str, Any]]) -> tuple[str, list[str], 
     return ",".join(rows), problems, total, len(rows)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a block (restored after). Tens of thousands of
+    small objects made while hashing (result tuples, dicts of a parsed manifest) would
+    otherwise trigger full collections that walk all of them again and again; nothing made
+    here is cyclic garbage, and reference counting still frees everything else."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def build_manifest_bytes(
     root: Any,
     run_id: str,
@@ -660,7 +621,8 @@ def build_manifest_bytes(
 ) -> tuple[bytes, dict[str, Any]]:
     """The manifest's bytes as encode_manifest writes them, and the manifest without its file
     list; raises ManifestRefused listing every problem. The hashing processes encode their
-    own files' entries (fork_map), so the serial part is the listing and one join."""
+    own files' entries (fork_map), so the serial part is the listing and one join.
+    `progress(bytes_done, bytes_total)` is called by the threaded path only."""
     root = os.path.abspath(os.fspath(root))
     problems = _check_id("run id", run_id) + _check_id("instance id", instance_id)
     if not run_id:
@@ -671,37 +633,14 @@ def build_manifest_bytes(
         problems.append("roster: empty; name at least one top-level result directory")
     if problems:
         raise ManifestRefused(problems)
+    items, problems = list_tree(root, names, skip=skip)
+    if problems:
+        raise ManifestRefused(problems)
     count = max(1, workers or default_workers())
-    parts: list[Any] | None = None
-    # Many top-level directories (and no other thread): each forked worker lists and hashes
-    # its share of them, so the listing runs in parallel too.
-    tops = _clean_roster_dirs(root, names, skip) if count > 1 else None
-    if tops is not None and len(tops) >= 2 * count and threading.active_count() == 1:
+    parts = None
+    if may_fork(items, count):  # (progress is reported by the threaded path only)
         parts = fork_map(
-            split_items(tops, count), lambda share: _list_share(root, share, skip), None
-        )
-        if parts is not None and any(part[1] is None for part in parts):
-            parts = None
-        if parts is not None and progress is not None:
-            done = sum(part[2] for part in parts)
-            progress(done, done)
-    items: list[FileItem] = []
-    if parts is None:
-        items, problems = list_tree(root, names, skip=skip)
-        if problems:
-            raise ManifestRefused(problems)
-    if parts is None and may_fork(items, count):
-        done = [0]
-
-        def each(part: tuple[str, list[str], int, int]) -> None:
-            done[0] += part[2]
-            if progress is not None:
-                progress(done[0], done[0])
-
-        parts = fork_map(
-            split_items(items, count),
-            lambda share: _manifest_rows(hash_share(share, False, None)),
-            each,
+            split_items(items, count), lambda share: _manifest_rows(hash_share(share, False, None))
         )
     if parts is None:  # threads, or one process
         hashed = hash_files(items, workers=count, progress=progress, processes=False)
@@ -796,7 +735,10 @@ def write_manifest_and_describe(
     without its file list) so a caller can report it without reading the file back."""
     root = os.path.abspath(os.fspath(root))
     target = os.path.abspath(output) if output else os.path.join(root, MANIFEST_NAME)
-    data, summary = build_manifest_bytes(root, run_id, roster, instance_id, workers, skip=[target])
+    with gc_paused():
+        data, summary = build_manifest_bytes(
+            root, run_id, roster, instance_id, workers, skip=[target]
+        )
     _atomic_write(target, data)
     return target, hashlib.sha256(data).hexdigest(), summary
 

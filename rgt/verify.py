@@ -581,6 +581,30 @@ def verify_pull(
 
     Raises VerificationFailed (a CheckFailed, exit 1) listing every problem; the record written
     then says ok: false and nothing is recorded in the ledger."""
+    with manifest_module.gc_paused():
+        return _verify_pull(
+            local_dir,
+            allow_pickle=allow_pickle,
+            workers=workers,
+            progress=progress,
+            expected_run_id=expected_run_id,
+            expected_instance_id=expected_instance_id,
+            ledger=ledger,
+            keep_rows=keep_rows,
+        )
+
+
+def _verify_pull(
+    local_dir: Path,
+    *,
+    allow_pickle: bool,
+    workers: int | None,
+    progress: ProgressFn | None,
+    expected_run_id: str | None,
+    expected_instance_id: str | None,
+    ledger: Ledger | None,
+    keep_rows: bool,
+) -> dict[str, Any]:
     started = time.time()
     clock = time.monotonic()
     local_dir = Path(local_dir).resolve()
@@ -823,7 +847,9 @@ def _verify_fast(
         return rows, held, total, len(rows)
 
     done = [0]
-    grand = sum(entry.get("size") or 0 for entry in files if type(entry.get("size")) is int)
+    grand = 0
+    if progress is not None:
+        grand = sum(entry.get("size") or 0 for entry in files if type(entry.get("size")) is int)
 
     def each(part: Any) -> None:
         if part is not None and progress is not None:
@@ -997,6 +1023,11 @@ def check_unchanged(local_dir: Path, *, ledger: Ledger | None = None) -> str | N
     not maintain ctime, or root moving the system clock back AND restoring the same inode,
     size, mtime and ctime; bit rot on the disk after verification (that needs a re-hash:
     `rgt verify` again)."""
+    with manifest_module.gc_paused():  # a record of 50,000 rows: no collections while parsed
+        return _check_unchanged(Path(local_dir), ledger)
+
+
+def _check_unchanged(local_dir: Path, ledger: Ledger | None) -> str | None:
     local_dir = Path(local_dir).resolve()
     record_path = local_dir / VERIFIED_NAME
     try:
