@@ -267,3 +267,20 @@ def test_a_local_dir_that_cannot_hold_the_copy_is_a_usage_error(
             pull_instance("1001", REMOTE_ROOT, target, provider=provider, ledger=ledger)
         assert ledger.pulls() == []
     assert (tmp_path / "a-file").read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize(
+    ("state", "remedy"),
+    [("offline", "wait for it to come back"), ("paused", "outbid"), ("stopped", "--start")],
+)
+def test_an_unreachable_box_is_told_the_remedy_of_its_state(
+    tmp_path: Path, state: str, remedy: str
+) -> None:
+    # Was: "Start it (`rgt pull ... --start`)" for every state, also an offline host (QA).
+    provider, _, _, _ = _box(tmp_path)
+    provider._set_state("1001", state)
+    with Ledger.open() as ledger, pytest.raises(ProviderError) as caught:
+        pull_instance("1001", REMOTE_ROOT, tmp_path / "l", provider=provider, ledger=ledger)
+    message = str(caught.value)
+    assert f"is {state}" in message and remedy in message
+    assert ("--start" in message) == (state == "stopped")
