@@ -41,7 +41,7 @@ from typing import Any
 from rgt.errors import ProviderError, Refused
 from rgt.ledger import ApprovalRecord, Ledger
 from rgt.providers.base import Provider
-from rgt.pull import MANIFEST_NAME, manifest_remote_path, still_bills_note
+from rgt.pull import MANIFEST_NAME, manifest_remote_path, reach_remedy, still_bills_note
 
 # The instance must read "gone" within this long after the destroy request.
 CONFIRM_SECONDS = 120.0
@@ -152,9 +152,8 @@ def _collect(
             Missing(
                 "box-unreachable",
                 f"instance {instance_id} is {instance.state}: the gate must re-read the manifest "
-                "on the box and cannot while it is not running. Start it (`rgt pull ... "
-                "--start`), then pull → verify → approve → destroy; "
-                f"{still_bills_note(instance, profile)}",
+                f"on the box and cannot while it is not running. {reach_remedy(instance.state)}, "
+                f"then pull → verify → approve → destroy; {still_bills_note(instance, profile)}",
             )
         )
 

@@ -75,21 +75,23 @@ def still_bills_note(instance: Instance, profile: Any | None) -> str:
 
 def unreachable_message(instance: Instance, profile: Any | None) -> str:
     """Why a box in a non-running state cannot be copied from, and what to do (with the cost)."""
-    # Starting helps only a stopped box; the others wait for the platform, not for the user.
-    remedy = {
+    return (
+        f"instance {instance.id} is {instance.state}: its disk cannot be copied while it is not "
+        f"running. {reach_remedy(instance.state)}, then copy → verify → destroy; "
+        f"{still_bills_note(instance, profile)}"
+    )
+
+
+def reach_remedy(state: str) -> str:
+    """What makes a box in `state` reachable again. Starting helps only a stopped box; the
+    others wait for the platform, not for the user."""
+    return {
         "offline": "Its host stopped answering: wait for it to come back (`rgt poll`); "
         "starting does not help",
         "paused": "It was outbid (interruptible): it runs again when its bid wins; wait "
         "(`rgt poll`)",
         "scheduling": "It waits for its GPU to be free: wait (`rgt poll`)",
-    }.get(
-        instance.state,
-        "Start it (`rgt pull ... --start`, or start it with your provider)",
-    )
-    return (
-        f"instance {instance.id} is {instance.state}: its disk cannot be copied while it is not "
-        f"running. {remedy}, then copy → verify → destroy; {still_bills_note(instance, profile)}"
-    )
+    }.get(state, "Start it (`rgt pull ... --start`, or start it with your provider)")
 
 
 def parse_manifest(data: bytes, *, instance_id: str) -> dict[str, Any]:

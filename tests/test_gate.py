@@ -460,3 +460,17 @@ def test_the_jobs_results_root_and_roster_pass(box: Box) -> None:
     box.verify()
     box.approve()
     assert box.decide().allowed
+
+
+def test_an_offline_box_fails_closed_and_is_told_to_wait_not_to_start(box: Box) -> None:
+    # Was "Start it (`rgt pull ... --start`)" for an offline host too (QA).
+    box.pull()
+    box.verify()
+    box.approve()
+    box.provider._set_state(box.id, "offline")
+    decision = box.decide(profile=vast_profile())
+    assert "box-unreachable" in [m.code for m in decision.missing]
+    explained = decision.explain()
+    assert "wait for it to come back" in explained and "--start" not in explained
+    box.provider._set_state(box.id, "running")
+    box.assert_alive()
