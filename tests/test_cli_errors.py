@@ -236,3 +236,39 @@ def test_launch_refuses_to_send_the_accounts_api_key_to_the_box(
     result = _rgt("launch", offer, "--job", str(job), "--max-price", "5")
     _assert_one_line_error(result, 2, f"env {name}: holds this account's vast.ai API key")
     assert emulator.instance_ids() == []
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_during_launch_says_a_box_may_bill_and_how_to_find_it(emulator) -> None:
+    # Was a bare "rgt launch: interrupted" while the create request had reached the platform:
+    # a rented box the ledger never heard of, and a user who thinks nothing was rented.
+    import signal
+    import time
+
+    found = _rgt("search", "--gpu", "RTX_4090", "--disk", "40", "--json")
+    offer = json.loads(found.stdout)[0]["offer_id"]
+    emulator.add_latency(3.0)
+    command = ["launch", offer, "--job", str(EXAMPLE_JOB), "--max-price", "5"]
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "rgt", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 40
+    while emulator.request_count("PUT", "/api/v0/asks/*") == 0:  # the create has arrived
+        assert time.monotonic() < deadline and launch.poll() is None
+        time.sleep(0.05)
+    launch.send_signal(signal.SIGINT)
+    _, stderr = launch.communicate(timeout=30)
+    assert launch.returncode == 130
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "a box labelled rgt:example-run may have been rented" in stderr
+    assert "rgt sweep" in stderr
+    emulator.add_latency(0)
+    deadline = time.monotonic() + 20
+    while len(emulator.instance_ids()) != 1:  # the platform did rent it
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    swept = _rgt("sweep")
+    assert "unknown-to-ledger" in swept.stdout

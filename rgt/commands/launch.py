@@ -32,20 +32,32 @@ def run(args: argparse.Namespace) -> int:
     from rgt.job import load_job
     from rgt.ledger import Ledger
     from rgt.lifecycle import launch
+    from rgt.providers.vastai import run_label
 
     job = load_job(args.job)
     provider, profile = open_platform(args.platform)
     with Ledger.open() as ledger:
-        result = launch(
-            provider=provider,
-            ledger=ledger,
-            profile=profile,
-            job=job,
-            offer_id=args.offer,
-            max_price_per_hour=args.max_price,
-            interruptible=args.interruptible,
-            bid_per_hour=args.bid,
-        )
+        try:
+            result = launch(
+                provider=provider,
+                ledger=ledger,
+                profile=profile,
+                job=job,
+                offer_id=args.offer,
+                max_price_per_hour=args.max_price,
+                interruptible=args.interruptible,
+                bid_per_hour=args.bid,
+            )
+        except KeyboardInterrupt:
+            # The create may have reached the platform: a box that bills but that the ledger
+            # never heard of. Say so instead of a bare "interrupted".
+            print(
+                f"rgt launch: interrupted: a box labelled {run_label(job.run_id)} may have been "
+                "rented and bill; `rgt sweep` lists it (unknown-to-ledger), and the same "
+                "`rgt launch` again adopts it instead of renting another",
+                file=sys.stderr,
+            )
+            return 130
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
