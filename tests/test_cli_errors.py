@@ -272,3 +272,18 @@ def test_ctrl_c_during_launch_says_a_box_may_bill_and_how_to_find_it(emulator) -
         time.sleep(0.1)
     swept = _rgt("sweep")
     assert "unknown-to-ledger" in swept.stdout
+
+
+def test_an_ssh_key_variable_naming_a_directory_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Was "RGT_SSH_KEY=/some/dir: no such file" (it exists: a directory).
+    from rgt.errors import UsageError
+    from rgt.providers.rsync import identity_from_environment
+
+    monkeypatch.setenv("RGT_SSH_KEY", str(tmp_path))
+    with pytest.raises(UsageError, match=f"RGT_SSH_KEY={tmp_path}: a directory; set it to"):
+        identity_from_environment()
+    monkeypatch.setenv("RGT_SSH_KEY", str(tmp_path / "missing"))
+    with pytest.raises(UsageError, match="missing: no such file; set it to"):
+        identity_from_environment()

@@ -138,7 +138,8 @@ def identity_from_environment() -> Path | None:
     path = Path(value).expanduser()
     if not path.is_file():
         raise UsageError(
-            f"{SSH_KEY_ENV}={value}: no such file; set it to the private key your boxes accept"
+            f"{SSH_KEY_ENV}={value}: {'a directory' if path.is_dir() else 'no such file'}; "
+            "set it to the private key file your boxes accept"
         )
     return path
 
