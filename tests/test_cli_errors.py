@@ -287,3 +287,15 @@ def test_an_ssh_key_variable_naming_a_directory_says_so(
     monkeypatch.setenv("RGT_SSH_KEY", str(tmp_path / "missing"))
     with pytest.raises(UsageError, match="missing: no such file; set it to"):
         identity_from_environment()
+
+
+def test_a_binary_vastai_key_file_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, isolated_user: Path
+) -> None:
+    # Was exit 70 "internal error: UnicodeDecodeError" (QA).
+    monkeypatch.delenv("VAST_API_KEY")
+    key_file = isolated_user / ".config" / "vastai" / "vast_api_key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_bytes(b"\xff\xfe" + b"k" * 20)
+    monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")
+    _assert_one_line_error(_rgt("poll", "4504940"), 2, f"key file {key_file}: not text")

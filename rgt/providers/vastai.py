@@ -80,6 +80,11 @@ def api_key_from_environment() -> str:
             key = path.read_text().strip()
         except OSError:
             continue
+        except UnicodeDecodeError:  # never echo the bytes: they may be a mangled key
+            raise UsageError(
+                f"vast.ai key file {path}: not text; write the key on one line (`vastai set "
+                f"api-key`) or set {KEY_ENV}"
+            ) from None
         if key:
             return key
     raise UsageError(
