@@ -299,3 +299,15 @@ def test_a_binary_vastai_key_file_is_a_usage_error(
     key_file.write_bytes(b"\xff\xfe" + b"k" * 20)
     monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")
     _assert_one_line_error(_rgt("poll", "4504940"), 2, f"key file {key_file}: not text")
+
+
+def test_mcp_http_on_a_taken_port_is_one_rgt_line_and_exit_2() -> None:
+    # Was the HTTP server's own "ERROR: [Errno 98] ..." log line and its exit code 3.
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _rgt("mcp", "--http", "--port", str(port), timeout=30)
+    _assert_one_line_error(result, 2, f"--port {port}: cannot listen on 127.0.0.1")

@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port: {args.port} is not a TCP port (1-65535)")
     from rgt.mcp_server import serve
 
-    if not args.http:
+    if args.http:
+        _check_port_free(args.port)
+    else:
         signal.signal(signal.SIGINT, _exit_interrupted)
     serve(http=args.http, port=args.port)
     return 0
@@ -45,3 +47,20 @@ def _exit_interrupted(signum: int, frame: object) -> None:
     (every ledger write is one transaction; an interrupted destroy is taken over by the next)."""
     os.write(2, b"rgt mcp: interrupted\n")
     os._exit(130)
+
+
+def _check_port_free(port: int) -> None:
+    """A taken port is the user's to fix: one rgt line and exit 2, instead of the HTTP server's
+    own log line and its exit code 3 (which README reserves for provider errors)."""
+    import socket
+
+    from rgt.errors import UsageError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise UsageError(
+                f"--port {port}: cannot listen on 127.0.0.1 ({exc.strerror}); choose another port"
+            ) from None
