@@ -280,7 +280,10 @@ def prompt_approval(
         if not typed:
             raise Refused("no answer on the terminal; nothing approved")
         reader = read_secret or (lambda prompt, stream: getpass.getpass(prompt, stream=stream))
-        secret = reader("Approval passphrase: ", tty)
+        try:
+            secret = reader("Approval passphrase: ", tty)
+        except EOFError:  # Ctrl-D at the prompt
+            raise Refused("no answer on the terminal; nothing approved") from None
         approval_id = approve_with_passphrase(
             ledger,
             instance_id,
@@ -328,16 +331,21 @@ def prompt_new_passphrase() -> str:
     except Refused as exc:
         raise Refused(f"{exc}; run `rgt approval init` yourself in a real terminal") from None
     with tty:
-        if is_configured():
-            old = getpass.getpass("Current approval passphrase: ", stream=tty)
-            if not check_passphrase(old):
-                raise Refused("wrong current passphrase; the approval passphrase is unchanged")
-        first = getpass.getpass(
-            f"New approval passphrase (at least {MIN_PASSPHRASE_CHARS} characters; "
-            "never tell it to an agent): ",
-            stream=tty,
-        )
-        second = getpass.getpass("Repeat it: ", stream=tty)
+        try:
+            if is_configured():
+                old = getpass.getpass("Current approval passphrase: ", stream=tty)
+                if not check_passphrase(old):
+                    raise Refused("wrong current passphrase; the approval passphrase is unchanged")
+            first = getpass.getpass(
+                f"New approval passphrase (at least {MIN_PASSPHRASE_CHARS} characters; "
+                "never tell it to an agent): ",
+                stream=tty,
+            )
+            second = getpass.getpass("Repeat it: ", stream=tty)
+        except EOFError:  # Ctrl-D at a prompt
+            raise Refused(
+                "no answer on the terminal; the approval passphrase is unchanged"
+            ) from None
         if first != second:
             raise UsageError("the two passphrases differ; nothing stored")
         return first

@@ -197,3 +197,24 @@ def test_a_broken_approval_file_is_not_configured_and_says_how_to_start_over(
     assert status.returncode == 4 and status.stdout == ""
     assert status.stderr.count("\n") == 1
     assert f"rm {approval.approval_path()}" in status.stderr
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_d_at_a_passphrase_prompt_refuses_in_one_line(isolated_user: Path) -> None:
+    # Was exit 70 "internal error: EOFError" (QA): getpass raises EOFError on Ctrl-D.
+    init = PtyProcess("approval", "init")
+    init.expect("New approval passphrase")
+    os.write(init.fd, b"\x04")
+    assert init.wait() == EXIT_REFUSED, init.text
+    assert "no answer on the terminal; the approval passphrase is unchanged" in init.text
+    assert "internal error" not in init.text and not approval.is_configured()
+
+    approval.store_passphrase(PASSPHRASE)
+    approve = PtyProcess("approve", "1234")
+    approve.expect("Type the instance id")
+    approve.send("1234")
+    approve.expect("Approval passphrase")
+    os.write(approve.fd, b"\x04")
+    assert approve.wait() == EXIT_REFUSED, approve.text
+    assert "no answer on the terminal; nothing approved" in approve.text
+    assert "internal error" not in approve.text
