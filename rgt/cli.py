@@ -23,20 +23,24 @@ from rgt import __version__
 from rgt.errors import EXIT_USAGE, RgtError
 
 
-def command_modules() -> list[tuple[str, ModuleType]]:
-    """Every sub-command module in `rgt.commands`, in `rgt --help` order.
+def command_names() -> list[str]:
+    """The sub-command names (`rgt.commands` module names, "_" as "-"), found without importing."""
+    import rgt.commands as package
+
+    names = (info.name for info in pkgutil.iter_modules(package.__path__))
+    return [name.replace("_", "-") for name in names if not name.startswith("_")]
+
+
+def command_modules(only: str | None = None) -> list[tuple[str, ModuleType]]:
+    """Every sub-command module in `rgt.commands` (or just `only`), in `rgt --help` order.
 
     Discovered rather than listed, so adding a command is adding one module. A module sets
     `ORDER` (lower lists first: the lifecycle, then tools); names starting with "_" are helpers.
     """
-    import rgt.commands as package
-
-    found = []
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"rgt.commands.{info.name}")
-        found.append((info.name.replace("_", "-"), module))
+    names = [only] if only is not None else command_names()
+    found = [
+        (name, importlib.import_module(f"rgt.commands.{name.replace('-', '_')}")) for name in names
+    ]
     return sorted(found, key=lambda item: (getattr(item[1], "ORDER", 1000), item[0]))
 
 
@@ -50,15 +54,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every sub-command registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every sub-command registered, or only `only` (a known command name)."""
     parser = _Parser(
         prog="rgt",
         description="remote-gpu-trainer: rent GPUs, keep the results, stop the meter safely.",
     )
     parser.add_argument("--version", action="version", version=f"rgt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, module in command_modules():
+    for name, module in command_modules(only):
         command_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)
@@ -67,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rgt` console script; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # `rgt COMMAND ...` imports only that command's module: every command pays for itself only
+    # (rgt lint must start fast). Anything else (--help, a typo) gets the full parser.
+    first = arguments[0] if arguments else None
+    parser = build_parser(first if first in command_names() else None)
+    args = parser.parse_args(arguments)
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
