@@ -283,3 +283,16 @@ def test_bundled_profile_names_are_accepted(capsys: pytest.CaptureFixture[str]) 
     assert [Path(f).name for f in report["files"]] == ["vastai.md", "generic-ssh.md"]
     assert main(["lint", "no-such-platform"]) == 2
     assert "no such file or folder: no-such-platform" in capsys.readouterr().err
+
+
+def test_an_unknown_variant_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`rgt lint vastai:nope` once linted vastai.md and said "clean": the variant was dropped."""
+    from rgt.cli import main
+
+    assert main(["lint", "vastai:nope"]) == 2
+    captured = capsys.readouterr()
+    assert "clean" not in captured.out
+    (line,) = captured.err.splitlines()
+    assert "profile 'vastai' has no variant 'nope' (variants: none)" in line
+    assert main(["lint", "generic-ssh:nope"]) == 2
+    assert "(variants: kubernetes, slurm)" in capsys.readouterr().err

@@ -33,12 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _bundled(name: str) -> Path | None:
-    """The bundled profile file for a name like 'vastai' or 'generic-ssh:slurm', else None."""
-    from rgt.profile import profiles_dir
+    """The bundled profile file for a name like 'vastai' or 'generic-ssh:slurm', else None.
 
-    stem = name.partition(":")[0]
+    A named variant must exist (UsageError naming profile, variant and the variants there are):
+    linting the whole file under a misspelt variant would report "clean" for nothing.
+    """
+    from rgt.profile import parse_profile, profiles_dir
+
+    stem, _, variant = name.partition(":")
     path = profiles_dir() / f"{stem}.md"
-    return path if stem and not stem.endswith(".md") and path.is_file() else None
+    if not (stem and not stem.endswith(".md") and path.is_file()):
+        return None
+    if variant:
+        profile, _findings = parse_profile(path)
+        if profile is not None:  # a broken file: lint reports why
+            profile.with_variant(variant)
+    return path
 
 
 def _months(text: str) -> int:
