@@ -312,15 +312,24 @@ def resolve_profile_path(name_or_path: str | Path) -> tuple[Path, str | None]:
     text = str(name_or_path)
     candidate = Path(text)
     if candidate.suffix == ".md" or "/" in text:
+        if candidate.is_dir():
+            raise UsageError(
+                f"profile {text}: is a directory; expected a profile file (.md) "
+                f"or a bundled profile name ({_bundled_names()})"
+            )
         if not candidate.is_file():
             raise UsageError(f"profile file not found: {text}")
         return candidate, None
     name, _, variant = text.partition(VARIANT_SEPARATOR)
     path = profiles_dir() / f"{name}.md"
     if not path.is_file():
-        known = ", ".join(p.stem for p in bundled_profile_paths()) or "none"
-        raise UsageError(f"unknown profile {name!r}; bundled profiles: {known}")
+        raise UsageError(f"unknown profile {name!r}; bundled profiles: {_bundled_names()}")
     return path, variant or None
+
+
+def _bundled_names() -> str:
+    """'autodl, china, ...' for error messages."""
+    return ", ".join(p.stem for p in bundled_profile_paths()) or "none"
 
 
 def load_profile(name_or_path: str | Path) -> Profile:

@@ -383,6 +383,15 @@ def self_extracting(script: str, profile: Profile, job: JobRequest) -> str:
 
 
 def write_script(path: Path, text: str) -> None:
-    """Write a rendered script atomically, executable."""
+    """Write a rendered script atomically, executable.
+
+    Raises UsageError when a file stands where a parent folder must be (mkdir would only say
+    "File exists", which names neither the file nor the problem).
+    """
+    for ancestor in path.parents:
+        if ancestor.exists():  # the nearest existing ancestor decides
+            if not ancestor.is_dir():
+                raise UsageError(f"{path}: cannot write: parent {ancestor} is not a directory")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode(), mode=0o755)

@@ -726,6 +726,17 @@ def test_cli_render_writes_an_executable_script_and_notes_compression(tmp_path: 
         (["generic-ssh:nope", "run_one"], "has no variant 'nope'"),
         (["vastai", "run_one", "-o", "/"], "-o /: is a folder"),
         (["vastai", "run_one", "-o", "/proc/no-such-dir/x.sh"], "cannot write"),
+        # A folder as PROFILE once said "not found"; a file where -o needs a parent folder
+        # once said only "File exists".
+        ([str(Path(__file__).parent), "run_one"], "is a directory; expected a profile file"),
+        (
+            ["vastai", "run_one", "-o", f"{__file__}/x.sh"],
+            f"cannot write: parent {__file__} is not a directory",
+        ),
+        (
+            ["vastai", "run_one", "-o", f"{__file__}/sub/x.sh"],
+            f"cannot write: parent {__file__} is not a directory",
+        ),
     ],
 )
 def test_cli_render_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
