@@ -26,6 +26,10 @@ from rgt.providers.base import Instance, Offer, OfferQuery, Provider
 PER_VARIANT = "variant-dependent"  # a family profile's value that each variant sets
 HOURS_PER_MONTH = 730.0  # converts a $/GB/month storage price to $/hour
 SECONDS_PER_HOUR = 3600.0
+NOT_RENTED_BY_RGT = (
+    "unknown (not rented through rgt): its rental price and state history are not in the "
+    "ledger; the platform's own billing page has the figure"
+)
 
 # Which words in a profile's section-7 gotcha bullet identify the gotcha that explains a state.
 # The ids themselves (VAST13, VAST3, ...) are read from the profile, never written here.
@@ -202,10 +206,13 @@ class LaunchResult:
     profile: str
     offer_id: str
     state: str
-    price_per_hour: float
+    price_per_hour: float | None  # None only for an adopted box whose price nobody reports
     interruptible: bool
     onstart_bytes: int
     warnings: list[str] = field(default_factory=list)
+    # True when the run's label was already on a box (an earlier launch rented it): that box
+    # was adopted into the ledger and nothing new was rented.
+    adopted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -265,6 +272,25 @@ def launch(
         raise UsageError(f"interruptible launch needs a bid per hour > 0 (bid {bid_per_hour})")
     if not interruptible and bid_per_hour is not None:
         raise UsageError("bid is only for interruptible launches")
+    rendered = render_template(profile, "onstart", job)
+    label = run_label(job.run_id)
+    # Look for the run's label before the offer: after an interrupted launch the box may
+    # already be rented (and billing), and its offer is then often no longer rentable.
+    existing = labelled_instance(provider, label)
+    if existing is not None:
+        return _adopt(
+            existing,
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            job=job,
+            offer_id=offer_id,
+            max_price_per_hour=max_price_per_hour,
+            interruptible=interruptible,
+            bid_per_hour=bid_per_hour,
+            onstart_bytes=len(rendered.text.encode()),
+            notes=rendered.notes,
+        )
     offer = find_offer(provider, offer_id, job, interruptible)
     if interruptible:
         assert bid_per_hour is not None
@@ -281,8 +307,6 @@ def launch(
             f"offer {offer.id} costs {price:.4f} $/h, above the cap max_price_per_hour "
             f"{max_price_per_hour:.4f} $/h; nothing was rented"
         )
-    rendered = render_template(profile, "onstart", job)
-    label = run_label(job.run_id)
     instance = provider.create(
         offer.id,
         image=job.image,
@@ -324,6 +348,77 @@ def launch(
         interruptible=interruptible,
         onstart_bytes=len(rendered.text.encode()),
         warnings=warnings,
+    )
+
+
+def labelled_instance(provider: Provider, label: str) -> Instance | None:
+    """The live instance carrying `label` (the lowest id if several do), else None."""
+    matches = [i for i in provider.list_instances() if i.label == label and i.state != "gone"]
+    return min(matches, key=lambda i: int(i.id) if i.id.isdigit() else 0, default=None)
+
+
+def _adopt(
+    instance: Instance,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Profile,
+    job: JobRequest,
+    offer_id: str,
+    max_price_per_hour: float,
+    interruptible: bool,
+    bid_per_hour: float | None,
+    onstart_bytes: int,
+    notes: Sequence[str],
+) -> LaunchResult:
+    """Record an instance that already carries the run's label (an earlier, interrupted launch
+    rented it) instead of renting another; the ledger's facts win over the platform's."""
+    record = ledger.instance(provider.platform, instance.id)
+    known_offer = record.offer_id if record is not None else None
+    price = record.price_per_hour if record is not None else None
+    if price is None:
+        price = instance.dph_total
+    if price is None and interruptible:
+        price = bid_per_hour
+    was_interruptible = (
+        instance.interruptible if instance.interruptible is not None else interruptible
+    )
+    ledger.record_instance(
+        provider.platform,
+        instance.id,
+        label=instance.label,
+        profile=profile.name,
+        # Only an offer rgt recorded at the rental is known to be this box's offer.
+        offer_id=known_offer,
+        price_per_hour=price,
+        interruptible=was_interruptible,
+        state=instance.state,
+        results_root=job.results_root,
+        roster=list(job.roster),
+    )
+    warnings = [
+        f"instance {instance.id} already carries label {instance.label} (an earlier launch "
+        f"rented it): adopted it, rented nothing new",
+        *danger_clocks(profile),
+        *notes,
+    ]
+    if price is not None and price > max_price_per_hour:
+        warnings.append(
+            f"the adopted instance costs {price:.4f} $/h, above the cap max_price_per_hour "
+            f"{max_price_per_hour:.4f} $/h; it is already rented and bills"
+        )
+    return LaunchResult(
+        instance_id=instance.id,
+        label=str(instance.label),
+        run_id=job.run_id,
+        profile=profile.name,
+        offer_id=known_offer or str(offer_id),
+        state=instance.state,
+        price_per_hour=price,
+        interruptible=was_interruptible,
+        onstart_bytes=onstart_bytes,
+        warnings=warnings,
+        adopted=True,
     )
 
 
@@ -443,6 +538,10 @@ def estimate_cost(
         hourly = 0.0
     else:
         hourly = storage_rate
+    if record is None:
+        # Not in the ledger: rgt never saw its rental price nor its states, so any sum here
+        # would be a guess (and was reported as $0 while the box billed).
+        return hourly, None, NOT_RENTED_BY_RGT
     if started is None or compute_rate is None:
         return hourly, None, "unknown: rgt has no record of when this instance started"
     # Piecewise: each observed state lasts until the next observation.

@@ -16,7 +16,7 @@ import pytest
 from rgt import lifecycle
 from rgt.ledger import Ledger
 from rgt.profile import load_profile
-from rgt.providers.base import Instance
+from rgt.providers.base import Instance, OfferQuery
 from tests.ironlaw_standin import LocalBoxProvider
 
 
@@ -216,3 +216,79 @@ def test_danger_clocks_of_a_family_and_of_a_releasing_platform() -> None:
     runpod = load_profile("runpod")
     stop_clock = lifecycle.danger_clocks(runpod)[0]
     assert "until the platform releases it" in stop_clock and "indefinitely" not in stop_clock
+
+
+@pytest.mark.timeout(60)
+def test_relaunch_adopts_the_labelled_box_when_its_offer_is_now_fully_rented(
+    emulator, vast
+) -> None:
+    # An interrupted launch: the create reached vast.ai (the box carries the run's label and
+    # bills) but the ledger never heard of it. Then the offer's machine filled up.
+    from rgt.job import load_job
+    from rgt.providers.vastai import VastProvider, run_label
+
+    job = load_job(Path(__file__).parents[1] / "schemas" / "job.example.yaml")
+    provider = VastProvider()
+    query = lifecycle.offer_query_for_job(job, interruptible=False, limit=1000)
+    offer = provider.search_offers(query)[0]
+    box = provider.create(
+        offer.id,
+        image=job.image,
+        disk_gb=float(job.disk_gb),
+        onstart="true",
+        label=run_label(job.run_id),
+    )
+    for n in range(16):  # rent the machine's other GPUs until the offer is gone from search
+        if offer.id not in [o.id for o in provider.search_offers(query)]:
+            break
+        provider.create(
+            offer.id,
+            image=job.image,
+            disk_gb=float(job.disk_gb),
+            onstart="true",
+            label=run_label(f"someone-else-{n}"),
+        )
+    with pytest.raises(Exception, match="not among the rentable"):
+        lifecycle.find_offer(provider, offer.id, job, interruptible=False)
+    before = sorted(emulator.instance_ids())
+    with Ledger.open() as ledger:
+        result = lifecycle.launch(
+            provider=provider,
+            ledger=ledger,
+            profile=vast,
+            job=job,
+            offer_id=offer.id,
+            max_price_per_hour=offer.dph_total + 1,
+        )
+        record = ledger.instance("vastai", box.id)
+    assert result.adopted and result.instance_id == box.id
+    assert result.label == run_label(job.run_id)
+    assert sorted(emulator.instance_ids()) == before  # nothing new rented
+    # The gate's binding (results root, roster) and a price are now in the ledger.
+    assert record is not None and record.results_root == job.results_root
+    assert record.roster == list(job.roster) and record.price_per_hour
+    assert any("adopted" in warning for warning in result.warnings)
+
+
+@pytest.mark.timeout(60)
+def test_poll_of_a_box_rgt_did_not_rent_says_its_cost_is_unknown_not_zero(emulator) -> None:
+    # A box rented outside rgt (not in the ledger) bills; rgt knows neither its rental price
+    # nor its states, and used to print "so far ≈ $0.0000".
+    from rgt.providers.vastai import VastProvider, run_label
+
+    provider = VastProvider()
+    offer = provider.search_offers(OfferQuery(gpu_name="RTX_4090", disk_gb=40))[0]
+    box = provider.create(
+        offer.id, image="img", disk_gb=40, onstart="sleep 60", label=run_label("elsewhere")
+    )
+    emulator.clock.advance(3600)
+    machine = _rgt("poll", box.id, "--json")
+    assert machine.returncode == 0, machine.stderr
+    report = json.loads(machine.stdout)
+    assert report["cost_so_far"] is None
+    assert report["cost_basis"].startswith("unknown (not rented through rgt)")
+    assert report["hourly_cost"] and report["hourly_cost"] > 0  # it does bill
+    human = _rgt("poll", box.id)
+    assert human.returncode == 0, human.stderr
+    assert "so far ≈ unknown (not rented through rgt)" in human.stdout
+    assert "$0.0000" not in human.stdout

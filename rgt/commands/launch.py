@@ -61,9 +61,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
         return 0
+    price = "?" if result.price_per_hour is None else f"{result.price_per_hour:.4f}"
+    how = (
+        "adopted (an earlier launch rented it; nothing new was rented)"
+        if result.adopted
+        else f"rented from offer {result.offer_id}"
+    )
     print(
-        f"instance {result.instance_id} ({result.label}) rented from offer {result.offer_id} "
-        f"at {result.price_per_hour:.4f} $/hour; state {result.state}\n"
+        f"instance {result.instance_id} ({result.label}) {how} at {price} $/hour; "
+        f"state {result.state}\n"
         f"next: rgt poll {result.instance_id}"
     )
     for warning in result.warnings:

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rgt.commands._platform import open_platform
     from rgt.ledger import Ledger
-    from rgt.lifecycle import poll
+    from rgt.lifecycle import NOT_RENTED_BY_RGT, poll
 
     provider, profile = open_platform(args.platform)
     with Ledger.open() as ledger:
@@ -31,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0
-    cost = "unknown" if report.cost_so_far is None else f"${report.cost_so_far:.4f}"
+    if report.cost_so_far is not None:
+        cost = f"${report.cost_so_far:.4f}"
+    elif report.cost_basis == NOT_RENTED_BY_RGT:
+        cost = "unknown (not rented through rgt)"
+    else:
+        cost = "unknown"
     hourly = "?" if report.hourly_cost is None else f"${report.hourly_cost:.4f}/hour"
     gotcha = f" ({report.gotcha})" if report.gotcha else ""
     print(
