@@ -543,7 +543,8 @@ def _utc_now() -> str:
     return now.isoformat().replace("+00:00", "Z")
 
 
-def _check_id(field: str, value: str | None) -> list[str]:
+def check_id(field: str, value: str | None) -> list[str]:
+    """Why a run or instance id is unusable (one line), or [] (None is fine: not given)."""
     if value is None:
         return []
     if not isinstance(value, str) or not value or len(value) > 200:
@@ -624,9 +625,7 @@ def build_manifest_bytes(
     own files' entries (fork_map), so the serial part is the listing and one join.
     `progress(bytes_done, bytes_total)` is called by the threaded path only."""
     root = os.path.abspath(os.fspath(root))
-    problems = _check_id("run id", run_id) + _check_id("instance id", instance_id)
-    if not run_id:
-        problems.append("run id: must not be empty")
+    problems = check_id("run id", run_id or "") + check_id("instance id", instance_id)
     names, roster_problems = _check_roster(roster)
     problems += roster_problems
     if not names and not roster_problems:
@@ -774,8 +773,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.isdir(args.root):
         print(f"{prog}: error: ROOT {args.root} is not a directory", file=sys.stderr)
         return EXIT_USAGE
+    bad = check_id("--run-id", args.run_id) + check_id("--instance-id", args.instance_id)
     if args.workers is not None and args.workers < 1:
-        print(f"{prog}: error: --workers must be >= 1", file=sys.stderr)
+        bad.append("--workers must be >= 1")
+    if bad:  # a bad argument is usage (exit 2), not a refusal of the tree
+        print(f"{prog}: error: {bad[0]}", file=sys.stderr)
         return EXIT_USAGE
     try:
         roster = read_roster(args.roster)

@@ -285,6 +285,35 @@ def test_rgt_manifest_command(results: Results) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--run-id", ""], "--run-id '': must be 1-200 printable characters"),
+        (["--run-id", "a\tb"], "--run-id 'a\\tb': contains a control character"),
+        (["--run-id", "r", "--instance-id", ""], "--instance-id '': must be 1-200 printable"),
+    ],
+)
+def test_a_bad_run_or_instance_id_is_one_usage_line(
+    results: Results, args: list[str], expected: str
+) -> None:
+    """`--run-id ""` once printed two "refused" lines and exited 1 (a refusal of the tree)."""
+    root, _, roster = results
+    for command, prog in (
+        ([sys.executable, "-I", str(MODULE)], "manifest.py"),
+        ([sys.executable, "-m", "rgt", "manifest"], "rgt manifest"),
+    ):
+        done = subprocess.run(
+            [*command, str(root), *args, "--roster", str(roster)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.splitlines()
+        assert line.startswith(f"{prog}: error: {expected}")
+        assert not (root / manifest.MANIFEST_NAME).exists()
+
+
 def test_forked_and_threaded_hashing_agree_on_a_mix_of_big_and_small(tmp_path: Path) -> None:
     root = tmp_path / "r"
     (root / "d").mkdir(parents=True)

@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--output {output}: folder {output.parent} does not exist")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be 1 or more")
+    bad = manifest.check_id("--run-id", args.run_id)
+    bad += manifest.check_id("--instance-id", args.instance_id)
+    if bad:  # a bad argument is usage (exit 2), not a refusal of the tree (exit 1)
+        raise UsageError(bad[0])
     try:
         roster = manifest.read_roster(args.roster)
     except ValueError as exc:
