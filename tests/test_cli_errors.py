@@ -79,6 +79,8 @@ def test_search_rejects_non_numbers_before_asking_the_api(flags: list[str], name
         ["stop", "1 2"],
         ["cost", "../../etc"],
         ["pull", "abc", "/workspace/results", "out"],
+        ["destroy", "abc"],
+        ["destroy", "--check", "--json", "--", "-1"],
     ],
 )
 def test_a_malformed_instance_id_is_a_usage_error_before_any_request(
@@ -311,3 +313,20 @@ def test_mcp_http_on_a_taken_port_is_one_rgt_line_and_exit_2() -> None:
         port = taken.getsockname()[1]
         result = _rgt("mcp", "--http", "--port", str(port), timeout=30)
     _assert_one_line_error(result, 2, f"--port {port}: cannot listen on 127.0.0.1")
+
+
+@pytest.mark.timeout(60)
+def test_approve_refuses_a_malformed_id_before_the_prompt_and_records_nothing() -> None:
+    # On a real terminal with a passphrase configured, `rgt approve abc` used to prompt and
+    # record an approval for an id no vast.ai box can have.
+    from rgt import approval
+    from rgt.ledger import Ledger
+    from tests.ptyrun import PtyProcess
+
+    approval.store_passphrase("correct horse battery staple", n=2**14)
+    child = PtyProcess("approve", "abc")
+    assert child.wait() == 2, child.text
+    assert "instance id 'abc'" in child.text and "positive whole numbers" in child.text
+    assert "Type the instance id" not in child.text and "Traceback" not in child.text
+    with Ledger.open() as ledger:
+        assert ledger.approvals("abc") == []

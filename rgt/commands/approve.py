@@ -24,9 +24,13 @@ def run(args: argparse.Namespace) -> int:
     from rgt import approval
     from rgt.errors import UsageError
     from rgt.ledger import Ledger
+    from rgt.providers.vastai import vast_id
 
     if not 0 < args.ttl_minutes <= 24 * 60:
         raise UsageError(f"--ttl-minutes: {args.ttl_minutes} is not in (0, 1440]")
+    # vast.ai is the only platform with a provider (rgt.providers.PLATFORMS): refuse an id it
+    # could never have, before the prompt, so no approval is recorded for a typo.
+    vast_id(args.instance)
     with Ledger.open() as ledger:
         approval_id = approval.prompt_approval(
             ledger,

@@ -36,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from rgt.gate import destroy_with_gate, may_destroy
     from rgt.ledger import Ledger
 
+    if args.platform == "vastai":
+        from rgt.providers.vastai import vast_id
+
+        # A typo is a usage error (exit 2) before any request, not a gate refusal (exit 4).
+        vast_id(args.instance)
     provider, profile = open_platform(args.platform)
     with Ledger.open() as ledger:
         decision = may_destroy(args.instance, provider=provider, ledger=ledger, profile=profile)
