@@ -667,13 +667,39 @@ def cost_report(
                 "state": report.state,
                 "hourly_cost": report.hourly_cost,
                 "cost_so_far": report.cost_so_far,
+                "cost_basis": report.cost_basis,
                 "keeps_billing": report.keeps_billing,
             }
         )
+    # An unknown cost is left out of the total and named, never summed as $0 (an undercount).
+    known = [r for r in rows if r["cost_so_far"] is not None]
+    unknown = [r for r in rows if r["cost_so_far"] is None]
     return {
         "platform": provider.platform,
         "instances": rows,
-        "total_so_far": round(sum(r["cost_so_far"] or 0.0 for r in rows), 6),
+        "total_so_far": round(sum(r["cost_so_far"] for r in known), 6),
+        "total_covers": len(known),
+        "unknown": [r["instance_id"] for r in unknown],
+        "total_note": unknown_cost_note(unknown),
         "hourly_total": round(sum(r["hourly_cost"] or 0.0 for r in rows), 6),
         "basis": "estimates from rgt's own observations (see rgt poll); bandwidth not included",
     }
+
+
+def unknown_cost_note(rows: Sequence[dict[str, Any]]) -> str:
+    """What the total leaves out: the instances whose cost so far is unknown, by reason
+    ("" when every cost is known)."""
+    foreign = [r["instance_id"] for r in rows if r["cost_basis"] == NOT_RENTED_BY_RGT]
+    other = [r["instance_id"] for r in rows if r["cost_basis"] != NOT_RENTED_BY_RGT]
+    parts = []
+    if foreign:
+        parts.append(
+            f"plus {len(foreign)} instance(s) not rented through rgt whose cost so far is "
+            f"unknown ({', '.join(foreign)})"
+        )
+    if other:
+        parts.append(
+            f"plus {len(other)} instance(s) whose cost so far is unknown: rgt has no record "
+            f"of when they started ({', '.join(other)})"
+        )
+    return "; ".join(parts)

@@ -292,3 +292,36 @@ def test_poll_of_a_box_rgt_did_not_rent_says_its_cost_is_unknown_not_zero(emulat
     assert human.returncode == 0, human.stderr
     assert "so far ≈ unknown (not rented through rgt)" in human.stdout
     assert "$0.0000" not in human.stdout
+
+
+def test_cost_total_names_the_boxes_whose_cost_is_unknown_not_counting_them_as_zero(
+    emulator,
+) -> None:
+    # A box rented straight through the SDK (not rgt: no ledger record) bills, but rgt cannot
+    # know its cost so far; the total used to add it as $0 without saying so.
+    from rgt.providers.vastai import VastProvider, run_label
+
+    provider = VastProvider()
+    offer = provider.search_offers(OfferQuery(gpu_name="RTX_4090", disk_gb=40))[0]
+    box = provider.create(
+        offer.id, image="img", disk_gb=40, onstart="sleep 60", label=run_label("sdk-direct")
+    )
+    emulator.clock.advance(3600)
+    assert emulator.meter(box.id)["total"] > 0  # it does bill
+    machine = _rgt("cost", box.id, "--json")
+    assert machine.returncode == 0, machine.stderr
+    report = json.loads(machine.stdout)
+    assert report["unknown"] == [box.id]
+    assert report["total_covers"] == 0
+    assert [r["cost_so_far"] for r in report["instances"]] == [None]
+    assert (
+        "1 instance(s) not rented through rgt whose cost so far is unknown"
+        in (report["total_note"])
+    )
+    human = _rgt("cost", box.id)
+    assert human.returncode == 0, human.stderr
+    total_line = human.stdout.strip().splitlines()[-1]
+    assert "over the 0 instance(s) with a known cost" in total_line
+    assert f"plus 1 instance(s) not rented through rgt whose cost so far is unknown ({box.id})" in (
+        total_line
+    )

@@ -44,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
             f"{row['instance_id']:<12} {row['state']:<10} {hourly:>8} {so_far:>10}  "
             f"{', '.join(row['keeps_billing']) or '-'}"
         )
-    print(
-        f"total so far ≈ ${report['total_so_far']:.4f}; burning ≈ ${report['hourly_total']:.4f}/h "
-        f"({report['basis']})"
-    )
+    total = f"total so far ≈ ${report['total_so_far']:.4f}"
+    if report["unknown"]:
+        # Never a silent undercount: say which instances the total leaves out.
+        total += (
+            f" over the {report['total_covers']} instance(s) with a known cost, "
+            f"{report['total_note']}"
+        )
+    print(f"{total}; burning ≈ ${report['hourly_total']:.4f}/h ({report['basis']})")
     return 0
