@@ -124,3 +124,34 @@ async def test_refusal_corpus_then_a_race(mode: str, emulator: Any, tmp_path: Pa
     assert sorted(r["destroyed"] for r in results) == [False, True], results
     assert emulator.request_count("DELETE") == 1
     assert int(instance_id) not in emulator.instance_ids()
+
+
+async def test_a_malformed_id_is_an_invalid_argument_before_any_request(
+    emulator: Any, tmp_path: Path
+) -> None:
+    # Was reported by destroy as a gate refusal (missing evidence) after asking the provider.
+    human = Human("accept")
+    async with connect(emulator, "auto", human) as session:
+        before = emulator.request_count()
+        for bad in ("abc", "-1", "0"):
+            calls: list[tuple[str, dict[str, Any]]] = [
+                ("destroy", {"instance_id": bad}),
+                ("poll", {"instance_id": bad}),
+                ("stop", {"instance_id": bad}),
+                ("copy", copy_arguments(bad, tmp_path / "pulled")),
+                ("cost", {"instance_id": bad}),
+            ]
+            for name, arguments in calls:
+                result = await session.call(name, arguments)
+                assert result.is_error, (name, bad)
+                text = result.content[0].text  # type: ignore[union-attr]
+                # One line (destroy's resolver prefixes "Error executing tool destroy: ").
+                assert "\n" not in text and text.endswith(
+                    f"invalid argument: instance_id {bad!r}: vast.ai ids are positive whole "
+                    "numbers, e.g. 4504940"
+                ), (name, text)
+        assert emulator.request_count() == before
+    assert human.asked == []
+    assert not (tmp_path / "pulled").exists()
+    with Ledger.open() as ledger:
+        assert ledger.approval_failures() == []

@@ -131,7 +131,18 @@ def _for_instance(instance_id: str, *, prompt: bool = False) -> Iterator[tuple[A
     launched with and that platform's provider (`prompt`: see `_provider`)."""
     with _ledger() as ledger:
         profile = _instance_profile(ledger, instance_id)
+        _check_instance_id(profile.platform, instance_id)
         yield ledger, profile, _provider(profile.platform, prompt=prompt)
+
+
+def _check_instance_id(platform: str, instance_id: str) -> None:
+    """A malformed id is an invalid argument (a tool error naming it and what is allowed),
+    before any provider request, never a gate refusal. The CLI's check (`vast_id`) is the one
+    source of truth; vast.ai is the only platform with a provider (rgt.providers)."""
+    if platform == "vastai":
+        from rgt.providers.vastai import vast_id
+
+        vast_id(instance_id, what="invalid argument: instance_id")
 
 
 async def _blocking(fn: Callable[[], T]) -> T:
@@ -626,6 +637,8 @@ async def cost(
 
     def work() -> dict[str, Any]:
         chosen = _profile(profile)
+        if instance_id is not None:
+            _check_instance_id(chosen.platform, instance_id)
         with _ledger() as ledger:
             return cost_report(
                 provider=_provider(chosen.platform),
