@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,8 +35,8 @@ from rgt.render import (
 )
 from tests.conftest import CANARY_API_KEY, assert_no_canary
 from tests.procs import alive
+from tests.shell import assert_shellcheck_clean
 
-SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
 RGT = [sys.executable, "-m", "rgt"]
 SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
 
@@ -90,18 +89,6 @@ def _job(**changes: Any) -> JobRequest:
     )
     data.update(changes)
     return JobRequest.from_dict(data, source="test-job")
-
-
-def _shellcheck(text: str, where: Path) -> None:
-    where.write_text(text)
-    result = subprocess.run(
-        [SHELLCHECK, "--shell=bash", "--severity=style", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _wait_for(path: Path, seconds: float) -> None:
@@ -241,7 +228,7 @@ def test_sbatch_script_renders_passes_shellcheck_and_carries_no_secret(
     job = _job(gpu="A100:2", secret_env=list(SECRETS))
     rendered = render_template(load_profile("generic-ssh:slurm"), "sbatch", job)
     text = rendered.text
-    _shellcheck(text, tmp_path / "sbatch.sh")
+    assert_shellcheck_clean(text, tmp_path / "sbatch.sh")
     assert_no_canary(text)
     lines = text.splitlines()
     assert lines[0] == "#!/usr/bin/env bash"
@@ -347,7 +334,7 @@ def test_k8s_job_validates_against_the_official_kubernetes_schema(
     rules = data["spec"]["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
     assert container["command"][:2] == ["bash", "-c"]
-    _shellcheck(container["command"][2], tmp_path / "entry.sh")
+    assert_shellcheck_clean(container["command"][2], tmp_path / "entry.sh")
 
 
 @pytest.mark.parametrize(

@@ -26,8 +26,8 @@ from rgt.job import JobRequest, load_job
 from rgt.profile import Profile, list_profiles, load_profile
 from rgt.render import Rendered, _environment, render_template, template_names
 from tests.conftest import CANARY_API_KEY, assert_no_canary
+from tests.shell import assert_shellcheck_clean
 
-SHELLCHECK = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
 # Every template each profile (and variant) renders: the four universal ones, plus the template
 # of its detach primitive (sbatch for Slurm, k8s_job for Kubernetes).
 MATRIX = [
@@ -58,18 +58,6 @@ def _profile_copy(tmp_path: Path, name: str, *replacements: tuple[str, str]) -> 
     path = tmp_path / f"{name}.md"
     path.write_text(text)
     return load_profile(path)
-
-
-def _shellcheck(text: str, where: Path) -> None:
-    where.write_text(text)
-    result = subprocess.run(
-        [SHELLCHECK, "--shell=bash", "--severity=style", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _preamble_sets_strict_mode(text: str) -> bool:
@@ -116,7 +104,7 @@ def test_every_template_renders_for_every_profile_and_passes_shellcheck(
         assert container["command"][:2] == ["bash", "-c"]
         texts = [container["command"][2]]
     for index, text in enumerate(texts):
-        _shellcheck(text, tmp_path / f"{template}.{index}.sh")
+        assert_shellcheck_clean(text, tmp_path / f"{template}.{index}.sh")
         assert text.startswith("#!/usr/bin/env bash\n")
         assert _preamble_sets_strict_mode(text), text[:400]
         assert_no_canary(text)
