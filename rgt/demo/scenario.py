@@ -34,9 +34,7 @@ from urllib.parse import urlparse
 from rgt.errors import ProviderError, Refused, UsageError
 
 RUN_ID = "rgt-demo"
-RESULTS_ROOT = "/workspace/results"
-RESULT_DIR = "linreg"
-CHECKPOINT_DIR = f"{RESULTS_ROOT}/{RESULT_DIR}/checkpoints"
+RESULT_DIR = "linreg"  # the one roster entry, under the results root (from the profile)
 DEMO_APPROVAL_CHANNEL = "demo --yes (in-process emulator)"
 DEMO_TTY_CHANNEL = "demo-tty (in-process emulator)"
 APPROVAL_TTL_SECONDS = 300.0
@@ -116,7 +114,7 @@ def _set_environment(values: Mapping[str, str | None]) -> None:
             os.environ[name] = value
 
 
-def demo_job(settings: DemoSettings, ckpt_every: int) -> Any:
+def demo_job(settings: DemoSettings, ckpt_every: int, data_dir: str) -> Any:
     """The job request: the demo trainer, run by the rendered onstart on every container start.
 
     On a real box the image carries the job's code; the emulated box's "image" is this machine,
@@ -124,6 +122,8 @@ def demo_job(settings: DemoSettings, ckpt_every: int) -> Any:
     """
     from rgt.job import JobRequest
 
+    # The results live under the profile's data_dir (the container disk on vast.ai).
+    results_root = f"{data_dir.rstrip('/')}/results"
     command = (
         f"{sys.executable} -m rgt.demo.job --steps {settings.steps} "
         f"--ckpt-every {ckpt_every} --step-seconds {settings.step_seconds}"
@@ -135,9 +135,9 @@ def demo_job(settings: DemoSettings, ckpt_every: int) -> Any:
             "gpu": settings.gpu,
             "disk_gb": settings.disk_gb,
             "command": command,
-            "results_root": RESULTS_ROOT,
+            "results_root": results_root,
             "roster": [RESULT_DIR],
-            "checkpoint_dir": CHECKPOINT_DIR,
+            "checkpoint_dir": f"{results_root}/{RESULT_DIR}/checkpoints",
             "checkpoint_glob": "step-*.ckpt",
             "env": {"PYTHONUNBUFFERED": "1"},
         },
@@ -282,7 +282,8 @@ class Demo:
         # On a very slow disk Young/Daly could ask for fewer checkpoints than the demo has
         # before its preemption; cap it so there is always one to resume from (shown if used).
         ckpt_every = min(cadence.interval_steps or 1, max(1, settings.steps // 10))
-        job = demo_job(settings, ckpt_every)
+        job = demo_job(settings, ckpt_every, profile.overrides["data_dir"])
+        self.results_root: str = job.results_root
         self.say(
             f"demo: emulator at {emulator.url}; checkpoint every {ckpt_every} steps "
             f"(Young/Daly: MTBF {settings.mtbf_seconds:g} s, one save {ckpt_cost * 1000:.2f} ms)"
@@ -368,7 +369,7 @@ class Demo:
 
     def _progress(self, provider: Any, instance_id: str) -> int:
         """The job's step, read off the box over ssh (0 while unreadable)."""
-        path = f"{RESULTS_ROOT}/{RESULT_DIR}/progress.json"
+        path = f"{self.results_root}/{RESULT_DIR}/progress.json"
         try:
             return int(json.loads(provider.read_remote_file(instance_id, path))["step"])
         except Exception:  # not written yet, box restarting: the next poll tells
@@ -405,7 +406,7 @@ class Demo:
         running_again = time.time()
         emulator.win_bid(instance_id)
         self.timeline.add("bid wins", "the higher bid ended; the container starts again")
-        manifest = f"{RESULTS_ROOT}/PULL_MANIFEST.json"
+        manifest = f"{self.results_root}/PULL_MANIFEST.json"
         while True:
             self._check_deadline(deadline, "the job to finish and write its manifest")
             if self._poll(provider, instance_id, record) == "running":
@@ -448,7 +449,7 @@ class Demo:
         bar = ProgressBar("pull", None)
         pulled = pull_instance(
             instance_id,
-            RESULTS_ROOT,
+            self.results_root,
             local,
             provider=provider,
             ledger=ledger,
