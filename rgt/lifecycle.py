@@ -674,6 +674,9 @@ def cost_report(
     # An unknown cost is left out of the total and named, never summed as $0 (an undercount).
     known = [r for r in rows if r["cost_so_far"] is not None]
     unknown = [r for r in rows if r["cost_so_far"] is None]
+    # The same for the burn rate: an unknown hourly rate is not $0/h.
+    rated = [r for r in rows if r["hourly_cost"] is not None]
+    unrated = [r["instance_id"] for r in rows if r["hourly_cost"] is None]
     return {
         "platform": provider.platform,
         "instances": rows,
@@ -681,9 +684,23 @@ def cost_report(
         "total_covers": len(known),
         "unknown": [r["instance_id"] for r in unknown],
         "total_note": unknown_cost_note(unknown),
-        "hourly_total": round(sum(r["hourly_cost"] or 0.0 for r in rows), 6),
+        "hourly_total": round(sum(r["hourly_cost"] for r in rated), 6),
+        "hourly_covers": len(rated),
+        "hourly_unknown": unrated,
+        "hourly_note": unknown_rate_note(unrated),
         "basis": "estimates from rgt's own observations (see rgt poll); bandwidth not included",
     }
+
+
+def unknown_rate_note(instance_ids: Sequence[str]) -> str:
+    """What an hourly total leaves out: the instances whose hourly rate is unknown ("" when
+    every rate is known)."""
+    if not instance_ids:
+        return ""
+    return (
+        f"plus {len(instance_ids)} instance(s) whose hourly rate is unknown "
+        f"({', '.join(instance_ids)})"
+    )
 
 
 def unknown_cost_note(rows: Sequence[dict[str, Any]]) -> str:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rgt.ledger import Ledger
+from rgt.lifecycle import unknown_rate_note
 from rgt.providers.base import Instance, Provider
 
 NOT_RUNNING_STATES = frozenset({"stopped", "paused", "exited", "offline", "scheduling"})
@@ -47,14 +48,28 @@ class SweepReport:
 
     @property
     def hourly_total(self) -> float:
-        """Sum of known hourly costs."""
-        return sum(row.hourly_cost or 0.0 for row in self.rows)
+        """Sum of the known hourly costs (an unknown one is left out and named in
+        `hourly_unknown`, never counted as $0/h)."""
+        return sum(row.hourly_cost for row in self.rows if row.hourly_cost is not None)
+
+    @property
+    def hourly_unknown(self) -> list[str]:
+        """The instances whose hourly cost is unknown, so `hourly_total` leaves them out."""
+        return [row.instance_id for row in self.rows if row.hourly_cost is None]
+
+    @property
+    def hourly_covers(self) -> int:
+        """How many instances `hourly_total` sums (those with a known hourly cost)."""
+        return len(self.rows) - len(self.hourly_unknown)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form (for --json and MCP)."""
         return {
             "platform": self.platform,
             "hourly_total": round(self.hourly_total, 6),
+            "hourly_covers": self.hourly_covers,
+            "hourly_unknown": self.hourly_unknown,
+            "hourly_note": unknown_rate_note(self.hourly_unknown),
             "instances": [asdict(row) for row in self.rows],
             "ledger_only": self.ledger_only,
         }
@@ -138,7 +153,14 @@ def format_report(report: SweepReport) -> str:
             f"{row.instance_id:<12} {row.state:<12} {cost:>8}  "
             f"{', '.join(row.keeps_billing) or '-'}{flags}"
         )
-    lines.append(f"total ≈ ${report.hourly_total:.3f}/hour")
+    total = f"total ≈ ${report.hourly_total:.3f}/hour"
+    if report.hourly_unknown:
+        # Never a silent undercount: an unknown rate is not $0/h.
+        total += (
+            f" over the {report.hourly_covers} instance(s) with a known rate, "
+            f"{unknown_rate_note(report.hourly_unknown)}"
+        )
+    lines.append(total)
     if report.ledger_only:
         lines.append(
             "in the ledger but not visible to this key (another account, or destroyed outside "

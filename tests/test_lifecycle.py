@@ -325,3 +325,57 @@ def test_cost_total_names_the_boxes_whose_cost_is_unknown_not_counting_them_as_z
     assert f"plus 1 instance(s) not rented through rgt whose cost so far is unknown ({box.id})" in (
         total_line
     )
+
+
+def test_cost_hourly_total_names_the_boxes_whose_rate_is_unknown_not_counting_them_as_zero(
+    tmp_path: Path, vast, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stopped box still bills its disk (VAST1), but the provider reported neither its disk
+    # size nor its storage price: its hourly rate is unknown. The burn rate used to add it as
+    # $0/h without saying so ("burning ≈ $0.5000/h" while two boxes billed).
+    import argparse
+
+    import anyio
+
+    from rgt.commands import cost as cost_command
+    from rgt.mcp_server import server
+
+    provider = LocalBoxProvider(tmp_path / "boxes")
+    provider.add_box("1", state="running")
+    provider.add_box("2", state="stopped")
+    with Ledger.open() as ledger:
+        for ident in ("1", "2"):
+            ledger.record_instance("vastai", ident, profile="vastai", price_per_hour=0.5)
+        report = lifecycle.cost_report(provider=provider, ledger=ledger, profile=vast)
+    assert [r["hourly_cost"] for r in report["instances"]] == [0.5, None]
+    assert report["hourly_total"] == 0.5
+    assert report["hourly_covers"] == 1
+    assert report["hourly_unknown"] == ["2"]
+    note = "plus 1 instance(s) whose hourly rate is unknown (2)"
+    assert report["hourly_note"] == note
+    assert report["unknown"] == []  # the cost so far of both is known: only the rate is not
+
+    monkeypatch.setattr("rgt.commands._platform.open_platform", lambda name: (provider, vast))
+    args = argparse.Namespace(instance=None, json=False, platform="vastai")
+    assert cost_command.run(args) == 0
+    total_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"burning ≈ $0.5000/h over the 1 instance(s) with a known rate, {note}" in total_line
+    assert cost_command.run(argparse.Namespace(instance=None, json=True, platform="vastai")) == 0
+    machine = json.loads(capsys.readouterr().out)
+    assert (machine["hourly_unknown"], machine["hourly_note"]) == (["2"], note)
+
+    # The MCP cost tool serves the same report.
+    monkeypatch.setattr(server, "_provider", lambda platform, **_: provider)
+    served = anyio.run(server.cost)
+    assert (served["hourly_total"], served["hourly_covers"]) == (0.5, 1)
+    assert (served["hourly_unknown"], served["hourly_note"]) == (["2"], note)
+
+
+def test_cost_with_every_rate_known_has_no_rate_note(tmp_path: Path, vast) -> None:
+    provider = LocalBoxProvider(tmp_path / "boxes")
+    provider.add_box("1", state="running")
+    with Ledger.open() as ledger:
+        ledger.record_instance("vastai", "1", profile="vastai", price_per_hour=0.5)
+        report = lifecycle.cost_report(provider=provider, ledger=ledger, profile=vast)
+    assert (report["hourly_total"], report["hourly_covers"]) == (0.5, 1)
+    assert (report["hourly_unknown"], report["hourly_note"]) == ([], "")

@@ -50,6 +50,30 @@ def test_sweep_flags_stopped_idle_and_unknown(tmp_path: Path) -> None:
     assert json_form["instances"][1]["flags"] == ["stopped-but-billing"]
 
 
+def test_sweep_total_names_the_boxes_whose_rate_is_unknown_not_counting_them_as_zero(
+    tmp_path: Path,
+) -> None:
+    # A stopped box bills its disk, but its disk size and storage price are not reported: its
+    # hourly cost is unknown. The total used to add it as $0/hour without saying so.
+    provider = LocalBoxProvider(tmp_path / "boxes")
+    provider.add_box("1", "running")
+    provider.add_box("2", "stopped")
+    with Ledger.open() as ledger:
+        for known in ("1", "2"):
+            ledger.record_instance("vastai", known, label=f"rgt-{known}", state="running")
+        report = sweep(provider=provider, ledger=ledger, profile=vast_profile())
+    assert [row.hourly_cost for row in report.rows] == [0.5, None]
+    assert report.hourly_total == 0.5
+    assert report.hourly_unknown == ["2"] and report.hourly_covers == 1
+    note = "plus 1 instance(s) whose hourly rate is unknown (2)"
+    json_form = report.to_json()
+    assert (json_form["hourly_total"], json_form["hourly_covers"]) == (0.5, 1)
+    assert (json_form["hourly_unknown"], json_form["hourly_note"]) == (["2"], note)
+    assert f"total ≈ $0.500/hour over the 1 instance(s) with a known rate, {note}" in (
+        format_report(report)
+    )
+
+
 def test_sweep_of_an_empty_account(tmp_path: Path) -> None:
     provider = LocalBoxProvider(tmp_path / "boxes")
     (tmp_path / "boxes").mkdir()

@@ -51,5 +51,12 @@ def run(args: argparse.Namespace) -> int:
             f" over the {report['total_covers']} instance(s) with a known cost, "
             f"{report['total_note']}"
         )
-    print(f"{total}; burning ≈ ${report['hourly_total']:.4f}/h ({report['basis']})")
+    burning = f"burning ≈ ${report['hourly_total']:.4f}/h"
+    if report["hourly_unknown"]:
+        # Nor a silent undercount of the burn rate: an unknown rate is not $0/h.
+        burning += (
+            f" over the {report['hourly_covers']} instance(s) with a known rate, "
+            f"{report['hourly_note']}"
+        )
+    print(f"{total}; {burning} ({report['basis']})")
     return 0
