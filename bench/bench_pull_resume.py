@@ -32,7 +32,6 @@ from benchlib import REPO, emit, machine_line, table
 
 sys.path.insert(0, str(REPO))
 
-RESULTS_ROOT = "/workspace/results"
 RUN_ID = "bench-pull"
 TARGET_FRACTION = 0.01
 CHUNK = 64 * 1024 * 1024
@@ -50,10 +49,21 @@ def arrived_bytes(local: Path) -> int:
     return total
 
 
-def killed_pull(instance_id: str, local: Path, env: dict[str, str], total: int) -> int:
+def results_root() -> str:
+    """The box's results root: `results` under the vast.ai profile's data_dir (the container
+    disk), as `rgt demo` derives it; the profile owns that path, the bench does not."""
+    from rgt.profile import load_profile
+
+    data_dir = str(load_profile("vastai").overrides["data_dir"])
+    return f"{data_dir.rstrip('/')}/results"
+
+
+def killed_pull(
+    instance_id: str, remote_root: str, local: Path, env: dict[str, str], total: int
+) -> int:
     """Start `rgt pull`, SIGKILL its whole process group at ~50 %; returns the bytes present."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "rgt", "pull", instance_id, RESULTS_ROOT, str(local)],
+        [sys.executable, "-m", "rgt", "pull", instance_id, remote_root, str(local)],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -96,6 +106,7 @@ def main() -> int:
     from rgt.sim import Emulator
 
     total = args.mib * 1024 * 1024
+    remote_root = results_root()
     with tempfile.TemporaryDirectory(prefix="rgt-bench-pull-") as scratch_name:
         scratch = Path(scratch_name)
         emulator = Emulator(state_dir=scratch / "emulator", seed=0)
@@ -121,7 +132,7 @@ def main() -> int:
                 label=run_label(RUN_ID),
             )
             wait_running(provider, instance.id)
-            results = emulator.instance_disk(instance.id) / RESULTS_ROOT.lstrip("/")
+            results = emulator.instance_disk(instance.id) / remote_root.lstrip("/")
             (results / "big").mkdir(parents=True)
             with open(results / "big" / "blob.bin", "wb") as handle:
                 for _ in range(0, total, CHUNK):
@@ -134,14 +145,14 @@ def main() -> int:
             rows, results_json = [], {}
             for name in ("resume (rgt pull again)", "naive restart (from scratch)"):
                 local = scratch / name.split()[0]
-                present = killed_pull(instance.id, local, env, total)
+                present = killed_pull(instance.id, remote_root, local, env, total)
                 if name.startswith("naive"):
                     shutil.rmtree(local)
                 before = emulator.meter(instance.id).get("bytes_out", 0.0)
                 began = time.perf_counter()
                 with Ledger.open() as ledger:
                     pulled = pull_instance(
-                        instance.id, RESULTS_ROOT, local, provider=provider, ledger=ledger
+                        instance.id, remote_root, local, provider=provider, ledger=ledger
                     )
                 seconds = time.perf_counter() - began
                 time.sleep(0.3)  # the emulator polls sshd traffic on its tick
