@@ -15,12 +15,10 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rgt import paths
 from rgt.errors import UsageError
@@ -123,8 +121,9 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class InstanceRecord:
+# Records are NamedTuples, not dataclasses: importing dataclasses (and inspect, ast, dis with it)
+# costs `rgt verify` a visible part of its start-up, and these records are plain immutable rows.
+class InstanceRecord(NamedTuple):
     """An instance rgt rented (or learned of), with its latest recorded state."""
 
     provider: str
@@ -141,8 +140,7 @@ class InstanceRecord:
     roster: list[str] | None = None  # the job's exact top-level result directories
 
 
-@dataclass(frozen=True)
-class PullRecord:
+class PullRecord(NamedTuple):
     """A completed pull: which manifest (by SHA-256) was copied from where to where."""
 
     id: int
@@ -160,8 +158,7 @@ class PullRecord:
     finished: float
 
 
-@dataclass(frozen=True)
-class VerificationRecord:
+class VerificationRecord(NamedTuple):
     """A passed verification of a local pull, bound to the manifest SHA-256 it checked."""
 
     id: int
@@ -175,8 +172,7 @@ class VerificationRecord:
     created: float
 
 
-@dataclass(frozen=True)
-class ApprovalRecord:
+class ApprovalRecord(NamedTuple):
     """A human approval to destroy one instance: single-use, expiring."""
 
     id: int
@@ -191,8 +187,7 @@ class ApprovalRecord:
         return self.consumed is None and now < self.expires
 
 
-@dataclass(frozen=True)
-class DestroyRecord:
+class DestroyRecord(NamedTuple):
     """One destroy attempt: claimed → sent → confirmed (or failed)."""
 
     id: int
@@ -644,7 +639,7 @@ class Ledger:
         (kill -9, power loss); it is marked failed and taken over at once instead of blocking
         for DESTROY_CLAIM_SECONDS. Safe: the gate re-checks everything after the claim."""
         at = _now(now)
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()
         with self.transaction() as db:
             if abandon_unfinished:
                 db.execute(

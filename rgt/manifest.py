@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import gc
 import hashlib
 import json
@@ -43,6 +42,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from json.encoder import encode_basestring as _encode_string  # what json.dumps uses
 from typing import Any, Dict, Tuple  # noqa: UP035 (aliases below run on python 3.8)
@@ -285,14 +285,15 @@ def _hash_big(path: str, want_stat: bool) -> FileResult:
 def hash_batch(
     batch: Sequence[FileItem],
     want_stat: bool = False,
-    inspect: Callable[[str, bytes], str | None] | None = None,
+    inspect: Callable[[str, memoryview], str | None] | None = None,
 ) -> list[tuple[str, Any]]:
     """Hash one work unit. Per item: (size, sha256, stat or None, note or None), an error
     string, or DEFER for a file to hash on its own (it turned out big).
 
     Small files cost one open, two reads into a reused buffer (the second confirms the end of
     the file; with `want_stat` the fstat does that instead) and a close: no per-file buffer.
-    `inspect(relative, data)` may return a problem for a small file's content (JSON parses)."""
+    `inspect(relative, data)` may return a problem for a small file's content (JSON parses);
+    `data` is a view of a reused buffer, valid during the call only (no copy per file)."""
     out: list[tuple[str, Any]] = []
     buffer = bytearray(SMALL_BUFFER)
     view = memoryview(buffer)
@@ -331,7 +332,7 @@ def hash_batch(
             if at_end:
                 data = view[:count]
                 digest = sha256(data).hexdigest()
-                note = inspect(relative, data.tobytes()) if inspect is not None else None
+                note = inspect(relative, data) if inspect is not None else None
                 out.append((relative, (count, digest, info, note)))
                 continue
             if os.fstat(fd).st_size >= BIG_FILE:
@@ -381,7 +382,7 @@ def make_batches(items: Sequence[FileItem], workers: int = 1) -> list[list[FileI
 def hash_share(
     share: Sequence[FileItem],
     want_stat: bool,
-    inspect: Callable[[str, bytes], str | None] | None,
+    inspect: Callable[[str, memoryview], str | None] | None,
 ) -> list[tuple[str, Any]]:
     """Hash a share of the items in this process, big files included (no deferral)."""
     results = hash_batch(share, want_stat, inspect)
@@ -403,7 +404,7 @@ def fork_map(
     each: Callable[[Any], None] | None = None,
 ) -> list[Any] | None:
     """[work(share) for share in shares], the first share in this process and each other in a
-    forked child that sends its (marshal-able) result back over a pipe. None if fork is
+    forked child that writes its (marshal-able) result to a file (_result_file). None if fork is
     unavailable. A child that dies (the OOM killer, say) has its share redone here.
     `each(result)` runs in this process as each share's result arrives, in share order.
 
@@ -413,41 +414,33 @@ def fork_map(
     single-threaded process (see hash_files)."""
     if not hasattr(os, "fork"):
         return None
-    children: list[tuple[int, int]] = []
+    children: list[tuple[int, int]] = []  # (pid, the file its result is written to)
     try:
         for share in shares[1:]:
-            read_end, write_end = os.pipe()
+            result_fd = _result_file()
             pid = os.fork()
-            if pid == 0:  # the child: work, send, exit without running any parent cleanup
+            if pid == 0:  # the child: work, write, exit without running any parent cleanup
                 status = 0
                 try:
-                    os.close(read_end)
                     view = memoryview(marshal.dumps(work(share)))
                     while view:
-                        view = view[os.write(write_end, view) :]
+                        view = view[os.write(result_fd, view) :]
                 except BaseException:
                     status = 1
                 finally:
                     os._exit(status)
-            os.close(write_end)
-            children.append((pid, read_end))
+            children.append((pid, result_fd))
         results = [work(shares[0])]
         if each is not None:
             each(results[0])
-        for index, (pid, read_end) in enumerate(children):
-            chunks = []
-            while True:
-                chunk = os.read(read_end, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+        for index, (pid, result_fd) in enumerate(children):
             _, status = os.waitpid(pid, 0)
             result: Any = None
             ok = status == 0
             if ok:
                 try:
-                    result = marshal.loads(b"".join(chunks))
-                except (ValueError, EOFError, TypeError):
+                    result = marshal.loads(_read_all(result_fd))
+                except (ValueError, EOFError, TypeError, OSError):
                     ok = False
             if not ok:
                 result = work(shares[index + 1])
@@ -456,11 +449,40 @@ def fork_map(
                 each(result)
         return results
     finally:
-        for pid, read_end in children:
+        for pid, result_fd in children:
             with contextlib.suppress(OSError):
-                os.close(read_end)
+                os.close(result_fd)
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)
+
+
+def _result_file() -> int:
+    """An anonymous file for a forked worker's result: a memory file where Linux has one, else
+    an unlinked temp file. Not a pipe: the worker writes its whole result and exits while this
+    process is still busy with its own share, where through a pipe it would block every 64 KiB
+    until this process got round to reading, and the transfer (megabytes for 50,000 files)
+    would run after all the work instead of during it."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("rgt-worker-result", os.MFD_CLOEXEC)
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="rgt-worker-result-")
+    os.unlink(path)
+    return fd
+
+
+def _read_all(fd: int) -> bytes:
+    """The whole content of a result file written by a worker that has exited."""
+    size = os.fstat(fd).st_size
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def may_fork(items: Sequence[FileItem], count: int) -> bool:
@@ -479,7 +501,7 @@ def hash_files(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     want_stat: bool = False,
-    inspect: Callable[[str, bytes], str | None] | None = None,
+    inspect: Callable[[str, memoryview], str | None] | None = None,
     processes: bool | None = None,
 ) -> HashResult:
     """SHA-256 of every (relative, path, size or -1) item, in parallel.
@@ -538,9 +560,7 @@ def hash_files(
 
 
 def _utc_now() -> str:
-    now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 (python 3.8)
-    now = now.replace(microsecond=0)
-    return now.isoformat().replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def check_id(field: str, value: str | None) -> list[str]:
@@ -573,12 +593,18 @@ def build_manifest(
     return document
 
 
+def manifest_row(relative: str, digest: str, size: int) -> str:
+    """One file's entry as encode_manifest writes it: exactly json.dumps of {"path", "sha256",
+    "size"} (keys in order, compact, non-ASCII kept). `rgt verify` builds the same text for the
+    files it finds and compares it with the manifest's bytes."""
+    return f'{{"path":{_encode_string(relative)},"sha256":"{digest}","size":{size}}}'
+
+
 def _manifest_rows(results: Iterable[tuple[str, Any]]) -> tuple[str, list[str], int, int]:
     """(the JSON text of the file entries, problems, bytes, files) of hashed results, in order.
 
     Built as text where the results are (in the hashing processes), so the parent only joins:
     exactly what json.dumps writes for {"path", "sha256", "size"} in encode_manifest."""
-    encode = _encode_string
     rows: list[str] = []
     problems: list[str] = []
     total = 0
@@ -590,7 +616,7 @@ def _manifest_rows(results: Iterable[tuple[str, Any]]) -> tuple[str, list[str], 
         if note is not None:
             problems.append(f"{relative}: {note}; is a writer still running?")
             continue
-        rows.append(f'{{"path":{encode(relative)},"sha256":"{digest}","size":{size}}}')
+        rows.append(manifest_row(relative, digest, size))
         total += size
     return ",".join(rows), problems, total, len(rows)
 

@@ -30,26 +30,21 @@ whether anything changed since (see its docstring for the method, its cost and i
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import io
 import json
 import os
-import pickle
-import pickletools
 import re
 import struct
 import threading
 import time
-import warnings
-import zipfile
 from collections.abc import Callable, Sequence
+from json.scanner import make_scanner
 from pathlib import Path
 from typing import Any
 
 from rgt import __version__
 from rgt import manifest as manifest_module
-from rgt.atomic import atomic_write_bytes
+from rgt.atomic import atomic_write_bytes, atomic_write_chunks
 from rgt.errors import CheckFailed
 from rgt.ledger import Ledger
 from rgt.manifest import (
@@ -133,32 +128,74 @@ def _encode(record: dict[str, Any]) -> bytes:
 
 
 def _utc(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 # -- the manifest ------------------------------------------------------------------------------
 
 
-def _load_manifest(local_dir: Path) -> tuple[bytes, dict[str, Any]]:
+def _read_manifest(local_dir: Path) -> bytes:
     path = local_dir / MANIFEST_NAME
     if path.is_symlink():
         raise CheckFailed(f"{path}: is a symlink; the pulled manifest must be a regular file")
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise CheckFailed(
             f"{path}: missing; pull first (`rgt pull INSTANCE REMOTE_ROOT {local_dir}`)"
         ) from None
     except OSError as exc:
         raise CheckFailed(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _parse_manifest(local_dir: Path, data: bytes) -> dict[str, Any]:
+    path = local_dir / MANIFEST_NAME
     try:
         document = json.loads(data)
-    except ValueError as exc:
-        raise CheckFailed(f"{path}: not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise CheckFailed(f"{path}: not JSON ({_json_error(exc)})") from None
     if not isinstance(document, dict):
         raise CheckFailed(f"{path}: top level must be an object")
-    return data, document
+    return document
+
+
+class _Canonical:
+    """A manifest as rgt's encoder writes it, split around its file list without parsing the
+    list: `fields` is the document with "files": [], and data[start:end] the list's entries."""
+
+    def __init__(self, fields: dict[str, Any], start: int, end: int) -> None:
+        self.fields = fields
+        self.start = start
+        self.end = end
+
+
+def _split_canonical(data: bytes) -> _Canonical | None:
+    """The manifest's fields and where its entries lie, if `data` is exactly what
+    rgt.manifest.encode_manifest writes (compact, keys sorted, "files" followed by "hash");
+    else None. Parsing the fields alone skips building 50,000 dictionaries: the fast path
+    proves the entries by comparing their bytes with the ones it builds from the files.
+
+    Sound because: `data` = `small` with the entries' bytes inserted at the one place
+    `"files":[]` occurs in `small`, `small` parses to `fields` and re-encodes to itself, and
+    `fields["files"]` is that empty list; so data parses to `fields` with "files" = the
+    entries."""
+    start = data.find(b'"files":[')
+    end = data.find(b'],"hash":', start)
+    if start < 0 or end < 0:
+        return None
+    small = data[:start] + b'"files":[]' + data[end + 1 :]
+    try:
+        fields = json.loads(small)
+    except (ValueError, RecursionError):
+        return None
+    if (
+        type(fields) is not dict
+        or fields.get("files") != []
+        or small.count(b'"files":[]') != 1
+        or manifest_module.encode_manifest(fields) != small
+    ):
+        return None
+    return _Canonical(fields, start + len(b'"files":['), end)
 
 
 def _manifest_problems(
@@ -333,23 +370,54 @@ def list_local(
 # -- hashing -----------------------------------------------------------------------------------
 
 
-def json_problem(relative: str, data: bytes) -> str | None:
+def json_problem(relative: str, data: bytes | memoryview) -> str | None:
     """Why a .json/.jsonl file's bytes do not parse (None if they do or it is not JSON)."""
     if not relative.endswith(JSON_SUFFIXES):
         return None
     try:
         if relative.endswith(".jsonl"):
-            for number, line in enumerate(data.splitlines(), 1):
+            for number, line in enumerate(bytes(data).splitlines(), 1):
                 if line.strip():
                     try:
                         json.loads(line.decode("utf-8"))
-                    except ValueError as exc:
-                        return f"not valid JSON (line {number}: {exc})"
+                    except (ValueError, RecursionError) as exc:
+                        return f"not valid JSON (line {number}: {_json_error(exc)})"
         else:
             # UTF-8 only (RFC 8259); decoding first skips json's encoding detection.
-            _JSON.decode(data.decode("utf-8"))
-    except ValueError as exc:
-        return f"not valid JSON ({exc})"
+            _JSON.decode(str(data, "utf-8"))
+    except (ValueError, RecursionError) as exc:
+        return f"not valid JSON ({_json_error(exc)})"
+    return None
+
+
+def _json_error(exc: Exception) -> str:
+    # json's C scanner recurses once per nesting level: a hostile file of 100,000 '[' raises
+    # RecursionError, which is a verdict on the file, not a crash of rgt.
+    return "nested too deeply to parse" if isinstance(exc, RecursionError) else str(exc)
+
+
+_WHITESPACE = " \t\n\r"  # JSON's insignificant whitespace (RFC 8259)
+# The C scanner json.loads runs underneath (typeshed types its argument as the scanner itself).
+_SCAN_VALUE: Callable[[str, int], tuple[Any, int]] = make_scanner(_JSON)  # type: ignore[arg-type]
+
+
+def _json_unparsable(relative: str, data: bytes | memoryview) -> str | None:
+    """json_problem's verdict without its message, for the fast path (which only needs to know
+    whether to hand over to the general path): a non-None answer means "not valid JSON".
+    Calls the C scanner directly on the buffer decoded in place -- json.loads' Python layers
+    cost more than the parse itself for a 100-byte file."""
+    if not relative.endswith(JSON_SUFFIXES):
+        return None
+    if relative.endswith(".jsonl"):
+        return json_problem(relative, data)
+    try:
+        text = str(data, "utf-8")
+        start = len(text) - len(text.lstrip(_WHITESPACE))
+        _value, end = _SCAN_VALUE(text, start)
+    except (ValueError, StopIteration, RecursionError):
+        return "not valid JSON"
+    if end != len(text) and text[end:].strip(_WHITESPACE):
+        return "not valid JSON"
     return None
 
 
@@ -422,6 +490,9 @@ def check_safetensors(path: Path, size: int) -> str:
 
 
 def _torch_module() -> Any | None:
+    import warnings  # (the checkpoint modules are imported where used: `rgt verify` of a
+    # pull without checkpoints starts faster without zipfile, pickle and pickletools)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -434,6 +505,9 @@ def _torch_module() -> Any | None:
 def check_torch(path: Path, allow_pickle: bool) -> str:
     """Load a torch checkpoint safely (weights_only) or, without torch, scan its pickles
     without executing them; with `allow_pickle`, fall back to a full unpickle (runs code)."""
+    import pickle
+    import warnings
+
     torch = _torch_module()
     if torch is None:
         if allow_pickle:
@@ -476,6 +550,8 @@ def _torch_load(torch: Any, path: Path, *, weights_only: bool) -> None:
 def scan_torch_pickles(path: Path) -> str:
     """Without torch: every pickle in a zip-format torch file is walked opcode by opcode
     (pickletools, nothing executed) and may name only the globals a weights-only load allows."""
+    import zipfile
+
     if not zipfile.is_zipfile(path):
         raise _LoadProblem(
             "not a zip-format torch file and torch is not installed: cannot check it without "
@@ -498,6 +574,9 @@ def scan_torch_pickles(path: Path) -> str:
 
 
 def _pickle_globals(data: bytes) -> list[tuple[str, str]]:
+    import io
+    import pickletools
+
     names: list[tuple[str, str]] = []
     strings: list[str] = []  # recent string pushes (STACK_GLOBAL takes the last two)
     memo: dict[int, str] = {}
@@ -610,22 +689,39 @@ def _verify_pull(
     local_dir = Path(local_dir).resolve()
     if not local_dir.is_dir():
         raise CheckFailed(f"LOCAL_DIR {local_dir}: not a directory")
-    manifest_bytes, document = _load_manifest(local_dir)
+    manifest_bytes = _read_manifest(local_dir)
     manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+    canonical = _split_canonical(manifest_bytes)
+    # The whole parse (every file entry a dictionary) only where the fast path cannot vouch.
+    document = _parse_manifest(local_dir, manifest_bytes) if canonical is None else None
     own_ledger = ledger is None
     book = Ledger.open() if ledger is None else ledger
     try:
-        # Fields first; the fast path proves each file entry by matching it with its file, and
-        # when it does not apply (or finds anything amiss) every entry is checked here.
-        problems = _manifest_problems(
-            document, expected_run_id, expected_instance_id, entries=False
-        )
+        # Fields first; the fast path proves the file entries by matching them with the files,
+        # and when it does not apply (or finds anything amiss) every entry is checked here.
+        fields = canonical.fields if canonical is not None else document
+        assert fields is not None
+        problems = _manifest_problems(fields, expected_run_id, expected_instance_id, entries=False)
         fast = None
-        if not problems and not _pull_problems(book, local_dir, manifest_sha256, document):
+        if (
+            canonical is not None
+            and not problems
+            and not _pull_problems(book, local_dir, manifest_sha256, fields)
+        ):
             fast = _verify_fast(
-                local_dir, document, manifest_sha256, allow_pickle, workers, progress, keep_rows
+                local_dir,
+                canonical,
+                manifest_bytes,
+                manifest_sha256,
+                allow_pickle,
+                workers,
+                progress,
+                keep_rows,
             )
         if fast is None:
+            if document is None:
+                document = _parse_manifest(local_dir, manifest_bytes)
+            fields = document
             problems = _manifest_problems(document, expected_run_id, expected_instance_id)
         if problems:
             # Replace any earlier passing record: a stale "ok" must not outlive this failure.
@@ -646,26 +742,30 @@ def _verify_pull(
             record, rows = fast
             record["started_at"] = _utc(started)
             record["seconds"] = round(time.monotonic() - clock, 3)
-            data = _encode_with_rows(record, rows)
+            chunks = _encode_with_rows(record, rows)
         else:  # the general path; it also names every problem
+            assert document is not None
             problems += _pull_problems(book, local_dir, manifest_sha256, document)
             record = _verify_tree(
                 local_dir, document, manifest_sha256, problems, allow_pickle, workers, progress
             )
             record["started_at"] = _utc(started)
             record["seconds"] = round(time.monotonic() - clock, 3)
-            data = _encode(record)
+            chunks = [_encode(record)]
             if not keep_rows:
                 del record["files"]
-        atomic_write_bytes(local_dir / VERIFIED_NAME, data)
+        atomic_write_chunks(local_dir / VERIFIED_NAME, chunks)
         if problems:
             raise VerificationFailed(problems, record)
+        record_hash = hashlib.sha256()
+        for chunk in chunks:
+            record_hash.update(chunk)
         book.record_verification(
-            str(document["instance_id"]),
+            str(fields["instance_id"]),
             local_dir=local_dir,
             manifest_sha256=manifest_sha256,
-            run_id=str(document["run_id"]),
-            record_sha256=hashlib.sha256(data).hexdigest(),
+            run_id=str(fields["run_id"]),
+            record_sha256=record_hash.hexdigest(),
             allow_pickle=allow_pickle,
             detail={
                 "files": record["totals"]["files"],
@@ -712,12 +812,20 @@ def _record(
     }
 
 
-def _encode_with_rows(record: dict[str, Any], rows: str) -> bytes:
-    """_encode(record) with its "files" list given as JSON text (built by the workers)."""
-    text = _encode({**record, "files": []}).decode()
+def _encode_with_rows(record: dict[str, Any], rows: Sequence[bytes]) -> list[bytes]:
+    """_encode(record) as chunks, its "files" list being the rows' parts (JSON text built by
+    the workers, each a run of comma-separated rows), without joining megabytes."""
+    text = _encode({**record, "files": []})
     # The only '"files":[]' outside a string value (quotes inside values are escaped).
-    head, _, tail = text.partition('"files":[]')
-    return f'{head}"files":[{rows}]{tail}'.encode()
+    head, _, tail = text.partition(b'"files":[]')
+    chunks = [head + b'"files":[']
+    for part in rows:
+        if part:
+            if len(chunks) > 1:
+                chunks.append(b",")
+            chunks.append(part)
+    chunks.append(b"]" + tail)
+    return chunks
 
 
 def _clean_tree(local_dir: Path, roster: list[str]) -> list[str] | None:
@@ -775,60 +883,61 @@ def _list_clean(local_dir: Path, names: Sequence[str]) -> list[tuple[str, str, i
 
 def _verify_fast(
     local_dir: Path,
-    document: dict[str, Any],
+    canonical: _Canonical,
+    manifest_bytes: bytes,
     manifest_sha256: str,
     allow_pickle: bool,
     workers: int | None,
     progress: ProgressFn | None,
     keep_rows: bool = True,
-) -> tuple[dict[str, Any], str] | None:
+) -> tuple[dict[str, Any], list[bytes]] | None:
     """The verification of a clean pull of many small files, per-file work in forked workers:
     each lists (when there are enough roster directories), hashes, parses JSON, takes the
-    snapshot stat, compares with the manifest and writes its files' record rows as JSON text.
+    snapshot stat, and writes its files' manifest entries and record rows as JSON text.
 
-    Returns (record without its rows, the rows' JSON text), or None at the first thing that
-    is not a match -- or when forking does not pay or is unsafe (threads): the general path
-    (_verify_tree) then runs and names every problem. A match here implies the general path
-    finds none: every file listed has a safe name inside a roster directory, is in the
-    manifest with that size and SHA-256 (so the entry's fields are valid), and the manifest
-    has no entry left over and no duplicate."""
-    files = document["files"]
+    The files match the manifest when the manifest's entries are, byte for byte, the entries
+    rgt's encoder writes for those files (see _split_canonical): one comparison of bytes
+    instead of parsing 50,000 entries and looking each one up.
+
+    Returns (record without its rows, the rows' JSON text in parts), or None at the first
+    thing that is not a match -- or when forking does not pay or is unsafe (threads): the
+    general path (_verify_tree) then runs and names every problem. A match here implies the
+    general path finds none: every file listed has a safe name inside a roster directory, and
+    the manifest's entries are exactly those files with their sizes and SHA-256, in order,
+    nothing left over."""
+    document = canonical.fields
+    # How many entries (each begins so, and the text cannot occur inside a JSON string): only
+    # to decide whether forking pays; what proves the entries is the comparison below.
+    entry_count = manifest_bytes.count(b'{"path":', canonical.start, canonical.end)
     count = max(1, workers or manifest_module.default_workers())
-    if count < 2 or len(files) < manifest_module.PROCESS_MIN_FILES:
+    if count < 2 or entry_count < manifest_module.PROCESS_MIN_FILES:
         return None
     if threading.active_count() != 1 or not hasattr(os, "fork"):
-        return None
-    expected: dict[str, dict[str, Any]] = {}
-    for entry in files:
-        if type(entry) is not dict or type(entry.get("path")) is not str:
-            return None
-        expected[entry["path"]] = entry
-    if len(expected) != len(files):
         return None
     roster = [str(name) for name in document["roster"]]
     tops = _clean_tree(local_dir, roster)
     if tops is None:
         return None
     encode = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
+    manifest_row = manifest_module.manifest_row
 
     def check(items: Sequence[tuple[str, str, int]] | None) -> Any:
-        # -> (rows text, [checkpoint rows to load in the parent], bytes, files) or None.
+        # -> (manifest entries, record rows (bytes, or a list with checkpoint rows to fill in
+        #     the parent), [checkpoints to load in the parent], bytes, files) or None.
         if items is None:
             return None
-        results = manifest_module.hash_share(items, True, json_problem)
+        results = manifest_module.hash_share(items, True, _json_unparsable)
+        entries: list[str] = []
         rows: list[str] = []
         held: list[Any] = []
         total = 0
         for (relative, result), (_, path, _) in zip(results, items, strict=True):
-            entry = expected.get(relative)
-            if entry is None or type(result) is not tuple:
+            if type(result) is not tuple:
                 return None
             size, digest, stat, note = result
-            expected_size = entry.get("size")
-            if note is not None or type(expected_size) is not int or expected_size != size:
+            if note is not None:
                 return None
-            if digest != entry.get("sha256"):
-                return None
+            entries.append(manifest_row(relative, digest, size))
             total += size
             if relative.endswith(JSON_SUFFIXES):
                 if size >= SMALL_BUFFER and _big_json_problem(relative, path):
@@ -844,17 +953,19 @@ def _verify_fast(
                 f'{{"path":{encode(relative)},"size":{size},"sha256":"{digest}","ok":true,'
                 f'"stat":[{stat[0]},{stat[1]},{stat[2]},{stat[3]},{stat[4]}]{load}}}'
             )
-        return rows, held, total, len(rows)
+        # Joined and encoded here, in parallel, unless the parent must fill checkpoint rows in.
+        text: Any = rows if held else ",".join(rows).encode()
+        return ",".join(entries).encode("utf-8"), text, held, total, len(items)
 
     done = [0]
-    grand = 0
-    if progress is not None:
-        grand = sum(entry.get("size") or 0 for entry in files if type(entry.get("size")) is int)
+    totals = document.get("totals")
+    grand = totals.get("bytes") if isinstance(totals, dict) else None
+    grand = grand if type(grand) is int else 0  # (only for the progress bar)
 
     def each(part: Any) -> None:
         if part is not None and progress is not None:
-            done[0] += part[2]
-            progress(done[0], grand)
+            done[0] += part[3]
+            progress(done[0], max(grand, done[0]))
 
     if len(tops) >= 2 * count:  # each worker lists its own directories too
         parts = manifest_module.fork_map(
@@ -864,17 +975,21 @@ def _verify_fast(
         )
     else:
         items = _list_clean(local_dir, tops)
-        if items is None or len(items) != len(expected):
+        if items is None or len(items) != entry_count:
             return None
         parts = manifest_module.fork_map(manifest_module.split_items(items, count), check, each)
     if parts is None or any(part is None for part in parts):
         return None
-    if sum(part[3] for part in parts) != len(expected):
-        return None  # a manifest entry without its file
+    if not _entries_match(manifest_bytes, canonical, [part[0] for part in parts]):
+        return None
     checkpoints: list[dict[str, Any]] = []
+    texts: list[bytes] = []
     for part in parts:
-        rows = part[0]
-        for index, relative, path, size, digest, stat in part[1]:
+        if not part[2]:
+            texts.append(part[1])
+            continue
+        rows = part[1]
+        for index, relative, path, size, digest, stat in part[2]:
             row: dict[str, Any] = {"path": relative, "size": size, "sha256": digest, "ok": True}
             row["stat"] = list(stat)
             try:
@@ -885,7 +1000,8 @@ def _verify_fast(
                 row["load"] = method
                 checkpoints.append({"path": relative, "ok": True, "method": method})
             rows[index] = json.dumps(row, separators=(",", ":"))
-    text = ",".join(row for part in parts for row in part[0])
+        texts.append(",".join(rows).encode())
+    files = sum(part[4] for part in parts)
     record = _record(
         local_dir,
         document,
@@ -893,13 +1009,32 @@ def _verify_fast(
         [],
         allow_pickle,
         roster,
-        json.loads(f"[{text}]") if keep_rows else [],
+        json.loads(b"[" + b",".join(text for text in texts if text) + b"]") if keep_rows else [],
         checkpoints,
-        {"files": len(expected), "bytes": sum(part[2] for part in parts)},
+        {"files": files, "bytes": sum(part[3] for part in parts)},
     )
     if not keep_rows:
         del record["files"]
-    return record, text
+    return record, texts
+
+
+def _entries_match(data: bytes, canonical: _Canonical, entries: Sequence[bytes]) -> bool:
+    """Whether data[canonical.start:canonical.end] is the entries joined with commas (compared
+    in place, part by part: no copy of megabytes)."""
+    position = canonical.start
+    first = True
+    for part in entries:
+        if not part:
+            continue
+        if not first:
+            if data[position : position + 1] != b",":
+                return False
+            position += 1
+        if not data.startswith(part, position):
+            return False
+        position += len(part)
+        first = False
+    return position == canonical.end
 
 
 def _big_json_problem(relative: str, path: str) -> str | None:

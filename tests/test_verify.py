@@ -538,9 +538,113 @@ def _without_times(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _spy_general_path(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Calls of the general path (rgt.verify._verify_tree) from here to the end of the test."""
+    from rgt import verify
+
+    calls: list[int] = []
+    real = verify._verify_tree
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(verify, "_verify_tree", spy)
+    return calls
+
+
+# Enough files for the forked fast path once the fork threshold is lowered (the `fork_early`
+# fixture): what it proves does not depend on the count, and 4,000 files cost seconds to make.
+MANY = {f"m{i % 3}/d{i // 60}/{i:05d}.json": b'{"i": %d}' % i for i in range(150)}
+
+
+@pytest.fixture
+def fork_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rgt import manifest
+
+    monkeypatch.setattr(manifest, "PROCESS_MIN_FILES", 50)
+
+
+def test_fast_path_declines_a_manifest_encoded_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork_early: None
+) -> None:
+    pull = Pull(tmp_path, MANY)
+    # The same document, indented: not what rgt's encoder writes, so the byte comparison of the
+    # fast path cannot vouch for it; the general path checks every entry and passes it.
+    (pull.local / "PULL_MANIFEST.json").write_text(json.dumps(pull.manifest(), indent=1))
+    general = _spy_general_path(monkeypatch)
+    record = verify_pull(pull.local, workers=2)
+    assert record["ok"] and record["totals"]["files"] == len(MANY)
+    assert general == [1]
+
+
+@pytest.mark.parametrize("change", ["none", "drop", "add", "resize", "rehash", "reorder"])
+def test_fast_path_hands_any_manifest_difference_to_the_general_path(
+    tmp_path: Path, change: str, monkeypatch: pytest.MonkeyPatch, fork_early: None
+) -> None:
+    from rgt.manifest import encode_manifest
+
+    pull = Pull(tmp_path, MANY)
+    document = pull.manifest()
+    entries = document["files"]
+    victim = entries[100]
+    if change == "drop":
+        entries.remove(victim)
+        expected = f"{victim['path']}: extra file, not in the manifest"
+    elif change == "add":
+        entries.append({"path": "m2/ghost.json", "sha256": "0" * 64, "size": 2})
+        expected = "m2/ghost.json: missing"
+    elif change == "resize":
+        victim["size"] += 1
+        expected = f"{victim['path']}: {victim['size'] - 1} bytes, the manifest says"
+    elif change == "rehash":
+        victim["sha256"] = "f" * 64
+        expected = f"{victim['path']}: sha256"
+    elif change == "reorder":  # the same entries out of order: the general path accepts it
+        entries.reverse()
+        expected = ""
+    else:  # the control: nothing changed, the fast path vouches alone
+        expected = ""
+    # Written as rgt's encoder writes it, so only the entries differ from what the files give.
+    (pull.local / "PULL_MANIFEST.json").write_bytes(encode_manifest(document))
+    general = _spy_general_path(monkeypatch)
+    if expected:
+        pull.fails(expected, workers=2)
+    else:
+        assert verify_pull(pull.local, workers=2)["ok"]
+    assert general == ([] if change == "none" else [1])
+
+
+def test_entries_hidden_in_another_files_key_are_not_the_file_list(
+    tmp_path: Path, fork_early: None
+) -> None:
+    from rgt.manifest import encode_manifest
+
+    pull = Pull(tmp_path, MANY)
+    document = pull.manifest()
+    # The right entries, byte for byte, but under builder.files, followed by a "hash" key as
+    # the real list is; the real file list is empty. The fast path must not take them for it.
+    document["builder"] = {"files": document["files"], "hash": "x", **document["builder"]}
+    document["files"] = []
+    data = encode_manifest(document)
+    assert data.count(b'"files":[') == 2 and b'"files":[{"path":' in data
+    (pull.local / "PULL_MANIFEST.json").write_bytes(data)
+    problems = pull.fails("extra file, not in the manifest", workers=2)
+    assert len(problems) == len(MANY)
+
+
+@pytest.mark.parametrize("many", [False, True])  # the general path / the forked fast path
+def test_json_nested_too_deeply_is_a_verdict_not_a_crash(
+    tmp_path: Path, many: bool, fork_early: None
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000  # json's C scanner recurses once per level
+    files = {**(MANY if many else BASIC), "m0/deep.json": deep}
+    Pull(tmp_path, files).fails("m0/deep.json: not valid JSON (nested too deeply to parse)")
+
+
 @pytest.mark.parametrize("tops", [2, 9])  # parent lists and splits / each worker lists its own
 def test_forked_fast_path_writes_the_record_the_general_path_writes(
-    tmp_path: Path, tops: int
+    tmp_path: Path, tops: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rgt import manifest
 
@@ -560,11 +664,13 @@ def test_forked_fast_path_writes_the_record_the_general_path_writes(
         calls.append(len(shares))
         return real(shares, *args)
 
+    general = _spy_general_path(monkeypatch)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(manifest, "fork_map", spy)
         forked = verify_pull(pull.local, workers=2)
         slim = verify_pull(pull.local, workers=2, keep_rows=False)
     assert calls == [2, 2]
+    assert general == [], "a clean pull with a manifest rgt wrote takes the fast path"
     assert _without_times(forked) == _without_times(serial)
     assert "files" not in slim
     assert _without_times({**slim, "files": serial["files"]}) == _without_times(serial)
