@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from benchlib import REPO, emit, machine_line, median, percentile, table
+from benchlib import REPO, compile_rgt, emit, machine_line, median, percentile, table
 
 sys.path.insert(0, str(REPO))
 
@@ -126,6 +126,7 @@ async def poll_ms(
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from rgt.sim import Emulator
 
+    compile_rgt()  # the spawned server starts from bytecode, as an installed rgt does
     state = Path(tempfile.mkdtemp(prefix="rgt-bench-mcp-state-"))
     base_env = {
         "HOME": str(state / "home"),
