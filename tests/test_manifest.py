@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -403,3 +404,45 @@ def test_any_worker_count_writes_the_same_bytes_as_json_would(
             "left by a crash); wait for the writer to finish or remove it",
             "z/link: is a symlink; results must be real files, not links",
         ]
+
+
+def test_workers_list_their_own_directories_and_leave_big_files_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four roster directories, two workers: each worker lists and hashes two directories;
+    # the one big file (all in one directory, as checkpoints are) comes back to this process.
+    roster = ["ckpt", "logs", "metrics", "samples"]
+    for name in roster:
+        for index in range(30):
+            (tmp_path / name / "sub").mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / "sub" / f"{index}.json").write_text(f'{{"{name}": {index}}}')
+    big = os.urandom(manifest.BIG_FILE + 1)
+    (tmp_path / "ckpt" / "model.bin").write_bytes(big)
+    serial, _ = manifest.build_manifest_bytes(tmp_path, "r", roster, "i", 1)
+    shares: list[Any] = []
+    threaded: list[list[str]] = []
+    real_fork_map, real_hash_files = manifest.fork_map, manifest.hash_files
+
+    def fork_map(parts: Any, *args: Any) -> Any:
+        shares.append(list(parts))
+        return real_fork_map(parts, *args)
+
+    def hash_files(items: Any, **kwargs: Any) -> Any:
+        threaded.append([item[0] for item in items])
+        return real_hash_files(items, **kwargs)
+
+    monkeypatch.setattr(manifest, "fork_map", fork_map)
+    monkeypatch.setattr(manifest, "hash_files", hash_files)
+    forked, _ = manifest.build_manifest_bytes(tmp_path, "r", roster, "i", 2)
+    assert shares == [[["ckpt", "logs"], ["metrics", "samples"]]]
+    assert threaded == [["ckpt/model.bin"]]
+    document = json.loads(forked)
+    assert {"path": "ckpt/model.bin", "sha256": hashlib.sha256(big).hexdigest(),
+            "size": len(big)} in document["files"]  # fmt: skip
+    assert document["totals"] == {"bytes": len(big) + sum(
+        len(f'{{"{name}": {index}}}') for name in roster for index in range(30)
+    ), "files": 121}  # fmt: skip
+    document.pop("created_at")
+    reference = json.loads(serial)
+    reference.pop("created_at")
+    assert document == reference
