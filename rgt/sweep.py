@@ -96,16 +96,27 @@ def sweep(*, provider: Provider, ledger: Ledger, profile: Any | None) -> SweepRe
             continue
         visible.add(instance.id)
         flags: list[str] = []
+        cost: float | None
         if instance.state in NOT_RUNNING_STATES:
             keeps = still_bills
-            cost = storage_hourly(instance) if still_bills else 0.0
-            basis = "storage only (estimated from disk size)" if cost else "unknown"
-            if still_bills:
+            if not still_bills:
+                cost, basis = 0.0, "nothing (the profile says a stopped instance bills nothing)"
+            else:
+                cost = storage_hourly(instance)
+                basis = (
+                    "storage only (estimated from disk size)"
+                    if cost is not None
+                    else "unknown (disk size or storage price not reported)"
+                )
                 flags.append("stopped-but-billing")
         else:
             keeps = ["compute", *still_bills] if instance.state == "running" else ["compute?"]
             cost = instance.dph_total
-            basis = "dph_total (compute + storage)"
+            basis = (
+                "dph_total (compute + storage)"
+                if cost is not None
+                else "unknown (the provider reported no dph_total)"
+            )
             if instance.state == "running" and _is_idle(instance, ledger):
                 flags.append("idle")
         if instance.id not in known:

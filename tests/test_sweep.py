@@ -10,7 +10,9 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -72,6 +74,37 @@ def test_sweep_total_names_the_boxes_whose_rate_is_unknown_not_counting_them_as_
     assert f"total ≈ $0.500/hour over the 1 instance(s) with a known rate, {note}" in (
         format_report(report)
     )
+
+
+def test_sweep_says_what_each_hourly_figure_rests_on(tmp_path: Path) -> None:
+    # A known $0 (stopping bills nothing on this profile) is not "unknown"; a running box
+    # without a reported dph_total is not "dph_total (compute + storage)".
+    class NoRate(LocalBoxProvider):
+        def show(self, instance_id: str) -> Any:
+            instance = super().show(instance_id)
+            return replace(instance, dph_total=None) if instance_id == "3" else instance
+
+    provider = NoRate(tmp_path / "boxes")
+    provider.add_box("1", "running")
+    provider.add_box("2", "stopped")
+    provider.add_box("3", "running")
+    with Ledger.open() as ledger:
+        billed_disk = sweep(provider=provider, ledger=ledger, profile=vast_profile())
+        free_stop = sweep(
+            provider=provider, ledger=ledger, profile=SimpleNamespace(stop_still_bills=[])
+        )
+    bases = {row.instance_id: (row.hourly_cost, row.hourly_cost_basis) for row in billed_disk.rows}
+    assert bases == {
+        "1": (0.5, "dph_total (compute + storage)"),
+        "2": (None, "unknown (disk size or storage price not reported)"),
+        "3": (None, "unknown (the provider reported no dph_total)"),
+    }
+    stopped = next(row for row in free_stop.rows if row.instance_id == "2")
+    assert (stopped.hourly_cost, stopped.flags) == (0.0, ["unknown-to-ledger"])
+    assert (
+        stopped.hourly_cost_basis == "nothing (the profile says a stopped instance bills nothing)"
+    )
+    assert free_stop.hourly_unknown == ["3"] and free_stop.hourly_total == 0.5
 
 
 def test_sweep_of_an_empty_account(tmp_path: Path) -> None:
