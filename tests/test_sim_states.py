@@ -330,3 +330,26 @@ def test_an_instance_stopped_while_its_host_is_offline_comes_back_stopped(
     client.start_instance(id=instance_id)  # its GPU was released and is free: it starts
     sim.clock.advance(0.3)
     assert state(client, instance_id) == "running"
+
+
+def test_emulator_platform_facts_come_only_from_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rgt import profile as profile_module
+    from rgt.errors import UsageError
+    from rgt.sim.world import Platform
+
+    real = profile_module.load_profile
+    facts = Platform.from_profile()
+    vast = real("vastai")
+    assert (facts.id_env, facts.data_dir) == (vast.instance_id_env, vast.overrides["data_dir"])
+    assert facts.onstart_path == vast.overrides["detach"]
+    # A profile without data_dir: the emulator says so instead of assuming /workspace.
+    text = vast.path.read_text()
+    assert "\n  data_dir: " in text
+    edited = tmp_path / "vastai.md"
+    edited.write_text("".join(line for line in text.splitlines(keepends=True)
+                              if not line.startswith("  data_dir: ")))  # fmt: skip
+    monkeypatch.setattr(profile_module, "load_profile", lambda name: real(edited))
+    with pytest.raises(UsageError, match="data_dir"):
+        Platform.from_profile()

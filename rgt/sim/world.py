@@ -73,24 +73,38 @@ SshFactory = Callable[[Path], SshServerLike]
 
 @dataclass
 class Platform:
-    """The platform facts the emulator needs, read from the vast.ai profile."""
+    """The platform facts the emulator needs, read from the vast.ai profile (their one source:
+    no fallback values here)."""
 
-    id_env: str = "CONTAINER_ID"
-    onstart_path: str = "/root/onstart.sh"
-    data_dir: str = "/workspace"
-    onstart_limit_bytes: int | None = 16384
+    id_env: str
+    onstart_path: str
+    data_dir: str
+    onstart_limit_bytes: int | None
 
     @classmethod
     def from_profile(cls) -> Platform:
-        """Facts from `profiles/vastai.md` (instance id variable, boot hook path, limits)."""
+        """Facts from `profiles/vastai.md` (instance id variable, boot hook path, data dir,
+        limits); a profile without one of them is a clear error, not a silent default."""
+        from rgt.errors import UsageError
         from rgt.profile import load_profile
 
         profile = load_profile("vastai")
         overrides = profile.overrides
+        facts = {
+            "instance_id_env": profile.instance_id_env,
+            "overrides.detach": overrides.get("detach"),
+            "overrides.data_dir": overrides.get("data_dir"),
+        }
+        missing = [name for name, value in facts.items() if not value]
+        if missing:
+            raise UsageError(
+                f"{profile.path}: the vast.ai emulator needs {', '.join(missing)} in the "
+                "frontmatter"
+            )
         return cls(
-            id_env=profile.instance_id_env or cls.id_env,
-            onstart_path=str(overrides.get("detach") or cls.onstart_path),
-            data_dir=str(overrides.get("data_dir") or cls.data_dir),
+            id_env=str(facts["instance_id_env"]),
+            onstart_path=str(facts["overrides.detach"]),
+            data_dir=str(facts["overrides.data_dir"]),
             onstart_limit_bytes=profile.onstart_limit_bytes,
         )
 
