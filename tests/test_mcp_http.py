@@ -74,3 +74,46 @@ async def test_http_listens_on_loopback_only_and_serves_the_tools(
         result = await client.call_tool("get_profile", {"name": "vastai"})
         assert not result.is_error
         assert "Iron Law" in (client.instructions or "")
+
+
+def _post_initialize(port: int, host: str) -> int:
+    """The HTTP status of an MCP initialize request sent to 127.0.0.1:`port` with `host` as
+    its Host header (what a browser sends after a DNS-rebinding attack)."""
+    import http.client
+    import json
+
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "probe", "version": "0"},
+            },
+        }
+    )
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "POST",
+            "/mcp",
+            body=body,
+            headers={
+                "Host": host,
+                "Content-Type": "application/json",
+                "Accept": "application/json, text/event-stream",
+            },
+        )
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_http_refuses_a_foreign_host_header(http_server: int) -> None:
+    # A web page can make a browser send requests to 127.0.0.1 under its own name (DNS
+    # rebinding): the server must answer only requests addressed to the loopback name itself,
+    # or any page the user opens could call `launch` (which rents GPUs) through it.
+    assert _post_initialize(http_server, f"127.0.0.1:{http_server}") == 200
+    assert _post_initialize(http_server, f"attacker.example:{http_server}") == 421
