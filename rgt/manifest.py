@@ -379,20 +379,6 @@ def make_batches(items: Sequence[FileItem], workers: int = 1) -> list[list[FileI
     return batches
 
 
-def hash_share(
-    share: Sequence[FileItem],
-    want_stat: bool,
-    inspect: Callable[[str, memoryview], str | None] | None,
-) -> list[tuple[str, Any]]:
-    """Hash a share of the items in this process, big files included (no deferral)."""
-    results = hash_batch(share, want_stat, inspect)
-    paths = {item[0]: item[1] for item in share}
-    for index, (relative, result) in enumerate(results):
-        if result == DEFER:
-            results[index] = hash_batch([(relative, paths[relative], BIG_FILE)], want_stat)[0]
-    return results
-
-
 def split_items(items: Sequence[Any], count: int) -> list[Sequence[Any]]:
     """`count` contiguous shares of `items` (order kept: concatenated results stay sorted)."""
     return [items[i * len(items) // count : (i + 1) * len(items) // count] for i in range(count)]
@@ -533,13 +519,18 @@ def hash_files(
         if processes is None:
             processes = may_fork(items, count)
         if processes:
+            # Workers leave big files (DEFER) to the threads below: split by count, one share
+            # could otherwise hold every checkpoint and hash them alone.
+            left: list[list[FileItem]] = []
             parts = fork_map(
                 split_items(items, count),
-                lambda share: hash_share(share, want_stat, inspect),
-                lambda part: collect(part, []),
+                lambda share: hash_batch(share, want_stat, inspect),
+                lambda part: collect(part, left),
             )
             if parts is not None:
-                return results
+                if not left:
+                    return results
+                items = [batch[0] for batch in left]
     batches = make_batches(items, count)
     if count == 1 or len(batches) <= 1:
         while batches:
@@ -638,29 +629,46 @@ def _list_and_hash_forked(
         if problems:
             return None
         items.sort()
-        rows: list[str] = []
-        deferred = []
-        total = 0
-        # (no strict=: this module runs on the box's python3, 3.8 included)
-        for (relative, result), item in zip(hash_batch(items), items):  # noqa: B905
-            if result == DEFER:
-                deferred.append((len(rows), relative, item[1]))
-                rows.append("")
-                continue
-            if type(result) is str or result[3] is not None:
-                return None
-            rows.append(manifest_row(relative, result[1], result[0]))
-            total += result[0]
-        return (rows if deferred else ",".join(rows)), deferred, total, len(rows)
+        return rows_leaving_big(items)
 
-    parts = fork_map(split_items(tops, count), work)
+    return with_big_rows(fork_map(split_items(tops, count), work), count)
+
+
+def rows_leaving_big(items: Sequence[FileItem]) -> Any:
+    """A forked worker's part of the manifest: the entries of `items`, hashed here, except the
+    big files, left to the parent's threads (placeholders) -- work is split by file count,
+    and one share may hold every checkpoint. None at the first problem (the caller then takes
+    the path that names it). -> (entries: text, or a list with placeholders; [(index,
+    relative, path)] left; bytes; files)."""
+    rows: list[str] = []
+    left = []
+    total = 0
+    # (no strict=: this module runs on the box's python3, 3.8 included)
+    for (relative, result), item in zip(hash_batch(items), items):  # noqa: B905
+        if result == DEFER:
+            left.append((len(rows), relative, item[1]))
+            rows.append("")
+            continue
+        if type(result) is str or result[3] is not None:
+            return None
+        rows.append(manifest_row(relative, result[1], result[0]))
+        total += result[0]
+    return (rows if left else ",".join(rows)), left, total, len(rows)
+
+
+def with_big_rows(
+    parts: list[Any] | None, count: int
+) -> list[tuple[str, list[str], int, int]] | None:
+    """The workers' parts (rows_leaving_big) completed: the big files they left hashed here
+    with `count` threads and their entries put in place. None if a part is missing or any
+    file needs reporting."""
     if parts is None or any(part is None for part in parts):
         return None
     big = [(relative, path, BIG_FILE) for part in parts for _, relative, path in part[1]]
     hashed = hash_files(big, workers=count, processes=False) if big else {}
     done: list[tuple[str, list[str], int, int]] = []
-    for text, deferred, total, files in parts:
-        for index, relative, _path in deferred:
+    for text, left, total, files in parts:
+        for index, relative, _path in left:
             result = hashed.get(relative)
             if type(result) is not tuple or result[3] is not None:
                 return None
@@ -735,10 +743,7 @@ def build_manifest_bytes(
         if problems:
             raise ManifestRefused(problems)
         if may_fork(items, count):  # (progress is reported by the threaded path only)
-            parts = fork_map(
-                split_items(items, count),
-                lambda share: _manifest_rows(hash_share(share, False, None)),
-            )
+            parts = with_big_rows(fork_map(split_items(items, count), rows_leaving_big), count)
     if parts is None:  # threads, or one process
         hashed = hash_files(items, workers=count, progress=progress, processes=False)
         parts = [_manifest_rows((item[0], hashed.get(item[0], "was not hashed")) for item in items)]

@@ -922,16 +922,24 @@ def _verify_fast(
     manifest_row = manifest_module.manifest_row
 
     def check(items: Sequence[tuple[str, str, int]] | None) -> Any:
-        # -> (manifest entries, record rows (bytes, or a list with checkpoint rows to fill in
-        #     the parent), [checkpoints to load in the parent], bytes, files) or None.
+        # -> (manifest entries, record rows, [rows the parent completes], bytes, files) or
+        # None. Entries and rows are joined text, or lists with placeholders where the parent
+        # completes a row: a checkpoint to load (its hash result attached) or a big file left
+        # to the parent's threads (None attached): shares are split by file count, and one
+        # share may hold every checkpoint.
         if items is None:
             return None
-        results = manifest_module.hash_share(items, True, _json_unparsable)
+        results = manifest_module.hash_batch(items, True, _json_unparsable)
         entries: list[str] = []
         rows: list[str] = []
-        held: list[Any] = []
+        pending: list[Any] = []
         total = 0
         for (relative, result), (_, path, _) in zip(results, items, strict=True):
+            if result == manifest_module.DEFER:
+                pending.append((len(rows), relative, path, None))
+                entries.append("")
+                rows.append("")
+                continue
             if type(result) is not tuple:
                 return None
             size, digest, stat, note = result
@@ -944,7 +952,7 @@ def _verify_fast(
                     return None
                 load = ',"load":"json parsed"'
             elif relative.endswith(CHECKPOINT_SUFFIXES):
-                held.append((len(rows), relative, path, size, digest, stat))
+                pending.append((len(rows), relative, path, (size, digest, stat)))
                 rows.append("")
                 continue
             else:
@@ -953,9 +961,10 @@ def _verify_fast(
                 f'{{"path":{encode(relative)},"size":{size},"sha256":"{digest}","ok":true,'
                 f'"stat":[{stat[0]},{stat[1]},{stat[2]},{stat[3]},{stat[4]}]{load}}}'
             )
-        # Joined and encoded here, in parallel, unless the parent must fill checkpoint rows in.
-        text: Any = rows if held else ",".join(rows).encode()
-        return ",".join(entries).encode("utf-8"), text, held, total, len(items)
+        if pending:
+            return entries, rows, pending, total, len(items)
+        # Joined and encoded here, in parallel, when the parent has nothing to fill in.
+        return ",".join(entries).encode("utf-8"), ",".join(rows).encode(), [], total, len(items)
 
     done = [0]
     totals = document.get("totals")
@@ -980,27 +989,12 @@ def _verify_fast(
         parts = manifest_module.fork_map(manifest_module.split_items(items, count), check, each)
     if parts is None or any(part is None for part in parts):
         return None
-    if not _entries_match(manifest_bytes, canonical, [part[0] for part in parts]):
+    completed = _complete_rows(parts, count, allow_pickle)
+    if completed is None:
         return None
-    checkpoints: list[dict[str, Any]] = []
-    texts: list[bytes] = []
-    for part in parts:
-        if not part[2]:
-            texts.append(part[1])
-            continue
-        rows = part[1]
-        for index, relative, path, size, digest, stat in part[2]:
-            row: dict[str, Any] = {"path": relative, "size": size, "sha256": digest, "ok": True}
-            row["stat"] = list(stat)
-            try:
-                method = _load_check(Path(path), relative, size, allow_pickle)
-            except (_LoadProblem, OSError):
-                return None
-            if method is not None:
-                row["load"] = method
-                checkpoints.append({"path": relative, "ok": True, "method": method})
-            rows[index] = json.dumps(row, separators=(",", ":"))
-        texts.append(",".join(rows).encode())
+    entry_texts, texts, checkpoints, total = completed
+    if not _entries_match(manifest_bytes, canonical, entry_texts):
+        return None
     files = sum(part[4] for part in parts)
     record = _record(
         local_dir,
@@ -1011,11 +1005,64 @@ def _verify_fast(
         roster,
         json.loads(b"[" + b",".join(text for text in texts if text) + b"]") if keep_rows else [],
         checkpoints,
-        {"files": files, "bytes": sum(part[3] for part in parts)},
+        {"files": files, "bytes": total},
     )
     if not keep_rows:
         del record["files"]
     return record, texts
+
+
+def _complete_rows(
+    parts: Sequence[Any], count: int, allow_pickle: bool
+) -> tuple[list[bytes], list[bytes], list[dict[str, Any]], int] | None:
+    """The workers' parts (see _verify_fast.check) completed here: the big files they left
+    hashed with `count` threads, the checkpoints loaded; -> (entries, record rows, checkpoint
+    rows, bytes), or None at the first thing the general path must name."""
+    left = [
+        (p[1], p[2], manifest_module.BIG_FILE) for part in parts for p in part[2] if p[3] is None
+    ]
+    hashed = (
+        manifest_module.hash_files(left, workers=count, want_stat=True, processes=False)
+        if left
+        else {}
+    )
+    entry_texts: list[bytes] = []
+    texts: list[bytes] = []
+    checkpoints: list[dict[str, Any]] = []
+    total = 0
+    for entries, rows, pending, part_bytes, _files in parts:
+        total += part_bytes
+        if not pending:
+            entry_texts.append(entries)
+            texts.append(rows)
+            continue
+        for index, relative, path, got in pending:
+            if got is None:  # a big file, hashed just now
+                result = hashed.get(relative)
+                if type(result) is not tuple or result[3] is not None:
+                    return None
+                got = result[:3]
+                entries[index] = manifest_module.manifest_row(relative, got[1], got[0])
+                total += got[0]
+            size, digest, stat = got
+            row: dict[str, Any] = {"path": relative, "size": size, "sha256": digest, "ok": True}
+            row["stat"] = list(stat)
+            if relative.endswith(JSON_SUFFIXES):
+                if size >= SMALL_BUFFER and _big_json_problem(relative, path):
+                    return None
+                row["load"] = "json parsed"
+            elif relative.endswith(CHECKPOINT_SUFFIXES):
+                try:
+                    method = _load_check(Path(path), relative, size, allow_pickle)
+                except (_LoadProblem, OSError):
+                    return None
+                if method is not None:
+                    row["load"] = method
+                    checkpoints.append({"path": relative, "ok": True, "method": method})
+            rows[index] = json.dumps(row, separators=(",", ":"))
+        entry_texts.append(",".join(entries).encode("utf-8"))
+        texts.append(",".join(rows).encode())
+    return entry_texts, texts, checkpoints, total
 
 
 def _entries_match(data: bytes, canonical: _Canonical, entries: Sequence[bytes]) -> bool:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -348,14 +349,14 @@ def test_a_hashing_child_that_dies_is_redone_in_the_parent(
         (root / "d" / f"{index:02d}").write_bytes(data)
         expected[f"d/{index:02d}"] = hashlib.sha256(data).hexdigest()
     parent = os.getpid()
-    real = manifest.hash_share
+    real = manifest.hash_batch
 
     def dying(share: object, *args: object) -> object:
         if os.getpid() != parent:
             os._exit(9)  # as if the OOM killer took the child
         return real(share, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(manifest, "hash_share", dying)
+    monkeypatch.setattr(manifest, "hash_batch", dying)
     items, _ = manifest.list_tree(str(root), ["d"])
     hashed = manifest.hash_files(items, workers=3, processes=True)
     assert {k: v[1] for k, v in hashed.items()} == expected
@@ -446,3 +447,41 @@ def test_workers_list_their_own_directories_and_leave_big_files_to_threads(
     reference = json.loads(serial)
     reference.pop("created_at")
     assert document == reference
+
+
+def test_forked_hashing_leaves_big_files_to_the_parents_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Work is split by file count: the first share holds ckpt/ (sorted first) with both big
+    # files. Hashed in that share alone they would take one core; the workers leave them to
+    # the parent, which hashes them with threads.
+    monkeypatch.setattr(manifest, "PROCESS_MIN_FILES", 10)
+    for index in range(2):
+        (tmp_path / "ckpt").mkdir(exist_ok=True)
+        (tmp_path / "ckpt" / f"{index}.bin").write_bytes(os.urandom(manifest.BIG_FILE + index))
+    for index in range(40):
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        (tmp_path / "metrics" / f"{index:02d}.json").write_text(f'{{"i": {index}}}')
+    parent = os.getpid()
+    big_hashed_by: list[tuple[int, str]] = []
+    real = manifest._hash_big
+
+    def spy(path: str, want_stat: bool) -> Any:
+        big_hashed_by.append((os.getpid(), threading.current_thread().name))
+        return real(path, want_stat)
+
+    monkeypatch.setattr(manifest, "_hash_big", spy)
+    serial, _ = manifest.build_manifest_bytes(tmp_path, "r", ["ckpt", "metrics"], "i", 1)
+    big_hashed_by.clear()
+    forked, _ = manifest.build_manifest_bytes(tmp_path, "r", ["ckpt", "metrics"], "i", 2)
+    assert json.loads(forked)["files"] == json.loads(serial)["files"]
+    assert len(big_hashed_by) == 2
+    assert all(pid == parent and name.startswith("rgt-hash") for pid, name in big_hashed_by)
+    big_hashed_by.clear()
+    items, _ = manifest.list_tree(str(tmp_path), ["ckpt", "metrics"])
+    hashed = manifest.hash_files(items, workers=2, processes=True, want_stat=True)
+    assert {k: v[1] for k, v in hashed.items()} == {
+        f["path"]: f["sha256"] for f in json.loads(serial)["files"]
+    }
+    assert len(big_hashed_by) == 2
+    assert all(pid == parent and name.startswith("rgt-hash") for pid, name in big_hashed_by)

@@ -615,6 +615,37 @@ def test_fast_path_hands_any_manifest_difference_to_the_general_path(
     assert general == ([] if change == "none" else [1])
 
 
+def test_fast_path_leaves_big_files_to_the_parents_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork_early: None
+) -> None:
+    import threading
+
+    from rgt import manifest
+
+    big = os.urandom(manifest.BIG_FILE + 1)
+    huge_json = json.dumps({"losses": list(range(1_200_000))}).encode()  # > BIG_FILE, parsed
+    assert len(huge_json) > manifest.BIG_FILE
+    files = {**MANY, "m0/a.bin": big, "m0/b.json": huge_json, "m0/c.safetensors": _safetensors()}
+    pull = Pull(tmp_path, files)
+    serial = verify_pull(pull.local, workers=1)
+    hashed_by: list[tuple[int, str]] = []
+    real = manifest._hash_big
+
+    def spy(path: str, want_stat: bool) -> Any:
+        hashed_by.append((os.getpid(), threading.current_thread().name))
+        return real(path, want_stat)
+
+    monkeypatch.setattr(manifest, "_hash_big", spy)
+    general = _spy_general_path(monkeypatch)
+    forked = verify_pull(pull.local, workers=2)
+    assert general == []
+    assert _without_times(forked) == _without_times(serial)
+    assert len(hashed_by) == 2  # a.bin and b.json, in this process, on the hashing threads
+    assert all(pid == os.getpid() and name.startswith("rgt-hash") for pid, name in hashed_by)
+    (pull.local / "m0/b.json").write_bytes(huge_json[:-1])  # same size class, no longer JSON
+    pull.fails("m0/b.json: ", workers=2)
+
+
 def test_entries_hidden_in_another_files_key_are_not_the_file_list(
     tmp_path: Path, fork_early: None
 ) -> None:
