@@ -391,7 +391,8 @@ def fork_map(
 ) -> list[Any] | None:
     """[work(share) for share in shares], the first share in this process and each other in a
     forked child that writes its (marshal-able) result to a file (_result_file). None if fork is
-    unavailable. A child that dies (the OOM killer, say) has its share redone here.
+    unavailable or no result file can be had. A share whose child dies (the OOM killer, say)
+    or cannot be forked is done here.
     `each(result)` runs in this process as each share's result arrives, in share order.
 
     Processes, not threads, because the per-file Python work of small files holds the GIL;
@@ -400,11 +401,18 @@ def fork_map(
     single-threaded process (see hash_files)."""
     if not hasattr(os, "fork"):
         return None
-    children: list[tuple[int, int]] = []  # (pid, the file its result is written to)
     try:
-        for share in shares[1:]:
-            result_fd = _result_file()
-            pid = os.fork()
+        files = [_result_file() for _ in shares[1:]]
+    except OSError:  # no memory file or temp file to be had: the caller's other path
+        return None
+    children: list[int | None] = []  # the pid of each share's child; None: no child forked
+    try:
+        for share, result_fd in zip(shares[1:], files):  # noqa: B905 (python 3.8 on the box)
+            try:
+                pid = os.fork()
+            except OSError:  # no process to be had (EAGAIN, ENOMEM): done here below
+                children.append(None)
+                continue
             if pid == 0:  # the child: work, write, exit without running any parent cleanup
                 status = 0
                 try:
@@ -415,17 +423,20 @@ def fork_map(
                     status = 1
                 finally:
                     os._exit(status)
-            children.append((pid, result_fd))
+            children.append(pid)
         results = [work(shares[0])]
         if each is not None:
             each(results[0])
-        for index, (pid, result_fd) in enumerate(children):
-            _, status = os.waitpid(pid, 0)
+        for index, child in enumerate(children):
             result: Any = None
-            ok = status == 0
+            ok = False
+            if child is not None:
+                _, status = os.waitpid(child, 0)
+                children[index] = None  # reaped
+                ok = status == 0
             if ok:
                 try:
-                    result = marshal.loads(_read_all(result_fd))
+                    result = marshal.loads(_read_all(files[index]))
                 except (ValueError, EOFError, TypeError, OSError):
                     ok = False
             if not ok:
@@ -435,11 +446,13 @@ def fork_map(
                 each(result)
         return results
     finally:
-        for pid, result_fd in children:
+        for result_fd in files:
             with contextlib.suppress(OSError):
                 os.close(result_fd)
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
+        for child in children:
+            if child is not None:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(child, os.WNOHANG)
 
 
 def _result_file() -> int:
@@ -449,7 +462,10 @@ def _result_file() -> int:
     until this process got round to reading, and the transfer (megabytes for 50,000 files)
     would run after all the work instead of during it."""
     if hasattr(os, "memfd_create"):
-        return os.memfd_create("rgt-worker-result", os.MFD_CLOEXEC)
+        try:
+            return os.memfd_create("rgt-worker-result", os.MFD_CLOEXEC)
+        except OSError:  # a seccomp filter may refuse it: the temp file below
+            pass
     import tempfile
 
     fd, path = tempfile.mkstemp(prefix="rgt-worker-result-")

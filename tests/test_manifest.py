@@ -485,3 +485,37 @@ def test_forked_hashing_leaves_big_files_to_the_parents_threads(
     }
     assert len(big_hashed_by) == 2
     assert all(pid == parent and name.startswith("rgt-hash") for pid, name in big_hashed_by)
+
+
+@pytest.mark.parametrize("refused", ["fork", "memfd", "memfd+tempfile"])
+def test_forked_hashing_survives_a_refused_fork_or_result_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    # A box may refuse a process (EAGAIN under a pids limit) or a memory file (a seccomp
+    # filter): the share is hashed here instead, or the threads do it all; same answer.
+    import errno
+    import tempfile
+
+    root = tmp_path / "r"
+    expected = {}
+    for index in range(40):
+        data = os.urandom(index * 7)
+        (root / "d").mkdir(parents=True, exist_ok=True)
+        (root / "d" / f"{index:02d}").write_bytes(data)
+        expected[f"d/{index:02d}"] = hashlib.sha256(data).hexdigest()
+    forks: list[int] = []
+
+    def no(*_args: Any, **_kwargs: Any) -> Any:
+        forks.append(1)
+        raise OSError(errno.EAGAIN, "refused by the test")
+
+    if refused == "fork":
+        monkeypatch.setattr(os, "fork", no)
+    else:
+        monkeypatch.setattr(os, "memfd_create", no, raising=False)
+        if refused == "memfd+tempfile":
+            monkeypatch.setattr(tempfile, "mkstemp", no)
+    items, _ = manifest.list_tree(str(root), ["d"])
+    hashed = manifest.hash_files(items, workers=3, processes=True)
+    assert {k: v[1] for k, v in hashed.items()} == expected
+    assert forks  # the refusal did happen
