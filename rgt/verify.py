@@ -780,6 +780,15 @@ def _verify_pull(
     return record
 
 
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What `rgt verify --json` prints and the MCP `verify` tool returns: the record without
+    its per-file rows and snapshot (50,000 rows do not belong in a terminal or an agent's
+    context), plus where the whole record is."""
+    short = {key: value for key, value in record.items() if key not in ("files", "snapshot")}
+    short["record"] = str(Path(record["local_dir"]) / VERIFIED_NAME)
+    return short
+
+
 def _record(
     local_dir: Path,
     document: dict[str, Any],

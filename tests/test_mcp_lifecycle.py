@@ -53,12 +53,16 @@ async def test_whole_lifecycle_over_stdio(mode: str, emulator: Any, tmp_path: Pa
         copy_ticks = len(progress)
         other = await session.call("verify", {"local_dir": str(local), "instance_id": "999"})
         assert other.is_error and "999" in other.content[0].text  # type: ignore[union-attr]
-        await session.data(
+        verified = await session.data(
             "verify",
             {"local_dir": str(local), "instance_id": instance_id},
             progress_callback=on_progress,
         )
         assert len(progress) > copy_ticks, "verify sent no progress notification"
+        # The outcome and totals, not one row per file (50,000 rows would flood the agent).
+        assert verified["ok"] is True and verified["totals"]["files"] == copied["files"]
+        assert "files" not in verified and "snapshot" not in verified
+        assert verified["record"] == str(local.resolve() / "PULL_VERIFIED.json")
 
         human.typed = instance_id
         assert_alive(emulator, instance_id)

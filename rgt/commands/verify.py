@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rgt.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
     from rgt.progress import ProgressBar, human_bytes
-    from rgt.verify import VERIFIED_NAME, VerificationFailed, verify_pull
+    from rgt.verify import VerificationFailed, summary, verify_pull
 
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be 1 or more")
@@ -71,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
     totals = record["totals"]
     seconds = max(float(record.get("seconds", 0.0)), 1e-9)
     if args.json:
-        summary = {k: v for k, v in record.items() if k not in ("files", "snapshot")}
-        summary["record"] = str(Path(record["local_dir"]) / VERIFIED_NAME)
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary(record), indent=2))
         return EXIT_OK
     loads = ", ".join(f"{c['path']} ({c['method']})" for c in record["checkpoints"]) or "none"
     print(

@@ -577,9 +577,10 @@ async def verify(
     ] = None,
 ) -> dict[str, Any]:
     """Verify a pull byte-for-byte against the manifest built on the box (with progress);
-    records the verification in the ledger. Checkpoints are loaded safely only: a pickle that
-    needs a full unpickle is refused here (a human decides that with `rgt verify
-    --allow-pickle` on a terminal)."""
+    records the verification in the ledger. Returns the outcome and totals; the per-file rows
+    are in PULL_VERIFIED.json (the `record` path), not in the result. Checkpoints are loaded
+    safely only: a pickle that needs a full unpickle is refused here (a human decides that
+    with `rgt verify --allow-pickle` on a terminal)."""
     report = _progress_reporter(ctx, "verify")
 
     def progress(*args: Any) -> None:
@@ -591,11 +592,13 @@ async def verify(
 
     def work() -> dict[str, Any]:
         try:
-            from rgt.verify import verify_pull
+            from rgt.verify import summary, verify_pull
         except ImportError as exc:
             raise ToolError(f"verification is not available in this rgt build: {exc}") from None
-        record = verify_pull(Path(local_dir), progress=progress, expected_instance_id=instance_id)
-        return dict(record) if isinstance(record, dict) else {"record": str(record)}
+        record = verify_pull(
+            Path(local_dir), progress=progress, expected_instance_id=instance_id, keep_rows=False
+        )
+        return summary(record)
 
     return await _blocking(work)
 
