@@ -58,7 +58,10 @@ EXIT_USAGE = 2
 
 # Files at least this big are hashed by one task each with big reads; smaller ones in batches.
 BIG_FILE = 8 * 1024 * 1024
-READ_CHUNK = 4 * 1024 * 1024
+# 1 MiB reads for big files: 2-4 % faster than 4 MiB here (4 x 512 MiB from the page cache,
+# fresh processes, 4 alternating rounds on 2026-12-02), and 256 KiB was no faster; the buffer
+# stays in the core's L2 cache between the copy and the hash.
+READ_CHUNK = 1024 * 1024
 _BATCH_BYTES = 8 * 1024 * 1024
 _BATCH_FILES = 256
 SMALL_BUFFER = 1024 * 1024
