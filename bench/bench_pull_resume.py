@@ -50,12 +50,12 @@ def arrived_bytes(local: Path) -> int:
 
 
 def results_root() -> str:
-    """The box's results root: `results` under the vast.ai profile's data_dir (the container
-    disk), as `rgt demo` derives it; the profile owns that path, the bench does not."""
+    """The box's results root, as `rgt demo` derives it from the vast.ai profile's data_dir
+    (the container disk): the profile owns that path, the bench does not."""
+    from rgt.demo.scenario import results_root as under
     from rgt.profile import load_profile
 
-    data_dir = str(load_profile("vastai").overrides["data_dir"])
-    return f"{data_dir.rstrip('/')}/results"
+    return under(str(load_profile("vastai").overrides["data_dir"]))
 
 
 def killed_pull(

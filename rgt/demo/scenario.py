@@ -114,6 +114,12 @@ def _set_environment(values: Mapping[str, str | None]) -> None:
             os.environ[name] = value
 
 
+def results_root(data_dir: str) -> str:
+    """Where a rehearsal's job writes its results: `results` under the profile's data_dir (the
+    container disk on vast.ai). The demo and the pull-resume bench both use it."""
+    return f"{data_dir.rstrip('/')}/results"
+
+
 def demo_job(settings: DemoSettings, ckpt_every: int, data_dir: str) -> Any:
     """The job request: the demo trainer, run by the rendered onstart on every container start.
 
@@ -122,8 +128,7 @@ def demo_job(settings: DemoSettings, ckpt_every: int, data_dir: str) -> Any:
     """
     from rgt.job import JobRequest
 
-    # The results live under the profile's data_dir (the container disk on vast.ai).
-    results_root = f"{data_dir.rstrip('/')}/results"
+    root = results_root(data_dir)
     command = (
         f"{sys.executable} -m rgt.demo.job --steps {settings.steps} "
         f"--ckpt-every {ckpt_every} --step-seconds {settings.step_seconds}"
@@ -135,9 +140,9 @@ def demo_job(settings: DemoSettings, ckpt_every: int, data_dir: str) -> Any:
             "gpu": settings.gpu,
             "disk_gb": settings.disk_gb,
             "command": command,
-            "results_root": results_root,
+            "results_root": root,
             "roster": [RESULT_DIR],
-            "checkpoint_dir": f"{results_root}/{RESULT_DIR}/checkpoints",
+            "checkpoint_dir": f"{root}/{RESULT_DIR}/checkpoints",
             "checkpoint_glob": "step-*.ckpt",
             "env": {"PYTHONUNBUFFERED": "1"},
         },
