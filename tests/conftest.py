@@ -59,3 +59,23 @@ def emulator(
 def anyio_backend() -> str:
     """Async tests (the MCP client ones) run on asyncio, the backend the mcp SDK targets."""
     return "asyncio"
+
+
+def spy_big_file_hashing(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """(pid, thread name) of every big file rgt.manifest hashes from here to the end of the
+    test: which process and thread did the work (forked workers leave big files to the
+    parent's hashing threads)."""
+    import os
+    import threading
+
+    from rgt import manifest
+
+    calls: list[tuple[int, str]] = []
+    real = manifest._hash_big
+
+    def spy(path: str, want_stat: bool) -> Any:
+        calls.append((os.getpid(), threading.current_thread().name))
+        return real(path, want_stat)
+
+    monkeypatch.setattr(manifest, "_hash_big", spy)
+    return calls

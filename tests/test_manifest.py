@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 
 from rgt import manifest
 from rgt.manifest import ManifestRefused, build_manifest, write_manifest
+from tests.conftest import spy_big_file_hashing
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -463,14 +463,7 @@ def test_forked_hashing_leaves_big_files_to_the_parents_threads(
         (tmp_path / "metrics").mkdir(exist_ok=True)
         (tmp_path / "metrics" / f"{index:02d}.json").write_text(f'{{"i": {index}}}')
     parent = os.getpid()
-    big_hashed_by: list[tuple[int, str]] = []
-    real = manifest._hash_big
-
-    def spy(path: str, want_stat: bool) -> Any:
-        big_hashed_by.append((os.getpid(), threading.current_thread().name))
-        return real(path, want_stat)
-
-    monkeypatch.setattr(manifest, "_hash_big", spy)
+    big_hashed_by = spy_big_file_hashing(monkeypatch)
     serial, _ = manifest.build_manifest_bytes(tmp_path, "r", ["ckpt", "metrics"], "i", 1)
     big_hashed_by.clear()
     forked, _ = manifest.build_manifest_bytes(tmp_path, "r", ["ckpt", "metrics"], "i", 2)

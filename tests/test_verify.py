@@ -29,6 +29,7 @@ from rgt.verify import (
     check_unchanged,
     verify_pull,
 )
+from tests.conftest import spy_big_file_hashing
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -618,8 +619,6 @@ def test_fast_path_hands_any_manifest_difference_to_the_general_path(
 def test_fast_path_leaves_big_files_to_the_parents_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork_early: None
 ) -> None:
-    import threading
-
     from rgt import manifest
 
     big = os.urandom(manifest.BIG_FILE + 1)
@@ -628,14 +627,7 @@ def test_fast_path_leaves_big_files_to_the_parents_threads(
     files = {**MANY, "m0/a.bin": big, "m0/b.json": huge_json, "m0/c.safetensors": _safetensors()}
     pull = Pull(tmp_path, files)
     serial = verify_pull(pull.local, workers=1)
-    hashed_by: list[tuple[int, str]] = []
-    real = manifest._hash_big
-
-    def spy(path: str, want_stat: bool) -> Any:
-        hashed_by.append((os.getpid(), threading.current_thread().name))
-        return real(path, want_stat)
-
-    monkeypatch.setattr(manifest, "_hash_big", spy)
+    hashed_by = spy_big_file_hashing(monkeypatch)
     general = _spy_general_path(monkeypatch)
     forked = verify_pull(pull.local, workers=2)
     assert general == []
