@@ -251,8 +251,15 @@ def test_ctrl_c_during_launch_says_a_box_may_bill_and_how_to_find_it(emulator) -
     offer = json.loads(found.stdout)[0]["offer_id"]
     emulator.add_latency(3.0)
     command = ["launch", offer, "--job", str(EXAMPLE_JOB), "--max-price", "5"]
+    # Ctrl-C as a terminal delivers it, even when this test runs as a background job (whose
+    # children inherit SIGINT ignored, and Python then keeps ignoring it): the child puts
+    # Python's own handler back before running `rgt`.
+    ctrl_c_able = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'rgt'; runpy.run_module('rgt', run_name='__main__')"
+    )
     launch = subprocess.Popen(
-        [sys.executable, "-m", "rgt", *command],
+        [sys.executable, "-c", ctrl_c_able, *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
