@@ -569,8 +569,9 @@ def hash_files(
     return results
 
 
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def utc_text(seconds: float | None = None) -> str:
+    """A time (default: now) as the manifest and the verification record write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def check_id(field: str, value: str | None) -> list[str]:
@@ -648,12 +649,12 @@ def _list_and_hash_forked(
         if problems:
             return None
         items.sort()
-        return rows_leaving_big(items)
+        return _rows_leaving_big(items)
 
-    return with_big_rows(fork_map(split_items(tops, count), work), count)
+    return _with_big_rows(fork_map(split_items(tops, count), work), count)
 
 
-def rows_leaving_big(items: Sequence[FileItem]) -> Any:
+def _rows_leaving_big(items: Sequence[FileItem]) -> Any:
     """A forked worker's part of the manifest: the entries of `items`, hashed here, except the
     big files, left to the parent's threads (placeholders) -- work is split by file count,
     and one share may hold every checkpoint. None at the first problem (the caller then takes
@@ -675,10 +676,10 @@ def rows_leaving_big(items: Sequence[FileItem]) -> Any:
     return (rows if left else ",".join(rows)), left, total, len(rows)
 
 
-def with_big_rows(
+def _with_big_rows(
     parts: list[Any] | None, count: int
 ) -> list[tuple[str, list[str], int, int]] | None:
-    """The workers' parts (rows_leaving_big) completed: the big files they left hashed here
+    """The workers' parts (_rows_leaving_big) completed: the big files they left hashed here
     with `count` threads and their entries put in place. None if a part is missing or any
     file needs reporting."""
     if parts is None or any(part is None for part in parts):
@@ -762,7 +763,7 @@ def build_manifest_bytes(
         if problems:
             raise ManifestRefused(problems)
         if may_fork(items, count):  # (progress is reported by the threaded path only)
-            parts = with_big_rows(fork_map(split_items(items, count), rows_leaving_big), count)
+            parts = _with_big_rows(fork_map(split_items(items, count), _rows_leaving_big), count)
     if parts is None:  # threads, or one process
         hashed = hash_files(items, workers=count, progress=progress, processes=False)
         parts = [_manifest_rows((item[0], hashed.get(item[0], "was not hashed")) for item in items)]
@@ -773,7 +774,7 @@ def build_manifest_bytes(
         "schema": SCHEMA,
         "run_id": run_id,
         "instance_id": instance_id,
-        "created_at": _utc_now(),
+        "created_at": utc_text(),
         "builder": {
             "name": "rgt.manifest",
             "python": "{}.{}.{}".format(*sys.version_info[:3]),

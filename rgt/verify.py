@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from json.scanner import make_scanner
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rgt import __version__
 from rgt import manifest as manifest_module
@@ -127,10 +127,6 @@ def _encode(record: dict[str, Any]) -> bytes:
     return (json.dumps(ordered, separators=(",", ":")) + "\n").encode()
 
 
-def _utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
 # -- the manifest ------------------------------------------------------------------------------
 
 
@@ -159,14 +155,13 @@ def _parse_manifest(local_dir: Path, data: bytes) -> dict[str, Any]:
     return document
 
 
-class _Canonical:
+class _Canonical(NamedTuple):
     """A manifest as rgt's encoder writes it, split around its file list without parsing the
     list: `fields` is the document with "files": [], and data[start:end] the list's entries."""
 
-    def __init__(self, fields: dict[str, Any], start: int, end: int) -> None:
-        self.fields = fields
-        self.start = start
-        self.end = end
+    fields: dict[str, Any]
+    start: int
+    end: int
 
 
 def _split_canonical(data: bytes) -> _Canonical | None:
@@ -732,7 +727,7 @@ def _verify_pull(
                 "manifest_sha256": manifest_sha256,
                 "local_dir": str(local_dir),
                 "verifier": {"name": "rgt.verify", "version": VERIFIER_VERSION},
-                "verified_at": _utc(time.time()),
+                "verified_at": manifest_module.utc_text(time.time()),
             }
             atomic_write_bytes(
                 local_dir / VERIFIED_NAME, (json.dumps(failed, indent=1) + "\n").encode()
@@ -740,7 +735,7 @@ def _verify_pull(
             raise VerificationFailed(problems, failed)
         if fast is not None:
             record, rows = fast
-            record["started_at"] = _utc(started)
+            record["started_at"] = manifest_module.utc_text(started)
             record["seconds"] = round(time.monotonic() - clock, 3)
             chunks = _encode_with_rows(record, rows)
         else:  # the general path; it also names every problem
@@ -749,7 +744,7 @@ def _verify_pull(
             record = _verify_tree(
                 local_dir, document, manifest_sha256, problems, allow_pickle, workers, progress
             )
-            record["started_at"] = _utc(started)
+            record["started_at"] = manifest_module.utc_text(started)
             record["seconds"] = round(time.monotonic() - clock, 3)
             chunks = [_encode(record)]
             if not keep_rows:
@@ -812,7 +807,7 @@ def _record(
         "local_dir": str(local_dir),
         "allow_pickle": allow_pickle,
         "verifier": {"name": "rgt.verify", "version": VERIFIER_VERSION},
-        "verified_at": _utc(time.time()),
+        "verified_at": manifest_module.utc_text(time.time()),
         "roster": roster,
         "totals": totals,
         "files": files,
