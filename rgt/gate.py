@@ -234,6 +234,11 @@ def _collect(
                         "job's roster on the box, then pull and verify",
                     )
                 )
+            # (1b) the box's files now, against that manifest: a file written, changed or
+            # deleted after the manifest was built would be lost by a destroy.
+            _check_box_tree(
+                decision, provider, instance_id, pull.remote_root, box_bytes, run_id, profile
+            )
 
     # (2) the pull matches it exactly.
     if pull is not None and box_sha is not None:
@@ -316,6 +321,100 @@ def _collect(
                 "channel": approval.channel,
                 "expires": approval.expires,
             }
+
+
+def _check_box_tree(
+    decision: GateDecision,
+    provider: Provider,
+    instance_id: str,
+    remote_root: str,
+    manifest_bytes: bytes,
+    run_id: str | None,
+    profile: Any | None,
+) -> None:
+    """List the result root on the box now (one `find`, no hashing) and compare it with the
+    manifest; hash on the box only the files of the right size written after the manifest.
+    Any difference, or a listing that cannot be had, is a `box-changed` refusal."""
+    from rgt import boxtree
+
+    try:
+        document = json.loads(manifest_bytes)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        decision.missing.append(
+            Missing("box-changed", f"{MANIFEST_NAME} on the box is not a JSON object")
+        )
+        return
+    try:
+        listing = provider.run_remote_command(
+            instance_id,
+            boxtree.find_command(remote_root),
+            max_bytes=boxtree.LISTING_MAX_BYTES,
+        )
+        comparison = boxtree.compare(boxtree.parse_listing(listing), document)
+        changes = list(comparison.changes)
+        suspects = comparison.suspects
+        if len(suspects) > boxtree.MAX_SUSPECTS:
+            changes.append(
+                f"{len(suspects)} files were written at or after the manifest (more than "
+                f"{boxtree.MAX_SUSPECTS} to hash one by one)"
+            )
+        elif suspects:
+            digests = boxtree.parse_digests(
+                provider.run_remote_command(
+                    instance_id,
+                    boxtree.hash_command(remote_root, suspects),
+                    max_bytes=200 * (len(suspects) + 1) + 4096 * len(suspects),
+                ),
+                len(suspects),
+            )
+            changes += boxtree.changed_digests(document, suspects, digests)
+    except Exception as exc:
+        decision.missing.append(
+            Missing(
+                "box-changed",
+                f"could not list {remote_root} on the box to compare it with {MANIFEST_NAME} "
+                f"({type(exc).__name__}: {exc}); the gate cannot tell what a destroy would lose",
+            )
+        )
+        return
+    files = document.get("files")
+    decision.evidence["box_tree"] = {
+        "files": len(files) if isinstance(files, list) else 0,
+        "hashed_on_box": len(suspects),
+        "unchanged": not changes,
+    }
+    if changes:
+        decision.missing.append(
+            Missing(
+                "box-changed",
+                f"the results on the box differ from {MANIFEST_NAME} "
+                f"({len(changes)} difference(s): {boxtree.summarise(changes)}); a destroy would "
+                f"lose them. {_rebuild_hint(remote_root, run_id, instance_id, profile)}",
+            )
+        )
+
+
+def _rebuild_hint(
+    remote_root: str, run_id: str | None, instance_id: str, profile: Any | None
+) -> str:
+    """What brings the manifest up to date: rebuild it on the box once the job is done, with
+    the builder and roster the boot hook left in the run's state dir; then pull and verify."""
+    data_dir = (getattr(profile, "overrides", None) or {}).get("data_dir")
+    python = (getattr(profile, "overrides", None) or {}).get("python") or "python3"
+    if data_dir and run_id:
+        state = PurePosixPath(data_dir) / ".rgt" / run_id
+        command = (
+            f"`{python} {state / 'manifest.py'} {remote_root} --run-id {run_id} "
+            f"--roster {state / 'roster.txt'} --instance-id {instance_id}`"
+        )
+    else:
+        command = "rgt's manifest builder (`rgt manifest --help`)"
+    return (
+        "When the job has finished writing, rebuild the manifest on the box with "
+        f"{command}, then pull and verify again"
+    )
 
 
 def _manifest_owner(data: bytes) -> tuple[str | None, str | None, list[str] | None]:

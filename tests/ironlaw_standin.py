@@ -81,6 +81,20 @@ class LocalBoxProvider:
             raise RuntimeError(f"instance {instance_id} is not running (ssh refused)")
         return self.box_path(instance_id, remote_path).read_bytes()
 
+    def run_remote_command(
+        self, instance_id: str, argv: list[str], *, max_bytes: int, timeout: float = 120.0
+    ) -> bytes:
+        # As the emulator's ssh wrapper does: absolute paths map into the box's disk.
+        if self._state(instance_id) != "running":
+            raise RuntimeError(f"instance {instance_id} is not running (ssh refused)")
+        mapped = [
+            str(self.box_path(instance_id, word)) if word.startswith("/") else word for word in argv
+        ]
+        done = subprocess.run(mapped, capture_output=True, timeout=timeout, check=True)
+        if len(done.stdout) > max_bytes:
+            raise RuntimeError(f"{argv[0]} printed more than {max_bytes} bytes")
+        return done.stdout
+
     def copy_from(
         self,
         instance_id: str,

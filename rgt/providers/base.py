@@ -160,6 +160,13 @@ class Provider(Protocol):
         """Read one small file off the box (the gate re-reads the manifest with it)."""
         ...
 
+    def run_remote_command(
+        self, instance_id: str, argv: Sequence[str], *, max_bytes: int, timeout: float = 120.0
+    ) -> bytes:
+        """Run `argv` on the box (no shell) and return its standard output, at most
+        `max_bytes` (more is a ProviderError): the gate lists and hashes results with it."""
+        ...
+
     def copy_from(
         self,
         instance_id: str,

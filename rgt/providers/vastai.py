@@ -441,6 +441,21 @@ class VastProvider:
         endpoint = self._endpoint(instance_id)
         return read_remote_file(endpoint, remote_path, self._ssh_settings(instance_id))
 
+    def run_remote_command(
+        self, instance_id: str, argv: Sequence[str], *, max_bytes: int, timeout: float = 120.0
+    ) -> bytes:
+        """Run `argv` on the box over its direct ssh endpoint; output bounded by `max_bytes`."""
+        from rgt.providers.sshexec import run_remote_command
+
+        endpoint = self._endpoint(instance_id)
+        return run_remote_command(
+            endpoint,
+            argv,
+            self._ssh_settings(instance_id),
+            max_bytes=max_bytes,
+            timeout=timeout,
+        )
+
     def copy_from(
         self,
         instance_id: str,
