@@ -299,6 +299,30 @@ def prompt_approval(
         return approval_id
 
 
+def check_approvable(ledger: Ledger, provider: Any, instance_id: str) -> None:
+    """Refuse (UsageError, before any prompt) to approve an instance rgt does not know: one the
+    ledger has no record of (rented, adopted or pulled through rgt), or one the provider no
+    longer has. An approval for an id that does not exist yet would wait, unseen, for the next
+    rental to get that id."""
+    from rgt.errors import UsageError
+
+    known = (
+        ledger.instance(provider.platform, instance_id) is not None
+        or ledger.latest_pull(instance_id) is not None
+    )
+    if not known:
+        raise UsageError(
+            f"instance {instance_id}: not in rgt's ledger (not rented, adopted or pulled through "
+            "rgt); approve only an instance rgt knows (see `rgt ledger`); nothing approved"
+        )
+    state = provider.show(instance_id).state
+    if state == "gone":
+        raise UsageError(
+            f"instance {instance_id}: the provider reports it gone; there is nothing to "
+            "approve; nothing approved"
+        )
+
+
 def ledger_summary(ledger: Ledger, instance_id: str) -> str:
     """What the ledger knows about `instance_id`'s results, shown to the human before they
     approve (local only: the gate re-checks everything against the box at destroy time)."""

@@ -495,11 +495,33 @@ def _approval_gap(ledger: Ledger, instance_id: str, approval_id: int | None, now
     if previous:
         last = previous[-1]
         if last.consumed is not None:
-            return f"the approval for instance {instance_id} was already used; {how}"
+            return (
+                f"the approval for instance {instance_id} was already used (an approval is good "
+                f"for one destroy attempt, whether it destroys or is refused); {how}"
+            )
         if last.expires <= now:
             ago = (now - last.expires) / 60
             return f"the approval for instance {instance_id} expired {ago:.0f} min ago; {how}"
     return f"no approval for instance {instance_id} is recorded; {how}"
+
+
+def spend_approvals(
+    ledger: Ledger, instance_id: str, decision: GateDecision, approval_id: int | None = None
+) -> list[int]:
+    """A destroy attempt the gate refused spends the approval it was given for (`approval_id`),
+    or, made without one, every usable approval of the instance (any of them would have been
+    used): an approval is good for one attempt, so one given for a box that then failed the
+    gate cannot be used later, when the evidence has changed, without the human seeing it
+    again. Records why."""
+    spent = ledger.spend_approvals(instance_id, only=approval_id)
+    if spent:
+        codes = ", ".join(sorted({item.code for item in decision.missing})) or "refused"
+        ledger.record_approval_failure(
+            instance_id,
+            "gate",
+            f"approval(s) {', '.join(map(str, spent))} spent by a refused destroy ({codes})",
+        )
+    return spent
 
 
 def destroy_with_gate(
@@ -575,6 +597,7 @@ def _destroy_claimed(
         )
         if not decision.allowed:
             ledger.update_destroy(token, "failed", detail=decision.explain())
+            spend_approvals(ledger, instance_id, decision, approval_id)
             if any(item.code == "instance-gone" for item in decision.missing):
                 # e.g. an earlier destroy's request landed but its process died before the
                 # confirmation: remember it, so the sweep stops expecting the instance.

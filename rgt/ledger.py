@@ -592,6 +592,24 @@ class Ledger:
             )
             return cursor.rowcount == 1
 
+    def spend_approvals(
+        self, instance_id: str, *, only: int | None = None, now: float | None = None
+    ) -> list[int]:
+        """Mark the usable approvals of `instance_id` used (just approval `only`, when given),
+        in one transaction; returns their ids. A destroy attempt that the gate refused spends
+        them: an approval is good for one attempt, so a human who approved a box that then
+        failed the gate is asked again."""
+        at = _now(now)
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT id FROM approvals WHERE instance_id = ? AND consumed IS NULL "
+                "AND expires > ? AND (? IS NULL OR id = ?) ORDER BY id",
+                (str(instance_id), at, only, only),
+            ).fetchall()
+            ids = [int(row["id"]) for row in rows]
+            db.executemany("UPDATE approvals SET consumed = ? WHERE id = ?", [(at, i) for i in ids])
+        return ids
+
     def record_approval_failure(
         self, instance_id: str | None, channel: str, reason: str, *, now: float | None = None
     ) -> None:

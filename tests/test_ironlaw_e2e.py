@@ -137,6 +137,9 @@ def test_stopped_box_start_copy_verify_destroy(rental: Rental) -> None:
     assert rgt("verify", str(rental.local)).returncode == 0
     from rgt.gate import destroy_with_gate
 
+    # The refused attempt above spent the first approval: the human approves what is now true.
+    assert rental.ledger.usable_approval(rental.id) is None
+    rental.approve()
     outcome = destroy_with_gate(
         rental.id, provider=rental.provider, ledger=rental.ledger, profile=vast_profile()
     )

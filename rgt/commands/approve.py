@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rgt.commands._platform import add_platform_argument
+
 ORDER = 110  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = "approve destroying one instance: type its id and your approval passphrase on a terminal"
 
@@ -11,6 +13,7 @@ HELP = "approve destroying one instance: type its id and your approval passphras
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """INSTANCE and the approval's lifetime."""
     parser.add_argument("instance", help="the instance id to approve destroying")
+    add_platform_argument(parser)
     parser.add_argument(
         "--ttl-minutes",
         type=float,
@@ -22,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prompt on the TTY and record a single-use, expiring approval in the ledger."""
     from rgt import approval
+    from rgt.commands._platform import open_platform
     from rgt.errors import UsageError
     from rgt.ledger import Ledger
     from rgt.providers.vastai import vast_id
@@ -31,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     # vast.ai is the only platform with a provider (rgt.providers.PLATFORMS): refuse an id it
     # could never have, before the prompt, so no approval is recorded for a typo.
     vast_id(args.instance)
+    provider, _ = open_platform(args.platform)
     with Ledger.open() as ledger:
+        approval.check_approvable(ledger, provider, args.instance)
         approval_id = approval.prompt_approval(
             ledger,
             args.instance,

@@ -46,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
         decision = may_destroy(args.instance, provider=provider, ledger=ledger, profile=profile)
         evidence_missing = [m for m in decision.missing if m.code != "no-approval"]
         if args.check or evidence_missing:
+            if evidence_missing and not args.check:
+                # A refused attempt spends any approval given for it (see gate.spend_approvals).
+                from rgt.gate import spend_approvals
+
+                spend_approvals(ledger, args.instance, decision)
             if args.json:
                 print(json.dumps(decision.to_json(), indent=2))
             else:
@@ -87,6 +92,12 @@ def _summary(ledger: Any, instance_id: str, evidence: dict[str, Any], profile: o
         f"  the box's manifest now: sha256 {evidence.get('box_manifest_sha256', '?')} "
         "(matches the pull and the verification)",
     ]
+    tree = evidence.get("box_tree") or {}
+    if tree.get("unchanged"):
+        lines.append(
+            f"  the box's result tree now: the manifest's {tree.get('files')} file(s), nothing "
+            "added, removed or changed since it was built"
+        )
     if getattr(profile, "meter_stop_irreversible", True):
         lines.append("  destroy is IRREVERSIBLE: the box and its disk are deleted.")
     return "\n".join(lines)

@@ -245,6 +245,10 @@ def _precheck(instance_id: str, can_ask: bool) -> DestroyResult | None:
         )
         missing = list(decision.missing)
         if missing:
+            from rgt.gate import spend_approvals
+
+            # A refused attempt spends any approval given for it (a TTY approval, say).
+            spend_approvals(ledger, instance_id, decision)
             return DestroyResult(
                 instance_id=instance_id,
                 destroyed=False,
