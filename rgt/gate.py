@@ -234,7 +234,11 @@ def _collect(
                         "job's roster on the box, then pull and verify",
                     )
                 )
-            # (1b) the box's files now, against that manifest: a file written, changed or
+            # (1b) the job is not still running: it may write more after this decision.
+            _check_job_stopped(
+                decision, provider, instance_id, expected_run or run_id, profile, now
+            )
+            # (1c) the box's files now, against that manifest: a file written, changed or
             # deleted after the manifest was built would be lost by a destroy.
             _check_box_tree(
                 decision, provider, instance_id, pull.remote_root, box_bytes, run_id, profile
@@ -321,6 +325,49 @@ def _collect(
                 "channel": approval.channel,
                 "expires": approval.expires,
             }
+
+
+def _check_job_stopped(
+    decision: GateDecision,
+    provider: Provider,
+    instance_id: str,
+    run_id: str | None,
+    profile: Any | None,
+    now: float,
+) -> None:
+    """Refuse (`job-running`) while the run's job status record on the box says the job runs
+    with a live heartbeat. A box without a record (a launcher that writes none) or one whose
+    record cannot be read is noted in the evidence only: the tree comparison still guards
+    every file, and a record is easy to delete, so its absence proves nothing either way."""
+    from rgt import jobstatus
+
+    data_dir = (getattr(profile, "overrides", None) or {}).get("data_dir")
+    if not data_dir or not run_id:
+        decision.evidence["job_status"] = "not checked (no profile data_dir or run id)"
+        return
+    try:
+        path = jobstatus.status_remote_path(profile, run_id)
+        status = jobstatus.parse_status(provider.read_remote_file(instance_id, path))
+    except Exception as exc:
+        decision.evidence["job_status"] = f"none read ({type(exc).__name__}: {exc})"
+        return
+    age = status.heartbeat_age(now)
+    decision.evidence["job_status"] = {
+        "outcome": status.outcome,
+        "attempt": status.attempt,
+        "heartbeat_age_seconds": round(age),
+        "stale": status.is_stale(now),
+    }
+    if status.is_running(now):
+        decision.missing.append(
+            Missing(
+                "job-running",
+                f"the job of run {run_id} is still running on instance {instance_id} (attempt "
+                f"{status.attempt}, heartbeat {age:.0f} s ago): it may write more results; "
+                f"wait until it ends (`rgt poll {instance_id} --until done`), then pull, verify "
+                "and destroy",
+            )
+        )
 
 
 def _check_box_tree(

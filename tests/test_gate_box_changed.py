@@ -25,7 +25,7 @@ from tests.ironlaw_fixtures import vast_profile
 
 pytestmark = pytest.mark.timeout(90)
 
-CASES = 9
+CASES = 11
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,48 @@ def test_a_box_that_cannot_be_listed_is_refused(
     monkeypatch.setattr("rgt.boxtree.LISTING_MAX_BYTES", 16)
     message = rental.refused("box-changed")
     assert "could not list /workspace/results" in message and "more than 16 bytes" in message
+
+
+def _status(rental: Rental, *, outcome: str, heartbeat_age: float) -> None:
+    """Write the run's job status record on the box, as the boot hook keeps it."""
+    import json
+
+    from rgt import jobstatus
+
+    beat = time.strftime(jobstatus.TIME_FORMAT, time.gmtime(time.time() - heartbeat_age))
+    path = rental.disk / jobstatus.status_remote_path(vast_profile(), rental.run_id).lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "schema": jobstatus.SCHEMA,
+        "run_id": rental.run_id,
+        "attempt": 2,
+        "outcome": outcome,
+        "started": beat,
+        "ended": None,
+        "heartbeat": beat,
+        "heartbeat_seconds": 30,
+        "last_checkpoint": None,
+        "exit_code": None,
+        "log_tail": [],
+        "manifest": False,
+    }
+    path.write_text(json.dumps(record))
+
+
+def test_a_job_still_running_is_not_destroyed(rental: Rental) -> None:
+    # The results so far match the manifest, but the job's record says it runs (live heartbeat):
+    # it may write more after the decision.
+    _status(rental, outcome="running", heartbeat_age=5)
+    message = rental.refused("job-running")
+    assert "attempt 2" in message and f"rgt poll {rental.id} --until done" in message
+
+
+def test_a_stale_running_record_does_not_block_a_finished_tree(rental: Rental) -> None:
+    # A record left saying "running" by a hook killed without warning (heartbeat long dead):
+    # nothing runs; the tree check alone decides, and the tree matches.
+    _status(rental, outcome="running", heartbeat_age=3600)
+    decision = may_destroy(
+        rental.id, provider=rental.provider, ledger=rental.ledger, profile=vast_profile()
+    )
+    assert decision.allowed, decision.explain()
+    assert decision.evidence["job_status"]["stale"] is True
