@@ -36,6 +36,8 @@ from rgt.ledger import Ledger
 APPROVAL_FILE = "approval.json"
 FORMAT_VERSION = 1
 DEFAULT_TTL_SECONDS = 15 * 60
+# A discard approval is asked for by the discard that uses it at once: minutes, not a quarter hour.
+DISCARD_TTL_SECONDS = 5 * 60
 MIN_PASSPHRASE_CHARS = 10
 # scrypt cost: N=2**17, r=8, p=1 is the OWASP password-storage recommendation (128 MiB, a few
 # hundred ms per check here), which makes offline guessing of a stolen hash expensive.
@@ -201,12 +203,14 @@ def approve_with_passphrase(
     passphrase: str,
     channel: str = TTY_CHANNEL,
     ttl_seconds: float = DEFAULT_TTL_SECONDS,
+    purpose: str = "destroy",
     now: float | None = None,
 ) -> int:
     """Check a human's answers and record an approval; returns its id, raises Refused.
 
     Rate limit first (so a locked-out caller learns nothing about the passphrase), then the
-    typed-back id, then the passphrase. Every failure is recorded in the ledger."""
+    typed-back text (the instance id; for a discard, `discard <id>`: see `confirm_phrase`),
+    then the passphrase. Every failure is recorded in the ledger."""
     if not is_configured():
         raise Refused(
             f"no approval passphrase is configured; a human must run `rgt approval init` in a "
@@ -217,18 +221,66 @@ def approve_with_passphrase(
         raise Refused(
             f"too many wrong approval answers; try again in {wait:.0f} s (failures are recorded)"
         )
-    if typed_instance_id.strip() != str(instance_id):
-        ledger.record_approval_failure(
-            instance_id, channel, "instance id typed back differs", now=now
-        )
+    expected = confirm_phrase(instance_id, purpose)
+    if " ".join(typed_instance_id.split()) != expected:
+        what = "instance id" if purpose == "destroy" else "confirmation"
+        ledger.record_approval_failure(instance_id, channel, f"{what} typed back differs", now=now)
         raise Refused(
-            f"the instance id typed back ({typed_instance_id.strip()!r}) is not {instance_id!r}; "
+            f"the {what} typed back ({typed_instance_id.strip()!r}) is not {expected!r}; "
             "nothing approved"
         )
     if not check_passphrase(passphrase):
         ledger.record_approval_failure(instance_id, channel, "wrong passphrase", now=now)
         raise Refused("wrong approval passphrase; nothing approved (the attempt is recorded)")
-    return ledger.record_approval(instance_id, channel, ttl_seconds, now=now)
+    return ledger.record_approval(instance_id, channel, ttl_seconds, purpose=purpose, now=now)
+
+
+def confirm_phrase(instance_id: str, purpose: str = "destroy") -> str:
+    """What the human types back: the instance id for a destroy; `discard <id>` for a discard,
+    so the answer itself says that results will be lost."""
+    return str(instance_id) if purpose == "destroy" else f"{purpose} {instance_id}"
+
+
+def prompt_discard_approval(ledger: Ledger, instance_id: str, *, summary: str) -> int:
+    """Ask on the TTY for a discard: `summary` says what is lost; the human types `discard <id>`
+    and the passphrase. Unlike a destroy, a discard needs a configured passphrase always and
+    its approval lives only DISCARD_TTL_SECONDS, for the discard that asked. Returns its id."""
+    try:
+        tty = open_tty()
+    except Refused as exc:
+        raise Refused(
+            f"{exc}; a discard is approved only by a human at a terminal: "
+            f"`rgt discard {instance_id} --reason ...` (or the MCP discard prompt)"
+        ) from None
+    with tty:
+        if not is_configured():
+            raise Refused(
+                "no approval passphrase is configured, and a discard needs one: a human must run "
+                "`rgt approval init` in a terminal first"
+            )
+        wait = wait_remaining(ledger)
+        if wait > 0:
+            raise Refused(f"too many wrong approval answers; try again in {wait:.0f} s")
+        phrase = confirm_phrase(instance_id, "discard")
+        tty.write(summary.rstrip("\n") + "\n")
+        tty.write(f"DISCARD instance {instance_id}: its results are NOT saved (irreversible).\n")
+        tty.write(f"Type '{phrase}' to confirm: ")
+        tty.flush()
+        typed = tty.readline()
+        if not typed:
+            raise Refused("no answer on the terminal; nothing approved")
+        try:
+            secret = getpass.getpass("Approval passphrase: ", stream=tty)
+        except EOFError:
+            raise Refused("no answer on the terminal; nothing approved") from None
+        return approve_with_passphrase(
+            ledger,
+            instance_id,
+            typed_instance_id=typed,
+            passphrase=secret,
+            ttl_seconds=DISCARD_TTL_SECONDS,
+            purpose="discard",
+        )
 
 
 def open_tty() -> TextIO:

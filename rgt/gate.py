@@ -33,7 +33,7 @@ import fcntl
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -66,12 +66,13 @@ class GateDecision:
     allowed: bool
     missing: list[Missing] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
+    action: str = "destroy"  # or "discard" (rgt.discard)
 
     def explain(self) -> str:
         """A multi-line account: allowed, or every missing item with what to do."""
         if self.allowed:
-            return f"instance {self.instance_id}: all evidence present; destroy allowed"
-        lines = [f"instance {self.instance_id}: destroy REFUSED; missing evidence:"]
+            return f"instance {self.instance_id}: all evidence present; {self.action} allowed"
+        lines = [f"instance {self.instance_id}: {self.action} REFUSED; missing evidence:"]
         lines += [f"  - [{item.code}] {item.message}" for item in self.missing]
         return "\n".join(lines)
 
@@ -79,6 +80,7 @@ class GateDecision:
         """A JSON-able form for --json output and MCP structured results."""
         return {
             "instance_id": self.instance_id,
+            "action": self.action,
             "allowed": self.allowed,
             "missing": [{"code": m.code, "message": m.message} for m in self.missing],
             "evidence": self.evidence,
@@ -517,7 +519,12 @@ def _approval(
     if approval_id is None:
         return ledger.usable_approval(instance_id, now=now)
     record = ledger.approval(approval_id)
-    if record is None or record.instance_id != instance_id or not record.usable(now):
+    if (
+        record is None
+        or record.instance_id != instance_id
+        or record.purpose != "destroy"
+        or not record.usable(now)
+    ):
         return None
     return record
 
@@ -536,9 +543,11 @@ def _approval_gap(ledger: Ledger, instance_id: str, approval_id: int | None, now
                 f"approval {approval_id} is for instance {given.instance_id}, not "
                 f"{instance_id}; {how}"
             )
+        if given.purpose != "destroy":
+            return f"approval {approval_id} is a {given.purpose} approval, not a destroy's; {how}"
         previous = [given]
     else:
-        previous = ledger.approvals(instance_id)
+        previous = [a for a in ledger.approvals(instance_id) if a.purpose == "destroy"]
     if previous:
         last = previous[-1]
         if last.consumed is not None:
@@ -600,6 +609,69 @@ def destroy_with_gate(
     Raises Refused (exit 4) when evidence is missing or another destroy holds the claim, and
     ProviderError (exit 3) when the request fails or the instance does not disappear."""
     instance_id = str(instance_id)
+    verb = _meter_stop_verb(provider, profile)
+    with _destroy_lock(provider.platform, instance_id):
+        return _meter_stop_claimed(
+            instance_id,
+            provider,
+            ledger,
+            verb,
+            approval_id,
+            confirm_seconds,
+            decide=lambda: may_destroy(
+                instance_id,
+                provider=provider,
+                ledger=ledger,
+                approval_id=approval_id,
+                profile=profile,
+            ),
+        )
+
+
+def discard_with_gate(
+    instance_id: str,
+    reason: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any,
+    approval_id: int,
+    confirm_seconds: float = CONFIRM_SECONDS,
+) -> DestroyOutcome:
+    """End a rental whose results will not be saved, for `reason` (rgt.discard.REASONS), through
+    the same single meter-stop path as a destroy: the same lock and ledger claim, the decision
+    re-run under them (rgt.discard.may_discard: the reason proven from evidence, and exactly
+    the discard approval `approval_id` a human just gave), the verb, the confirmation. The
+    ledger records it as a discard, with the reason and what the human was told is lost.
+
+    There is no default approval: only the call that obtained it from a human can pass one."""
+    from rgt.discard import may_discard
+
+    instance_id = str(instance_id)
+    verb = _meter_stop_verb(provider, profile)
+    with _destroy_lock(provider.platform, instance_id):
+        return _meter_stop_claimed(
+            instance_id,
+            provider,
+            ledger,
+            verb,
+            approval_id,
+            confirm_seconds,
+            decide=lambda: may_discard(
+                instance_id,
+                reason,
+                provider=provider,
+                ledger=ledger,
+                profile=profile,
+                approval_id=approval_id,
+            ),
+            purpose="discard",
+            reason=reason,
+        )
+
+
+def _meter_stop_verb(provider: Provider, profile: Any) -> str:
+    """The profile's meter-stop verb, if rgt can gate it on this provider; else Refused."""
     platform = getattr(profile, "platform", None)
     if platform is not None and platform != provider.platform:
         raise Refused(
@@ -612,36 +684,32 @@ def destroy_with_gate(
             f"profile {getattr(profile, 'name', '?')!r}: meter_stop_verb {verb!r} is not an "
             f"operation rgt can gate (known: {', '.join(sorted(METER_STOP_VERBS))})"
         )
-    with _destroy_lock(provider.platform, instance_id):
-        return _destroy_claimed(
-            instance_id, provider, ledger, profile, verb, approval_id, confirm_seconds
-        )
+    return verb
 
 
-def _destroy_claimed(
+def _meter_stop_claimed(
     instance_id: str,
     provider: Provider,
     ledger: Ledger,
-    profile: Any,
     verb: str,
     approval_id: int | None,
     confirm_seconds: float,
+    *,
+    decide: Callable[[], GateDecision],
+    purpose: str = "destroy",
+    reason: str | None = None,
 ) -> DestroyOutcome:
     # Called under the per-instance lock: an unfinished claim is a dead process's.
-    token = ledger.claim_destroy(provider.platform, instance_id, abandon_unfinished=True)
+    token = ledger.claim_destroy(
+        provider.platform, instance_id, abandon_unfinished=True, purpose=purpose, reason=reason
+    )
     if token is None:
         raise Refused(
             f"instance {instance_id}: another destroy is in progress or it was already destroyed "
             "(see `rgt ledger`)"
         )
     try:
-        decision = may_destroy(
-            instance_id,
-            provider=provider,
-            ledger=ledger,
-            approval_id=approval_id,
-            profile=profile,
-        )
+        decision = decide()
         if not decision.allowed:
             ledger.update_destroy(token, "failed", detail=decision.explain())
             spend_approvals(ledger, instance_id, decision, approval_id)
@@ -654,7 +722,9 @@ def _destroy_claimed(
         if not ledger.consume_approval(used_approval):
             ledger.update_destroy(token, "failed", detail="approval used or expired meanwhile")
             raise Refused(f"instance {instance_id}: the approval was used or expired meanwhile")
-        ledger.update_destroy(token, "sent", verb=verb, approval_id=used_approval)
+        ledger.update_destroy(
+            token, "sent", verb=verb, approval_id=used_approval, lost=decision.evidence.get("lost")
+        )
         try:
             getattr(provider, verb)(instance_id)
         except Exception as exc:

@@ -24,7 +24,7 @@ from rgt import paths
 from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 15_000
 # A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
 # a live destroy finishes well inside it (bounded retries + a confirm poll).
@@ -118,7 +118,19 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE instances ADD COLUMN results_root TEXT;
     ALTER TABLE instances ADD COLUMN roster TEXT;
     """,
+    # discard: ending a rental whose results will not be saved. An approval says what it is
+    # for (a destroy approval never unlocks a discard, nor the other way round); a meter-stop
+    # attempt says whether it is a verified destroy or a discard, why, and what the human was
+    # told would be lost.
+    """
+    ALTER TABLE approvals ADD COLUMN purpose TEXT NOT NULL DEFAULT 'destroy';
+    ALTER TABLE destroys ADD COLUMN purpose TEXT NOT NULL DEFAULT 'destroy';
+    ALTER TABLE destroys ADD COLUMN reason TEXT;
+    ALTER TABLE destroys ADD COLUMN lost TEXT;
+    """,
 )
+# What an approval or a meter-stop attempt is for.
+PURPOSES = ("destroy", "discard")
 
 
 # Records are NamedTuples, not dataclasses: importing dataclasses (and inspect, ast, dis with it)
@@ -181,6 +193,7 @@ class ApprovalRecord(NamedTuple):
     created: float
     expires: float
     consumed: float | None
+    purpose: str = "destroy"  # or "discard" (one of PURPOSES)
 
     def usable(self, now: float) -> bool:
         """True while unconsumed and unexpired."""
@@ -201,6 +214,9 @@ class DestroyRecord(NamedTuple):
     detail: str | None
     claimed: float
     finished: float | None
+    purpose: str = "destroy"  # "discard": ended without a verified pull, for `reason`
+    reason: str | None = None
+    lost: str | None = None  # JSON: what the human was told the discard loses
 
 
 class LedgerError(UsageError):
@@ -538,7 +554,13 @@ class Ledger:
     # -- approvals -----------------------------------------------------------------------------
 
     def record_approval(
-        self, instance_id: str, channel: str, ttl_seconds: float, *, now: float | None = None
+        self,
+        instance_id: str,
+        channel: str,
+        ttl_seconds: float,
+        *,
+        purpose: str = "destroy",
+        now: float | None = None,
     ) -> int:
         """Record a human approval to destroy `instance_id`, valid for `ttl_seconds`, single-use.
 
@@ -547,22 +569,25 @@ class Ledger:
         ``"mcp-elicitation"``). Returns the approval id."""
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose {purpose!r} is not one of {PURPOSES}")
         at = _now(now)
         with self.transaction() as db:
             cursor = db.execute(
-                "INSERT INTO approvals (instance_id, channel, created, expires, consumed) "
-                "VALUES (?, ?, ?, ?, NULL)",
-                (str(instance_id), channel, at, at + ttl_seconds),
+                "INSERT INTO approvals (instance_id, channel, created, expires, consumed, purpose) "
+                "VALUES (?, ?, ?, ?, NULL, ?)",
+                (str(instance_id), channel, at, at + ttl_seconds, purpose),
             )
             return int(cursor.lastrowid or 0)
 
     def usable_approval(
         self, instance_id: str, *, now: float | None = None
     ) -> ApprovalRecord | None:
-        """The newest unexpired, unconsumed approval for exactly this instance id."""
+        """The newest unexpired, unconsumed destroy approval for exactly this instance id
+        (a discard approval is only ever used by id, by the call that just obtained it)."""
         row = self._db.execute(
             "SELECT * FROM approvals WHERE instance_id = ? AND consumed IS NULL AND expires > ? "
-            "ORDER BY created DESC, id DESC LIMIT 1",
+            "AND purpose = 'destroy' ORDER BY created DESC, id DESC LIMIT 1",
             (str(instance_id), _now(now)),
         ).fetchone()
         return None if row is None else ApprovalRecord(**dict(row))
@@ -603,7 +628,7 @@ class Ledger:
         with self.transaction() as db:
             rows = db.execute(
                 "SELECT id FROM approvals WHERE instance_id = ? AND consumed IS NULL "
-                "AND expires > ? AND (? IS NULL OR id = ?) ORDER BY id",
+                "AND expires > ? AND (id = ? OR (? IS NULL AND purpose = 'destroy')) ORDER BY id",
                 (str(instance_id), at, only, only),
             ).fetchall()
             ids = [int(row["id"]) for row in rows]
@@ -646,6 +671,8 @@ class Ledger:
         instance_id: str,
         *,
         abandon_unfinished: bool = False,
+        purpose: str = "destroy",
+        reason: str | None = None,
         now: float | None = None,
     ) -> str | None:
         """Take the exclusive right to destroy `instance_id`; returns a claim token, or None when
@@ -674,9 +701,9 @@ class Ledger:
             if blocking is not None:
                 return None
             db.execute(
-                "INSERT INTO destroys (provider, instance_id, claim_token, pid, status, claimed) "
-                "VALUES (?, ?, ?, ?, 'claimed', ?)",
-                (provider, str(instance_id), token, os.getpid(), at),
+                "INSERT INTO destroys (provider, instance_id, claim_token, pid, status, claimed, "
+                "purpose, reason) VALUES (?, ?, ?, ?, 'claimed', ?, ?, ?)",
+                (provider, str(instance_id), token, os.getpid(), at, purpose, reason),
             )
         return token
 
@@ -688,26 +715,43 @@ class Ledger:
         verb: str | None = None,
         approval_id: int | None = None,
         detail: str | None = None,
+        lost: dict[str, Any] | None = None,
         now: float | None = None,
     ) -> None:
-        """Advance a destroy claim: 'sent' (request made), 'confirmed' (gone), 'failed'."""
+        """Advance a destroy claim: 'sent' (request made), 'confirmed' (gone), 'failed'.
+        `lost`: for a discard, what the human was told it loses (kept as JSON)."""
         finished = _now(now) if status in ("confirmed", "failed") else None
         with self.transaction() as db:
             db.execute(
                 "UPDATE destroys SET status = ?, verb = COALESCE(?, verb), "
                 "approval_id = COALESCE(?, approval_id), detail = COALESCE(?, detail), "
-                "finished = COALESCE(?, finished) WHERE claim_token = ?",
-                (status, verb, approval_id, detail, finished, claim_token),
+                "lost = COALESCE(?, lost), finished = COALESCE(?, finished) "
+                "WHERE claim_token = ?",
+                (
+                    status,
+                    verb,
+                    approval_id,
+                    detail,
+                    None if lost is None else json.dumps(lost, sort_keys=True),
+                    finished,
+                    claim_token,
+                ),
             )
             if status == "confirmed":
                 row = db.execute(
-                    "SELECT provider, instance_id FROM destroys WHERE claim_token = ?",
+                    "SELECT provider, instance_id, purpose, reason FROM destroys "
+                    "WHERE claim_token = ?",
                     (claim_token,),
                 ).fetchone()
+                how = (
+                    f"discarded by rgt ({row['reason']})"
+                    if row["purpose"] == "discard"
+                    else "destroyed by rgt"
+                )
                 db.execute(
                     "INSERT INTO instance_events (provider, instance_id, state, detail, at) "
-                    "VALUES (?, ?, 'gone', 'destroyed by rgt', ?)",
-                    (row["provider"], row["instance_id"], _now(now)),
+                    "VALUES (?, ?, 'gone', ?, ?)",
+                    (row["provider"], row["instance_id"], how, _now(now)),
                 )
 
     def destroys(self, instance_id: str | None = None) -> list[DestroyRecord]:

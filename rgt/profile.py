@@ -129,6 +129,13 @@ class Profile:
         return duration_seconds(str(self.frontmatter["spot_grace"]))
 
     @property
+    def host_lost_grace_seconds(self) -> float | None:
+        """How long an instance must stay Offline / stuck before rgt may call its host lost
+        ('30m' -> 1800.0); None when the profile does not say (host-lost discards refused)."""
+        value = self.frontmatter.get("host_lost_grace")
+        return None if value is None else duration_seconds(str(value))
+
+    @property
     def onstart_limit_bytes(self) -> int | None:
         """Size limit of the boot-hook script (vast.ai: 16384), None without a limit or hook."""
         value = self.frontmatter["onstart_limit_bytes"]

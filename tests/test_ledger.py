@@ -48,7 +48,7 @@ def test_a_version_1_ledger_is_migrated_forward_keeping_its_rows(tmp_path: Path)
     raw.commit()
     raw.close()
     with Ledger.open(path) as ledger:
-        assert ledger.schema_version() == SCHEMA_VERSION == 2
+        assert ledger.schema_version() == SCHEMA_VERSION == len(_MIGRATIONS)
         old = ledger.instance("vastai", "7")
         assert old is not None and old.label == "rgt:old" and old.results_root is None
         ledger.record_instance("vastai", "7", results_root="/workspace/r", roster=["a", "b"])

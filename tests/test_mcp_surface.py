@@ -28,6 +28,7 @@ TOOLS = {
     "copy",
     "verify",
     "destroy",
+    "discard",
     "stop",
     "cost",
     "sweep",
@@ -63,6 +64,17 @@ async def test_tools_are_strict_and_carry_no_approval_argument(mode: str) -> Non
         assert list(destroy.input_schema["properties"]) == ["instance_id"]
         assert destroy.annotations is not None and destroy.annotations.destructive_hint is True
         assert destroy.annotations.read_only_hint is False
+        discard = tools["discard"]
+        # The reason is a closed set; the approval comes only from the human's prompt.
+        assert list(discard.input_schema["properties"]) == ["instance_id", "reason"]
+        assert set(discard.input_schema["properties"]["reason"]["enum"]) == {
+            "failed-job",
+            "host-lost",
+            "superseded",
+            "nothing-to-keep",
+        }
+        assert discard.input_schema["required"] == ["instance_id", "reason"]
+        assert discard.annotations is not None and discard.annotations.destructive_hint is True
         for name in (
             "poll",
             "get_profile",

@@ -418,6 +418,197 @@ async def destroy(
     return await _blocking(lambda: _destroy_now(instance_id, data))
 
 
+# -- discard: a rental with nothing to save, proven and approved by a human ------------------
+
+DiscardReason = Literal["failed-job", "host-lost", "superseded", "nothing-to-keep"]
+DISCARD_CHANNEL = "mcp-elicitation"
+
+
+class DiscardResult(BaseModel):
+    """What `discard` did: discarded (meter stopped, results NOT saved), or refused and why."""
+
+    instance_id: str
+    reason: str
+    discarded: bool
+    outcome: Literal[
+        "discarded",
+        "missing-evidence",
+        "no-passphrase",
+        "no-elicitation",
+        "declined",
+        "cancelled",
+        "refused",
+    ]
+    message: str
+    missing: list[MissingEvidence] = Field(default_factory=list)
+    lost: dict[str, Any] | None = None
+
+
+class ConfirmDiscard(BaseModel):
+    """The discard form: the phrase `discard <id>` typed back and the approval passphrase."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    confirm: str = Field(
+        title="Confirmation",
+        description="Type 'discard <instance id>' to confirm its results are NOT saved",
+    )
+    passphrase: str = Field(
+        title="Approval passphrase",
+        description="Your rgt approval passphrase (set with `rgt approval init`)",
+    )
+
+
+def _discard_precheck(instance_id: str, reason: str, can_ask: bool) -> DiscardResult | str:
+    """The refusal to return without asking, or the loss summary to show the human."""
+    from rgt import approval
+    from rgt.discard import loss_summary, may_discard
+
+    with _for_instance(instance_id) as (ledger, profile, provider):
+        decision = may_discard(
+            instance_id,
+            reason,
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            require_approval=False,
+        )
+    lost = decision.evidence.get("lost")
+    if decision.missing:
+        return DiscardResult(
+            instance_id=instance_id,
+            reason=reason,
+            discarded=False,
+            outcome="missing-evidence",
+            message=(
+                f"discard REFUSED, nothing was done: the reason {reason!r} is not proven "
+                f"({len(decision.missing)} item(s) below)"
+            ),
+            missing=[MissingEvidence(code=m.code, message=m.message) for m in decision.missing],
+            lost=lost,
+        )
+    if not approval.is_configured():
+        return DiscardResult(
+            instance_id=instance_id,
+            reason=reason,
+            discarded=False,
+            outcome="no-passphrase",
+            message=(
+                "discard REFUSED, nothing was done: a discard needs the human's approval "
+                "passphrase and none is set; the human runs `rgt approval init` in a terminal"
+            ),
+            lost=lost,
+        )
+    if not can_ask:
+        return DiscardResult(
+            instance_id=instance_id,
+            reason=reason,
+            discarded=False,
+            outcome="no-elicitation",
+            message=(
+                "discard REFUSED, nothing was done: this MCP client cannot ask the human; the "
+                f"human runs `rgt discard {instance_id} --reason {reason}` in a terminal"
+            ),
+            lost=lost,
+        )
+    return loss_summary(decision)
+
+
+async def ask_human_to_discard(
+    instance_id: str, reason: str, ctx: Context
+) -> Elicit[ConfirmDiscard] | DiscardResult:
+    """Resolver for discard: refuse early when the reason is not proven, else ask the human,
+    showing what is lost."""
+    found = await _blocking(lambda: _discard_precheck(instance_id, reason, _client_can_elicit(ctx)))
+    if isinstance(found, DiscardResult):
+        return found
+    return Elicit(
+        f"{found}\nType 'discard {instance_id}' and your approval passphrase to end this rental "
+        "WITHOUT saving its results.",
+        ConfirmDiscard,
+    )
+
+
+def _discard_now(instance_id: str, reason: str, answer: ConfirmDiscard) -> DiscardResult:
+    from rgt import approval
+    from rgt.approval import DISCARD_TTL_SECONDS
+    from rgt.errors import Refused
+    from rgt.gate import discard_with_gate
+
+    with _for_instance(instance_id) as (ledger, profile, provider):
+        try:
+            approval_id = approval.approve_with_passphrase(
+                ledger,
+                instance_id,
+                typed_instance_id=answer.confirm,
+                passphrase=answer.passphrase,
+                channel=DISCARD_CHANNEL,
+                ttl_seconds=DISCARD_TTL_SECONDS,
+                purpose="discard",
+            )
+            outcome = discard_with_gate(
+                instance_id,
+                reason,
+                provider=provider,
+                ledger=ledger,
+                profile=profile,
+                approval_id=approval_id,
+            )
+        except Refused as exc:
+            return DiscardResult(
+                instance_id=instance_id,
+                reason=reason,
+                discarded=False,
+                outcome="refused",
+                message=f"discard REFUSED, nothing was done: {exc.message}",
+            )
+    return DiscardResult(
+        instance_id=instance_id,
+        reason=reason,
+        discarded=True,
+        outcome="discarded",
+        message=(
+            f"instance {instance_id}: discarded ({reason}); {outcome.verb} confirmed "
+            f"({outcome.confirmed_state}): billing stopped, its results were NOT saved"
+        ),
+        lost=outcome.decision.evidence.get("lost"),
+    )
+
+
+async def discard(
+    instance_id: Annotated[str, Field(description="The instance id to discard")],
+    reason: Annotated[
+        DiscardReason,
+        Field(description="Why nothing will be saved; rgt checks it from evidence"),
+    ],
+    ctx: Context,
+    confirmation: Annotated[ElicitationResult[ConfirmDiscard], Resolve(ask_human_to_discard)],
+) -> DiscardResult:
+    """End a rental whose results will NOT be saved (irreversible: deletes the box and its
+    disk), only for a reason rgt proves from evidence: failed-job (the job failed and its logs
+    were copied off: poll first), host-lost (Offline / stuck past the profile's grace),
+    superseded (a later attempt of the run was verified), nothing-to-keep. The human is shown
+    what is lost and must type `discard ID` and the approval passphrase; no argument, default or
+    timeout can approve it. For a job that finished, use copy → verify → destroy instead."""
+    instance_id = str(instance_id)
+    if not isinstance(confirmation, AcceptedElicitation):
+        action: Literal["declined", "cancelled"] = (
+            "declined" if confirmation.action == "decline" else "cancelled"
+        )
+        await _blocking(lambda: _record_failure(instance_id, f"discard elicitation {action}"))
+        return DiscardResult(
+            instance_id=instance_id,
+            reason=reason,
+            discarded=False,
+            outcome=action,
+            message=f"the human {action} the discard of instance {instance_id}; nothing done",
+        )
+    data: Any = confirmation.data
+    if isinstance(data, DiscardResult):
+        return data
+    return await _blocking(lambda: _discard_now(instance_id, reason, data))
+
+
 # -- the other tools ---------------------------------------------------------------------------
 
 
@@ -708,6 +899,16 @@ def build_server() -> MCPServer:
         strict_tool(
             destroy,
             title="Destroy an instance (Iron Law gate + human confirmation)",
+            annotations=ToolAnnotations(
+                read_only_hint=False,
+                destructive_hint=True,
+                idempotent_hint=True,
+                open_world_hint=True,
+            ),
+        ),
+        strict_tool(
+            discard,
+            title="Discard an instance with nothing to save (proven reason + human approval)",
             annotations=ToolAnnotations(
                 read_only_hint=False,
                 destructive_hint=True,

@@ -1,0 +1,461 @@
+"""Discard: ending a rental whose results will not be saved, only for a reason proven from
+evidence and with a human's explicit word.
+
+A destroy needs the results pulled and verified. Some rentals have nothing that can pass that
+test and would bill forever: the job failed, the host vanished, a later attempt already
+delivered the run, or the box never held anything. `may_discard` allows ending them only in
+the situation the caller names, each checked from evidence rgt gathers itself:
+
+    failed-job       the job's status record (on the box now, when it can be read) says
+                     failed, and the record and logs were copied off the box first
+                     (`rgt poll` does that when it sees the failure)
+    host-lost        the provider's own state is Offline, or stuck in Scheduling, and has been
+                     for at least the profile's `host_lost_grace` as rgt observed it
+    superseded       a later instance of the same run was pulled and verified, and those local
+                     files are still what was verified
+    nothing-to-keep  the box is reachable, its results root holds no file, and its job status
+                     record names no checkpoint
+
+and, on top, a discard approval for exactly this instance that the caller just obtained from a
+human (the terminal or the MCP prompt), who was shown what is lost (`loss_summary`). The
+meter-stop itself is `rgt.gate.discard_with_gate`: the same lock, claim and verb as a destroy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rgt.gate import GateDecision, Missing, _rented_for_run
+from rgt.ledger import Ledger
+from rgt.providers.base import Instance, Provider
+
+REASONS: dict[str, str] = {
+    "failed-job": "the job failed; its recorded failure and its logs were copied off the box",
+    "host-lost": "the host is Offline (or the box stuck waiting for its GPU) past the profile's "
+    "host_lost_grace",
+    "superseded": "a later instance of the same run finished and its results were verified",
+    "nothing-to-keep": "the box holds no results and its job wrote no checkpoint",
+}
+# The provider states in which a box's host counts as lost once they have lasted the grace.
+LOST_STATES = frozenset({"offline", "scheduling"})
+
+
+def may_discard(
+    instance_id: str,
+    reason: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any,
+    approval_id: int | None = None,
+    require_approval: bool = True,
+    now: float | None = None,
+) -> GateDecision:
+    """Decide whether `instance_id` may be discarded now for `reason`. Never raises: an error
+    while collecting evidence is a `gate-error` item (fail closed). `evidence["lost"]` says
+    what a discard loses, for the human's prompt and the ledger."""
+    decision = GateDecision(instance_id=str(instance_id), allowed=False, action="discard")
+    try:
+        _collect(
+            decision,
+            reason,
+            provider,
+            ledger,
+            profile,
+            approval_id,
+            require_approval,
+            time.time() if now is None else now,
+        )
+    except Exception as exc:  # fail closed
+        decision.missing.append(Missing("gate-error", f"{type(exc).__name__}: {exc}"))
+    decision.allowed = not decision.missing
+    return decision
+
+
+def _collect(
+    decision: GateDecision,
+    reason: str,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any,
+    approval_id: int | None,
+    require_approval: bool,
+    now: float,
+) -> None:
+    instance_id = decision.instance_id
+    missing = decision.missing
+    if reason not in REASONS:
+        missing.append(
+            Missing("bad-reason", f"reason {reason!r}: allowed are {', '.join(REASONS)}")
+        )
+        return
+    instance = provider.show(instance_id)
+    decision.evidence["state"] = instance.state
+    if instance.state == "gone":
+        missing.append(Missing("instance-gone", f"instance {instance_id} is already gone"))
+        return
+    record = ledger.instance(provider.platform, instance_id)
+    run_id = _rented_for_run(instance.label, ledger, provider.platform, instance_id)
+    results_root = record.results_root if record is not None else None
+    status, status_bytes = _box_status(provider, instance, profile, run_id)
+    local = _local_status(run_id)
+    lost = _what_is_lost(provider, instance, ledger, results_root, run_id, status or local[0])
+    decision.evidence["reason"] = reason
+    decision.evidence["run_id"] = run_id
+    decision.evidence["lost"] = lost
+
+    if reason == "failed-job":
+        _failed_job(decision, instance, run_id, status, status_bytes, local, now)
+    elif reason == "host-lost":
+        _host_lost(decision, instance, ledger, provider.platform, profile, now)
+    elif reason == "superseded":
+        _superseded(decision, ledger, provider.platform, instance_id, run_id)
+    else:
+        _nothing_to_keep(decision, instance, results_root, status, lost)
+
+    if require_approval:
+        _discard_approval(decision, ledger, instance_id, approval_id, reason, now)
+
+
+def _box_status(
+    provider: Provider, instance: Instance, profile: Any, run_id: str | None
+) -> tuple[Any, bytes | None]:
+    """The job status record on the box (parsed, raw) when the box runs and has one."""
+    from rgt.jobstatus import parse_status, status_remote_path
+
+    if instance.state != "running" or run_id is None:
+        return None, None
+    try:
+        data = provider.read_remote_file(instance.id, status_remote_path(profile, run_id))
+        return parse_status(data), data
+    except Exception:
+        return None, None
+
+
+def _local_status(run_id: str | None) -> tuple[Any, bytes | None, list[str]]:
+    """The status record copied off the box into the run's local dir, its bytes, and which
+    logs sit beside it."""
+    from rgt.jobstatus import STATUS_NAME, parse_status
+    from rgt.paths import run_dir
+
+    if run_id is None:
+        return None, None, []
+    folder = run_dir(run_id)
+    try:
+        data = (folder / STATUS_NAME).read_bytes()
+        status = parse_status(data)
+    except Exception:
+        return None, None, []
+    logs = sorted(p.name for p in folder.glob("*.log") if p.is_file())
+    return status, data, logs
+
+
+def _what_is_lost(
+    provider: Provider,
+    instance: Instance,
+    ledger: Ledger,
+    results_root: str | None,
+    run_id: str | None,
+    status: Any,
+) -> dict[str, Any]:
+    """What the box may hold that a discard deletes, as far as rgt can tell now."""
+    lost: dict[str, Any] = {
+        "run_id": run_id,
+        "results_root": results_root,
+        "files_on_box": None,
+        "bytes_on_box": None,
+        "last_checkpoint": getattr(status, "last_checkpoint", None),
+        "attempt": getattr(status, "attempt", None),
+        "verified_pull": ledger.latest_verification(instance.id) is not None,
+        "disk_gb": instance.disk_gb,
+    }
+    if instance.state == "running" and results_root:
+        files = _listed_files(provider, instance.id, results_root)
+        if files is not None:
+            lost["files_on_box"] = len(files)
+            lost["bytes_on_box"] = sum(size for _, size in files)
+    return lost
+
+
+def _listed_files(provider: Provider, instance_id: str, root: str) -> list[tuple[str, int]] | None:
+    """(path, size) of every regular file under `root` on the box; [] when `root` does not
+    exist; None when the box cannot be listed."""
+    from rgt import boxtree
+
+    try:
+        data = provider.run_remote_command(
+            instance_id, boxtree.find_command(root), max_bytes=boxtree.LISTING_MAX_BYTES
+        )
+        entries = boxtree.parse_listing(data)
+    except Exception as exc:
+        # The job never created its results root: nothing there.
+        return [] if "No such file or directory" in str(exc) else None
+    # The manifest describes results; it is not one.
+    return [
+        (e.path, e.size) for e in entries if e.kind == "f" and e.path != boxtree.MANIFEST_NAME
+    ]
+
+
+def _failed_job(
+    decision: GateDecision,
+    instance: Instance,
+    run_id: str | None,
+    status: Any,
+    status_bytes: bytes | None,
+    local: tuple[Any, bytes | None, list[str]],
+    now: float,
+) -> None:
+    missing = decision.missing
+    if run_id is None:
+        missing.append(
+            Missing(
+                "no-job-record",
+                f"instance {instance.id} carries no rgt run label, so rgt has no job status "
+                "record of it to prove a failure",
+            )
+        )
+        return
+    if status is not None and status.outcome != "failed":
+        if status.is_running(now):
+            text = "is still running: wait for it (`rgt poll ID --until done`)"
+        elif status.outcome == "succeeded":
+            text = "SUCCEEDED: pull, verify and destroy it instead; nothing needs discarding"
+        else:
+            text = f"is {'stale' if status.is_stale(now) else status.outcome}, not failed"
+        missing.append(
+            Missing(
+                "job-not-failed",
+                f"the job status record on the box says the job of run {run_id} {text}",
+            )
+        )
+        return
+    local_status, local_bytes, logs = local
+    decision.evidence["job_status"] = "failed" if local_status is not None else None
+    if local_status is None or local_status.outcome != "failed":
+        missing.append(
+            Missing(
+                "logs-not-pulled",
+                f"no failed job status record of run {run_id} was copied off the box: run "
+                f"`rgt poll {instance.id}` (it copies a failed job's record and logs) first",
+            )
+        )
+        return
+    if status_bytes is not None and status_bytes != local_bytes:
+        missing.append(
+            Missing(
+                "logs-stale",
+                "the status record on the box changed since it was copied (a new attempt?): "
+                f"run `rgt poll {instance.id}` again",
+            )
+        )
+    if not logs:
+        missing.append(
+            Missing(
+                "logs-not-pulled",
+                f"the job's logs were not copied off the box: run `rgt poll {instance.id}`",
+            )
+        )
+    decision.evidence["failure"] = {
+        "exit_code": local_status.exit_code,
+        "attempt": local_status.attempt,
+        "logs": logs,
+    }
+
+
+def _host_lost(
+    decision: GateDecision,
+    instance: Instance,
+    ledger: Ledger,
+    platform: str,
+    profile: Any,
+    now: float,
+) -> None:
+    missing = decision.missing
+    grace = getattr(profile, "host_lost_grace_seconds", None)
+    if instance.state not in LOST_STATES:
+        missing.append(
+            Missing(
+                "host-not-lost",
+                f"instance {instance.id} is {instance.state}, not "
+                f"{' or '.join(sorted(LOST_STATES))} (the provider's own state): its host is not "
+                "lost",
+            )
+        )
+        return
+    # When rgt first saw the current streak of lost states; this call's look starts a streak.
+    history = ledger.state_history(instance.id)
+    since = None
+    for at, state, _ in reversed(history):
+        if state not in LOST_STATES:
+            break
+        since = at
+    if since is None:
+        ledger.record_state(platform, instance.id, instance.state, detail="seen by discard")
+        since = now
+    lasted = now - since
+    decision.evidence["lost_since"] = since
+    if grace is None:
+        missing.append(
+            Missing(
+                "no-host-lost-grace",
+                f"profile {getattr(profile, 'name', '?')!r} sets no host_lost_grace, so rgt "
+                "cannot tell a lost host from a slow one",
+            )
+        )
+    elif lasted < grace:
+        until = time.strftime("%H:%M", time.localtime(since + grace))
+        missing.append(
+            Missing(
+                "host-lost-too-soon",
+                f"instance {instance.id} has been {instance.state} for {lasted / 60:.0f} min as "
+                f"rgt saw it (first seen {time.strftime('%H:%M', time.localtime(since))}); the "
+                f"profile's host_lost_grace is {grace / 60:.0f} min: try again after {until} "
+                "(`rgt poll` meanwhile keeps the record)",
+            )
+        )
+
+
+def _superseded(
+    decision: GateDecision, ledger: Ledger, platform: str, instance_id: str, run_id: str | None
+) -> None:
+    from pathlib import Path
+
+    from rgt.verify import check_unchanged
+
+    mine = ledger.instance(platform, instance_id)
+    if run_id is None or mine is None:
+        decision.missing.append(
+            Missing(
+                "no-later-attempt",
+                f"instance {instance_id} is not an rgt rental of a known run, so no later "
+                "attempt of its run can be found",
+            )
+        )
+        return
+    for other in ledger.instances(platform):
+        if other.instance_id == instance_id or other.created < mine.created:
+            continue
+        verification = ledger.latest_verification(other.instance_id)
+        if verification is None or verification.run_id != run_id:
+            continue
+        if check_unchanged(Path(verification.local_dir), ledger=ledger) is None:
+            decision.evidence["superseded_by"] = {
+                "instance_id": other.instance_id,
+                "verified": verification.local_dir,
+            }
+            return
+    decision.missing.append(
+        Missing(
+            "no-later-attempt",
+            f"no later instance of run {run_id} has verified results that are still intact "
+            "locally: pull and verify the later attempt first",
+        )
+    )
+
+
+def _nothing_to_keep(
+    decision: GateDecision,
+    instance: Instance,
+    results_root: str | None,
+    status: Any,
+    lost: dict[str, Any],
+) -> None:
+    missing = decision.missing
+    if instance.state != "running":
+        missing.append(
+            Missing(
+                "box-unreachable",
+                f"instance {instance.id} is {instance.state}: rgt can only see that a box holds "
+                "nothing while it runs (for a lost host use --reason host-lost)",
+            )
+        )
+        return
+    if results_root is None or lost["files_on_box"] is None:
+        missing.append(
+            Missing(
+                "box-not-empty",
+                "rgt cannot list the job's results root on the box (not an rgt launch, or the "
+                "listing failed), so it cannot show the box holds nothing",
+            )
+        )
+    elif lost["files_on_box"]:
+        missing.append(
+            Missing(
+                "box-not-empty",
+                f"{results_root} on the box holds {lost['files_on_box']} file(s): pull them "
+                "(with a manifest) and destroy, or discard for another proven reason",
+            )
+        )
+    if status is None:
+        missing.append(
+            Missing(
+                "box-not-empty",
+                "the box has no readable job status record, so rgt cannot tell whether the job "
+                "wrote a checkpoint",
+            )
+        )
+    elif status.last_checkpoint:
+        missing.append(
+            Missing(
+                "box-not-empty",
+                f"the job wrote checkpoint {status.last_checkpoint}: there is something to keep",
+            )
+        )
+
+
+def _discard_approval(
+    decision: GateDecision,
+    ledger: Ledger,
+    instance_id: str,
+    approval_id: int | None,
+    reason: str,
+    now: float,
+) -> None:
+    how = (
+        f"a human approves it at a terminal (`rgt discard {instance_id} --reason {reason}`: "
+        "shown what is lost, types `discard ID` and the passphrase) or in the MCP discard prompt"
+    )
+    record = None if approval_id is None else ledger.approval(approval_id)
+    if (
+        record is None
+        or record.instance_id != instance_id
+        or record.purpose != "discard"
+        or not record.usable(now)
+    ):
+        decision.missing.append(Missing("no-discard-approval", f"no discard approval: {how}"))
+        return
+    decision.evidence["approval"] = {
+        "id": record.id,
+        "channel": record.channel,
+        "expires": record.expires,
+    }
+
+
+def loss_summary(decision: GateDecision) -> str:
+    """What a discard loses, in the words shown to the human before they approve it."""
+    lost = decision.evidence.get("lost") or {}
+    reason = str(decision.evidence.get("reason", "?"))
+    lines = [
+        f"Discard instance {decision.instance_id} ({reason}: {REASONS.get(reason, '?')}).",
+        "What is LOST (nothing of it is pulled or verified):",
+    ]
+    if lost.get("files_on_box") is not None:
+        from rgt.progress import human_bytes
+
+        lines.append(
+            f"  {lost['files_on_box']} file(s), {human_bytes(int(lost['bytes_on_box'] or 0))}, "
+            f"under {lost.get('results_root')} on the box"
+        )
+    else:
+        disk = f" (its disk: {lost['disk_gb']:g} GB)" if lost.get("disk_gb") else ""
+        lines.append(f"  whatever the box holds: rgt cannot list it now{disk}")
+    checkpoint = lost.get("last_checkpoint")
+    lines.append(
+        f"  last checkpoint known: {checkpoint} (attempt {lost.get('attempt')})"
+        if checkpoint
+        else "  last checkpoint known: none"
+    )
+    if lost.get("verified_pull"):
+        lines.append("  (an earlier verified pull of this instance exists locally)")
+    return "\n".join(lines)
