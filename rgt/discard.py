@@ -192,9 +192,7 @@ def _listed_files(provider: Provider, instance_id: str, root: str) -> list[tuple
         # The job never created its results root: nothing there.
         return [] if "No such file or directory" in str(exc) else None
     # The manifest describes results; it is not one.
-    return [
-        (e.path, e.size) for e in entries if e.kind == "f" and e.path != boxtree.MANIFEST_NAME
-    ]
+    return [(e.path, e.size) for e in entries if e.kind == "f" and e.path != boxtree.MANIFEST_NAME]
 
 
 def _failed_job(

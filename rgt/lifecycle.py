@@ -487,10 +487,14 @@ def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
         if bills:
             return (
                 "stopped-but-billing",
-                f"this {state} instance still bills {', '.join(bills)}: start it and copy → "
-                f"verify → {meter_stop} through the gate, never park it {stop}ped",
+                f"this {state} instance still bills {', '.join(bills)}: start it (`rgt start "
+                f"{instance.id}`; compute bills again) and copy → verify → {meter_stop} through "
+                f"the gate, never park it {stop}ped",
             )
-        return state, f"nothing bills while {state}; start it to continue"
+        return (
+            state,
+            f"nothing bills while {state}; start it (`rgt start {instance.id}`) to continue",
+        )
     return "unknown", "poll again; if this persists read the instance logs"
 
 
@@ -629,14 +633,69 @@ def stop(
     )
     if bills and meter_stop:
         message += (
-            f" Only `{meter_stop}` ends that, through the gate: copy → verify → approve → "
-            f"{meter_stop}."
+            f" Only `{meter_stop}` ends that, through the gate, and the gate reads the box, "
+            f"which needs it running: start it again (`rgt start {instance_id}`, or `rgt pull "
+            f"... --start`; it bills compute again) → copy → verify → approve → {meter_stop}."
         )
     return {
         "instance_id": str(instance_id),
         "stopped": True,
         "keeps_billing": bills,
         "meter_stop_verb": meter_stop,
+        "message": message,
+    }
+
+
+def start(
+    instance_id: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Profile,
+    wait_seconds: float = 0.0,
+    poll_seconds: float = 2.0,
+) -> dict[str, Any]:
+    """Start a stopped (or exited) instance: compute bills again from now. With `wait_seconds`,
+    wait (bounded) until it runs. A box that is offline, paused or waiting for its GPU is not
+    started (starting cannot help it): a UsageError says what can."""
+    from rgt.pull import reach_remedy
+
+    instance_id = str(instance_id)
+    instance = provider.show(instance_id)
+    if instance.state == "gone":
+        raise UsageError(f"instance {instance_id} is gone (destroyed): there is nothing to start")
+    if instance.state in ("offline", "paused", "scheduling"):
+        raise UsageError(
+            f"instance {instance_id} is {instance.state}: {reach_remedy(instance.state)}"
+        )
+    already = instance.state in ("running", "loading", "provisioning")
+    if not already:
+        provider.start(instance_id)
+        ledger.record_state(provider.platform, instance_id, "starting", detail="started by rgt")
+    deadline = time.monotonic() + max(0.0, wait_seconds)
+    state = provider.show(instance_id).state
+    while wait_seconds > 0 and state not in ("running", "gone") and time.monotonic() < deadline:
+        time.sleep(poll_seconds)
+        state = provider.show(instance_id).state
+    rate = f" at about ${instance.dph_total:.4f}/h" if instance.dph_total else ""
+    meter_stop = profile.meter_stop_verb or "destroy"
+    if state == "running":
+        message = (
+            f"instance {instance_id} is running{' (it already was)' if already else ''}; "
+            f"it bills compute again{rate}. Next: copy → verify → {meter_stop} through the gate "
+            f"(`rgt pull {instance_id} RESULTS_ROOT LOCAL_DIR`), or let the job finish first"
+        )
+    else:
+        message = (
+            f"instance {instance_id} was asked to start and is {state}; from now it bills "
+            f"compute again{rate}. It may wait for its GPU (scheduling); poll until it runs "
+            f"(`rgt poll {instance_id}`), then copy → verify → {meter_stop} through the gate"
+        )
+    return {
+        "instance_id": instance_id,
+        "started": not already,
+        "state": state,
+        "bills_compute_again": True,
         "message": message,
     }
 

@@ -91,7 +91,11 @@ def reach_remedy(state: str) -> str:
         "paused": "It was outbid (interruptible): it runs again when its bid wins; wait "
         "(`rgt poll`)",
         "scheduling": "It waits for its GPU to be free: wait (`rgt poll`)",
-    }.get(state, "Start it (`rgt pull ... --start`, or start it with your provider)")
+    }.get(
+        state,
+        "Start it (`rgt start INSTANCE`, the MCP start tool, or `rgt pull ... --start`; it bills "
+        "compute again)",
+    )
 
 
 def parse_manifest(data: bytes, *, instance_id: str) -> dict[str, Any]:

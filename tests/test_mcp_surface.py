@@ -30,6 +30,7 @@ TOOLS = {
     "destroy",
     "discard",
     "stop",
+    "start",
     "cost",
     "sweep",
     "logs",
@@ -85,7 +86,7 @@ async def test_tools_are_strict_and_carry_no_approval_argument(mode: str) -> Non
             "logs",
         ):
             assert tools[name].annotations.read_only_hint is True, name
-        for name in ("stop", "copy", "verify", "launch"):
+        for name in ("stop", "start", "copy", "verify", "launch"):
             assert tools[name].annotations.destructive_hint is False, name
 
 

@@ -7,7 +7,7 @@ import argparse
 
 from rgt.commands._platform import add_platform_argument
 
-ORDER = 125  # position in `rgt --help` (see rgt.cli.command_modules): right after destroy
+ORDER = 122  # position in `rgt --help` (see rgt.cli.command_modules): right after destroy
 HELP = "end a rental with nothing to save (failed job, lost host, ...): proven, human-approved"
 
 

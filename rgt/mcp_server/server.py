@@ -826,6 +826,30 @@ async def stop(
     return await _blocking(work)
 
 
+async def start(
+    instance_id: InstanceIdArg,
+    wait_seconds: Annotated[
+        float, Field(ge=0, le=600, description="wait up to this long until it runs (0: no wait)")
+    ] = 0.0,
+) -> dict[str, Any]:
+    """Start a stopped instance again: it bills COMPUTE again from now. Needed before copy (and
+    the destroy gate, which reads the box) can reach a stopped box. Offline, preempted or
+    scheduling boxes cannot be started; the error says what helps."""
+    from rgt.lifecycle import start as start_instance
+
+    def work() -> dict[str, Any]:
+        with _for_instance(instance_id) as (ledger, profile, provider):
+            return start_instance(
+                instance_id,
+                provider=provider,
+                ledger=ledger,
+                profile=profile,
+                wait_seconds=wait_seconds,
+            )
+
+    return await _blocking(work)
+
+
 async def cost(
     instance_id: Annotated[str | None, Field(description="one instance, or all")] = None,
     profile: ProfileArg = DEFAULT_PROFILE,
@@ -919,6 +943,13 @@ def build_server() -> MCPServer:
         strict_tool(logs, annotations=idempotent_read),
         strict_tool(
             stop,
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True
+            ),
+        ),
+        strict_tool(
+            start,
+            title="Start a stopped instance (bills compute again)",
             annotations=ToolAnnotations(
                 read_only_hint=False, destructive_hint=False, idempotent_hint=True
             ),
