@@ -45,6 +45,8 @@ class SweepReport:
     platform: str
     rows: list[SweepRow]
     ledger_only: list[str]
+    # How each ledger-only instance ended, in poll's words (rgt.ending): lost, gone, ...
+    endings: dict[str, str] = field(default_factory=dict)
 
     @property
     def hourly_total(self) -> float:
@@ -72,6 +74,7 @@ class SweepReport:
             "hourly_note": unknown_rate_note(self.hourly_unknown),
             "instances": [asdict(row) for row in self.rows],
             "ledger_only": self.ledger_only,
+            "ledger_only_endings": self.endings,
         }
 
 
@@ -141,7 +144,15 @@ def sweep(*, provider: Provider, ledger: Ledger, profile: Any | None) -> SweepRe
         and record.instance_id not in destroyed
         and record.last_state != "gone"
     )
-    return SweepReport(platform=provider.platform, rows=rows, ledger_only=ledger_only)
+    from rgt.ending import gone_ending
+
+    endings = {
+        instance_id: gone_ending(ledger, provider.platform, instance_id).message
+        for instance_id in ledger_only
+    }
+    return SweepReport(
+        platform=provider.platform, rows=rows, ledger_only=ledger_only, endings=endings
+    )
 
 
 def _is_idle(instance: Instance, ledger: Ledger) -> bool:
@@ -177,4 +188,9 @@ def format_report(report: SweepReport) -> str:
             "in the ledger but not visible to this key (another account, or destroyed outside "
             f"rgt): {', '.join(report.ledger_only)}"
         )
+        lines += [
+            f"  {instance_id}: {report.endings[instance_id]}"
+            for instance_id in report.ledger_only
+            if instance_id in report.endings
+        ]
     return "\n".join(lines)

@@ -51,16 +51,30 @@ def run(args: argparse.Namespace) -> int:
                 f"approved via {e['channel']}" + (" (used)" if e["consumed"] else "")
             ),
             "approval_failures": lambda e: f"approval FAILED via {e['channel']}: {e['reason']}",
-            "destroys": lambda e: _destroy_line(e["status"], e["detail"]),
+            "destroys": _destroy_line,
         }[event["kind"]](event)
         print(f"{when}Z  {event.get('instance_id') or '-':<12} {detail}")
     return 0
 
 
-def _destroy_line(status: str, detail: str | None) -> str:
+def _destroy_line(event: dict[str, object]) -> str:
     """`destroy confirmed: gone`, not `destroy confirmed: destroy confirmed: gone` (the gate's
-    detail often repeats the status)."""
+    detail often repeats the status). A discard says so, why, and what it lost: it is not a
+    verified destroy."""
+    import json
+
+    status, detail = event["status"], event.get("detail")
+    if event.get("purpose") == "discard":
+        head = f"DISCARD {status} ({event.get('reason')}; results NOT saved)"
+        lost = json.loads(str(event["lost"])) if event.get("lost") else {}
+        if lost:
+            files = lost.get("files_on_box")
+            head += (
+                f"; lost: {'unknown' if files is None else files} file(s) on the box, last "
+                f"checkpoint {lost.get('last_checkpoint') or 'none'}"
+            )
+        return head if not detail else f"{head}: {detail}"
     head = f"destroy {status}"
     if not detail:
         return head
-    return detail if detail.startswith(head) else f"{head}: {detail}"
+    return str(detail) if str(detail).startswith(head) else f"{head}: {detail}"
