@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from rgt.errors import ProviderError, UsageError
 from rgt.providers.base import (
     CopyResult,
+    CreateRefused,
     Instance,
     InstanceState,
     Offer,
@@ -169,8 +170,9 @@ class VastProvider:
                 status=status,
                 retry_after=retry_after,
                 retryable=status in RETRYABLE_STATUS and not quota,
-                # A 4xx was refused before anything happened; a 5xx may have half-happened.
-                ambiguous=status is None or status >= 500,
+                # A 4xx was refused before anything happened; a 5xx may have half-happened, and
+                # vast.ai can rate-limit (429) a request it carried out.
+                ambiguous=status is None or status >= 500 or status == 429,
             )
         except requests.Timeout:
             return None, _CallError(
@@ -303,7 +305,7 @@ class VastProvider:
                 missing.append(name)
                 continue
             box_env[name] = value
-            self._redactor.add(value, name=_secret_name(name))
+            self._redactor.add(value, name=secret_name(name))
         if missing:
             raise UsageError(
                 "secret env var(s) not set in this environment: "
@@ -348,7 +350,7 @@ class VastProvider:
             *(
                 # A secret's own variable carries its own value; never the API key (a value
                 # that is also the key keeps the key's name, so it is not excepted).
-                (f"env {name}", value, [_secret_name(name)] if name in secret_env else [])
+                (f"env {name}", value, [secret_name(name)] if name in secret_env else [])
                 for name, value in box_env.items()
             ),
         ]
@@ -413,7 +415,10 @@ class VastProvider:
                     )
                     return existing
             if waited is None:
-                raise self._failure(f"create {label}", error, attempt)
+                failure = self._failure(f"create {label}", error, attempt)
+                if not error.ambiguous:  # refused outright: nothing was rented
+                    raise CreateRefused(failure.message)
+                raise failure
             log.info(
                 "vast.ai create %s: %s; retry %d after %.1fs",
                 label,
@@ -812,7 +817,7 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def _secret_name(variable: str) -> str:
+def secret_name(variable: str) -> str:
     """What a secret_env value is called in a refusal (never the value)."""
     return f"the value of the secret_env variable {variable}"
 
