@@ -68,7 +68,10 @@ def _launch(provider: VastProvider, ledger: Ledger, offer: Any) -> lifecycle.Lau
 
 
 def _boxes(emulator: Any) -> list[int]:
-    return list(emulator.instance_ids())
+    """The emulator's instances that exist (not destroyed), each with its disk."""
+    boxes = list(emulator.instance_ids())
+    assert all(emulator.instance_disk(box).is_dir() for box in boxes)
+    return boxes
 
 
 # -- a real full disk ------------------------------------------------------------------------------

@@ -381,6 +381,7 @@ def test_one_404_on_show_does_not_make_a_running_box_gone(
     seen = provider.show(created.id)
     assert seen.state == "running" and seen.id == created.id
     assert emulator.request_count("GET", "/api/v1/instances/") == lists_before + 1
+    assert emulator.instance_disk(created.id).is_dir()
     # A box that really is destroyed is still reported gone (and the list was asked).
     provider.destroy(created.id)
     lists_before = emulator.request_count("GET", "/api/v1/instances/")
