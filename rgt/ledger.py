@@ -24,11 +24,14 @@ from rgt import paths
 from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 15_000
 # A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
 # a live destroy finishes well inside it (bounded retries + a confirm poll).
 DESTROY_CLAIM_SECONDS = 600.0
+# What a launch record says about its create: written 'pending' BEFORE the create request, then
+# 'rented' (with the instance, in the same transaction as the instance's row) or 'not-rented'.
+LAUNCH_STATUSES = ("pending", "rented", "not-rented")
 
 # Each entry migrates from version (index) to version (index + 1).
 _MIGRATIONS: tuple[str, ...] = (
@@ -118,7 +121,32 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE instances ADD COLUMN results_root TEXT;
     ALTER TABLE instances ADD COLUMN roster TEXT;
     """,
-    # discard: ending a rental whose results will not be saved. An approval says what it is
+    # v3: every launch is recorded as an intent before its create request, so a box whose
+    # create answer was lost, or whose recording failed, is never unknown: `rgt sweep` finds
+    # the pending intent and resolves it by the label.
+    """
+    CREATE TABLE launches (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        label TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        profile TEXT,
+        offer_id TEXT,
+        price_per_hour REAL,
+        max_price_per_hour REAL,
+        interruptible INTEGER,
+        results_root TEXT,
+        roster TEXT,
+        pid INTEGER,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'rented', 'not-rented')),
+        instance_id TEXT,
+        detail TEXT,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE INDEX launches_by_status ON launches (provider, status, label);
+    """,
+    # v4, discard: ending a rental whose results will not be saved. An approval says what it is
     # for (a destroy approval never unlocks a discard, nor the other way round); a meter-stop
     # attempt says whether it is a verified destroy or a discard, why, and what the human was
     # told would be lost.
@@ -219,6 +247,28 @@ class DestroyRecord(NamedTuple):
     lost: str | None = None  # JSON: what the human was told the discard loses
 
 
+class LaunchRecord(NamedTuple):
+    """One launch: the intent written before the create request, and what came of it."""
+
+    id: int
+    provider: str
+    label: str
+    run_id: str
+    profile: str | None
+    offer_id: str | None
+    price_per_hour: float | None  # what the rental was to cost ($/h: the offer or the bid)
+    max_price_per_hour: float | None
+    interruptible: bool | None
+    results_root: str | None
+    roster: list[str] | None
+    pid: int | None  # the launching process (a pending launch whose process lives is running)
+    status: str  # one of LAUNCH_STATUSES
+    instance_id: str | None
+    detail: str | None
+    created: float
+    updated: float
+
+
 class LedgerError(UsageError):
     """The ledger file is unusable (corrupt, newer schema, not a database): a bad input file,
     reported in one line (exit 2), never as an internal error."""
@@ -256,6 +306,11 @@ class Ledger:
             db.execute("PRAGMA foreign_keys = ON")
             ledger = cls(db, target)
             ledger._migrate()
+        except sqlite3.OperationalError as exc:
+            # The file may be sound: SQLite could not write beside it (its -wal/-shm files).
+            raise LedgerError(
+                f"{target}: cannot open the ledger ({exc}); is its disk full or read-only?"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{target}: not a usable rgt ledger ({exc})") from exc
         _restrict_mode(target)
@@ -295,8 +350,14 @@ class Ledger:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        else:
+        try:
             self._db.execute("COMMIT")
+        except BaseException:
+            # A COMMIT that failed (disk full) can leave the transaction open: end it, so the
+            # write is wholly absent and this connection stays usable.
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
 
     def schema_version(self) -> int:
         """The schema version stored in the file."""
@@ -329,40 +390,20 @@ class Ledger:
         is shown is of the job's results, not of some other directory on the box."""
         at = _now(now)
         with self.transaction() as db:
-            db.execute(
-                """
-                INSERT INTO instances (provider, instance_id, label, profile, offer_id,
-                                       price_per_hour, interruptible, created, results_root,
-                                       roster)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (provider, instance_id) DO UPDATE SET
-                    label = COALESCE(excluded.label, label),
-                    profile = COALESCE(excluded.profile, profile),
-                    offer_id = COALESCE(excluded.offer_id, offer_id),
-                    price_per_hour = COALESCE(excluded.price_per_hour, price_per_hour),
-                    interruptible = COALESCE(excluded.interruptible, interruptible),
-                    results_root = COALESCE(excluded.results_root, results_root),
-                    roster = COALESCE(excluded.roster, roster)
-                """,
-                (
-                    provider,
-                    str(instance_id),
-                    label,
-                    profile,
-                    offer_id,
-                    price_per_hour,
-                    None if interruptible is None else int(interruptible),
-                    at,
-                    results_root,
-                    None if roster is None else json.dumps(list(roster)),
-                ),
+            _upsert_instance(
+                db,
+                provider,
+                str(instance_id),
+                label=label,
+                profile=profile,
+                offer_id=offer_id,
+                price_per_hour=price_per_hour,
+                interruptible=interruptible,
+                state=state,
+                results_root=results_root,
+                roster=roster,
+                at=at,
             )
-            if state is not None:
-                db.execute(
-                    "INSERT INTO instance_events (provider, instance_id, state, detail, at) "
-                    "VALUES (?, ?, ?, NULL, ?)",
-                    (provider, str(instance_id), state, at),
-                )
 
     def record_state(
         self,
@@ -431,6 +472,138 @@ class Ledger:
                 (str(instance_id),),
             )
         ]
+
+    # -- launches ------------------------------------------------------------------------------
+
+    def record_launch_intent(
+        self,
+        provider: str,
+        *,
+        label: str,
+        run_id: str,
+        profile: str | None,
+        offer_id: str | None,
+        price_per_hour: float | None,
+        max_price_per_hour: float | None,
+        interruptible: bool,
+        results_root: str | None,
+        roster: Sequence[str] | None,
+        now: float | None = None,
+    ) -> int:
+        """Write a 'pending' launch BEFORE its create request; returns its id.
+
+        If this fails, nothing may be rented. Once it is written, a box the create rents can
+        never go unrecorded: `record_launch_rented` completes it, or `rgt sweep` finds the
+        pending launch and resolves it by `label`."""
+        at = _now(now)
+        with self.transaction() as db:
+            cursor = db.execute(
+                """
+                INSERT INTO launches (provider, label, run_id, profile, offer_id, price_per_hour,
+                                      max_price_per_hour, interruptible, results_root, roster,
+                                      pid, status, created, updated)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+                """,
+                (
+                    provider,
+                    label,
+                    run_id,
+                    profile,
+                    offer_id,
+                    price_per_hour,
+                    max_price_per_hour,
+                    int(interruptible),
+                    results_root,
+                    None if roster is None else json.dumps(list(roster)),
+                    os.getpid(),
+                    at,
+                    at,
+                ),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def record_launch_rented(
+        self,
+        launch_id: int,
+        instance_id: str,
+        *,
+        state: str | None,
+        label: str | None = None,
+        price_per_hour: float | None = None,
+        interruptible: bool | None = None,
+        detail: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """The launch rented `instance_id`: the launch, every other pending launch of its label
+        (an earlier interrupted one rented the same box), and the instance's row with the
+        launch's facts (offer, price, results root, roster), in ONE transaction.
+
+        `price_per_hour` and `interruptible` override the launch's (an adopted box's own)."""
+        at = _now(now)
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM launches WHERE id = ?", (int(launch_id),)).fetchone()
+            if row is None:
+                raise ValueError(f"no launch {launch_id} in the ledger")
+            launch = _launch_record(row)
+            db.execute(
+                "UPDATE launches SET status = 'rented', instance_id = ?, "
+                "detail = COALESCE(?, detail), updated = ? "
+                "WHERE provider = ? AND label = ? AND (id = ? OR status = 'pending')",
+                (str(instance_id), detail, at, launch.provider, launch.label, launch.id),
+            )
+            _upsert_instance(
+                db,
+                launch.provider,
+                str(instance_id),
+                label=label or launch.label,
+                profile=launch.profile,
+                offer_id=launch.offer_id,
+                price_per_hour=price_per_hour
+                if price_per_hour is not None
+                else launch.price_per_hour,
+                interruptible=interruptible if interruptible is not None else launch.interruptible,
+                state=state,
+                results_root=launch.results_root,
+                roster=launch.roster,
+                at=at,
+            )
+
+    def record_launch_outcome(
+        self, launch_id: int, status: str, *, detail: str, now: float | None = None
+    ) -> None:
+        """Close a launch as 'not-rented' (the create was refused before it could rent, or no
+        box carries its label), or keep it 'pending' with a new `detail`; either way its
+        process is done with it (`rgt sweep` no longer counts it as in progress)."""
+        if status not in ("pending", "not-rented"):
+            raise ValueError(f"launch status {status!r}: use record_launch_rented for 'rented'")
+        with self.transaction() as db:
+            db.execute(
+                # pid cleared: the launching process is done with this launch.
+                "UPDATE launches SET status = ?, detail = ?, updated = ?, pid = NULL "
+                "WHERE id = ? AND status = 'pending'",
+                (status, detail, _now(now), int(launch_id)),
+            )
+
+    def launches(
+        self, provider: str | None = None, *, status: str | None = None
+    ) -> list[LaunchRecord]:
+        """Launches (of one provider, with one status, or all), oldest first."""
+        sql = "SELECT * FROM launches WHERE 1 = 1"
+        args: list[Any] = []
+        if provider is not None:
+            sql += " AND provider = ?"
+            args.append(provider)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        return [
+            _launch_record(row) for row in self._db.execute(sql + " ORDER BY created, id", args)
+        ]
+
+    def launch(self, launch_id: int) -> LaunchRecord | None:
+        """One launch by id, or None."""
+        row = self._db.execute("SELECT * FROM launches WHERE id = ?", (int(launch_id),)).fetchone()
+        return None if row is None else _launch_record(row)
 
     # -- pulls and verifications ---------------------------------------------------------------
 
@@ -773,6 +946,7 @@ class Ledger:
             ("approvals", "created"),
             ("approval_failures", "at"),
             ("destroys", "claimed"),
+            ("launches", "created"),
         ):
             for row in self._db.execute(f"SELECT * FROM {table}{where}", args):
                 item = dict(row)
@@ -781,6 +955,66 @@ class Ledger:
                 events.append(item)
         events.sort(key=lambda item: (item["at"], item["kind"]))
         return events
+
+
+def _upsert_instance(
+    db: sqlite3.Connection,
+    provider: str,
+    instance_id: str,
+    *,
+    label: str | None,
+    profile: str | None,
+    offer_id: str | None,
+    price_per_hour: float | None,
+    interruptible: bool | None,
+    state: str | None,
+    results_root: str | None,
+    roster: Sequence[str] | None,
+    at: float,
+) -> None:
+    """Insert or update an instance's row (known fields win over None), plus its first or
+    next observed state; inside the caller's transaction."""
+    db.execute(
+        """
+        INSERT INTO instances (provider, instance_id, label, profile, offer_id,
+                               price_per_hour, interruptible, created, results_root,
+                               roster)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (provider, instance_id) DO UPDATE SET
+            label = COALESCE(excluded.label, label),
+            profile = COALESCE(excluded.profile, profile),
+            offer_id = COALESCE(excluded.offer_id, offer_id),
+            price_per_hour = COALESCE(excluded.price_per_hour, price_per_hour),
+            interruptible = COALESCE(excluded.interruptible, interruptible),
+            results_root = COALESCE(excluded.results_root, results_root),
+            roster = COALESCE(excluded.roster, roster)
+        """,
+        (
+            provider,
+            instance_id,
+            label,
+            profile,
+            offer_id,
+            price_per_hour,
+            None if interruptible is None else int(interruptible),
+            at,
+            results_root,
+            None if roster is None else json.dumps(list(roster)),
+        ),
+    )
+    if state is not None:
+        db.execute(
+            "INSERT INTO instance_events (provider, instance_id, state, detail, at) "
+            "VALUES (?, ?, ?, NULL, ?)",
+            (provider, instance_id, state, at),
+        )
+
+
+def _launch_record(row: sqlite3.Row) -> LaunchRecord:
+    data = dict(row)
+    data["interruptible"] = None if data["interruptible"] is None else bool(data["interruptible"])
+    data["roster"] = None if data["roster"] is None else list(json.loads(data["roster"]))
+    return LaunchRecord(**data)
 
 
 def _split_sql(script: str) -> list[str]:

@@ -9,19 +9,21 @@ Destroy is not here: `rgt.gate.destroy_with_gate` is the only path to the meter-
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rgt.errors import Refused, UsageError
+from rgt.errors import ProviderError, Refused, RgtError, UsageError
 from rgt.job import JobRequest
-from rgt.ledger import InstanceRecord, Ledger
+from rgt.ledger import InstanceRecord, Ledger, LedgerError
 from rgt.profile import Profile
-from rgt.providers.base import Instance, Offer, OfferQuery, Provider
+from rgt.providers.base import CreateRefused, Instance, Offer, OfferQuery, Provider
 
 PER_VARIANT = "variant-dependent"  # a family profile's value that each variant sets
 HOURS_PER_MONTH = 730.0  # converts a $/GB/month storage price to $/hour
@@ -307,31 +309,56 @@ def launch(
             f"offer {offer.id} costs {price:.4f} $/h, above the cap max_price_per_hour "
             f"{max_price_per_hour:.4f} $/h; nothing was rented"
         )
-    instance = provider.create(
-        offer.id,
-        image=job.image,
-        disk_gb=float(job.disk_gb),
-        onstart=rendered.text,
-        label=label,
-        env=dict(job.env),
-        interruptible=interruptible,
-        bid_per_hour=bid_per_hour if interruptible else None,
-        secret_env=job.secret_env,
-    )
-    ledger.record_instance(
-        provider.platform,
-        instance.id,
-        label=label,
-        profile=profile.name,
-        offer_id=offer.id,
-        price_per_hour=price,
-        interruptible=interruptible,
-        state=instance.state,
-        # The gate binds a later pull to exactly this results root and roster.
-        results_root=job.results_root,
-        roster=list(job.roster),
-    )
+    # The intent goes into the ledger BEFORE the create: if the answer is lost, or recording
+    # the box fails, the ledger still says a box carrying this label may bill, and `rgt sweep`
+    # resolves it by the label. If the intent cannot be written, nothing is rented.
+    try:
+        launch_id = ledger.record_launch_intent(
+            provider.platform,
+            label=label,
+            run_id=job.run_id,
+            profile=profile.name,
+            offer_id=offer.id,
+            price_per_hour=price,
+            max_price_per_hour=max_price_per_hour,
+            interruptible=interruptible,
+            # The gate binds a later pull to exactly this results root and roster.
+            results_root=job.results_root,
+            roster=list(job.roster),
+        )
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerError(
+            f"{ledger.path}: cannot record the launch before renting ({exc}); nothing was "
+            "rented: free space or fix the ledger, then launch again"
+        ) from None
+    found_after: str | None = None
+    try:
+        instance = provider.create(
+            offer.id,
+            image=job.image,
+            disk_gb=float(job.disk_gb),
+            onstart=rendered.text,
+            label=label,
+            env=dict(job.env),
+            interruptible=interruptible,
+            bid_per_hour=bid_per_hour if interruptible else None,
+            secret_env=job.secret_env,
+        )
+    except (UsageError, CreateRefused) as exc:
+        # Refused before or by the platform without renting (a leaking secret, a taken offer).
+        _close_launch(ledger, launch_id, "not-rented", exc.message)
+        raise
+    except Exception as exc:  # every other failure leaves the outcome unknown
+        instance = _look_after_failed_create(provider, ledger, launch_id, label, exc)
+        found_after = str(exc) if not isinstance(exc, RgtError) else exc.message
+    _record_rented(ledger, launch_id, instance, label)
     warnings = [*danger_clocks(profile), *rendered.notes]
+    if found_after is not None:
+        warnings.insert(
+            0,
+            f"the create failed ({found_after}), but instance {instance.id} carries label "
+            f"{label}: it was rented and is billing; it is recorded",
+        )
     if offer.inet_down_cost_per_gb or offer.inet_up_cost_per_gb:
         warnings.append(
             f"this host charges {offer.inet_down_cost_per_gb:g} $/GB down and "
@@ -349,6 +376,59 @@ def launch(
         onstart_bytes=len(rendered.text.encode()),
         warnings=warnings,
     )
+
+
+def _look_after_failed_create(
+    provider: Provider, ledger: Ledger, launch_id: int, label: str, error: Exception
+) -> Instance:
+    """After a create whose outcome is unknown: the box carrying `label`, else an error that
+    says plainly what is known. The launch stays pending in the ledger unless a box is found:
+    `rgt sweep` looks again and resolves it."""
+    what = error.message if isinstance(error, RgtError) else f"{type(error).__name__}: {error}"
+    try:
+        found = labelled_instance(provider, label)
+    except RgtError as lookup:
+        _close_launch(ledger, launch_id, "pending", f"create: {what}; look-up: {lookup.message}")
+        raise ProviderError(
+            f"{what}; whether a box carrying label {label} was rented is unknown (looking for "
+            f"it failed: {lookup.message}); the launch is pending in the ledger: run `rgt "
+            "sweep` when the API answers (it finds the box by its label and records it), or "
+            "`rgt launch` again with the same job (it adopts that box; it rents only if none "
+            "carries the label)"
+        ) from None
+    if found is not None:
+        return found
+    _close_launch(ledger, launch_id, "pending", f"create: {what}; no instance carries the label")
+    if not isinstance(error, RgtError):
+        raise error  # a bug in rgt (exit 70), and no box came of it
+    raise ProviderError(
+        f"{what}; no instance carries label {label}: nothing is rented now (the launch stays "
+        "pending in the ledger until `rgt sweep` confirms that no box appeared)"
+    ) from None
+
+
+def _record_rented(ledger: Ledger, launch_id: int, instance: Instance, label: str) -> None:
+    """Complete the launch with its instance (one transaction); when that fails, say plainly
+    that a box bills and is not recorded, and how to record it."""
+    try:
+        ledger.record_launch_rented(launch_id, instance.id, state=instance.state)
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerError(_not_recorded(instance.id, label, f"{ledger.path}: {exc}")) from None
+
+
+def _not_recorded(instance_id: str, label: str, why: str) -> str:
+    """The plain message for a rented box the ledger could not record."""
+    return (
+        f"instance {instance_id} carrying label {label} was rented and is billing; it is NOT "
+        f"recorded ({why}): run `rgt launch` again with the same job to adopt it, or `rgt sweep`"
+    )
+
+
+def _close_launch(ledger: Ledger, launch_id: int, status: str, detail: str) -> None:
+    """Record how a launch ended without a box (best effort: when the ledger cannot be written
+    the launch stays pending, which `rgt sweep` resolves by its label)."""
+    with contextlib.suppress(sqlite3.Error, OSError):
+        ledger.record_launch_outcome(launch_id, status, detail=detail)
 
 
 def labelled_instance(provider: Provider, label: str) -> Instance | None:
@@ -372,10 +452,21 @@ def _adopt(
     notes: Sequence[str],
 ) -> LaunchResult:
     """Record an instance that already carries the run's label (an earlier, interrupted launch
-    rented it) instead of renting another; the ledger's facts win over the platform's."""
+    rented it) instead of renting another; the ledger's facts win over the platform's, and the
+    earlier launch's own (its offer, price, results root and roster) when it is pending."""
     record = ledger.instance(provider.platform, instance.id)
+    pending = [
+        launch
+        for launch in ledger.launches(provider.platform, status="pending")
+        if launch.label == instance.label
+    ]
+    earlier = pending[-1] if pending else None
     known_offer = record.offer_id if record is not None else None
+    if known_offer is None and earlier is not None:
+        known_offer = earlier.offer_id
     price = record.price_per_hour if record is not None else None
+    if price is None and earlier is not None:
+        price = earlier.price_per_hour
     if price is None:
         price = instance.dph_total
     if price is None and interruptible:
@@ -383,19 +474,34 @@ def _adopt(
     was_interruptible = (
         instance.interruptible if instance.interruptible is not None else interruptible
     )
-    ledger.record_instance(
-        provider.platform,
-        instance.id,
-        label=instance.label,
-        profile=profile.name,
-        # Only an offer rgt recorded at the rental is known to be this box's offer.
-        offer_id=known_offer,
-        price_per_hour=price,
-        interruptible=was_interruptible,
-        state=instance.state,
-        results_root=job.results_root,
-        roster=list(job.roster),
-    )
+    try:
+        if earlier is not None:
+            ledger.record_launch_rented(
+                earlier.id,
+                instance.id,
+                state=instance.state,
+                price_per_hour=price,
+                interruptible=was_interruptible,
+                detail="adopted by a later rgt launch",
+            )
+        else:
+            ledger.record_instance(
+                provider.platform,
+                instance.id,
+                label=instance.label,
+                profile=profile.name,
+                # Only an offer rgt recorded at the rental is known to be this box's offer.
+                offer_id=known_offer,
+                price_per_hour=price,
+                interruptible=was_interruptible,
+                state=instance.state,
+                results_root=job.results_root,
+                roster=list(job.roster),
+            )
+    except (sqlite3.Error, OSError) as exc:
+        raise LedgerError(
+            _not_recorded(instance.id, str(instance.label), f"{ledger.path}: {exc}")
+        ) from None
     warnings = [
         f"instance {instance.id} already carries label {instance.label} (an earlier launch "
         f"rented it): adopted it, rented nothing new",

@@ -7,21 +7,35 @@ tool, or by a crashed rgt is still on the bill. Each row is flagged when it dese
   (on vast.ai: its disk);
 - ``idle``: running while its results are already pulled and verified, or with a GPU
   utilisation the provider reports under 5 %;
-- ``unknown-to-ledger``: rgt has no record of renting it.
+- ``unknown-to-ledger``: rgt has no record of renting it;
+- ``recorded-by-sweep``: a launch whose create answer was lost (or whose recording failed)
+  rented it; the sweep found it by the launch's label and recorded it just now.
+
+Launches in doubt: every launch is written to the ledger before its create request. One still
+pending (no instance recorded) is resolved here by its label: a box carrying it is recorded;
+with none, the launch stays in doubt while its process may still be creating, and is closed as
+not rented once that cannot be so any more.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rgt.ledger import Ledger
+from rgt.ledger import DESTROY_CLAIM_SECONDS, LaunchRecord, Ledger
 from rgt.lifecycle import unknown_rate_note
 from rgt.providers.base import Instance, Provider
 
 NOT_RUNNING_STATES = frozenset({"stopped", "paused", "exited", "offline", "scheduling"})
 IDLE_GPU_PERCENT = 5.0
 HOURS_PER_MONTH = 730.0  # 365.25 * 24 / 12: converts $/GB/month storage prices to $/hour
+# A create request the platform accepted shows up in its list within seconds; a launch whose
+# process ended (or died) this long ago without a box carrying its label rented nothing.
+LAUNCH_SETTLE_SECONDS = 60.0
+# A launch's process that still lives is creating for at most this long (bounded retries).
+LAUNCH_RUNNING_SECONDS = DESTROY_CLAIM_SECONDS
 
 
 @dataclass(frozen=True)
@@ -39,14 +53,39 @@ class SweepRow:
 
 
 @dataclass(frozen=True)
+class LaunchRow:
+    """A launch that was pending in the ledger (no instance recorded) and what the sweep made
+    of it: `recorded` (a box carries its label), `in-doubt`, or `not-rented`."""
+
+    launch_id: int
+    label: str
+    offer_id: str | None
+    outcome: str
+    instance_id: str | None
+    note: str
+
+
+@dataclass(frozen=True)
 class SweepReport:
-    """Every visible instance, plus ledger instances the provider no longer shows."""
+    """Every visible instance, plus ledger instances the provider no longer shows, plus the
+    launches that were pending."""
 
     platform: str
     rows: list[SweepRow]
     ledger_only: list[str]
     # How each ledger-only instance ended, in poll's words (rgt.ending): lost, gone, ...
     endings: dict[str, str] = field(default_factory=dict)
+    launches: list[LaunchRow] = field(default_factory=list)
+
+    @property
+    def launches_in_doubt(self) -> list[LaunchRow]:
+        """Pending launches the sweep could not resolve (a box may yet appear)."""
+        return [launch for launch in self.launches if launch.outcome == "in-doubt"]
+
+    @property
+    def flagged(self) -> bool:
+        """True when something deserves a look (the CLI exits 1)."""
+        return any(row.flags for row in self.rows) or bool(self.launches_in_doubt)
 
     @property
     def hourly_total(self) -> float:
@@ -75,6 +114,7 @@ class SweepReport:
             "instances": [asdict(row) for row in self.rows],
             "ledger_only": self.ledger_only,
             "ledger_only_endings": self.endings,
+            "launches": [asdict(launch) for launch in self.launches],
         }
 
 
@@ -87,16 +127,22 @@ def storage_hourly(instance: Instance) -> float | None:
     return float(instance.disk_gb) * float(per_gb_month) / HOURS_PER_MONTH
 
 
-def sweep(*, provider: Provider, ledger: Ledger, profile: Any | None) -> SweepReport:
-    """List every instance the provider's key can see, with cost and flags."""
+def sweep(
+    *, provider: Provider, ledger: Ledger, profile: Any | None, now: float | None = None
+) -> SweepReport:
+    """List every instance the provider's key can see, with cost and flags; resolve the
+    ledger's pending launches by their labels (recording the boxes found)."""
     still_bills = list(getattr(profile, "stop_still_bills", None) or [])
+    listed = [instance for instance in provider.list_instances() if instance.state != "gone"]
+    launches = resolve_launches(
+        ledger, provider.platform, listed, now=time.time() if now is None else now
+    )
+    swept_in = {launch.instance_id for launch in launches if launch.outcome == "recorded"}
     known = {record.instance_id for record in ledger.instances(provider.platform)}
     known |= {record.instance_id for record in ledger.instances()}
     rows: list[SweepRow] = []
     visible: set[str] = set()
-    for instance in provider.list_instances():
-        if instance.state == "gone":
-            continue
+    for instance in listed:
         visible.add(instance.id)
         flags: list[str] = []
         cost: float | None
@@ -124,6 +170,8 @@ def sweep(*, provider: Provider, ledger: Ledger, profile: Any | None) -> SweepRe
                 flags.append("idle")
         if instance.id not in known:
             flags.append("unknown-to-ledger")
+        if instance.id in swept_in:
+            flags.append("recorded-by-sweep")
         rows.append(
             SweepRow(
                 instance_id=instance.id,
@@ -151,8 +199,99 @@ def sweep(*, provider: Provider, ledger: Ledger, profile: Any | None) -> SweepRe
         for instance_id in ledger_only
     }
     return SweepReport(
-        platform=provider.platform, rows=rows, ledger_only=ledger_only, endings=endings
+        platform=provider.platform,
+        rows=rows,
+        ledger_only=ledger_only,
+        endings=endings,
+        launches=launches,
     )
+
+
+def resolve_launches(
+    ledger: Ledger, platform: str, listed: list[Instance], *, now: float
+) -> list[LaunchRow]:
+    """Each pending launch of `platform`, resolved by its label against `listed` (the
+    provider's instances now): a box carrying it is recorded in the ledger (with the launch's
+    offer, price, results root and roster); with none, the launch stays in doubt while its
+    process may still be creating, else it is closed as not rented."""
+    rows: list[LaunchRow] = []
+    resolved: dict[str, str] = {}  # label -> instance recorded for it in this sweep
+    for launch in ledger.launches(platform, status="pending"):
+        if launch.label in resolved:  # recorded with an earlier launch of the same label
+            rows.append(_launch_row(launch, "recorded", resolved[launch.label], "same box"))
+            continue
+        carrying = [i for i in listed if i.label == launch.label]
+        if carrying:
+            box = min(carrying, key=lambda i: int(i.id) if i.id.isdigit() else 0)
+            ledger.record_launch_rented(
+                launch.id, box.id, state=box.state, detail="found by its label by rgt sweep"
+            )
+            resolved[launch.label] = box.id
+            rows.append(
+                _launch_row(
+                    launch,
+                    "recorded",
+                    box.id,
+                    f"instance {box.id} carries the label: it was rented and bills; "
+                    "recorded in the ledger now",
+                )
+            )
+        elif _launch_running(launch, now):
+            rows.append(
+                _launch_row(
+                    launch,
+                    "in-doubt",
+                    None,
+                    f"its process {launch.pid} is still launching; no box carries the label yet",
+                )
+            )
+        elif now - launch.updated < LAUNCH_SETTLE_SECONDS:
+            rows.append(
+                _launch_row(
+                    launch,
+                    "in-doubt",
+                    None,
+                    "no box carries the label yet, but the create ended under "
+                    f"{LAUNCH_SETTLE_SECONDS:.0f} s ago and may still land: sweep again",
+                )
+            )
+        else:
+            ledger.record_launch_outcome(
+                launch.id,
+                "not-rented",
+                detail=f"rgt sweep: no instance carries the label {launch.label}",
+            )
+            rows.append(_launch_row(launch, "not-rented", None, "no instance carries the label"))
+    return rows
+
+
+def _launch_row(
+    launch: LaunchRecord, outcome: str, instance_id: str | None, note: str
+) -> LaunchRow:
+    return LaunchRow(
+        launch_id=launch.id,
+        label=launch.label,
+        offer_id=launch.offer_id,
+        outcome=outcome,
+        instance_id=instance_id,
+        note=note,
+    )
+
+
+def _launch_running(launch: LaunchRecord, now: float) -> bool:
+    """True while the launch's own process may still be creating: it lives (this one, too)
+    and the launch is younger than any create with its bounded retries takes."""
+    if launch.pid is None or now - launch.created >= LAUNCH_RUNNING_SECONDS:
+        return False
+    if launch.pid == os.getpid():
+        return True
+    try:
+        os.kill(launch.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _is_idle(instance: Instance, ledger: Ledger) -> bool:
@@ -165,8 +304,18 @@ def _is_idle(instance: Instance, ledger: Ledger) -> bool:
 
 def format_report(report: SweepReport) -> str:
     """A table for humans."""
+    launches = [
+        f"launch #{launch.launch_id} ({launch.label}, offer {launch.offer_id}): "
+        + {
+            "recorded": "resolved",
+            "in-doubt": "LAUNCH IN DOUBT",
+            "not-rented": "nothing was rented",
+        }[launch.outcome]
+        + f": {launch.note}"
+        for launch in report.launches
+    ]
     if not report.rows and not report.ledger_only:
-        return f"{report.platform}: no instances visible to this API key"
+        return "\n".join([f"{report.platform}: no instances visible to this API key", *launches])
     lines = [f"{'INSTANCE':<12} {'STATE':<12} {'$/HOUR':>8}  KEEPS BILLING / FLAGS"]
     for row in report.rows:
         cost = "?" if row.hourly_cost is None else f"{row.hourly_cost:.3f}"
@@ -193,4 +342,5 @@ def format_report(report: SweepReport) -> str:
             for instance_id in report.ledger_only
             if instance_id in report.endings
         ]
+    lines.extend(launches)
     return "\n".join(lines)

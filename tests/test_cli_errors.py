@@ -183,10 +183,13 @@ def test_a_404_without_the_apis_json_is_not_an_instance_gone(
 
     class NotFound(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(404)
-            self.send_header("Content-Length", str(len(body)))
+            # The list endpoint answers (no instance): rgt confirms a show's 404 with it.
+            listing = self.path.startswith("/api/v1/instances/")
+            answer = b'{"instances": [], "next_token": null}' if listing else body
+            self.send_response(200 if listing else 404)
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(answer)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -280,7 +283,8 @@ def test_ctrl_c_during_launch_says_a_box_may_bill_and_how_to_find_it(emulator) -
         assert time.monotonic() < deadline
         time.sleep(0.1)
     swept = _rgt("sweep")
-    assert "unknown-to-ledger" in swept.stdout
+    # The launch wrote its intent before the create: the sweep finds the box by its label.
+    assert "recorded-by-sweep" in swept.stdout and "unknown-to-ledger" not in swept.stdout
 
 
 def test_an_ssh_key_variable_naming_a_directory_says_so(

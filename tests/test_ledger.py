@@ -49,6 +49,7 @@ def test_a_version_1_ledger_is_migrated_forward_keeping_its_rows(tmp_path: Path)
     raw.close()
     with Ledger.open(path) as ledger:
         assert ledger.schema_version() == SCHEMA_VERSION == len(_MIGRATIONS)
+        assert ledger.launches() == []  # v3: the launches table
         old = ledger.instance("vastai", "7")
         assert old is not None and old.label == "rgt:old" and old.results_root is None
         ledger.record_instance("vastai", "7", results_root="/workspace/r", roster=["a", "b"])
@@ -149,6 +150,11 @@ while True:
     i += 1
     key = f"{prefix}{i}"
     # Every kind of record, each its own transaction (the public API) ...
+    launch = ledger.record_launch_intent(
+        "vastai", label=f"rgt:{key}", run_id=key, profile="vastai", offer_id="1",
+        price_per_hour=0.5, max_price_per_hour=1.0, interruptible=False,
+        results_root="/r", roster=["a"])
+    ledger.record_launch_rented(launch, key, state="running")
     ledger.record_instance("vastai", key, label=f"L{i}", state="running")
     ledger.record_pull(key, remote_root="/r", local_dir="/tmp/x", manifest_sha256="a" * 64,
                        run_id="r", files=3, bytes_total=10, bytes_transferred=10, attempts=1,
@@ -177,6 +183,14 @@ def _check_complete(ledger: Ledger) -> None:
     """Every record the writer makes is whole: no instance without its first state, no half
     destroy, no partial bulk transaction."""
     assert ledger.integrity_check() == "ok"
+    # A launch is rented together with its instance's row, or is still pending without one.
+    rented = {launch.instance_id: launch for launch in ledger.launches(status="rented")}
+    for launch in ledger.launches(status="pending"):
+        assert ledger.instance("vastai", launch.run_id) is None, launch
+    for record in ledger.instances():
+        if not record.instance_id.startswith("after"):
+            assert record.instance_id in rented
+            assert record.offer_id == "1" and record.roster == ["a"], record
     pulls = {p.instance_id for p in ledger.pulls()}
     destroys = {d.instance_id: d for d in ledger.destroys()}
     for record in ledger.instances():
@@ -295,3 +309,52 @@ def test_rgt_ledger_says_when_an_instance_has_no_entries_and_does_not_repeat_a_s
     )
     assert "destroy confirmed: gone" in shown.stdout
     assert "destroy confirmed: destroy confirmed" not in shown.stdout
+
+
+def test_a_launch_is_pending_before_its_create_and_rented_with_its_instance(
+    isolated_user: Path,
+) -> None:
+    def intent(ledger: Ledger, offer: str) -> int:
+        return ledger.record_launch_intent(
+            "vastai",
+            label="rgt:r1",
+            run_id="r1",
+            profile="vastai",
+            offer_id=offer,
+            price_per_hour=0.25,
+            max_price_per_hour=0.5,
+            interruptible=False,
+            results_root="/workspace/results",
+            roster=["cell-a"],
+            now=100.0,
+        )
+
+    with Ledger.open() as ledger:
+        killed = intent(ledger, "7")  # an earlier launch of the same run, killed mid-create
+        launch = intent(ledger, "8")
+        assert [x.id for x in ledger.launches(status="pending")] == [killed, launch]
+        assert ledger.launch(launch).pid == os.getpid()  # type: ignore[union-attr]
+        ledger.record_launch_rented(launch, "4242", state="loading", now=101.0)
+        # Both launches of the label now name the box; its row carries the launch's facts.
+        assert {(x.id, x.status, x.instance_id) for x in ledger.launches()} == {
+            (killed, "rented", "4242"),
+            (launch, "rented", "4242"),
+        }
+        record = ledger.instance("vastai", "4242")
+        assert record is not None and record.label == "rgt:r1" and record.offer_id == "8"
+        assert record.price_per_hour == 0.25 and record.roster == ["cell-a"]
+        assert record.results_root == "/workspace/results" and record.last_state == "loading"
+        with pytest.raises(ValueError, match="record_launch_rented"):
+            ledger.record_launch_outcome(launch, "rented", detail="x")
+        refused = intent(ledger, "9")
+        ledger.record_launch_outcome(refused, "not-rented", detail="offer taken")
+        closed = ledger.launch(refused)
+        assert closed is not None and closed.status == "not-rented" and closed.pid is None
+        # A closed launch is not re-opened.
+        ledger.record_launch_outcome(refused, "pending", detail="late")
+        assert ledger.launch(refused).status == "not-rented"  # type: ignore[union-attr]
+    shown = subprocess.run(
+        [sys.executable, "-m", "rgt", "ledger"], capture_output=True, text=True, check=True
+    )
+    assert f"launch #{launch} rented: rgt:r1 on offer 8" in shown.stdout
+    assert f"launch #{refused} not-rented: rgt:r1 on offer 9 (offer taken)" in shown.stdout

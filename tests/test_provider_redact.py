@@ -44,6 +44,31 @@ def test_short_values_are_not_masked_by_value() -> None:
     assert Redactor(["ab"]).text("abc cab") == "abc cab"
 
 
+def test_secret_in_finds_a_value_as_is_in_base64_and_in_gzip_base64_by_name() -> None:
+    import base64
+    import gzip
+
+    redactor = Redactor()
+    redactor.add(CANARY_API_KEY, name="the API key")
+    redactor.add("hf_supersecrettoken", name="HF_TOKEN")
+    assert redactor.secret_in("nothing here") is None
+    assert redactor.secret_in(f"curl -H 'X: {CANARY_API_KEY}'") == "the API key"
+    # A job file as rgt's templates ship one, at each of base64's three alignments.
+    for prefix in ("", "a", "ab"):
+        word = base64.b64encode(f"{prefix}token = hf_supersecrettoken\n".encode()).decode()
+        assert redactor.secret_in(f"printf '%s' '{word}' | base64 -d >f") == "HF_TOKEN"
+    # A boot hook over the size limit: gzip+base64 around a script that holds a base64 file.
+    inner = "x=1\nprintf '%s' '" + base64.b64encode(CANARY_API_KEY.encode()).decode() + "'\n"
+    packed = base64.b64encode(gzip.compress(inner.encode(), mtime=0)).decode()
+    assert redactor.secret_in(f"printf '%s' '{packed}' | base64 -d | gunzip") == "the API key"
+    # A secret's own env var may hold it; the API key is never excepted.
+    assert redactor.secret_in("hf_supersecrettoken", except_names=["HF_TOKEN"]) is None
+    assert redactor.secret_in(CANARY_API_KEY, except_names=["HF_TOKEN"]) == "the API key"
+    # A value added under a second name keeps its first.
+    redactor.add(CANARY_API_KEY, name="HF_TOKEN")
+    assert redactor.secret_in(CANARY_API_KEY, except_names=["HF_TOKEN"]) == "the API key"
+
+
 def test_one_line_flattens_and_bounds() -> None:
     line = Redactor([CANARY_API_KEY]).one_line(f"a\n  b {CANARY_API_KEY}\n" + "x" * 500, limit=50)
     assert "\n" not in line and len(line) <= 50

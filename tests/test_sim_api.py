@@ -175,6 +175,30 @@ def test_faults_are_served_as_vast_ai_would(emulator: Emulator) -> None:
     assert time.monotonic() - started >= 0.3
 
 
+def test_cut_off_answers_do_the_work_and_lose_the_answer(emulator: Emulator) -> None:
+    client = sdk(emulator)
+    offer = client.search_offers(query={}, limit=1)[0]
+    # The connection closes mid-body: the client reads less than the Content-Length promised.
+    emulator.fail_next(1, cut="connection", method="PUT", path="/api/v0/asks/*")
+    assert client.show_instances() == []  # not a PUT: untouched
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        client.create_instance(id=offer["id"], image="img", disk=10, label="rgt:cut")
+    assert [r["label"] for r in client.show_instances()] == ["rgt:cut"]  # the work was done
+    # A complete answer whose body was cut: a 200 that is not JSON.
+    emulator.fail_next(1, cut="body", path="/api/v1/instances/")
+    with pytest.raises(requests.exceptions.JSONDecodeError):
+        client.show_instances()
+    assert [r["label"] for r in client.show_instances()] == ["rgt:cut"]
+    # A transient 404 with vast.ai's "no such instance" body, for one path only.
+    instance_id = client.show_instances()[0]["id"]
+    emulator.fail_next(1, status=404, path=f"/api/v0/instances/{instance_id}/")
+    with pytest.raises(requests.HTTPError) as caught:
+        client.show_instance(id=instance_id)
+    assert caught.value.response.status_code == 404
+    assert caught.value.response.json()["error"] == "no_such_instance"
+    assert client.show_instance(id=instance_id)["label"] == "rgt:cut"
+
+
 def test_logs_result_url_needs_no_key_and_unknown_ids_are_404(emulator: Emulator) -> None:
     client = sdk(emulator)
     offer = client.search_offers(query={}, limit=1)[0]
@@ -292,8 +316,20 @@ def test_the_control_endpoints_drive_faults_time_and_money(tmp_path: Path) -> No
         seen = requests.get(f"{sim.url}/_sim/requests", headers=auth, timeout=5).json()["requests"]
         assert {"method": "POST", "path": "/_sim/advance", "count": 4} in seen
         bad = requests.post(
-            f"{sim.url}/_sim/fail_next", json={"n": 1, "status": 404}, headers=auth, timeout=5
+            f"{sim.url}/_sim/fail_next", json={"n": 1, "status": 400}, headers=auth, timeout=5
         )
-        assert bad.status_code == 400 and "429 or 5xx" in bad.json()["msg"]
+        assert bad.status_code == 400 and "429, 404 or 5xx" in bad.json()["msg"]
+        bad_cut = requests.post(
+            f"{sim.url}/_sim/fail_next", json={"n": 1, "cut": "half"}, headers=auth, timeout=5
+        )
+        assert bad_cut.status_code == 400 and "connection, body" in bad_cut.json()["msg"]
+        # Over HTTP too: a show of this instance only answers 404 once; other calls are untouched.
+        control("latency", {"seconds": 0})
+        control("fail_next", {"n": 1, "status": 404, "path": f"/api/v0/instances/{instance_id}/"})
+        client.show_user()
+        with pytest.raises(requests.HTTPError) as caught:
+            client.show_instance(id=instance_id)
+        assert caught.value.response.json()["error"] == "no_such_instance"
+        assert client.show_instance(id=instance_id)["id"] == instance_id
         wrong = requests.post(f"{sim.url}/_sim/preempt/{instance_id}", timeout=5)
         assert wrong.status_code == 401

@@ -49,12 +49,13 @@ def run(args: argparse.Namespace) -> int:
                 bid_per_hour=args.bid,
             )
         except KeyboardInterrupt:
-            # The create may have reached the platform: a box that bills but that the ledger
-            # never heard of. Say so instead of a bare "interrupted".
+            # The create may have reached the platform: a box that bills, recorded only as a
+            # pending launch. Say so instead of a bare "interrupted".
             print(
                 f"rgt launch: interrupted: a box labelled {run_label(job.run_id)} may have been "
-                "rented and bill; `rgt sweep` lists it (unknown-to-ledger), and the same "
-                "`rgt launch` again adopts it instead of renting another",
+                "rented and bill; the launch is pending in the ledger: `rgt sweep` finds such a "
+                "box by its label and records it, and the same `rgt launch` again adopts it "
+                "instead of renting another",
                 file=sys.stderr,
             )
             return 130

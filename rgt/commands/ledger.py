@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 ORDER = 140  # position in `rgt --help` (see rgt.cli.command_modules)
-HELP = "show the ledger: instances, pulls, verifications, approvals and destroys"
+HELP = "show the ledger: launches, instances, pulls, verifications, approvals and destroys"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
             ),
             "approval_failures": lambda e: f"approval FAILED via {e['channel']}: {e['reason']}",
             "destroys": _destroy_line,
+            "launches": lambda e: (
+                f"launch #{e['id']} {e['status']}: {e['label']} on offer {e['offer_id']}"
+                + (f" ({e['detail']})" if e["detail"] else "")
+            ),
         }[event["kind"]](event)
         print(f"{when}Z  {event.get('instance_id') or '-':<12} {detail}")
     return 0

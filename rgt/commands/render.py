@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rgt.job import JobRequest
 
 ORDER = 20  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = (
@@ -41,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.profile)
     job = load_job(args.job)
+    refuse_secret_values(job)
     rendered = render_template(profile, args.template, job)
     for note in rendered.notes:
         print(f"rgt render: {note}", file=sys.stderr)
@@ -59,3 +64,35 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(rendered.text)
     return 0
+
+
+def refuse_secret_values(job: JobRequest) -> None:
+    """A rendered script never carries a secret value: UsageError when a field of `job` holds
+    this machine's vast.ai API key or the value of one of its secret_env variables (the field
+    and the secret named, never the value)."""
+    import contextlib
+    import os
+
+    from rgt.errors import UsageError
+    from rgt.providers.redact import Redactor
+    from rgt.providers.vastai import KEY_NAME, api_key_from_environment, secret_name
+
+    redactor = Redactor()
+    with contextlib.suppress(UsageError):  # no key on this machine: none to leak
+        redactor.add(api_key_from_environment(), name=KEY_NAME)
+    for variable in job.secret_env:
+        redactor.add(os.environ.get(variable), name=secret_name(variable))
+    fields = [
+        ("command", job.command),
+        ("setup", job.setup),
+        ("image", job.image),
+        *((f"env {name}", value) for name, value in job.env.items()),
+        *((f"files[{path}]", content) for path, content in job.files.items()),
+    ]
+    for field, text in fields:
+        found = redactor.secret_in(text)
+        if found is not None:
+            raise UsageError(
+                f"{job.source}: {field}: holds {found}; a rendered script never carries a "
+                "secret value (name the variable in secret_env instead); nothing was written"
+            )

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the sweep; exit 1 when something is flagged (so scripts can alert)."""
+    """Print the sweep; exit 1 when something is flagged or a launch is in doubt (so scripts
+    can alert)."""
     import json
 
     from rgt.commands._platform import open_platform
@@ -28,4 +29,4 @@ def run(args: argparse.Namespace) -> int:
     with Ledger.open() as ledger:
         report = sweep(provider=provider, ledger=ledger, profile=profile)
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
-    return 1 if any(row.flags for row in report.rows) else 0
+    return 1 if report.flagged else 0

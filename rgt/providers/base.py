@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from rgt.errors import ProviderError
+
 # A provider-neutral reading of an instance's state. "gone" means destroyed / not found.
 InstanceState = Literal[
     "provisioning",  # accepted, no container yet
@@ -25,6 +27,12 @@ InstanceState = Literal[
     "gone",  # destroyed; disk deleted
     "unknown",
 ]
+
+
+class CreateRefused(ProviderError):
+    """The platform refused a create outright (a 4xx other than 429, or an answer that says it
+    was not done): nothing was rented. Any other failure of a create leaves its outcome
+    unknown, and the caller must look for the label before saying what happened."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,8 @@ class Provider(Protocol):
         ...
 
     def show(self, instance_id: str) -> Instance:
-        """The instance now; `state == "gone"` once destroyed."""
+        """The instance now; `state == "gone"` once destroyed, and only when confirmed: poll
+        and the gate record what this says, so one transient "not found" must not say gone."""
         ...
 
     def list_instances(self) -> list[Instance]:

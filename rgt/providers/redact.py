@@ -8,12 +8,15 @@ records and returned dictionaries all pass through `Redactor` before anyone sees
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import io
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 MASK = "***"
@@ -32,6 +35,14 @@ _PATTERNS = (
 # ordinary text while protecting nothing (real API keys are 64 hex characters).
 _MIN_SECRET_LENGTH = 6
 
+# How rendered scripts carry text that is not written out literally: a job file as one base64
+# word, a boot hook over the platform's size limit as one gzip+base64 word (which holds more
+# base64 words). A secret is looked for inside those too, this many layers deep.
+_BASE64_WORD = re.compile(rb"[A-Za-z0-9+/]{8,}={0,2}")
+_GZIP_MAGIC = b"\x1f\x8b"
+_MAX_LAYERS = 3
+_MAX_UNPACKED_BYTES = 64 * 1024 * 1024  # a boot hook is kilobytes: refuse to inflate a bomb
+
 
 class Redactor:
     """Masks known secret values and credential-shaped substrings in text and data."""
@@ -39,14 +50,38 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
         self._secrets: set[str] = set()
+        self._names: dict[str, str] = {}  # secret value -> what it is, for refusals
         for secret in secrets:
             self.add(secret)
 
-    def add(self, secret: str | None) -> None:
-        """Remember one more secret value to mask (ignored when empty or too short)."""
+    def add(self, secret: str | None, *, name: str = "a secret value") -> None:
+        """Remember one more secret value to mask (ignored when empty or too short); `name`
+        says what it is (never the value) when `secret_in` finds it."""
         if secret and len(secret) >= _MIN_SECRET_LENGTH:
             with self._lock:
                 self._secrets.add(secret)
+                self._names.setdefault(secret, name)
+
+    def secret_in(self, text: str, *, except_names: Collection[str] = ()) -> str | None:
+        """The name of a known secret whose value `text` holds, else None.
+
+        Found as is, inside a base64 word, or inside a gzip+base64 payload (the forms in which
+        rendered scripts carry job files and packed boot hooks), so a key pasted into a job
+        file is caught after rendering too. Secrets named in `except_names` are not looked for
+        (a secret passed as its own env var); a value added under two names keeps the first."""
+        with self._lock:
+            wanted = [
+                (secret.encode(), name)
+                for secret, name in self._names.items()
+                if name not in except_names
+            ]
+        if not wanted:
+            return None
+        for layer in _layers(text.encode(), depth=0):
+            for value, name in wanted:
+                if value in layer:
+                    return name
+        return None
 
     def text(self, value: str) -> str:
         """`value` with every known secret and credential-shaped substring replaced by ***."""
@@ -74,6 +109,29 @@ class Redactor:
         flat = " ".join(str(value).split())
         flat = self.text(flat)
         return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _layers(data: bytes, *, depth: int) -> Iterator[bytes]:
+    """`data`, then what every base64 word in it decodes to (gunzipped when it is gzip), and
+    so on down to _MAX_LAYERS."""
+    yield data
+    if depth >= _MAX_LAYERS:
+        return
+    for match in _BASE64_WORD.finditer(data):
+        word = match.group()
+        if len(word) % 4:
+            continue  # not a whole base64 word (rgt's encoders always pad)
+        try:
+            decoded = base64.b64decode(word, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if decoded.startswith(_GZIP_MAGIC):
+            inflater = zlib.decompressobj(wbits=31)
+            try:
+                decoded = inflater.decompress(decoded, _MAX_UNPACKED_BYTES)
+            except zlib.error:
+                continue
+        yield from _layers(decoded, depth=depth + 1)
 
 
 class RedactingFilter(logging.Filter):

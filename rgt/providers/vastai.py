@@ -9,8 +9,14 @@ retries here, once, with a bound on attempts and total time, so retries never mu
 Safety properties this module owns:
 * The API key comes from `VAST_API_KEY` or the vastai key file, never from an argument, and
   never appears in a message, log record, captured SDK output or returned value (`Redactor`).
-* `create` is idempotent by label: it looks for an instance with the label before renting and
-  after any failed or ambiguous attempt, so a retried create never rents a second box.
+* `create` is idempotent by label: it looks for an instance with the label before renting,
+  after any answer that leaves the outcome unknown (a 5xx, a lost or cut-off answer) and before
+  every re-send whatever the failure (vast.ai can rate-limit a create it carried out), so a
+  retried create never rents a second box.
+* `create` refuses, before any request, a boot hook, image or env value that holds the API
+  key's value or a secret_env value (also base64- or gzip-packed): secrets reach a box only as
+  their own env var.
+* `show` says "gone" only when the list endpoint and a second show agree: one 404 is not proof.
 * Interruptible rentals need an explicit bid; rgt never falls back to on-demand silently.
 * Secret env vars are passed by NAME and resolved from the local environment at create time.
 """
@@ -30,6 +36,7 @@ from typing import Any, TypeVar
 from rgt.errors import ProviderError, UsageError
 from rgt.providers.base import (
     CopyResult,
+    CreateRefused,
     Instance,
     InstanceState,
     Offer,
@@ -52,6 +59,8 @@ log = logging.getLogger(__name__)
 DEFAULT_API_URL = "https://console.vast.ai"
 URL_ENV = "VAST_URL"  # the variable the vastai CLI and SDK honour
 KEY_ENV = "VAST_API_KEY"
+# What the key is called in a refusal (never its value).
+KEY_NAME = "this account's vast.ai API key"
 DEBUG_ENV = "RGT_VAST_DEBUG"  # 1: log the SDK's request dumps (redacted) at DEBUG
 LABEL_PREFIX = "rgt:"
 # Per-request timeout handed to the SDK (its default is 120 s).
@@ -123,9 +132,9 @@ class VastProvider:
         self.retry = retry or RetryPolicy()
         self.copy_settings = copy or CopySettings()
         key = api_key_from_environment()
-        # Kept as a digest only, to refuse sending the key itself to a box (see create).
-        self._key_digest = hashlib.sha256(key.encode()).digest()
-        self._redactor = Redactor([key])
+        # The redactor masks the key everywhere and lets create refuse to send it to a box.
+        self._redactor = Redactor()
+        self._redactor.add(key, name=KEY_NAME)
         install_log_filter(self._redactor, __name__, "rgt.providers.rsync")
         import vastai  # imported here: `rgt lint` and friends must not pay for the SDK
 
@@ -161,12 +170,27 @@ class VastProvider:
                 status=status,
                 retry_after=retry_after,
                 retryable=status in RETRYABLE_STATUS and not quota,
-                # A 4xx was refused before anything happened; a 5xx may have half-happened.
-                ambiguous=status is None or status >= 500,
+                # A 4xx was refused before anything happened; a 5xx may have half-happened, and
+                # vast.ai can rate-limit (429) a request it carried out.
+                ambiguous=status is None or status >= 500 or status == 429,
             )
         except requests.Timeout:
             return None, _CallError(
                 f"no answer within {REQUEST_TIMEOUT_SECONDS:.0f}s", retryable=True
+            )
+        except (
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+            requests.exceptions.JSONDecodeError,
+        ) as exc:
+            # The server took the request and its answer was cut off or garbled on the way
+            # back: what was asked may well be done. A read is safe to send again; a create
+            # looks for its label first (_create_once). Before the ValueError branch below:
+            # a JSONDecodeError is a ValueError too.
+            return None, _CallError(
+                f"the answer was cut off ({type(exc).__name__}); the request may have been "
+                "carried out",
+                retryable=True,
             )
         except requests.ConnectionError:
             return None, _CallError(f"cannot connect to {self.api_url}", retryable=True)
@@ -281,20 +305,14 @@ class VastProvider:
                 missing.append(name)
                 continue
             box_env[name] = value
-            self._redactor.add(value)
+            self._redactor.add(value, name=secret_name(name))
         if missing:
             raise UsageError(
                 "secret env var(s) not set in this environment: "
                 + ", ".join(missing)
                 + " (rgt passes secrets by name and reads their values locally at create)"
             )
-        for name, value in box_env.items():
-            if hashlib.sha256(value.encode()).digest() == self._key_digest:
-                raise UsageError(
-                    f"env {name}: holds this account's vast.ai API key; rgt never sends it to a "
-                    "box (the job and the host could rent, or destroy, on your account); "
-                    "nothing was rented"
-                )
+        self._refuse_secrets_in_job_text(image, onstart, box_env, secret_env)
 
         # One create per label at a time on this machine: two processes retrying the same
         # launch must not both find "no instance yet" and both rent.
@@ -313,9 +331,51 @@ class VastProvider:
                 },
             )
 
+    def _refuse_secrets_in_job_text(
+        self,
+        image: str,
+        onstart: str,
+        box_env: dict[str, str],
+        secret_env: Sequence[str],
+    ) -> None:
+        """UsageError (nothing rented) when what the create would send holds the API key's
+        value or a secret_env value anywhere but in that secret's own env var.
+
+        The boot hook carries the job's command, setup and files (a file as base64, the whole
+        hook gzip+base64 when over the size limit: both are looked into). The refusal names
+        the field and the secret, never the value."""
+        fields: list[tuple[str, str, list[str]]] = [
+            ("onstart", onstart, []),
+            ("image", image, []),
+            *(
+                # A secret's own variable carries its own value; never the API key (a value
+                # that is also the key keeps the key's name, so it is not excepted).
+                (f"env {name}", value, [secret_name(name)] if name in secret_env else [])
+                for name, value in box_env.items()
+            ),
+        ]
+        for field_name, text, except_names in fields:
+            found = self._redactor.secret_in(text, except_names=except_names)
+            if found is None:
+                continue
+            where = (
+                " (the boot hook, rendered from the job's command, setup and files)"
+                if field_name == "onstart"
+                else ""
+            )
+            why = (
+                "the job and the host could rent, or destroy, on your account"
+                if found == KEY_NAME
+                else "a secret reaches the box only by name, in secret_env, as its own env var"
+            )
+            raise UsageError(
+                f"{field_name}: holds {found}{where}; rgt never sends it to a box "
+                f"({why}); remove it from the job; nothing was rented"
+            )
+
     def _create_once(self, offer_id: str, create: dict[str, Any]) -> Instance:
-        """Find the label's instance, else rent one, with bounded retries that re-check the
-        label after every failure whose effect is unknown."""
+        """Find the label's instance, else rent one, with bounded retries that look for the
+        label after every failure whose effect is unknown and before every re-send."""
         label = str(create["label"])
         offer_number = vast_id(offer_id, what="offer id")
         existing = self._find_by_label(label)
@@ -333,27 +393,32 @@ class VastProvider:
             if error is None:
                 new_id = answer.get("new_contract") if isinstance(answer, dict) else None
                 if isinstance(answer, dict) and answer.get("success") and new_id:
-                    return self.show(str(new_id))
+                    return self._created(str(new_id), label)
                 detail = _body_detail(answer) if isinstance(answer, dict) else str(answer)
                 error = _CallError(
                     self._redactor.one_line(f"offer {offer_id} refused: {detail}"),
                     ambiguous=False,
                 )
             waited = clock.wait_before_retry(error.retry_after) if error.retryable else None
-            if error.ambiguous:
-                # The box may have been rented although the answer was lost. Look only after
-                # the backoff, so a create the server was still finishing shows up in the list.
-                existing = self._find_by_label(label)
+            if error.ambiguous or waited is not None:
+                # Look before anything else: after an unknown outcome the box may have been
+                # rented although the answer was lost, and before a re-send even a 429 is no
+                # proof (vast.ai can rate-limit a create it carried out). Looking after the
+                # backoff lets a create the server was still finishing show up in the list.
+                existing = self._look_for_label(label, error)
                 if existing is not None:
                     log.info(
-                        "create %s: answer lost (%s) but instance %s exists; using it",
+                        "create %s: %s, but instance %s carries the label; using it",
                         label,
                         error.description,
                         existing.id,
                     )
                     return existing
             if waited is None:
-                raise self._failure(f"create {label}", error, attempt)
+                failure = self._failure(f"create {label}", error, attempt)
+                if not error.ambiguous:  # refused outright: nothing was rented
+                    raise CreateRefused(failure.message)
+                raise failure
             log.info(
                 "vast.ai create %s: %s; retry %d after %.1fs",
                 label,
@@ -362,8 +427,31 @@ class VastProvider:
                 waited,
             )
 
+    def _look_for_label(self, label: str, error: _CallError) -> Instance | None:
+        """The label's instance after a failed create; when the look-up fails too, nothing may
+        be sent again: a ProviderError saying the outcome is unknown."""
+        try:
+            return self._find_by_label(label)
+        except ProviderError as lookup:
+            raise ProviderError(
+                self._redactor.one_line(
+                    f"vast.ai create {label}: {error.description}; whether it rented a box is "
+                    f"unknown: looking for the label failed too ({lookup})"
+                )
+            ) from None
+
+    def _created(self, instance_id: str, label: str) -> Instance:
+        """The instance a create answered with; its id alone when show cannot be read (the box
+        is rented: the caller must record it, not fail)."""
+        try:
+            return self.show(instance_id)
+        except ProviderError as exc:
+            log.warning("instance %s was rented but show failed: %s", instance_id, exc)
+            return Instance(id=instance_id, state="unknown", label=label)
+
     def show(self, instance_id: str) -> Instance:
-        """The instance now; `state == "gone"` once destroyed (a null row or a 404)."""
+        """The instance now; `state == "gone"` once destroyed: a null row or a 404 from show,
+        confirmed by the list endpoint (the id absent) and a second show."""
         import requests
 
         number = vast_id(instance_id)
@@ -385,9 +473,19 @@ class VastProvider:
                 raise
 
         row = self._call(f"show instance {instance_id}", fetch)
-        if row is None:
-            return Instance(id=str(instance_id), state="gone")
-        return self._instance(row)
+        if row is not None:
+            return self._instance(row)
+        # One "no such instance" is not proof: vast.ai has answered 404 for a box that runs.
+        # Ask the list endpoint, then show again; "gone" only when all three agree.
+        listed = [i for i in self.list_instances() if i.id == str(number)]
+        if listed:
+            log.info("show %s said gone, but the list has it: %s", number, listed[0].state)
+            return listed[0]
+        row = self._call(f"show instance {instance_id}", fetch)
+        if row is not None:
+            log.info("show %s said gone, then answered with the instance", number)
+            return self._instance(row)
+        return Instance(id=str(instance_id), state="gone")
 
     def list_instances(self) -> list[Instance]:
         """Every instance the API key can see, all pages."""
@@ -732,6 +830,11 @@ def _float(value: Any) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def secret_name(variable: str) -> str:
+    """What a secret_env value is called in a refusal (never the value)."""
+    return f"the value of the secret_env variable {variable}"
 
 
 def vast_id(value: str, *, what: str = "instance id") -> int:

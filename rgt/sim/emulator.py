@@ -249,10 +249,19 @@ class Emulator:
         retry_after: float | None = None,
         after_commit: bool = False,
         skip: int = 0,
+        *,
+        cut: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
     ) -> None:
-        """The next `n` API calls (after `skip`) answer `status` (429 or 5xx); with
-        `after_commit` the request is carried out first and only the answer is lost."""
-        self.faults.fail_next(n, status, retry_after, after_commit, skip)
+        """The next `n` API calls (after `skip`) answer `status` (429, 404 or 5xx); with
+        `after_commit` the request is carried out first and only the answer is lost. `cut`
+        ("connection" or "body") carries the request out and cuts its real answer short.
+        `method`/`path` (a trailing `*` = prefix) limit the fault to matching calls (see
+        rgt.sim.faults)."""
+        self.faults.fail_next(
+            n, status, retry_after, after_commit, skip, cut=cut, method=method, path=path
+        )
 
     def add_latency(self, seconds: float) -> None:
         """Delay every API answer by `seconds` (real time)."""

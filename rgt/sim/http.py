@@ -143,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         if denied is not None:
             self._send(denied)
             return
-        fault = faults.take() if path.startswith("/api/") else None
+        fault = faults.take(self.command, path) if path.startswith("/api/") else None
         if fault is not None and not fault.after_commit:
             self._send(self._fault_reply(fault))
             return
@@ -154,6 +154,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug here must answer, not hang the client
             log.exception("emulator error on %s %s", self.command, path)
             reply = _error(500, "internal", f"emulator error: {type(exc).__name__}")
+        if fault is not None and fault.cut is not None:
+            self._send_cut(reply, fault.cut)
+            return
         if fault is not None:
             reply = self._fault_reply(fault)
         self._send(reply)
@@ -163,6 +166,21 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.retry_after is not None:
             headers["Retry-After"] = f"{fault.retry_after:g}"
         return Reply(fault.status, fault.body(), headers)
+
+    def _send_cut(self, reply: Reply, cut: str) -> None:
+        """The real answer, cut off (see rgt.sim.faults): half the body after a Content-Length
+        promising all of it, then the connection closes (`connection`); or half the body,
+        announced as such (`body`)."""
+        data = reply.payload()
+        half = data[: len(data) // 2]
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(data) if cut == "connection" else len(half)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(half)
+        self.wfile.flush()
+        self.close_connection = True
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -324,6 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
                     retry_after=body.get("retry_after"),
                     after_commit=bool(body.get("after_commit", False)),
                     skip=int(body.get("skip", 0)),
+                    cut=_optional_text(body.get("cut")),
+                    method=_optional_text(body.get("method")),
+                    path=_optional_text(body.get("path")),
                 )
                 return Reply(200, {"success": True})
             stall = re.match(r"^/_sim/stall_loading/(\d+)/?$", path)
@@ -376,6 +397,15 @@ def _change(world: World, instance_id: int, body: dict[str, Any]) -> None:
         world.set_label(instance_id, None if label is None else str(label))
     if "state" in body:
         world.set_state(instance_id, str(body["state"]))
+
+
+def _optional_text(value: Any) -> str | None:
+    """A control argument that is a string or absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
 
 
 def _ids(value: Any) -> list[int]:
