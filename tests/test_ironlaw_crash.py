@@ -24,6 +24,7 @@ import pytest
 from rgt.errors import Refused
 from tests.ironlaw_emulator import REMOTE_ROOT, REPO, Rental
 from tests.ironlaw_fixtures import vast_profile
+from tests.procs import alive, descendants
 
 
 @pytest.fixture
@@ -188,3 +189,52 @@ def test_kill_9_during_a_destroy_then_retry(rental: Rental, moment: str) -> None
     assert rental.provider.show(rental.id).state == "gone"
     assert rental.ledger.integrity_check() == "ok"
     assert rental.ledger.destroys(rental.id)[0].status == "failed"  # marked abandoned
+
+
+def _blob_bytes(local: Path) -> int:
+    """Bytes of ckpt/blob.bin on the local disk: the file, rsync's temp file or its partial."""
+    ckpt = local / "ckpt"
+    return sum(p.stat().st_size for p in ckpt.rglob("*blob.bin*")) if ckpt.exists() else 0
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_of_the_pull_alone_stops_its_rsync_and_ssh(emulator: Any, tmp_path: Path) -> None:
+    # Was: rsync (and its ssh) went on copying after rgt died, here to the end of the file
+    # (issue #18 item 5: ~6 s, 21 MB in 5 of 7 kills). Only rgt is killed, not its group.
+    blob = 30_000_000  # 10 s at 3 MB/s: the old rsync had ample time to finish it unseen
+    box = Rental(emulator, tmp_path, blob_bytes=blob)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PULL, box.id, REMOTE_ROOT, str(box.local)],
+        cwd=REPO,
+        start_new_session=True,  # nothing the test does reaches rsync except through rgt
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _blob_bytes(box.local) < 3_000_000:
+        time.sleep(0.05)
+    copying = descendants(child.pid)
+    assert {"rsync", "ssh"} <= set(copying.values()), copying
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    # A bounded wait, not a speed limit: the children must go, and well before the copy ends.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(alive(pid) for pid in copying):
+        time.sleep(0.05)
+    left = {pid: name for pid, name in copying.items() if alive(pid)}
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == {}, f"still running after rgt died: {left}"
+    stopped_at = _blob_bytes(box.local)
+    assert stopped_at < blob, "rsync finished the file after rgt died"
+    time.sleep(0.5)
+    assert _blob_bytes(box.local) == stopped_at  # nothing writes into the folder any more
+    assert box.ledger.pulls() == []
+    # rsync was told to stop (SIGTERM), so it kept what had arrived in its partial dir, and
+    # the same pull resumes from there.
+    result = box.pull()
+    assert result.bytes_transferred < blob - stopped_at + blob // 100, (result, stopped_at)
+    print(
+        f"kill -9 of the pull alone: {len(copying)} children ({sorted(copying.values())}) gone, "
+        f"{stopped_at} of {blob} bytes kept; resume sent {result.bytes_transferred}"
+    )
+    box.verify()
+    box.close()
