@@ -22,6 +22,7 @@ from typing import Any
 from rgt.atomic import atomic_write_bytes
 from rgt.errors import CheckFailed, ProviderError, Refused, UsageError
 from rgt.ledger import Ledger
+from rgt.locks import folder_lock, instance_lock
 from rgt.providers.base import CopyProgress, Instance, Provider
 
 MANIFEST_NAME = "PULL_MANIFEST.json"
@@ -201,9 +202,11 @@ def pull_instance(
 ) -> PullResult:
     """Copy the results under `remote_root` on the box into `local_dir` and record the pull.
 
-    `progress(bytes_done, bytes_total, current_file)` is called as bytes arrive. Raises
-    ProviderError (box unreachable, copy failed after retries), Refused (manifest of another
-    instance), CheckFailed (malformed manifest, files missing after the copy)."""
+    Holds the instance's and the folder's lock (rgt.locks) from the first look at the folder
+    to the ledger record. `progress(bytes_done, bytes_total, current_file)` is called as bytes
+    arrive. Raises ProviderError (box unreachable, copy failed after retries), Refused (manifest
+    of another instance, or another pull or destroy of this instance or into this folder in
+    progress), CheckFailed (malformed manifest, files missing after the copy)."""
     instance_id = str(instance_id)
     if not PurePosixPath(remote_root).is_absolute():
         raise UsageError(
@@ -211,6 +214,30 @@ def pull_instance(
             "absolute path, e.g. /workspace/results"
         )
     local_dir = Path(local_dir).resolve()
+    with folder_lock(local_dir, "pull"), instance_lock(instance_id, "pull"):
+        return _pull_locked(
+            instance_id,
+            remote_root,
+            local_dir,
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            progress=progress,
+            start_if_stopped=start_if_stopped,
+        )
+
+
+def _pull_locked(
+    instance_id: str,
+    remote_root: str,
+    local_dir: Path,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any | None,
+    progress: Callable[[int, int | None, str | None], None] | None,
+    start_if_stopped: bool,
+) -> PullResult:
     _check_local_dir(local_dir)
     started = time.time()
     ensure_reachable(
