@@ -28,18 +28,17 @@ is irreversible, so the gate fails closed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rgt.errors import ProviderError, Refused
 from rgt.ledger import ApprovalRecord, Ledger
+from rgt.locks import instance_lock
 from rgt.providers.base import Provider
 from rgt.pull import MANIFEST_NAME, manifest_remote_path, reach_remedy, still_bills_note
 
@@ -597,20 +596,21 @@ def destroy_with_gate(
     ``ledger.record_approval(id, "mcp-elicitation", ttl)``; CLI: the terminal prompt). Only that
     approval is accepted and consumed. None: the newest usable approval for this instance.
 
-    1. take a per-instance file lock (non-blocking) and claim the destroy in the ledger (one
-       transaction). Of concurrent callers in any processes one wins and the others are refused,
-       so at most one destroy request is sent; the lock also covers a destroy slower than the
-       ledger claim's expiry;
+    1. take the instance's lock (``rgt.locks.instance_lock``: non-blocking, shared with pull and
+       the verification's record, so no destroy runs while a pull of it is copying) and claim
+       the destroy in the ledger (one transaction). Of concurrent callers in any processes one
+       wins and the others are refused, so at most one destroy request is sent; the lock also
+       covers a destroy slower than the ledger claim's expiry;
     2. re-run the gate with approval required;
     3. consume the approval (single use);
     4. call the meter-stop verb named by the profile;
     5. confirm with `show` that the instance is gone, and record it.
 
-    Raises Refused (exit 4) when evidence is missing or another destroy holds the claim, and
+    Raises Refused (exit 4) when evidence is missing or another destroy or pull holds the lock, and
     ProviderError (exit 3) when the request fails or the instance does not disappear."""
     instance_id = str(instance_id)
     verb = _meter_stop_verb(provider, profile)
-    with _destroy_lock(provider.platform, instance_id):
+    with instance_lock(instance_id, "destroy"):
         return _meter_stop_claimed(
             instance_id,
             provider,
@@ -649,7 +649,7 @@ def discard_with_gate(
 
     instance_id = str(instance_id)
     verb = _meter_stop_verb(provider, profile)
-    with _destroy_lock(provider.platform, instance_id):
+    with instance_lock(instance_id, "discard"):
         return _meter_stop_claimed(
             instance_id,
             provider,
@@ -750,28 +750,6 @@ def _meter_stop_claimed(
         if not isinstance(exc, (Refused, ProviderError)):
             ledger.update_destroy(token, "failed", detail=f"{type(exc).__name__}: {exc}")
         raise
-
-
-@contextlib.contextmanager
-def _destroy_lock(platform: str, instance_id: str) -> Iterator[None]:
-    """An exclusive, non-blocking per-instance lock file under rgt's state dir (the kernel drops
-    it if the process dies). Held: another destroy of this instance is running; refuse."""
-    from rgt.paths import state_dir
-
-    locks = state_dir() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    safe = hashlib.sha256(f"{platform}:{instance_id}".encode()).hexdigest()[:24]
-    with open(locks / f"{platform}-destroy-{safe}.lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Refused(
-                f"instance {instance_id}: another destroy of it is in progress right now"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _wait_gone(provider: Provider, instance_id: str, seconds: float) -> str:

@@ -5,26 +5,40 @@ The manifest (``PULL_MANIFEST.json``, built on the box by ``rgt.manifest``) is r
 the verification and the gate later bind to. The files then come over the provider's
 ``copy_from`` (rsync ``--partial`` with bounded retries and timeouts), one roster directory at a
 time, so an interrupted pull resumes without re-sending the files that completed.
+
+LOCAL_DIR must be new, empty, or the directory of an earlier pull of the same run: rgt never
+copies into, or moves files around in, a folder of the user's. Before the first rsync a small
+journal (``.rsync-partial/rgt-pull.json``) records the run, the files rsync may write and the
+files already there that look like rsync temp files; a later pull adopts only temp files that
+journal proves rgt's own. One pull at a time per instance and per folder (``rgt.locks``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rgt.atomic import atomic_write_bytes
+from rgt.atomic import atomic_write_bytes, atomic_write_text
 from rgt.errors import CheckFailed, ProviderError, Refused, UsageError
 from rgt.ledger import Ledger
+from rgt.locks import folder_lock, instance_lock
 from rgt.providers.base import CopyProgress, Instance, Provider
 
 MANIFEST_NAME = "PULL_MANIFEST.json"
+# The pull's journal, in rgt's partial dir at the top of LOCAL_DIR (rsync never writes there:
+# every copied file lies under a roster directory; the verifier skips partial dirs).
+JOURNAL_NAME = "rgt-pull.json"
+JOURNAL_SCHEMA = "rgt.pull-journal/1"
+# What a refused LOCAL_DIR is told it may be instead.
+LOCAL_DIR_ALLOWED = (
+    "give a new or empty directory, or the directory of an earlier `rgt pull` of this run"
+)
 # States in which the box's disk cannot be reached over ssh/rsync.
 UNREACHABLE_STATES = frozenset({"stopped", "paused", "offline", "exited", "scheduling"})
 START_WAIT_SECONDS = 600.0
@@ -195,7 +209,7 @@ def ensure_reachable(
 def pull_instance(
     instance_id: str,
     remote_root: str,
-    local_dir: Path,
+    local_dir: Path | str,
     *,
     provider: Provider,
     ledger: Ledger,
@@ -205,17 +219,51 @@ def pull_instance(
 ) -> PullResult:
     """Copy the results under `remote_root` on the box into `local_dir` and record the pull.
 
+    `local_dir` must be new, empty, or the directory of an earlier pull of the same run; pass
+    the user's text as it was given (a str), so that an empty one is refused rather than read
+    as the current directory. Holds the instance's and the folder's lock (rgt.locks) from the
+    first look at the folder to the ledger record.
+
     `progress(bytes_done, bytes_total, current_file)` is called as bytes arrive. Raises
-    ProviderError (box unreachable, copy failed after retries), Refused (manifest of another
-    instance), CheckFailed (malformed manifest, files missing after the copy)."""
+    UsageError (LOCAL_DIR unusable or not a pull of this run), ProviderError (box unreachable,
+    copy failed after retries), Refused (manifest of another instance, or another pull or
+    destroy of this instance or into this folder in progress), CheckFailed (malformed manifest,
+    files missing after the copy)."""
     instance_id = str(instance_id)
     if not PurePosixPath(remote_root).is_absolute():
         raise UsageError(
             f"REMOTE_ROOT {remote_root!r}: not absolute; give the result root on the box as an "
             "absolute path, e.g. /workspace/results"
         )
+    if isinstance(local_dir, str) and not local_dir.strip():
+        raise UsageError(f"LOCAL_DIR {local_dir!r}: empty; {LOCAL_DIR_ALLOWED}")
     local_dir = Path(local_dir).resolve()
+    with folder_lock(local_dir, "pull"), instance_lock(instance_id, "pull"):
+        return _pull_locked(
+            instance_id,
+            remote_root,
+            local_dir,
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            progress=progress,
+            start_if_stopped=start_if_stopped,
+        )
+
+
+def _pull_locked(
+    instance_id: str,
+    remote_root: str,
+    local_dir: Path,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any | None,
+    progress: Callable[[int, int | None, str | None], None] | None,
+    start_if_stopped: bool,
+) -> PullResult:
     _check_local_dir(local_dir)
+    earlier = earlier_pull(local_dir)
     started = time.time()
     ensure_reachable(
         instance_id, provider=provider, profile=profile, start_if_stopped=start_if_stopped
@@ -224,6 +272,8 @@ def pull_instance(
     manifest_bytes = provider.read_remote_file(instance_id, manifest_remote_path(remote_root))
     manifest = parse_manifest(manifest_bytes, instance_id=instance_id)
     manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+    if earlier is not None:
+        _check_same_run(local_dir, earlier, manifest, instance_id)
     try:
         local_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -232,7 +282,9 @@ def pull_instance(
     atomic_write_bytes(local_dir / MANIFEST_NAME, manifest_bytes)
 
     bytes_total = _manifest_bytes_total(manifest)
-    adopted = adopt_interrupted_partials(local_dir)
+    adopted = adopt_interrupted_partials(local_dir, earlier)
+    # Before any rsync runs: what it may leave, and what was here before it (never ours).
+    journal = write_journal(local_dir, manifest, instance_id, manifest_sha256)
     done_before = 0
     transferred = 0
     attempts = 0
@@ -265,7 +317,7 @@ def pull_instance(
             "writing results?); nothing recorded: wait for it to finish, then run the same "
             "`rgt pull` again (it resumes)"
         )
-    remove_stale_partials(local_dir, manifest)
+    remove_stale_partials(local_dir, manifest, journal)
     missing = _missing_or_short(local_dir, manifest)
     if missing:
         raise CheckFailed(
@@ -285,6 +337,7 @@ def pull_instance(
         transport=transport,
         started=started,
     )
+    remove_journal(local_dir)
     return PullResult(
         instance_id=instance_id,
         local_dir=local_dir,
@@ -311,32 +364,214 @@ def _check_local_dir(local_dir: Path) -> None:
         raise UsageError(f"LOCAL_DIR {local_dir}: {ancestor} is not a directory")
 
 
-def adopt_interrupted_partials(local_dir: Path) -> int:
-    """Move the temp files a killed rsync left (``.NAME.XXXXXX``) into rsync's partial dir, so
-    the next copy re-sends only what is missing, and a cut file never sits under its final name.
+@dataclass(frozen=True)
+class EarlierPull:
+    """What an earlier pull left in LOCAL_DIR: whose results, and its journal if it was cut off."""
+
+    run_id: str | None
+    instance_id: str | None
+    source: str  # the file that says so (for messages)
+    journal: dict[str, Any] | None = None
+
+
+def journal_path(local_dir: Path) -> Path:
+    """Where a pull keeps its journal in LOCAL_DIR."""
+    from rgt.providers.rsync import PARTIAL_DIR
+
+    return local_dir / PARTIAL_DIR / JOURNAL_NAME
+
+
+def earlier_pull(local_dir: Path) -> EarlierPull | None:
+    """The earlier pull LOCAL_DIR holds; None for a new or empty directory.
+
+    Raises UsageError for a directory with anything else in it: rgt copies only into a folder
+    it can prove is its own, so it never moves or overwrites the user's files."""
+    try:
+        entries = [] if not local_dir.exists() else list(local_dir.iterdir())
+    except OSError as exc:
+        raise UsageError(f"LOCAL_DIR {local_dir}: cannot list it ({exc.strerror})") from None
+    # A manifest write cut off by a kill leaves only its temp file: still an empty folder.
+    if all(_is_manifest_temp(entry.name) for entry in entries):
+        return None
+    journal_file = journal_path(local_dir)
+    if journal_file.is_file():
+        journal = _read_json(journal_file, "the journal of an interrupted `rgt pull`")
+        if journal.get("schema") != JOURNAL_SCHEMA:
+            raise UsageError(
+                f"LOCAL_DIR {local_dir}: {journal_file} is not a journal rgt wrote "
+                f"(schema {journal.get('schema')!r}); {LOCAL_DIR_ALLOWED}"
+            )
+        return EarlierPull(
+            _text_or_none(journal.get("run_id")),
+            _text_or_none(journal.get("instance_id")),
+            str(journal_file),
+            journal,
+        )
+    manifest_file = local_dir / MANIFEST_NAME
+    if manifest_file.is_file() and not manifest_file.is_symlink():
+        document = _read_json(manifest_file, f"the {MANIFEST_NAME} of an earlier pull")
+        return EarlierPull(
+            _text_or_none(document.get("run_id")),
+            _text_or_none(document.get("instance_id")),
+            str(manifest_file),
+        )
+    raise UsageError(
+        f"LOCAL_DIR {local_dir}: not empty and not the directory of an earlier pull (no "
+        f"{MANIFEST_NAME}); {LOCAL_DIR_ALLOWED}"
+    )
+
+
+def _check_same_run(
+    local_dir: Path, earlier: EarlierPull, manifest: dict[str, Any], instance_id: str
+) -> None:
+    """An earlier pull's folder takes only the same run again (any attempt's instance); a
+    manifest without a run id, only the same instance."""
+    run_id = _text_or_none(manifest.get("run_id"))
+    same = earlier.run_id == run_id and (run_id is not None or earlier.instance_id == instance_id)
+    if not same:
+        raise UsageError(
+            f"LOCAL_DIR {local_dir}: holds a pull of run {earlier.run_id!r} (instance "
+            f"{earlier.instance_id}, {Path(earlier.source).name}), not of run {run_id!r}; "
+            f"{LOCAL_DIR_ALLOWED}"
+        )
+
+
+def _is_manifest_temp(name: str) -> bool:
+    # rgt.atomic's temp name for PULL_MANIFEST.json: ".PULL_MANIFEST.json.<pid>.<hex>.tmp".
+    return name.startswith(f".{MANIFEST_NAME}.") and name.endswith(".tmp")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"LOCAL_DIR {path.parent}: {path.name}, {what}, is unreadable ({exc}); "
+            f"{LOCAL_DIR_ALLOWED}"
+        ) from None
+    if not isinstance(document, dict):
+        raise UsageError(
+            f"LOCAL_DIR {path.parent}: {path.name}, {what}, is not a JSON object; "
+            f"{LOCAL_DIR_ALLOWED}"
+        )
+    return document
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _expected_sizes(manifest: dict[str, Any]) -> dict[str, int]:
+    """Every file the manifest lists (relative path -> size): all that rsync may write."""
+    return {
+        entry["path"]: entry["size"]
+        for entry in manifest.get("files", [])
+        if isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and isinstance(entry.get("size"), int)
+    }
+
+
+def _lookalikes(local_dir: Path, expected: Iterable[str]) -> dict[Path, str]:
+    """Files under LOCAL_DIR named like rsync's temp file of an expected file (temp path ->
+    the expected file's relative path)."""
+    from rgt.providers.rsync import final_name, temp_files
+
+    wanted = {local_dir / relative: relative for relative in expected}
+    found: dict[Path, str] = {}
+    for top in sorted({relative.split("/", 1)[0] for relative in wanted.values()}):
+        for temp in temp_files(local_dir / top):
+            final = final_name(temp)
+            if final in wanted:
+                found[temp] = wanted[final]
+    return found
+
+
+def write_journal(
+    local_dir: Path, manifest: dict[str, Any], instance_id: str, manifest_sha256: str
+) -> dict[str, Any]:
+    """Record, before any rsync runs, whose pull this is, the files rsync may write (with their
+    sizes), and the files already here named like rsync temp files of them (the user's, never
+    to be moved). Returns the journal."""
+    sizes = _expected_sizes(manifest)
+    journal = {
+        "schema": JOURNAL_SCHEMA,
+        "run_id": manifest.get("run_id"),
+        "instance_id": instance_id,
+        "manifest_sha256": manifest_sha256,
+        "files": sizes,
+        "there_before": sorted(
+            str(path.relative_to(local_dir)) for path in _lookalikes(local_dir, sizes)
+        ),
+    }
+    atomic_write_text(journal_path(local_dir), json.dumps(journal, indent=1) + "\n")
+    return journal
+
+
+def remove_journal(local_dir: Path) -> None:
+    """A recorded pull needs no journal: remove it, and rgt's partial dir if that is empty."""
+    path = journal_path(local_dir)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+def _own_leftovers(local_dir: Path, journal: dict[str, Any] | None) -> set[Path]:
+    """Temp files that the pull which wrote `journal` proves its rsync left: named like the
+    temp file of a file it was copying, not there when it wrote the journal, and no bigger
+    than that file. A journal not as rgt writes it proves nothing."""
+    from rgt.manifest import path_problem
+
+    files = journal.get("files") if journal is not None else None
+    listed = journal.get("there_before") if journal is not None else None
+    if not isinstance(files, dict) or not isinstance(listed, list):
+        return set()
+    # The journal is a file in the user's folder: follow only safe relative paths from it.
+    sizes = {
+        relative: size
+        for relative, size in files.items()
+        if isinstance(size, int) and path_problem(relative) is None
+    }
+    there_before = {local_dir / relative for relative in listed if isinstance(relative, str)}
+    own = set()
+    for temp, relative in _lookalikes(local_dir, sizes).items():
+        with contextlib.suppress(OSError):
+            if temp not in there_before and temp.stat().st_size <= sizes[relative]:
+                own.add(temp)
+    return own
+
+
+def adopt_interrupted_partials(local_dir: Path, earlier: EarlierPull | None) -> int:
+    """Move the temp files (``.NAME.XXXXXX``) that a killed earlier pull's rsync left into
+    rsync's partial dir, so this copy re-sends only what is missing and a cut file never sits
+    under its final name. Only what that pull's journal proves its own is touched.
 
     Safe: rsync checks every file's whole-file checksum after transfer, and the verifier
     re-hashes everything against the manifest. Returns how many were adopted."""
     from rgt.providers.rsync import adopt_temp_files
 
-    return adopt_temp_files(local_dir)
+    journal = earlier.journal if earlier is not None else None
+    return adopt_temp_files(_own_leftovers(local_dir, journal))
 
 
-def remove_stale_partials(local_dir: Path, manifest: dict[str, Any]) -> None:
-    """Delete rsync temp files of manifest files left by an interrupted earlier pull."""
+def remove_stale_partials(
+    local_dir: Path, manifest: dict[str, Any], journal: dict[str, Any]
+) -> None:
+    """Delete what this pull's rsync left of files it has now completed: partial-dir copies,
+    and temp files the journal proves its own (never a file that was there before)."""
     from rgt.providers.rsync import PARTIAL_DIR
 
     for entry in manifest["files"]:
         if not isinstance(entry, dict):
             continue
         target = local_dir / str(entry.get("path", ""))
-        leftovers = [target.parent / PARTIAL_DIR / target.name]
+        leftover = target.parent / PARTIAL_DIR / target.name
+        if leftover.is_file() and not leftover.is_symlink():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+    for temp in _own_leftovers(local_dir, journal):
         with contextlib.suppress(OSError):
-            leftovers += list(target.parent.glob(f".{glob.escape(target.name)}.??????"))
-        for leftover in leftovers:
-            if leftover.is_file() and not leftover.is_symlink():
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+            temp.unlink()
 
 
 def _missing_or_short(local_dir: Path, manifest: dict[str, Any]) -> list[str]:

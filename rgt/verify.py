@@ -47,6 +47,7 @@ from rgt import manifest as manifest_module
 from rgt.atomic import atomic_write_bytes, atomic_write_chunks
 from rgt.errors import CheckFailed
 from rgt.ledger import Ledger
+from rgt.locks import instance_lock
 from rgt.manifest import (
     MANIFEST_NAME,
     SMALL_BUFFER,
@@ -755,20 +756,23 @@ def _verify_pull(
         record_hash = hashlib.sha256()
         for chunk in chunks:
             record_hash.update(chunk)
-        book.record_verification(
-            str(fields["instance_id"]),
-            local_dir=local_dir,
-            manifest_sha256=manifest_sha256,
-            run_id=str(fields["run_id"]),
-            record_sha256=record_hash.hexdigest(),
-            allow_pickle=allow_pickle,
-            detail={
-                "files": record["totals"]["files"],
-                "bytes": record["totals"]["bytes"],
-                "checkpoints": [c["path"] for c in record["checkpoints"]],
-                "verifier": VERIFIER_VERSION,
-            },
-        )
+        # Under the instance's lock: never recorded while a pull of it is rewriting the files or
+        # a destroy of it is under way (rgt.locks).
+        with instance_lock(str(fields["instance_id"]), "verification"):
+            book.record_verification(
+                str(fields["instance_id"]),
+                local_dir=local_dir,
+                manifest_sha256=manifest_sha256,
+                run_id=str(fields["run_id"]),
+                record_sha256=record_hash.hexdigest(),
+                allow_pickle=allow_pickle,
+                detail={
+                    "files": record["totals"]["files"],
+                    "bytes": record["totals"]["bytes"],
+                    "checkpoints": [c["path"] for c in record["checkpoints"]],
+                    "verifier": VERIFIER_VERSION,
+                },
+            )
     finally:
         if own_ledger:
             book.close()

@@ -7,6 +7,13 @@ from typing import Any
 
 REMOTE_ROOT = "/workspace/results"
 RUN_ID = "run-7"
+# A user's own files as issue #18 names them: dotfiles named like an rsync temp file
+# (".NAME.XXXXXX"), which a pull used to move under .rsync-partial/.
+USER_FILES = {
+    ".env.sample": b"API_URL=http://localhost:8080\n",
+    "src/.eslintrc.config": b'{"root": true}\n',
+    ".profile.backup": b"export PATH=$HOME/bin:$PATH\n",
+}
 
 
 def write_results(results_dir: Path, files: dict[str, bytes]) -> None:
@@ -15,6 +22,14 @@ def write_results(results_dir: Path, files: dict[str, bytes]) -> None:
         target = results_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
+
+
+def tree_of(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under `folder` (relative path -> a file's bytes, None for a directory)."""
+    return {
+        str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def build_manifest_on_box(

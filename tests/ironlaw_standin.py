@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from rgt.providers.base import CopyResult, Instance, ProgressCallback
+from tests.ironlaw_fixtures import REMOTE_ROOT, RUN_ID, build_manifest_on_box, write_results
 
 
 class LocalBoxProvider:
@@ -140,3 +141,30 @@ class LocalBoxProvider:
 
     def logs(self, instance_id: str, *, tail: int = 200) -> str:
         return ""
+
+
+def finished_box(
+    root: Path,
+    instance_id: str,
+    files: dict[str, bytes],
+    *,
+    run_id: str = RUN_ID,
+    roster: tuple[str, ...] = ("ckpt", "metrics"),
+) -> tuple[LocalBoxProvider, Path, Path, bytes]:
+    """A running box under `root` whose job wrote `files` and built its manifest: (provider,
+    disk, results dir, manifest bytes)."""
+    provider = LocalBoxProvider(root)
+    disk = provider.add_box(instance_id)
+    results = provider.box_path(instance_id, REMOTE_ROOT)
+    write_results(results, files)
+    manifest = build_manifest_on_box(
+        results, run_id=run_id, roster=list(roster), instance_id=instance_id
+    )
+    return provider, disk, results, manifest
+
+
+def assert_box_alive(provider: LocalBoxProvider, instance_id: str) -> None:
+    """The box still runs, its results and manifest are on its disk, and no destroy was sent."""
+    assert provider.show(instance_id).state == "running"
+    assert (provider.box_path(instance_id, REMOTE_ROOT) / "PULL_MANIFEST.json").is_file()
+    assert provider.destroy_requests() == []

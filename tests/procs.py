@@ -37,3 +37,19 @@ def rsync_processes(*, with_receiver: bool = False) -> list[int]:
     if with_receiver:
         ours += [pid for pid, (name, ppid) in table.items() if name == "rsync" and ppid in ours]
     return ours
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below `pid` now (pid -> command name): children, grandchildren..."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        stat = _stat(entry) if entry.isdigit() else None
+        if stat is not None and stat[1][0] != "Z":
+            children.setdefault(int(stat[1][1]), []).append((int(entry), stat[0]))
+    found: dict[int, str] = {}
+    stack = [pid]
+    while stack:
+        for child, name in children.get(stack.pop(), []):
+            found[child] = name
+            stack.append(child)
+    return found

@@ -334,23 +334,18 @@ def test_mcp_elicitation_approval_is_accepted_when_passed_explicitly(box: Box) -
 
 
 def test_a_destroy_in_progress_elsewhere_holds_the_lock(box: Box) -> None:
-    import fcntl
-    import hashlib
+    from rgt.locks import instance_lock
 
     box.pull()
     box.verify()
     box.approve()
-    from rgt.paths import state_dir
-
-    digest = hashlib.sha256(f"vastai:{box.id}".encode()).hexdigest()[:24]
-    lock = state_dir() / "locks" / f"vastai-destroy-{digest}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+b") as held:  # another process in the middle of destroying it
-        fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(Refused, match="in progress"):
-            destroy_with_gate(
-                box.id, provider=box.provider, ledger=box.ledger, profile=vast_profile()
-            )
+    # Another holder of the instance's lock (a lock is per open file, so one in this process
+    # counts as another process in the middle of destroying it).
+    with (
+        instance_lock(box.id, "destroy"),
+        pytest.raises(Refused, match=f"instance {box.id}: another destroy of it is in progress"),
+    ):
+        destroy_with_gate(box.id, provider=box.provider, ledger=box.ledger, profile=vast_profile())
     box.assert_alive()
     assert box.ledger.usable_approval(box.id) is not None  # not consumed by the refused try
 

@@ -11,6 +11,9 @@ corpus is in tests/test_ironlaw_refusals.py, crash and race tests in tests/test_
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +23,8 @@ import pytest
 
 from rgt.errors import EXIT_REFUSED
 from tests.conftest import assert_no_canary
-from tests.ironlaw_emulator import REMOTE_ROOT, Rental, rgt
-from tests.ironlaw_fixtures import vast_profile
+from tests.ironlaw_emulator import REMOTE_ROOT, REPO, Rental, rgt
+from tests.ironlaw_fixtures import USER_FILES, tree_of, vast_profile, write_results
 from tests.ptyrun import PtyProcess
 
 PASSPHRASE = "correct horse battery staple"
@@ -158,3 +161,50 @@ def test_pull_on_a_terminal_draws_a_progress_bar_and_a_repeat_sends_nothing(
     again = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local))
     assert again.returncode == 0 and "\r" not in again.stderr
     assert ", 0 sent this time)" in again.stdout  # everything was already here
+
+
+@pytest.mark.timeout(90)
+def test_pull_refuses_an_empty_or_foreign_local_dir_and_never_moves_the_users_files(
+    rental: Rental, tmp_path: Path
+) -> None:
+    # Was: '' meant the current directory, and a pull into a folder of the user's moved its
+    # `.env.sample`, `src/.eslintrc.config` and `.profile.backup` under .rsync-partial/.
+    project = tmp_path / "project"
+    write_results(project, USER_FILES)
+    before = tree_of(project)
+    allowed = "give a new or empty directory, or the directory of an earlier `rgt pull` of this run"
+
+    def rgt_in(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        return subprocess.run(
+            [sys.executable, "-m", "rgt", *args],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": path},
+            timeout=120,
+        )
+
+    empty = rgt_in(project, "pull", rental.id, REMOTE_ROOT, "")
+    assert empty.returncode == 2, empty.stderr
+    assert empty.stderr.splitlines() == [f"rgt pull: error: LOCAL_DIR '': empty; {allowed}"]
+    foreign = rgt_in(project, "pull", rental.id, REMOTE_ROOT, ".")
+    assert foreign.returncode == 2, foreign.stderr
+    assert foreign.stderr.splitlines() == [
+        f"rgt pull: error: LOCAL_DIR {project.resolve()}: not empty and not the directory of an "
+        f"earlier pull (no PULL_MANIFEST.json); {allowed}"
+    ]
+    assert tree_of(project) == before
+    assert rental.ledger.pulls() == []
+    rental.assert_alive()
+
+    # The folder of an earlier pull of this run takes the run again; the user's files stay put.
+    assert rgt("pull", rental.id, REMOTE_ROOT, str(rental.local)).returncode == 0
+    write_results(rental.local, USER_FILES)
+    again = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local))
+    assert again.returncode == 0, again.stderr
+    for relative, content in USER_FILES.items():
+        assert (rental.local / relative).read_bytes() == content
+    assert not (rental.local / ".rsync-partial").exists()
+    assert len(rental.ledger.pulls()) == 2

@@ -155,3 +155,21 @@ async def test_a_malformed_id_is_an_invalid_argument_before_any_request(
     assert not (tmp_path / "pulled").exists()
     with Ledger.open() as ledger:
         assert ledger.approval_failures() == []
+
+
+async def test_copy_into_an_empty_local_dir_is_refused_before_any_request(
+    emulator: Any, tmp_path: Path
+) -> None:
+    # Was: '' became Path('') == '.', a copy into the MCP server's working directory.
+    async with connect(emulator, "auto") as session:
+        before = emulator.request_count()
+        result = await session.call(
+            "copy", {"instance_id": "4504940", "remote_root": REMOTE_ROOT, "local_dir": ""}
+        )
+        assert result.is_error
+        text = result.content[0].text  # type: ignore[union-attr]
+        assert "\n" not in text and text.endswith(
+            "LOCAL_DIR '': empty; give a new or empty directory, or the directory of an earlier "
+            "`rgt pull` of this run"
+        ), text
+        assert emulator.request_count() == before

@@ -29,7 +29,12 @@ from rgt.providers.rsync import (
     read_remote_file,
     rsync_pull,
 )
-from tests.copy_helpers import bytes_on_disk, make_result_tree, wait_for_cut_file
+from tests.copy_helpers import (
+    CUT_FILE_BYTES,
+    bytes_on_disk,
+    make_result_tree,
+    wait_for_cut_file,
+)
 from tests.procs import rsync_processes
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -171,6 +176,59 @@ def test_killed_copy_resumes_without_resending_completed_bytes(
     for relative, data in contents.items():
         assert (local / relative).read_bytes() == data
     assert not list(local.rglob(PARTIAL_DIR))
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_attempt_never_moves_a_users_file_named_like_a_temp_file(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    # Was: between attempts every ".NAME.XXXXXX" under the target whose NAME was absent was
+    # taken for rsync's temp file and moved into the partial dir, the biggest per name first.
+    endpoint, _ = sshd
+    box = tmp_path / "box"
+    size = 1_500_000
+    contents = make_result_tree(box, files=6, size=size)
+    local = tmp_path / "local"
+    # The user's file, named like rsync's temp file of a result, and bigger than one could be.
+    theirs = local / "results" / "ckpt" / ".part5.bin.backup"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"mine" * 500_000)
+    killed: list[int] = []
+
+    def kill_midway(tick: CopyProgress) -> None:
+        # Two files done: ckpt/part5.bin (the third in rsync's order) is next; kill once some
+        # of it has arrived.
+        if killed or tick.bytes_done < 2 * size:
+            return
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not [
+            p
+            for p in theirs.parent.glob(".part5.bin.*")
+            if p != theirs and p.stat().st_size >= CUT_FILE_BYTES
+        ]:
+            time.sleep(0.02)
+        killed.extend(rsync_processes(with_receiver=True))
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)  # its temp file stays behind, next to the user's
+
+    report = rsync_pull(
+        endpoint,
+        str(box / "results"),
+        local,
+        settings,
+        copy=CopySettings(bwlimit_kbps=6000, first_backoff=0.1),
+        progress=kill_midway,
+    )
+    assert killed and len(report.attempts) == 2
+    assert theirs.read_bytes() == b"mine" * 500_000
+    for relative, data in contents.items():
+        assert (local / relative).read_bytes() == data
+    assert sorted(p.name for p in theirs.parent.iterdir()) == [
+        ".part5.bin.backup",
+        "part1.bin",
+        "part3.bin",
+        "part5.bin",
+    ]
 
 
 @pytest.mark.timeout(60)

@@ -23,11 +23,13 @@ from rgt.pull import MANIFEST_NAME, pull_instance
 from tests.ironlaw_fixtures import (
     REMOTE_ROOT,
     RUN_ID,
+    USER_FILES,
     build_manifest_on_box,
+    tree_of,
     vast_profile,
     write_results,
 )
-from tests.ironlaw_standin import LocalBoxProvider
+from tests.ironlaw_standin import LocalBoxProvider, assert_box_alive, finished_box
 
 FILES = {
     "ckpt/step_100.pt": os.urandom(300_000),
@@ -36,15 +38,14 @@ FILES = {
 }
 
 
-def _box(tmp_path: Path, instance_id: str = "1001", *, files: dict[str, bytes] = FILES):
-    provider = LocalBoxProvider(tmp_path / "boxes")
-    disk = provider.add_box(instance_id)
-    results = provider.box_path(instance_id, REMOTE_ROOT)
-    write_results(results, files)
-    manifest = build_manifest_on_box(
-        results, run_id=RUN_ID, roster=["ckpt", "metrics"], instance_id=instance_id
-    )
-    return provider, disk, results, manifest
+def _box(
+    tmp_path: Path,
+    instance_id: str = "1001",
+    *,
+    files: dict[str, bytes] = FILES,
+    run_id: str = RUN_ID,
+):
+    return finished_box(tmp_path / "boxes", instance_id, files, run_id=run_id)
 
 
 def test_pull_copies_manifest_then_files_and_records_it(tmp_path: Path) -> None:
@@ -284,3 +285,108 @@ def test_an_unreachable_box_is_told_the_remedy_of_its_state(
     message = str(caught.value)
     assert f"is {state}" in message and remedy in message
     assert ("--start" in message) == (state == "stopped")
+
+
+def test_a_folder_of_the_users_is_refused_and_left_exactly_as_it_was(tmp_path: Path) -> None:
+    # Was: the pull copied into it and moved .env.sample, src/.eslintrc.config and
+    # .profile.backup under .rsync-partial/ as "rsync leftovers" (issue #18, item 2).
+    provider, _, _, _ = _box(tmp_path)
+    project = tmp_path / "project"
+    write_results(project, USER_FILES)
+    before = tree_of(project)
+    with Ledger.open() as ledger:
+        with pytest.raises(UsageError) as caught:
+            pull_instance("1001", REMOTE_ROOT, project, provider=provider, ledger=ledger)
+        assert ledger.pulls() == []
+    assert str(caught.value) == (
+        f"LOCAL_DIR {project.resolve()}: not empty and not the directory of an earlier pull (no "
+        f"{MANIFEST_NAME}); give a new or empty directory, or the directory of an earlier "
+        "`rgt pull` of this run"
+    )
+    assert tree_of(project) == before
+    assert_box_alive(provider, "1001")
+
+
+def test_an_empty_local_dir_is_refused_not_taken_for_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was: '' became Path('') == '.', a pull into whatever folder the user stood in.
+    provider, _, _, _ = _box(tmp_path)
+    here = tmp_path / "here"
+    write_results(here, USER_FILES)
+    before = tree_of(here)
+    monkeypatch.chdir(here)
+    with Ledger.open() as ledger:
+        for empty in ("", "  "):
+            with pytest.raises(UsageError, match=r"^LOCAL_DIR '\s*': empty; give a new or empty"):
+                pull_instance("1001", REMOTE_ROOT, empty, provider=provider, ledger=ledger)
+        assert ledger.pulls() == []
+    assert tree_of(here) == before
+    assert_box_alive(provider, "1001")
+
+
+def test_the_folder_of_a_pull_of_another_run_is_refused(tmp_path: Path) -> None:
+    provider, _, _, _ = _box(tmp_path)
+    _box(tmp_path, "1002", run_id="run-other")
+    local = tmp_path / "local"
+    with Ledger.open() as ledger:
+        pull_instance("1002", REMOTE_ROOT, local, provider=provider, ledger=ledger)
+        before = tree_of(local)
+        with pytest.raises(UsageError) as caught:
+            pull_instance("1001", REMOTE_ROOT, local, provider=provider, ledger=ledger)
+        assert [p.instance_id for p in ledger.pulls()] == ["1002"]
+    assert str(caught.value).startswith(
+        f"LOCAL_DIR {local.resolve()}: holds a pull of run 'run-other' (instance 1002, "
+        f"{MANIFEST_NAME}), not of run '{RUN_ID}'; give a new or empty directory"
+    )
+    assert tree_of(local) == before
+    assert_box_alive(provider, "1001")
+
+
+@pytest.mark.timeout(60)
+def test_a_resumed_pull_of_the_same_run_never_moves_the_users_files(tmp_path: Path) -> None:
+    big = {
+        "ckpt/a_first.pt": os.urandom(1_000_000),
+        "ckpt/b_second.pt": os.urandom(3_000_000),
+        "metrics/metrics.json": b"{}",
+    }
+    provider, _, _, manifest = _box(tmp_path, files=big)
+    local = tmp_path / "local"
+    # An earlier pull of this run stopped before copying anything (its manifest is here); the
+    # user keeps their files here, one named like rsync's temp file of a result still to come.
+    local.mkdir()
+    (local / MANIFEST_NAME).write_bytes(manifest)
+    mine = {**USER_FILES, "ckpt/.b_second.pt.backup": os.urandom(500_000)}
+    write_results(local, mine)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_PULL, str(tmp_path / "boxes"), REMOTE_ROOT, str(local)],
+        cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not (local / "ckpt" / ".b_second.pt.backup").is_file():
+            break  # the user's file was moved (the old pull did, before copying): stop here
+        temps = [
+            p for p in (local / "ckpt").glob(".b_second.pt.*") if not p.name.endswith("backup")
+        ]
+        if sum(p.stat().st_size for p in temps if p.exists()) > 1_000_000:
+            break
+        time.sleep(0.02)
+    else:
+        child.kill()
+        pytest.fail("the slow pull never got to the second file")
+    os.killpg(child.pid, signal.SIGKILL)  # rsync too: its temp file stays where it was
+    child.wait()
+    with Ledger.open() as ledger:
+        result = pull_instance("1001", REMOTE_ROOT, local, provider=provider, ledger=ledger)
+    for relative, content in {**mine, **big}.items():
+        assert (local / relative).read_bytes() == content, relative
+    assert result.partials_adopted == 1  # rsync's own temp file, and nothing else
+    assert sorted(p.name for p in (local / "ckpt").iterdir()) == [
+        ".b_second.pt.backup",
+        "a_first.pt",
+        "b_second.pt",
+    ]
+    assert not (local / ".rsync-partial").exists()  # the journal goes with a recorded pull
+    assert_box_alive(provider, "1001")

@@ -16,7 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "remote_root", help="absolute result root on the box (holds PULL_MANIFEST.json)"
     )
-    parser.add_argument("local_dir", help="local directory to copy into (created if missing)")
+    parser.add_argument(
+        "local_dir",
+        help="local directory to copy into: new (created), empty, or an earlier pull of this run",
+    )
     parser.add_argument(
         "--start",
         action="store_true",
@@ -30,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
     """Pull, record the pull in the ledger, and say what comes next."""
     import json
     from dataclasses import asdict
-    from pathlib import Path
 
     from rgt.commands._platform import open_platform
     from rgt.ledger import Ledger
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         result = pull_instance(
             args.instance,
             args.remote_root,
-            Path(args.local_dir),
+            args.local_dir,  # as typed: an empty one is refused, not taken for "."
             provider=provider,
             ledger=ledger,
             profile=profile,

@@ -730,7 +730,12 @@ async def poll(
 async def copy(
     instance_id: InstanceIdArg,
     remote_root: Annotated[str, Field(description="absolute results root on the box")],
-    local_dir: Annotated[str, Field(description="local directory to copy into")],
+    local_dir: Annotated[
+        str,
+        Field(
+            description="local directory to copy into: new, empty, or an earlier pull of this run"
+        ),
+    ],
     ctx: Context,
 ) -> dict[str, Any]:
     """Pull the results: the manifest built on the box first, then the files (resumable),
@@ -744,7 +749,7 @@ async def copy(
             result = pull_instance(
                 instance_id,
                 remote_root,
-                Path(local_dir),
+                local_dir,  # as given: an empty one is refused, not taken for "."
                 provider=provider,
                 ledger=ledger,
                 profile=profile,
