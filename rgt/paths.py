@@ -24,6 +24,13 @@ def state_dir() -> Path:
     return _usable_dir(Path(platformdirs.user_state_dir("rgt")), STATE_DIR_ENV)
 
 
+def run_dir(run_id: str) -> Path:
+    """The run's local directory, `<state dir>/runs/<run_id>/` (not created here): `rgt poll`
+    copies the box's state directory of the run (`<data_dir>/.rgt/<run_id>/`: status record,
+    onstart.log, job.log) into it when the job failed."""
+    return state_dir() / "runs" / run_id
+
+
 def config_dir() -> Path:
     """The directory holding user config such as the approval hash (`$RGT_CONFIG_DIR` overrides)."""
     override = os.environ.get(CONFIG_DIR_ENV)
