@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rgt.errors import Refused, UsageError
 from rgt.job import JobRequest
@@ -426,7 +426,7 @@ def _adopt(
 
 # What a poll says about the job (JobReport.state): the status record's outcome, or why there is
 # no outcome to report.
-JOB_STATES = (
+JobState = Literal[
     "running",  # the record says running and its heartbeat is fresh
     "succeeded",  # the job exited 0 and its manifest was written
     "failed",  # the job (or the hook's set-up, or the manifest builder) exited non-zero
@@ -436,7 +436,7 @@ JOB_STATES = (
     "unreadable",  # a record is there but is not one rgt's boot hook writes
     "unreachable",  # the box did not answer over ssh: only the API state is known
     "not-read",  # the instance is not running: ssh cannot reach its disk
-)
+]
 # The outcomes that end a `poll --until done` wait (besides the instance being gone).
 JOB_DONE = ("succeeded", "failed")
 LOG_LINES_SHOWN = 10  # of a failed job's log tail, in the human form of `rgt poll`
@@ -446,7 +446,7 @@ LOG_LINES_SHOWN = 10  # of a failed job's log tail, in the human form of `rgt po
 class JobReport:
     """The job on the box, from the status record its boot hook keeps (rgt.jobstatus)."""
 
-    state: str  # one of JOB_STATES
+    state: JobState
     summary: str  # the `job:` line of `rgt poll`
     attempt: int | None = None
     exit_code: int | None = None
