@@ -9,6 +9,7 @@ Exit codes (documented in the README):
     2  usage error: bad arguments, a bad input file
     3  provider or network error (vast.ai API, ssh, rsync)
     4  refused by the Teardown Iron Law: evidence missing, approval absent or wrong
+    5  `rgt poll --until done`: the timeout passed before the job finished
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PROVIDER = 3
 EXIT_REFUSED = 4
+EXIT_NOT_DONE = 5
 
 
 class RgtError(Exception):

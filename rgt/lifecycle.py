@@ -15,9 +15,9 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rgt.errors import ProviderError, Refused, RgtError, UsageError
 from rgt.job import JobRequest
@@ -530,6 +530,42 @@ def _adopt(
 
 # -- poll --------------------------------------------------------------------------------------
 
+# What a poll says about the job (JobReport.state): the status record's outcome, or why there is
+# no outcome to report.
+JobState = Literal[
+    "running",  # the record says running and its heartbeat is fresh
+    "succeeded",  # the job exited 0 and its manifest was written
+    "failed",  # the job (or the hook's set-up, or the manifest builder) exited non-zero
+    "interrupted",  # the boot hook got SIGTERM/SIGINT
+    "stale",  # the record says running but its heartbeat stopped: the hook was killed
+    "no-record",  # the boot hook has written no status record (yet)
+    "unreadable",  # a record is there but is not one rgt's boot hook writes
+    "unreachable",  # the box did not answer over ssh: only the API state is known
+    "not-read",  # the instance is not running: ssh cannot reach its disk
+]
+# The outcomes that end a `poll --until done` wait (besides the instance being gone).
+JOB_DONE = ("succeeded", "failed")
+LOG_LINES_SHOWN = 10  # of a failed job's log tail, in the human form of `rgt poll`
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """The job on the box, from the status record its boot hook keeps (rgt.jobstatus)."""
+
+    state: JobState
+    summary: str  # the `job:` line of `rgt poll`
+    attempt: int | None = None
+    exit_code: int | None = None
+    last_checkpoint: str | None = None
+    # The number in the newest checkpoint's name (step-000035.ckpt -> 35) when it has one.
+    checkpoint_step: int | None = None
+    heartbeat_age_seconds: float | None = None
+    log_tail: list[str] = field(default_factory=list)
+    # Where the box's state directory of the run (status record, onstart.log, job.log) was
+    # copied to (a failed job), or why it could not be.
+    logs_dir: str | None = None
+    logs_error: str | None = None
+
 
 @dataclass(frozen=True)
 class PollReport:
@@ -546,6 +582,9 @@ class PollReport:
     cost_basis: str
     status_msg: str | None = None
     state_since: float | None = None
+    run_id: str | None = None
+    job: JobReport | None = None  # None: not asked for, or not a box rgt labelled for a run
+    waited_seconds: float | None = None  # `poll --until done`: how long it waited
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -680,10 +719,13 @@ def poll(
     ledger: Ledger,
     profile: Profile,
     now: float | None = None,
+    read_job: bool = False,
 ) -> PollReport:
     """One look at the instance (a single API call): classification, next action, cost so far.
 
-    Records the observed state in the ledger when it changed, so costs and "since" add up."""
+    Records the observed state in the ledger when it changed, so costs and "since" add up.
+    With `read_job`, a running box's job status record is read too (one ssh read; see
+    `job_report`), and the next action follows the job's outcome."""
     at = time.time() if now is None else now
     instance = provider.show(str(instance_id))
     record = next(
@@ -705,6 +747,19 @@ def poll(
             break
         since = when
     hourly, so_far, basis = estimate_cost(instance, record, history, profile, now=at)
+    run_id = run_of(instance, record)
+    job = None
+    if read_job and run_id is not None and instance.state != "gone":
+        job = job_report(instance, run_id, provider=provider, profile=profile, now=at)
+        action = job_next_action(
+            job,
+            instance_id=instance.id,
+            run_id=run_id,
+            results_root=record.results_root if record is not None else None,
+            bills=keeps_billing(instance, profile),
+            profile=profile,
+        )
+        next_action = action or next_action
     return PollReport(
         instance_id=instance.id,
         state=instance.state,
@@ -717,7 +772,246 @@ def poll(
         cost_basis=basis,
         status_msg=instance.status_msg,
         state_since=since,
+        run_id=run_id,
+        job=job,
     )
+
+
+def run_of(instance: Instance, record: InstanceRecord | None) -> str | None:
+    """The run an instance was rented for, from its rgt label (`rgt:<run_id>`: live from the
+    provider, else as the ledger recorded it at launch); None for a box rgt did not label."""
+    from rgt.providers.vastai import LABEL_PREFIX
+
+    for label in (instance.label, record.label if record is not None else None):
+        if label and label.startswith(LABEL_PREFIX) and len(label) > len(LABEL_PREFIX):
+            return label[len(LABEL_PREFIX) :]
+    return None
+
+
+def job_report(
+    instance: Instance, run_id: str, *, provider: Provider, profile: Profile, now: float
+) -> JobReport:
+    """The job's outcome from the status record on the box (one ssh read while it runs).
+
+    Never raises for the box: an unreachable box or a missing or malformed record is a report
+    that says so. A failed job's state directory (status record and logs) is copied to the
+    run's local dir (`rgt.paths.run_dir`) before anything is suggested, once per failure."""
+    from rgt.errors import CheckFailed, ProviderError, RgtError
+    from rgt.jobstatus import parse_status, status_remote_path
+
+    if instance.state != "running":
+        return JobReport(
+            "not-read",
+            f"not read: the instance is {instance.state}, and its status record is on its disk, "
+            "which ssh reaches only while it runs",
+        )
+    try:
+        remote = status_remote_path(profile, run_id)
+        data = provider.read_remote_file(instance.id, remote)
+    except (ProviderError, FileNotFoundError) as exc:
+        text = exc.message if isinstance(exc, RgtError) else str(exc)
+        if isinstance(exc, FileNotFoundError) or "No such file" in text:
+            return JobReport(
+                "no-record",
+                "not started: the boot hook has written no status record yet",
+            )
+        return JobReport(
+            "unreachable",
+            f"unknown: the box did not answer over ssh ({text}); this report rests on the API "
+            "state alone",
+        )
+    except RgtError as exc:
+        return JobReport("unreadable", f"unknown: cannot read the status record ({exc.message})")
+    try:
+        status = parse_status(data)
+    except CheckFailed as exc:
+        return JobReport("unreadable", f"unknown: {exc.message}")
+    if status.run_id != run_id:
+        return JobReport(
+            "unreadable",
+            f"unknown: the status record is of run {status.run_id!r}, not of this box's run "
+            f"{run_id!r}",
+        )
+    from rgt.providers.redact import Redactor
+
+    redactor = Redactor()  # credential-shaped text a job printed stays out of reports
+    step = _checkpoint_step(status.last_checkpoint)
+    common: dict[str, Any] = {
+        "attempt": status.attempt,
+        "exit_code": status.exit_code,
+        "last_checkpoint": status.last_checkpoint,
+        "checkpoint_step": step,
+        "heartbeat_age_seconds": round(max(0.0, status.heartbeat_age(now)), 1),
+        "log_tail": [redactor.text(line) for line in status.log_tail],
+    }
+    where = f"attempt {status.attempt}"
+    if status.last_checkpoint:
+        where += f", last checkpoint {status.last_checkpoint}"
+    if status.is_stale(now):
+        age = status.heartbeat_age(now)
+        return JobReport(
+            "stale",
+            f"stale: the record says running ({where}) but its last heartbeat was {age:.0f} s "
+            f"ago (it beats every {status.heartbeat_seconds} s): the boot hook was killed",
+            **common,
+        )
+    if status.outcome == "running":
+        at_step = f"step {step} " if step is not None else ""
+        return JobReport("running", f"running {at_step}({where})", **common)
+    if status.outcome == "succeeded":
+        return JobReport(
+            "succeeded", f"succeeded (attempt {status.attempt}; manifest written)", **common
+        )
+    if status.outcome == "interrupted":
+        return JobReport("interrupted", f"interrupted by SIGTERM/SIGINT ({where})", **common)
+    logs_dir, logs_error = _pull_job_logs(instance.id, run_id, data, provider, profile)
+    return JobReport(
+        "failed",
+        f"failed (exit {status.exit_code}) on attempt {status.attempt}",
+        **common,
+        logs_dir=logs_dir,
+        logs_error=logs_error,
+    )
+
+
+def _checkpoint_step(name: str | None) -> int | None:
+    """The one number in a checkpoint's file name (step-000035.ckpt -> 35), else None."""
+    numbers = re.findall(r"\d+", name.rsplit(".", 1)[0]) if name else []
+    return int(numbers[0]) if len(numbers) == 1 else None
+
+
+def _pull_job_logs(
+    instance_id: str, run_id: str, record: bytes, provider: Provider, profile: Profile
+) -> tuple[str | None, str | None]:
+    """Copy the box's state directory of the run into the run's local dir (rsync: only what
+    changed), unless the status record there is already this one. (local dir, error)."""
+    from rgt.errors import RgtError
+    from rgt.jobstatus import STATUS_NAME, status_remote_dir
+    from rgt.paths import run_dir
+
+    target = run_dir(run_id)
+    try:
+        if (target / STATUS_NAME).read_bytes() == record:
+            return str(target), None
+    except OSError:
+        pass
+    try:
+        provider.copy_from(instance_id, status_remote_dir(profile, run_id), target.parent)
+    except (RgtError, OSError) as exc:
+        text = exc.message if isinstance(exc, RgtError) else str(exc)
+        return None, f"could not copy the job's logs off the box: {text}"
+    return str(target), None
+
+
+def job_next_action(
+    job: JobReport,
+    *,
+    instance_id: str,
+    run_id: str,
+    results_root: str | None,
+    bills: Sequence[str],
+    profile: Profile,
+) -> str | None:
+    """What to do next given the job's outcome; None where the instance's state says it
+    better (the box is not running, so its record was not read)."""
+    from rgt.paths import run_dir
+
+    meter_stop = profile.meter_stop_verb or "destroy"
+    billing = f"the box bills {', '.join(bills) or 'nothing'} meanwhile"
+    if job.state == "running":
+        return (
+            f"the job runs; poll again later, or wait in one call: `rgt poll {instance_id} "
+            f"--until done --timeout SECONDS` (MCP: poll with wait_seconds); {billing}"
+        )
+    if job.state == "succeeded":
+        root = results_root or "RESULTS_ROOT (the job's results_root)"
+        local = run_dir(run_id) / "results"
+        return (
+            f"the job succeeded and its manifest is on the box: rgt pull {instance_id} {root} "
+            f"{local} → rgt verify {local} → rgt {meter_stop} {instance_id} (through the gate); "
+            f"{billing}"
+        )
+    if job.state == "failed":
+        if job.logs_dir:
+            pulled = f"its status record and logs (job.log, onstart.log) are in {job.logs_dir}"
+        else:
+            pulled = f"its logs could not be copied ({job.logs_error}); MCP logs shows the box's"
+        return (
+            f"the job FAILED with exit code {job.exit_code}: {pulled}. Read them, fix the job "
+            f"and launch it again; no manifest was built, so the gate refuses {meter_stop}. "
+            f"The box still bills {', '.join(bills) or 'nothing'}"
+        )
+    if job.state == "interrupted":
+        return (
+            "the boot hook was stopped by a signal (a preemption's grace, a scheduler's stop); "
+            "its next start resumes the job from the newest checkpoint: poll again, or start "
+            f"the instance again if nothing restarts it; {billing}"
+        )
+    if job.state == "stale":
+        return (
+            "the boot hook stopped beating without recording an outcome (killed -9, or the "
+            "container restarted without it): the job is probably not running. Read the box's "
+            "log (MCP logs); stopping and starting the instance re-runs the boot hook, which "
+            f"resumes from the newest checkpoint; {billing}"
+        )
+    if job.state == "no-record":
+        return (
+            "poll again in a minute: the boot hook writes its status record as it starts; if "
+            "none appears, read the box's log (MCP logs): the hook may have failed before it, "
+            f"or the instance was launched by an rgt without status records; {billing}"
+        )
+    if job.state in ("unreachable", "unreadable"):
+        return (
+            "poll again: the job's outcome is unknown (see job), and the state above is the "
+            f"API's alone; {billing}"
+        )
+    return None
+
+
+def is_done(report: PollReport) -> bool:
+    """True when waiting longer cannot change the answer: the job succeeded or failed, or the
+    instance is gone."""
+    return report.state == "gone" or (report.job is not None and report.job.state in JOB_DONE)
+
+
+def wait_until_done(
+    instance_id: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Profile,
+    timeout: float,
+    interval: float,
+    on_poll: Callable[[PollReport, float], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> PollReport:
+    """Poll (reading the job's status record) until `is_done` or `timeout` seconds passed; the
+    last report, with `waited_seconds`. `on_poll(report, elapsed)` sees every poll.
+
+    A provider error (API down, box unreachable) is retried at the next poll; only when the
+    timeout passes with the last poll failing is it raised (ProviderError, exit 3)."""
+    from dataclasses import replace
+
+    from rgt.errors import ProviderError
+
+    began = clock()
+    while True:
+        try:
+            report: PollReport | None = poll(
+                instance_id, provider=provider, ledger=ledger, profile=profile, read_job=True
+            )
+            failure = None
+        except ProviderError as exc:
+            report, failure = None, exc
+        elapsed = clock() - began
+        if report is not None and on_poll is not None:
+            on_poll(report, elapsed)
+        if report is not None and (is_done(report) or elapsed >= timeout):
+            return replace(report, waited_seconds=round(elapsed, 1))
+        if failure is not None and elapsed >= timeout:
+            raise failure
+        sleep(max(0.0, min(interval, timeout - elapsed)))
 
 
 # -- stop and cost -----------------------------------------------------------------------------

@@ -142,6 +142,18 @@ class Profile:
         return None if value is None else int(value)
 
     @property
+    def status_heartbeat_seconds(self) -> int:
+        """Seconds between the boot hook's heartbeats in the job status record (rgt.jobstatus):
+        `overrides.status_heartbeat_seconds`, else the profile schema's default."""
+        value = self.overrides.get("status_heartbeat_seconds")
+        if value is None:
+            from rgt.yamlsource import load_schema
+
+            overrides = load_schema(PROFILE_SCHEMA)["$defs"]["overrides"]["properties"]
+            value = overrides["status_heartbeat_seconds"]["default"]
+        return int(value)
+
+    @property
     def instance_id_env(self) -> str | None:
         """Env var holding the instance id on the box (vast.ai: CONTAINER_ID)."""
         value = self.frontmatter["instance_id_env"]

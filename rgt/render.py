@@ -257,6 +257,7 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
                 "hf_home": overrides["hf_home"],
                 "detach": overrides["detach"],
                 "python": overrides.get("python", "python3"),
+                "status_heartbeat_seconds": profile.status_heartbeat_seconds,
                 "ssh_user": overrides.get("ssh_user", ""),  # none: ssh config decides
                 "env": dict(overrides.get("env", {})),
             },

@@ -53,12 +53,16 @@ DEFAULT_PROFILE = "vastai"
 # poll answers within about this long even while the API fails (then it says so).
 PROMPT_ATTEMPTS = 2
 PROMPT_SECONDS = 4.0
+# poll's wait_seconds: one call waits at most this long (MCP clients time out long calls).
+WAIT_LIMIT_SECONDS = 600
+WAIT_INTERVAL_SECONDS = 10.0
 
 INSTRUCTIONS = """\
 rgt runs long GPU jobs on rented machines without losing results or leaving a meter running.
 Lifecycle: list_profiles / get_profile (tell the user the danger clocks first) → search_offers →
-launch (refuses above max_price_per_hour) → poll (cheap; repeat, follow next_action) → when the
-job has written PULL_MANIFEST.json: copy → verify → destroy.
+launch (refuses above max_price_per_hour) → poll (reads the job's status record on the box:
+follow next_action; wait_seconds waits for the job in one call) → when the job succeeded (its
+manifest is on the box): copy → verify → destroy. A failed job's logs are copied for you.
 Teardown Iron Law: destroy runs only when the results were pulled, verified byte-for-byte against
 the manifest built on the box, and a human approved by typing the instance id back in the
 client's prompt. You cannot approve for them; no tool argument can. A refusal lists exactly what
@@ -716,15 +720,56 @@ async def launch(
 
 async def poll(
     instance_id: InstanceIdArg,
+    ctx: Context,
+    wait_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=WAIT_LIMIT_SECONDS,
+            description=(
+                "wait up to this long for the job to succeed or fail (or the instance to be "
+                "gone), with progress notifications; 0: one look"
+            ),
+        ),
+    ] = 0,
+    interval_seconds: Annotated[
+        float, Field(ge=1, le=60, description="seconds between looks while waiting")
+    ] = WAIT_INTERVAL_SECONDS,
 ) -> PollReport:
-    """The instance now (one API call): state, classification, next action, cost so far."""
+    """The instance and its job now: state, classification, the job's outcome from the status
+    record on the box (running, succeeded, failed with exit code and last log lines, stale...),
+    next action, cost so far. A failed job's logs are copied to the run's local dir first.
+    With wait_seconds, one call waits for the job instead of a polling loop."""
+    from dataclasses import replace
+
+    from rgt.errors import ProviderError
+    from rgt.lifecycle import is_done
     from rgt.lifecycle import poll as poll_instance
 
-    def work() -> PollReport:
-        with _for_instance(instance_id, prompt=True) as (ledger, profile, provider):
-            return poll_instance(instance_id, provider=provider, ledger=ledger, profile=profile)
+    def look() -> PollReport | ProviderError:
+        try:
+            with _for_instance(instance_id, prompt=True) as (ledger, profile, provider):
+                return poll_instance(
+                    instance_id, provider=provider, ledger=ledger, profile=profile, read_job=True
+                )
+        except ProviderError as exc:  # while waiting, the next look may get through
+            return exc
 
-    return await _blocking(work)
+    began = time.monotonic()
+    while True:
+        found = await _blocking(look)
+        elapsed = time.monotonic() - began
+        if isinstance(found, ProviderError):
+            if elapsed >= wait_seconds:
+                raise ToolError(found.message)
+        elif is_done(found) or elapsed >= wait_seconds:
+            return replace(found, waited_seconds=round(elapsed, 1)) if wait_seconds else found
+        else:
+            job = found.job.summary if found.job is not None else found.classification
+            # Progress is best effort: the wait must not fail over a notification.
+            with contextlib.suppress(Exception):
+                await ctx.report_progress(elapsed, wait_seconds, f"job {job}")
+        await anyio.sleep(min(interval_seconds, max(0.0, wait_seconds - elapsed)))
 
 
 async def copy(
