@@ -486,15 +486,10 @@ def _rented_for_run(
 ) -> str | None:
     """The run an instance was rented for, from its rgt label (`rgt:<run_id>`, live from the
     provider, else as the ledger recorded it at launch); None for an instance rgt did not label."""
-    from rgt.providers.vastai import LABEL_PREFIX
+    from rgt.providers.base import run_from_label
 
-    labels = [live_label] + [
-        record.label for record in ledger.instances(platform) if record.instance_id == instance_id
-    ]
-    for label in labels:
-        if label and label.startswith(LABEL_PREFIX):
-            return label[len(LABEL_PREFIX) :]
-    return None
+    recorded = [r.label for r in ledger.instances(platform) if r.instance_id == instance_id]
+    return run_from_label(live_label, *recorded)
 
 
 def _file_sha256(path: Path) -> str | None:

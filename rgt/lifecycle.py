@@ -260,7 +260,7 @@ def launch(
 
     Refuses (Refused, exit 4) when the price would exceed `max_price_per_hour`; the offer is
     re-read from the marketplace now, so the cap holds against the price actually paid."""
-    from rgt.providers.vastai import run_label
+    from rgt.providers.base import run_label
     from rgt.render import render_template
 
     # `not x > 0` (not `x <= 0`): NaN compares false both ways and would slip past the cap.
@@ -613,8 +613,10 @@ def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
     if state == "scheduling":
         return (
             "stuck-scheduling",
-            "the instance waits for its GPU, which someone else may hold: if it stays scheduling "
-            "for more than about 30 s, launch a new instance and resume from an off-box checkpoint",
+            "the instance waits for its GPU, which someone else may hold (it bills its disk "
+            "meanwhile): poll a few times; if it stays scheduling past the profile's "
+            f"host_lost_grace, `rgt discard {instance.id} --reason host-lost` ends it (a human "
+            "approves, told what is lost), then launch again elsewhere",
         )
     if state == "paused":
         return (
@@ -625,8 +627,10 @@ def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
     if state == "offline":
         return (
             "offline",
-            "the host stopped answering: poll a few more times; if it stays offline, relaunch on "
-            "a verified reliable offer and resume from the newest off-box checkpoint",
+            "the host stopped answering: poll a few more times (its disk may still bill); if it "
+            "stays offline past the profile's host_lost_grace, `rgt discard "
+            f"{instance.id} --reason host-lost` ends it (a human approves, told what is lost), "
+            "then launch again on a verified reliable offer",
         )
     if state in ("stopped", "exited"):
         if bills:
@@ -736,11 +740,12 @@ def poll(
         ledger.record_state(provider.platform, instance.id, instance.state, now=at)
         history = ledger.state_history(instance.id)
     classification, next_action = classify(instance, profile)
-    gone_by_rgt = any(d.status == "confirmed" for d in ledger.destroys(instance.id))
-    if instance.state == "gone" and gone_by_rgt:
-        next_action = (
-            f"nothing to do: rgt's gated {profile.meter_stop_verb} was confirmed; billing stopped"
-        )
+    if instance.state == "gone":
+        # Never a bare "gone, nothing to do": the ledger tells an id never known, a verified
+        # destroy, a discard and a box lost with its results apart (rgt.ending).
+        from rgt.ending import gone_ending
+
+        classification, next_action = gone_ending(ledger, provider.platform, instance.id)
     since = None
     for when, state, _ in reversed(history):
         if state != instance.state:
@@ -780,12 +785,9 @@ def poll(
 def run_of(instance: Instance, record: InstanceRecord | None) -> str | None:
     """The run an instance was rented for, from its rgt label (`rgt:<run_id>`: live from the
     provider, else as the ledger recorded it at launch); None for a box rgt did not label."""
-    from rgt.providers.vastai import LABEL_PREFIX
+    from rgt.providers.base import run_from_label
 
-    for label in (instance.label, record.label if record is not None else None):
-        if label and label.startswith(LABEL_PREFIX) and len(label) > len(LABEL_PREFIX):
-            return label[len(LABEL_PREFIX) :]
-    return None
+    return run_from_label(instance.label, record.label if record is not None else None)
 
 
 def job_report(
@@ -937,9 +939,11 @@ def job_next_action(
         else:
             pulled = f"its logs could not be copied ({job.logs_error}); MCP logs shows the box's"
         return (
-            f"the job FAILED with exit code {job.exit_code}: {pulled}. Read them, fix the job "
-            f"and launch it again; no manifest was built, so the gate refuses {meter_stop}. "
-            f"The box still bills {', '.join(bills) or 'nothing'}"
+            f"the job FAILED with exit code {job.exit_code}: {pulled}. Read them and fix the "
+            f"job; no manifest was built, so the gate refuses {meter_stop}. The box still bills "
+            f"{', '.join(bills) or 'nothing'}: once nothing on it is worth keeping, `rgt discard "
+            f"{instance_id} --reason failed-job` ends it (a human approves, told what is lost); "
+            "then launch the fixed job"
         )
     if job.state == "interrupted":
         return (

@@ -73,9 +73,11 @@ class SweepReport:
     platform: str
     rows: list[SweepRow]
     ledger_only: list[str]
-    # How each ledger-only instance ended, in poll's words (rgt.ending): lost, gone, ...
+    # How each ledger-only or lost instance ended, in poll's words (rgt.ending).
     endings: dict[str, str] = field(default_factory=dict)
     launches: list[LaunchRow] = field(default_factory=list)
+    # Instances that ended outside rgt with no verified pull and no discard (rgt.ending "lost").
+    lost: list[str] = field(default_factory=list)
 
     @property
     def launches_in_doubt(self) -> list[LaunchRow]:
@@ -114,6 +116,7 @@ class SweepReport:
             "instances": [asdict(row) for row in self.rows],
             "ledger_only": self.ledger_only,
             "ledger_only_endings": self.endings,
+            "lost": self.lost,
             "launches": [asdict(launch) for launch in self.launches],
         }
 
@@ -184,26 +187,32 @@ def sweep(
                 flags=flags,
             )
         )
-    destroyed = {d.instance_id for d in ledger.destroys() if d.status == "confirmed"}
-    ledger_only = sorted(
-        record.instance_id
-        for record in ledger.instances(provider.platform)
-        if record.instance_id not in visible
-        and record.instance_id not in destroyed
-        and record.last_state != "gone"
-    )
     from rgt.ending import gone_ending
 
-    endings = {
-        instance_id: gone_ending(ledger, provider.platform, instance_id).message
-        for instance_id in ledger_only
-    }
+    destroyed = {d.instance_id for d in ledger.destroys() if d.status == "confirmed"}
+    ledger_only: list[str] = []
+    lost: list[str] = []
+    endings: dict[str, str] = {}
+    for record in ledger.instances(provider.platform):
+        if record.instance_id in visible or record.instance_id in destroyed:
+            continue
+        ending = gone_ending(ledger, provider.platform, record.instance_id)
+        if record.last_state != "gone":
+            ledger_only.append(record.instance_id)
+        elif ending.word == "lost":
+            # Ended outside rgt with its results unsaved: it bills nothing, but say so every
+            # time, so nobody believes the results are safe somewhere.
+            lost.append(record.instance_id)
+        else:
+            continue
+        endings[record.instance_id] = ending.message
     return SweepReport(
         platform=provider.platform,
         rows=rows,
-        ledger_only=ledger_only,
+        ledger_only=sorted(ledger_only),
         endings=endings,
         launches=launches,
+        lost=sorted(lost),
     )
 
 
@@ -314,7 +323,7 @@ def format_report(report: SweepReport) -> str:
         + f": {launch.note}"
         for launch in report.launches
     ]
-    if not report.rows and not report.ledger_only:
+    if not report.rows and not report.ledger_only and not report.lost:
         return "\n".join([f"{report.platform}: no instances visible to this API key", *launches])
     lines = [f"{'INSTANCE':<12} {'STATE':<12} {'$/HOUR':>8}  KEEPS BILLING / FLAGS"]
     for row in report.rows:
@@ -342,5 +351,6 @@ def format_report(report: SweepReport) -> str:
             for instance_id in report.ledger_only
             if instance_id in report.endings
         ]
+    lines += [f"{instance_id}: {report.endings[instance_id]}" for instance_id in report.lost]
     lines.extend(launches)
     return "\n".join(lines)

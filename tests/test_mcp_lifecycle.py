@@ -71,9 +71,13 @@ async def test_whole_lifecycle_over_stdio(mode: str, emulator: Any, tmp_path: Pa
         assert len(human.asked) == 1 and instance_id in human.asked[0].message
 
         gone = await session.data("poll", {"instance_id": instance_id})
-        assert gone["classification"] == "gone" and gone["state"] == "gone"
+        # Not a bare "gone": the ledger says how it ended.
+        assert gone["classification"] == "destroyed" and gone["state"] == "gone"
         assert gone["keeps_billing"] == [] and gone["hourly_cost"] == 0
-        assert "billing stopped" in gone["next_action"]
+        assert (
+            "destroyed through rgt after its results were pulled and verified"
+            in (gone["next_action"])
+        )
 
     assert server_log.exists()  # the server ran through the redirect
     assert_no_canary(server_log.read_bytes())

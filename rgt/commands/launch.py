@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from rgt.job import load_job
     from rgt.ledger import Ledger
     from rgt.lifecycle import launch
-    from rgt.providers.vastai import run_label
+    from rgt.providers.base import run_label
 
     job = load_job(args.job)
     provider, profile = open_platform(args.platform)

@@ -14,6 +14,25 @@ from typing import Any, Literal, Protocol
 
 from rgt.errors import ProviderError
 
+# Every instance rgt rents carries the label `rgt:<run_id>`: how rgt finds its rentals again on
+# any platform (after a lost answer, a crash, a relaunch) and which run each one is for.
+LABEL_PREFIX = "rgt:"
+
+
+def run_label(run_id: str) -> str:
+    """The label that marks an instance as rgt's and names its run: `rgt:<run_id>`."""
+    return LABEL_PREFIX + run_id
+
+
+def run_from_label(*labels: str | None) -> str | None:
+    """The run named by the first rgt label among `labels` (the live one first, then what the
+    ledger recorded), or None for an instance rgt did not label."""
+    for label in labels:
+        if label and label.startswith(LABEL_PREFIX) and len(label) > len(LABEL_PREFIX):
+            return label[len(LABEL_PREFIX) :]
+    return None
+
+
 # A provider-neutral reading of an instance's state. "gone" means destroyed / not found.
 InstanceState = Literal[
     "provisioning",  # accepted, no container yet

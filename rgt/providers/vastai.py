@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from rgt.errors import ProviderError, UsageError
 from rgt.providers.base import (
+    LABEL_PREFIX,
     CopyResult,
     CreateRefused,
     Instance,
@@ -42,7 +43,10 @@ from rgt.providers.base import (
     Offer,
     OfferQuery,
     ProgressCallback,
+    run_label,
 )
+
+__all__ = ["LABEL_PREFIX", "VastProvider", "api_key_from_environment", "run_label", "vast_id"]
 from rgt.providers.redact import Redactor, captured_output, install_log_filter
 from rgt.providers.retry import RETRYABLE_STATUS, RetryClock, RetryPolicy, parse_retry_after
 from rgt.providers.rsync import (
@@ -62,16 +66,10 @@ KEY_ENV = "VAST_API_KEY"
 # What the key is called in a refusal (never its value).
 KEY_NAME = "this account's vast.ai API key"
 DEBUG_ENV = "RGT_VAST_DEBUG"  # 1: log the SDK's request dumps (redacted) at DEBUG
-LABEL_PREFIX = "rgt:"
 # Per-request timeout handed to the SDK (its default is 120 s).
 REQUEST_TIMEOUT_SECONDS = 60.0
 
 T = TypeVar("T")
-
-
-def run_label(run_id: str) -> str:
-    """The label that marks an instance as rgt's and names its run: `rgt:<run_id>`."""
-    return LABEL_PREFIX + run_id
 
 
 def api_key_from_environment() -> str:
@@ -285,7 +283,7 @@ class VastProvider:
         if not label.startswith(LABEL_PREFIX) or len(label) == len(LABEL_PREFIX):
             raise UsageError(
                 f"label {label!r} must be {LABEL_PREFIX}<run_id>: the label is how rgt finds "
-                "its instances again (use rgt.providers.vastai.run_label)"
+                "its instances again (use rgt.providers.base.run_label)"
             )
         if interruptible:
             if bid_per_hour is None or bid_per_hour <= 0:
