@@ -1254,10 +1254,44 @@ def _check_unchanged(local_dir: Path, ledger: Ledger | None) -> str | None:
         or record.get("manifest_sha256") != verification.manifest_sha256
     ):
         return f"{VERIFIED_NAME} does not record a passed verification of the recorded manifest"
-    manifest_sha = _sha256_file(local_dir / MANIFEST_NAME)
-    if manifest_sha != verification.manifest_sha256:
+    try:
+        manifest_bytes = (local_dir / MANIFEST_NAME).read_bytes()
+    except OSError:
+        return f"{MANIFEST_NAME} is missing or unreadable"
+    if hashlib.sha256(manifest_bytes).hexdigest() != verification.manifest_sha256:
         return f"{MANIFEST_NAME} changed since it was verified"
+    problem = _rows_cover_manifest(record, manifest_bytes)
+    if problem is not None:
+        return problem
     return _tree_change(local_dir, record)
+
+
+def _rows_cover_manifest(record: dict[str, Any], manifest_bytes: bytes) -> str | None:
+    """None when the record's verified rows are exactly the manifest's entries (path, size,
+    SHA-256), one for one; else what differs. A record of an empty or partial list, or one
+    whose digests are not the manifest's, is no verification of this pull, however it got
+    into the ledger."""
+    try:
+        manifest = json.loads(manifest_bytes)
+        entries = {(str(e["path"]), int(e["size"]), str(e["sha256"])) for e in manifest["files"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"{MANIFEST_NAME} is unreadable ({type(exc).__name__})"
+    rows = record.get("files")
+    if not isinstance(rows, list):
+        return f"{VERIFIED_NAME} has no file rows"
+    try:
+        verified = {(str(r["path"]), int(r["size"]), str(r["sha256"])) for r in rows}
+    except (KeyError, TypeError, ValueError):
+        return f"{VERIFIED_NAME}: a file row lacks its path, size or sha256"
+    if len(verified) != len(rows) or verified != entries:
+        missing = len(entries - verified)
+        extra = len(verified - entries)
+        return (
+            f"{VERIFIED_NAME} covers {len(entries & verified)} of the manifest's {len(entries)} "
+            f"file(s) exactly ({missing} missing or different, {extra} not in the manifest): a "
+            "verification of another or partial list is no verification of this pull"
+        )
+    return None
 
 
 def _sha256_file(path: Path) -> str | None:

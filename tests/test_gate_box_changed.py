@@ -25,7 +25,7 @@ from tests.ironlaw_fixtures import vast_profile
 
 pytestmark = pytest.mark.timeout(90)
 
-CASES = 11
+CASES = 13
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,35 @@ def test_a_stale_running_record_does_not_block_a_finished_tree(rental: Rental) -
     )
     assert decision.allowed, decision.explain()
     assert decision.evidence["job_status"]["stale"] is True
+
+
+@pytest.mark.parametrize("rows", ["none", "partial"])
+def test_a_verification_of_an_empty_or_partial_list_never_counts(rental: Rental, rows: str) -> None:
+    # As an agent with write access to the ledger did it (issue 15): the files were never
+    # verified, a PULL_VERIFIED.json with no (or some) rows is written, and a verification row
+    # with its exact SHA-256 is inserted. The gate checks the rows against the manifest.
+    import hashlib
+    import json
+
+    from rgt.pull import MANIFEST_NAME
+    from rgt.verify import VERIFIED_NAME
+
+    record_path = rental.local / VERIFIED_NAME
+    record = json.loads(record_path.read_text())
+    record["files"] = [] if rows == "none" else record["files"][:1]
+    for path in ("ckpt/blob.bin", "ckpt/model.safetensors", "metrics/metrics.json"):
+        if rows == "none" or path != record["files"][0]["path"]:
+            (rental.local / path).unlink()  # nothing to compare the snapshot with
+    forged = json.dumps(record).encode()
+    record_path.write_bytes(forged)
+    manifest_sha = hashlib.sha256((rental.local / MANIFEST_NAME).read_bytes()).hexdigest()
+    rental.ledger.record_verification(
+        rental.id,
+        local_dir=rental.local.resolve(),
+        manifest_sha256=manifest_sha,
+        run_id=rental.run_id,
+        record_sha256=hashlib.sha256(forged).hexdigest(),
+    )
+    message = rental.refused("local-files-changed")
+    expected = "covers 0 of the manifest's 3 file(s)" if rows == "none" else "covers 1 of"
+    assert expected in message
