@@ -37,29 +37,58 @@ def _listeners(port: int) -> list[str]:
     return found
 
 
-@pytest.fixture
-def http_server():
-    port = _free_port()
+def _start(port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "rgt", "mcp", "--http", "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    deadline = time.monotonic() + 20
+    while not _listeners(port):
+        assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "rgt mcp --http did not listen"
+        time.sleep(0.05)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> str:
+    """Stop the server; returns what it wrote on stderr."""
+    process.terminate()
     try:
-        deadline = time.monotonic() + 20
-        while not _listeners(port):
-            assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "rgt mcp --http did not listen"
-            time.sleep(0.05)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return process.stderr.read().decode()  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def http_server():
+    port = _free_port()
+    process = _start(port)
+    try:
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+def _token() -> str:
+    from rgt.mcp_server.httpauth import token_path
+
+    return token_path().read_text().strip()
+
+
+def _client(port: int, mode: str, token: str | None = None) -> Client:
+    """A real MCP client over streamable HTTP, sending `token` (the stored one by default)."""
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    headers = {"Authorization": f"Bearer {_token() if token is None else token}"}
+    transport = streamable_http_client(
+        f"http://127.0.0.1:{port}/mcp", http_client=create_mcp_http_client(headers=headers)
+    )
+    return Client(transport, mode=mode)
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -68,7 +97,7 @@ async def test_http_listens_on_loopback_only_and_serves_the_tools(
 ) -> None:
     # 127.0.0.1 in /proc/net/tcp is 0100007F; no wildcard (00000000 or ::) listener.
     assert _listeners(http_server) == ["0100007F"]
-    async with Client(f"http://127.0.0.1:{http_server}/mcp", mode=mode) as client:
+    async with _client(http_server, mode) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
         assert {"destroy", "poll", "launch", "copy", "verify"} <= names
         result = await client.call_tool("get_profile", {"name": "vastai"})
@@ -76,7 +105,7 @@ async def test_http_listens_on_loopback_only_and_serves_the_tools(
         assert "Iron Law" in (client.instructions or "")
 
 
-def _post_initialize(port: int, host: str) -> int:
+def _post_initialize(port: int, host: str, token: str | None = "stored") -> int:
     """The HTTP status of an MCP initialize request sent to 127.0.0.1:`port` with `host` as
     its Host header (what a browser sends after a DNS-rebinding attack)."""
     import http.client
@@ -104,6 +133,11 @@ def _post_initialize(port: int, host: str) -> int:
                 "Host": host,
                 "Content-Type": "application/json",
                 "Accept": "application/json, text/event-stream",
+                **(
+                    {}
+                    if token is None
+                    else {"Authorization": f"Bearer {_token() if token == 'stored' else token}"}
+                ),
             },
         )
         return connection.getresponse().status
@@ -117,3 +151,33 @@ def test_http_refuses_a_foreign_host_header(http_server: int) -> None:
     # or any page the user opens could call `launch` (which rents GPUs) through it.
     assert _post_initialize(http_server, f"127.0.0.1:{http_server}") == 200
     assert _post_initialize(http_server, f"attacker.example:{http_server}") == 421
+
+
+def test_every_request_needs_the_bearer_token_shown_once(isolated_user: Path) -> None:
+    # Any local process can reach 127.0.0.1: without the token (made at the first start, kept
+    # owner-only, printed that once) a request never reaches the MCP session.
+    from rgt.mcp_server.httpauth import token_path
+
+    port = _free_port()
+    first = _start(port)
+    try:
+        assert oct(token_path().stat().st_mode & 0o777) == "0o600"
+        host = f"127.0.0.1:{port}"
+        assert _post_initialize(port, host, token=None) == 401
+        assert _post_initialize(port, host, token="not-the-token") == 401
+        assert _post_initialize(port, host, token=_token()[:-1]) == 401
+        assert _post_initialize(port, host) == 200
+    finally:
+        shown = _stop(first)
+    assert _token() in shown
+    second = _start(port)
+    try:
+        assert _post_initialize(port, f"127.0.0.1:{port}") == 200
+    finally:
+        assert _token() not in _stop(second)  # shown once only
+
+
+async def test_a_client_with_a_wrong_token_gets_nothing(http_server: int) -> None:
+    with pytest.raises(Exception):  # noqa: B017 (the SDK's error type for a 401 varies by era)
+        async with _client(http_server, "auto", token="wrong") as client:
+            await client.list_tools()

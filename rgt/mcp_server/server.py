@@ -1018,9 +1018,25 @@ def build_server() -> MCPServer:
 
 
 def serve(*, http: bool = False, port: int = 8765) -> None:
-    """Run the server: stdio (default) or streamable HTTP bound to 127.0.0.1 only."""
+    """Run the server: stdio (default) or streamable HTTP bound to 127.0.0.1 only, where
+    every request must carry the bearer token (rgt.mcp_server.httpauth)."""
     server = build_server()
-    if http:
-        server.run("streamable-http", host="127.0.0.1", port=port)
-    else:
+    if not http:
         server.run()
+        return
+    import sys
+
+    import uvicorn
+
+    from rgt.mcp_server.httpauth import BearerTokenMiddleware, load_or_create_token, token_path
+
+    token, created = load_or_create_token()
+    if created:
+        # Shown this once, for the human's client configuration; kept owner-only on disk.
+        sys.stderr.write(
+            "rgt mcp --http: every request needs this bearer token (Authorization: Bearer "
+            f"<token>); it is shown once and kept in {token_path()} (mode 0600):\n{token}\n"
+        )
+        sys.stderr.flush()
+    app = BearerTokenMiddleware(server.streamable_http_app(host="127.0.0.1"), token)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
