@@ -57,11 +57,22 @@ def server_params(emulator: Any, stderr_to: Path | None = None) -> StdioServerPa
     )
 
 
+# The approval passphrase the scripted human knows: MCP destroy refuses until one is set.
+PASSPHRASE = "correct horse battery mcp"
+
+
+def configure_passphrase(passphrase: str = PASSPHRASE) -> None:
+    """Set the approval passphrase (cheap scrypt cost) as `rgt approval init` would."""
+    from rgt import approval
+
+    approval.store_passphrase(passphrase, n=2**10)
+
+
 class Human:
     """Answers the destroy prompt the way a person in the client UI would (scripted)."""
 
     def __init__(
-        self, action: str = "accept", typed: str | None = None, passphrase: str | None = None
+        self, action: str = "accept", typed: str | None = None, passphrase: str | None = PASSPHRASE
     ) -> None:
         self.action = action
         self.typed = typed
@@ -104,9 +115,19 @@ class Session:
 
 @asynccontextmanager
 async def connect(
-    emulator: Any, mode: str, human: Human | None = None, stderr_to: Path | None = None
+    emulator: Any,
+    mode: str,
+    human: Human | None = None,
+    stderr_to: Path | None = None,
+    *,
+    passphrase_set: bool = True,
 ) -> AsyncIterator[Session]:
-    """A real MCP client spawning `rgt mcp` (stdio) in protocol generation `mode`."""
+    """A real MCP client spawning `rgt mcp` (stdio) in protocol generation `mode`; the human's
+    approval passphrase is set first unless `passphrase_set` is False (or one already is)."""
+    from rgt import approval
+
+    if passphrase_set and not approval.is_configured():
+        configure_passphrase()
     async with Client(
         server_params(emulator, stderr_to),
         mode=mode,

@@ -346,7 +346,7 @@ async def test_mcp_discard_asks_the_human_with_the_passphrase(rental: Rental) ->
 
     _status(rental, "failed")
     human = _DiscardHuman(f"discard {rental.id}", "not the passphrase")
-    async with connect(rental.emulator, "auto", human) as session:  # type: ignore[arg-type]
+    async with connect(rental.emulator, "auto", human, passphrase_set=False) as session:  # type: ignore[arg-type]
         arguments = {"instance_id": rental.id, "reason": "failed-job"}
         # Logs not copied yet: refused before the human is asked.
         early = await session.data("discard", arguments)

@@ -28,8 +28,16 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a TCP port (1-65535)")
+    from rgt import approval
     from rgt.mcp_server import serve
 
+    if not approval.is_configured():
+        # Fail closed, and say so where the human starting the server sees it.
+        os.write(
+            2,
+            b"rgt mcp: no approval passphrase is set: destroy and discard refuse until a human "
+            b"runs `rgt approval init` in a terminal\n",
+        )
     if args.http:
         _check_port_free(args.port)
     else:

@@ -201,6 +201,7 @@ class DestroyResult(BaseModel):
     outcome: Literal[
         "destroyed",
         "missing-evidence",
+        "no-passphrase",
         "declined",
         "cancelled",
         "mismatch",
@@ -263,6 +264,27 @@ def _precheck(instance_id: str, can_ask: bool) -> DestroyResult | None:
                 ),
                 missing=[MissingEvidence(code=m.code, message=m.message) for m in missing],
             )
+        from rgt import approval
+
+        if not approval.is_configured():
+            return DestroyResult(
+                instance_id=instance_id,
+                destroyed=False,
+                outcome="no-passphrase",
+                message=(
+                    "destroy REFUSED, nothing was destroyed: all evidence is present, but no "
+                    "approval passphrase is set, and without one the prompt's answer could come "
+                    "from the agent's own client. The human runs `rgt approval init` in a "
+                    "terminal, then calls destroy again (or approves on the terminal: "
+                    f"`rgt destroy {instance_id}`)"
+                ),
+                missing=[
+                    MissingEvidence(
+                        code="no-passphrase",
+                        message="a human must set the approval passphrase: `rgt approval init`",
+                    )
+                ],
+            )
         if not can_ask:
             return DestroyResult(
                 instance_id=instance_id,
@@ -295,8 +317,6 @@ async def ask_human_to_confirm(
     instance_id: str, ctx: Context
 ) -> Elicit[ConfirmDestroy] | DestroyResult:
     """Resolver for destroy: refuse early when evidence is missing, else ask the human."""
-    from rgt import approval
-
     found = await _blocking(lambda: _precheck(instance_id, _client_can_elicit(ctx)))
     if found is not None:
         return found
@@ -305,13 +325,12 @@ async def ask_human_to_confirm(
         "against the manifest built on the box; destroy deletes the box and its disk and stops "
         f"the meter. Type the instance id ({instance_id}) to confirm"
     )
-    if approval.is_configured():
-        # The form's schema is the one asked at run time; the annotation names the base form.
-        form: type[ConfirmDestroy] = ConfirmDestroyWithPassphrase
-        message += ", and your approval passphrase."
-    else:
-        form = ConfirmDestroy
-        message += "."
+    # Always with the passphrase: the precheck refused when none is configured (typing the id
+    # back alone is an answer the agent's own client could give), and the answer is checked
+    # against it, which refuses again should it have been removed meanwhile.
+    message += ", and your approval passphrase."
+    # The form's schema is the one asked at run time; the annotation names the base form.
+    form: type[ConfirmDestroy] = ConfirmDestroyWithPassphrase
     return Elicit(message, form)
 
 
@@ -337,20 +356,16 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
 
     with _for_instance(instance_id) as (ledger, profile, provider):
         try:
-            if approval.is_configured():
-                # Checks the id and passphrase, rate-limits, records failures.
-                approval_id = approval.approve_with_passphrase(
-                    ledger,
-                    instance_id,
-                    typed_instance_id=answer.instance_id,
-                    passphrase=getattr(answer, "passphrase", ""),
-                    channel=APPROVAL_CHANNEL,
-                    ttl_seconds=APPROVAL_TTL_SECONDS,
-                )
-            else:
-                approval_id = ledger.record_approval(
-                    instance_id, APPROVAL_CHANNEL, APPROVAL_TTL_SECONDS
-                )
+            # Checks the id and passphrase (required: a refusal when none is set), rate-limits,
+            # records failures.
+            approval_id = approval.approve_with_passphrase(
+                ledger,
+                instance_id,
+                typed_instance_id=answer.instance_id,
+                passphrase=getattr(answer, "passphrase", ""),
+                channel=APPROVAL_CHANNEL,
+                ttl_seconds=APPROVAL_TTL_SECONDS,
+            )
         except Refused as exc:
             return _refused(instance_id, exc)
         try:
@@ -391,7 +406,8 @@ async def destroy(
 
     Runs the Teardown Iron Law gate. Missing evidence: nothing is destroyed and the result lists
     exactly what is missing. All evidence present: the human is asked, in the client, to type
-    the instance id back; only an exact match destroys."""
+    the instance id back and their approval passphrase; only an exact match destroys. Until the
+    human has set a passphrase (`rgt approval init` on a terminal) destroy always refuses."""
     instance_id = str(instance_id)
     if not isinstance(confirmation, AcceptedElicitation):
         action: Literal["declined", "cancelled"] = (
