@@ -180,18 +180,26 @@ def ensure_reachable(
     start_if_stopped: bool = False,
     wait_seconds: float = START_WAIT_SECONDS,
     poll_seconds: float = 2.0,
+    ledger: Ledger | None = None,
 ) -> Instance:
     """The instance, running. A stopped box is an error naming the remedy and the cost, unless
-    `start_if_stopped`, which starts it and waits (bounded) until it runs."""
+    `start_if_stopped`, which starts it (`rgt.lifecycle.start`, as `rgt start` does: recorded
+    in the ledger) and waits (bounded) until it runs. Starting cannot help an offline, preempted
+    or scheduling box: that stays an error, at once."""
     instance = provider.show(instance_id)
     if instance.state == "gone":
         raise ProviderError(f"instance {instance_id} is gone (destroyed); nothing to pull")
     if instance.state == "running":
         return instance
-    if instance.state in UNREACHABLE_STATES and not start_if_stopped:
-        raise ProviderError(unreachable_message(instance, profile))
     if instance.state in ("stopped", "exited") and start_if_stopped:
-        provider.start(instance_id)
+        if ledger is not None and profile is not None:
+            from rgt.lifecycle import start
+
+            start(instance_id, provider=provider, ledger=ledger, profile=profile)
+        else:
+            provider.start(instance_id)
+    elif instance.state in UNREACHABLE_STATES:
+        raise ProviderError(unreachable_message(instance, profile))
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         instance = provider.show(instance_id)
@@ -266,7 +274,11 @@ def _pull_locked(
     earlier = earlier_pull(local_dir)
     started = time.time()
     ensure_reachable(
-        instance_id, provider=provider, profile=profile, start_if_stopped=start_if_stopped
+        instance_id,
+        provider=provider,
+        profile=profile,
+        start_if_stopped=start_if_stopped,
+        ledger=ledger,
     )
 
     manifest_bytes = provider.read_remote_file(instance_id, manifest_remote_path(remote_root))

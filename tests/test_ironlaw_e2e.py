@@ -137,6 +137,8 @@ def test_stopped_box_start_copy_verify_destroy(rental: Rental) -> None:
     # The offered path works end to end.
     started = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local), "--start")
     assert started.returncode == 0, started.stderr
+    # --start is `rgt start`'s own path: the start is in the ledger (cost estimates use it).
+    assert ("starting", "started by rgt") in [e[1:] for e in rental.ledger.state_history(rental.id)]
     assert rgt("verify", str(rental.local)).returncode == 0
     from rgt.gate import destroy_with_gate
 
