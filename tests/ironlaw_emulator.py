@@ -10,11 +10,13 @@ instance from the variable the profile says carries its id.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +212,33 @@ class RentalPool:
             raise AssertionError(f"the rental pool has no {kind!r} instance left")
         instance_id, run_id = self._free[kind].pop(0)
         return Rental(self.emulator, tmp_path, instance_id=instance_id, run_id=run_id)
+
+
+@contextlib.contextmanager
+def emulator_pool(
+    tmp_path_factory: pytest.TempPathFactory, kinds: dict[str, int]
+) -> Iterator[RentalPool]:
+    """One emulator for a test module, with its rentals made up front (their boots overlap):
+    the body of a module-scoped `pool` fixture."""
+    from rgt.sim import Emulator
+    from tests.conftest import CANARY_API_KEY
+
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("pool-home")
+        patch.setenv("RGT_STATE_DIR", str(home / "state"))
+        patch.setenv("VAST_API_KEY", CANARY_API_KEY)
+        sim = Emulator(state_dir=tmp_path_factory.mktemp("sim"), api_key=CANARY_API_KEY)
+        sim.start()
+        try:
+            patch.setenv("VAST_URL", sim.url)
+            yield RentalPool(sim, kinds)
+        finally:
+            sim.stop()
+
+
+def use_pool(pool: RentalPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point this test (its own HOME/state, from conftest's isolated_user) at the pool's
+    emulator and its ssh key."""
+    monkeypatch.setenv("VAST_URL", pool.emulator.url)
+    if pool.emulator.client_key_path is not None:
+        monkeypatch.setenv("RGT_SSH_KEY", str(pool.emulator.client_key_path))

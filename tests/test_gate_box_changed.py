@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from rgt.gate import destroy_with_gate, may_destroy
-from tests.conftest import CANARY_API_KEY
-from tests.ironlaw_emulator import Rental, RentalPool, rgt
+from tests.ironlaw_emulator import Rental, RentalPool, emulator_pool, rgt, use_pool
 from tests.ironlaw_fixtures import vast_profile
 
 pytestmark = pytest.mark.timeout(90)
@@ -30,26 +29,13 @@ CASES = 13
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RentalPool]:
-    from rgt.sim import Emulator
-
-    with pytest.MonkeyPatch.context() as patch:
-        home = tmp_path_factory.mktemp("pool-home")
-        patch.setenv("RGT_STATE_DIR", str(home / "state"))
-        patch.setenv("VAST_API_KEY", CANARY_API_KEY)
-        sim = Emulator(state_dir=tmp_path_factory.mktemp("sim"), api_key=CANARY_API_KEY)
-        sim.start()
-        try:
-            patch.setenv("VAST_URL", sim.url)
-            yield RentalPool(sim, {"normal": CASES})
-        finally:
-            sim.stop()
+    with emulator_pool(tmp_path_factory, {"normal": CASES}) as rentals:
+        yield rentals
 
 
 @pytest.fixture
 def rental(pool: RentalPool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Rental]:
-    monkeypatch.setenv("VAST_URL", pool.emulator.url)
-    if pool.emulator.client_key_path is not None:
-        monkeypatch.setenv("RGT_SSH_KEY", str(pool.emulator.client_key_path))
+    use_pool(pool, monkeypatch)
     box = pool.take(tmp_path)
     box.pull()
     box.verify()

@@ -20,8 +20,7 @@ import pytest
 
 from rgt.errors import CheckFailed
 from rgt.pull import MANIFEST_NAME, pull_instance
-from tests.conftest import CANARY_API_KEY
-from tests.ironlaw_emulator import Rental, RentalPool
+from tests.ironlaw_emulator import Rental, RentalPool, emulator_pool, use_pool
 from tests.ironlaw_fixtures import forge_verified_record, tamper_verified_record
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,31 +32,13 @@ CASES = 17
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RentalPool]:
-    from rgt.sim import Emulator
-
-    with pytest.MonkeyPatch.context() as patch:
-        home = tmp_path_factory.mktemp("pool-home")
-        patch.setenv("RGT_STATE_DIR", str(home / "state"))
-        patch.setenv("VAST_API_KEY", CANARY_API_KEY)
-        sim = Emulator(state_dir=tmp_path_factory.mktemp("sim"), api_key=CANARY_API_KEY)
-        sim.start()
-        try:
-            patch.setenv("VAST_URL", sim.url)
-            yield RentalPool(sim, {"normal": CASES, "other-run": 1})
-        finally:
-            sim.stop()
-
-
-def _use(pool: RentalPool, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each test has its own HOME/state (conftest's isolated_user); point it at the pool's emulator.
-    monkeypatch.setenv("VAST_URL", pool.emulator.url)
-    if pool.emulator.client_key_path is not None:
-        monkeypatch.setenv("RGT_SSH_KEY", str(pool.emulator.client_key_path))
+    with emulator_pool(tmp_path_factory, {"normal": CASES, "other-run": 1}) as rentals:
+        yield rentals
 
 
 @pytest.fixture
 def rental(pool: RentalPool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Rental]:
-    _use(pool, monkeypatch)
+    use_pool(pool, monkeypatch)
     box = pool.take(tmp_path)
     yield box
     box.close()
@@ -143,7 +124,7 @@ def test_local_damage_before_verify(rental: Rental, damage: str) -> None:
 def test_wrong_run_id(pool: RentalPool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Rented for one run, but the manifest on the box is of another: pulled and verified
     # consistently, yet not the results this rental was for.
-    _use(pool, monkeypatch)
+    use_pool(pool, monkeypatch)
     box = pool.take(tmp_path, "other-run")
     try:
         box.pull()
