@@ -23,7 +23,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -122,8 +122,19 @@ def hash_passphrase(passphrase: str, *, n: int | None = None) -> PassphraseHash:
     )
 
 
-def store_passphrase(passphrase: str, *, n: int | None = None) -> Path:
-    """Validate and store the hash of a new passphrase (atomic write, mode 0600)."""
+# What `store_passphrase` is told the file held when the human's current passphrase was checked.
+NOT_CONFIGURED = b""
+
+
+def store_passphrase(
+    passphrase: str, *, n: int | None = None, replacing: bytes | None = None
+) -> Path:
+    """Validate and store the hash of a new passphrase (atomic write, mode 0600).
+
+    `replacing` is what approval.json held when the caller checked the human's right to set it
+    (`NOT_CONFIGURED` when there was none): if the file changed since, another process stored a
+    passphrase in between, and it is never overwritten (Refused). None skips that check (tests
+    and callers that checked nothing)."""
     if len(passphrase) < MIN_PASSPHRASE_CHARS:
         raise UsageError(
             f"approval passphrase: {len(passphrase)} characters; at least "
@@ -134,8 +145,37 @@ def store_passphrase(passphrase: str, *, n: int | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         os.chmod(target.parent, 0o700)
-    atomic_write_text(target, json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
+    with _approval_file_lock(target):
+        if replacing is not None and _current_bytes(target) != replacing:
+            raise Refused(
+                f"an approval passphrase was set while this one was being asked for ({target} "
+                "changed); nothing stored: run `rgt approval init` again (it asks for the "
+                "current passphrase)"
+            )
+        atomic_write_text(target, json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
     return target
+
+
+def _current_bytes(target: Path) -> bytes:
+    """approval.json's bytes, `NOT_CONFIGURED` when it does not exist."""
+    try:
+        return target.read_bytes()
+    except FileNotFoundError:
+        return NOT_CONFIGURED
+
+
+@contextlib.contextmanager
+def _approval_file_lock(target: Path) -> Iterator[None]:
+    """An flock beside approval.json: the compare-and-replace of two `approval init`s never
+    interleaves (released by the kernel even if the holder is killed)."""
+    import fcntl
+
+    fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def load_passphrase_hash() -> PassphraseHash:
@@ -400,18 +440,38 @@ def ledger_summary(ledger: Ledger, instance_id: str) -> str:
     return "\n".join(lines)
 
 
-def prompt_new_passphrase() -> str:
-    """Ask twice on the TTY for a new passphrase (and the old one when replacing)."""
+INIT_FAILURE_REASON = "approval init: wrong current passphrase"
+
+
+def prompt_new_passphrase(ledger: Ledger) -> tuple[str, bytes]:
+    """Ask twice on the TTY for a new passphrase, first for the current one when replacing.
+
+    A wrong current passphrase is a guess like a wrong answer to `rgt approve`: recorded in the
+    ledger and under the same backoff (one budget for both, on the TTY channel). Returns the new
+    passphrase and what approval.json held when the current one was checked, for
+    `store_passphrase(replacing=...)`."""
     try:
         tty = open_tty()
     except Refused as exc:
         raise Refused(f"{exc}; run `rgt approval init` yourself in a real terminal") from None
     with tty:
+        seen = _current_bytes(approval_path())
         try:
-            if is_configured():
+            if seen != NOT_CONFIGURED:
+                load_passphrase_hash()  # a broken file says how to start over, before any prompt
+                wait = wait_remaining(ledger)
+                if wait > 0:
+                    raise Refused(
+                        f"too many wrong approval answers; try again in {wait:.0f} s; the "
+                        "approval passphrase is unchanged"
+                    )
                 old = getpass.getpass("Current approval passphrase: ", stream=tty)
                 if not check_passphrase(old):
-                    raise Refused("wrong current passphrase; the approval passphrase is unchanged")
+                    ledger.record_approval_failure(None, TTY_CHANNEL, INIT_FAILURE_REASON)
+                    raise Refused(
+                        "wrong current passphrase; the approval passphrase is unchanged "
+                        "(the attempt is recorded)"
+                    )
             first = getpass.getpass(
                 f"New approval passphrase (at least {MIN_PASSPHRASE_CHARS} characters; "
                 "never tell it to an agent): ",
@@ -424,4 +484,4 @@ def prompt_new_passphrase() -> str:
             ) from None
         if first != second:
             raise UsageError("the two passphrases differ; nothing stored")
-        return first
+        return first, seen

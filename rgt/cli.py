@@ -78,6 +78,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rgt` console script; returns the process exit code."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    from rgt.keeper import enter_keeper_environment
+
+    # Run as a keeper (see rgt.keeper), rgt uses the keeper's directories whatever it inherited.
+    enter_keeper_environment()
     # `rgt COMMAND ...` imports only that command's module: every command pays for itself only
     # (rgt lint must start fast). Anything else (--help, a typo) gets the full parser.
     first = arguments[0] if arguments else None

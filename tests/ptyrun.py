@@ -16,15 +16,15 @@ import time
 class PtyProcess:
     """`python -m rgt ARGS` on a pty; `expect` output, `send` lines, `wait` for the exit code."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, command: list[str] | None = None
+    ) -> None:
+        # `command`: run this argv (e.g. rgt through sudo as another user) instead of rgt.
+        argv = command or [sys.executable, "-m", "rgt", *args]
         pid, fd = pty.fork()
         if pid == 0:  # child: the pty is our controlling terminal
             try:
-                os.execve(
-                    sys.executable,
-                    [sys.executable, "-m", "rgt", *args],
-                    dict(os.environ if env is None else env),
-                )
+                os.execvpe(argv[0], argv, dict(os.environ if env is None else env))
             finally:
                 os._exit(127)
         self.pid = pid

@@ -296,3 +296,47 @@ def test_a_refused_destroy_spends_the_approval_given_for_it(isolated_user: Path,
     )
     with Ledger.open() as ledger:
         assert ledger.usable_approval(box) is not None and ledger.usable_approval(box).id == fresh
+
+
+@pytest.mark.timeout(60)
+def test_a_wrong_current_passphrase_at_init_is_recorded_and_rate_limited(
+    isolated_user: Path,
+) -> None:
+    """`approval init`'s check of the current passphrase is a guess like `rgt approve`'s: every
+    wrong answer is in the ledger, and after the free ones init refuses before it asks (the
+    same backoff budget as `rgt approve`, so guesses cannot be spread over the two)."""
+    _configure()
+    before = approval.approval_path().read_bytes()
+    for attempt in range(approval.FREE_FAILURES):
+        change = PtyProcess("approval", "init")
+        change.expect("Current approval passphrase")
+        change.send(f"guess number {attempt}")
+        assert change.wait() == EXIT_REFUSED, change.text
+        assert "wrong current passphrase" in change.text
+    locked = PtyProcess("approval", "init")
+    assert locked.wait() == EXIT_REFUSED, locked.text
+    assert "try again in" in locked.text and "Current approval passphrase" not in locked.text
+    assert approval.approval_path().read_bytes() == before
+    with Ledger.open() as ledger:
+        reasons = [f["reason"] for f in ledger.approval_failures()]
+        assert reasons == ["approval init: wrong current passphrase"] * approval.FREE_FAILURES
+        # One budget: `rgt approve` is locked out by init's wrong answers too.
+        assert approval.wait_remaining(ledger) > 0
+
+
+@pytest.mark.timeout(60)
+def test_init_never_replaces_a_passphrase_stored_while_it_was_asking(
+    isolated_user: Path,
+) -> None:
+    """The first `approval init` does not silently overwrite a passphrase another process
+    stored between its check and its write: it refuses and the other hash stays."""
+    init = PtyProcess("approval", "init")
+    init.expect("New approval passphrase")
+    init.send(PASSPHRASE)
+    init.expect("Repeat it")
+    _configure()  # someone else (e.g. an agent) got there first
+    before = approval.approval_path().read_bytes()
+    init.send(PASSPHRASE)
+    assert init.wait() == EXIT_REFUSED, init.text
+    assert "was set while" in init.text
+    assert approval.approval_path().read_bytes() == before

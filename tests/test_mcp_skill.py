@@ -55,8 +55,14 @@ def test_example_mcp_json_registers_rgt_mcp_without_a_key() -> None:
 
     path = Path(__file__).resolve().parents[1] / "examples" / "mcp.json"
     servers = json.loads(path.read_text())["mcpServers"]
-    assert servers["rgt"]["command"] == "rgt" and servers["rgt"]["args"] == ["mcp"]
-    # The real key is taken from the user's environment, never written into the file.
-    assert servers["rgt"]["env"]["VAST_API_KEY"] == "${VAST_API_KEY}"
+    # Recommended: the server runs as the keeper through sudo, which holds the key itself.
+    assert servers["rgt"]["command"] == "sudo"
+    assert servers["rgt"]["args"][:3] == ["-n", "-u", "rgt-keeper"]
+    assert servers["rgt"]["args"][-1] == "mcp"
+    # No entry hands a real key through the client's (and so the agent's) environment: the
+    # same-user entry reads the vastai key file; only the emulator's made-up key is written.
+    assert "env" not in servers["rgt"] and "env" not in servers["rgt-same-user"]
+    assert "VAST_API_KEY" not in path.read_text().replace('"VAST_API_KEY": "sim-local-key"', "")
+    assert servers["rgt-emulator"]["env"]["VAST_URL"].startswith("http://127.0.0.1:")
     for server in servers.values():
-        assert server["args"][0] == "mcp"
+        assert server["args"][-1] == "mcp"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this checkout on a fresh Debian/Ubuntu machine: the system tools rgt drives (rsync,
-# OpenSSH client and server for the emulator's copy endpoint) and a virtualenv in .venv with
-# rgt installed editable. Idempotent: a second run installs nothing new.
+# OpenSSH client and server for the emulator's copy endpoint, sudo for keeper mode and its tests)
+# and a virtualenv in .venv with rgt installed editable. Idempotent: a second run installs nothing new.
 #   tools/setup.sh          runtime only
 #   tools/setup.sh test     plus the test extras (pytest, shellcheck, ruff, mypy) and torch (CPU)
 set -euo pipefail
@@ -12,6 +12,8 @@ missing=()
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# Keeper mode runs `rgt mcp` as another user through sudo (tests/test_keeper.py as root too).
+{ command -v sudo && [ -x /usr/sbin/visudo ]; } >/dev/null 2>&1 || missing+=(sudo)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -29,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
             return 0
         print("approval passphrase: NOT configured; run `rgt approval init` in a terminal")
         return 1
-    passphrase = approval.prompt_new_passphrase()
-    path = approval.store_passphrase(passphrase)
+    from rgt.ledger import Ledger
+
+    with Ledger.open() as ledger:
+        passphrase, seen = approval.prompt_new_passphrase(ledger)
+    path = approval.store_passphrase(passphrase, replacing=seen)
     print(f"approval passphrase stored as a salted scrypt hash in {path} (mode 0600)")
     return 0
