@@ -204,3 +204,20 @@ def writable_by_others(path: Path) -> str | None:
         if current.parent == current:
             return None
         current = current.parent
+
+
+def confine_to_results(local_dir: Path) -> None:
+    """Running as a keeper, a pull may only write under the keeper's results directory: the
+    folder is the agent's argument, and anywhere else the keeper can write (its ledger, its
+    approval hash, its key) must not receive files from a box. Raises UsageError otherwise."""
+    record = current_keeper()
+    if record is None:
+        return
+    results = record.results_dir.resolve()
+    if local_dir != results and results not in Path(local_dir).resolve().parents:
+        from rgt.errors import UsageError
+
+        raise UsageError(
+            f"LOCAL_DIR {local_dir}: in keeper mode results are pulled only under {results} "
+            f"(give e.g. {results}/<run_id>)"
+        )

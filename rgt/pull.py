@@ -246,6 +246,9 @@ def pull_instance(
     if isinstance(local_dir, str) and not local_dir.strip():
         raise UsageError(f"LOCAL_DIR {local_dir!r}: empty; {LOCAL_DIR_ALLOWED}")
     local_dir = Path(local_dir).resolve()
+    from rgt.keeper import confine_to_results
+
+    confine_to_results(local_dir)
     with folder_lock(local_dir, "pull"), instance_lock(instance_id, "pull"):
         return _pull_locked(
             instance_id,

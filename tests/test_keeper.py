@@ -276,8 +276,17 @@ async def test_the_agent_runs_rgt_mcp_as_the_keeper_without_a_key(
         cwd="/",
     )
     async with Client(params, mode="auto", read_timeout_seconds=60) as client:
-        data = await Session(client).data("search_offers", {"gpu": "RTX_4090", "disk_gb": 40})
+        session = Session(client)
+        data = await session.data("search_offers", {"gpu": "RTX_4090", "disk_gb": 40})
+        # The agent names the folder a copy writes to: only under the keeper's results dir.
+        escape = await session.call(
+            "copy",
+            {"instance_id": "1", "remote_root": "/workspace/results", "local_dir": "/tmp/esc"},
+        )
+        assert escape.is_error
+        assert "in keeper mode results are pulled only under" in escape.content[0].text  # type: ignore[union-attr]
     assert data["offers"]
+    assert not Path("/tmp/esc").exists()
     assert_no_canary(json.dumps(data))
 
 
