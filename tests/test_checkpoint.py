@@ -170,6 +170,7 @@ def test_writer_killed_mid_save_leaves_latest_good_checkpoint(tmp_path: Path) ->
     chance = random.Random(7)
     killed_mid_save = 0
     last_step = 0
+    unpruned = 1
     for _ in range(30):
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(folder), str(REPO)],
@@ -196,7 +197,11 @@ def test_writer_killed_mid_save_leaves_latest_good_checkpoint(tmp_path: Path) ->
         assert latest.step >= last_step
         assert latest.state["blob"] == random.Random(latest.step).randbytes(2 * 1024 * 1024)
         assert latest.state["tail"] == [latest.step] * 10
-        assert len(checkpoint.list_checkpoints(folder)) <= 4  # keep=3, plus one being pruned
+        # keep=3, plus one per writer killed between its save and its prune: each writer that
+        # saved once may have died before pruning; one that saved twice pruned after its first.
+        saved = latest.step - last_step
+        unpruned = 1 if saved >= 2 else unpruned + saved
+        assert len(checkpoint.list_checkpoints(folder)) <= 3 + unpruned
         last_step = latest.step
     assert last_step > 10, "the writers made too little progress to test anything"
     assert killed_mid_save >= 3, f"only {killed_mid_save} kills landed mid-save"

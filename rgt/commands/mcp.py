@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from rgt import approval
     from rgt.mcp_server import serve
 
+    if args.http:
+        _check_port_free(args.port)
+    else:
+        signal.signal(signal.SIGINT, _exit_interrupted)
     if not approval.is_configured():
         # Fail closed, and say so where the human starting the server sees it.
         os.write(
@@ -38,10 +42,6 @@ def run(args: argparse.Namespace) -> int:
             b"rgt mcp: no approval passphrase is set: destroy and discard refuse until a human "
             b"runs `rgt approval init` in a terminal\n",
         )
-    if args.http:
-        _check_port_free(args.port)
-    else:
-        signal.signal(signal.SIGINT, _exit_interrupted)
     serve(http=args.http, port=args.port)
     return 0
 
