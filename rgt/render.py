@@ -228,14 +228,6 @@ def manifest_source() -> str:
     )
 
 
-def has_provider(profile: Profile) -> bool:
-    """True when rgt drives the profile's platform through an API provider (rgt.providers'
-    registry): then rgt poll / pull / destroy apply; otherwise the human copies and stops."""
-    from rgt.providers import PLATFORMS
-
-    return profile.platform in PLATFORMS
-
-
 def _check_layout(profile: Profile, job: JobRequest) -> None:
     """Cross checks between profile and job that no schema can see."""
     data_dir = str(profile.overrides["data_dir"]).rstrip("/")
@@ -279,7 +271,7 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
     }
     if template in JOB_TEMPLATES:
         context["manifest_source"] = manifest_source()
-        context["has_provider"] = has_provider(profile)
+        context["has_provider"] = profile.has_provider
     if template in PRIMITIVE_TEMPLATES:
         context.update(_scheduler_context(profile, job))
     return context
