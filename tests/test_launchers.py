@@ -163,6 +163,35 @@ def test_the_slurm_batch_script_runs_the_example_job_to_a_verified_manifest(
     log = (box / "root/rgt/.rgt/example-run/onstart.log").read_text()
     assert "then stop the meter yourself: scancel" in log
     assert "rgt's gate" not in log and "rgt destroy" not in log
+    # ... and `rgt verify` does not send the person to `rgt approve 4242` (no such instance).
+    told = subprocess.run(
+        [*RGT, "verify", str(tmp_path / "pulled")], capture_output=True, text=True, timeout=60
+    )
+    assert told.returncode == 0, told.stderr
+    assert "rgt approve" not in told.stdout
+    assert "next: 4242 is not an instance rgt rented (not in the ledger)" in told.stdout
+
+
+def test_verify_names_rgt_approve_for_an_instance_rgt_rented(tmp_path: Path) -> None:
+    from rgt.ledger import Ledger
+
+    box = tmp_path / "box"
+    text = _render("vastai", "onstart", tmp_path)
+    result = subprocess.run(
+        ["bash", "-c", text],
+        env=_box_env(box, CONTAINER_ID="4243"),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with Ledger.open() as ledger:
+        ledger.record_instance("vastai", "4243", label="rgt:example-run", profile="vastai")
+    local = tmp_path / "pulled"
+    shutil.copytree(box / "workspace/results", local)
+    told = subprocess.run([*RGT, "verify", str(local)], capture_output=True, text=True, timeout=60)
+    assert told.returncode == 0, told.stderr
+    assert "next: rgt approve 4243" in told.stdout
 
 
 def test_the_kubernetes_entry_point_runs_the_example_job_to_a_verified_manifest(
