@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from rgt.profile import Profile
@@ -77,6 +77,8 @@ _CLOCK = re.compile(r"^~?(?P<n>\d+(?:\.\d+)?)(?P<unit>[mhd])$")
 _DURATION = re.compile(r"^~?(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)$")
 _HEADING = re.compile(r"^##\s+(?:(?P<number>\d+)\.\s+)?")
 _BULLET = re.compile(r"^\s*(?:[-*]|\d+\.)\s+")
+# A fence line (indented too: profiles fence code inside list items).
+_FENCE = re.compile(r"^[ \t]*(?P<marker>`{3,}|~{3,})(?P<info>.*)$")
 # A command module that needs the platform's provider calls this (rgt/commands/_platform.py).
 OPENS_PROVIDER = "open_platform("
 # "rgt's gate", "rgt terminates only through the Teardown Iron Law": the gate is a provider's.
@@ -267,15 +269,31 @@ def _names(block: str, variant: str, profile: Profile) -> bool:
     return any(re.search(rf"(?<![\w-]){re.escape(w)}", block, re.IGNORECASE) for w in words)
 
 
+def outside_fences(lines: Iterable[str]) -> Iterator[tuple[int, str, bool]]:
+    """(index, line, outside) for each line: `outside` is False inside a fenced code block and
+    on its fence lines. Fences are CommonMark's: three or more backticks or tildes, closed by
+    the same character at least as many times (a ``` line inside a ~~~ block is code)."""
+    fence = ""
+    for index, line in enumerate(lines):
+        match = _FENCE.match(line)
+        if fence:
+            closes = match and match["marker"][0] == fence[0] and not match["info"].strip()
+            if closes and match and len(match["marker"]) >= len(fence):
+                fence = ""
+            yield index, line, False
+        elif match:
+            fence = match["marker"]
+            yield index, line, False
+        else:
+            yield index, line, True
+
+
 def _section_text(profile: Profile, number: int) -> str:
     """Text of one numbered `## N.` section (outside code fences), '' when absent."""
     lines: list[str] = []
     inside = False
-    in_fence = False
-    for line in profile.body.splitlines():
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-        match = None if in_fence else _HEADING.match(line)
+    for _, line, outside in outside_fences(profile.body.splitlines()):
+        match = _HEADING.match(line) if outside else None
         if match:
             inside = match["number"] is not None and int(match["number"]) == number
             continue
