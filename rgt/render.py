@@ -19,9 +19,9 @@ Safety is structural, not a convention:
 
       yaml     a value as one YAML double-quoted scalar (JSON string syntax), for manifests
 
-* Values come only from the profile and the job request (plus rgt's own version, the
-  manifest builder's source and whether the platform has a provider, for the launchers that
-  share scripts/_job.sh.j2: onstart, run_one, run_queue).
+* Values come only from the profile and the job request (plus rgt's own version, whether
+  rgt has a provider for the platform, and the manifest builder's source for the launchers
+  that share scripts/_job.sh.j2: onstart, run_one, run_queue).
 
 Most templates render for every profile. Two belong to one detach primitive: `sbatch` (a Slurm
 batch script, `generic-ssh:slurm`) and `k8s_job` (a Kubernetes Job manifest, `scripts/*.yaml.j2`,
@@ -268,10 +268,10 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
         },
         "job": job.as_dict(),
         "env": {**dict(overrides.get("env", {})), **dict(job.env)},
+        "has_provider": profile.has_provider,
     }
     if template in JOB_TEMPLATES:
         context["manifest_source"] = manifest_source()
-        context["has_provider"] = profile.has_provider
     if template in PRIMITIVE_TEMPLATES:
         context.update(_scheduler_context(profile, job))
     return context

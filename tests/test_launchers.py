@@ -209,3 +209,29 @@ def test_the_kubernetes_entry_point_runs_the_example_job_to_a_verified_manifest(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     _assert_finished(box, "/workspace/rgt", tmp_path)
+
+
+def test_rendered_scripts_name_rgt_actions_only_where_rgt_has_a_provider() -> None:
+    """No rendered text sends the person to an rgt command their platform cannot run (the
+    provider commands exit 2 without a provider), nor to "rgt's gate"."""
+    import re
+
+    from rgt.consistency import provider_commands
+    from rgt.job import load_job
+    from rgt.profile import list_profiles
+    from rgt.render import render_template, template_names
+
+    promise = re.compile(
+        rf"\brgt(?:'s)?\s+(?:{'|'.join(provider_commands())})\b(?![-.]\w)|rgt's gate"
+    )
+    checked = 0
+    for profile in list_profiles():
+        for each in profile.all_variants():
+            for template in template_names(each):
+                text = render_template(each, template, load_job()).inner
+                found = promise.findall(text)
+                assert each.has_provider or not found, (each.name, template, found)
+                checked += 1
+    assert checked >= 40
+    vast = render_template(load_profile("vastai"), "pull", load_job()).inner
+    assert "rgt destroy" in vast  # where rgt has a provider, the script does name it
