@@ -11,6 +11,11 @@ misleads one of the two. These rules check the pairs that cost money or data whe
     clock-prose     every non-null clock (auto-release, scratch wipe, session limit) is stated in
                     section 4 or 5; a "released after N days" in the prose has a matching clock
     variant-doc     a family profile's prose names each of its variants
+    provider-command  a profile of a platform rgt has no provider for (not in rgt.providers'
+                    registry) never names an rgt command that needs one (`rgt sweep`, "rgt
+                    polls", "rgt's gate"...): those exit 2 there, so the sentence promises an
+                    action that does not exist. Which commands need a provider is read from the
+                    code: the command modules that open one (rgt.commands._platform).
 
 For a family profile each variant is checked against the bullets of the section that name it
 (`**LanRui — ...`) plus the family-wide bullets that name no variant; the base profile of a
@@ -20,8 +25,10 @@ are skipped at the base (each variant states them).
 
 from __future__ import annotations
 
+import functools
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from rgt.profile import Profile
@@ -70,6 +77,16 @@ _CLOCK = re.compile(r"^~?(?P<n>\d+(?:\.\d+)?)(?P<unit>[mhd])$")
 _DURATION = re.compile(r"^~?(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)$")
 _HEADING = re.compile(r"^##\s+(?:(?P<number>\d+)\.\s+)?")
 _BULLET = re.compile(r"^\s*(?:[-*]|\d+\.)\s+")
+# A fence line (indented too: profiles fence code inside list items).
+_FENCE = re.compile(r"^[ \t]*(?P<marker>`{3,}|~{3,})(?P<info>.*)$")
+# A command module that needs the platform's provider calls this (rgt/commands/_platform.py).
+OPENS_PROVIDER = "open_platform("
+# "rgt's gate", "rgt terminates only through the Teardown Iron Law": the gate is a provider's.
+_GATE_CLAIM = re.compile(
+    r"\brgt(?:'s)?\s+gate\b|\brgt\s+(?:\w+\s+){1,3}through\s+(?:the\s+)?(?:Teardown\s+)?"
+    r"(?:Iron\s+Law|gate)\b",
+    re.IGNORECASE,
+)
 
 
 def consistency_findings(profile: Profile, shown: str) -> list[Finding]:
@@ -79,6 +96,7 @@ def consistency_findings(profile: Profile, shown: str) -> list[Finding]:
     for each in profile.all_variants():
         checker = _Checker(profile, each, variants, shown)
         findings += checker.run()
+    findings += provider_command_findings(profile, shown)
     for name in variants:
         if not _names(profile.body, name, profile):
             findings.append(
@@ -251,15 +269,31 @@ def _names(block: str, variant: str, profile: Profile) -> bool:
     return any(re.search(rf"(?<![\w-]){re.escape(w)}", block, re.IGNORECASE) for w in words)
 
 
+def outside_fences(lines: Iterable[str]) -> Iterator[tuple[int, str, bool]]:
+    """(index, line, outside) for each line: `outside` is False inside a fenced code block and
+    on its fence lines. Fences are CommonMark's: three or more backticks or tildes, closed by
+    the same character at least as many times (a ``` line inside a ~~~ block is code)."""
+    fence = ""
+    for index, line in enumerate(lines):
+        match = _FENCE.match(line)
+        if fence:
+            closes = match and match["marker"][0] == fence[0] and not match["info"].strip()
+            if closes and match and len(match["marker"]) >= len(fence):
+                fence = ""
+            yield index, line, False
+        elif match:
+            fence = match["marker"]
+            yield index, line, False
+        else:
+            yield index, line, True
+
+
 def _section_text(profile: Profile, number: int) -> str:
     """Text of one numbered `## N.` section (outside code fences), '' when absent."""
     lines: list[str] = []
     inside = False
-    in_fence = False
-    for line in profile.body.splitlines():
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-        match = None if in_fence else _HEADING.match(line)
+    for _, line, outside in outside_fences(profile.body.splitlines()):
+        match = _HEADING.match(line) if outside else None
         if match:
             inside = match["number"] is not None and int(match["number"]) == number
             continue
@@ -318,3 +352,64 @@ def _clock_equals(value: str, number: float, unit: str) -> bool:
     return (
         bool(match) and match is not None and match["unit"] == unit and float(match["n"]) == number
     )
+
+
+@functools.lru_cache(maxsize=1)
+def provider_commands() -> tuple[str, ...]:
+    """The rgt commands that need the platform's provider: the command modules that open one.
+
+    Read from the code (a new provider command joins by itself), without importing the modules:
+    `rgt lint` must not pay for the commands' imports."""
+    import rgt.commands as package
+
+    names: set[str] = set()
+    for folder in package.__path__:
+        for entry in os.listdir(folder):
+            if not entry.endswith(".py") or entry.startswith("_"):
+                continue
+            with open(os.path.join(folder, entry), encoding="utf-8") as handle:
+                if OPENS_PROVIDER in handle.read():
+                    names.add(entry.removesuffix(".py").replace("_", "-"))
+    return tuple(sorted(names))
+
+
+def provider_command_findings(profile: Profile, shown: str) -> list[Finding]:
+    """Sentences of a profile whose platform has no provider that name an rgt action needing
+    one: `rgt CMD` / rgt's `CMD` (CMD a provider command), "rgt CMDs" as a verb, or a claim that
+    rgt gates the teardown. One finding per line."""
+    if profile.has_provider:
+        return []
+    from rgt.providers import PLATFORMS
+
+    commands = "|".join(re.escape(name) for name in provider_commands())
+    if not commands:  # pragma: no cover - rgt always has provider commands
+        return []
+    named = re.compile(rf"\brgt(?:'s)?\s+`?(?P<command>{commands})\b(?![-.]\w)", re.IGNORECASE)
+    verb = re.compile(rf"\brgt\s+(?P<command>{commands})e?s\b", re.IGNORECASE)
+    findings: list[Finding] = []
+    body = profile.body
+    starts = [0] + [m.end() for m in re.finditer(r"\n", body)]
+    reported: set[int] = set()
+    for pattern in (named, verb, _GATE_CLAIM):
+        for match in pattern.finditer(body):
+            offset = sum(1 for start in starts if start <= match.start()) - 1
+            line = profile.body_first_line + offset
+            if line in reported:
+                continue
+            reported.add(line)
+            what = match.groupdict().get("command")
+            said = " ".join(match[0].replace("`", "").split())
+            action = "the gate is a provider's"
+            if what:
+                action = f"`rgt {what.lower()}` needs a provider"
+            findings.append(
+                Finding(
+                    shown,
+                    line,
+                    "provider-command",
+                    f"{said!r}: {action}, and rgt has none for {profile.platform!r} "
+                    f"(providers: {', '.join(PLATFORMS)}); say what the person does instead "
+                    "(the platform's console or CLI, the rendered pull.sh, rgt verify)",
+                )
+            )
+    return sorted(findings, key=lambda finding: finding.line)

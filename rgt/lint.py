@@ -13,8 +13,13 @@ this module adds the checks that need the prose or other files:
     billing-prose, spot-prose, clock-prose, variant-doc
                     the danger facts (meter-stop verb, what stop still bills, spot grace, clocks)
                     agree with sections 4/5, per variant (rgt/consistency.py)
+    provider-command  no rgt command the platform cannot run is promised (rgt/consistency.py)
 
 A broken file (unreadable, binary, empty, no frontmatter, bad YAML) is a finding, never a crash.
+A frontmatter that fails its schema (or its YAML) does not hide the prose: sections, gotchas and
+links are still checked, so one pass reports every problem. Forms found in profiles written by
+others are accepted: a UTF-8 byte-order mark, `~~~` fences, a section title followed by a note in
+parentheses, gotchas as bold paragraphs, `$NAME` env-var references next to a key name.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rgt.bundle import bundle_root
-from rgt.consistency import consistency_findings
+from rgt.consistency import consistency_findings, outside_fences
 from rgt.profile import Profile, parse_profile
 from rgt.yamlsource import Finding
 
@@ -59,7 +64,9 @@ DETACH_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 _HEADING = re.compile(r"^##\s+(?:(?P<number>\d+)\.\s+)?(?P<title>.+?)\s*#*\s*$")
-_GOTCHA = re.compile(r"^\s*[-*]\s+\*\*(?P<id>[A-Z][A-Z0-9-]*?\d+)\b")
+# A gotcha starts a bullet or a paragraph in bold with its id: `- **VAST3 — ...**` or
+# `**VAST3 — ...**` (the id alone may be bold, or the id and its title).
+_GOTCHA = re.compile(r"^\s*(?:[-*]\s+)?\*\*(?P<id>[A-Z][A-Z0-9-]*?\d+)\b")
 _LINK = re.compile(r"(?<![\w/.-])(?P<target>(?:\.\./)?(?:references|scripts)/[A-Za-z0-9._/-]*\w)")
 _STAMP = re.compile(r"\bverified:?\s+\"?(?P<year>20\d\d)-(?P<month>0[1-9]|1[0-2])\b", re.I)
 
@@ -75,7 +82,8 @@ _SECRET_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "secret assigned inline",
         re.compile(
-            r"\b[A-Z0-9_]*(?:API_KEY|TOKEN|SECRET|PASSWORD|PASSWD)\b['\"]?\s*[:=]\s*['\"]?"
+            # Not after `$` or `${`: `curl -u $LAMBDA_API_KEY:` refers to the variable.
+            r"(?<![\w${])[A-Z0-9_]*(?:API_KEY|TOKEN|SECRET|PASSWORD|PASSWD)\b['\"]?\s*[:=]\s*['\"]?"
             r"(?![$<{])[A-Za-z0-9/+_.-]{12,}"
         ),
     ),
@@ -123,7 +131,31 @@ def lint_file(path: Path, options: LintOptions) -> list[Finding]:
         findings += _link_findings(profile, shown)
         findings += _detach_findings(profile, shown)
         findings += consistency_findings(profile, shown)
+    elif text is not None and not any(f.rule in ("read", "frontmatter") for f in findings):
+        # The frontmatter failed (schema, YAML): the prose is still checked, so one pass
+        # reports every problem. The rules that read the danger facts need a valid profile.
+        partial = _prose_only(path, text, shown)
+        if partial is not None:
+            findings += _section_findings(partial, shown)
+            findings += _link_findings(partial, shown)
     return sorted(set(findings), key=lambda f: (f.path, f.line, f.rule, f.message))
+
+
+def _prose_only(path: Path, text: str, shown: str) -> Profile | None:
+    """The profile's body (and whatever its frontmatter parsed to) when the frontmatter failed
+    validation; None when there is no body to check (no frontmatter, never closed)."""
+    from rgt.yamlsource import SourceError, parse_yaml, split_frontmatter
+
+    try:
+        front, body, body_first_line = split_frontmatter(text, path=shown)
+    except SourceError:
+        return None
+    try:
+        doc = parse_yaml(front, path=shown, first_line=2)
+        data = doc.data if isinstance(doc.data, dict) else {}
+    except SourceError:
+        doc, data = parse_yaml("{}", path=shown), {}
+    return Profile(path, dict(data), body, body_first_line, doc)
 
 
 def _safe_text(path: Path) -> str | None:
@@ -139,12 +171,8 @@ def _safe_text(path: Path) -> str | None:
 def _sections(profile: Profile) -> list[tuple[int, int | None, str]]:
     """(file line, number or None, title) of every `## ` heading outside code fences."""
     headings = []
-    in_fence = False
-    for offset, line in enumerate(profile.body.splitlines()):
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-            continue
-        match = None if in_fence else _HEADING.match(line)
+    for offset, line, outside in outside_fences(profile.body.splitlines()):
+        match = _HEADING.match(line) if outside else None
         if match:
             number = int(match["number"]) if match["number"] else None
             headings.append((profile.body_first_line + offset, number, match["title"]))
@@ -152,7 +180,12 @@ def _sections(profile: Profile) -> list[tuple[int, int | None, str]]:
 
 
 def _normal(title: str) -> str:
-    return re.sub(r"\s+", " ", title.replace("*", "").strip()).upper()
+    """The title as compared: emphasis marks and a trailing note dropped, spaces collapsed,
+    upper case. A note is text in parentheses after the title, emphasised or not
+    (`STORAGE MODEL *(survival matrix)*`, `TOP GOTCHAS (platform-pinned)`)."""
+    plain = re.sub(r"[*_]", "", title)
+    plain = re.sub(r"\s+\(.*\)\s*$", "", plain)
+    return re.sub(r"\s+", " ", plain.strip()).upper()
 
 
 def _section_findings(profile: Profile, shown: str) -> list[Finding]:
@@ -173,7 +206,8 @@ def _section_findings(profile: Profile, shown: str) -> list[Finding]:
                     shown,
                     line,
                     "sections",
-                    f"section {number} is titled {title!r}, expected {expected[number]!r}",
+                    f"section {number} is titled {title!r}, expected {expected[number]!r} "
+                    f"(a note in parentheses may follow: '{expected[number]} (...)')",
                 )
             )
         if seen and number <= seen[-1]:
@@ -223,7 +257,9 @@ def _section_lines(profile: Profile, number: int) -> Iterable[tuple[int, str]]:
 
 def _gotcha_findings(profile: Profile, shown: str) -> list[Finding]:
     findings = []
-    prefix = profile.gotcha_prefix
+    prefix = profile.frontmatter.get("gotcha_prefix")
+    if not isinstance(prefix, str) or not prefix:
+        return []  # the schema finding names the missing prefix; ids cannot be checked without
     first_seen: dict[str, int] = {}
     id_pattern = re.compile(rf"^{re.escape(prefix)}[1-9][0-9]*$")
     for line, text in _section_lines(profile, GOTCHA_SECTION):
@@ -258,7 +294,8 @@ def _gotcha_findings(profile: Profile, shown: str) -> list[Finding]:
                 shown,
                 heading[0],
                 "gotcha-id",
-                f"section 7 lists no gotchas (expected bullets like '- **{prefix}1 — ...**')",
+                f"section 7 lists no gotchas (expected bullets or paragraphs starting with "
+                f"'**{prefix}1 — ...**')",
             )
         )
     if first_seen:
@@ -297,16 +334,33 @@ def _link_findings(profile: Profile, shown: str) -> list[Finding]:
             if relative in reported:
                 continue
             reported.add(relative)
-            if not any((root / relative).exists() for root in roots):
+            problem = _link_problem(relative, roots)
+            if problem:
+                shown_target = target if len(target) <= 80 else target[:77] + "..."
                 findings.append(
                     Finding(
                         shown,
                         profile.body_first_line + offset,
                         "link",
-                        f"{target} does not exist",
+                        f"{shown_target} {problem}",
                     )
                 )
     return findings
+
+
+def _link_problem(relative: str, roots: Sequence[Path]) -> str | None:
+    """None when the link's target exists under one of `roots`; else what is wrong with it.
+    A name the filesystem cannot even look up (too long) is a finding, not a crash."""
+    errors: list[str] = []
+    for root in roots:
+        try:
+            if (root / relative).exists():
+                return None
+        except OSError as exc:
+            errors.append(exc.strerror or type(exc).__name__)
+    if errors:
+        return f"is not a usable path ({errors[0]}, {len(relative)} characters)"
+    return "does not exist"
 
 
 def _detach_findings(profile: Profile, shown: str) -> list[Finding]:

@@ -69,6 +69,14 @@ class Profile:
         return str(self.frontmatter["platform"])
 
     @property
+    def has_provider(self) -> bool:
+        """True when rgt drives this platform through an API provider (rgt.providers' registry):
+        only then do the provider commands (poll, pull, sweep, destroy...) work for it."""
+        from rgt.providers import PLATFORMS
+
+        return self.platform in PLATFORMS
+
+    @property
     def name(self) -> str:
         """`platform` or `platform:variant`, the name `load_profile` accepts back."""
         if self.variant:

@@ -19,8 +19,9 @@ Safety is structural, not a convention:
 
       yaml     a value as one YAML double-quoted scalar (JSON string syntax), for manifests
 
-* Values come only from the profile and the job request (plus rgt's own version and the
-  manifest builder's source for the boot hook).
+* Values come only from the profile and the job request (plus rgt's own version, whether
+  rgt has a provider for the platform, and the manifest builder's source for the launchers
+  that share scripts/_job.sh.j2: onstart, run_one, run_queue).
 
 Most templates render for every profile. Two belong to one detach primitive: `sbatch` (a Slurm
 batch script, `generic-ssh:slurm`) and `k8s_job` (a Kubernetes Job manifest, `scripts/*.yaml.j2`,
@@ -55,6 +56,9 @@ TEMPLATES = ("run_one", "run_queue", "onstart", "pull")
 # Templates tied to one detach primitive; every other template renders for every profile.
 PRIMITIVE_TEMPLATES: dict[str, str] = {"sbatch": "sbatch", "k8s_job": "k8s-job"}
 TEMPLATE_SUFFIXES = (".sh.j2", ".yaml.j2")
+# The launchers that include scripts/_job.sh.j2 (the job, its status record and its manifest);
+# sbatch and k8s_job run the rendered boot hook, so they carry it too.
+JOB_TEMPLATES = ("onstart", "run_one", "run_queue")
 K8S_SCHEMA = "k8s_job.schema.json"
 BOX_ROOT = '"${RGT_BOX_ROOT:-}"'
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -264,8 +268,9 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
         },
         "job": job.as_dict(),
         "env": {**dict(overrides.get("env", {})), **dict(job.env)},
+        "has_provider": profile.has_provider,
     }
-    if template == "onstart":
+    if template in JOB_TEMPLATES:
         context["manifest_source"] = manifest_source()
     if template in PRIMITIVE_TEMPLATES:
         context.update(_scheduler_context(profile, job))

@@ -159,7 +159,10 @@ def split_frontmatter(text: str, *, path: str) -> tuple[str, str, int]:
     """Split `---`-fenced frontmatter off a Markdown text.
 
     Returns (frontmatter, body, body_first_line); the frontmatter's line 1 is file line 2.
+    A UTF-8 byte-order mark before the opening `---` (some Windows editors write one) is
+    accepted: it is not part of the text.
     """
+    text = text.removeprefix("\ufeff")
     lines = text.splitlines(keepends=True)
     if not lines or not text.strip():
         raise SourceError([Finding(path, 1, "frontmatter", "empty file, expected a profile")])

@@ -78,6 +78,7 @@ def test_corpus_covers_the_defects_the_issue_lists() -> None:
         "platform-name",
         "variant",
         "gotcha-ref",
+        "provider-command",
     }
     assert len(CORPUS) >= 30
 

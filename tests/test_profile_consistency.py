@@ -204,3 +204,63 @@ def test_rgt_lint_runs_the_consistency_rules(tmp_path: Path) -> None:
     path = _mutant(tmp_path, "runpod", ('spot_grace: "~5s"', 'spot_grace: "~9s"'))
     findings = lint_file(path, LintOptions())
     assert [f.rule for f in findings if f.severity == "error"] == ["spot-prose"]
+
+
+# -- provider-command: a profile names only the rgt actions its platform has -------------------
+
+
+def test_provider_commands_are_read_from_the_code() -> None:
+    from rgt.consistency import provider_commands
+
+    commands = set(provider_commands())
+    assert {"poll", "pull", "sweep", "destroy", "launch", "stop", "approve"} <= commands
+    # Commands that work for every platform are not among them.
+    assert not commands & {"lint", "render", "verify", "cadence", "manifest", "demo", "sim"}
+
+
+@pytest.mark.parametrize("command", ["sweep", "poll"])
+def test_a_provider_command_does_exit_2_on_a_platform_without_a_provider(command: str) -> None:
+    """The premise of the rule: such a sentence names an action that does not exist."""
+    import subprocess
+    import sys
+
+    args = {"sweep": [], "poll": ["123"]}[command]
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", command, *args, "--platform", "runpod"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "has no provider" in result.stderr
+
+
+def test_the_old_runpod_promises_are_flagged(tmp_path: Path) -> None:
+    path = _mutant(
+        tmp_path,
+        "runpod",
+        ("Check the console's Pods list for stopped Pods.", "`rgt sweep` lists stopped Pods."),
+        (
+            "re-read the Pods list until it no longer shows the Pod (RP14).",
+            "rgt polls until the Pod no longer exists (RP14).",
+        ),
+    )
+    findings = [f for f in _findings(path) if f.rule == "provider-command"]
+    assert [f.message.split(":")[0] for f in findings] == ["'rgt sweep'", "'rgt polls'"]
+    assert all("rgt has none for 'runpod'" in f.message for f in findings)
+    # Each finding names the line the sentence is on.
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert "rgt sweep" in lines[findings[0].line - 1]
+    assert "rgt polls" in lines[findings[1].line - 1]
+
+
+def test_a_platform_with_a_provider_may_name_its_commands(tmp_path: Path) -> None:
+    path = _mutant(
+        tmp_path,
+        "vastai",
+        (
+            "## 5. TEARDOWN / BILLING\n",
+            "## 5. TEARDOWN / BILLING\n\n`rgt sweep` lists stopped instances; rgt polls them.\n",
+        ),
+    )
+    assert [f for f in _findings(path) if f.rule == "provider-command"] == []

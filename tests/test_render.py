@@ -201,6 +201,17 @@ def _run(script: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedP
     )
 
 
+def _status(data_dir: Path, run_id: str) -> dict[str, Any]:
+    """The job status record a launcher left under the profile's data_dir, checked by rgt's own
+    parser."""
+    from rgt.jobstatus import parse_status
+
+    data = (data_dir / ".rgt" / run_id / "status.json").read_bytes()
+    record = json.loads(data)
+    assert parse_status(data).to_json() == record
+    return dict(record)
+
+
 @pytest.mark.timeout(60)
 def test_run_one_resumes_prunes_scratch_and_copies_to_the_durable_dir(tmp_path: Path) -> None:
     box = tmp_path / "box"
@@ -227,7 +238,8 @@ def test_scratch_pruning_keeps_the_newest_checkpoint(tmp_path: Path) -> None:
     # vast.ai's scratch globs are latest.pt and periodic-*.pt; here they are the checkpoints too.
     command = (
         'for i in 1 2 3; do echo $i >"$RGT_CHECKPOINT_DIR/periodic-$i.pt"; sleep 0.02; done; '
-        'echo best >"$RGT_CHECKPOINT_DIR/best.pt"; touch -d @1 "$RGT_CHECKPOINT_DIR/best.pt"'
+        'echo best >"$RGT_CHECKPOINT_DIR/best.pt"; touch -d @1 "$RGT_CHECKPOINT_DIR/best.pt"; '
+        'mkdir -p "$RGT_RESULTS_ROOT/cell-a"'  # the roster dir the manifest needs
     )
     job = _job(command=command, checkpoint_glob="*.pt")
     script = _write(tmp_path, render_template(_profile("vastai"), "run_one", job), "run_one")
@@ -246,6 +258,10 @@ def test_run_one_exit_codes(tmp_path: Path) -> None:
     assert failed.returncode == 7
     assert "FAILED run r2 cell c: the job exited 7" in failed.stderr
     assert "DONE" not in failed.stdout
+    # The status record `rgt poll` reads, kept as the boot hook keeps it.
+    record = _status(Path(os.environ["HOME"]) / "rgt", "r2")
+    assert (record["outcome"], record["exit_code"], record["attempt"]) == ("failed", 7, 1)
+    assert "job says: it's r2" in record["log_tail"]
     # The durable copy fails (a file where a result dir must go): the success line depends on it.
     target = Path(os.environ["HOME"]) / "rgt/final/r2"
     target.mkdir(parents=True)
@@ -254,6 +270,9 @@ def test_run_one_exit_codes(tmp_path: Path) -> None:
     assert blocked.returncode == 2
     assert "the durable copy to" in blocked.stderr
     assert "DONE" not in blocked.stdout
+    record = _status(Path(os.environ["HOME"]) / "rgt", "r2")
+    assert (record["outcome"], record["exit_code"], record["attempt"]) == ("failed", 2, 2)
+    assert (box / "workspace/results/PULL_MANIFEST.json").is_file()
     bad_cell = _run(script, "../x", env=_box_env(box))
     assert bad_cell.returncode == 2
 
@@ -266,7 +285,7 @@ def test_run_one_secret_and_proxy_hook_failures_stop_the_job(tmp_path: Path) -> 
     script = _write(tmp_path, render_template(hooked, "run_one", job), "run_one")
     missing = _run(script, env=_box_env(box))
     assert missing.returncode == 1
-    assert "secret env var HF_TOKEN is not set" in missing.stderr
+    assert "missing secret env var(s): HF_TOKEN" in missing.stderr
     hook = _run(script, env=_box_env(box, HF_TOKEN=CANARY_API_KEY))
     assert hook.returncode == 1
     assert "the profile's proxy_hook failed" in hook.stderr
@@ -283,22 +302,40 @@ def test_run_queue_resumes_from_an_index_and_fails_when_a_cell_failed(tmp_path: 
     cells = tmp_path / "cells.txt"
     cells.write_text("# the ablation\na\n\nbad  # fails\nc\n")
     env = _box_env(box, FAIL_CELL="bad")
+    manifest = box / "workspace/results/PULL_MANIFEST.json"
     first = _run(queue, str(cells), env=env)
     assert first.returncode == 1
     assert "QUEUE DONE: 3 cells, 3 run, 1 failed" in first.stdout
     assert "[2] FAILED bad (exit 7); resume later with: run_queue.sh" in first.stderr
     done = box / "workspace/.rgt/q1/queue"
-    assert sorted(p.name for p in done.iterdir()) == ["a.done", "c.done"]
+    assert sorted(p.name for p in done.glob("*.done")) == ["a.done", "c.done"]
+    # One run: one status record for the queue, failed with the failed cell's last lines.
+    record = _status(box / "workspace", "q1")
+    assert (record["outcome"], record["attempt"], record["exit_code"]) == ("failed", 1, 1)
+    assert record["manifest"] is False and not manifest.exists()
+    assert any("job says: it's q1" in line for line in record["log_tail"])
     again = _run(queue, str(cells), "2", env=env)
     assert again.returncode == 1
     assert "QUEUE DONE: 3 cells, 1 run, 1 failed" in again.stdout
     assert "[3] c already done, skipping" in again.stdout
+    assert (_status(box / "workspace", "q1")["attempt"], manifest.exists()) == (2, False)
+    # Past the failed cell: nothing runs, and the queue is still not complete (bad is not done).
     past = _run(queue, str(cells), "3", env=env)
-    assert past.returncode == 0
+    assert past.returncode == 1
     assert "QUEUE DONE: 3 cells, 0 run, 0 failed" in past.stdout
+    assert "not done: bad" in past.stderr
+    assert _status(box / "workspace", "q1")["outcome"] == "failed" and not manifest.exists()
+    # The cell fixed: the queue completes, builds the manifest once and records success.
+    fixed = _run(queue, str(cells), env=_box_env(box))
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "QUEUE DONE: 3 cells, 1 run, 0 failed" in fixed.stdout
+    record = _status(box / "workspace", "q1")
+    assert (record["outcome"], record["attempt"], record["manifest"]) == ("succeeded", 4, True)
+    assert json.loads(manifest.read_text())["run_id"] == "q1"
     for bad_index in ("0", "x", "-1"):
         assert _run(queue, str(cells), bad_index, env=env).returncode == 2
     assert _run(queue, str(tmp_path / "missing.txt"), env=env).returncode == 2
+    assert _status(box / "workspace", "q1")["attempt"] == 4  # a usage error starts no attempt
 
 
 # --- onstart, for real: resume after a kill, the self-extracting form -----------------------

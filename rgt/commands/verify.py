@@ -80,6 +80,22 @@ def run(args: argparse.Namespace) -> int:
         f"({human_bytes(totals['bytes'] / seconds)}/s, {totals['files'] / seconds:,.0f} files/s); "
         "manifest sha256 "
         f"{record['manifest_sha256']}\ncheckpoints: {loads}\n"
-        f"recorded in the ledger; next: rgt approve {record['instance_id']}"
+        f"recorded in the ledger; next: {_next_step(record['instance_id'])}"
     )
     return EXIT_OK
+
+
+def _next_step(instance_id: str) -> str:
+    """`rgt approve ID` for an instance rgt rented (it is in the ledger); otherwise the meter-stop
+    is the person's own action on the platform (rgt has no provider that could do it)."""
+    from rgt.ledger import Ledger
+
+    with Ledger.open() as ledger:
+        known = any(each.instance_id == str(instance_id) for each in ledger.instances())
+    if known:
+        return f"rgt approve {instance_id}"
+    return (
+        f"{instance_id} is not an instance rgt rented (not in the ledger): stop its meter "
+        "yourself with the platform's meter-stop verb (its profile, section 5) once this copy is "
+        "safe"
+    )
