@@ -565,6 +565,9 @@ class JobReport:
     # copied to (a failed job), or why it could not be.
     logs_dir: str | None = None
     logs_error: str | None = None
+    # The reference entry the log tail or exit code points at (rgt.diagnose), e.g.
+    # "TRAIN-OOM3 (references/train-oom.md): exit code 137 (...)"; None when nothing matched.
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -834,17 +837,21 @@ def job_report(
             f"unknown: the status record is of run {status.run_id!r}, not of this box's run "
             f"{run_id!r}",
         )
+    from rgt.diagnose import diagnose
     from rgt.providers.redact import Redactor
 
     redactor = Redactor()  # credential-shaped text a job printed stays out of reports
     step = _checkpoint_step(status.last_checkpoint)
+    tail = [redactor.text(line) for line in status.log_tail]
+    diagnosis = diagnose(tail, status.exit_code)
     common: dict[str, Any] = {
         "attempt": status.attempt,
         "exit_code": status.exit_code,
         "last_checkpoint": status.last_checkpoint,
         "checkpoint_step": step,
         "heartbeat_age_seconds": round(max(0.0, status.heartbeat_age(now)), 1),
-        "log_tail": [redactor.text(line) for line in status.log_tail],
+        "log_tail": tail,
+        "reference": diagnosis.text() if diagnosis is not None else None,
     }
     where = f"attempt {status.attempt}"
     if status.last_checkpoint:
@@ -915,7 +922,30 @@ def job_next_action(
     profile: Profile,
 ) -> str | None:
     """What to do next given the job's outcome; None where the instance's state says it
-    better (the box is not running, so its record was not read)."""
+    better (the box is not running, so its record was not read). When the job's log tail or
+    exit code matches a known pattern, the action ends by naming its reference."""
+    action = _job_next_action(
+        job,
+        instance_id=instance_id,
+        run_id=run_id,
+        results_root=results_root,
+        bills=bills,
+        profile=profile,
+    )
+    if action is not None and job.reference is not None:
+        action += f". The job's log points at {job.reference}: read that reference first"
+    return action
+
+
+def _job_next_action(
+    job: JobReport,
+    *,
+    instance_id: str,
+    run_id: str,
+    results_root: str | None,
+    bills: Sequence[str],
+    profile: Profile,
+) -> str | None:
     from rgt.paths import run_dir
 
     meter_stop = profile.meter_stop_verb or "destroy"

@@ -8,6 +8,10 @@ this module adds the checks that need the prose or other files:
     gotcha-ref      every gotcha id the prose mentions (VAST7) is defined in section 7 (warning)
     link            references/... and scripts/... mentioned in the profile exist
     secret          nothing that looks like an API key, token or private key
+    reference-id    every reference id the profile names (UNIV7, TRAIN-OOM1) is defined in
+                    references/*.md; with the bundle (`rgt lint` without paths) also the ids
+                    SKILL.md, the templates, the references and rgt's code name
+    reference-form  (bundle) each reference entry reads Symptom → Causes → Check → Fix
     detach          overrides.detach names detach_primitive (base and every variant)
     stale-verified  `verified YYYY-MM` stamps older than N months (warning)
     billing-prose, spot-prose, clock-prose, variant-doc
@@ -126,6 +130,7 @@ def lint_file(path: Path, options: LintOptions) -> list[Finding]:
     if text is not None:
         findings += _secret_findings(text, shown)
         findings += _stale_findings(text, shown, options)
+        findings += _reference_id_findings(text, shown)
     if profile is not None:
         findings += _section_findings(profile, shown)
         findings += _link_findings(profile, shown)
@@ -156,6 +161,21 @@ def _prose_only(path: Path, text: str, shown: str) -> Profile | None:
     except SourceError:
         doc, data = parse_yaml("{}", path=shown), {}
     return Profile(path, dict(data), body, body_first_line, doc)
+
+
+def reference_findings() -> list[Finding]:
+    """The bundle's references: each entry's form, and every id named anywhere in the bundle
+    (references, profiles, SKILL.md, templates, rgt's code) defined (rgt.references)."""
+    from rgt.references import bundle_reference_findings
+
+    return bundle_reference_findings()
+
+
+def _reference_id_findings(text: str, shown: str) -> list[Finding]:
+    """Reference ids a profile names exist in the bundle's references/*.md."""
+    from rgt.references import bundle_catalog, mention_findings
+
+    return mention_findings(text, shown, bundle_catalog())
 
 
 def _safe_text(path: Path) -> str | None:

@@ -180,7 +180,10 @@ def test_scheduler_templates_belong_to_their_detach_primitive() -> None:
     assert {"sbatch", "k8s_job"} <= set(template_files())
     assert template_files()["k8s_job"] == "k8s_job.yaml.j2"
     generic = set(template_names())
-    assert generic == {"run_one", "run_queue", "onstart", "pull"}
+    assert generic == {
+        *("run_one", "run_queue", "onstart", "pull"),
+        *("gpu_health", "mem_monitor", "reap_gpu_zombies"),  # on-box helpers
+    }
     assert set(template_names(load_profile("generic-ssh:slurm"))) == generic | {"sbatch"}
     assert set(template_names(load_profile("generic-ssh:kubernetes"))) == generic | {"k8s_job"}
     for profile in list_profiles():
@@ -411,7 +414,7 @@ def test_k8s_entry_point_forwards_sigterm_and_the_next_pod_resumes(tmp_path: Pat
 REFERENCES = Path(__file__).resolve().parents[1] / "references"
 
 
-def test_universal_gotchas_have_unique_ids_and_symptom_cause_fix() -> None:
+def test_universal_gotchas_have_unique_ids_and_symptom_causes_check_fix() -> None:
     text = (REFERENCES / "gotchas-universal.md").read_text(encoding="utf-8")
     entries = re.split(r"^### ", text, flags=re.M)[1:]
     ids = [re.match(r"(UNIV\d+) — ", entry) for entry in entries]
@@ -419,7 +422,7 @@ def test_universal_gotchas_have_unique_ids_and_symptom_cause_fix() -> None:
     numbers = [int(m.group(1)[4:]) for m in ids if m]
     assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 20
     for entry in entries:
-        for part in ("**Symptom:**", "**Root cause:**", "**Fix:**"):
+        for part in ("**Symptom:**", "**Causes:**", "**Check:**", "**Fix:**"):
             assert part in entry, (entry.splitlines()[0], part)
 
 

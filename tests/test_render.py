@@ -71,7 +71,10 @@ def _preamble_sets_strict_mode(text: str) -> bool:
 
 
 def test_matrix_covers_every_template_and_profile() -> None:
-    assert set(template_names()) == {"run_one", "run_queue", "onstart", "pull"}
+    assert set(template_names()) == {
+        *("run_one", "run_queue", "onstart", "pull"),
+        *("gpu_health", "mem_monitor", "reap_gpu_zombies"),  # on-box helpers (issue 19)
+    }
     names = {p.name for p in list_profiles()}
     assert names >= {"vastai", "local", "generic-ssh"}
     ids = {param.id for param in MATRIX}
@@ -138,7 +141,10 @@ def test_strict_undefined() -> None:
 
 
 def test_unknown_template_and_bad_layout_are_usage_errors() -> None:
-    with pytest.raises(UsageError, match="unknown template 'deploy'; templates: onstart, pull"):
+    with pytest.raises(
+        UsageError,
+        match="unknown template 'deploy'; templates: gpu_health, mem_monitor, onstart, pull",
+    ):
         render_template(_profile("vastai"), "deploy", _job())
     with pytest.raises(UsageError, match="results_root '/workspace' contains the profile's"):
         render_template(_profile("vastai"), "run_one", _job(results_root="/workspace"))

@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 ORDER = 10  # position in `rgt --help` (see rgt.cli.command_modules)
-HELP = "check platform profiles: schema, sections, gotcha ids, links, secrets, staleness"
+HELP = (
+    "check platform profiles (schema, sections, gotcha ids, links, secrets, staleness) and the "
+    "references (form, ids)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from rgt.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
-    from rgt.lint import LintOptions, expand_paths, lint_paths
+    from rgt.lint import LintOptions, expand_paths, lint_paths, reference_findings
     from rgt.profile import profiles_dir
 
     paths: list[Path] = []
@@ -88,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise UsageError(f"no profiles (*.md) in {', '.join(str(p) for p in paths)}")
     findings = lint_paths(files, LintOptions(max_age_months=args.max_age_months))
+    if not args.paths:  # the whole bundle: its references and every id that names one too
+        findings += reference_findings()
     errors = sum(f.severity == "error" for f in findings)
     if args.format == "json":
         report = {

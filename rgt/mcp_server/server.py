@@ -27,6 +27,7 @@ from mcp.server.mcpserver import (
     Resolve,
 )
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resources import FileResource, Resource
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -869,12 +870,18 @@ async def logs(
     tail: Annotated[int, Field(ge=1, le=2000, description="how many last lines")] = 200,
 ) -> dict[str, Any]:
     """The container's last log lines: the first stop for a box stuck loading or a failing
-    boot hook (the platform prepares them; secrets are redacted)."""
+    boot hook (the platform prepares them; secrets are redacted). `reference` names the
+    reference entry a known pattern in them points at (an OOM, an NCCL timeout, a NaN loss;
+    read it as the MCP resource rgt://references/<file>), else null."""
+    from rgt.diagnose import diagnose
 
     def work() -> dict[str, Any]:
         with _for_instance(instance_id) as (_, _, provider):
             text = provider.logs(instance_id, tail=tail)
-        return {"instance_id": instance_id, "lines": text.splitlines()[-tail:]}
+        lines = text.splitlines()[-tail:]
+        diagnosis = diagnose(lines)
+        reference = diagnosis.text() if diagnosis is not None else None
+        return {"instance_id": instance_id, "lines": lines, "reference": reference}
 
     return await _blocking(work)
 
@@ -1029,8 +1036,36 @@ def build_server() -> MCPServer:
         instructions=INSTRUCTIONS,
         version=__version__,
         tools=tools,
+        resources=reference_resources(),
         log_level="WARNING",
     )
+
+
+REFERENCE_URI = "rgt://references/{name}"
+
+
+def reference_resources() -> list[Resource]:
+    """The bundled references (references/*.md) as read-only resources, one per file, so an
+    agent can read the entry that SKILL.md, poll's next_action or logs names."""
+    from rgt.references import load_catalog, references_dir
+
+    entries, _ = load_catalog()
+    resources: list[Resource] = []
+    for path in sorted(references_dir().glob("*.md")):
+        ids = [e.id for e in entries.values() if e.file == f"references/{path.name}"]
+        title = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
+        listed = f" Entries: {ids[0]}…{ids[-1]}." if ids else ""
+        resources.append(
+            FileResource(
+                uri=REFERENCE_URI.format(name=path.name),
+                name=path.stem,
+                title=title,
+                description=f"rgt reference: {title}.{listed}",
+                mime_type="text/markdown",
+                path=path,
+            )
+        )
+    return resources
 
 
 def serve(*, http: bool = False, port: int = 8765) -> None:
