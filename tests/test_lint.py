@@ -20,6 +20,8 @@ import pytest
 from rgt.bundle import bundle_root
 from rgt.lint import GOTCHA_REF_SEVERITY, LintOptions, lint_paths
 from rgt.profile import bundled_profile_paths
+from rgt.yamlsource import MAX_DOCUMENT_BYTES
+from tests.hostile_inputs import REFUSALS, hostile_file, run_rgt_bounded
 
 BAD_PROFILES = Path(__file__).parent / "data" / "bad_profiles"
 CORPUS = sorted(BAD_PROFILES.glob("*.md"))
@@ -179,6 +181,28 @@ def test_folder_without_profiles_is_a_usage_error(tmp_path: Path) -> None:
     result = _rgt("lint", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"rgt lint: error: no profiles (*.md) in {tmp_path}"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "oversized"])
+def test_a_path_that_is_not_a_small_regular_file_is_a_finding_read_no_further(
+    tmp_path: Path, kind: str
+) -> None:
+    # Issue #18 item 6: `rgt lint /dev/zero` grew to 8.6 GB; a FIFO blocked lint forever.
+    path = hostile_file(kind, tmp_path, size=MAX_DOCUMENT_BYTES + 1)
+    result = run_rgt_bounded("lint", str(path))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith(f"{path}:1: read: "), result.stdout
+    assert REFUSALS[kind] in result.stdout and result.stdout.count("\n") == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_among_a_folders_profiles_does_not_block_lint(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.md")
+    result = run_rgt_bounded("lint", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout == f"{tmp_path / 'pipe.md'}:1: read: {REFUSALS['fifo']}\n"
 
 
 def test_bundled_profiles_are_clean() -> None:
