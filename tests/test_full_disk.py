@@ -99,3 +99,41 @@ def test_verify_whose_record_cannot_be_written_names_it_and_exits_2(
         rental.assert_alive()
     finally:
         rental.close()
+
+
+@pytest.mark.timeout(60)
+def test_rgt_manifest_on_a_full_disk_names_the_manifest_and_exits_2(
+    tmp_path: Path, disk: Callable[[int], Path]
+) -> None:
+    root = disk(64) / "results"
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "loss.json").write_text('{"loss": 0.25}\n')
+    roster = tmp_path / "roster.txt"
+    roster.write_text("metrics\n")
+    fill(root.parent)
+    result = rgt("manifest", str(root), "--run-id", "r1", "--roster", str(roster))
+    _assert_one_line(result, 2, f"{root / MANIFEST_NAME}: no space left on device", "rgt manifest")
+    assert sorted(p.name for p in root.iterdir()) == ["metrics"]  # no temp file left
+
+
+def test_a_full_disk_no_command_names_is_still_exit_2_not_an_internal_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CLI's safety net for a write site that does not name its file: the error mapping
+    # alone (a command stubbed to fail as a write to a full disk fails; no disk can be made to
+    # fail at an arbitrary write).
+    import errno
+
+    import rgt.commands.ledger as command
+    from rgt.cli import main
+
+    def full(_args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(command, "run", full)
+    assert main(["ledger"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "rgt ledger: error: no space left on device (a local disk or your quota is full); "
+        "make room, then run the command again\n"
+    )
