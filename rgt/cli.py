@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from rgt import __version__
-from rgt.errors import EXIT_USAGE, RgtError
+from rgt.errors import EXIT_USAGE, RgtError, is_disk_full
 
 
 def command_names() -> list[str]:
@@ -100,12 +100,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # a bug in rgt: one line by default, the traceback on request
-        if os.environ.get("RGT_DEBUG"):
-            raise
+    except OSError as exc:
+        if not is_disk_full(exc):
+            return _internal_error(args.command, exc)
+        # The user's environment, not a bug (exit 2 as documented); commands that know which
+        # file they were writing say so themselves (rgt.errors.LocalDiskFull).
+        where = f" writing {exc.filename}" if exc.filename else ""
         print(
-            f"rgt {args.command}: internal error: {type(exc).__name__}: {exc} "
-            "(set RGT_DEBUG=1 for a traceback; please report it)",
+            f"rgt {args.command}: error: no space left on device{where} (a local disk or your "
+            "quota is full); make room, then run the command again",
             file=sys.stderr,
         )
-        return EXIT_INTERNAL
+        return EXIT_USAGE
+    except Exception as exc:  # a bug in rgt: one line by default, the traceback on request
+        return _internal_error(args.command, exc)
+
+
+def _internal_error(command: str, exc: Exception) -> int:
+    """A bug in rgt: one line by default, the traceback with RGT_DEBUG=1."""
+    if os.environ.get("RGT_DEBUG"):
+        raise exc
+    print(
+        f"rgt {command}: internal error: {type(exc).__name__}: {exc} "
+        "(set RGT_DEBUG=1 for a traceback; please report it)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL

@@ -10,9 +10,14 @@ Exit codes (documented in the README):
     3  provider or network error (vast.ai API, ssh, rsync)
     4  refused by the Teardown Iron Law: evidence missing, approval absent or wrong
     5  `rgt poll --until done`: the timeout passed before the job finished
+
+A full local disk is a usage error (2), like a LOCAL_DIR that cannot hold the copy: the user's
+environment, not a bug in rgt and not the provider's failure.
 """
 
 from __future__ import annotations
+
+import errno
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -60,3 +65,17 @@ class Refused(RgtError):
     """The Iron Law refused an irreversible action; the message lists the missing evidence."""
 
     exit_code = EXIT_REFUSED
+
+
+class LocalDiskFull(UsageError):
+    """A local disk or quota is full (ENOSPC, EDQUOT): the message names the path, says "no space
+    left" and what to do. Retrying cannot help, so nothing retries it."""
+
+
+# "No space left on device" and "Disk quota exceeded": one remedy, make room.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError saying the disk or the user's quota is full."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS

@@ -37,8 +37,9 @@ from typing import Any
 
 from rgt.bundle import bundle_root
 from rgt.consistency import consistency_findings, outside_fences
+from rgt.inputfile import InputFileError, read_input_file
 from rgt.profile import Profile, parse_profile
-from rgt.yamlsource import Finding
+from rgt.yamlsource import MAX_DOCUMENT_BYTES, Finding
 
 SECTION_TITLES = (
     "LAUNCH",
@@ -179,9 +180,10 @@ def _reference_id_findings(text: str, shown: str) -> list[Finding]:
 
 
 def _safe_text(path: Path) -> str | None:
+    # Bounded like the frontmatter's read (rgt.yamlsource.read_text reports why it refused).
     try:
-        raw = path.read_bytes()
-    except OSError:
+        raw = read_input_file(path, max_bytes=MAX_DOCUMENT_BYTES)
+    except InputFileError:
         return None
     if b"\x00" in raw:
         return None

@@ -50,6 +50,9 @@ from typing import Any, Dict, Tuple  # noqa: UP035 (aliases below run on python 
 SCHEMA = "rgt.pull-manifest/v1"
 BUILDER_VERSION = "1"
 MANIFEST_NAME = "PULL_MANIFEST.json"
+# The largest manifest rgt reads (off the box, or pulled): about 500,000 files at ~120 bytes an
+# entry. A bigger one is refused by its size before it is parsed.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 DEFAULT_INSTANCE_ID_ENV = "CONTAINER_ID"
 IN_FLIGHT_SUFFIX = ".tmp"
 EXIT_OK = 0

@@ -25,7 +25,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rgt.atomic import atomic_write_bytes, atomic_write_text
-from rgt.errors import CheckFailed, ProviderError, Refused, UsageError
+from rgt.errors import (
+    CheckFailed,
+    LocalDiskFull,
+    ProviderError,
+    Refused,
+    UsageError,
+    is_disk_full,
+)
 from rgt.ledger import Ledger
 from rgt.locks import folder_lock, instance_lock
 from rgt.providers.base import CopyProgress, Instance, Provider
@@ -114,9 +121,23 @@ def reach_remedy(state: str) -> str:
 
 def parse_manifest(data: bytes, *, instance_id: str) -> dict[str, Any]:
     """Parse the on-box manifest and check what the pull relies on: it names this instance,
-    and its roster entries are plain top-level names (no traversal)."""
+    its roster entries are plain top-level names (no traversal), and every file has a path
+    inside the roster and a size in whole bytes. Anything else is a CheckFailed naming the
+    field, never a crash: the box's content is not rgt's to trust."""
+    from rgt.inputfile import size_text
+    from rgt.manifest import MAX_MANIFEST_BYTES, name_problem, path_problem
+
+    if len(data) > MAX_MANIFEST_BYTES:  # a provider that does not stream-cap its reads
+        raise CheckFailed(
+            f"{MANIFEST_NAME} on the box is {len(data):,} bytes, larger than rgt reads "
+            f"({size_text(MAX_MANIFEST_BYTES)} at most)"
+        )
     try:
         manifest = json.loads(data)
+    except RecursionError:  # json's C scanner recurses once per level: 100,000 '[' end here
+        raise CheckFailed(
+            f"{MANIFEST_NAME} on the box is not JSON (nested too deeply to parse)"
+        ) from None
     except ValueError as exc:
         raise CheckFailed(f"{MANIFEST_NAME} on the box is not JSON ({exc})") from None
     if not isinstance(manifest, dict):
@@ -131,12 +152,13 @@ def parse_manifest(data: bytes, *, instance_id: str) -> dict[str, Any]:
         raise Refused(
             f"{MANIFEST_NAME} on the box belongs to instance {owner!r}, not {instance_id!r}"
         )
+    run_id = manifest.get("run_id")
+    if run_id is not None and not isinstance(run_id, str):
+        raise CheckFailed(f"{MANIFEST_NAME} on the box: field run_id {run_id!r} must be a string")
     roster = manifest.get("roster")
     if not isinstance(roster, list) or not roster:
         raise CheckFailed(f"{MANIFEST_NAME} on the box: field roster must be a non-empty list")
     # The box-side builder's own rules (one module, so the box and the pull agree).
-    from rgt.manifest import name_problem, path_problem
-
     for name in roster:
         problem = name_problem(name) if isinstance(name, str) else "is not a string"
         if problem is not None:
@@ -159,6 +181,13 @@ def parse_manifest(data: bytes, *, instance_id: str) -> dict[str, Any]:
             raise CheckFailed(
                 f"{MANIFEST_NAME} on the box: files[{index}].path {relative!r} {problem}; "
                 "allowed: a relative path inside a roster directory"
+            )
+        size = entry.get("size")
+        # json reads NaN and Infinity (and 1e400 as inf): a float, never a byte count.
+        if type(size) is not int or size < 0:
+            raise CheckFailed(
+                f"{MANIFEST_NAME} on the box: files[{index}].size {size!r} of {relative!r} is "
+                "not a byte count; allowed: a whole number >= 0"
             )
     return manifest
 
@@ -294,7 +323,17 @@ def _pull_locked(
     except OSError as exc:
         raise UsageError(f"LOCAL_DIR {local_dir}: cannot create it: {exc.strerror}") from None
     # Exactly the bytes read from the box: their SHA-256 is the pull's identity.
-    atomic_write_bytes(local_dir / MANIFEST_NAME, manifest_bytes)
+    try:
+        atomic_write_bytes(local_dir / MANIFEST_NAME, manifest_bytes)
+    except OSError as exc:
+        target = local_dir / MANIFEST_NAME
+        if is_disk_full(exc):
+            raise LocalDiskFull(
+                f"LOCAL_DIR {local_dir}: no space left on device writing {target} "
+                f"({len(manifest_bytes):,} bytes); make room there or pull into another "
+                "LOCAL_DIR, then run the same `rgt pull` again"
+            ) from None
+        raise UsageError(f"LOCAL_DIR {local_dir}: cannot write {target}: {exc.strerror}") from None
 
     bytes_total = _manifest_bytes_total(manifest)
     adopted = adopt_interrupted_partials(local_dir, earlier)

@@ -40,12 +40,14 @@ import time
 from collections.abc import Callable, Sequence
 from json.scanner import make_scanner
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, NamedTuple
 
 from rgt import __version__
 from rgt import manifest as manifest_module
-from rgt.atomic import atomic_write_bytes, atomic_write_chunks
-from rgt.errors import CheckFailed
+from rgt.atomic import atomic_write_chunks
+from rgt.errors import CheckFailed, LocalDiskFull, UsageError, is_disk_full
+from rgt.inputfile import InputFileError, read_input_file
 from rgt.ledger import Ledger
 from rgt.locks import instance_lock
 from rgt.manifest import (
@@ -61,6 +63,8 @@ from rgt.manifest import (
 
 VERIFIED_NAME = "PULL_VERIFIED.json"
 RECORD_SCHEMA = "rgt.pull-verified/v1"
+# A record's per-file rows are about twice a manifest entry (sha256, size, lstat snapshot).
+MAX_RECORD_BYTES = 4 * manifest_module.MAX_MANIFEST_BYTES
 VERIFIER_VERSION = f"rgt {__version__} verify/1"
 # rsync --partial-dir (rgt.providers.rsync.PARTIAL_DIR): incomplete copies, not results.
 PARTIAL_DIR = ".rsync-partial"
@@ -135,14 +139,16 @@ def _read_manifest(local_dir: Path) -> bytes:
     path = local_dir / MANIFEST_NAME
     if path.is_symlink():
         raise CheckFailed(f"{path}: is a symlink; the pulled manifest must be a regular file")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         raise CheckFailed(
             f"{path}: missing; pull first (`rgt pull INSTANCE REMOTE_ROOT {local_dir}`)"
-        ) from None
-    except OSError as exc:
-        raise CheckFailed(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        )
+    # Bounded like the read off the box: a regular file of at most MAX_MANIFEST_BYTES (a FIFO
+    # put here would block a plain read; /dev/zero linked in would never end).
+    try:
+        return read_input_file(path, max_bytes=manifest_module.MAX_MANIFEST_BYTES)
+    except InputFileError as exc:
+        raise CheckFailed(f"{path}: {exc.reason}") from None
 
 
 def _parse_manifest(local_dir: Path, data: bytes) -> dict[str, Any]:
@@ -730,8 +736,8 @@ def _verify_pull(
                 "verifier": {"name": "rgt.verify", "version": VERIFIER_VERSION},
                 "verified_at": manifest_module.utc_text(time.time()),
             }
-            atomic_write_bytes(
-                local_dir / VERIFIED_NAME, (json.dumps(failed, indent=1) + "\n").encode()
+            _write_record(
+                local_dir / VERIFIED_NAME, [(json.dumps(failed, indent=1) + "\n").encode()]
             )
             raise VerificationFailed(problems, failed)
         if fast is not None:
@@ -750,7 +756,7 @@ def _verify_pull(
             chunks = [_encode(record)]
             if not keep_rows:
                 del record["files"]
-        atomic_write_chunks(local_dir / VERIFIED_NAME, chunks)
+        _write_record(local_dir / VERIFIED_NAME, chunks)
         if problems:
             raise VerificationFailed(problems, record)
         record_hash = hashlib.sha256()
@@ -777,6 +783,20 @@ def _verify_pull(
         if own_ledger:
             book.close()
     return record
+
+
+def _write_record(path: Path, chunks: Sequence[bytes]) -> None:
+    """Write PULL_VERIFIED.json atomically; a disk that cannot take it is the user's to fix
+    (exit 2 naming the path), not a bug: nothing is recorded, the old record stays whole."""
+    try:
+        atomic_write_chunks(path, chunks)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise LocalDiskFull(
+                f"{path}: no space left on device writing the verification record; make room "
+                "there and run `rgt verify` again (nothing was recorded)"
+            ) from None
+        raise UsageError(f"{path}: cannot write the verification record: {exc.strerror}") from None
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -1220,15 +1240,17 @@ def check_unchanged(local_dir: Path, *, ledger: Ledger | None = None) -> str | N
 def _check_unchanged(local_dir: Path, ledger: Ledger | None) -> str | None:
     local_dir = Path(local_dir).resolve()
     record_path = local_dir / VERIFIED_NAME
+    if not record_path.exists():
+        return f"{record_path} is missing"
     try:
-        data = record_path.read_bytes()
+        data = read_input_file(record_path, max_bytes=MAX_RECORD_BYTES)
         record = json.loads(data)
         if not isinstance(record, dict):
             raise ValueError("top level is not an object")
-    except FileNotFoundError:
-        return f"{record_path} is missing"
-    except (OSError, ValueError) as exc:
-        return f"{record_path} is unreadable ({exc})"
+    except InputFileError as exc:
+        return f"{record_path} is unreadable ({exc.reason})"
+    except (ValueError, RecursionError) as exc:
+        return f"{record_path} is unreadable ({_json_error(exc)})"
     instance_id = record.get("instance_id")
     if not isinstance(instance_id, str):
         return f"{record_path}: no instance id"
@@ -1295,10 +1317,24 @@ def _rows_cover_manifest(record: dict[str, Any], manifest_bytes: bytes) -> str |
 
 
 def _sha256_file(path: Path) -> str | None:
+    """SHA-256 of a regular file, read in chunks (a racily-clean checkpoint can be GBs); None
+    for anything else: missing, unreadable, or a FIFO put in its place (opened non-blocking,
+    so it cannot hang the gate)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
+    try:
+        if not S_ISREG(os.fstat(fd).st_mode):
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, manifest_module.READ_CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _tree_change(local_dir: Path, record: dict[str, Any]) -> str | None:

@@ -5,6 +5,12 @@ Schema only. A bare jsonschema error names a path like `overrides.detach`; a per
 file wants `profiles/vastai.md:31`. This module parses YAML into both the plain data and the node
 tree (whose marks carry line numbers) and turns each schema error into a `Finding` with the line
 of the offending key.
+
+Both are bounded before they are parsed (a path on the command line can name `/dev/zero` or a
+FIFO, and YAML aliases can repeat a subtree exponentially: 9 nested levels of nine `*a` make
+387 million values out of 400 bytes): the file must be a regular file of at most
+MAX_DOCUMENT_BYTES, and the document may hold at most MAX_YAML_NODES values with every alias
+expanded, counted on the parser's event stream before any node tree is built.
 """
 
 from __future__ import annotations
@@ -20,11 +26,20 @@ from typing import Any
 import yaml
 
 from rgt.bundle import bundle_path
+from rgt.inputfile import InputFileError, read_input_file
 
 try:  # libyaml is ~10x faster; fall back to the pure-Python loader where it is missing
     _Loader: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _Loader = yaml.SafeLoader
+
+# A profile or a job request is a few KiB to a few hundred (a job's `files` each hold at most
+# 64 KiB); the bundled profiles are under 25 KiB. Anything bigger is the wrong file.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+# Values (scalars, lists, mappings) in one document with every alias expanded. The bundled
+# profiles hold at most 258 and the example job 32; every later step (duplicate keys, schema,
+# templates) walks the expanded document, so this bounds their work too.
+MAX_YAML_NODES = 10_000
 
 
 @dataclass(frozen=True)
@@ -113,8 +128,10 @@ class YamlDoc:
 
 
 def parse_yaml(text: str, *, path: str, first_line: int = 1) -> YamlDoc:
-    """Parse one YAML document; a syntax error becomes a `SourceError` naming its line."""
+    """Parse one YAML document; a syntax error becomes a `SourceError` naming its line, and so
+    does a document over MAX_YAML_NODES values once its aliases are expanded."""
     try:
+        _check_expansion(text, path=path, first_line=first_line)
         loader = _Loader(text)
         try:
             root = loader.get_single_node()
@@ -135,13 +152,85 @@ def parse_yaml(text: str, *, path: str, first_line: int = 1) -> YamlDoc:
     return YamlDoc(data, root, first_line)
 
 
+# Where an alias can begin: at a line start, after white space or a flow indicator (`[*a]`,
+# `{a: *b}`). A '*' elsewhere (`step-*.ckpt`) is text; a false match only costs the full count.
+_ALIAS = re.compile(r"(?:^|[\s\[{,:?])\*", re.MULTILINE)
+
+
+def _check_expansion(text: str, *, path: str, first_line: int) -> None:
+    """Count the document's values on the parser's event stream, each alias as the size of what
+    it repeats, and stop at MAX_YAML_NODES: the count needs no node tree and no expansion, so
+    an alias bomb costs at most MAX_YAML_NODES events. A recursive alias is refused too (it
+    expands forever). Syntax errors are left to the real parse, which reports them."""
+    if len(text) <= MAX_YAML_NODES // 2 and not _ALIAS.search(text):
+        # No alias, and YAML has at most about one value per character ('{a,b}' is five): this
+        # text cannot reach the limit. The shortcut spares `rgt lint` a pass per profile.
+        return
+    loader = _Loader(text)
+    expanded = 0
+    sizes: dict[str, int] = {}  # anchor -> values it holds, aliases expanded
+    open_nodes: list[tuple[str | None, list[int]]] = []  # unfinished collections: anchor, count
+    try:
+        while loader.check_event():
+            event: Any = loader.get_event()
+            if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                anchor, (count,) = open_nodes.pop()
+                if anchor is not None:
+                    sizes[anchor] = count
+                if open_nodes:
+                    open_nodes[-1][1][0] += count
+                continue
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                count = 1
+            elif isinstance(event, yaml.ScalarEvent):
+                count = 1
+                if event.anchor is not None:
+                    sizes[event.anchor] = 1
+            elif isinstance(event, yaml.AliasEvent):
+                if any(anchor == event.anchor for anchor, _ in open_nodes):
+                    raise _expansion_error(
+                        path,
+                        event,
+                        first_line,
+                        f"alias *{event.anchor} is inside its own anchor &{event.anchor}: a "
+                        "recursive document never ends; write the values out",
+                    )
+                count = sizes.get(event.anchor or "", 1)  # an undefined alias: the parse says so
+            else:  # stream and document start/end
+                continue
+            expanded += count
+            if expanded > MAX_YAML_NODES:
+                raise _expansion_error(
+                    path,
+                    event,
+                    first_line,
+                    f"more than {MAX_YAML_NODES:,} values (each alias *name counted as the "
+                    f"values it repeats); rgt reads documents of up to {MAX_YAML_NODES:,}",
+                )
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                open_nodes.append((event.anchor, [1]))
+            elif open_nodes:
+                open_nodes[-1][1][0] += count
+    except yaml.YAMLError:
+        return
+    finally:
+        loader.dispose()
+
+
+def _expansion_error(path: str, event: Any, first_line: int, message: str) -> SourceError:
+    line = (event.start_mark.line if event.start_mark else 0) + first_line
+    return SourceError([Finding(path, line, "yaml", message)])
+
+
 def read_text(path: Path) -> str:
-    """A UTF-8 text file's content; unreadable, binary or non-UTF-8 files become a SourceError."""
+    """A UTF-8 text file's content; unreadable, binary or non-UTF-8 files become a SourceError,
+    and so does anything but a regular file of at most MAX_DOCUMENT_BYTES (checked before
+    reading: `/dev/zero` or a FIFO given as a file is refused at once)."""
     shown = str(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SourceError([Finding(shown, 1, "read", f"cannot read: {exc.strerror}")]) from None
+        raw = read_input_file(path, max_bytes=MAX_DOCUMENT_BYTES)
+    except InputFileError as exc:
+        raise SourceError([Finding(shown, 1, "read", exc.reason)]) from None
     if b"\x00" in raw:
         raise SourceError([Finding(shown, 1, "read", "binary file (NUL bytes), expected text")])
     try:

@@ -53,7 +53,6 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         yes_dir, no_tty_dir = home / "demo-yes", home / "demo-no-tty"
         tty_dir = home / "demo-tty"
-        began = time.monotonic()
         runs = {"yes": _demo(yes_dir, "--yes", "--json"), "no_tty": _demo(no_tty_dir)}
         # A person at a terminal: answers the approval prompt with the instance id it names.
         person = PtyProcess("demo", "--dir", str(tty_dir), env=dict(os.environ))
@@ -63,7 +62,6 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         person.send(match[1])
         tty_code = person.wait(timeout=60)
         outputs = {name: run.communicate(timeout=120) for name, run in runs.items()}
-        seconds = time.monotonic() - began
     finally:
         for key, value in saved.items():
             if value is None:
@@ -72,7 +70,6 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 os.environ[key] = value
     return {
         "home": home,
-        "seconds": seconds,
         "yes": (runs["yes"].returncode, *outputs["yes"], yes_dir),
         "no_tty": (runs["no_tty"].returncode, *outputs["no_tty"], no_tty_dir),
         "tty": (tty_code, person.text, match[1], tty_dir),
@@ -102,10 +99,11 @@ def _ledger(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 @pytest.mark.timeout(150)
-def test_demo_finishes_under_a_minute_without_leaking_the_users_key(
+def test_demo_finishes_without_leaking_the_users_key(
     demo_runs: dict[str, Any], report: dict[str, Any]
 ) -> None:
-    assert report["seconds"] < 60
+    # How fast ("under a minute", README): bench/bench_demo.py; a time limit here depended on
+    # the machine's load.
     _code, out, err, demo_dir = demo_runs["yes"]
     assert_no_canary(out, err)
     for path in demo_dir.rglob("*"):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from rgt.job import JobError, JobRequest, load_job
+from rgt.yamlsource import MAX_DOCUMENT_BYTES
+from tests.hostile_inputs import REFUSALS, hostile_file, run_rgt_bounded
 
 BAD_JOBS = Path(__file__).parent / "data" / "bad_jobs"
 # Files that cannot carry an `# expect:` header say what they expect here.
@@ -93,3 +95,30 @@ def test_bad_job_via_cli_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1
     assert "gpu_with_space.yaml:4: schema: gpu:" in result.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", sorted(REFUSALS))
+def test_a_job_path_that_is_not_a_small_regular_file_is_refused_unread(
+    tmp_path: Path, kind: str
+) -> None:
+    # Issue #18 item 6: `--job /dev/zero` ended in MemoryError (exit 70) after eating GBs, and
+    # a FIFO hung. Each is refused by what it is (fstat) or its size, before reading.
+    path = hostile_file(kind, tmp_path, size=MAX_DOCUMENT_BYTES + 1)
+    result = run_rgt_bounded("render", "vastai", "run_one", "--job", str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"rgt render: error: {path}:1: read: "), result.stderr
+    assert REFUSALS[kind] in result.stderr
+    if kind == "oversized":
+        assert "1 MiB (1,048,576 bytes) at most" in result.stderr
+
+
+def test_anchors_and_aliases_within_the_bound_still_load(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "run_id: r1\nimage: img\ngpu: RTX_4090:1\ndisk_gb: 40\ncommand: python3 train.py\n"
+        "results_root: &root /workspace/results\nroster: [cell-a]\n"
+        "checkpoint_dir: /workspace/checkpoints\nenv: {RESULTS: *root}\n"
+    )
+    assert load_job(job).env == {"RESULTS": "/workspace/results"}

@@ -4,13 +4,13 @@ VAST3, preempted VAST4), stop/cost/sweep, and a prompt answer while the API fail
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rgt.ledger import Ledger
+from rgt.mcp_server.server import PROMPT_ATTEMPTS
 from tests.mcp_client import assert_alive, connect, launch_and_finish, write_job
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -86,10 +86,12 @@ async def test_poll_classifies_emulated_faults(emulator: Any, tmp_path: Path) ->
         }
         assert costs["total_so_far"] > 0
 
-        # The API failing: poll still answers within seconds, saying what failed.
+        # The API failing: poll still answers promptly, saying what failed. Asserted as the
+        # bound on its retries (at most PROMPT_ATTEMPTS requests, then the answer; fewer when
+        # its time budget runs out first), not as seconds: those are bench/bench_mcp.py's.
         emulator.fail_next(100, status=503)
-        began = time.monotonic()
+        before = emulator.request_count()
         failing = await session.call("poll", {"instance_id": instance_id})
         assert failing.is_error and "503" in failing.content[0].text  # type: ignore[union-attr]
-        assert time.monotonic() - began < 10
+        assert 1 <= emulator.request_count() - before <= PROMPT_ATTEMPTS
     assert_alive(emulator, instance_id)

@@ -7,18 +7,20 @@ off emulated instances through VastProvider.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rgt.errors import ProviderError, UsageError
+from rgt.errors import CheckFailed, ProviderError, UsageError
 from rgt.providers.base import CopyProgress
 from rgt.providers.rsync import (
     PARTIAL_DIR,
@@ -36,6 +38,7 @@ from tests.copy_helpers import (
     wait_for_cut_file,
 )
 from tests.procs import rsync_processes
+from tests.smalldisk import small_disk
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -254,7 +257,7 @@ def test_unreachable_host_gives_up_after_bounded_attempts(
     settings: SshSettings, tmp_path: Path
 ) -> None:
     dead = SshEndpoint("127.0.0.1", _free_port())
-    started = time.monotonic()
+    waits: list[float] = []
     with pytest.raises(ProviderError, match="after 3 attempt"):
         rsync_pull(
             dead,
@@ -262,8 +265,34 @@ def test_unreachable_host_gives_up_after_bounded_attempts(
             tmp_path / "local",
             settings,
             copy=CopySettings(attempts=3, first_backoff=0.05),
+            sleep=waits.append,
         )
-    assert time.monotonic() - started < 20
+    assert waits == [0.05, 0.1]  # bounded by count and backoff, not by this machine's speed
+
+
+@pytest.mark.timeout(120)
+def test_a_full_local_disk_stops_the_copy_without_a_retry(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    # Issue #18 item 7: rsync's "No space left on device" (exit 11) was retried like a dropped
+    # link, five attempts over 35 s. A real full disk: a 128 KiB tmpfs for 600 kB of results.
+    endpoint, _ = sshd
+    box = tmp_path / "box"
+    make_result_tree(box, files=2, size=300_000)
+    waits: list[float] = []
+    with small_disk(tmp_path / "disk", 128) as local, pytest.raises(UsageError) as caught:
+        rsync_pull(
+            endpoint,
+            str(box / "results"),
+            local,
+            settings,
+            copy=CopySettings(attempts=5, first_backoff=0.01),
+            sleep=waits.append,
+        )
+    assert waits == []  # stopped at the first failure
+    message = str(caught.value)
+    assert "no space left on device" in message and str(local) in message, message
+    assert caught.value.exit_code == 2 and "\n" not in message
 
 
 @pytest.mark.timeout(60)
@@ -279,6 +308,43 @@ def test_read_remote_file_returns_bytes_and_names_a_missing_file(
         read_remote_file(endpoint, str(tmp_path / "missing.json"), settings)
     with pytest.raises(UsageError):
         read_remote_file(endpoint, "relative/path", settings)
+
+
+@pytest.mark.timeout(60)
+def test_read_remote_file_stops_reading_once_past_its_cap(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    # Issue #18 item 6: a 400 MB manifest on the box was read whole (~1 GB of memory) before
+    # the size refusal. Here the box's file is a FIFO fed 4 MiB and then held open without an
+    # end: a reader that waits for EOF (the old subprocess.run) times out; a streaming reader
+    # refuses once past its cap and kills ssh, which ends the writer with EPIPE.
+    fifo = tmp_path / "PULL_MANIFEST.json"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+    fed: list[int] = []
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as handle:
+            for _ in range(4):
+                handle.write(b"x" * 1024 * 1024)
+                handle.flush()
+                fed.append(1)
+            stop.wait(30)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    endpoint, _ = sshd
+    try:
+        with pytest.raises(CheckFailed) as caught:
+            read_remote_file(
+                endpoint, str(fifo), settings, attempts=1, timeout=20, max_bytes=1024 * 1024
+            )
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    message = str(caught.value)
+    assert "larger than rgt reads over ssh (1 MiB (1,048,576 bytes) at most" in message, message
+    assert "\n" not in message
 
 
 @pytest.mark.timeout(60)

@@ -248,6 +248,29 @@ def test_kill_9_mid_pull_then_resume_resends_only_the_unfinished(tmp_path: Path)
     assert sorted(p.name for p in (local / "ckpt").iterdir()) == ["a_first.pt", "b_second.pt"]
 
 
+def test_a_pull_removes_rsync_leftovers_of_manifest_files_only(tmp_path: Path) -> None:
+    provider, _, _, _ = _box(tmp_path)
+    local = tmp_path / "local"
+    with Ledger.open() as ledger:
+        pull_instance("1001", REMOTE_ROOT, local, provider=provider, ledger=ledger)
+        # What killed pulls leave: a partial-dir copy and an in-flight temp file of files the
+        # manifest lists, next to a user's own dot-files that are none of rgt's business.
+        planted = {
+            "ckpt/.rsync-partial/step_100.pt": True,
+            "ckpt/.step_200.pt.Ab3x9Z": True,
+            "ckpt/.step_200.pt.toolongsuffix": False,
+            "ckpt/.notes": False,
+            "metrics/.rsync-partial/other.json": False,
+        }
+        for relative in planted:
+            (local / relative).parent.mkdir(exist_ok=True)
+            (local / relative).write_bytes(b"leftover")
+        pull_instance("1001", REMOTE_ROOT, local, provider=provider, ledger=ledger)
+    assert {relative: (local / relative).exists() for relative in planted} == {
+        relative: not removed for relative, removed in planted.items()
+    }
+
+
 @pytest.mark.parametrize(
     ("local", "said"),
     [

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rgt import manifest
-    from rgt.errors import EXIT_CHECK_FAILED, EXIT_OK, UsageError
+    from rgt.errors import EXIT_CHECK_FAILED, EXIT_OK, LocalDiskFull, UsageError, is_disk_full
 
     root = Path(args.root)
     if not root.is_dir():
@@ -63,6 +63,14 @@ def run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(f"rgt manifest: refused: {line}", file=sys.stderr)
         return EXIT_CHECK_FAILED
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        target = args.output or root / manifest.MANIFEST_NAME
+        raise LocalDiskFull(
+            f"{target}: no space left on device writing the manifest; make room there, then "
+            "run the same command again"
+        ) from None
     summary = {
         "path": path,
         "sha256": digest,

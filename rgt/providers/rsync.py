@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from rgt.errors import ProviderError, UsageError
+from rgt.errors import CheckFailed, LocalDiskFull, ProviderError, UsageError
+from rgt.manifest import MAX_MANIFEST_BYTES
 from rgt.providers.base import CopyProgress, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ PARTIAL_DIR = ".rsync-partial"
 # 14 IPC, 20 killed by a signal, 24 source files vanished, 30/35 timeouts, 255 ssh failed.
 _RETRYABLE_RSYNC = frozenset({5, 10, 11, 12, 14, 20, 24, 30, 35, 255})
 _PARTIAL_TRANSFER = 23
+# How rsync's receiver reports ENOSPC / EDQUOT ("write failed on ...: No space left on device").
+_DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded")
 
 _PROGRESS_LINE = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s")
 _STAT_LINE = re.compile(
@@ -159,6 +163,12 @@ def ssh_program() -> list[str]:
         words = shlex.split(value)
     except ValueError as exc:
         raise UsageError(f"{SSH_COMMAND_ENV}={value!r}: {exc}") from None
+    if words and shutil.which(words[0]) is None:
+        # Found now rather than as a FileNotFoundError from inside a copy (a crash, exit 70).
+        raise UsageError(
+            f"{SSH_COMMAND_ENV}={value!r}: no program {words[0]!r} (not found on PATH or not "
+            "executable); set it to an ssh-compatible command, or unset it to use ssh"
+        )
     return words or ["ssh"]
 
 
@@ -200,6 +210,10 @@ def ssh_command(endpoint: SshEndpoint, settings: SshSettings) -> list[str]:
     return argv
 
 
+# ssh's complaints are one line; a box printing megabytes of them is cut to the tail.
+_STDERR_KEEP = 64 * 1024
+
+
 def read_remote_file(
     endpoint: SshEndpoint,
     remote_path: str,
@@ -207,36 +221,99 @@ def read_remote_file(
     *,
     attempts: int = 3,
     timeout: float = 60.0,
-    max_bytes: int = 64 * 1024 * 1024,
+    max_bytes: int = MAX_MANIFEST_BYTES,  # the manifest is the file rgt reads this way
 ) -> bytes:
     """The bytes of one small file on the box (`cat` over ssh), with bounded retries.
 
-    Raises ProviderError when the file is missing, too large, or the box unreachable."""
+    Streamed: ssh is killed as soon as more than `max_bytes` arrived, so a huge or endless file
+    costs at most `max_bytes` of memory. Raises CheckFailed when the file is too large,
+    ProviderError when it is missing or the box unreachable."""
     if not PurePosixPath(remote_path).is_absolute():
         raise UsageError(f"remote path {remote_path!r} must be absolute")
     argv = [*ssh_command(endpoint, settings), endpoint.host, "cat -- " + shlex.quote(remote_path)]
+    where = f"{remote_path} on {endpoint.host}:{endpoint.port}"
     last_error = ""
     for attempt in range(1, attempts + 1):
-        try:
-            done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
+        done = _capture_bounded(argv, timeout=timeout, max_bytes=max_bytes)
+        if done.outcome == "too large":
+            from rgt.inputfile import size_text
+
+            raise CheckFailed(  # the box's content, not the link: retrying cannot help
+                f"{where} is larger than rgt reads over ssh ({size_text(max_bytes)} at most, a "
+                "manifest of roughly 500,000 files); nothing was copied"
+            )
+        if done.outcome == "exited" and done.returncode == 0:
+            return done.stdout
+        if done.outcome == "timed out":
             last_error = f"timed out after {timeout:.0f}s"
         else:
-            if done.returncode == 0:
-                if len(done.stdout) > max_bytes:
-                    raise ProviderError(
-                        f"{remote_path} on {endpoint.host}:{endpoint.port} is larger than "
-                        f"{max_bytes} bytes; copy it with copy_from instead"
-                    )
-                return done.stdout
             last_error = _last_line(done.stderr) or f"exit status {done.returncode}"
             if done.returncode != 255:  # the command ran and failed: retrying cannot help
                 break
         if attempt < attempts:
             time.sleep(min(2.0 * attempt, 10.0))
-    raise ProviderError(
-        f"cannot read {remote_path} on {endpoint.host}:{endpoint.port}: {last_error}"
+    raise ProviderError(f"cannot read {where}: {last_error}")
+
+
+@dataclass(frozen=True)
+class _Captured:
+    """How a bounded capture ended: "exited" (with its status), "too large" or "timed out"
+    (killed then)."""
+
+    outcome: str
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def _capture_bounded(argv: list[str], *, timeout: float, max_bytes: int) -> _Captured:
+    """Run `argv`, reading its stdout (at most `max_bytes` + 1 bytes) and the tail of its
+    stderr; the child is killed once stdout passes `max_bytes` or after `timeout` seconds, and
+    nothing more is read then."""
+    import selectors
+
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    out: list[bytes] = []
+    received = 0
+    err = b""
+    deadline = time.monotonic() + timeout
+    outcome = "exited"
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(proc.stderr, selectors.EVENT_READ)
+        try:
+            while selector.get_map() and outcome == "exited":
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    outcome = "timed out"
+                    break
+                for key, _ in selector.select(left):
+                    chunk = os.read(key.fd, 1024 * 1024)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    elif key.fileobj is proc.stdout:
+                        out.append(chunk)
+                        received += len(chunk)
+                        if received > max_bytes:
+                            outcome = "too large"
+                            break
+                    else:
+                        err = (err + chunk)[-_STDERR_KEEP:]
+        finally:
+            if selector.get_map():  # stopped early (or interrupted): the child goes too
+                proc.kill()
+            proc.stdout.close()
+            proc.stderr.close()
+            try:  # both pipes closed: it exits now (ssh does), or is made to
+                returncode = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                returncode = proc.wait()
+                outcome = "timed out"
+    return _Captured(outcome, returncode, b"".join(out) if outcome == "exited" else b"", err)
 
 
 def rsync_pull(
@@ -295,6 +372,12 @@ def rsync_pull(
         if stats.returncode == _PARTIAL_TRANSFER and "No such file" not in stderr:
             retryable = True
         why = _summary(stderr) or f"rsync exit status {stats.returncode}"
+        if _DISK_FULL.search(stderr):  # rsync exit 11 is retryable, a full disk is not
+            raise LocalDiskFull(
+                f"copy of {source} into {local_dir}: no space left on device ({why}); make room "
+                "there or copy into another directory, then run the same command again (it "
+                "resumes)"
+            )
         if not retryable or attempt == copy.attempts:
             raise ProviderError(
                 f"copy of {source} from {endpoint.host}:{endpoint.port} failed after "

@@ -79,7 +79,7 @@ def api_key_from_environment() -> str:
     ~/.config), then the legacy ~/.vast_api_key. Raises UsageError when none is set."""
     key = os.environ.get(KEY_ENV, "").strip()
     if key:
-        return key
+        return _printable_key(key, f"${KEY_ENV}")
     config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     candidates = [Path(config_home) / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"]
     for path in candidates:
@@ -93,10 +93,22 @@ def api_key_from_environment() -> str:
                 f"api-key`) or set {KEY_ENV}"
             ) from None
         if key:
-            return key
+            return _printable_key(key, f"vast.ai key file {path}")
     raise UsageError(
         f"no vast.ai API key: set {KEY_ENV} or run `vastai set api-key` "
         f"(which writes {candidates[0]})"
+    )
+
+
+def _printable_key(key: str, source: str) -> str:
+    """`key` if it can travel in an HTTP header; else a UsageError naming where it came from,
+    never showing it (a mangled key is still mostly a key). Non-UTF-8 bytes in the environment
+    arrive as surrogates, which no encoder takes."""
+    if key.isascii() and key.isprintable():
+        return key
+    raise UsageError(
+        f"{source}: the API key holds characters that are not printable ASCII (value not "
+        "shown); set it again to the key from your vast.ai account page"
     )
 
 
