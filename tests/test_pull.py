@@ -257,7 +257,9 @@ def test_a_pull_removes_rsync_leftovers_of_manifest_files_only(tmp_path: Path) -
         # manifest lists, next to a user's own dot-files that are none of rgt's business.
         planted = {
             "ckpt/.rsync-partial/step_100.pt": True,
-            "ckpt/.step_200.pt.Ab3x9Z": True,
+            # Named like rsync's temp file of a result, but no journal of rgt's proves it its
+            # own (issue 18 item 2): it may be the user's, so it stays.
+            "ckpt/.step_200.pt.Ab3x9Z": False,
             "ckpt/.step_200.pt.toolongsuffix": False,
             "ckpt/.notes": False,
             "metrics/.rsync-partial/other.json": False,
