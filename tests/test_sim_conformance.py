@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import re
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -232,10 +234,13 @@ def test_a_box_writes_workspace_into_its_disk_and_gets_the_container_environment
     sim: Emulator, client: Any
 ) -> None:
     inner = free_port()
+    # A name of this run only: the check "never on the host" must not see an older file, and
+    # if the box ever writes to the host again, the test removes what it wrote.
+    out = f"out-{secrets.token_hex(4)}"
     onstart = (
-        "mkdir -p /workspace/out && echo made-in-box > /workspace/out/result.txt\n"
-        "env > /workspace/env.txt\n"
-        f"exec python3 -m http.server {inner} --bind 127.0.0.1 --directory /workspace/out\n"
+        f"mkdir -p /workspace/{out} && echo made-in-box > /workspace/{out}/result.txt\n"
+        f"env > /workspace/{out}/env.txt\n"
+        f"exec python3 -m http.server {inner} --bind 127.0.0.1 --directory /workspace/{out}\n"
     )
     offer = cheapest(client, direct_port_count={"gte": 4})
     created = create_raw(
@@ -246,18 +251,24 @@ def test_a_box_writes_workspace_into_its_disk_and_gets_the_container_environment
     instance_id = created["new_contract"]
     row = boot(sim, client, instance_id)
     disk = sim.instance_disk(instance_id)
-    wait_for(lambda: (disk / "workspace" / "env.txt").exists(), "the onstart to write")
-    assert (disk / "workspace" / "out" / "result.txt").read_text() == "made-in-box\n"
-    assert not Path("/workspace/out/result.txt").exists()  # never on the host
+    on_host = Path("/workspace") / out
+    try:
+        wait_for(lambda: (disk / "workspace" / out / "env.txt").exists(), "the onstart to write")
+        assert (disk / "workspace" / out / "result.txt").read_text() == "made-in-box\n"
+        assert not on_host.exists()  # never on the host
+    finally:
+        shutil.rmtree(on_host, ignore_errors=True)
     env = dict(
         line.split("=", 1)
-        for line in (disk / "workspace" / "env.txt").read_text().splitlines()
+        for line in (disk / "workspace" / out / "env.txt").read_text().splitlines()
         if "=" in line
     )
     public = int(row["ports"][f"{inner}/tcp"][0]["HostPort"])
     assert env["PUBLIC_IPADDR"] == row["public_ipaddr"] == "127.0.0.1"
     assert env[f"VAST_TCP_PORT_{inner}"] == str(public)
     assert env["CONTAINER_API_KEY"] == created["instance_api_key"]
+    # The emulator's state file holds that key: only its owner may read it.
+    assert (sim.state_dir / "state.json").stat().st_mode & 0o777 == 0o600
     assert row["direct_port_start"] <= public <= row["direct_port_end"]
     page = wait_for(
         lambda: _fetch(f"http://127.0.0.1:{public}/result.txt"), "the box's server via its port"

@@ -328,7 +328,9 @@ class _Handler(BaseHTTPRequestHandler):
                 world.destroy(instance_id)
             return ok
         if method == "PUT" and path == "/api/v0/launch_instance/":
-            return Reply(200, {"success": True, "new_contract": _launch(world, body)})
+            new_id = _launch(world, body)
+            answer = {"new_contract": new_id, "instance_api_key": world.instance_key(new_id)}
+            return Reply(200, {"success": True, **answer})
         match = _ASK.match(path)
         if method == "PUT" and match:
             new_id = world.create(int(match.group(1)), body)

@@ -1400,7 +1400,10 @@ class World:
                 },
                 "offline": sorted(m.id for m in self.machines.values() if not m.online),
             }
-            atomic_write_text(self._state_path(), json.dumps(state, indent=1, sort_keys=True))
+            # 0600: it holds each instance's CONTAINER_API_KEY.
+            atomic_write_text(
+                self._state_path(), json.dumps(state, indent=1, sort_keys=True), mode=0o600
+            )
             self._dirty = False
 
     def _load(self) -> None:
