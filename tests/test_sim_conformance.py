@@ -352,6 +352,7 @@ def test_volumes_bind_to_their_machine_and_bill_per_gb_while_they_exist(
     rows = client.show_volumes()
     mine = next(v for v in rows if v["id"] == volume_id)
     assert mine["machine_id"] == offer["machine_id"] and mine["disk_space"] == 50
+    assert client.show_volumes(type="network") == []  # network volumes are not emulated
     sim.clock.advance(3600)
     billed = sim.account_meter()["volumes"] - before
     assert billed == pytest.approx(50 * offer["avail_vol_dph"], rel=1e-4)  # dph is rounded

@@ -377,7 +377,10 @@ class _Handler(BaseHTTPRequestHandler):
         """/api/v0/volumes/ (vastai/api/storage.py): GET list, PUT create, DELETE ?id=N."""
         world = self.server.world
         if method == "GET":
-            return Reply(200, {"success": True, "volumes": world.volume_rows()})
+            # type: local_volume, network_volume or all_volume; every emulated volume is local.
+            kind = str(query.get("type") or "all_volume").strip('"')
+            rows = world.volume_rows() if kind != "network_volume" else []
+            return Reply(200, {"success": True, "volumes": rows})
         if method == "PUT":
             volume_id = world.create_volume(body)
             return Reply(200, {"success": True, "volume_id": volume_id, "id": volume_id})
