@@ -196,6 +196,13 @@ def test_args_runtype_runs_the_args_and_the_box_exits_with_its_code(
     sim.clock.advance(3600)  # an exited container bills its disk, not its GPU
     assert sim.meter(instance_id)["compute"] == computed
     client.destroy_instance(id=instance_id)
+    # A command killed by a signal exits as Docker reports it: 128 + the signal (SIGKILL: 137).
+    killed = create_raw(sim, offer["id"], {**body, "args": ["bash", "-c", "kill -KILL $$"]})
+    sim.clock.advance(0.5)
+    wait_for(
+        lambda: "exited with code 137" in logs(sim, killed["new_contract"]), "the killed command"
+    )
+    client.destroy_instance(id=killed["new_contract"])
 
 
 # -- 4. attach ssh --------------------------------------------------------------------------------

@@ -567,6 +567,8 @@ class World:
             code = box.process.poll()
             if code is None:
                 continue
+            if code < 0:  # killed by a signal: Docker reports 128 + the signal number
+                code = 128 - code
             self.boxes.pop(inst.id)
             inst.pid = None
             self._close_ports(inst.id)
