@@ -144,7 +144,7 @@ def test_vast3_restart_sticks_in_scheduling_while_its_gpu_is_rented_by_another(
 ) -> None:
     # A multi-GPU machine, so it still looks rentable while our GPU is taken.
     first, offer = rent(client, {"num_gpus": {"eq": 1}, "gpu_frac": {"lt": 0.5}})
-    sim.clock.advance(0.5)
+    boot_and_run_once(sim, first)  # its first start has run the job (the 2nd line below)
     client.stop_instance(id=first)
     # Someone rents the same offer meanwhile: the lowest free GPU is the one we released.
     other = int(client.create_instance(id=offer["id"], image="img", disk=10)["new_contract"])

@@ -1,7 +1,9 @@
 """The real side of an emulated instance: its container disk and the onstart process.
 
-Each container start runs `bash -c ONSTART` in its own process group (cwd = the disk), with the
-environment vast.ai gives a container plus the create's env. Stopping, preemption and a host
+Each container start runs `bash -c ONSTART` (or, for `runtype: "args"`, the args as the
+container's command) in its own process group (cwd = the disk), with the environment vast.ai
+gives a container plus the create's env, where the platform allows in a mount namespace that
+makes `/workspace` the instance disk (rgt.sim.container). Stopping, preemption and a host
 going offline kill the whole group with SIGKILL: vast.ai gives a container no signal first."""
 
 from __future__ import annotations
@@ -13,15 +15,25 @@ import subprocess
 import time
 from pathlib import Path
 
+from rgt.sim import container
+
 # Host variables a box may inherit; nothing else of the emulator's environment (API keys!)
 # reaches an instance.
 _INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
 def box_environment(
-    disk: Path, instance_id: int, env: dict[str, str], id_env: str
+    disk: Path,
+    instance_id: int,
+    env: dict[str, str],
+    id_env: str,
+    *,
+    container_key: str = "",
+    ports: dict[int, int] | None = None,
 ) -> dict[str, str]:
-    """The environment of instance `instance_id`'s onstart process."""
+    """The environment of instance `instance_id`'s onstart process: the create's env, the
+    variables vast.ai sets in a container (instance id, PUBLIC_IPADDR, CONTAINER_API_KEY,
+    VAST_TCP_PORT_<container port> = the public port mapped to it) and the emulator's own."""
     environment = {k: os.environ[k] for k in _INHERITED if k in os.environ}
     environment.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     # Docker-style flags (`-p 8080:8080`) arrive as env keys in the create body; they are not
@@ -33,8 +45,13 @@ def box_environment(
             "VAST_CONTAINERLABEL": f"C.{instance_id}",
             "RGT_BOX_ROOT": str(disk),
             "HOME": str(disk / "root"),
+            "PUBLIC_IPADDR": "127.0.0.1",
         }
     )
+    if container_key:
+        environment["CONTAINER_API_KEY"] = container_key
+    for inner, outer in sorted((ports or {}).items()):
+        environment[f"VAST_TCP_PORT_{inner}"] = str(outer)
     return environment
 
 
@@ -45,13 +62,27 @@ class Box:
         self.process = process
 
     @classmethod
-    def start(cls, onstart: str, disk: Path, environment: dict[str, str], log_path: Path) -> Box:
-        """Run `bash -c onstart` in a new session (its own process group), output to the log."""
+    def start(
+        cls,
+        argv: list[str],
+        disk: Path,
+        environment: dict[str, str],
+        log_path: Path,
+        *,
+        box_dirs: list[str] | None = None,
+    ) -> Box:
+        """Run `argv` (`["bash", "-c", onstart]`, or args-mode's command) in a new session (its
+        own process group), output to the log. With `box_dirs` (e.g. `["workspace"]`) and a
+        mount namespace available, those top-level paths are the disk's (rgt.sim.container)."""
         (disk / "root").mkdir(parents=True, exist_ok=True)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        if box_dirs and container.unavailable_reason() is None:
+            rootfs = log_path.parent / "rootfs"  # outside the disk: nothing of it is the box's
+            rootfs.mkdir(exist_ok=True)
+            argv = container.wrap(argv, disk, box_dirs, rootfs)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                ["bash", "-c", onstart],
+                argv,
                 cwd=disk,
                 env=environment,
                 stdin=subprocess.DEVNULL,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rgt.atomic import atomic_write_text
+from rgt.sim import container
 from rgt.sim.clock import SimClock
 from rgt.sim.faults import Faults
 from rgt.sim.http import SimHttpServer
@@ -92,6 +93,13 @@ class Emulator:
     def start(self) -> Emulator:
         """Load the state, start serving; returns self."""
         factory = self._ssh_factory() if self.ssh_enabled else None
+        no_view = container.unavailable_reason()
+        if no_view is not None:
+            log.warning(
+                "rgt sim: no mount namespace for boxes (%s): a box's /workspace/... is this "
+                "machine's /workspace",
+                no_view,
+            )
         self.world = World(
             self.state_dir,
             self.clock,

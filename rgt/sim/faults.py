@@ -136,7 +136,8 @@ class Faults:
 
 
 def _path_matches(seen: str, pattern: str) -> bool:
-    """`seen` is `pattern`, or starts with it when the pattern ends in `*`."""
+    """`seen` is `pattern` (a trailing slash on either side does not matter: vast.ai serves
+    both forms), or starts with it when the pattern ends in `*`."""
     if pattern.endswith("*"):
         return seen.startswith(pattern[:-1])
-    return seen == pattern
+    return seen.rstrip("/") == pattern.rstrip("/")

@@ -81,9 +81,21 @@ def matches(row: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
                 raise FilterError(
                     f"unknown operator {op!r} on {field!r} (allowed: {', '.join(OPERATORS)})"
                 )
-            if not _compare(row[field], op, want):
+            if not _compare(_column_value(row, field, want), op, want):
                 return False
     return True
+
+
+def _column_value(row: Mapping[str, Any], field: str, want: Any) -> Any:
+    """The row value a filter compares with: `geolocation` is "Region, CC" in rows, and
+    the CLI filters by country code (`geolocation in [US,CA]`), so a wanted value without a
+    comma is compared with the code."""
+    value = row[field]
+    wanted = want if isinstance(want, list) else [want]
+    by_code = not any("," in str(w) for w in wanted)
+    if field == "geolocation" and isinstance(value, str) and ", " in value and by_code:
+        return value.rsplit(", ", 1)[1]
+    return value
 
 
 def parse_order(order: Any) -> list[tuple[str, bool]]:

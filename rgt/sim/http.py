@@ -3,8 +3,15 @@
 Paths, bodies and headers follow what `vastai` 1.9.1 sends and reads (see
 /work/shared/research/vastai_api.md): JSON answers carry `Content-Type: application/json`
 exactly (the CLI refuses anything else for search), repeated slashes are collapsed (a trailing
-`/` on VAST_URL yields `//api/...`), query values are JSON text. Bearer auth on everything but
-the gpu-names call and log result URLs, which the clients fetch without a key."""
+`/` on VAST_URL yields `//api/...`), an API path without its trailing slash is the same route
+(vast.ai serves both), query values are JSON text. The key arrives as `Authorization: Bearer`
+or, from older clients, as `?api_key=` (masked in every log line); an instance's
+CONTAINER_API_KEY is accepted for that instance's own routes only. Everything but the gpu-names
+call and log result URLs (which the clients fetch without a key) needs one.
+
+Why `http.server` and not Starlette: every route is one branch of `_route`, slash handling is
+one normalisation in `_serve` and every error is built by `_error`; the fault injection needs to
+cut an answer off mid-body on the socket (`_send_cut`), which an ASGI server hides."""
 
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from rgt.providers.redact import Redactor
 from rgt.sim.faults import Fault, Faults
 from rgt.sim.world import ApiError, World
 
@@ -30,6 +38,13 @@ _INSTANCE = re.compile(r"^/api/v0/instances/(\d+)/$")
 _ASK = re.compile(r"^/api/v0/asks/(\d+)/$")
 _REBOOT = re.compile(r"^/api/v0/instances/reboot/(\d+)/$")
 _LOGS = re.compile(r"^/api/v0/instances/request_logs/(\d+)/$")
+_ATTACH_SSH = re.compile(r"^/api/v0/instances/(\d+)/ssh/$")
+# The routes an instance's own CONTAINER_API_KEY may call: those naming that instance.
+_INSTANCE_SCOPED = re.compile(r"^/api/v0/instances/(?:reboot/|request_logs/)?(\d+)/(?:ssh/)?$")
+# vast.ai's 401 body, exactly (the CLI compares `msg` with "Invalid user key"; research notes
+# §2.2 and vastai/cli/main.py); the emulator's hint travels in a header of its own.
+_AUTH_FAILED = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
+HINT_HEADER = "X-Rgt-Sim-Hint"
 _RESULT = re.compile(r"^/_sim/logs/([A-Za-z0-9_-]+)$")
 _CONTROL = re.compile(r"^/_sim/(preempt|win_bid|host_offline|host_online)/(\d+)/?$")
 _METER = re.compile(r"^/_sim/meter(?:/(\d+))?/?$")
@@ -61,6 +76,10 @@ def _error(status: int, error: str, msg: str) -> Reply:
     return Reply(status, {"success": False, "error": error, "msg": msg})
 
 
+def _unauthorised(hint: str) -> Reply:
+    return Reply(401, dict(_AUTH_FAILED), {HINT_HEADER: hint})
+
+
 class SimHttpServer(ThreadingHTTPServer):
     """A threading HTTP server bound to one World."""
 
@@ -74,6 +93,8 @@ class SimHttpServer(ThreadingHTTPServer):
         self.faults = faults
         self.log_requests: dict[str, tuple[int, Any, Any]] = {}
         self._tokens_lock = threading.Lock()
+        # Request lines carry `?api_key=` from older clients: every log line is masked.
+        self.redactor = Redactor([api_key])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up mid-answer (killed, timed out) is routine, not a traceback."""
@@ -107,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "rgt-sim"
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", self.address_string(), self.server.redactor.text(format % args))
 
     def do_GET(self) -> None:
         self._serve()
@@ -125,6 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         split = urlsplit(self.path)
         path = re.sub("/{2,}", "/", split.path) or "/"
+        if path.startswith("/api/") and not path.endswith("/"):
+            path += "/"  # vast.ai answers `/api/v0/instances/1` as `/api/v0/instances/1/`
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         faults = self.server.faults
         faults.count(self.command, path)
@@ -139,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         if public is not None:
             self._send(public)
             return
-        denied = self._check_key()
+        denied = self._check_key(query.get("api_key"), path)
         if denied is not None:
             self._send(denied)
             return
@@ -189,24 +212,33 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         return json.loads(raw) if raw.strip() else {}
 
-    def _check_key(self) -> Reply | None:
+    def _check_key(self, query_key: str | None, path: str) -> Reply | None:
+        """None when the request may proceed: the account key (Bearer header or `?api_key=`),
+        or an instance's CONTAINER_API_KEY on a route naming that instance."""
         header = self.headers.get("Authorization") or ""
-        if not header:
-            return _error(
-                401,
-                "auth_error",
-                "No API key: send the header `Authorization: Bearer <key>` "
-                "(`rgt sim serve` prints the key this emulator accepts)",
-            )
         scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            key.strip().encode(), self.server.api_key.encode()
-        ):
-            return _error(
-                401,
-                "auth_error",
-                "Invalid user key: this emulator accepts only the key `rgt sim serve` "
-                "printed (or the one given with --api-key)",
+        if header and scheme.lower() == "bearer":
+            key = key.strip()
+        elif not header and query_key:
+            key = query_key
+        else:
+            return _unauthorised(
+                "no API key: send `Authorization: Bearer <key>` or ?api_key=<key> "
+                "(`rgt sim serve` prints the key this emulator accepts)"
+            )
+        if hmac.compare_digest(key.encode(), self.server.api_key.encode()):
+            return None
+        instance_id = self.server.world.instance_for_key(key)
+        if instance_id is None:
+            return _unauthorised(
+                "this emulator accepts the key `rgt sim serve` printed (or the one given "
+                "with --api-key), or an instance's CONTAINER_API_KEY for that instance"
+            )
+        match = _INSTANCE_SCOPED.match(path)
+        if match is None or int(match.group(1)) != instance_id:
+            return _unauthorised(
+                f"an instance key (CONTAINER_API_KEY) is good for instance {instance_id}'s "
+                "own routes only"
             )
         return None
 
@@ -249,6 +281,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._control(method, path, body)
         if method == "POST" and path == "/api/v0/bundles/":
             return Reply(200, {"offers": world.search(body)})
+        if method == "GET" and path == "/api/v0/bundles/":
+            # Older vast.py: `GET /api/v0/bundles?q=<filter JSON>`.
+            search = _json_arg(query.get("q"), "q") or {}
+            if not isinstance(search, dict):
+                raise ApiError(400, "invalid_args", "q must be a JSON filter object")
+            return Reply(200, {"offers": world.search(search)})
         if method == "PUT" and path == "/api/v0/search/asks/":
             search = body.get("q")
             if not isinstance(search, dict):
@@ -267,7 +305,20 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return Reply(200, page)
         if method == "GET" and path == "/api/v0/instances/":
-            return Reply(200, {"instances": world.rows()})
+            rows = world.rows()
+            return Reply(200, {"instances": rows, "instances_found": len(rows)})
+        if path == "/api/v0/volumes/":
+            return self._volumes(method, query, body)
+        if method == "GET" and path in ("/api/v1/invoices/", "/api/v0/charges/"):
+            rows = world.charges()
+            key = "invoices" if "invoices" in path else "charges"
+            return Reply(200, {"success": True, key: rows, "results": rows, "next_token": None})
+        if method == "POST" and path == "/api/v0/commands/rclone/":
+            return Reply(200, {"success": True, "msg": world.cloud_copy(body)})
+        match = _ATTACH_SSH.match(path)
+        if method == "POST" and match:
+            world.attach_ssh(int(match.group(1)), body.get("ssh_key"))
+            return Reply(200, {"success": True, "msg": "SSH key attached to the instance."})
         if method == "PUT" and path == "/api/v0/instances/":
             for instance_id in _ids(body.get("ids")):
                 _change(world, instance_id, body)
@@ -277,11 +328,21 @@ class _Handler(BaseHTTPRequestHandler):
                 world.destroy(instance_id)
             return ok
         if method == "PUT" and path == "/api/v0/launch_instance/":
-            return Reply(200, {"success": True, "new_contract": _launch(world, body)})
+            new_id = _launch(world, body)
+            answer = {"new_contract": new_id, "instance_api_key": world.instance_key(new_id)}
+            return Reply(200, {"success": True, **answer})
         match = _ASK.match(path)
         if method == "PUT" and match:
             new_id = world.create(int(match.group(1)), body)
-            return Reply(200, {"success": True, "new_contract": new_id})
+            return Reply(
+                200,
+                {
+                    "success": True,
+                    "new_contract": new_id,
+                    # vastai/data/instance.py CreateInstanceResponse: the CONTAINER_API_KEY
+                    "instance_api_key": world.instance_key(new_id),
+                },
+            )
         match = _REBOOT.match(path)
         if method == "PUT" and match:
             world.reboot(int(match.group(1)))
@@ -311,6 +372,27 @@ class _Handler(BaseHTTPRequestHandler):
                 world.destroy(instance_id)
                 return ok
         return _error(404, "not_found", f"the emulator has no route {method} {path}")
+
+    def _volumes(self, method: str, query: dict[str, str], body: dict[str, Any]) -> Reply:
+        """/api/v0/volumes/ (vastai/api/storage.py): GET list, PUT create, DELETE ?id=N."""
+        world = self.server.world
+        if method == "GET":
+            # type: local_volume, network_volume or all_volume; every emulated volume is local.
+            kind = str(query.get("type") or "all_volume").strip('"')
+            rows = world.volume_rows() if kind != "network_volume" else []
+            return Reply(200, {"success": True, "volumes": rows})
+        if method == "PUT":
+            volume_id = world.create_volume(body)
+            return Reply(200, {"success": True, "volume_id": volume_id, "id": volume_id})
+        if method == "DELETE":
+            raw = query.get("id", body.get("id"))
+            try:
+                volume_id = int(raw)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise ApiError(400, "invalid_args", f"id={raw!r}: expected a volume id") from None
+            world.delete_volume(volume_id)
+            return Reply(200, {"success": True})
+        return _error(404, "not_found", f"the emulator has no route {method} /api/v0/volumes/")
 
     def _control(self, method: str, path: str, body: dict[str, Any]) -> Reply:
         """/_sim/: fault injection and meters for `rgt sim serve` users (same key)."""

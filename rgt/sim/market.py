@@ -22,7 +22,26 @@ GPU_MODELS: tuple[tuple[str, int, float, float, float, int], ...] = (
     ("H100 SXM", 81920, 2.20, 140.0, 12.8, 900),
 )
 RENTAL_SIZES = (1, 2, 4, 8)
-COUNTRIES = ("US", "CA", "DE", "NL", "FR", "SE", "PL", "JP", "KR", "TW", "BR", "AU")
+# vast.ai reports `geolocation` as "Region, CC" (e.g. "Texas, US"; the SDK's mock and the docs'
+# examples), and search filters on it by country code. Twelve entries, as the earlier bare
+# codes were, so a seed keeps its marketplace.
+REGIONS = (
+    "Texas, US",
+    "Quebec, CA",
+    "Hesse, DE",
+    "North Holland, NL",
+    "Ile-de-France, FR",
+    "Stockholm, SE",
+    "Masovia, PL",
+    "Tokyo, JP",
+    "Seoul, KR",
+    "Taipei, TW",
+    "Sao Paulo, BR",
+    "New South Wales, AU",
+)
+# Offers a machine's volume space at this id + machine id (vast.ai lists a volume offer per
+# machine; the offer row names it in `avail_vol_ask_id`).
+VOLUME_ASK_BASE = 900_000
 # Hours in the month vast.ai prorates storage over (for the per-hour dph_total figure).
 HOURS_PER_MONTH = 30 * 24
 
@@ -54,6 +73,7 @@ class Machine:
     cpu_ram: int  # MB
     disk_space: float  # GB free for containers
     online: bool = True
+    datacenter: bool = False  # hosting_type 1 (vast.ai "secure cloud" datacenter hosts)
     holders: dict[int, str] = field(default_factory=dict)
 
     def free_gpus(self) -> list[int]:
@@ -101,11 +121,13 @@ def generate(seed: int, machines: int = 60) -> tuple[dict[int, Machine], dict[in
             reliability=reliability,
             verified=verified,
             direct_port_count=0 if rng.random() < 0.15 else rng.choice((4, 16, 64, 200)),
-            geolocation=rng.choice(COUNTRIES),
+            geolocation=rng.choice(REGIONS),
             cpu_cores=count * rng.choice((8, 16, 32)),
             cpu_ram=count * rng.choice((32, 64, 128)) * 1024,
             disk_space=float(rng.choice((200, 500, 1000, 2000))),
         )
+        # A separate RNG: drawing from `rng` here would change every later machine of a seed.
+        machine.datacenter = random.Random(seed * 1_000_003 + machine_id).random() < 0.25
         by_id[machine_id] = machine
         for size in RENTAL_SIZES:
             if size <= count:
@@ -146,6 +168,7 @@ def offer_row(ask: Ask, machine: Machine, allocated_storage: float) -> dict[str,
         "gpu_name": machine.gpu_name,
         "gpu_ram": machine.gpu_ram,
         "gpu_total_ram": machine.gpu_ram * n,
+        "gpu_totalram": machine.gpu_ram * n,  # the docs' spelling; gpu_total_ram kept for old reads
         "gpu_frac": n / machine.gpu_count,
         "cuda_max_good": machine.cuda_max_good,
         "compute_cap": machine.compute_cap,
@@ -155,6 +178,7 @@ def offer_row(ask: Ask, machine: Machine, allocated_storage: float) -> dict[str,
         "cpu_cores_effective": machine.cpu_cores * n / machine.gpu_count,
         "cpu_ghz": 2.8,
         "cpu_ram": machine.cpu_ram * n // machine.gpu_count,
+        "cpu_arch": "amd64",
         "disk_space": machine.disk_space,
         "disk_bw": 2000.0,
         "disk_name": "nvme",
@@ -180,11 +204,28 @@ def offer_row(ask: Ask, machine: Machine, allocated_storage: float) -> dict[str,
         "rented": not rentable,
         "is_bid": False,
         "external": False,
-        "hosting_type": 0,
+        "hosting_type": 1 if machine.datacenter else 0,
         "geolocation": machine.geolocation,
         "static_ip": False,
         "public_ipaddr": "127.0.0.1",
         "duration": 30 * 86400.0,
         "vms_enabled": False,
         "cluster_id": None,
+        **volume_offer_fields(machine),
+    }
+
+
+def volume_ask_id(machine: Machine) -> int:
+    """The id of the volume offer on `machine` (what `PUT /volumes/` rents)."""
+    return VOLUME_ASK_BASE + machine.id
+
+
+def volume_offer_fields(machine: Machine) -> dict[str, Any]:
+    """The offer's volume fields (vastai/data/offer.py: avail_vol_ask_id, avail_vol_dph,
+    avail_vol_size). A volume is billed per GB-month at the machine's storage price;
+    avail_vol_dph is that price per GB-hour."""
+    return {
+        "avail_vol_ask_id": volume_ask_id(machine),
+        "avail_vol_size": machine.disk_space,
+        "avail_vol_dph": round(machine.storage_cost / HOURS_PER_MONTH, 8),
     }

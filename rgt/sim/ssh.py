@@ -262,7 +262,10 @@ class SshServer:
                         f"Port {port}",
                         f"ListenAddress {self.host}",
                         f"HostKey {host_key}",
-                        f"AuthorizedKeysFile {self.key_dir / AUTHORIZED_KEYS_NAME}",
+                        # The emulator's client key, and keys attached to this instance
+                        # (`vastai attach ssh`: the box's /root/.ssh/authorized_keys).
+                        f"AuthorizedKeysFile {self.key_dir / AUTHORIZED_KEYS_NAME} "
+                        f"{self.disk / 'root' / '.ssh' / AUTHORIZED_KEYS_NAME}",
                         f"PidFile {self._run_dir / 'sshd.pid'}",
                         "AllowUsers root",
                         "PermitRootLogin prohibit-password",

@@ -14,6 +14,7 @@ Reported states follow vast.ai (actual_status / intended_status / cur_state / st
     stopped     stopped   stopped   stopped    released  disk still billed (VAST1)
     scheduling  stopped   running   stopped    waiting   its own GPU is rented by another (VAST3)
     paused      stopped   running   stopped    waiting   interruptible outbid (VAST4)
+    exited      exited    running   running    held      args-mode command ended (code in the log)
     offline     offline   (as was)  (as was)   held      host stopped answering (VAST7)
     destroyed   -- the row is gone ({"instances": null}), disk deleted
 
@@ -25,13 +26,16 @@ again; or a test calls `preempt()`, and the instance waits until `win_bid()`.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import random
+import re
+import secrets
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +43,16 @@ from rgt.atomic import atomic_write_text
 from rgt.sim import filters
 from rgt.sim.boxes import Box, box_environment, kill_orphan
 from rgt.sim.clock import SimClock
-from rgt.sim.market import HOURS_PER_MONTH, Ask, Machine, generate, network_fields, offer_row
+from rgt.sim.market import (
+    HOURS_PER_MONTH,
+    Ask,
+    Machine,
+    generate,
+    network_fields,
+    offer_row,
+    volume_ask_id,
+)
+from rgt.sim.ports import Forwarder, PortError, bind_range, requested_ports
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +61,14 @@ STATE_VERSION = 1
 SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600.0
 BYTES_PER_GB = 1_000_000_000  # bandwidth is priced per GB (10^9 bytes)
 PAGE_LIMIT_MAX = 1000
+# A create without `disk` gets 8 GB on vast.ai (issue 14; the CLI and SDK always send one:
+# 10 by default, research notes §2.2).
+DEFAULT_DISK_GB = 8.0
+# runtype values: "args" runs the args as the container's command; every other value (ssh,
+# ssh_proxy, "ssh_direc ssh_proxy", jupyter...) runs onstart beside an sshd.
+ARGS_RUNTYPE = "args"
+# A public key line vast.ai would put in a container's authorized_keys.
+_SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
 
 
 class ApiError(Exception):
@@ -158,6 +179,10 @@ class SimInstance:
     bandwidth: float = 0.0
     bytes_out: int = 0
     bytes_in: int = 0
+    args: list[str] = field(default_factory=list)  # runtype "args": the container's command
+    api_key: str = ""  # its CONTAINER_API_KEY: accepted for this instance only
+    port_requests: list[list[Any]] = field(default_factory=list)  # [container port, "tcp"]
+    exit_code: int | None = None  # how an args-mode command last ended
 
     @property
     def compute_per_hour(self) -> float:
@@ -182,6 +207,43 @@ class SimInstance:
 
 
 _INSTANCE_FIELDS = {f.name for f in fields(SimInstance)}
+
+
+@dataclass
+class SimVolume:
+    """A local volume: disk space on one machine, billed per GB-month while it exists (VAST12).
+    It is bound to its machine: only instances there could mount it."""
+
+    id: int
+    ask_id: int
+    machine_id: int
+    size_gb: float
+    name: str | None
+    storage_cost: float  # $/GB-month
+    created_at: float
+    cost: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        """Dollars per second while it exists."""
+        return self.size_gb * self.storage_cost / SECONDS_PER_MONTH
+
+    def row(self) -> dict[str, Any]:
+        """The row `GET /volumes/` answers (the SDK computes `duration` from `start_date`)."""
+        return {
+            "id": self.id,
+            "ask_id": self.ask_id,
+            "machine_id": self.machine_id,
+            "name": self.name,
+            "disk_space": self.size_gb,
+            "size": self.size_gb,
+            "storage_cost": self.storage_cost,
+            "start_date": self.created_at,
+            "status": "ready",
+            "type": "local_volume",
+            "total_cost": round(self.cost, 6),
+            "instances": [],
+        }
 
 
 class World:
@@ -217,6 +279,10 @@ class World:
         self.ssh: dict[int, SshServerLike] = {}
         self.ssh_ports: dict[int, int] = {}
         self.traffic_seen: dict[int, tuple[int, int]] = {}
+        self.forwarders: dict[int, list[Forwarder]] = {}
+        self.public_ports: dict[int, dict[str, int]] = {}  # "8080/tcp" -> public port
+        self.volumes: dict[int, SimVolume] = {}
+        self.volume_spent = 0.0  # what deleted volumes cost
         self._dirty = False
         self._load()
 
@@ -241,6 +307,7 @@ class World:
 
     def _settle(self, now: float) -> None:
         self._poll_traffic()
+        self._reap_exited()
         while True:
             due = self._next_event(now)
             if due is None:
@@ -270,7 +337,8 @@ class World:
         return best
 
     def _burn_per_second(self) -> float:
-        return sum(self._rates(i)[0] + self._rates(i)[1] for i in self.instances.values())
+        volumes = sum(v.per_second for v in self.volumes.values())
+        return volumes + sum(self._rates(i)[0] + self._rates(i)[1] for i in self.instances.values())
 
     @staticmethod
     def _rates(inst: SimInstance) -> tuple[float, float]:
@@ -286,6 +354,9 @@ class World:
             inst.compute += compute * elapsed
             inst.storage += storage * elapsed
             self.balance -= (compute + storage) * elapsed
+        for volume in self.volumes.values():
+            volume.cost += volume.per_second * elapsed
+            self.balance -= volume.per_second * elapsed
         self.accrued_at = moment
 
     def _balance_exhausted(self) -> None:
@@ -294,7 +365,7 @@ class World:
         self.exhausted = True
         when = self.accrued_at + self.settings.zero_balance_grace_seconds
         for inst in self.instances.values():
-            if inst.phase in ("loading", "running", "scheduling", "paused"):
+            if inst.phase in ("loading", "running", "scheduling", "paused", "exited"):
                 self._halt(inst)
                 inst.phase = "stopped"
             inst.intended = "stopped"
@@ -367,6 +438,7 @@ class World:
             self._settle(self.clock.now())
             meters = [i.meter() for i in self.instances.values()] + list(self.finished.values())
             total = {k: sum(m[k] for m in meters) for k in ("compute", "storage", "bandwidth")}
+            total["volumes"] = self.volume_spent + sum(v.cost for v in self.volumes.values())
             total["total"] = sum(total.values())
             total["balance"] = self.balance
             return total
@@ -412,6 +484,7 @@ class World:
         inst.ready_at = None
         inst.started_at = self.accrued_at
         inst.starts += 1
+        inst.exit_code = None
         inst.status_msg = f"success, running {inst.image}"
         self._launch(inst)
 
@@ -423,16 +496,34 @@ class World:
             with open(self.log_path(inst.id), "ab") as handle:
                 note = f"[sim] container start #{inst.starts} of instance {inst.id}\n"
                 handle.write(note.encode())
-            environment = box_environment(disk, inst.id, inst.env, self.platform.id_env)
-            if inst.onstart.strip():
-                box = Box.start(inst.onstart, disk, environment, self.log_path(inst.id))
+            inner_ports = self._open_ports(inst)
+            environment = box_environment(
+                disk,
+                inst.id,
+                inst.env,
+                self.platform.id_env,
+                container_key=inst.api_key,
+                ports=inner_ports,
+            )
+            if inst.runtype == ARGS_RUNTYPE:
+                command = list(inst.args)  # the image's command; onstart is not run
+            else:
+                command = ["bash", "-c", inst.onstart] if inst.onstart.strip() else []
+            if command:
+                box = Box.start(
+                    command,
+                    disk,
+                    environment,
+                    self.log_path(inst.id),
+                    box_dirs=[self.platform.data_dir.strip("/").split("/")[0]],
+                )
                 self.boxes[inst.id] = box
                 inst.pid = box.pid
         except OSError as exc:
             # The container "runs" without its job, as a broken onstart would leave it.
             log.warning("instance %s: onstart not started (%s)", inst.id, exc)
             inst.status_msg = f"success, running {inst.image}; onstart failed to start: {exc}"
-        if self.ssh_factory is not None:
+        if self.ssh_factory is not None and inst.runtype != ARGS_RUNTYPE:
             try:
                 server = self.ssh_factory(disk)
                 self.ssh_ports[inst.id] = server.start()
@@ -441,12 +532,60 @@ class World:
             except Exception as exc:
                 log.warning("instance %s: no ssh endpoint (%s)", inst.id, exc)
 
+    def _open_ports(self, inst: SimInstance) -> dict[int, int]:
+        """Bind the public ports of the create's `-p` requests (one consecutive range) and relay
+        the TCP ones to the box; returns container port -> public port."""
+        self._close_ports(inst.id)
+        if not inst.port_requests:
+            return {}
+        sockets = bind_range(len(inst.port_requests))
+        mapped: dict[int, int] = {}
+        self.public_ports[inst.id] = {}
+        forwarders: list[Forwarder] = []
+        for (inner, proto), sock in zip(inst.port_requests, sockets, strict=True):
+            public = int(sock.getsockname()[1])
+            mapped[int(inner)] = public
+            self.public_ports[inst.id][f"{inner}/{proto}"] = public
+            if proto == "tcp":
+                forwarders.append(Forwarder(sock, int(inner)))
+            else:
+                sock.close()  # reported, not relayed (see rgt.sim.ports)
+        self.forwarders[inst.id] = forwarders
+        return mapped
+
+    def _close_ports(self, instance_id: int) -> None:
+        for forwarder in self.forwarders.pop(instance_id, []):
+            forwarder.close()
+        self.public_ports.pop(instance_id, None)
+
+    def _reap_exited(self) -> None:
+        """An args-mode command that ended leaves its container `exited`, its code in the log."""
+        for inst in self.instances.values():
+            box = self.boxes.get(inst.id)
+            if inst.phase != "running" or inst.runtype != ARGS_RUNTYPE or box is None:
+                continue
+            code = box.process.poll()
+            if code is None:
+                continue
+            if code < 0:  # killed by a signal: Docker reports 128 + the signal number
+                code = 128 - code
+            self.boxes.pop(inst.id)
+            inst.pid = None
+            self._close_ports(inst.id)
+            inst.phase = "exited"
+            inst.exit_code = code
+            inst.status_msg = f"Container exited with code {code}"
+            with contextlib.suppress(OSError), open(self.log_path(inst.id), "ab") as handle:
+                handle.write(f"[sim] container exited with code {code}\n".encode())
+            self._dirty = True
+
     def _halt(self, inst: SimInstance) -> None:
         """Container gone: SIGKILL the onstart process group, stop its sshd, free its GPUs."""
         box = self.boxes.pop(inst.id, None)
         if box is not None:
             box.kill()
         inst.pid = None
+        self._close_ports(inst.id)
         self._stop_ssh(inst.id)
         self._release(inst)
         inst.ready_at = None
@@ -566,7 +705,7 @@ class World:
                     "invalid_args",
                     f"onstart is {len(onstart.encode())} bytes; the limit is {limit} bytes.",
                 )
-            disk_gb = _number(body.get("disk"), 10.0, "disk")
+            disk_gb = _number(body.get("disk"), DEFAULT_DISK_GB, "disk")
             if disk_gb <= 0 or disk_gb > machine.disk_space:
                 raise ApiError(
                     400,
@@ -576,6 +715,40 @@ class World:
             env = body.get("env") or {}
             if not isinstance(env, dict):
                 raise ApiError(400, "invalid_args", "env must be an object of NAME: value.")
+            try:
+                ports = requested_ports({str(k): str(v) for k, v in env.items()})
+            except PortError as exc:
+                raise ApiError(400, "invalid_args", str(exc)) from exc
+            if ports and len(ports) > machine.direct_port_count:
+                raise ApiError(
+                    400,
+                    "invalid_args",
+                    f"{len(ports)} port(s) requested; machine {machine.id} offers "
+                    f"direct_port_count={machine.direct_port_count}",
+                )
+            runtype = str(body.get("runtype") or "ssh")
+            args = body.get("args")
+            if runtype == ARGS_RUNTYPE:
+                if (
+                    not isinstance(args, list)
+                    or not args
+                    or not all(isinstance(a, str) for a in args)
+                ):
+                    raise ApiError(
+                        400,
+                        "invalid_args",
+                        'runtype "args" needs args: a non-empty list of strings (the emulator '
+                        "has no image entrypoint of its own to run)",
+                    )
+            elif args not in (None, []):
+                raise ApiError(400, "invalid_args", 'args are only read with runtype "args"')
+            target_state = body.get("target_state") or "running"
+            if target_state not in ("running", "stopped"):
+                raise ApiError(
+                    400,
+                    "invalid_args",
+                    f"target_state {target_state!r}: allowed are running, stopped",
+                )
             price = body.get("price")
             row = offer_row(ask, machine, disk_gb)
             if price is not None:
@@ -604,7 +777,7 @@ class World:
                 onstart=onstart,
                 env={str(k): str(v) for k, v in env.items()},
                 label=body.get("label") if isinstance(body.get("label"), str) else None,
-                runtype=str(body.get("runtype") or "ssh"),
+                runtype=runtype,
                 is_bid=price is not None,
                 bid_price=price,
                 dph_base=row["dph_base"],
@@ -612,12 +785,22 @@ class World:
                 inet_up_cost=machine.inet_up_cost,
                 inet_down_cost=machine.inet_down_cost,
                 created_at=now,
+                args=list(args or []),
+                api_key="sim-instance-" + secrets.token_hex(16),
+                port_requests=[[port, proto] for port, proto in ports],
             )
             self.next_id += 1
-            self._claim(inst)
             self._prepare_disk(inst)
             self.instances[inst.id] = inst
-            self._begin_loading(inst, self.settings.boot_seconds, f"Pulling image {image}")
+            if target_state == "stopped":
+                # Created, not started: no GPU held, no compute; the disk bills from now.
+                inst.phase = "stopped"
+                inst.intended = "stopped"
+                inst.ready_at = None
+                inst.status_msg = "Created stopped (target_state); start it to run"
+            else:
+                self._claim(inst)
+                self._begin_loading(inst, self.settings.boot_seconds, f"Pulling image {image}")
             self._schedule_waiting()  # an outbid bid whose GPU the newcomer did not need
             self._save()
             return inst.id
@@ -686,7 +869,7 @@ class World:
             self._settle(self.clock.now())
             inst = self._get(instance_id)
             if state == "stopped":
-                if inst.phase in ("loading", "running", "scheduling", "paused"):
+                if inst.phase in ("loading", "running", "scheduling", "paused", "exited"):
                     self._halt(inst)
                     inst.phase = "stopped"
                     inst.status_msg = "Stopped by the user; the disk is kept (and billed)."
@@ -701,6 +884,8 @@ class World:
                 inst.delete_at = None
                 if inst.phase == "stopped":
                     self._start(inst)
+                elif inst.phase == "exited":  # its GPU is still held: the container restarts
+                    self._begin_loading(inst, self.settings.restart_seconds, "Starting container")
                 inst.intended = "running"
             else:
                 raise ApiError(
@@ -736,7 +921,7 @@ class World:
         with self.lock:
             self._settle(self.clock.now())
             inst = self._get(instance_id)
-            if inst.phase not in ("loading", "running"):
+            if inst.phase not in ("loading", "running", "exited"):
                 raise ApiError(
                     400, "invalid_state", f"Instance {inst.id} is not running; start it instead."
                 )
@@ -811,6 +996,172 @@ class World:
         """Every GPU model in the marketplace."""
         return sorted({m.gpu_name for m in self.machines.values()})
 
+    # -- keys ---------------------------------------------------------------------------------
+    def instance_key(self, instance_id: int) -> str:
+        """The instance's CONTAINER_API_KEY (create answers it as `instance_api_key`)."""
+        with self.lock:
+            return self._get(instance_id).api_key
+
+    def instance_for_key(self, key: str) -> int | None:
+        """The instance whose CONTAINER_API_KEY `key` is, if any."""
+        with self.lock:
+            for inst in self.instances.values():
+                if inst.api_key and hmac.compare_digest(inst.api_key.encode(), key.encode()):
+                    return inst.id
+        return None
+
+    def attach_ssh(self, instance_id: int, public_key: Any) -> None:
+        """POST /instances/{id}/ssh/: the key joins the box's /root/.ssh/authorized_keys (as
+        vast.ai installs attached keys), which the box's sshd reads at every login."""
+        if not isinstance(public_key, str) or not _SSH_KEY.match(public_key.strip()):
+            raise ApiError(
+                400,
+                "invalid_args",
+                "ssh_key must be one OpenSSH public key line (e.g. 'ssh-ed25519 AAAA... me')",
+            )
+        line = public_key.strip()
+        with self.lock:
+            self._get(instance_id)
+            path = self.disk(instance_id) / "root" / ".ssh" / "authorized_keys"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                present = path.read_text().splitlines()
+            except OSError:
+                present = []
+            if line not in present:
+                atomic_write_text(path, "".join(k + "\n" for k in [*present, line]), mode=0o600)
+
+    # -- volumes, invoices, cloud copy ---------------------------------------------------------
+    def volume_rows(self) -> list[dict[str, Any]]:
+        """GET /volumes/: the account's volumes."""
+        with self.lock:
+            self._settle(self.clock.now())
+            return [v.row() for v in self.volumes.values()]
+
+    def create_volume(self, body: dict[str, Any]) -> int:
+        """PUT /volumes/ {"id": volume offer (avail_vol_ask_id), "size": GB, "name"?}."""
+        with self.lock:
+            now = self.clock.now()
+            self._settle(now)
+            ask_id = int(_number(body.get("id"), -1, "id"))
+            machine = next((m for m in self.machines.values() if volume_ask_id(m) == ask_id), None)
+            if machine is None:
+                raise ApiError(
+                    404, "no_such_ask", f"Volume offer {ask_id} does not exist (avail_vol_ask_id)."
+                )
+            size = _number(body.get("size"), 15.0, "size")
+            used = sum(v.size_gb for v in self.volumes.values() if v.machine_id == machine.id)
+            if size <= 0 or used + size > machine.disk_space:
+                raise ApiError(
+                    400,
+                    "invalid_args",
+                    f"size {size:g} GB: machine {machine.id} has "
+                    f"{machine.disk_space - used:g} GB of volume space free",
+                )
+            if self.balance <= 0:
+                raise ApiError(
+                    402, "insufficient_credit", "Your balance is $0.00 or less: add credit."
+                )
+            name = body.get("name")
+            volume = SimVolume(
+                id=self.next_id,
+                ask_id=ask_id,
+                machine_id=machine.id,
+                size_gb=size,
+                name=name if isinstance(name, str) else None,
+                storage_cost=machine.storage_cost,
+                created_at=now,
+            )
+            self.next_id += 1
+            self.volumes[volume.id] = volume
+            self._save()
+            return volume.id
+
+    def delete_volume(self, volume_id: int) -> None:
+        """DELETE /volumes/?id=N: the volume and its billing end."""
+        with self.lock:
+            self._settle(self.clock.now())
+            volume = self.volumes.pop(int(volume_id), None)
+            if volume is None:
+                raise ApiError(404, "no_such_volume", f"Volume {volume_id} not found.")
+            self.volume_spent += volume.cost
+            self._save()
+
+    def charges(self) -> list[dict[str, Any]]:
+        """GET /api/v1/invoices/ and /api/v0/charges/: one charge per instance (live or
+        destroyed) and per live volume, with what it has cost so far (no date filtering)."""
+        with self.lock:
+            self._settle(self.clock.now())
+            rows: list[dict[str, Any]] = []
+            meters = {i.id: i.meter() for i in self.instances.values()}
+            meters.update(self.finished)
+            for instance_id, meter in sorted(meters.items()):
+                rows.append(
+                    {
+                        "type": "instance",
+                        "service": "instance",
+                        "source": "instance",
+                        "instance_id": instance_id,
+                        "description": f"Instance {instance_id}",
+                        "amount": round(meter["total"], 6),
+                        "compute": round(meter["compute"], 6),
+                        "storage": round(meter["storage"], 6),
+                        "bandwidth": round(meter["bandwidth"], 6),
+                        "when": self.accrued_at,
+                    }
+                )
+            for volume in self.volumes.values():
+                rows.append(
+                    {
+                        "type": "volume",
+                        "service": "volume",
+                        "source": "volume",
+                        "volume_id": volume.id,
+                        "description": f"Volume {volume.id} ({volume.size_gb:g} GB)",
+                        "amount": round(volume.cost, 6),
+                        "when": self.accrued_at,
+                    }
+                )
+            return rows
+
+    def cloud_copy(self, body: dict[str, Any]) -> str:
+        """POST /commands/rclone/: accepted for a running or stopped instance (vast.ai copies
+        from a stopped one too); no data moves (no cloud here), but an instance-to-cloud copy
+        bills the bytes of `src` as upload bandwidth, as the host would meter them."""
+        with self.lock:
+            self._settle(self.clock.now())
+            instance_id = int(_number(body.get("instance_id"), -1, "instance_id"))
+            inst = self._get(instance_id)
+            if inst.phase in ("loading", "offline", "scheduling", "paused"):
+                raise ApiError(
+                    400,
+                    "invalid_state",
+                    f"Instance {inst.id} is {inst.phase}: cloud copy needs it running or stopped",
+                )
+            transfer = str(body.get("transfer") or "").lower().replace(" ", "")
+            if transfer not in ("instancetocloud", "cloudtoinstance"):
+                raise ApiError(
+                    400,
+                    "invalid_args",
+                    "transfer must be 'Instance To Cloud' or 'Cloud To Instance'",
+                )
+            if not body.get("selected"):
+                raise ApiError(400, "invalid_args", "selected (a cloud connection id) is required")
+            if transfer == "cloudtoinstance":
+                return "Cloud copy accepted (the emulator has no cloud: nothing was copied)."
+            src = str(body.get("src") or "")
+            root = self.disk(inst.id).resolve()
+            target = (root / src.lstrip("/")).resolve()
+            if not src.startswith("/") or not (target == root or root in target.parents):
+                raise ApiError(400, "invalid_args", f"src {src!r} must be an absolute box path")
+            if not target.exists():
+                raise ApiError(404, "no_such_path", f"src {src} does not exist on the instance")
+            files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files)
+            self._charge_bandwidth(inst, size, 0)
+            self._save()
+            return f"Cloud copy accepted: {size} bytes billed as upload (nothing was copied)."
+
     # -- fault injection ----------------------------------------------------------------------
     def preempt(self, instance_id: int) -> None:
         """An interruptible instance is outbid: its container is killed at once (SIGKILL)."""
@@ -870,6 +1221,7 @@ class World:
                     box = self.boxes.pop(inst.id, None)
                     if box is not None:
                         box.kill()
+                    self._close_ports(inst.id)
                     self._stop_ssh(inst.id)
                     inst.before_offline = inst.phase
                     inst.ready_at = None
@@ -910,17 +1262,36 @@ class World:
             "loading": "loading",
             "running": "running",
             "offline": "offline",
+            "exited": "exited",
         }.get(inst.phase, "stopped")
         intended = inst.intended
-        cur = "running" if inst.phase in ("loading", "running") else "stopped"
+        cur = "running" if inst.phase in ("loading", "running", "exited") else "stopped"
         if inst.phase == "offline":
             cur = "running" if inst.before_offline in ("loading", "running") else "stopped"
         port = self.ssh_ports.get(inst.id) if inst.phase == "running" else None
         now = self.accrued_at
         uptime = (now - inst.started_at) / 60 if inst.started_at and inst.phase == "running" else 0
         row = offer_row(self.asks[inst.ask_id], machine, inst.disk_gb)
+        ports: dict[str, list[dict[str, str]]] = {}
+        if port:
+            ports["22/tcp"] = [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+        for name, public in self.public_ports.get(inst.id, {}).items():
+            ports[name] = [{"HostIp": "127.0.0.1", "HostPort": str(public)}]
+        public_ports = sorted(int(p[0]["HostPort"]) for p in ports.values())
+        compute_hour = inst.compute_per_hour
+        disk_hour = inst.storage_per_second * 3600
+        # The pricing blocks of an instance row (vast.ai's web console and API: what the
+        # instance costs as rented, and what its offer costs in search).
+        pricing = {
+            "gpuCostPerHour": round(compute_hour, 6),
+            "diskHour": round(disk_hour, 6),
+            "totalHour": round(compute_hour + disk_hour, 6),
+            "discountTotalHour": 0.0,
+            "discountedTotalPerHour": round(compute_hour + disk_hour, 6),
+        }
         return {
             "id": inst.id,
+            "bundle_id": inst.ask_id,  # the offer it was rented from; `id` is the contract
             "machine_id": machine.id,
             "host_id": machine.host_id,
             "actual_status": actual,
@@ -930,7 +1301,7 @@ class World:
             "status_msg": inst.status_msg,
             "label": inst.label,
             "image_uuid": inst.image,
-            "image_args": [],
+            "image_args": list(inst.args),
             "image_runtype": inst.runtype,
             "onstart": inst.onstart,
             "extra_env": [[k, v] for k, v in inst.env.items()],
@@ -945,23 +1316,44 @@ class World:
             "gpu_arch": "nvidia",
             "cuda_max_good": machine.cuda_max_good,
             "driver_version": row["driver_version"],
+            "compute_cap": machine.compute_cap,
+            "cpu_name": row["cpu_name"],
+            "cpu_arch": row["cpu_arch"],
+            "cpu_cores": row["cpu_cores"],
             "cpu_cores_effective": row["cpu_cores_effective"],
+            "cpu_ghz": row["cpu_ghz"],
             "cpu_util": 0.0,
             "cpu_ram": row["cpu_ram"],
+            "gpu_totalram": row["gpu_totalram"],
+            "dlperf": row["dlperf"],
+            "dlperf_per_dphtotal": row["dlperf_per_dphtotal"],
+            "total_flops": row["total_flops"],
+            "hosting_type": row["hosting_type"],
             "disk_space": inst.disk_gb,
-            "disk_util": 0.0,
+            "disk_util": 0,  # an int, as vast.ai sends it
             "disk_usage": 0.0,
             "mem_usage": 0.0,
-            "mem_limit": float(row["cpu_ram"]),
+            "mem_limit": round(row["cpu_ram"] / 1024, 3),  # GB (cpu_ram is MB)
             **network_fields(machine, inst.inet_up_cost, inst.inet_down_cost),
+            # Bytes billed so far, in GB (the unit the per-GB prices use).
+            "inet_up_billed": round(inst.bytes_out / BYTES_PER_GB, 9),
+            "inet_down_billed": round(inst.bytes_in / BYTES_PER_GB, 9),
             "ssh_host": "127.0.0.1" if port else None,
             "ssh_port": port,
-            "ssh_idx": None,
+            "ssh_idx": "0",  # a string on vast.ai (vastai/data/instance.py)
             "public_ipaddr": "127.0.0.1",
             "local_ipaddrs": "127.0.0.1",
-            "direct_port_start": port,
-            "direct_port_end": port,
-            "ports": {"22/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]} if port else {},
+            "direct_port_count": len(ports),
+            "direct_port_start": public_ports[0] if public_ports else None,
+            "direct_port_end": public_ports[-1] if public_ports else None,
+            "ports": ports,
+            "instance": pricing,
+            "search": {
+                **pricing,
+                "gpuCostPerHour": row["dph_base"],
+                "totalHour": round(row["dph_base"] + disk_hour, 6),
+                "discountedTotalPerHour": round(row["dph_base"] + disk_hour, 6),
+            },
             "jupyter_token": None,
             "uptime_mins": round(uptime, 3),
             "start_date": inst.created_at,
@@ -1000,6 +1392,8 @@ class World:
                 "balance": self.balance,
                 "exhausted": self.exhausted,
                 "instances": [asdict(i) for i in self.instances.values()],
+                "volumes": [asdict(v) for v in self.volumes.values()],
+                "volume_spent": self.volume_spent,
                 "finished": {str(k): v for k, v in self.finished.items()},
                 "holders": {
                     str(m.id): {str(g): h for g, h in m.holders.items()}
@@ -1008,7 +1402,10 @@ class World:
                 },
                 "offline": sorted(m.id for m in self.machines.values() if not m.online),
             }
-            atomic_write_text(self._state_path(), json.dumps(state, indent=1, sort_keys=True))
+            # 0600: it holds each instance's CONTAINER_API_KEY.
+            atomic_write_text(
+                self._state_path(), json.dumps(state, indent=1, sort_keys=True), mode=0o600
+            )
             self._dirty = False
 
     def _load(self) -> None:
@@ -1028,6 +1425,8 @@ class World:
             self.balance = float(state["balance"])
             self.exhausted = bool(state["exhausted"])
             self.finished = {int(k): v for k, v in state["finished"].items()}
+            self.volumes = {int(v["id"]): SimVolume(**v) for v in state.get("volumes", [])}
+            self.volume_spent = float(state.get("volume_spent", 0.0))
             for machine_id, held in state["holders"].items():
                 self.machines[int(machine_id)].holders = {int(g): h for g, h in held.items()}
             for machine_id in state["offline"]:
