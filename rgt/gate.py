@@ -724,11 +724,11 @@ def _meter_stop_claimed(
         ledger.update_destroy(
             token, "sent", verb=verb, approval_id=used_approval, lost=decision.evidence.get("lost")
         )
+        # A box reached over ssh: its provider's `destroy` asks the human to do `verb` and
+        # confirm it (rgt.providers.ssh); every other provider implements `verb` itself.
+        method = "destroy" if getattr(provider, "meter_stop_is_human", False) else verb
         try:
-            if getattr(provider, "meter_stop_is_human", False):
-                provider.destroy(instance_id)  # asks the human to do `verb` and confirm it
-            else:
-                getattr(provider, verb)(instance_id)
+            getattr(provider, method)(instance_id)
         except Refused as exc:  # the human did not confirm the meter stop
             ledger.update_destroy(token, "failed", detail=exc.message)
             raise

@@ -117,9 +117,14 @@ class StandInBox:
             capture_output=True,
             check=False,
         )
+        ours = os.getpgid(0)
         for pid in self.hook_pids():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
+                group = os.getpgid(pid)
+                if group != ours:  # never the test's own process group
+                    os.killpg(group, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
 
     def hook_pids(self) -> list[int]:
         """Processes whose command line names a file on this box's disk (the hook, the job)."""
@@ -135,6 +140,14 @@ class StandInBox:
             if needle in raw and int(entry) != os.getpid():
                 found.append(int(entry))
         return found
+
+    @staticmethod
+    def cmdline(pid: int) -> bytes:
+        """A process's raw command line (empty once it is gone)."""
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""
 
     def close(self) -> None:
         """Stop the sshd and everything the box runs."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -239,16 +240,31 @@ def test_job_is_killed_resumes_finishes_and_the_gate_needs_the_humans_meter_stop
     assert_no_canary(*outputs)
 
 
-def test_without_tmux_the_hook_runs_under_nohup(tmp_path: Path) -> None:
+def test_without_tmux_the_hook_runs_under_nohup_and_a_stopped_hook_is_launched_again(
+    tmp_path: Path,
+) -> None:
     box = StandInBox(tmp_path / "box", without_tmux=True).start()
     try:
         instance = attach(box, box_profile(tmp_path, box.disk))
-        job = box_job(tmp_path, box.disk, step_seconds="0")
+        job = box_job(tmp_path, box.disk)
         launched = rgt("launch", "--on", instance, "--job", str(job))
         assert launched.returncode == 0, launched.stderr
         assert "(nohup)" in launched.stdout and "tmux is not installed" in launched.stderr
+        # The hook outlived the ssh session that started it; SIGTERM it (a host's shutdown).
+        wait_for(lambda: len(checkpoints(box.disk)) >= 1, "a first checkpoint")
+        hooks = [pid for pid in box.hook_pids() if b"onstart.sh" in box.cmdline(pid)]
+        assert hooks, "the hook is not running"
+        for pid in hooks:
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: poll(instance)["job"]["state"] == "interrupted", "interrupted")
+        advice = poll(instance)["next_action"]
+        assert f"rgt launch --on {instance} --job JOB.yaml` again" in advice
+        again = rgt("launch", "--on", instance, "--job", str(job))
+        assert again.returncode == 0, again.stderr
         done = rgt("poll", instance, "--until", "done", "--interval", "1", "--timeout", "120")
         assert done.returncode == 0, done.stdout + done.stderr
+        starts = (box.disk / "workspace/checkpoints/starts.log").read_text().split()
+        assert len(starts) == 2 and int(starts[1]) > 0, starts  # resumed, not from step 0
         manifest = json.loads((box.disk / "workspace/results/PULL_MANIFEST.json").read_text())
         assert manifest["instance_id"] == instance and manifest["run_id"] == RUN_ID
     finally:

@@ -148,6 +148,9 @@ class SshProvider:
 
     # The gate reads this: the meter stop is the human's action, confirmed through `destroy`.
     meter_stop_is_human = True
+    # Nothing re-runs a boot hook here after a reboot or a kill: `rgt launch --on` does (poll
+    # says so instead of "stop and start the instance").
+    restarts_boot_hook = False
 
     def __init__(
         self,
