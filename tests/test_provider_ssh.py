@@ -289,3 +289,35 @@ def test_a_silent_box_is_offline_not_gone_and_rgt_sends_no_platform_verbs(
     assert [(row["instance_id"], row["state"]) for row in rows] == [(instance, "offline")]
     with Ledger.open() as ledger:
         assert ledger.destroys(instance) == []
+
+
+def test_a_failed_job_is_discarded_through_the_same_human_meter_stop(
+    box: StandInBox, tmp_path: Path
+) -> None:
+    from rgt import approval
+
+    approval.store_passphrase(PASSPHRASE, n=2**14)
+    instance = attach(box, box_profile(tmp_path, box.disk))
+    job = box_job(tmp_path, box.disk)
+    data = yaml.safe_load(job.read_text())
+    data["command"] = "echo 'out of memory' >&2; exit 3"
+    job.write_text(yaml.safe_dump(data))
+    assert rgt("launch", "--on", instance, "--job", str(job)).returncode == 0
+    failed = rgt("poll", instance, "--until", "done", "--interval", "1", "--timeout", "120")
+    assert failed.returncode == 1 and "failed (exit 3)" in failed.stdout, failed.stdout
+    assert "rgt discard" in failed.stdout
+
+    human = PtyProcess("discard", instance, "--reason", "failed-job")
+    human.expect("to confirm: ")
+    human.send(f"discard {instance}")
+    human.expect("Approval passphrase")
+    human.send(PASSPHRASE)
+    told = human.expect("to confirm, or press Enter")
+    assert "terminate: RunPod console" in told
+    box.stop()
+    human.send(instance)
+    assert human.wait(timeout=90) == 0, human.text
+    with Ledger.open() as ledger:
+        (ended,) = ledger.destroys(instance)
+    assert (ended.status, ended.purpose, ended.reason) == ("confirmed", "discard", "failed-job")
+    assert poll(instance)["state"] == "gone"
