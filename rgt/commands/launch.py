@@ -8,7 +8,10 @@ import argparse
 from rgt.commands._platform import add_platform_argument
 
 ORDER = 60  # position in `rgt --help` (see rgt.cli.command_modules)
-HELP = "rent an offer for a job: render the boot hook, create, record in the ledger"
+HELP = (
+    "rent an offer for a job: render the boot hook, create, record in the ledger; or start it "
+    "over ssh on a box from `rgt attach` (--on ID)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
