@@ -338,6 +338,31 @@ def open_tty() -> TextIO:
     return io.TextIOWrapper(io.FileIO(fd, "r+"), encoding="utf-8", line_buffering=True)
 
 
+def confirm_meter_stop_on_tty(instance_id: str, action: str) -> bool:
+    """After the gate allowed ending a box whose meter stop rgt cannot send (a box reached over
+    ssh): tell the human on the terminal exactly what to do, and return True only when they
+    type the instance id back to say it is done. Refused when no terminal is at hand."""
+    try:
+        tty = open_tty()
+    except Refused as exc:
+        raise Refused(
+            f"{exc}; the meter stop of instance {instance_id} is a human's action ({action}): "
+            f"run `rgt destroy {instance_id}` on a terminal"
+        ) from None
+    with tty:
+        tty.write(
+            f"The gate allows ending instance {instance_id}. rgt cannot do it on this platform; "
+            f"do it yourself now:\n    {action}\n"
+            "rgt records it as ended only once you confirm here AND the box stops answering "
+            "over ssh.\n"
+            f"When it is done, type the instance id ({instance_id}) to confirm, or press Enter "
+            "to cancel: "
+        )
+        tty.flush()
+        typed = tty.readline().strip()
+    return bool(typed) and hmac.compare_digest(typed, instance_id)
+
+
 def prompt_approval(
     ledger: Ledger,
     instance_id: str,

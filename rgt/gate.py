@@ -674,6 +674,10 @@ def _meter_stop_verb(provider: Provider, profile: Any) -> str:
             f"the provider is {provider.platform!r}: its meter-stop verb does not apply here"
         )
     verb = str(getattr(profile, "meter_stop_verb", "") or "")
+    if verb and getattr(provider, "meter_stop_is_human", False):
+        # A box reached over ssh (rgt.providers.ssh): the profile's verb is a human's action,
+        # which the provider's `destroy` asks them to do and confirm; the gate is the same.
+        return verb
     if verb not in METER_STOP_VERBS or not callable(getattr(provider, verb, None)):
         raise Refused(
             f"profile {getattr(profile, 'name', '?')!r}: meter_stop_verb {verb!r} is not an "
@@ -720,8 +724,14 @@ def _meter_stop_claimed(
         ledger.update_destroy(
             token, "sent", verb=verb, approval_id=used_approval, lost=decision.evidence.get("lost")
         )
+        # A box reached over ssh: its provider's `destroy` asks the human to do `verb` and
+        # confirm it (rgt.providers.ssh); every other provider implements `verb` itself.
+        method = "destroy" if getattr(provider, "meter_stop_is_human", False) else verb
         try:
-            getattr(provider, verb)(instance_id)
+            getattr(provider, method)(instance_id)
+        except Refused as exc:  # the human did not confirm the meter stop
+            ledger.update_destroy(token, "failed", detail=exc.message)
+            raise
         except Exception as exc:
             ledger.update_destroy(token, "failed", detail=f"{type(exc).__name__}: {exc}")
             raise ProviderError(f"{verb} of instance {instance_id} failed: {exc}") from exc

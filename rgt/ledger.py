@@ -24,7 +24,7 @@ from rgt import paths
 from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 15_000
 # A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
 # a live destroy finishes well inside it (bounded retries + a confirm poll).
@@ -156,6 +156,23 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE destroys ADD COLUMN reason TEXT;
     ALTER TABLE destroys ADD COLUMN lost TEXT;
     """,
+    # v5, attached boxes: a box rgt did not rent through an API (a pod, a lab server, a login
+    # node) is reached over ssh under a local id (`ssh-N`); the endpoint and the profile it was
+    # attached with live here, its instance row and states in `instances`/`instance_events`.
+    """
+    CREATE TABLE attached (
+        instance_id TEXT PRIMARY KEY,
+        number INTEGER NOT NULL UNIQUE,
+        provider TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        user TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        identity_file TEXT,
+        name TEXT,
+        attached REAL NOT NULL
+    );
+    """,
 )
 # What an approval or a meter-stop attempt is for.
 PURPOSES = ("destroy", "discard")
@@ -267,6 +284,20 @@ class LaunchRecord(NamedTuple):
     detail: str | None
     created: float
     updated: float
+
+
+class AttachedBox(NamedTuple):
+    """A box attached with `rgt attach`: reached over ssh, its meter stopped by a human."""
+
+    instance_id: str  # the local id, `ssh-N`
+    provider: str  # the profile's platform (the `instances` row's provider)
+    profile: str  # as attached: a bundled profile name (`runpod`, `china:matpool`) or a file
+    user: str
+    host: str
+    port: int
+    identity_file: str | None
+    name: str | None
+    attached: float
 
 
 class LedgerError(UsageError):
@@ -927,6 +958,87 @@ class Ledger:
                     (row["provider"], row["instance_id"], how, _now(now)),
                 )
 
+    # -- attached boxes (rgt.providers.ssh) ------------------------------------------------------
+
+    def attach_box(
+        self,
+        provider: str,
+        profile: str,
+        *,
+        user: str,
+        host: str,
+        port: int,
+        identity_file: str | None = None,
+        name: str | None = None,
+        id_prefix: str = "ssh-",
+        now: float | None = None,
+    ) -> tuple[str, bool]:
+        """Record a box reached over ssh under the next local id (`ssh-1`, `ssh-2`, ...), with
+        its instance row; (id, created). Attaching the same endpoint with the same profile and
+        name again returns the existing id (created False), unless that box was destroyed."""
+        at = _now(now)
+        with self.transaction() as db:
+            for row in db.execute(
+                "SELECT instance_id FROM attached WHERE provider = ? AND profile = ? AND user = ? "
+                "AND host = ? AND port = ? AND name IS ? ORDER BY number",
+                (provider, profile, user, host, int(port), name),
+            ):
+                ended = db.execute(
+                    "SELECT 1 FROM destroys WHERE instance_id = ? AND status = 'confirmed'",
+                    (row["instance_id"],),
+                ).fetchone()
+                if ended is None:
+                    return str(row["instance_id"]), False
+            number = int(db.execute("SELECT COALESCE(MAX(number), 0) FROM attached").fetchone()[0])
+            instance_id = f"{id_prefix}{number + 1}"
+            db.execute(
+                "INSERT INTO attached (instance_id, number, provider, profile, user, host, port, "
+                "identity_file, name, attached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    instance_id,
+                    number + 1,
+                    provider,
+                    profile,
+                    user,
+                    host,
+                    int(port),
+                    identity_file,
+                    name,
+                    at,
+                ),
+            )
+            _upsert_instance(
+                db,
+                provider,
+                instance_id,
+                label=None,
+                profile=profile,
+                offer_id=None,
+                price_per_hour=None,
+                interruptible=None,
+                state="running",
+                results_root=None,
+                roster=None,
+                at=at,
+            )
+        return instance_id, True
+
+    def attached_box(self, instance_id: str) -> AttachedBox | None:
+        """The attached box with local id `instance_id`, or None."""
+        row = self._db.execute(
+            "SELECT * FROM attached WHERE instance_id = ?", (str(instance_id),)
+        ).fetchone()
+        return None if row is None else _attached(row)
+
+    def attached_boxes(self, provider: str | None = None) -> list[AttachedBox]:
+        """Every attached box (of one platform), in the order they were attached."""
+        sql = "SELECT * FROM attached"
+        args: tuple[Any, ...] = ()
+        if provider is not None:
+            sql += " WHERE provider = ?"
+            args = (provider,)
+        return [_attached(row) for row in self._db.execute(sql + " ORDER BY number", args)]
+
     def destroys(self, instance_id: str | None = None) -> list[DestroyRecord]:
         """Destroy attempts (of one instance, or all), oldest first."""
         return [
@@ -1008,6 +1120,12 @@ def _upsert_instance(
             "VALUES (?, ?, ?, NULL, ?)",
             (provider, instance_id, state, at),
         )
+
+
+def _attached(row: sqlite3.Row) -> AttachedBox:
+    data = dict(row)
+    data.pop("number")
+    return AttachedBox(**data)
 
 
 def _launch_record(row: sqlite3.Row) -> LaunchRecord:

@@ -767,6 +767,15 @@ def poll(
             bills=keeps_billing(instance, profile),
             profile=profile,
         )
+        if job.state in ("stale", "interrupted") and not getattr(
+            provider, "restarts_boot_hook", True
+        ):
+            # A box reached over ssh: nothing re-runs the hook; launching it again resumes it.
+            action = (
+                "nothing restarts the boot hook on this box: run `rgt launch --on "
+                f"{instance.id} --job JOB.yaml` again with the same job; it resumes from the "
+                "newest checkpoint"
+            )
         next_action = action or next_action
     return PollReport(
         instance_id=instance.id,

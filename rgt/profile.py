@@ -111,6 +111,15 @@ class Profile:
         return None if value is None else bool(value)
 
     @property
+    def meter_stop_action(self) -> str:
+        """What a human does to stop the meter where rgt cannot send the verb (a box reached over
+        ssh): the verb and where to do it (`meter_stop_how`), else the platform's console."""
+        verb = self.meter_stop_verb or "stop the rental"
+        how = self.frontmatter.get("meter_stop_how")
+        where = str(how) if how else f"{self.title}'s console (see section 5 of this profile)"
+        return f"{verb}: {where}"
+
+    @property
     def stop_verb(self) -> str | None:
         """The reversible pause verb (vast.ai: stop), None where there is none."""
         value = self.frontmatter["stop_verb"]

@@ -426,7 +426,7 @@ def test_the_gate_is_the_only_code_that_sends_a_destroy() -> None:
                 ]
     assert offenders == [], offenders
     gate_source = (package / "gate.py").read_text(encoding="utf-8")
-    assert gate_source.count("getattr(provider, verb)(instance_id)") == 1
+    assert gate_source.count("getattr(provider, method)(instance_id)") == 1
 
 
 def test_a_pull_of_another_directory_than_the_jobs_results_root_is_refused(box: Box) -> None:

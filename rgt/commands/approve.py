@@ -25,17 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prompt on the TTY and record a single-use, expiring approval in the ledger."""
     from rgt import approval
-    from rgt.commands._platform import open_platform
+    from rgt.commands._platform import check_instance_id, open_platform
     from rgt.errors import UsageError
     from rgt.ledger import Ledger
-    from rgt.providers.vastai import vast_id
 
     if not 0 < args.ttl_minutes <= 24 * 60:
         raise UsageError(f"--ttl-minutes: {args.ttl_minutes} is not in (0, 1440]")
-    # vast.ai is the only platform with a provider (rgt.providers.PLATFORMS): refuse an id it
-    # could never have, before the prompt, so no approval is recorded for a typo.
-    vast_id(args.instance)
-    provider, _ = open_platform(args.platform)
+    # Refuse an id the platform could never have (a vast.ai number, or an attached box's
+    # `ssh-N` the ledger knows), before the prompt, so no approval is recorded for a typo.
+    check_instance_id(args.platform, args.instance)
+    provider, _ = open_platform(args.platform, args.instance)
     with Ledger.open() as ledger:
         approval.check_approvable(ledger, provider, args.instance)
         approval_id = approval.prompt_approval(

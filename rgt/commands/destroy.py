@@ -31,17 +31,18 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from rgt import approval
-    from rgt.commands._platform import open_platform
+    from rgt.commands._platform import check_instance_id, open_platform
     from rgt.errors import EXIT_REFUSED
     from rgt.gate import destroy_with_gate, may_destroy
     from rgt.ledger import Ledger
 
-    if args.platform == "vastai":
-        from rgt.providers.vastai import vast_id
-
-        # A typo is a usage error (exit 2) before any request, not a gate refusal (exit 4).
-        vast_id(args.instance)
-    provider, profile = open_platform(args.platform)
+    # A typo is a usage error (exit 2) before any request, not a gate refusal (exit 4).
+    check_instance_id(args.platform, args.instance)
+    # An attached box's meter stop is the human's: after the gate, the provider asks them on
+    # this terminal to do it and confirm (rgt.providers.ssh).
+    provider, profile = open_platform(
+        args.platform, args.instance, confirm_meter_stop=approval.confirm_meter_stop_on_tty
+    )
     with Ledger.open() as ledger:
         decision = may_destroy(args.instance, provider=provider, ledger=ledger, profile=profile)
         evidence_missing = [m for m in decision.missing if m.code != "no-approval"]
@@ -75,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         result = {"destroyed": True, "verb": outcome.verb, "approval_id": outcome.approval_id}
         print(json.dumps({**outcome.decision.to_json(), **result}, indent=2))
+    elif getattr(provider, "meter_stop_is_human", False):
+        print(
+            f"instance {outcome.instance_id}: you confirmed {outcome.verb} and the box no longer "
+            "answers over ssh; recorded as ended"
+        )
     else:
         print(
             f"instance {outcome.instance_id}: {outcome.verb} confirmed "

@@ -38,17 +38,17 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from rgt import approval
-    from rgt.commands._platform import open_platform
+    from rgt.commands._platform import check_instance_id, open_platform
     from rgt.discard import loss_summary, may_discard
     from rgt.errors import EXIT_REFUSED
     from rgt.gate import discard_with_gate
     from rgt.ledger import Ledger
 
-    if args.platform == "vastai":
-        from rgt.providers.vastai import vast_id
-
-        vast_id(args.instance)  # a typo is a usage error (exit 2), before any request
-    provider, profile = open_platform(args.platform)
+    # A typo is a usage error (exit 2), before any request.
+    check_instance_id(args.platform, args.instance)
+    provider, profile = open_platform(
+        args.platform, args.instance, confirm_meter_stop=approval.confirm_meter_stop_on_tty
+    )
     with Ledger.open() as ledger:
         decision = may_discard(
             args.instance,

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--timeout and --interval go with --until done")
     timeout = _seconds(args.timeout, "--timeout", DEFAULT_TIMEOUT_SECONDS)
     interval = _seconds(args.interval, "--interval", DEFAULT_INTERVAL_SECONDS)
-    provider, profile = open_platform(args.platform)
+    provider, profile = open_platform(args.platform, args.instance)
     with Ledger.open() as ledger:
         if args.until is None:
             report = poll(

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from rgt.progress import ProgressBar
     from rgt.pull import pull_instance
 
-    provider, profile = open_platform(args.platform)
+    provider, profile = open_platform(args.platform, args.instance)
     bar = ProgressBar(f"pull {args.instance}")
 
     def progress(done: int, total: int | None, current: str | None) -> None:

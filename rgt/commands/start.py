@@ -29,18 +29,15 @@ def run(args: argparse.Namespace) -> int:
     import json
     import math
 
-    from rgt.commands._platform import open_platform
+    from rgt.commands._platform import check_instance_id, open_platform
     from rgt.errors import UsageError
     from rgt.ledger import Ledger
     from rgt.lifecycle import start
 
     if not (math.isfinite(args.wait) and 0 <= args.wait <= 3600):
         raise UsageError(f"--wait: {args.wait} is not in [0, 3600] seconds")
-    if args.platform == "vastai":
-        from rgt.providers.vastai import vast_id
-
-        vast_id(args.instance)
-    provider, profile = open_platform(args.platform)
+    check_instance_id(args.platform, args.instance)
+    provider, profile = open_platform(args.platform, args.instance)
     with Ledger.open() as ledger:
         result = start(
             args.instance,

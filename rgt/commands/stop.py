@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from rgt.ledger import Ledger
     from rgt.lifecycle import stop
 
-    provider, profile = open_platform(args.platform)
+    provider, profile = open_platform(args.platform, args.instance)
     with Ledger.open() as ledger:
         result = stop(args.instance, provider=provider, ledger=ledger, profile=profile)
     print(json.dumps(result, indent=2) if args.json else result["message"])
