@@ -12,6 +12,7 @@ missing=()
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)  # the SSH provider starts jobs in tmux (tests/test_provider_ssh.py)
 # Keeper mode runs `rgt mcp` as another user through sudo (tests/test_keeper.py as root too).
 { command -v sudo && [ -x /usr/sbin/visudo ]; } >/dev/null 2>&1 || missing+=(sudo)
 if ((${#missing[@]})); then
