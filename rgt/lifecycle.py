@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from rgt.errors import ProviderError, Refused, RgtError, UsageError
@@ -724,12 +725,14 @@ def poll(
     profile: Profile,
     now: float | None = None,
     read_job: bool = False,
+    for_tool: bool = False,
 ) -> PollReport:
     """One look at the instance (a single API call): classification, next action, cost so far.
 
     Records the observed state in the ledger when it changed, so costs and "since" add up.
     With `read_job`, a running box's job status record is read too (one ssh read; see
-    `job_report`), and the next action follows the job's outcome."""
+    `job_report`), and the next action follows the job's outcome, naming its steps as MCP tool
+    calls with `for_tool`, else as rgt commands."""
     at = time.time() if now is None else now
     instance = provider.show(str(instance_id))
     record = next(
@@ -763,6 +766,7 @@ def poll(
             results_root=record.results_root if record is not None else None,
             bills=keeps_billing(instance, profile),
             profile=profile,
+            for_tool=for_tool,
         )
         next_action = action or next_action
     return PollReport(
@@ -905,6 +909,13 @@ def _pull_job_logs(
     return str(target), None
 
 
+def job_results_dir(run_id: str) -> Path:
+    """Where rgt suggests pulling a run's results: `<run dir>/results` (rgt.paths.run_dir)."""
+    from rgt.paths import run_dir
+
+    return run_dir(run_id) / "results"
+
+
 def job_next_action(
     job: JobReport,
     *,
@@ -913,25 +924,30 @@ def job_next_action(
     results_root: str | None,
     bills: Sequence[str],
     profile: Profile,
+    for_tool: bool = False,
 ) -> str | None:
     """What to do next given the job's outcome; None where the instance's state says it
-    better (the box is not running, so its record was not read)."""
-    from rgt.paths import run_dir
+    better (the box is not running, so its record was not read). `for_tool`: the steps as MCP
+    tool calls (rgt.nextstep), else as rgt commands."""
+    from rgt.nextstep import Step
+
+    def say(step: Step) -> str:
+        return step.call() if for_tool else step.cli()
 
     meter_stop = profile.meter_stop_verb or "destroy"
     billing = f"the box bills {', '.join(bills) or 'nothing'} meanwhile"
     if job.state == "running":
         return (
-            f"the job runs; poll again later, or wait in one call: `rgt poll {instance_id} "
-            f"--until done --timeout SECONDS` (MCP: poll with wait_seconds); {billing}"
+            f"the job runs; poll again later, or wait in one call: "
+            f"`{say(Step.of('poll', instance_id=instance_id, wait=True))}`; {billing}"
         )
     if job.state == "succeeded":
-        root = results_root or "RESULTS_ROOT (the job's results_root)"
-        local = run_dir(run_id) / "results"
+        local = str(job_results_dir(run_id))
+        copy = Step.of("copy", instance_id=instance_id, remote_root=results_root, local_dir=local)
         return (
-            f"the job succeeded and its manifest is on the box: rgt pull {instance_id} {root} "
-            f"{local} → rgt verify {local} → rgt {meter_stop} {instance_id} (through the gate); "
-            f"{billing}"
+            f"the job succeeded and its manifest is on the box: {say(copy)} → "
+            f"{say(Step.of('verify', local_dir=local))} → "
+            f"{say(Step.of(meter_stop, instance_id=instance_id))} (through the gate); {billing}"
         )
     if job.state == "failed":
         if job.logs_dir:
@@ -941,9 +957,9 @@ def job_next_action(
         return (
             f"the job FAILED with exit code {job.exit_code}: {pulled}. Read them and fix the "
             f"job; no manifest was built, so the gate refuses {meter_stop}. The box still bills "
-            f"{', '.join(bills) or 'nothing'}: once nothing on it is worth keeping, `rgt discard "
-            f"{instance_id} --reason failed-job` ends it (a human approves, told what is lost); "
-            "then launch the fixed job"
+            f"{', '.join(bills) or 'nothing'}: once nothing on it is worth keeping, "
+            f"`{say(Step.of('discard', instance_id=instance_id, reason='failed-job'))}` ends it "
+            "(a human approves, told what is lost); then launch the fixed job"
         )
     if job.state == "interrupted":
         return (

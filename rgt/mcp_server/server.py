@@ -157,7 +157,7 @@ async def _blocking(fn: Callable[[], T]) -> T:
     try:
         return await anyio.to_thread.run_sync(fn)
     except RgtError as exc:
-        raise ToolError(exc.message) from None
+        raise ToolError(exc.for_tool) from None
     except (LedgerError, OSError) as exc:
         # A user-side problem (unwritable local_dir, full disk, unusable ledger): say it.
         raise ToolError(f"{type(exc).__name__}: {exc}") from None
@@ -261,7 +261,7 @@ def _precheck(instance_id: str, can_ask: bool) -> DestroyResult | None:
                     f"destroy REFUSED, nothing was destroyed: {len(missing)} piece(s) of evidence "
                     "missing; after these, a human approves in the client prompt"
                 ),
-                missing=[MissingEvidence(code=m.code, message=m.message) for m in missing],
+                missing=[MissingEvidence(code=m.code, message=m.for_tool()) for m in missing],
             )
         if not can_ask:
             return DestroyResult(
@@ -488,7 +488,7 @@ def _discard_precheck(instance_id: str, reason: str, can_ask: bool) -> DiscardRe
                 f"discard REFUSED, nothing was done: the reason {reason!r} is not proven "
                 f"({len(decision.missing)} item(s) below)"
             ),
-            missing=[MissingEvidence(code=m.code, message=m.message) for m in decision.missing],
+            missing=[MissingEvidence(code=m.code, message=m.for_tool()) for m in decision.missing],
             lost=lost,
         )
     if not approval.is_configured():
@@ -750,7 +750,12 @@ async def poll(
         try:
             with _for_instance(instance_id, prompt=True) as (ledger, profile, provider):
                 return poll_instance(
-                    instance_id, provider=provider, ledger=ledger, profile=profile, read_job=True
+                    instance_id,
+                    provider=provider,
+                    ledger=ledger,
+                    profile=profile,
+                    read_job=True,
+                    for_tool=True,
                 )
         except ProviderError as exc:  # while waiting, the next look may get through
             return exc
@@ -814,38 +819,95 @@ async def copy(
     return await _blocking(work)
 
 
+class VerifyResult(BaseModel):
+    """What `verify` found: ok with the totals, or the problems; the per-file rows are in the
+    `record` file (PULL_VERIFIED.json), not here. `next` is the tool call to make next."""
+
+    ok: bool
+    problems: list[str] = Field(default_factory=list)
+    local_dir: str
+    run_id: str | None = None
+    instance_id: str | None = None
+    manifest_sha256: str | None = None
+    totals: dict[str, int] | None = None
+    checkpoints: list[dict[str, Any]] = Field(default_factory=list)
+    seconds: float | None = None
+    record: str | None = None
+    next: str
+
+
+def _verify_next(local_dir: Path, ok: bool, instance_id: str | None) -> str:
+    """The step after a verification: destroy (the human approves in the client), or pull
+    again into the same directory (the ledger's latest pull of the instance knows the root)."""
+    from rgt.nextstep import Step
+
+    if instance_id is None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            import json
+
+            manifest = json.loads((local_dir / "PULL_MANIFEST.json").read_bytes())
+            instance_id = str(manifest["instance_id"]) if manifest.get("instance_id") else None
+    if ok and instance_id:
+        return Step.of("destroy", instance_id=instance_id).call()
+    root = None
+    if instance_id:
+        with _ledger() as ledger:
+            pull = ledger.latest_pull(instance_id)
+        root = pull.remote_root if pull is not None else None
+    again = Step.of("copy", instance_id=instance_id, remote_root=root, local_dir=str(local_dir))
+    return f"do NOT destroy: {again.call()} (it resumes), then verify again"
+
+
+def _verify_in_subprocess(local_dir: str, instance_id: str | None) -> VerifyResult:
+    """`rgt verify --json` in a child process, as the CLI runs: its hashing forks worker
+    processes (a worker thread of this server cannot) and loading checkpoints imports torch,
+    which stays out of the server's process."""
+    import json
+    import subprocess
+    import sys
+
+    from rgt.errors import UsageError
+
+    argv = [sys.executable, "-m", "rgt", "verify", "--json", local_dir]
+    if instance_id is not None:
+        argv += ["--instance-id", instance_id]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    if done.returncode not in (0, 1) or not done.stdout.strip():
+        # A usage error (not a directory, no manifest...): its one line, without "rgt verify: ".
+        text = lines[-1] if lines else f"rgt verify exited with status {done.returncode}"
+        raise UsageError(text.removeprefix("rgt verify: ").removeprefix("error: "))
+    data = json.loads(done.stdout)
+    where = Path(local_dir).resolve()
+    found = data.get("instance_id") or instance_id
+    return VerifyResult(
+        ok=bool(data.get("ok")),
+        problems=list(data.get("problems") or []),
+        local_dir=str(data.get("local_dir") or where),
+        run_id=data.get("run_id"),
+        instance_id=found,
+        manifest_sha256=data.get("manifest_sha256"),
+        totals=data.get("totals"),
+        checkpoints=list(data.get("checkpoints") or []),
+        seconds=data.get("seconds"),
+        record=data.get("record"),
+        next=_verify_next(where, bool(data.get("ok")), found),
+    )
+
+
 async def verify(
     local_dir: Annotated[str, Field(description="the directory copy wrote into")],
-    ctx: Context,
     instance_id: Annotated[
         str | None, Field(description="refuse unless the manifest is of this instance")
     ] = None,
-) -> dict[str, Any]:
-    """Verify a pull byte-for-byte against the manifest built on the box (with progress);
-    records the verification in the ledger. Returns the outcome and totals; the per-file rows
-    are in PULL_VERIFIED.json (the `record` path), not in the result. Checkpoints are loaded
-    safely only: a pickle that needs a full unpickle is refused here (a human decides that
-    with `rgt verify --allow-pickle` on a terminal)."""
-    report = _progress_reporter(ctx, "verify")
-
-    def progress(*args: Any) -> None:
-        numbers = [a for a in args if isinstance(a, int)]
-        notes = [a for a in args if isinstance(a, str)]
-        if numbers:
-            total = numbers[1] if len(numbers) > 1 else None
-            report(numbers[0], total, notes[0] if notes else None)
-
-    def work() -> dict[str, Any]:
-        try:
-            from rgt.verify import summary, verify_pull
-        except ImportError as exc:
-            raise ToolError(f"verification is not available in this rgt build: {exc}") from None
-        record = verify_pull(
-            Path(local_dir), progress=progress, expected_instance_id=instance_id, keep_rows=False
-        )
-        return summary(record)
-
-    return await _blocking(work)
+) -> VerifyResult:
+    """Verify a pull byte-for-byte against the manifest built on the box; records the
+    verification in the ledger. A mismatch is a result with ok false and its problems (not an
+    error). Checkpoints are loaded safely only: a pickle that needs a full unpickle is refused
+    here (a human decides that with `rgt verify --allow-pickle` on a terminal)."""
+    if instance_id is not None:
+        _check_instance_id(DEFAULT_PROFILE, instance_id)
+    return await _blocking(lambda: _verify_in_subprocess(local_dir, instance_id))
 
 
 async def logs(
