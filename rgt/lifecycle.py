@@ -1038,9 +1038,17 @@ def wait_until_done(
 
 
 def stop(
-    instance_id: str, *, provider: Provider, ledger: Ledger, profile: Profile
+    instance_id: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Profile,
+    for_tool: bool = False,
 ) -> dict[str, Any]:
-    """Stop the instance (reversible) and say, from the profile, what keeps billing."""
+    """Stop the instance (reversible) and say, from the profile, what keeps billing
+    (`for_tool`: the way back named as MCP tool calls, else as rgt commands)."""
+    from rgt.nextstep import Step
+
     if not profile.stop_verb:
         raise UsageError(f"profile {profile.name} has no stop verb")
     provider.stop(str(instance_id))
@@ -1054,8 +1062,13 @@ def stop(
     if bills and meter_stop:
         message += (
             f" Only `{meter_stop}` ends that, through the gate, and the gate reads the box, "
-            f"which needs it running: start it again (`rgt start {instance_id}`, or `rgt pull "
-            f"... --start`; it bills compute again) → copy → verify → approve → {meter_stop}."
+            "which needs it running: start it again ("
+            + (
+                f"`{Step.of('start', instance_id=str(instance_id)).call()}`"
+                if for_tool
+                else f"`rgt start {instance_id}`, or `rgt pull ... --start`"
+            )
+            + f"; it bills compute again) → copy → verify → approve → {meter_stop}."
         )
     return {
         "instance_id": str(instance_id),
@@ -1074,11 +1087,17 @@ def start(
     profile: Profile,
     wait_seconds: float = 0.0,
     poll_seconds: float = 2.0,
+    for_tool: bool = False,
 ) -> dict[str, Any]:
     """Start a stopped (or exited) instance: compute bills again from now. With `wait_seconds`,
     wait (bounded) until it runs. A box that is offline, paused or waiting for its GPU is not
-    started (starting cannot help it): a UsageError says what can."""
+    started (starting cannot help it): a UsageError says what can. `for_tool`: next steps as
+    MCP tool calls, else as rgt commands."""
+    from rgt.nextstep import Step
     from rgt.pull import reach_remedy
+
+    def say(step: Step) -> str:
+        return step.call() if for_tool else step.cli()
 
     instance_id = str(instance_id)
     instance = provider.show(instance_id)
@@ -1103,13 +1122,15 @@ def start(
         message = (
             f"instance {instance_id} is running{' (it already was)' if already else ''}; "
             f"it bills compute again{rate}. Next: copy → verify → {meter_stop} through the gate "
-            f"(`rgt pull {instance_id} RESULTS_ROOT LOCAL_DIR`), or let the job finish first"
+            f"(`{say(Step.of('copy', instance_id=instance_id, remote_root=None, local_dir=None))}`"
+            "), or let the job finish first"
         )
     else:
         message = (
             f"instance {instance_id} was asked to start and is {state}; from now it bills "
             f"compute again{rate}. It may wait for its GPU (scheduling); poll until it runs "
-            f"(`rgt poll {instance_id}`), then copy → verify → {meter_stop} through the gate"
+            f"(`{say(Step.of('poll', instance_id=instance_id))}`), then copy → verify → "
+            f"{meter_stop} through the gate"
         )
     return {
         "instance_id": instance_id,

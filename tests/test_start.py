@@ -29,7 +29,7 @@ async def test_mcp_stop_then_start_then_copy(emulator: Any, tmp_path: Path) -> N
         instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "restart"))
         stopped = await session.data("stop", {"instance_id": instance_id})
         # The stop result names the next step the caller can take, and what it costs.
-        assert f"rgt start {instance_id}" in stopped["message"]
+        assert f'start(instance_id="{instance_id}")' in stopped["message"]
         deadline = time.monotonic() + 30
         while (await session.data("poll", {"instance_id": instance_id}))["state"] != "stopped":
             assert time.monotonic() < deadline

@@ -35,7 +35,19 @@ from rgt.errors import RgtError
 
 # The poll tool returns the lifecycle's report itself (its output schema is built from it), so
 # the CLI and MCP cannot drift apart on what a poll says.
-from rgt.lifecycle import PollReport
+from rgt.lifecycle import LaunchResult, PollReport
+from rgt.mcp_server.results import (
+    CopyResult,
+    CostReport,
+    LogLines,
+    OfferList,
+    ProfileEntry,
+    ProfileList,
+    ProfileSummary,
+    StartResult,
+    StopResult,
+    SweepResult,
+)
 from rgt.mcp_server.strict import strict_tool
 
 T = TypeVar("T")
@@ -101,6 +113,8 @@ def _provider(platform: str, *, prompt: bool = False) -> Any:
 
 
 _PROFILES: dict[tuple[str, int], Any] = {}
+# Profiles whose danger clocks a launch of this server process (one client session) has told.
+_CLOCKS_TOLD: set[str] = set()
 
 
 def _profile(name: str) -> Any:
@@ -616,36 +630,32 @@ async def discard(
 # -- the other tools ---------------------------------------------------------------------------
 
 
-async def list_profiles() -> dict[str, Any]:
-    """Every bundled platform profile: name, title and the danger clocks to tell the user first."""
+async def list_profiles() -> ProfileList:
+    """Every bundled platform profile: name, title, kind, variants. get_profile has a profile's
+    facts and the danger clocks to tell the user before renting."""
 
-    def work() -> dict[str, Any]:
-        from rgt.lifecycle import danger_clocks
+    def work() -> ProfileList:
+        from rgt.nextstep import Step
         from rgt.profile import list_profiles as all_profiles
 
-        return {
-            "profiles": [
-                {
-                    "name": p.name,
-                    "title": p.title,
-                    "kind": p.kind,
-                    "danger_clocks": danger_clocks(p),
-                    "variants": sorted(p.variants),
-                }
-                for p in all_profiles()
-            ]
-        }
+        entries = [
+            ProfileEntry(name=p.name, title=p.title, kind=p.kind, variants=sorted(p.variants))
+            for p in all_profiles()
+        ]
+        return ProfileList(
+            profiles=entries, next=Step.of("get_profile", name=DEFAULT_PROFILE).call()
+        )
 
     return await _blocking(work)
 
 
 async def get_profile(
     name: Annotated[str, Field(description="Profile name, e.g. vastai or family:variant")],
-) -> dict[str, Any]:
+) -> ProfileSummary:
     """One profile's machine facts, danger clocks first (what keeps billing, what is lost)."""
     from rgt.lifecycle import profile_summary
 
-    return await _blocking(lambda: profile_summary(_profile(name)))
+    return await _blocking(lambda: ProfileSummary.model_validate(profile_summary(_profile(name))))
 
 
 async def search_offers(
@@ -657,7 +667,7 @@ async def search_offers(
     min_reliability: Annotated[float, Field(ge=0.9, le=1.0)] = 0.98,
     limit: Annotated[int, Field(ge=1, le=100)] = 10,
     profile: ProfileArg = DEFAULT_PROFILE,
-) -> dict[str, Any]:
+) -> OfferList:
     """Rentable offers, cheapest first: verified, direct-port, reliable hosts only."""
     from rgt.lifecycle import search
     from rgt.providers.base import OfferQuery
@@ -672,16 +682,19 @@ async def search_offers(
         limit=limit,
     )
 
-    def work() -> dict[str, Any]:
+    def work() -> OfferList:
         offers = search(_provider(_profile(profile).platform), query)
-        return {
-            "offers": offers,
-            "filters": {
-                "verified_only": True,
-                "min_direct_ports": query.min_direct_ports,
-                "min_reliability": min_reliability,
-            },
-        }
+        return OfferList.model_validate(
+            {
+                "offers": offers,
+                "filters": {
+                    "verified_only": True,
+                    "min_direct_ports": query.min_direct_ports,
+                    "min_reliability": min_reliability,
+                },
+                "next": "launch(profile, offer_id, job, max_price_per_hour) with an offer_id above",
+            }
+        )
 
     return await _blocking(work)
 
@@ -693,13 +706,17 @@ async def launch(
     max_price_per_hour: Annotated[float, Field(gt=0, description="refuse above this $/hour")],
     interruptible: bool = False,
     bid: Annotated[float | None, Field(gt=0, description="$/hour bid (interruptible)")] = None,
-) -> dict[str, Any]:
+) -> LaunchResult:
     """Rent an offer for a job: renders the boot hook from the profile and job, creates the
     instance, records it in the ledger. Refuses above max_price_per_hour."""
     from rgt.job import load_job
     from rgt.lifecycle import launch as launch_instance
 
-    def work() -> dict[str, Any]:
+    def work() -> LaunchResult:
+        from dataclasses import replace
+
+        from rgt.lifecycle import danger_clocks
+
         chosen = _profile(profile)
         request = load_job(job)
         with _ledger() as ledger:
@@ -713,7 +730,12 @@ async def launch(
                 interruptible=interruptible,
                 bid_per_hour=bid,
             )
-        return result.to_json()
+        # The danger clocks are told once a session (and by get_profile), not on every launch.
+        if chosen.name in _CLOCKS_TOLD:
+            clocks = set(danger_clocks(chosen))
+            result = replace(result, warnings=[w for w in result.warnings if w not in clocks])
+        _CLOCKS_TOLD.add(chosen.name)
+        return result
 
     return await _blocking(work)
 
@@ -787,14 +809,16 @@ async def copy(
         ),
     ],
     ctx: Context,
-) -> dict[str, Any]:
+) -> CopyResult:
     """Pull the results: the manifest built on the box first, then the files (resumable),
     with progress notifications. Records the pull in the ledger."""
     from rgt.pull import pull_instance
 
     report = _progress_reporter(ctx, f"copy {instance_id}")
 
-    def work() -> dict[str, Any]:
+    def work() -> CopyResult:
+        from rgt.nextstep import Step
+
         with _for_instance(instance_id) as (ledger, profile, provider):
             result = pull_instance(
                 instance_id,
@@ -805,16 +829,16 @@ async def copy(
                 profile=profile,
                 progress=report,
             )
-        return {
-            "instance_id": result.instance_id,
-            "local_dir": str(result.local_dir),
-            "manifest_sha256": result.manifest_sha256,
-            "run_id": result.run_id,
-            "files": result.files,
-            "bytes_total": result.bytes_total,
-            "bytes_transferred": result.bytes_transferred,
-            "next": f"verify(local_dir={str(result.local_dir)!r})",
-        }
+        return CopyResult(
+            instance_id=result.instance_id,
+            local_dir=str(result.local_dir),
+            manifest_sha256=result.manifest_sha256,
+            run_id=result.run_id,
+            files=result.files,
+            bytes_total=result.bytes_total,
+            bytes_transferred=result.bytes_transferred,
+            next=Step.of("verify", local_dir=str(result.local_dir)).call(),
+        )
 
     return await _blocking(work)
 
@@ -913,27 +937,31 @@ async def verify(
 async def logs(
     instance_id: InstanceIdArg,
     tail: Annotated[int, Field(ge=1, le=2000, description="how many last lines")] = 200,
-) -> dict[str, Any]:
+) -> LogLines:
     """The container's last log lines: the first stop for a box stuck loading or a failing
     boot hook (the platform prepares them; secrets are redacted)."""
 
-    def work() -> dict[str, Any]:
+    def work() -> LogLines:
         with _for_instance(instance_id) as (_, _, provider):
             text = provider.logs(instance_id, tail=tail)
-        return {"instance_id": instance_id, "lines": text.splitlines()[-tail:]}
+        return LogLines(instance_id=instance_id, lines=text.splitlines()[-tail:])
 
     return await _blocking(work)
 
 
 async def stop(
     instance_id: InstanceIdArg,
-) -> dict[str, Any]:
+) -> StopResult:
     """Stop an instance (reversible). The result says what keeps billing on this platform."""
     from rgt.lifecycle import stop as stop_instance
 
-    def work() -> dict[str, Any]:
+    def work() -> StopResult:
         with _for_instance(instance_id) as (ledger, profile, provider):
-            return stop_instance(instance_id, provider=provider, ledger=ledger, profile=profile)
+            return StopResult.model_validate(
+                stop_instance(
+                    instance_id, provider=provider, ledger=ledger, profile=profile, for_tool=True
+                )
+            )
 
     return await _blocking(work)
 
@@ -943,20 +971,23 @@ async def start(
     wait_seconds: Annotated[
         float, Field(ge=0, le=600, description="wait up to this long until it runs (0: no wait)")
     ] = 0.0,
-) -> dict[str, Any]:
+) -> StartResult:
     """Start a stopped instance again: it bills COMPUTE again from now. Needed before copy (and
     the destroy gate, which reads the box) can reach a stopped box. Offline, preempted or
     scheduling boxes cannot be started; the error says what helps."""
     from rgt.lifecycle import start as start_instance
 
-    def work() -> dict[str, Any]:
+    def work() -> StartResult:
         with _for_instance(instance_id) as (ledger, profile, provider):
-            return start_instance(
-                instance_id,
-                provider=provider,
-                ledger=ledger,
-                profile=profile,
-                wait_seconds=wait_seconds,
+            return StartResult.model_validate(
+                start_instance(
+                    instance_id,
+                    provider=provider,
+                    ledger=ledger,
+                    profile=profile,
+                    wait_seconds=wait_seconds,
+                    for_tool=True,
+                )
             )
 
     return await _blocking(work)
@@ -965,20 +996,22 @@ async def start(
 async def cost(
     instance_id: Annotated[str | None, Field(description="one instance, or all")] = None,
     profile: ProfileArg = DEFAULT_PROFILE,
-) -> dict[str, Any]:
+) -> CostReport:
     """Spend so far and the hourly burn of the instances rgt rented (estimates)."""
     from rgt.lifecycle import cost_report
 
-    def work() -> dict[str, Any]:
+    def work() -> CostReport:
         chosen = _profile(profile)
         if instance_id is not None:
             _check_instance_id(chosen.platform, instance_id)
         with _ledger() as ledger:
-            return cost_report(
-                provider=_provider(chosen.platform),
-                ledger=ledger,
-                profile=chosen,
-                instance_id=instance_id,
+            return CostReport.model_validate(
+                cost_report(
+                    provider=_provider(chosen.platform),
+                    ledger=ledger,
+                    profile=chosen,
+                    instance_id=instance_id,
+                )
             )
 
     return await _blocking(work)
@@ -986,16 +1019,16 @@ async def cost(
 
 async def sweep(
     profile: ProfileArg = DEFAULT_PROFILE,
-) -> dict[str, Any]:
+) -> SweepResult:
     """Every instance the API key can see, what it costs per hour and what keeps billing,
     including instances the ledger does not know."""
     from rgt.sweep import sweep as run_sweep
 
-    def work() -> dict[str, Any]:
+    def work() -> SweepResult:
         chosen = _profile(profile)
         with _ledger() as ledger:
             report = run_sweep(provider=_provider(chosen.platform), ledger=ledger, profile=chosen)
-        return report.to_json()
+        return SweepResult.model_validate(report.to_json())
 
     return await _blocking(work)
 

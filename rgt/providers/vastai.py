@@ -837,9 +837,11 @@ def secret_name(variable: str) -> str:
 
 def vast_id(value: str, *, what: str = "instance id") -> int:
     """A vast.ai instance or offer id as the API takes it; a user's typo is a UsageError (exit 2)
-    here, before any request, not an SDK `int()` failure reported as an API error."""
-    text = str(value).strip()
-    if not text.isascii() or not text.isdigit() or int(text) <= 0:
+    here, before any request, not an SDK `int()` failure reported as an API error. Exactly one
+    form is accepted (no spaces, newlines or leading zeros): `" 42"` or `"042"` would otherwise
+    name instance 42 in the API and another string in the ledger and the locks."""
+    text = str(value)
+    if not text.isascii() or not text.isdigit() or text.startswith("0"):
         raise UsageError(f"{what} {value!r}: vast.ai ids are positive whole numbers, e.g. 4504940")
     return int(text)
 
