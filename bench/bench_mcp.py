@@ -136,10 +136,9 @@ async def verify_seconds(
 
     from bench_hashing import make_small
 
-    results = root / "data"
-    make_small(root, 10, 5000)
-    names = sorted(p.name for p in results.iterdir() if p.is_dir())
-    (root / "roster.txt").write_text("\n".join(names) + "\n")
+    results = root / "results"
+    make_small(results, 10, 5000)
+    shutil.move(str(results / "roster.txt"), root / "roster.txt")
     manifest = ["--run-id", "bench", "--roster", str(root / "roster.txt"), "--instance-id", "1"]
     cli = [sys.executable, "-m", "rgt"]
     subprocess.run([*cli, "manifest", str(results), *manifest], env=env, check=True)

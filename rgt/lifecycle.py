@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from rgt.errors import ProviderError, Refused, RgtError, UsageError
 from rgt.job import JobRequest
-from rgt.ledger import InstanceRecord, Ledger, LedgerError
+from rgt.ledger import InstanceRecord, LaunchRecord, Ledger, LedgerError
 from rgt.profile import Profile
 from rgt.providers.base import CreateRefused, Instance, Offer, OfferQuery, Provider
 
@@ -216,6 +216,8 @@ class LaunchResult:
     # True when the run's label was already on a box (an earlier launch rented it): that box
     # was adopted into the ledger and nothing new was rented.
     adopted: bool = False
+    # What an adopting launch was asked for and did not do (another offer, results root...).
+    ignored: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -503,9 +505,18 @@ def _adopt(
         raise LedgerError(
             _not_recorded(instance.id, str(instance.label), f"{ledger.path}: {exc}")
         ) from None
+    ignored = _ignored_by_adoption(
+        record, earlier, offer_id=known_offer, job=job, asked_offer=offer_id
+    )
+    if interruptible != was_interruptible:
+        ignored.append(
+            f"interruptible={interruptible}: the box is "
+            f"{'interruptible' if was_interruptible else 'on demand'}"
+        )
     warnings = [
         f"instance {instance.id} already carries label {instance.label} (an earlier launch "
-        f"rented it): adopted it, rented nothing new",
+        f"rented it): adopted it, rented nothing new"
+        + (f"; ignored: {'; '.join(ignored)}" if ignored else ""),
         *danger_clocks(profile),
         *notes,
     ]
@@ -526,7 +537,33 @@ def _adopt(
         onstart_bytes=onstart_bytes,
         warnings=warnings,
         adopted=True,
+        ignored=ignored,
     )
+
+
+def _ignored_by_adoption(
+    record: InstanceRecord | None,
+    earlier: LaunchRecord | None,
+    *,
+    offer_id: str | None,
+    job: JobRequest,
+    asked_offer: str,
+) -> list[str]:
+    """What a launch that adopted the run's box was asked for and the box does not have: the
+    offer it was rented from, the job's results root and roster as recorded at that rental."""
+    ignored: list[str] = []
+    if offer_id is not None and str(asked_offer) != str(offer_id):
+        ignored.append(f"offer_id {asked_offer}: the box was rented from offer {offer_id}")
+    known = record if record is not None and record.results_root else earlier
+    root = known.results_root if known is not None else None
+    roster = known.roster if known is not None else None
+    if root is not None and root != job.results_root:
+        ignored.append(
+            f"results_root {job.results_root}: the box's job writes its results under {root}"
+        )
+    if roster is not None and sorted(roster) != sorted(job.roster):
+        ignored.append(f"roster {sorted(job.roster)}: the box's job has roster {sorted(roster)}")
+    return ignored
 
 
 # -- poll --------------------------------------------------------------------------------------

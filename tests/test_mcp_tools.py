@@ -13,9 +13,13 @@ from typing import Any
 import anyio
 import jsonschema
 import pytest
+import yaml
+from mcp import Client
 
+from rgt.mcp_server import build_server
 from tests.mcp_client import (
     REMOTE_ROOT,
+    REPO,
     Human,
     Session,
     assert_alive,
@@ -113,7 +117,8 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
             {
                 "profile": "vastai",
                 "offer_id": offer["offer_id"],
-                "job": str(slow_job(tmp_path, "slow")),
+                # The job inline, as an object: no file on the server's side.
+                "job": yaml.safe_load(slow_job(tmp_path, "slow").read_text()),
                 "max_price_per_hour": offer["price_per_hour"] + 0.01,
             },
         )
@@ -197,6 +202,28 @@ async def test_a_second_launch_does_not_repeat_the_danger_clocks(
     assert not set(clocks) & set(warnings[1]), warnings[1]
 
 
+async def test_a_launch_that_adopts_the_runs_box_says_what_it_ignored(
+    emulator: Any, tmp_path: Path
+) -> None:
+    # Was: "adopted it, rented nothing new" alone, though another offer and roster were asked.
+    job = write_job(tmp_path, "again")
+    async with connect(emulator, "auto") as session:
+        offers = (await session.data("search_offers", {"gpu": "RTX_4090", "disk_gb": 40}))["offers"]
+        first, other = offers[0], offers[1]
+        arguments = {"profile": "vastai", "job": str(job), "max_price_per_hour": 5.0}
+        rented = await session.data("launch", {**arguments, "offer_id": first["offer_id"]})
+        assert rented["adopted"] is False and rented["ignored"] == []
+        job.write_text(job.read_text().replace("roster: [cell-a]", "roster: [cell-a, cell-b]"))
+        again = await session.data("launch", {**arguments, "offer_id": other["offer_id"]})
+    assert again["adopted"] is True and again["instance_id"] == rented["instance_id"]
+    assert again["ignored"] == [
+        f"offer_id {other['offer_id']}: the box was rented from offer {first['offer_id']}",
+        "roster ['cell-a', 'cell-b']: the box's job has roster ['cell-a']",
+    ]
+    assert "ignored: offer_id" in again["warnings"][0]
+    assert len(emulator.instance_ids()) == 1
+
+
 async def test_an_instance_id_has_exactly_one_form(emulator: Any, tmp_path: Path) -> None:
     # Was: " 42", "42\n" and "042" passed the check and named instance 42 in odd ways.
     async with connect(emulator, "auto") as session:
@@ -213,3 +240,33 @@ async def test_an_instance_id_has_exactly_one_form(emulator: Any, tmp_path: Path
                 ), (name, text)
         assert emulator.request_count() == before
         assert_alive(emulator, done)
+
+
+async def test_resources_and_prompts_let_an_agent_work_without_a_shell() -> None:
+    schema = json.loads((REPO / "schemas" / "job.schema.json").read_text())
+    async with Client(build_server()) as client:
+        uris = {str(r.uri) for r in (await client.list_resources()).resources}
+        assert {"rgt://schemas/job.schema.json", "rgt://examples/job.yaml"} <= uris
+        assert "rgt://profiles/vastai" in uris
+        read = await client.read_resource("rgt://schemas/job.schema.json")
+        assert json.loads(read.contents[0].text) == schema  # type: ignore[union-attr]
+        example = await client.read_resource("rgt://examples/job.yaml")
+        job = yaml.safe_load(example.contents[0].text)  # type: ignore[union-attr]
+        jsonschema.validate(job, schema)
+        prompts = {p.name for p in (await client.list_prompts()).prompts}
+        assert prompts == {"run_a_job", "end_a_rental"}
+        ended = await client.get_prompt("end_a_rental", {"instance_id": "42"})
+        assert "instance 42" in ended.messages[0].content.text  # type: ignore[union-attr]
+        # An inline job is validated by the same schema: one line naming what is wrong.
+        bad = await client.call_tool(
+            "launch",
+            {
+                "profile": "vastai",
+                "offer_id": "1",
+                "job": {**job, "disk_gb": "lots"},
+                "max_price_per_hour": 1.0,
+            },
+        )
+    assert bad.is_error
+    text = bad.content[0].text  # type: ignore[union-attr]
+    assert "disk_gb" in text and "\n" not in text.strip(), text

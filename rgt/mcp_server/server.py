@@ -702,14 +702,23 @@ async def search_offers(
 async def launch(
     profile: Annotated[str, Field(description="platform profile, e.g. vastai")],
     offer_id: Annotated[str, Field(description="an offer id from search_offers")],
-    job: Annotated[str, Field(description="path to a job request YAML file")],
+    job: Annotated[
+        str | dict[str, Any],
+        Field(
+            description=(
+                "the job request: a path to its YAML file on the server, or the request itself "
+                "as an object (schema: resource rgt://schemas/job.schema.json; example: "
+                "rgt://examples/job.yaml)"
+            )
+        ),
+    ],
     max_price_per_hour: Annotated[float, Field(gt=0, description="refuse above this $/hour")],
     interruptible: bool = False,
     bid: Annotated[float | None, Field(gt=0, description="$/hour bid (interruptible)")] = None,
 ) -> LaunchResult:
     """Rent an offer for a job: renders the boot hook from the profile and job, creates the
     instance, records it in the ledger. Refuses above max_price_per_hour."""
-    from rgt.job import load_job
+    from rgt.job import JobRequest, load_job
     from rgt.lifecycle import launch as launch_instance
 
     def work() -> LaunchResult:
@@ -718,7 +727,10 @@ async def launch(
         from rgt.lifecycle import danger_clocks
 
         chosen = _profile(profile)
-        request = load_job(job)
+        # Inline: validated by the same schema as a file (a finding names `job.<field>`).
+        request = (
+            JobRequest.from_dict(job, source="job") if isinstance(job, dict) else load_job(job)
+        )
         with _ledger() as ledger:
             result = launch_instance(
                 provider=_provider(chosen.platform),
@@ -1102,7 +1114,9 @@ def build_server() -> MCPServer:
         strict_tool(cost, annotations=idempotent_read),
         strict_tool(sweep, annotations=idempotent_read),
     ]
-    return MCPServer(
+    from rgt.mcp_server.resources import register_prompts, register_resources
+
+    server = MCPServer(
         "rgt",
         title="remote-gpu-trainer",
         instructions=INSTRUCTIONS,
@@ -1110,6 +1124,9 @@ def build_server() -> MCPServer:
         tools=tools,
         log_level="WARNING",
     )
+    register_resources(server)
+    register_prompts(server)
+    return server
 
 
 def serve(*, http: bool = False, port: int = 8765) -> None:
