@@ -168,10 +168,40 @@ def _gotcha_bullets(profile: Profile) -> list[tuple[str, str, str]]:
 # -- search ------------------------------------------------------------------------------------
 
 
-def offer_summary(offer: Offer, *, interruptible: bool) -> dict[str, Any]:
-    """One offer as plain data, with the price the rental would pay."""
+ESTIMATE_BASIS = (
+    "rental = the offer's $/h (compute and the disk asked for) x hours; bandwidth = results_gb "
+    "x the offer's upload $/GB (pulling results off the box); a job's own downloads not included"
+)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a rental would cost before renting, from the offer's own prices: `hours` of the
+    rental (compute and the disk asked for, which the offer's $/h includes) and pulling
+    `results_gb` off the box at its upload price."""
+
+    hours: float
+    results_gb: float
+
+    def of(self, price_per_hour: float, upload_per_gb: float) -> dict[str, Any]:
+        """The estimate for one offer."""
+        rental = price_per_hour * self.hours
+        bandwidth = upload_per_gb * self.results_gb
+        return {
+            "rental": round(rental, 4),
+            "bandwidth": round(bandwidth, 4),
+            "total": round(rental + bandwidth, 4),
+        }
+
+
+def offer_summary(
+    offer: Offer, *, interruptible: bool, estimate: Estimate | None = None
+) -> dict[str, Any]:
+    """One offer as plain data, with the price the rental would pay (and, with `estimate`,
+    what `estimate.hours` and pulling `estimate.results_gb` would cost)."""
     price = offer.min_bid if interruptible and offer.min_bid > 0 else offer.dph_total
-    return {
+    dlperf_per_dollar = (offer.dlperf or 0.0) / price if offer.dlperf and price > 0 else None
+    summary = {
         "offer_id": offer.id,
         "gpu_name": offer.gpu_name,
         "num_gpus": offer.num_gpus,
@@ -185,13 +215,28 @@ def offer_summary(offer: Offer, *, interruptible: bool) -> dict[str, Any]:
         "verified": offer.verified,
         "direct_port_count": offer.direct_port_count,
         "machine_id": offer.machine_id,
+        "gpu_ram_gb": offer.gpu_ram_gb,
+        "cuda_max_good": offer.cuda_max_good,
+        "region": offer.region,
+        "ram_gb": offer.ram_gb,
+        "disk_mb_per_s": offer.disk_mb_per_s,
+        "inet_down_mbps": offer.inet_down_mbps,
+        "inet_up_mbps": offer.inet_up_mbps,
+        "dlperf": offer.dlperf,
+        "dlperf_per_dollar": None if dlperf_per_dollar is None else round(dlperf_per_dollar, 2),
     }
+    if estimate is not None:
+        summary["estimate"] = estimate.of(price, offer.inet_up_cost_per_gb)
+    return summary
 
 
-def search(provider: Provider, query: OfferQuery) -> list[dict[str, Any]]:
-    """Offers matching `query` (verified, direct-port, reliable by default), cheapest first."""
+def search(
+    provider: Provider, query: OfferQuery, *, estimate: Estimate | None = None
+) -> list[dict[str, Any]]:
+    """Offers matching `query` (verified, direct-port, reliable by default), cheapest first
+    (or by DLPerf per dollar, as `query.order` says), each with `estimate` when given."""
     return [
-        offer_summary(offer, interruptible=query.interruptible)
+        offer_summary(offer, interruptible=query.interruptible, estimate=estimate)
         for offer in provider.search_offers(query)
     ]
 

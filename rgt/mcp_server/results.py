@@ -66,13 +66,25 @@ class OfferRow(BaseModel):
     verified: bool
     direct_port_count: int
     machine_id: str | None = None
+    gpu_ram_gb: float | None = None
+    cuda_max_good: float | None = None
+    region: str | None = None
+    ram_gb: float | None = None
+    disk_mb_per_s: float | None = None
+    inet_down_mbps: float | None = None
+    inet_up_mbps: float | None = None
+    dlperf: float | None = None
+    dlperf_per_dollar: float | None = None
+    estimate: dict[str, float] | None = None
 
 
 class OfferList(BaseModel):
-    """search_offers: offers cheapest first, and the filters always applied."""
+    """search_offers: offers in the order asked, the filters applied, and how the estimate
+    (when asked) is made."""
 
     offers: list[OfferRow]
     filters: dict[str, Any]
+    estimate_basis: str | None = None
     next: str
 
 

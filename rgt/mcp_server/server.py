@@ -665,11 +665,35 @@ async def search_offers(
     interruptible: Annotated[bool, Field(description="bid (spot) prices instead")] = False,
     disk_gb: Annotated[float | None, Field(gt=0, description="disk the job needs")] = None,
     min_reliability: Annotated[float, Field(ge=0.9, le=1.0)] = 0.98,
+    min_gpu_ram_gb: Annotated[float | None, Field(gt=0, description="GPU RAM per GPU")] = None,
+    min_cuda: Annotated[
+        float | None,
+        Field(gt=0, description="highest CUDA the host driver must support (the image's)"),
+    ] = None,
+    regions: Annotated[
+        list[str] | None, Field(description='country codes, e.g. ["US", "CA"]')
+    ] = None,
+    min_ram_gb: Annotated[float | None, Field(gt=0, description="CPU RAM")] = None,
+    min_disk_mb_per_s: Annotated[float | None, Field(gt=0, description="disk bandwidth")] = None,
+    min_inet_down_mbps: Annotated[float | None, Field(gt=0)] = None,
+    min_inet_up_mbps: Annotated[float | None, Field(gt=0)] = None,
+    order: Annotated[
+        Literal["price", "dlperf_per_dollar"],
+        Field(description="cheapest first, or most DLPerf (throughput score) per $/h first"),
+    ] = "price",
+    hours: Annotated[
+        float | None, Field(gt=0, description="estimate the cost of renting this long")
+    ] = None,
+    results_gb: Annotated[
+        float, Field(ge=0, description="with hours: the results to pull off the box")
+    ] = 0.0,
     limit: Annotated[int, Field(ge=1, le=100)] = 10,
     profile: ProfileArg = DEFAULT_PROFILE,
 ) -> OfferList:
-    """Rentable offers, cheapest first: verified, direct-port, reliable hosts only."""
-    from rgt.lifecycle import search
+    """Rentable offers: verified, direct-port, reliable hosts only, cheapest first or by DLPerf
+    per dollar, filtered by what the job needs; with `hours`, each offer's estimate (rental at
+    its $/h, pulling results_gb at its upload price) before renting anything."""
+    from rgt.lifecycle import ESTIMATE_BASIS, Estimate, search
     from rgt.providers.base import OfferQuery
 
     query = OfferQuery(
@@ -680,10 +704,19 @@ async def search_offers(
         min_reliability=min_reliability,
         disk_gb=disk_gb,
         limit=limit,
+        min_gpu_ram_gb=min_gpu_ram_gb,
+        min_cuda=min_cuda,
+        regions=tuple(regions or ()),
+        min_ram_gb=min_ram_gb,
+        min_disk_mb_per_s=min_disk_mb_per_s,
+        min_inet_down_mbps=min_inet_down_mbps,
+        min_inet_up_mbps=min_inet_up_mbps,
+        order=order,
     )
+    estimate = Estimate(hours, results_gb) if hours is not None else None
 
     def work() -> OfferList:
-        offers = search(_provider(_profile(profile).platform), query)
+        offers = search(_provider(_profile(profile).platform), query, estimate=estimate)
         return OfferList.model_validate(
             {
                 "offers": offers,
@@ -692,6 +725,7 @@ async def search_offers(
                     "min_direct_ports": query.min_direct_ports,
                     "min_reliability": min_reliability,
                 },
+                "estimate_basis": ESTIMATE_BASIS if estimate is not None else None,
                 "next": "launch(profile, offer_id, job, max_price_per_hour) with an offer_id above",
             }
         )
