@@ -674,8 +674,15 @@ class PollReport:
         return asdict(self)
 
 
-def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
-    """(classification, next action) for an instance state, in the profile's terms."""
+def classify(instance: Instance, profile: Profile, *, for_tool: bool = False) -> tuple[str, str]:
+    """(classification, next action) for an instance state, in the profile's terms; the steps
+    as MCP tool calls with `for_tool`, else as rgt commands."""
+    from rgt.nextstep import Step
+
+    def say(tool: str, **args: Any) -> str:
+        step = Step.of(tool, instance_id=instance.id, **args)
+        return step.call() if for_tool else step.cli()
+
     stop, meter_stop = profile.stop_verb or "stop", profile.meter_stop_verb or "destroy"
     bills = profile.stop_still_bills
     state = instance.state
@@ -698,7 +705,7 @@ def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
             "stuck-scheduling",
             "the instance waits for its GPU, which someone else may hold (it bills its disk "
             "meanwhile): poll a few times; if it stays scheduling past the profile's "
-            f"host_lost_grace, `rgt discard {instance.id} --reason host-lost` ends it (a human "
+            f"host_lost_grace, `{say('discard', reason='host-lost')}` ends it (a human "
             "approves, told what is lost), then launch again elsewhere",
         )
     if state == "paused":
@@ -711,21 +718,21 @@ def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
         return (
             "offline",
             "the host stopped answering: poll a few more times (its disk may still bill); if it "
-            "stays offline past the profile's host_lost_grace, `rgt discard "
-            f"{instance.id} --reason host-lost` ends it (a human approves, told what is lost), "
-            "then launch again on a verified reliable offer",
+            "stays offline past the profile's host_lost_grace, "
+            f"`{say('discard', reason='host-lost')}` ends it (a human approves, told what is "
+            "lost), then launch again on a verified reliable offer",
         )
     if state in ("stopped", "exited"):
         if bills:
             return (
                 "stopped-but-billing",
-                f"this {state} instance still bills {', '.join(bills)}: start it (`rgt start "
-                f"{instance.id}`; compute bills again) and copy → verify → {meter_stop} through "
+                f"this {state} instance still bills {', '.join(bills)}: start it "
+                f"(`{say('start')}`; compute bills again) and copy → verify → {meter_stop} through "
                 f"the gate, never park it {stop}ped",
             )
         return (
             state,
-            f"nothing bills while {state}; start it (`rgt start {instance.id}`) to continue",
+            f"nothing bills while {state}; start it (`{say('start')}`) to continue",
         )
     return "unknown", "poll again; if this persists read the instance logs"
 
@@ -824,7 +831,7 @@ def poll(
     if record is not None and (not history or history[-1][1] != instance.state):
         ledger.record_state(provider.platform, instance.id, instance.state, now=at)
         history = ledger.state_history(instance.id)
-    classification, next_action = classify(instance, profile)
+    classification, next_action = classify(instance, profile, for_tool=for_tool)
     if instance.state == "gone":
         # Never a bare "gone, nothing to do": the ledger tells an id never known, a verified
         # destroy, a discard and a box lost with its results apart (rgt.ending).

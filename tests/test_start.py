@@ -34,7 +34,7 @@ async def test_mcp_stop_then_start_then_copy(emulator: Any, tmp_path: Path) -> N
         while (await session.data("poll", {"instance_id": instance_id}))["state"] != "stopped":
             assert time.monotonic() < deadline
         polled = await session.data("poll", {"instance_id": instance_id})
-        assert f"rgt start {instance_id}" in polled["next_action"]
+        assert f'start(instance_id="{instance_id}")' in polled["next_action"]
         # copy cannot reach a stopped box, and says how to start it.
         refused = await session.call("copy", copy_arguments(instance_id, tmp_path / "a"))
         assert refused.is_error and "start" in refused.content[0].text  # type: ignore[union-attr]
