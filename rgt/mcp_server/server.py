@@ -71,8 +71,9 @@ WAIT_INTERVAL_SECONDS = 10.0
 
 INSTRUCTIONS = """\
 rgt runs long GPU jobs on rented machines without losing results or leaving a meter running.
-Lifecycle: list_profiles / get_profile (tell the user the danger clocks first) → search_offers →
-launch (refuses above max_price_per_hour) → poll (reads the job's status record on the box:
+Lifecycle: get_profile (tell the user the danger clocks first) → search_offers (filters, an
+estimate) → launch (job inline: resource rgt://schemas/job.schema.json; refuses above
+max_price_per_hour) → poll (reads the job's status record on the box:
 follow next_action; wait_seconds waits for the job in one call) → when the job succeeded (its
 manifest is on the box): copy → verify → destroy. A failed job's logs are copied for you.
 Teardown Iron Law: destroy runs only when the results were pulled, verified byte-for-byte against
