@@ -918,7 +918,7 @@ def _verify_next(local_dir: Path, ok: bool, instance_id: str | None) -> str:
 
             manifest = json.loads((local_dir / "PULL_MANIFEST.json").read_bytes())
             instance_id = str(manifest["instance_id"]) if manifest.get("instance_id") else None
-    if ok and instance_id:
+    if ok:
         return Step.of("destroy", instance_id=instance_id).call()
     root = None
     if instance_id:
