@@ -28,6 +28,7 @@ from typing import Any
 
 from rgt.gate import GateDecision, Missing, _rented_for_run
 from rgt.ledger import Ledger
+from rgt.nextstep import Step
 from rgt.providers.base import Instance, Provider
 
 REASONS: dict[str, str] = {
@@ -216,7 +217,7 @@ def _failed_job(
         return
     if status is not None and status.outcome != "failed":
         if status.is_running(now):
-            text = "is still running: wait for it (`rgt poll ID --until done`)"
+            text = "is still running: wait for it (`{next}`)"
         elif status.outcome == "succeeded":
             text = "SUCCEEDED: pull, verify and destroy it instead; nothing needs discarding"
         else:
@@ -225,6 +226,7 @@ def _failed_job(
             Missing(
                 "job-not-failed",
                 f"the job status record on the box says the job of run {run_id} {text}",
+                Step.of("poll", instance_id=instance.id, wait=True),
             )
         )
         return
@@ -235,7 +237,8 @@ def _failed_job(
             Missing(
                 "logs-not-pulled",
                 f"no failed job status record of run {run_id} was copied off the box: run "
-                f"`rgt poll {instance.id}` (it copies a failed job's record and logs) first",
+                "`{next}` (it copies a failed job's record and logs) first",
+                Step.of("poll", instance_id=instance.id),
             )
         )
         return
@@ -244,14 +247,16 @@ def _failed_job(
             Missing(
                 "logs-stale",
                 "the status record on the box changed since it was copied (a new attempt?): "
-                f"run `rgt poll {instance.id}` again",
+                "run `{next}` again",
+                Step.of("poll", instance_id=instance.id),
             )
         )
     if not logs:
         missing.append(
             Missing(
                 "logs-not-pulled",
-                f"the job's logs were not copied off the box: run `rgt poll {instance.id}`",
+                "the job's logs were not copied off the box: run `{next}`",
+                Step.of("poll", instance_id=instance.id),
             )
         )
     decision.evidence["failure"] = {

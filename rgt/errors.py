@@ -18,6 +18,10 @@ environment, not a bug in rgt and not the provider's failure.
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rgt.nextstep import Step
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -32,7 +36,18 @@ class RgtError(Exception):
 
     exit_code: int = EXIT_USAGE
 
-    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, exit_code: int | None = None, step: Step | None = None
+    ) -> None:
+        # `step`: the next step the message names at its `{next}` (rgt.nextstep): the CLI
+        # shows it as a command, the MCP server as a tool call (`for_tool`).
+        if step is not None:
+            from rgt.nextstep import render
+
+            self.for_tool = render(message, step, tool=True)
+            message = render(message, step)
+        else:
+            self.for_tool = message
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code

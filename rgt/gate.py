@@ -39,6 +39,7 @@ from typing import Any
 from rgt.errors import ProviderError, Refused
 from rgt.ledger import ApprovalRecord, Ledger
 from rgt.locks import instance_lock
+from rgt.nextstep import Step, render
 from rgt.providers.base import Provider
 from rgt.pull import MANIFEST_NAME, manifest_remote_path, reach_remedy, still_bills_note
 
@@ -51,10 +52,21 @@ METER_STOP_VERBS = frozenset({"destroy"})
 
 @dataclass(frozen=True)
 class Missing:
-    """One piece of evidence the gate did not find: a stable code and a sentence for humans."""
+    """One piece of evidence the gate did not find: a stable code and a sentence, whose
+    `{next}` (if any) is the step that supplies it, rendered for the reader (rgt.nextstep)."""
 
     code: str
-    message: str
+    template: str
+    step: Step | None = None
+
+    @property
+    def message(self) -> str:
+        """The sentence for a terminal (the step as an `rgt` command)."""
+        return render(self.template, self.step)
+
+    def for_tool(self) -> str:
+        """The sentence for an agent over MCP (the step as a tool call)."""
+        return render(self.template, self.step, tool=True)
 
 
 @dataclass
@@ -159,12 +171,14 @@ def _collect(
         )
 
     pull = ledger.latest_pull(instance_id)
+    launched = ledger.instance(provider.platform, instance_id)
     if pull is None:
+        root = launched.results_root if launched is not None else None
         missing.append(
             Missing(
                 "no-pull",
-                f"no pull of instance {instance_id} is recorded: run "
-                f"`rgt pull {instance_id} REMOTE_ROOT LOCAL_DIR`",
+                f"no pull of instance {instance_id} is recorded: run `{{next}}`",
+                Step.of("copy", instance_id=instance_id, remote_root=root, local_dir=None),
             )
         )
     else:
@@ -174,7 +188,6 @@ def _collect(
             "manifest_sha256": pull.manifest_sha256,
             "remote_root": pull.remote_root,
         }
-        launched = ledger.instance(provider.platform, instance_id)
         if launched is not None and launched.results_root:
             expected_root = PurePosixPath(launched.results_root)
             if PurePosixPath(pull.remote_root) != expected_root:
@@ -183,7 +196,13 @@ def _collect(
                         "wrong-results-root",
                         f"the pull copied {pull.remote_root} but the job of instance "
                         f"{instance_id} writes its results under {expected_root}: run "
-                        f"`rgt pull {instance_id} {expected_root} LOCAL_DIR`, then verify",
+                        "`{next}`, then verify",
+                        Step.of(
+                            "copy",
+                            instance_id=instance_id,
+                            remote_root=str(expected_root),
+                            local_dir=None,
+                        ),
                     )
                 )
 
@@ -273,8 +292,8 @@ def _collect(
         missing.append(
             Missing(
                 "no-verification",
-                f"no verification of instance {instance_id} is recorded: run "
-                f"`rgt verify {pull.local_dir if pull else 'LOCAL_DIR'}`",
+                f"no verification of instance {instance_id} is recorded: run `{{next}}`",
+                Step.of("verify", local_dir=pull.local_dir if pull else None),
             )
         )
     else:
@@ -299,7 +318,8 @@ def _collect(
                 Missing(
                     "verification-stale",
                     f"the verification ({verification.local_dir}) predates or does not cover the "
-                    f"latest pull ({pull.local_dir}): run `rgt verify {pull.local_dir}`",
+                    f"latest pull ({pull.local_dir}): run `{{next}}`",
+                    Step.of("verify", local_dir=pull.local_dir),
                 )
             )
         if box_sha is not None and verification.manifest_sha256 == box_sha:
@@ -365,8 +385,8 @@ def _check_job_stopped(
                 "job-running",
                 f"the job of run {run_id} is still running on instance {instance_id} (attempt "
                 f"{status.attempt}, heartbeat {age:.0f} s ago): it may write more results; "
-                f"wait until it ends (`rgt poll {instance_id} --until done`), then pull, verify "
-                "and destroy",
+                "wait until it ends (`{next}`), then pull, verify and destroy",
+                Step.of("poll", instance_id=instance_id, wait=True),
             )
         )
 

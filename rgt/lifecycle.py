@@ -17,11 +17,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from rgt.errors import ProviderError, Refused, RgtError, UsageError
 from rgt.job import JobRequest
-from rgt.ledger import InstanceRecord, Ledger, LedgerError
+from rgt.ledger import InstanceRecord, LaunchRecord, Ledger, LedgerError
 from rgt.profile import Profile
 from rgt.providers.base import CreateRefused, Instance, Offer, OfferQuery, Provider
 
@@ -167,10 +168,40 @@ def _gotcha_bullets(profile: Profile) -> list[tuple[str, str, str]]:
 # -- search ------------------------------------------------------------------------------------
 
 
-def offer_summary(offer: Offer, *, interruptible: bool) -> dict[str, Any]:
-    """One offer as plain data, with the price the rental would pay."""
+ESTIMATE_BASIS = (
+    "rental = the offer's $/h (compute and the disk asked for) x hours; bandwidth = results_gb "
+    "x the offer's upload $/GB (pulling results off the box); a job's own downloads not included"
+)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a rental would cost before renting, from the offer's own prices: `hours` of the
+    rental (compute and the disk asked for, which the offer's $/h includes) and pulling
+    `results_gb` off the box at its upload price."""
+
+    hours: float
+    results_gb: float
+
+    def of(self, price_per_hour: float, upload_per_gb: float) -> dict[str, Any]:
+        """The estimate for one offer."""
+        rental = price_per_hour * self.hours
+        bandwidth = upload_per_gb * self.results_gb
+        return {
+            "rental": round(rental, 4),
+            "bandwidth": round(bandwidth, 4),
+            "total": round(rental + bandwidth, 4),
+        }
+
+
+def offer_summary(
+    offer: Offer, *, interruptible: bool, estimate: Estimate | None = None
+) -> dict[str, Any]:
+    """One offer as plain data, with the price the rental would pay (and, with `estimate`,
+    what `estimate.hours` and pulling `estimate.results_gb` would cost)."""
     price = offer.min_bid if interruptible and offer.min_bid > 0 else offer.dph_total
-    return {
+    dlperf_per_dollar = (offer.dlperf or 0.0) / price if offer.dlperf and price > 0 else None
+    summary = {
         "offer_id": offer.id,
         "gpu_name": offer.gpu_name,
         "num_gpus": offer.num_gpus,
@@ -184,13 +215,28 @@ def offer_summary(offer: Offer, *, interruptible: bool) -> dict[str, Any]:
         "verified": offer.verified,
         "direct_port_count": offer.direct_port_count,
         "machine_id": offer.machine_id,
+        "gpu_ram_gb": offer.gpu_ram_gb,
+        "cuda_max_good": offer.cuda_max_good,
+        "region": offer.region,
+        "ram_gb": offer.ram_gb,
+        "disk_mb_per_s": offer.disk_mb_per_s,
+        "inet_down_mbps": offer.inet_down_mbps,
+        "inet_up_mbps": offer.inet_up_mbps,
+        "dlperf": offer.dlperf,
+        "dlperf_per_dollar": None if dlperf_per_dollar is None else round(dlperf_per_dollar, 2),
     }
+    if estimate is not None:
+        summary["estimate"] = estimate.of(price, offer.inet_up_cost_per_gb)
+    return summary
 
 
-def search(provider: Provider, query: OfferQuery) -> list[dict[str, Any]]:
-    """Offers matching `query` (verified, direct-port, reliable by default), cheapest first."""
+def search(
+    provider: Provider, query: OfferQuery, *, estimate: Estimate | None = None
+) -> list[dict[str, Any]]:
+    """Offers matching `query` (verified, direct-port, reliable by default), cheapest first
+    (or by DLPerf per dollar, as `query.order` says), each with `estimate` when given."""
     return [
-        offer_summary(offer, interruptible=query.interruptible)
+        offer_summary(offer, interruptible=query.interruptible, estimate=estimate)
         for offer in provider.search_offers(query)
     ]
 
@@ -215,6 +261,8 @@ class LaunchResult:
     # True when the run's label was already on a box (an earlier launch rented it): that box
     # was adopted into the ledger and nothing new was rented.
     adopted: bool = False
+    # What an adopting launch was asked for and did not do (another offer, results root...).
+    ignored: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -502,9 +550,18 @@ def _adopt(
         raise LedgerError(
             _not_recorded(instance.id, str(instance.label), f"{ledger.path}: {exc}")
         ) from None
+    ignored = _ignored_by_adoption(
+        record, earlier, offer_id=known_offer, job=job, asked_offer=offer_id
+    )
+    if interruptible != was_interruptible:
+        ignored.append(
+            f"interruptible={interruptible}: the box is "
+            f"{'interruptible' if was_interruptible else 'on demand'}"
+        )
     warnings = [
         f"instance {instance.id} already carries label {instance.label} (an earlier launch "
-        f"rented it): adopted it, rented nothing new",
+        f"rented it): adopted it, rented nothing new"
+        + (f"; ignored: {'; '.join(ignored)}" if ignored else ""),
         *danger_clocks(profile),
         *notes,
     ]
@@ -525,7 +582,33 @@ def _adopt(
         onstart_bytes=onstart_bytes,
         warnings=warnings,
         adopted=True,
+        ignored=ignored,
     )
+
+
+def _ignored_by_adoption(
+    record: InstanceRecord | None,
+    earlier: LaunchRecord | None,
+    *,
+    offer_id: str | None,
+    job: JobRequest,
+    asked_offer: str,
+) -> list[str]:
+    """What a launch that adopted the run's box was asked for and the box does not have: the
+    offer it was rented from, the job's results root and roster as recorded at that rental."""
+    ignored: list[str] = []
+    if offer_id is not None and str(asked_offer) != str(offer_id):
+        ignored.append(f"offer_id {asked_offer}: the box was rented from offer {offer_id}")
+    known = record if record is not None and record.results_root else earlier
+    root = known.results_root if known is not None else None
+    roster = known.roster if known is not None else None
+    if root is not None and root != job.results_root:
+        ignored.append(
+            f"results_root {job.results_root}: the box's job writes its results under {root}"
+        )
+    if roster is not None and sorted(roster) != sorted(job.roster):
+        ignored.append(f"roster {sorted(job.roster)}: the box's job has roster {sorted(roster)}")
+    return ignored
 
 
 # -- poll --------------------------------------------------------------------------------------
@@ -594,8 +677,15 @@ class PollReport:
         return asdict(self)
 
 
-def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
-    """(classification, next action) for an instance state, in the profile's terms."""
+def classify(instance: Instance, profile: Profile, *, for_tool: bool = False) -> tuple[str, str]:
+    """(classification, next action) for an instance state, in the profile's terms; the steps
+    as MCP tool calls with `for_tool`, else as rgt commands."""
+    from rgt.nextstep import Step
+
+    def say(tool: str, **args: Any) -> str:
+        step = Step.of(tool, instance_id=instance.id, **args)
+        return step.call() if for_tool else step.cli()
+
     stop, meter_stop = profile.stop_verb or "stop", profile.meter_stop_verb or "destroy"
     bills = profile.stop_still_bills
     state = instance.state
@@ -618,7 +708,7 @@ def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
             "stuck-scheduling",
             "the instance waits for its GPU, which someone else may hold (it bills its disk "
             "meanwhile): poll a few times; if it stays scheduling past the profile's "
-            f"host_lost_grace, `rgt discard {instance.id} --reason host-lost` ends it (a human "
+            f"host_lost_grace, `{say('discard', reason='host-lost')}` ends it (a human "
             "approves, told what is lost), then launch again elsewhere",
         )
     if state == "paused":
@@ -631,21 +721,21 @@ def classify(instance: Instance, profile: Profile) -> tuple[str, str]:
         return (
             "offline",
             "the host stopped answering: poll a few more times (its disk may still bill); if it "
-            "stays offline past the profile's host_lost_grace, `rgt discard "
-            f"{instance.id} --reason host-lost` ends it (a human approves, told what is lost), "
-            "then launch again on a verified reliable offer",
+            "stays offline past the profile's host_lost_grace, "
+            f"`{say('discard', reason='host-lost')}` ends it (a human approves, told what is "
+            "lost), then launch again on a verified reliable offer",
         )
     if state in ("stopped", "exited"):
         if bills:
             return (
                 "stopped-but-billing",
-                f"this {state} instance still bills {', '.join(bills)}: start it (`rgt start "
-                f"{instance.id}`; compute bills again) and copy → verify → {meter_stop} through "
+                f"this {state} instance still bills {', '.join(bills)}: start it "
+                f"(`{say('start')}`; compute bills again) and copy → verify → {meter_stop} through "
                 f"the gate, never park it {stop}ped",
             )
         return (
             state,
-            f"nothing bills while {state}; start it (`rgt start {instance.id}`) to continue",
+            f"nothing bills while {state}; start it (`{say('start')}`) to continue",
         )
     return "unknown", "poll again; if this persists read the instance logs"
 
@@ -727,12 +817,14 @@ def poll(
     profile: Profile,
     now: float | None = None,
     read_job: bool = False,
+    for_tool: bool = False,
 ) -> PollReport:
     """One look at the instance (a single API call): classification, next action, cost so far.
 
     Records the observed state in the ledger when it changed, so costs and "since" add up.
     With `read_job`, a running box's job status record is read too (one ssh read; see
-    `job_report`), and the next action follows the job's outcome."""
+    `job_report`), and the next action follows the job's outcome, naming its steps as MCP tool
+    calls with `for_tool`, else as rgt commands."""
     at = time.time() if now is None else now
     instance = provider.show(str(instance_id))
     record = next(
@@ -742,7 +834,7 @@ def poll(
     if record is not None and (not history or history[-1][1] != instance.state):
         ledger.record_state(provider.platform, instance.id, instance.state, now=at)
         history = ledger.state_history(instance.id)
-    classification, next_action = classify(instance, profile)
+    classification, next_action = classify(instance, profile, for_tool=for_tool)
     if instance.state == "gone":
         # Never a bare "gone, nothing to do": the ledger tells an id never known, a verified
         # destroy, a discard and a box lost with its results apart (rgt.ending).
@@ -766,6 +858,7 @@ def poll(
             results_root=record.results_root if record is not None else None,
             bills=keeps_billing(instance, profile),
             profile=profile,
+            for_tool=for_tool,
         )
         if job.state in ("stale", "interrupted") and not getattr(
             provider, "restarts_boot_hook", True
@@ -921,6 +1014,13 @@ def _pull_job_logs(
     return str(target), None
 
 
+def job_results_dir(run_id: str) -> Path:
+    """Where rgt suggests pulling a run's results: `<run dir>/results` (rgt.paths.run_dir)."""
+    from rgt.paths import run_dir
+
+    return run_dir(run_id) / "results"
+
+
 def job_next_action(
     job: JobReport,
     *,
@@ -929,10 +1029,12 @@ def job_next_action(
     results_root: str | None,
     bills: Sequence[str],
     profile: Profile,
+    for_tool: bool = False,
 ) -> str | None:
     """What to do next given the job's outcome; None where the instance's state says it
-    better (the box is not running, so its record was not read). When the job's log tail or
-    exit code matches a known pattern, the action ends by naming its reference."""
+    better (the box is not running, so its record was not read). `for_tool`: the steps as MCP
+    tool calls (rgt.nextstep), else as rgt commands. When the job's log tail or exit code
+    matches a known pattern, the action ends by naming its reference."""
     action = _job_next_action(
         job,
         instance_id=instance_id,
@@ -940,6 +1042,7 @@ def job_next_action(
         results_root=results_root,
         bills=bills,
         profile=profile,
+        for_tool=for_tool,
     )
     if action is not None and job.reference is not None:
         action += f". The job's log points at {job.reference}: read that reference first"
@@ -954,23 +1057,27 @@ def _job_next_action(
     results_root: str | None,
     bills: Sequence[str],
     profile: Profile,
+    for_tool: bool,
 ) -> str | None:
-    from rgt.paths import run_dir
+    from rgt.nextstep import Step
+
+    def say(step: Step) -> str:
+        return step.call() if for_tool else step.cli()
 
     meter_stop = profile.meter_stop_verb or "destroy"
     billing = f"the box bills {', '.join(bills) or 'nothing'} meanwhile"
     if job.state == "running":
         return (
-            f"the job runs; poll again later, or wait in one call: `rgt poll {instance_id} "
-            f"--until done --timeout SECONDS` (MCP: poll with wait_seconds); {billing}"
+            f"the job runs; poll again later, or wait in one call: "
+            f"`{say(Step.of('poll', instance_id=instance_id, wait=True))}`; {billing}"
         )
     if job.state == "succeeded":
-        root = results_root or "RESULTS_ROOT (the job's results_root)"
-        local = run_dir(run_id) / "results"
+        local = str(job_results_dir(run_id))
+        copy = Step.of("copy", instance_id=instance_id, remote_root=results_root, local_dir=local)
         return (
-            f"the job succeeded and its manifest is on the box: rgt pull {instance_id} {root} "
-            f"{local} → rgt verify {local} → rgt {meter_stop} {instance_id} (through the gate); "
-            f"{billing}"
+            f"the job succeeded and its manifest is on the box: {say(copy)} → "
+            f"{say(Step.of('verify', local_dir=local))} → "
+            f"{say(Step.of(meter_stop, instance_id=instance_id))} (through the gate); {billing}"
         )
     if job.state == "failed":
         if job.logs_dir:
@@ -980,9 +1087,9 @@ def _job_next_action(
         return (
             f"the job FAILED with exit code {job.exit_code}: {pulled}. Read them and fix the "
             f"job; no manifest was built, so the gate refuses {meter_stop}. The box still bills "
-            f"{', '.join(bills) or 'nothing'}: once nothing on it is worth keeping, `rgt discard "
-            f"{instance_id} --reason failed-job` ends it (a human approves, told what is lost); "
-            "then launch the fixed job"
+            f"{', '.join(bills) or 'nothing'}: once nothing on it is worth keeping, "
+            f"`{say(Step.of('discard', instance_id=instance_id, reason='failed-job'))}` ends it "
+            "(a human approves, told what is lost); then launch the fixed job"
         )
     if job.state == "interrupted":
         return (
@@ -1061,9 +1168,17 @@ def wait_until_done(
 
 
 def stop(
-    instance_id: str, *, provider: Provider, ledger: Ledger, profile: Profile
+    instance_id: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Profile,
+    for_tool: bool = False,
 ) -> dict[str, Any]:
-    """Stop the instance (reversible) and say, from the profile, what keeps billing."""
+    """Stop the instance (reversible) and say, from the profile, what keeps billing
+    (`for_tool`: the way back named as MCP tool calls, else as rgt commands)."""
+    from rgt.nextstep import Step
+
     if not profile.stop_verb:
         raise UsageError(f"profile {profile.name} has no stop verb")
     provider.stop(str(instance_id))
@@ -1077,8 +1192,13 @@ def stop(
     if bills and meter_stop:
         message += (
             f" Only `{meter_stop}` ends that, through the gate, and the gate reads the box, "
-            f"which needs it running: start it again (`rgt start {instance_id}`, or `rgt pull "
-            f"... --start`; it bills compute again) → copy → verify → approve → {meter_stop}."
+            "which needs it running: start it again ("
+            + (
+                f"`{Step.of('start', instance_id=str(instance_id)).call()}`"
+                if for_tool
+                else f"`rgt start {instance_id}`, or `rgt pull ... --start`"
+            )
+            + f"; it bills compute again) → copy → verify → approve → {meter_stop}."
         )
     return {
         "instance_id": str(instance_id),
@@ -1097,11 +1217,17 @@ def start(
     profile: Profile,
     wait_seconds: float = 0.0,
     poll_seconds: float = 2.0,
+    for_tool: bool = False,
 ) -> dict[str, Any]:
     """Start a stopped (or exited) instance: compute bills again from now. With `wait_seconds`,
     wait (bounded) until it runs. A box that is offline, paused or waiting for its GPU is not
-    started (starting cannot help it): a UsageError says what can."""
+    started (starting cannot help it): a UsageError says what can. `for_tool`: next steps as
+    MCP tool calls, else as rgt commands."""
+    from rgt.nextstep import Step
     from rgt.pull import reach_remedy
+
+    def say(step: Step) -> str:
+        return step.call() if for_tool else step.cli()
 
     instance_id = str(instance_id)
     instance = provider.show(instance_id)
@@ -1126,13 +1252,15 @@ def start(
         message = (
             f"instance {instance_id} is running{' (it already was)' if already else ''}; "
             f"it bills compute again{rate}. Next: copy → verify → {meter_stop} through the gate "
-            f"(`rgt pull {instance_id} RESULTS_ROOT LOCAL_DIR`), or let the job finish first"
+            f"(`{say(Step.of('copy', instance_id=instance_id, remote_root=None, local_dir=None))}`"
+            "), or let the job finish first"
         )
     else:
         message = (
             f"instance {instance_id} was asked to start and is {state}; from now it bills "
             f"compute again{rate}. It may wait for its GPU (scheduling); poll until it runs "
-            f"(`rgt poll {instance_id}`), then copy → verify → {meter_stop} through the gate"
+            f"(`{say(Step.of('poll', instance_id=instance_id))}`), then copy → verify → "
+            f"{meter_stop} through the gate"
         )
     return {
         "instance_id": instance_id,

@@ -119,6 +119,35 @@ def reach_remedy(state: str) -> str:
     )
 
 
+def _raise_if_job_unfinished(
+    instance: Instance, *, ledger: Ledger, provider: Provider, profile: Any | None
+) -> None:
+    """No manifest to read: when the run's job status record says why (the job has not
+    finished, or failed), say that, with the status, instead of a raw `cat:` error. A box
+    whose record rgt cannot read (no run label, no profile data_dir) keeps the read's error."""
+    from rgt.lifecycle import job_report, run_of
+    from rgt.nextstep import Step
+
+    record = ledger.instance(provider.platform, instance.id)
+    run_id = run_of(instance, record)
+    data_dir = (getattr(profile, "overrides", None) or {}).get("data_dir")
+    if profile is None or run_id is None or not data_dir:
+        return
+    job = job_report(instance, run_id, provider=provider, profile=profile, now=time.time())
+    if job.state in ("running", "no-record", "interrupted", "stale"):
+        raise CheckFailed(
+            f"instance {instance.id}: the job has not finished (job status: {job.summary}); "
+            "its manifest is built when it succeeds, nothing was copied: wait for it (`{next}`)",
+            step=Step.of("poll", instance_id=instance.id, wait=True),
+        )
+    if job.state == "failed":
+        raise CheckFailed(
+            f"instance {instance.id}: the job FAILED (job status: {job.summary}) and built no "
+            "manifest, nothing was copied: `{next}` copies its logs and says what to do",
+            step=Step.of("poll", instance_id=instance.id),
+        )
+
+
 def parse_manifest(data: bytes, *, instance_id: str) -> dict[str, Any]:
     """Parse the on-box manifest and check what the pull relies on: it names this instance,
     its roster entries are plain top-level names (no traversal), and every file has a path
@@ -305,7 +334,7 @@ def _pull_locked(
     _check_local_dir(local_dir)
     earlier = earlier_pull(local_dir)
     started = time.time()
-    ensure_reachable(
+    instance = ensure_reachable(
         instance_id,
         provider=provider,
         profile=profile,
@@ -313,7 +342,11 @@ def _pull_locked(
         ledger=ledger,
     )
 
-    manifest_bytes = provider.read_remote_file(instance_id, manifest_remote_path(remote_root))
+    try:
+        manifest_bytes = provider.read_remote_file(instance_id, manifest_remote_path(remote_root))
+    except ProviderError:
+        _raise_if_job_unfinished(instance, ledger=ledger, provider=provider, profile=profile)
+        raise
     manifest = parse_manifest(manifest_bytes, instance_id=instance_id)
     manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
     if earlier is not None:

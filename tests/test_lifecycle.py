@@ -366,7 +366,7 @@ def test_cost_hourly_total_names_the_boxes_whose_rate_is_unknown_not_counting_th
 
     # The MCP cost tool serves the same report.
     monkeypatch.setattr(server, "_provider", lambda platform, **_: provider)
-    served = anyio.run(server.cost)
+    served = anyio.run(server.cost).model_dump()
     assert (served["hourly_total"], served["hourly_covers"]) == (0.5, 1)
     assert (served["hourly_unknown"], served["hourly_note"]) == (["2"], note)
 

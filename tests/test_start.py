@@ -29,12 +29,12 @@ async def test_mcp_stop_then_start_then_copy(emulator: Any, tmp_path: Path) -> N
         instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "restart"))
         stopped = await session.data("stop", {"instance_id": instance_id})
         # The stop result names the next step the caller can take, and what it costs.
-        assert f"rgt start {instance_id}" in stopped["message"]
+        assert f'start(instance_id="{instance_id}")' in stopped["message"]
         deadline = time.monotonic() + 30
         while (await session.data("poll", {"instance_id": instance_id}))["state"] != "stopped":
             assert time.monotonic() < deadline
         polled = await session.data("poll", {"instance_id": instance_id})
-        assert f"rgt start {instance_id}" in polled["next_action"]
+        assert f'start(instance_id="{instance_id}")' in polled["next_action"]
         # copy cannot reach a stopped box, and says how to start it.
         refused = await session.call("copy", copy_arguments(instance_id, tmp_path / "a"))
         assert refused.is_error and "start" in refused.content[0].text  # type: ignore[union-attr]

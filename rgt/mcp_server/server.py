@@ -36,7 +36,19 @@ from rgt.errors import RgtError
 
 # The poll tool returns the lifecycle's report itself (its output schema is built from it), so
 # the CLI and MCP cannot drift apart on what a poll says.
-from rgt.lifecycle import PollReport
+from rgt.lifecycle import LaunchResult, PollReport
+from rgt.mcp_server.results import (
+    CopyResult,
+    CostReport,
+    LogLines,
+    OfferList,
+    ProfileEntry,
+    ProfileList,
+    ProfileSummary,
+    StartResult,
+    StopResult,
+    SweepResult,
+)
 from rgt.mcp_server.strict import strict_tool
 
 T = TypeVar("T")
@@ -60,8 +72,9 @@ WAIT_INTERVAL_SECONDS = 10.0
 
 INSTRUCTIONS = """\
 rgt runs long GPU jobs on rented machines without losing results or leaving a meter running.
-Lifecycle: list_profiles / get_profile (tell the user the danger clocks first) → search_offers →
-launch (refuses above max_price_per_hour) → poll (reads the job's status record on the box:
+Lifecycle: get_profile (tell the user the danger clocks first) → search_offers (filters, an
+estimate) → launch (job inline: resource rgt://schemas/job.schema.json; refuses above
+max_price_per_hour) → poll (reads the job's status record on the box:
 follow next_action; wait_seconds waits for the job in one call) → when the job succeeded (its
 manifest is on the box): copy → verify → destroy. A failed job's logs are copied for you.
 Teardown Iron Law: destroy runs only when the results were pulled, verified byte-for-byte against
@@ -102,6 +115,8 @@ def _provider(platform: str, *, prompt: bool = False) -> Any:
 
 
 _PROFILES: dict[tuple[str, int], Any] = {}
+# Profiles whose danger clocks a launch of this server process (one client session) has told.
+_CLOCKS_TOLD: set[str] = set()
 
 
 def _profile(name: str) -> Any:
@@ -158,7 +173,7 @@ async def _blocking(fn: Callable[[], T]) -> T:
     try:
         return await anyio.to_thread.run_sync(fn)
     except RgtError as exc:
-        raise ToolError(exc.message) from None
+        raise ToolError(exc.for_tool) from None
     except (LedgerError, OSError) as exc:
         # A user-side problem (unwritable local_dir, full disk, unusable ledger): say it.
         raise ToolError(f"{type(exc).__name__}: {exc}") from None
@@ -263,7 +278,7 @@ def _precheck(instance_id: str, can_ask: bool) -> DestroyResult | None:
                     f"destroy REFUSED, nothing was destroyed: {len(missing)} piece(s) of evidence "
                     "missing; after these, a human approves in the client prompt"
                 ),
-                missing=[MissingEvidence(code=m.code, message=m.message) for m in missing],
+                missing=[MissingEvidence(code=m.code, message=m.for_tool()) for m in missing],
             )
         from rgt import approval
 
@@ -505,7 +520,7 @@ def _discard_precheck(instance_id: str, reason: str, can_ask: bool) -> DiscardRe
                 f"discard REFUSED, nothing was done: the reason {reason!r} is not proven "
                 f"({len(decision.missing)} item(s) below)"
             ),
-            missing=[MissingEvidence(code=m.code, message=m.message) for m in decision.missing],
+            missing=[MissingEvidence(code=m.code, message=m.for_tool()) for m in decision.missing],
             lost=lost,
         )
     if not approval.is_configured():
@@ -633,36 +648,32 @@ async def discard(
 # -- the other tools ---------------------------------------------------------------------------
 
 
-async def list_profiles() -> dict[str, Any]:
-    """Every bundled platform profile: name, title and the danger clocks to tell the user first."""
+async def list_profiles() -> ProfileList:
+    """Every bundled platform profile: name, title, kind, variants. get_profile has a profile's
+    facts and the danger clocks to tell the user before renting."""
 
-    def work() -> dict[str, Any]:
-        from rgt.lifecycle import danger_clocks
+    def work() -> ProfileList:
+        from rgt.nextstep import Step
         from rgt.profile import list_profiles as all_profiles
 
-        return {
-            "profiles": [
-                {
-                    "name": p.name,
-                    "title": p.title,
-                    "kind": p.kind,
-                    "danger_clocks": danger_clocks(p),
-                    "variants": sorted(p.variants),
-                }
-                for p in all_profiles()
-            ]
-        }
+        entries = [
+            ProfileEntry(name=p.name, title=p.title, kind=p.kind, variants=sorted(p.variants))
+            for p in all_profiles()
+        ]
+        return ProfileList(
+            profiles=entries, next=Step.of("get_profile", name=DEFAULT_PROFILE).call()
+        )
 
     return await _blocking(work)
 
 
 async def get_profile(
     name: Annotated[str, Field(description="Profile name, e.g. vastai or family:variant")],
-) -> dict[str, Any]:
+) -> ProfileSummary:
     """One profile's machine facts, danger clocks first (what keeps billing, what is lost)."""
     from rgt.lifecycle import profile_summary
 
-    return await _blocking(lambda: profile_summary(_profile(name)))
+    return await _blocking(lambda: ProfileSummary.model_validate(profile_summary(_profile(name))))
 
 
 async def search_offers(
@@ -672,11 +683,35 @@ async def search_offers(
     interruptible: Annotated[bool, Field(description="bid (spot) prices instead")] = False,
     disk_gb: Annotated[float | None, Field(gt=0, description="disk the job needs")] = None,
     min_reliability: Annotated[float, Field(ge=0.9, le=1.0)] = 0.98,
+    min_gpu_ram_gb: Annotated[float | None, Field(gt=0, description="GPU RAM per GPU")] = None,
+    min_cuda: Annotated[
+        float | None,
+        Field(gt=0, description="highest CUDA the host driver must support (the image's)"),
+    ] = None,
+    regions: Annotated[
+        list[str] | None, Field(description='country codes, e.g. ["US", "CA"]')
+    ] = None,
+    min_ram_gb: Annotated[float | None, Field(gt=0, description="CPU RAM")] = None,
+    min_disk_mb_per_s: Annotated[float | None, Field(gt=0, description="disk bandwidth")] = None,
+    min_inet_down_mbps: Annotated[float | None, Field(gt=0)] = None,
+    min_inet_up_mbps: Annotated[float | None, Field(gt=0)] = None,
+    order: Annotated[
+        Literal["price", "dlperf_per_dollar"],
+        Field(description="cheapest first, or most DLPerf (throughput score) per $/h first"),
+    ] = "price",
+    hours: Annotated[
+        float | None, Field(gt=0, description="estimate the cost of renting this long")
+    ] = None,
+    results_gb: Annotated[
+        float, Field(ge=0, description="with hours: the results to pull off the box")
+    ] = 0.0,
     limit: Annotated[int, Field(ge=1, le=100)] = 10,
     profile: ProfileArg = DEFAULT_PROFILE,
-) -> dict[str, Any]:
-    """Rentable offers, cheapest first: verified, direct-port, reliable hosts only."""
-    from rgt.lifecycle import search
+) -> OfferList:
+    """Rentable offers: verified, direct-port, reliable hosts only, cheapest first or by DLPerf
+    per dollar, filtered by what the job needs; with `hours`, each offer's estimate (rental at
+    its $/h, pulling results_gb at its upload price) before renting anything."""
+    from rgt.lifecycle import ESTIMATE_BASIS, Estimate, search
     from rgt.providers.base import OfferQuery
 
     query = OfferQuery(
@@ -687,18 +722,31 @@ async def search_offers(
         min_reliability=min_reliability,
         disk_gb=disk_gb,
         limit=limit,
+        min_gpu_ram_gb=min_gpu_ram_gb,
+        min_cuda=min_cuda,
+        regions=tuple(regions or ()),
+        min_ram_gb=min_ram_gb,
+        min_disk_mb_per_s=min_disk_mb_per_s,
+        min_inet_down_mbps=min_inet_down_mbps,
+        min_inet_up_mbps=min_inet_up_mbps,
+        order=order,
     )
+    estimate = Estimate(hours, results_gb) if hours is not None else None
 
-    def work() -> dict[str, Any]:
-        offers = search(_provider(_profile(profile).platform), query)
-        return {
-            "offers": offers,
-            "filters": {
-                "verified_only": True,
-                "min_direct_ports": query.min_direct_ports,
-                "min_reliability": min_reliability,
-            },
-        }
+    def work() -> OfferList:
+        offers = search(_provider(_profile(profile).platform), query, estimate=estimate)
+        return OfferList.model_validate(
+            {
+                "offers": offers,
+                "filters": {
+                    "verified_only": True,
+                    "min_direct_ports": query.min_direct_ports,
+                    "min_reliability": min_reliability,
+                },
+                "estimate_basis": ESTIMATE_BASIS if estimate is not None else None,
+                "next": "launch(profile, offer_id, job, max_price_per_hour) with an offer_id above",
+            }
+        )
 
     return await _blocking(work)
 
@@ -706,19 +754,35 @@ async def search_offers(
 async def launch(
     profile: Annotated[str, Field(description="platform profile, e.g. vastai")],
     offer_id: Annotated[str, Field(description="an offer id from search_offers")],
-    job: Annotated[str, Field(description="path to a job request YAML file")],
+    job: Annotated[
+        str | dict[str, Any],
+        Field(
+            description=(
+                "the job request: a path to its YAML file on the server, or the request itself "
+                "as an object (schema: resource rgt://schemas/job.schema.json; example: "
+                "rgt://examples/job.yaml)"
+            )
+        ),
+    ],
     max_price_per_hour: Annotated[float, Field(gt=0, description="refuse above this $/hour")],
     interruptible: bool = False,
     bid: Annotated[float | None, Field(gt=0, description="$/hour bid (interruptible)")] = None,
-) -> dict[str, Any]:
+) -> LaunchResult:
     """Rent an offer for a job: renders the boot hook from the profile and job, creates the
     instance, records it in the ledger. Refuses above max_price_per_hour."""
-    from rgt.job import load_job
+    from rgt.job import JobRequest, load_job
     from rgt.lifecycle import launch as launch_instance
 
-    def work() -> dict[str, Any]:
+    def work() -> LaunchResult:
+        from dataclasses import replace
+
+        from rgt.lifecycle import danger_clocks
+
         chosen = _profile(profile)
-        request = load_job(job)
+        # Inline: validated by the same schema as a file (a finding names `job.<field>`).
+        request = (
+            JobRequest.from_dict(job, source="job") if isinstance(job, dict) else load_job(job)
+        )
         with _ledger() as ledger:
             result = launch_instance(
                 provider=_provider(chosen.platform),
@@ -730,7 +794,12 @@ async def launch(
                 interruptible=interruptible,
                 bid_per_hour=bid,
             )
-        return result.to_json()
+        # The danger clocks are told once a session (and by get_profile), not on every launch.
+        if chosen.name in _CLOCKS_TOLD:
+            clocks = set(danger_clocks(chosen))
+            result = replace(result, warnings=[w for w in result.warnings if w not in clocks])
+        _CLOCKS_TOLD.add(chosen.name)
+        return result
 
     return await _blocking(work)
 
@@ -767,7 +836,12 @@ async def poll(
         try:
             with _for_instance(instance_id, prompt=True) as (ledger, profile, provider):
                 return poll_instance(
-                    instance_id, provider=provider, ledger=ledger, profile=profile, read_job=True
+                    instance_id,
+                    provider=provider,
+                    ledger=ledger,
+                    profile=profile,
+                    read_job=True,
+                    for_tool=True,
                 )
         except ProviderError as exc:  # while waiting, the next look may get through
             return exc
@@ -799,14 +873,16 @@ async def copy(
         ),
     ],
     ctx: Context,
-) -> dict[str, Any]:
+) -> CopyResult:
     """Pull the results: the manifest built on the box first, then the files (resumable),
     with progress notifications. Records the pull in the ledger."""
     from rgt.pull import pull_instance
 
     report = _progress_reporter(ctx, f"copy {instance_id}")
 
-    def work() -> dict[str, Any]:
+    def work() -> CopyResult:
+        from rgt.nextstep import Step
+
         with _for_instance(instance_id) as (ledger, profile, provider):
             result = pull_instance(
                 instance_id,
@@ -817,84 +893,145 @@ async def copy(
                 profile=profile,
                 progress=report,
             )
-        return {
-            "instance_id": result.instance_id,
-            "local_dir": str(result.local_dir),
-            "manifest_sha256": result.manifest_sha256,
-            "run_id": result.run_id,
-            "files": result.files,
-            "bytes_total": result.bytes_total,
-            "bytes_transferred": result.bytes_transferred,
-            "next": f"verify(local_dir={str(result.local_dir)!r})",
-        }
+        return CopyResult(
+            instance_id=result.instance_id,
+            local_dir=str(result.local_dir),
+            manifest_sha256=result.manifest_sha256,
+            run_id=result.run_id,
+            files=result.files,
+            bytes_total=result.bytes_total,
+            bytes_transferred=result.bytes_transferred,
+            next=Step.of("verify", local_dir=str(result.local_dir)).call(),
+        )
 
     return await _blocking(work)
+
+
+class VerifyResult(BaseModel):
+    """What `verify` found: ok with the totals, or the problems; the per-file rows are in the
+    `record` file (PULL_VERIFIED.json), not here. `next` is the tool call to make next."""
+
+    ok: bool
+    problems: list[str] = Field(default_factory=list)
+    local_dir: str
+    run_id: str | None = None
+    instance_id: str | None = None
+    manifest_sha256: str | None = None
+    totals: dict[str, int] | None = None
+    checkpoints: list[dict[str, Any]] = Field(default_factory=list)
+    seconds: float | None = None
+    record: str | None = None
+    next: str
+
+
+def _verify_next(local_dir: Path, ok: bool, instance_id: str | None) -> str:
+    """The step after a verification: destroy (the human approves in the client), or pull
+    again into the same directory (the ledger's latest pull of the instance knows the root)."""
+    from rgt.nextstep import Step
+
+    if instance_id is None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            import json
+
+            manifest = json.loads((local_dir / "PULL_MANIFEST.json").read_bytes())
+            instance_id = str(manifest["instance_id"]) if manifest.get("instance_id") else None
+    if ok:
+        return Step.of("destroy", instance_id=instance_id).call()
+    root = None
+    if instance_id:
+        with _ledger() as ledger:
+            pull = ledger.latest_pull(instance_id)
+        root = pull.remote_root if pull is not None else None
+    again = Step.of("copy", instance_id=instance_id, remote_root=root, local_dir=str(local_dir))
+    return f"do NOT destroy: {again.call()} (it resumes), then verify again"
+
+
+def _verify_in_subprocess(local_dir: str, instance_id: str | None) -> VerifyResult:
+    """`rgt verify --json` in a child process, as the CLI runs: its hashing forks worker
+    processes (a worker thread of this server cannot) and loading checkpoints imports torch,
+    which stays out of the server's process."""
+    import json
+    import subprocess
+    import sys
+
+    from rgt.errors import UsageError
+
+    argv = [sys.executable, "-m", "rgt", "verify", "--json", local_dir]
+    if instance_id is not None:
+        argv += ["--instance-id", instance_id]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    if done.returncode not in (0, 1) or not done.stdout.strip():
+        # A usage error (not a directory, no manifest...): its one line, without "rgt verify: ".
+        text = lines[-1] if lines else f"rgt verify exited with status {done.returncode}"
+        raise UsageError(text.removeprefix("rgt verify: ").removeprefix("error: "))
+    data = json.loads(done.stdout)
+    where = Path(local_dir).resolve()
+    found = data.get("instance_id") or instance_id
+    return VerifyResult(
+        ok=bool(data.get("ok")),
+        problems=list(data.get("problems") or []),
+        local_dir=str(data.get("local_dir") or where),
+        run_id=data.get("run_id"),
+        instance_id=found,
+        manifest_sha256=data.get("manifest_sha256"),
+        totals=data.get("totals"),
+        checkpoints=list(data.get("checkpoints") or []),
+        seconds=data.get("seconds"),
+        record=data.get("record"),
+        next=_verify_next(where, bool(data.get("ok")), found),
+    )
 
 
 async def verify(
     local_dir: Annotated[str, Field(description="the directory copy wrote into")],
-    ctx: Context,
     instance_id: Annotated[
         str | None, Field(description="refuse unless the manifest is of this instance")
     ] = None,
-) -> dict[str, Any]:
-    """Verify a pull byte-for-byte against the manifest built on the box (with progress);
-    records the verification in the ledger. Returns the outcome and totals; the per-file rows
-    are in PULL_VERIFIED.json (the `record` path), not in the result. Checkpoints are loaded
-    safely only: a pickle that needs a full unpickle is refused here (a human decides that
-    with `rgt verify --allow-pickle` on a terminal)."""
-    report = _progress_reporter(ctx, "verify")
-
-    def progress(*args: Any) -> None:
-        numbers = [a for a in args if isinstance(a, int)]
-        notes = [a for a in args if isinstance(a, str)]
-        if numbers:
-            total = numbers[1] if len(numbers) > 1 else None
-            report(numbers[0], total, notes[0] if notes else None)
-
-    def work() -> dict[str, Any]:
-        try:
-            from rgt.verify import summary, verify_pull
-        except ImportError as exc:
-            raise ToolError(f"verification is not available in this rgt build: {exc}") from None
-        record = verify_pull(
-            Path(local_dir), progress=progress, expected_instance_id=instance_id, keep_rows=False
-        )
-        return summary(record)
-
-    return await _blocking(work)
+) -> VerifyResult:
+    """Verify a pull byte-for-byte against the manifest built on the box; records the
+    verification in the ledger. A mismatch is a result with ok false and its problems (not an
+    error). Checkpoints are loaded safely only: a pickle that needs a full unpickle is refused
+    here (a human decides that with `rgt verify --allow-pickle` on a terminal)."""
+    if instance_id is not None:
+        _check_instance_id(DEFAULT_PROFILE, instance_id)
+    return await _blocking(lambda: _verify_in_subprocess(local_dir, instance_id))
 
 
 async def logs(
     instance_id: InstanceIdArg,
     tail: Annotated[int, Field(ge=1, le=2000, description="how many last lines")] = 200,
-) -> dict[str, Any]:
+) -> LogLines:
     """The container's last log lines: the first stop for a box stuck loading or a failing
     boot hook (the platform prepares them; secrets are redacted). `reference` names the
     reference entry a known pattern in them points at (an OOM, an NCCL timeout, a NaN loss;
     read it as the MCP resource rgt://references/<file>), else null."""
     from rgt.diagnose import diagnose
 
-    def work() -> dict[str, Any]:
+    def work() -> LogLines:
         with _for_instance(instance_id) as (_, _, provider):
             text = provider.logs(instance_id, tail=tail)
         lines = text.splitlines()[-tail:]
         diagnosis = diagnose(lines)
         reference = diagnosis.text() if diagnosis is not None else None
-        return {"instance_id": instance_id, "lines": lines, "reference": reference}
+        return LogLines(instance_id=instance_id, lines=lines, reference=reference)
 
     return await _blocking(work)
 
 
 async def stop(
     instance_id: InstanceIdArg,
-) -> dict[str, Any]:
+) -> StopResult:
     """Stop an instance (reversible). The result says what keeps billing on this platform."""
     from rgt.lifecycle import stop as stop_instance
 
-    def work() -> dict[str, Any]:
+    def work() -> StopResult:
         with _for_instance(instance_id) as (ledger, profile, provider):
-            return stop_instance(instance_id, provider=provider, ledger=ledger, profile=profile)
+            return StopResult.model_validate(
+                stop_instance(
+                    instance_id, provider=provider, ledger=ledger, profile=profile, for_tool=True
+                )
+            )
 
     return await _blocking(work)
 
@@ -904,20 +1041,23 @@ async def start(
     wait_seconds: Annotated[
         float, Field(ge=0, le=600, description="wait up to this long until it runs (0: no wait)")
     ] = 0.0,
-) -> dict[str, Any]:
+) -> StartResult:
     """Start a stopped instance again: it bills COMPUTE again from now. Needed before copy (and
     the destroy gate, which reads the box) can reach a stopped box. Offline, preempted or
     scheduling boxes cannot be started; the error says what helps."""
     from rgt.lifecycle import start as start_instance
 
-    def work() -> dict[str, Any]:
+    def work() -> StartResult:
         with _for_instance(instance_id) as (ledger, profile, provider):
-            return start_instance(
-                instance_id,
-                provider=provider,
-                ledger=ledger,
-                profile=profile,
-                wait_seconds=wait_seconds,
+            return StartResult.model_validate(
+                start_instance(
+                    instance_id,
+                    provider=provider,
+                    ledger=ledger,
+                    profile=profile,
+                    wait_seconds=wait_seconds,
+                    for_tool=True,
+                )
             )
 
     return await _blocking(work)
@@ -926,20 +1066,22 @@ async def start(
 async def cost(
     instance_id: Annotated[str | None, Field(description="one instance, or all")] = None,
     profile: ProfileArg = DEFAULT_PROFILE,
-) -> dict[str, Any]:
+) -> CostReport:
     """Spend so far and the hourly burn of the instances rgt rented (estimates)."""
     from rgt.lifecycle import cost_report
 
-    def work() -> dict[str, Any]:
+    def work() -> CostReport:
         chosen = _profile(profile)
         if instance_id is not None:
             _check_instance_id(chosen.platform, instance_id)
         with _ledger() as ledger:
-            return cost_report(
-                provider=_provider(chosen.platform),
-                ledger=ledger,
-                profile=chosen,
-                instance_id=instance_id,
+            return CostReport.model_validate(
+                cost_report(
+                    provider=_provider(chosen.platform),
+                    ledger=ledger,
+                    profile=chosen,
+                    instance_id=instance_id,
+                )
             )
 
     return await _blocking(work)
@@ -947,16 +1089,16 @@ async def cost(
 
 async def sweep(
     profile: ProfileArg = DEFAULT_PROFILE,
-) -> dict[str, Any]:
+) -> SweepResult:
     """Every instance the API key can see, what it costs per hour and what keeps billing,
     including instances the ledger does not know."""
     from rgt.sweep import sweep as run_sweep
 
-    def work() -> dict[str, Any]:
+    def work() -> SweepResult:
         chosen = _profile(profile)
         with _ledger() as ledger:
             report = run_sweep(provider=_provider(chosen.platform), ledger=ledger, profile=chosen)
-        return report.to_json()
+        return SweepResult.model_validate(report.to_json())
 
     return await _blocking(work)
 
@@ -1030,7 +1172,9 @@ def build_server() -> MCPServer:
         strict_tool(cost, annotations=idempotent_read),
         strict_tool(sweep, annotations=idempotent_read),
     ]
-    return MCPServer(
+    from rgt.mcp_server.resources import register_prompts, register_resources
+
+    server = MCPServer(
         "rgt",
         title="remote-gpu-trainer",
         instructions=INSTRUCTIONS,
@@ -1039,6 +1183,9 @@ def build_server() -> MCPServer:
         resources=reference_resources(),
         log_level="WARNING",
     )
+    register_resources(server)
+    register_prompts(server)
+    return server
 
 
 REFERENCE_URI = "rgt://references/{name}"

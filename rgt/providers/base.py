@@ -67,6 +67,16 @@ class OfferQuery:
     min_direct_ports: int = 1
     disk_gb: float | None = None
     limit: int = 20
+    # What a user picks a machine by, beyond the GPU model (None: no limit).
+    min_gpu_ram_gb: float | None = None  # per GPU
+    min_cuda: float | None = None  # the highest CUDA the host's driver supports (cuda_max_good)
+    regions: tuple[str, ...] = ()  # country codes, e.g. ("US", "CA"); empty: anywhere
+    min_ram_gb: float | None = None  # the rental's CPU RAM
+    min_disk_mb_per_s: float | None = None  # disk bandwidth
+    min_inet_down_mbps: float | None = None
+    min_inet_up_mbps: float | None = None
+    # "price": cheapest first; "dlperf_per_dollar": most DLPerf per $/h first.
+    order: str = "price"
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,15 @@ class Offer:
     machine_id: str
     host_id: str
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # What a user compares offers by (None: the platform did not say).
+    gpu_ram_gb: float | None = None  # per GPU
+    cuda_max_good: float | None = None
+    region: str | None = None  # the platform's location text, e.g. "Texas, US"
+    ram_gb: float | None = None
+    disk_mb_per_s: float | None = None
+    inet_down_mbps: float | None = None
+    inet_up_mbps: float | None = None
+    dlperf: float | None = None
 
 
 @dataclass(frozen=True)

@@ -255,6 +255,8 @@ class VastProvider:
         """Offers matching `query`, cheapest first (by the price the rental would pay)."""
         filters = _offer_filters(query)
         order = "min_bid" if query.interruptible else "dph_total"
+        if query.order == "dlperf_per_dollar":
+            order = "dlperf_per_dphtotal-"  # the API's own ratio, best first
         rows = self._call(
             "search offers",
             lambda: self._sdk.search_offers(
@@ -271,6 +273,8 @@ class VastProvider:
         offers = [_offer(row) for row in rows if isinstance(row, dict)]
         offers = [offer for offer in offers if _offer_matches(offer, query)]
         offers.sort(key=lambda o: (_offer_price(o, query.interruptible), o.id))
+        if query.order == "dlperf_per_dollar":
+            offers.sort(key=lambda o: -dlperf_per_dollar(o, query.interruptible))
         return offers[: query.limit]
 
     def create(
@@ -756,7 +760,37 @@ def _offer_filters(query: OfferQuery) -> dict[str, Any]:
         filters[price_field] = {"lte": query.max_price_per_hour}
     if query.disk_gb is not None:
         filters["disk_space"] = {"gte": query.disk_gb}
+    # The API's units: GPU and CPU RAM in MB, disk bandwidth in MB/s, inet in Mb/s.
+    for field_name, value, scale in _minimums(query):
+        if value is not None:
+            filters[field_name] = {"gte": value * scale}
     return filters
+
+
+def _minimums(query: OfferQuery) -> list[tuple[str, float | None, float]]:
+    """(API field, the query's minimum, its unit scale) of each minimum a user may ask for."""
+    return [
+        ("gpu_ram", query.min_gpu_ram_gb, 1000.0),
+        ("cuda_max_good", query.min_cuda, 1.0),
+        ("cpu_ram", query.min_ram_gb, 1000.0),
+        ("disk_bw", query.min_disk_mb_per_s, 1.0),
+        ("inet_down", query.min_inet_down_mbps, 1.0),
+        ("inet_up", query.min_inet_up_mbps, 1.0),
+    ]
+
+
+def dlperf_per_dollar(offer: Offer, interruptible: bool) -> float:
+    """DLPerf (vast.ai's deep-learning throughput score) per $/hour the rental would pay."""
+    price = _offer_price(offer, interruptible)
+    return (offer.dlperf or 0.0) / price if price > 0 else 0.0
+
+
+def _in_regions(location: str | None, regions: tuple[str, ...]) -> bool:
+    """vast.ai's geolocation ends with the country code ("Texas, US", "SE")."""
+    if not regions:
+        return True
+    code = (location or "").rsplit(",", 1)[-1].strip().casefold()
+    return code in {region.strip().casefold() for region in regions}
 
 
 def _offer_matches(offer: Offer, query: OfferQuery) -> bool:
@@ -777,7 +811,14 @@ def _offer_matches(offer: Offer, query: OfferQuery) -> bool:
     if query.max_price_per_hour is not None and price > query.max_price_per_hour:
         return False
     disk = _float(raw.get("disk_space"))
-    return not (query.disk_gb is not None and disk is not None and disk < query.disk_gb)
+    if query.disk_gb is not None and disk is not None and disk < query.disk_gb:
+        return False
+    for field_name, value, scale in _minimums(query):
+        actual = _float(raw.get(field_name))
+        # An offer that does not state a value asked for cannot be shown to meet it.
+        if value is not None and (actual is None or actual < value * scale):
+            return False
+    return _in_regions(offer.region, query.regions)
 
 
 def _offer_price(offer: Offer, interruptible: bool) -> float:
@@ -802,7 +843,21 @@ def _offer(row: dict[str, Any]) -> Offer:
         machine_id=str(row.get("machine_id", "")),
         host_id=str(row.get("host_id", "")),
         raw=row,
+        gpu_ram_gb=_per_thousand(row.get("gpu_ram")),
+        cuda_max_good=_float(row.get("cuda_max_good")),
+        region=str(row["geolocation"]) if row.get("geolocation") else None,
+        ram_gb=_per_thousand(row.get("cpu_ram")),
+        disk_mb_per_s=_float(row.get("disk_bw")),
+        inet_down_mbps=_float(row.get("inet_down")),
+        inet_up_mbps=_float(row.get("inet_up")),
+        dlperf=_float(row.get("dlperf")),
     )
+
+
+def _per_thousand(value: Any) -> float | None:
+    """MB as the API reports RAM -> GB (vast.ai's MB are 1000-based in its own GB display)."""
+    number = _float(value)
+    return None if number is None else round(number / 1000.0, 1)
 
 
 def _gpu_name(name: str) -> str:
@@ -849,9 +904,11 @@ def secret_name(variable: str) -> str:
 
 def vast_id(value: str, *, what: str = "instance id") -> int:
     """A vast.ai instance or offer id as the API takes it; a user's typo is a UsageError (exit 2)
-    here, before any request, not an SDK `int()` failure reported as an API error."""
-    text = str(value).strip()
-    if not text.isascii() or not text.isdigit() or int(text) <= 0:
+    here, before any request, not an SDK `int()` failure reported as an API error. Exactly one
+    form is accepted (no spaces, newlines or leading zeros): `" 42"` or `"042"` would otherwise
+    name instance 42 in the API and another string in the ledger and the locks."""
+    text = str(value)
+    if not text.isascii() or not text.isdigit() or text.startswith("0"):
         raise UsageError(f"{what} {value!r}: vast.ai ids are positive whole numbers, e.g. 4504940")
     return int(text)
 
