@@ -364,12 +364,13 @@ def remove_stale_partials(local_dir: Path, manifest: dict[str, Any]) -> None:
     once per file, quadratic (20,000 files in one directory took over 10 minutes)."""
     from rgt.providers.rsync import PARTIAL_DIR
 
-    names_by_dir: dict[Path, set[str]] = {}
+    names_by_dir: dict[str, set[str]] = {}
     for entry in manifest["files"]:
-        if isinstance(entry, dict):
-            target = local_dir / str(entry.get("path", ""))
-            names_by_dir.setdefault(target.parent, set()).add(target.name)
-    for directory, names in names_by_dir.items():
+        if isinstance(entry, dict):  # paths are checked (parse_manifest): plain relative ones
+            folder, _, name = str(entry.get("path", "")).rpartition("/")
+            names_by_dir.setdefault(folder, set()).add(name)
+    for folder, names in names_by_dir.items():
+        directory = local_dir / folder
         leftovers: list[Path] = []
         with contextlib.suppress(OSError):
             partial = directory / PARTIAL_DIR
