@@ -321,3 +321,26 @@ def test_a_failed_job_is_discarded_through_the_same_human_meter_stop(
         (ended,) = ledger.destroys(instance)
     assert (ended.status, ended.purpose, ended.reason) == ("confirmed", "discard", "failed-job")
     assert poll(instance)["state"] == "gone"
+
+
+@pytest.mark.anyio
+async def test_an_mcp_agent_polls_an_attached_box_by_its_local_id(
+    box: StandInBox, tmp_path: Path
+) -> None:
+    # The MCP tools take the attached box's local id (`ssh-1`), not only vast.ai numbers.
+    from mcp import Client, StdioServerParameters
+
+    instance = attach(box, box_profile(tmp_path, box.disk))
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "rgt", "mcp"],
+        env=dict(os.environ),
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
+    async with Client(params, mode="auto", read_timeout_seconds=60) as client:
+        result = await client.call_tool("poll", {"instance_id": instance})
+        assert not result.is_error, result.content
+        assert result.structured_content is not None
+        assert result.structured_content["state"] == "running"
+        wrong = await client.call_tool("poll", {"instance_id": "ssh-99"})
+        assert wrong.is_error
