@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 
 from rgt.errors import CheckFailed, LocalDiskFull, ProviderError, UsageError
 from rgt.manifest import MAX_MANIFEST_BYTES
-from rgt.providers.base import CopyProgress, ProgressCallback
+from rgt.providers.base import CopyProgress, CopyResult, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,15 @@ class RsyncReport:
     def files_transferred(self) -> int:
         """Files rsync (re)wrote, over all attempts."""
         return sum(a.files_transferred or 0 for a in self.attempts)
+
+    def copy_result(self) -> CopyResult:
+        """What a provider's copy_from reports for this copy."""
+        return CopyResult(
+            bytes_transferred=self.bytes_transferred,
+            files=self.files_transferred,
+            attempts=len(self.attempts),
+            transport=transport_name(),
+        )
 
 
 def identity_from_environment() -> Path | None:

@@ -43,7 +43,6 @@ from rgt.providers.rsync import (
     read_remote_file,
     rsync_pull,
     ssh_command,
-    transport_name,
 )
 
 if TYPE_CHECKING:
@@ -272,12 +271,7 @@ class SshProvider:
             copy=self.copy_settings,
             progress=progress,
         )
-        return CopyResult(
-            bytes_transferred=report.bytes_transferred,
-            files=report.files_transferred,
-            attempts=len(report.attempts),
-            transport=transport_name(),
-        )
+        return report.copy_result()
 
     def logs(self, instance_id: str, *, tail: int = 200) -> str:
         """The last `tail` lines of the run's boot-hook log (onstart.log, which also holds the

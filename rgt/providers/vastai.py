@@ -55,7 +55,6 @@ from rgt.providers.rsync import (
     SshSettings,
     read_remote_file,
     rsync_pull,
-    transport_name,
 )
 
 log = logging.getLogger(__name__)
@@ -586,12 +585,7 @@ class VastProvider:
             copy=self.copy_settings,
             progress=progress,
         )
-        return CopyResult(
-            bytes_transferred=report.bytes_transferred,
-            files=report.files_transferred,
-            attempts=len(report.attempts),
-            transport=transport_name(),
-        )
+        return report.copy_result()
 
     # -- helpers ---------------------------------------------------------------------------
     def _change(self, instance_id: str, verb: str, call: Callable[[], Any]) -> None:
