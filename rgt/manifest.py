@@ -498,9 +498,13 @@ def may_fork(items: Sequence[FileItem], count: int) -> bool:
     if count < 2 or not hasattr(os, "fork"):
         return False
     small = sum(1 for item in items if item[2] < BIG_FILE)
-    # Fork only a single-threaded process: forking one with other threads running (an MCP
-    # server, say) can deadlock the child on a lock some thread held.
-    return small >= PROCESS_MIN_FILES and threading.active_count() == 1
+    return small >= PROCESS_MIN_FILES and only_thread()
+
+
+def only_thread() -> bool:
+    """Whether this process runs no other Python thread. rgt forks only then: forking with other
+    threads running (an MCP server, say) can deadlock the child on a lock some thread held."""
+    return threading.active_count() == 1
 
 
 def hash_files(
@@ -626,7 +630,7 @@ def _list_and_hash_forked(
     checkpoint): each worker leaves them to this process, which hashes them with threads."""
     if count < 2 or len(names) < 2 * count or not hasattr(os, "fork"):
         return None
-    if threading.active_count() != 1:  # see may_fork
+    if not only_thread():
         return None
     skipped = {os.path.abspath(p) for p in skip}
     try:

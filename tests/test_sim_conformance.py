@@ -246,7 +246,8 @@ def test_a_box_writes_workspace_into_its_disk_and_gets_the_container_environment
     out = f"out-{secrets.token_hex(4)}"
     onstart = (
         f"mkdir -p /workspace/{out} && echo made-in-box > /workspace/{out}/result.txt\n"
-        f"env > /workspace/{out}/env.txt\n"
+        # Renamed into place: the test waits for env.txt, which `env >` creates before writing.
+        f"env > /workspace/{out}/env.tmp && mv /workspace/{out}/env.tmp /workspace/{out}/env.txt\n"
         f"exec python3 -m http.server {inner} --bind 127.0.0.1 --directory /workspace/{out}\n"
     )
     offer = cheapest(client, direct_port_count={"gte": 4})

@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -488,7 +490,7 @@ def test_rgt_verify_command(pull: Pull) -> None:
 
 
 def test_many_small_files_take_the_forked_path_and_still_catch_one_flip(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lone_thread: None
 ) -> None:
     from rgt import manifest
 
@@ -560,10 +562,54 @@ MANY = {f"m{i % 3}/d{i // 60}/{i:05d}.json": b'{"i": %d}' % i for i in range(150
 
 
 @pytest.fixture
-def fork_early(monkeypatch: pytest.MonkeyPatch) -> None:
+def lone_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rgt forks only a process that runs no other thread (manifest.only_thread). A test of the
+    forked path must not hang on what earlier tests in this pytest process left winding down
+    (CI saw one such thread): wait for strays a little, and if one outlives the wait, let this
+    test fork beside it (its children only hash files and exit), naming the thread."""
+    from rgt import manifest
+
+    deadline = time.monotonic() + 2
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    strays = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    if strays:
+        warnings.warn(f"threads left by earlier tests: {strays}; forking beside them", stacklevel=1)
+        monkeypatch.setattr(manifest, "only_thread", lambda: True)
+
+
+@pytest.fixture
+def fork_early(monkeypatch: pytest.MonkeyPatch, lone_thread: None) -> None:
     from rgt import manifest
 
     monkeypatch.setattr(manifest, "PROCESS_MIN_FILES", 50)
+
+
+def test_a_process_running_another_thread_hashes_with_threads_not_forks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork_early: None
+) -> None:
+    from rgt import manifest
+
+    pull = Pull(tmp_path, MANY)
+    forks: list[int] = []
+    real = manifest.fork_map
+    monkeypatch.setattr(
+        manifest, "fork_map", lambda shares, *a: forks.append(len(shares)) or real(shares, *a)
+    )
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, name="an-mcp-server-say")
+    other.start()
+    try:
+        assert not manifest.only_thread()
+        record = verify_pull(pull.local, workers=2)
+    finally:
+        release.set()
+        other.join()
+    assert record["ok"] and record["totals"]["files"] == len(MANY)
+    assert forks == []  # the threaded path did the work
+    verify_pull(pull.local, workers=2)
+    assert forks == [2]  # alone again: the same pull forks
 
 
 def test_fast_path_declines_a_manifest_encoded_otherwise(
@@ -667,7 +713,7 @@ def test_json_nested_too_deeply_is_a_verdict_not_a_crash(
 
 @pytest.mark.parametrize("tops", [2, 9])  # parent lists and splits / each worker lists its own
 def test_forked_fast_path_writes_the_record_the_general_path_writes(
-    tmp_path: Path, tops: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tops: int, monkeypatch: pytest.MonkeyPatch, lone_thread: None
 ) -> None:
     from rgt import manifest
 

@@ -6,4 +6,6 @@ tools/setup.sh test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# One worker per core (RGT_TEST_WORKERS overrides; 0 runs in this process), each taking whole
+# files so a module's emulator or sshd fixture starts once.
+.venv/bin/python -m pytest -n "${RGT_TEST_WORKERS:-auto}" --dist loadfile "$@"
