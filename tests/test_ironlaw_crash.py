@@ -80,7 +80,7 @@ from rgt.providers.rsync import CopySettings
 from rgt.providers.vastai import VastProvider
 from rgt.pull import pull_instance
 provider = VastProvider()
-provider.copy_settings = CopySettings(bwlimit_kbps=3000)
+provider.copy_settings = CopySettings(bwlimit_kbps=int(sys.argv[4]) if len(sys.argv) > 4 else 3000)
 with Ledger.open() as ledger:
     pull_instance(sys.argv[1], sys.argv[2], Path(sys.argv[3]), provider=provider, ledger=ledger)
 """
@@ -248,13 +248,15 @@ def test_destroy_and_another_pull_during_a_pull_are_refused(emulator: Any, tmp_p
     # same folder copied alongside the first.
     from rgt.gate import destroy_with_gate
 
-    rental = Rental(emulator, tmp_path, blob_bytes=30_000_000)  # 10 s at the slow pull's pace
+    # 30 s at 1 MB/s: the race below needs four rgt runs inside that window, which took over 10 s
+    # on a loaded 2-core CI machine; the copy is killed when they are done, so it costs nothing.
+    rental = Rental(emulator, tmp_path, blob_bytes=30_000_000)
     rental.pull()
     rental.verify()
     rental.approve()
     again = tmp_path / "again"  # the same results pulled again, into a second folder
     child = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_PULL, rental.id, REMOTE_ROOT, str(again)],
+        [sys.executable, "-c", _SLOW_PULL, rental.id, REMOTE_ROOT, str(again), "1000"],
         cwd=REPO,
         start_new_session=True,
     )
