@@ -16,11 +16,16 @@ Evidence, all re-checked at decision time, none taken on trust from a file an ag
 3. **A verification that is still true.** The ledger's latest verification of this instance
    binds the same manifest SHA-256 and the same local directory, is newer than the pull, and
    the local files are unchanged since (``rgt.verify.check_unchanged``; see its docstring for
-   what is compared and what that costs).
+   what is compared and what that costs), and it names the SHA-256 of the pull's row.
 4. **A fresh human approval** for exactly this instance id, recorded in the ledger, unexpired
-   and unused (``rgt.approval``). A caller that has just obtained one (the MCP server's
-   elicitation, the CLI's terminal prompt) passes its ``approval_id`` so that exactly that
-   approval, and no other row in the ledger, is the one accepted and consumed.
+   and unused (``rgt.approval``), naming the SHA-256 of the verification's row. A caller that
+   has just obtained one (the MCP server's elicitation, the CLI's terminal prompt) passes its
+   ``approval_id`` so that exactly that approval, and no other row in the ledger, is the one
+   accepted and consumed.
+
+The rows' links (the evidence chain; canonical bytes in ``rgt.ledger.row_bytes``) are
+recomputed here, so a row written into the ledger by hand, or edited, breaks one and is refused
+naming it (``verification-chain``, ``approval-chain``).
 
 Any exception while collecting evidence is a deny, with the error as the missing item: destroy
 is irreversible, so the gate fails closed.
