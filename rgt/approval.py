@@ -462,6 +462,11 @@ def ledger_summary(ledger: Ledger, instance_id: str) -> str:
             f"  verified  {verification.local_dir} against manifest sha256 "
             f"{verification.manifest_sha256[:16]}…"
         )
+        # The approval names this verification's row (the evidence chain, rgt.gate).
+        lines.append(
+            f"  approving binds verification #{verification.id}: after another pull or "
+            "verify, destroy asks again"
+        )
     return "\n".join(lines)
 
 

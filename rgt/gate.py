@@ -16,11 +16,16 @@ Evidence, all re-checked at decision time, none taken on trust from a file an ag
 3. **A verification that is still true.** The ledger's latest verification of this instance
    binds the same manifest SHA-256 and the same local directory, is newer than the pull, and
    the local files are unchanged since (``rgt.verify.check_unchanged``; see its docstring for
-   what is compared and what that costs).
+   what is compared and what that costs), and it names the SHA-256 of the pull's row.
 4. **A fresh human approval** for exactly this instance id, recorded in the ledger, unexpired
-   and unused (``rgt.approval``). A caller that has just obtained one (the MCP server's
-   elicitation, the CLI's terminal prompt) passes its ``approval_id`` so that exactly that
-   approval, and no other row in the ledger, is the one accepted and consumed.
+   and unused (``rgt.approval``), naming the SHA-256 of the verification's row. A caller that
+   has just obtained one (the MCP server's elicitation, the CLI's terminal prompt) passes its
+   ``approval_id`` so that exactly that approval, and no other row in the ledger, is the one
+   accepted and consumed.
+
+The rows' links (the evidence chain; canonical bytes in ``rgt.ledger.row_bytes``) are
+recomputed here, so a row written into the ledger by hand, or edited, breaks one and is refused
+naming it (``verification-chain``, ``approval-chain``).
 
 Any exception while collecting evidence is a deny, with the error as the missing item: destroy
 is irreversible, so the gate fails closed.
@@ -37,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rgt.errors import ProviderError, Refused
-from rgt.ledger import ApprovalRecord, Ledger
+from rgt.ledger import ApprovalRecord, Ledger, PullRecord, VerificationRecord, row_sha256
 from rgt.locks import instance_lock
 from rgt.nextstep import Step, render
 from rgt.providers.base import Provider
@@ -48,6 +53,8 @@ CONFIRM_SECONDS = 120.0
 CONFIRM_POLL_SECONDS = 1.0
 # The verbs a profile may name as its meter stop; each is a Provider method.
 METER_STOP_VERBS = frozenset({"destroy"})
+# Refusal codes a human's fresh approval supplies (the CLI asks for one when these are all).
+APPROVAL_CODES = frozenset({"no-approval", "approval-chain"})
 
 
 @dataclass(frozen=True)
@@ -322,6 +329,10 @@ def _collect(
                     Step.of("verify", local_dir=pull.local_dir),
                 )
             )
+        if pull is not None:
+            link = _verification_link(verification, pull)
+            if link is not None:
+                missing.append(link)
         if box_sha is not None and verification.manifest_sha256 == box_sha:
             problem = _local_change(verification.local_dir, ledger)
             if problem is not None:
@@ -345,7 +356,71 @@ def _collect(
                 "id": approval.id,
                 "channel": approval.channel,
                 "expires": approval.expires,
+                "verification_sha256": approval.verification_sha256,
             }
+            if verification is not None:
+                link = _approval_link(approval, verification)
+                if link is not None:
+                    missing.append(link)
+
+
+def _verification_link(verification: VerificationRecord, pull: PullRecord) -> Missing | None:
+    """The link pull → verification: the verification must name the SHA-256 of the latest
+    pull's row (rgt.ledger.row_sha256, recomputed here) and that pull's manifest. A row
+    written into the ledger by hand, or either row changed since, breaks it."""
+    if verification.pull_sha256 is None:
+        return Missing(
+            "verification-chain",
+            f"verification #{verification.id} of instance {verification.instance_id} names no "
+            "pull it rests on (recorded by an rgt from before the evidence chain, of a folder "
+            "no recorded pull wrote, or written into the ledger by hand): it cannot count; "
+            "re-create it with `{next}`",
+            Step.of("verify", local_dir=pull.local_dir),
+        )
+    expected = row_sha256(pull)
+    if verification.pull_sha256 != expected or verification.manifest_sha256 != (
+        pull.manifest_sha256
+    ):
+        return Missing(
+            "verification-chain",
+            f"verification #{verification.id} rests on a pull row with sha256 "
+            f"{verification.pull_sha256[:12]}…, but the latest pull of instance "
+            f"{pull.instance_id} (#{pull.id}, {pull.local_dir}) hashes to {expected[:12]}…: "
+            "the link pull → verification is broken (a row was changed or written into the "
+            "ledger by hand); pull again (`{next}`), then verify",
+            Step.of(
+                "copy", instance_id=pull.instance_id, remote_root=pull.remote_root, local_dir=None
+            ),
+        )
+    return None
+
+
+def _approval_link(approval: ApprovalRecord, verification: VerificationRecord) -> Missing | None:
+    """The link verification → approval: the approval must name the SHA-256 of the latest
+    verification's row, recomputed here: a human approved exactly that evidence."""
+    how = (
+        f"a human must approve again (`rgt destroy {approval.instance_id}` asks on the "
+        "terminal, or the MCP approval prompt)"
+    )
+    if approval.verification_sha256 is None:
+        return Missing(
+            "approval-chain",
+            f"approval #{approval.id} of instance {approval.instance_id} names no verification "
+            "(given before verification #"
+            f"{verification.id}, recorded by an rgt from before the evidence chain, or written "
+            f"into the ledger by hand): it approves no evidence; {how}",
+        )
+    expected = row_sha256(verification)
+    if approval.verification_sha256 != expected:
+        return Missing(
+            "approval-chain",
+            f"approval #{approval.id} approves a verification row with sha256 "
+            f"{approval.verification_sha256[:12]}…, but the latest verification of instance "
+            f"{approval.instance_id} (#{verification.id}) hashes to {expected[:12]}…: the link "
+            "verification → approval is broken (the evidence changed after the approval, or a "
+            f"row was written into the ledger by hand); {how}",
+        )
+    return None
 
 
 def _check_job_stopped(

@@ -11,6 +11,7 @@ The ledger holds evidence, never secrets: no API key, no passphrase, no passphra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -24,7 +25,7 @@ from rgt import paths
 from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 15_000
 # A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
 # a live destroy finishes well inside it (bounded retries + a confirm poll).
@@ -173,6 +174,14 @@ _MIGRATIONS: tuple[str, ...] = (
         attached REAL NOT NULL
     );
     """,
+    # v6, the evidence chain: a verification names the SHA-256 of the pull row it rests on, a
+    # destroy approval the SHA-256 of the verification row it approves (row_sha256), so a row
+    # written into the ledger by hand breaks a link the gate recomputes. Rows from before this
+    # version have no link (NULL) and cannot count: the gate says which command re-creates them.
+    """
+    ALTER TABLE verifications ADD COLUMN pull_sha256 TEXT;
+    ALTER TABLE approvals ADD COLUMN verification_sha256 TEXT;
+    """,
 )
 # What an approval or a meter-stop attempt is for.
 PURPOSES = ("destroy", "discard")
@@ -227,6 +236,7 @@ class VerificationRecord(NamedTuple):
     allow_pickle: bool
     detail: dict[str, Any]
     created: float
+    pull_sha256: str | None = None  # row_sha256 of the pull it verified; None: unchained
 
 
 class ApprovalRecord(NamedTuple):
@@ -239,6 +249,8 @@ class ApprovalRecord(NamedTuple):
     expires: float
     consumed: float | None
     purpose: str = "destroy"  # or "discard" (one of PURPOSES)
+    # row_sha256 of the verification a destroy approval approves; None: unchained.
+    verification_sha256: str | None = None
 
     def usable(self, now: float) -> bool:
         """True while unconsumed and unexpired."""
@@ -298,6 +310,45 @@ class AttachedBox(NamedTuple):
     identity_file: str | None
     name: str | None
     attached: float
+
+
+# -- the evidence chain ------------------------------------------------------------------------
+# The canonical bytes of a chained row: the one definition both the writer (record_verification,
+# record_approval: the link, inside the transaction that writes the row) and the reader (the
+# gate, recomputing it) use. The fields are listed, not taken from the record, so a column
+# added by a later schema version does not change the bytes of rows already linked.
+CHAIN_FORMAT = "rgt.ledger-row/v1"
+CHAINED_FIELDS: dict[str, tuple[str, ...]] = {
+    "pulls": (
+        "id", "instance_id", "remote_root", "local_dir", "manifest_sha256", "run_id", "files",
+        "bytes_total", "bytes_transferred", "attempts", "transport", "started", "finished",
+    ),
+    "verifications": (
+        "id", "instance_id", "local_dir", "manifest_sha256", "run_id", "record_sha256",
+        "allow_pickle", "detail", "created", "pull_sha256",
+    ),
+}  # fmt: skip
+
+
+def row_bytes(record: PullRecord | VerificationRecord) -> bytes:
+    """The canonical bytes of a pull or verification row: stable JSON (sorted keys, no
+    whitespace, ASCII) of its chained fields, tagged with the format and the table."""
+    table = "pulls" if isinstance(record, PullRecord) else "verifications"
+    values = record._asdict()
+    document = {
+        "format": CHAIN_FORMAT,
+        "table": table,
+        "row": {name: values[name] for name in CHAINED_FIELDS[table]},
+    }
+    text = json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+    return text.encode("ascii")
+
+
+def row_sha256(record: PullRecord | VerificationRecord) -> str:
+    """SHA-256 (hex) of `row_bytes(record)`: what the next row of the chain names."""
+    return hashlib.sha256(row_bytes(record)).hexdigest()
 
 
 class LedgerError(UsageError):
@@ -720,40 +771,46 @@ class Ledger:
         """Record a PASSED verification of `local_dir` against the manifest with this SHA-256.
 
         `record_sha256` is the SHA-256 of the PULL_VERIFIED.json written then; `detail` is small
-        JSON-able evidence (e.g. the stat fingerprint of the verified files)."""
+        JSON-able evidence (e.g. the stat fingerprint of the verified files).
+
+        The row names the pull it rests on (`pull_sha256`: row_sha256 of the latest pull of
+        this instance into `local_dir`, when that pull copied this manifest; else None, and the
+        gate will not count it), read in the same transaction that writes it."""
+        folder = str(Path(local_dir).resolve())
         with self.transaction() as db:
+            pull = db.execute(
+                "SELECT * FROM pulls WHERE instance_id = ? AND local_dir = ? "
+                "ORDER BY finished DESC, id DESC LIMIT 1",
+                (str(instance_id), folder),
+            ).fetchone()
+            pull_sha256 = None
+            if pull is not None and pull["manifest_sha256"] == manifest_sha256:
+                pull_sha256 = row_sha256(PullRecord(**dict(pull)))
             cursor = db.execute(
                 """
                 INSERT INTO verifications (instance_id, local_dir, manifest_sha256, run_id,
-                                           record_sha256, allow_pickle, detail, created)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                                           record_sha256, allow_pickle, detail, created,
+                                           pull_sha256)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                 (
                     str(instance_id),
-                    str(Path(local_dir).resolve()),
+                    folder,
                     manifest_sha256,
                     run_id,
                     record_sha256,
                     int(allow_pickle),
                     json.dumps(detail or {}, sort_keys=True),
                     _now(now),
+                    pull_sha256,
                 ),
             )
             return int(cursor.lastrowid or 0)
 
     def latest_verification(self, instance_id: str) -> VerificationRecord | None:
         """The most recent passed verification for this instance."""
-        row = self._db.execute(
-            "SELECT * FROM verifications WHERE instance_id = ? ORDER BY created DESC, id DESC "
-            "LIMIT 1",
-            (str(instance_id),),
-        ).fetchone()
-        if row is None:
-            return None
-        data = dict(row)
-        data["allow_pickle"] = bool(data["allow_pickle"])
-        data["detail"] = json.loads(data["detail"] or "{}")
-        return VerificationRecord(**data)
+        row = self._db.execute(_LATEST_VERIFICATION, (str(instance_id),)).fetchone()
+        return None if row is None else _verification(row)
 
     # -- approvals -----------------------------------------------------------------------------
 
@@ -770,17 +827,26 @@ class Ledger:
 
         Call this only after the human answered on a channel an agent cannot fill in (the TTY
         passphrase prompt, ``"tty"``; an MCP elicitation answered in the client UI,
-        ``"mcp-elicitation"``). Returns the approval id."""
+        ``"mcp-elicitation"``). Returns the approval id.
+
+        A destroy approval names the verification it approves (`verification_sha256`:
+        row_sha256 of the instance's latest verification, read in the same transaction; None
+        when there is none yet, and the gate will not count it once one exists)."""
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         if purpose not in PURPOSES:
             raise ValueError(f"purpose {purpose!r} is not one of {PURPOSES}")
         at = _now(now)
         with self.transaction() as db:
+            approves = None
+            if purpose == "destroy":
+                verification = db.execute(_LATEST_VERIFICATION, (str(instance_id),)).fetchone()
+                if verification is not None:
+                    approves = row_sha256(_verification(verification))
             cursor = db.execute(
-                "INSERT INTO approvals (instance_id, channel, created, expires, consumed, purpose) "
-                "VALUES (?, ?, ?, ?, NULL, ?)",
-                (str(instance_id), channel, at, at + ttl_seconds, purpose),
+                "INSERT INTO approvals (instance_id, channel, created, expires, consumed, purpose, "
+                "verification_sha256) VALUES (?, ?, ?, ?, NULL, ?, ?)",
+                (str(instance_id), channel, at, at + ttl_seconds, purpose, approves),
             )
             return int(cursor.lastrowid or 0)
 
@@ -1120,6 +1186,19 @@ def _upsert_instance(
             "VALUES (?, ?, ?, NULL, ?)",
             (provider, instance_id, state, at),
         )
+
+
+# The verification the gate holds as an instance's latest (and a destroy approval approves).
+_LATEST_VERIFICATION = (
+    "SELECT * FROM verifications WHERE instance_id = ? ORDER BY created DESC, id DESC LIMIT 1"
+)
+
+
+def _verification(row: sqlite3.Row) -> VerificationRecord:
+    data = dict(row)
+    data["allow_pickle"] = bool(data["allow_pickle"])
+    data["detail"] = json.loads(data["detail"] or "{}")
+    return VerificationRecord(**data)
 
 
 def _attached(row: sqlite3.Row) -> AttachedBox:

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,19 @@ def _set_key(keeper: Keeper) -> None:
     assert_no_canary(child.text)
 
 
+PASSPHRASE = "correct horse battery staple"
+
+
+def _approval_init(keeper: Keeper) -> None:
+    """The human sets the approval passphrase as the keeper on a real terminal."""
+    init = PtyProcess(command=["sudo", "-u", keeper.user, keeper.rgt, "approval", "init"])
+    init.expect("New approval passphrase")
+    init.send(PASSPHRASE)
+    init.expect("Repeat it")
+    init.send(PASSPHRASE)
+    assert init.wait() == 0, init.text
+
+
 def _new_instance(emulator: Any) -> tuple[str, Path]:
     from rgt.providers.base import OfferQuery
     from rgt.providers.vastai import VastProvider, run_label
@@ -232,12 +246,7 @@ def test_the_agent_cannot_reach_the_key_the_ledger_or_the_approval(
 
     # 5. The human's path: approval init as the keeper on a real terminal (root stands in for
     # the human with the sudo password), stored keeper-only.
-    init = PtyProcess(command=["sudo", "-u", keeper.user, keeper.rgt, "approval", "init"])
-    init.expect("New approval passphrase")
-    init.send("correct horse battery staple")
-    init.expect("Repeat it")
-    init.send("correct horse battery staple")
-    assert init.wait() == 0, init.text
+    _approval_init(keeper)
     stored = (record.config_dir / "approval.json").stat()
     assert stored.st_uid == pwd.getpwnam(keeper.user).pw_uid
     assert stat.S_IMODE(stored.st_mode) == 0o600
@@ -255,6 +264,98 @@ def test_the_agent_cannot_reach_the_key_the_ledger_or_the_approval(
     assert f"{record.key_file}: mode 644 grants more than 600" in check.stdout
     assert f"{agent_key}: a vast.ai key file is readable by {keeper.agent}" in check.stdout
     assert_no_canary(check.stdout)
+
+
+def _give_keeper_the_box_key(keeper: Keeper, emulator: Any) -> None:
+    """The keeper reaches boxes over ssh with its own default identity (its ~/.ssh, which only
+    it can enter): here the emulator's client key, which every emulated box accepts."""
+    if "RGT_SSH_COMMAND" in emulator.client_environment():
+        pytest.skip("the emulator cannot run sshd here; the keeper's ssh needs one")
+    entry = pwd.getpwnam(keeper.user)
+    key = keeper.home / ".ssh" / "id_ed25519"
+    shutil.copyfile(emulator.client_key_path, key)
+    os.chown(key, entry.pw_uid, entry.pw_gid)
+    os.chmod(key, 0o600)
+
+
+@pytest.mark.timeout(300)
+def test_the_humans_destroy_through_the_keeper_needs_a_real_terminal(
+    emulator: Any, keeper: Keeper
+) -> None:
+    """The human's legitimate path in keeper mode, end to end against the emulator: pull and
+    verify as the keeper, then `sudo -u KEEPER rgt destroy ID` with the passphrase typed on a
+    real pty destroys. The same destroy with the answers piped in, or run by the agent user
+    (even one that learned the passphrase), is refused and the instance stays."""
+    from rgt.providers.vastai import VastProvider
+    from tests.ironlaw_emulator import REMOTE_ROOT, create_instance
+
+    _set_key(keeper)
+    _give_keeper_the_box_key(keeper, emulator)
+    _approval_init(keeper)
+    record = load_record(keeper.user)
+    assert record is not None
+    provider = VastProvider()
+    instance_id = create_instance(provider, "keeper-e2e")
+    disk = Path(emulator.instance_disk(instance_id))
+    manifest = disk / REMOTE_ROOT.lstrip("/") / "PULL_MANIFEST.json"
+    deadline = time.monotonic() + 60
+    while not (manifest.is_file() and provider.show(instance_id).state == "running"):
+        assert time.monotonic() < deadline, "no manifest on the box"
+        time.sleep(0.2)
+    as_keeper = ["sudo", "-u", keeper.user, keeper.rgt]  # the human, with sudo rights
+    local = record.results_dir / "keeper-e2e"
+    for step in (["pull", instance_id, REMOTE_ROOT, str(local)], ["verify", str(local)]):
+        done = subprocess.run(
+            [*as_keeper, *step],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, (step, done.stdout, done.stderr)
+    assert (local / "PULL_VERIFIED.json").stat().st_uid == pwd.getpwnam(keeper.user).pw_uid
+
+    # Refused: the id and the passphrase fed through a pipe (no terminal), by the human's sudo.
+    piped = subprocess.run(
+        [*as_keeper, "destroy", instance_id],
+        input=f"{instance_id}\n{PASSPHRASE}\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,  # no controlling terminal either
+    )
+    assert piped.returncode == 4, piped.stdout + piped.stderr
+    assert "stdin is not a terminal" in piped.stderr and "Traceback" not in piped.stderr
+    _assert_alive(instance_id, disk)
+    # Refused: the agent user, on a real pty of its own, typing the passphrase it learned: sudo
+    # wants the human's password for anything but the read-only commands.
+    agent = PtyProcess(
+        command=[RUNUSER, "-u", keeper.agent, "--", *as_keeper, "destroy", instance_id],
+        env={"PATH": "/usr/bin:/bin", "HOME": pwd.getpwnam(keeper.agent).pw_dir},
+    )
+    for _ in range(3):  # sudo's tries
+        agent.expect(f"password for {keeper.agent}", timeout=30)
+        agent.output = b""
+        agent.send(PASSPHRASE)
+    assert agent.wait(timeout=60) != 0, agent.text
+    assert "incorrect password" in agent.text, agent.text
+    _assert_alive(instance_id, disk)
+    assert emulator.request_count("DELETE", f"/api/v0/instances/{instance_id}/") == 0
+
+    # The human at a real terminal: types the id and the passphrase; the keeper destroys.
+    human = PtyProcess(command=[*as_keeper, "destroy", instance_id])
+    shown = human.expect("Type the instance id to confirm", timeout=120)
+    assert f"verified  {local}" in shown and "approving binds verification #1" in shown
+    human.send(instance_id)
+    human.expect("Approval passphrase")
+    human.send(PASSPHRASE)
+    assert human.wait(timeout=180) == 0, human.text
+    assert "destroy confirmed" in human.text
+    assert PASSPHRASE not in human.text  # getpass: not echoed
+    assert provider.show(instance_id).state == "gone" and not disk.exists()
+    assert emulator.request_count("DELETE", f"/api/v0/instances/{instance_id}/") == 1
+    history = keeper.as_agent("sudo", "-n", "-u", keeper.user, keeper.rgt, "ledger", instance_id)
+    assert history.returncode == 0 and "destroyed by rgt" in history.stdout, history.stdout
 
 
 @pytest.mark.timeout(120)

@@ -58,6 +58,42 @@ def test_a_version_1_ledger_is_migrated_forward_keeping_its_rows(tmp_path: Path)
         assert again.results_root == "/workspace/r"
 
 
+def test_rows_are_chained_by_the_sha256_of_their_canonical_bytes(tmp_path: Path) -> None:
+    from rgt.ledger import PullRecord, row_bytes, row_sha256
+
+    # The canonical bytes are fixed: every link in every user's ledger was computed from them.
+    pull = PullRecord(7, "42", "/r", "/tmp/x", "a" * 64, "run", 3, 10, 10, 1, "rsync+ssh", 1.5, 2.0)
+    assert row_bytes(pull) == (
+        b'{"format":"rgt.ledger-row/v1","row":{"attempts":1,"bytes_total":10,'
+        b'"bytes_transferred":10,"files":3,"finished":2.0,"id":7,"instance_id":"42",'
+        b'"local_dir":"/tmp/x","manifest_sha256":"' + b"a" * 64 + b'","remote_root":"/r",'
+        b'"run_id":"run","started":1.5,"transport":"rsync+ssh"},"table":"pulls"}'
+    )
+    with Ledger.open(tmp_path / "l.db") as ledger:
+        ledger.record_approval("42", "tty", 60)  # before any verification: names none
+        pull_id = ledger.record_pull(
+            "42", remote_root="/r", local_dir=tmp_path / "x", manifest_sha256="a" * 64,
+            run_id="run", files=3, bytes_total=10, bytes_transferred=10, attempts=1,
+            transport=None, started=1.0,
+        )  # fmt: skip
+        ledger.record_verification(
+            "42", local_dir=tmp_path / "x", manifest_sha256="a" * 64, run_id="run"
+        )
+        ledger.record_verification(  # of a manifest no pull into that folder copied
+            "42", local_dir=tmp_path / "x", manifest_sha256="b" * 64, run_id="run"
+        )
+        ledger.record_approval("42", "tty", 60)
+        ledger.record_approval("42", "tty", 60, purpose="discard")
+        (pull,) = ledger.pulls("42")
+        assert pull.id == pull_id
+        first, second = ledger._db.execute("SELECT pull_sha256 FROM verifications ORDER BY id")
+        assert first[0] == row_sha256(pull) and second[0] is None
+        latest = ledger.latest_verification("42")
+        assert latest is not None and latest.pull_sha256 is None
+        links = [a.verification_sha256 for a in ledger.approvals("42")]
+        assert links == [None, row_sha256(latest), None]
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     raw = sqlite3.connect(tmp_path / "l.db")
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")

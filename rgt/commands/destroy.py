@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from rgt import approval
     from rgt.commands._platform import check_instance_id, open_platform
     from rgt.errors import EXIT_REFUSED
-    from rgt.gate import destroy_with_gate, may_destroy
+    from rgt.gate import APPROVAL_CODES, destroy_with_gate, may_destroy
     from rgt.ledger import Ledger
 
     # A typo is a usage error (exit 2) before any request, not a gate refusal (exit 4).
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     )
     with Ledger.open() as ledger:
         decision = may_destroy(args.instance, provider=provider, ledger=ledger, profile=profile)
-        evidence_missing = [m for m in decision.missing if m.code != "no-approval"]
+        evidence_missing = [m for m in decision.missing if m.code not in APPROVAL_CODES]
         if args.check or evidence_missing:
             if evidence_missing and not args.check:
                 # A refused attempt spends any approval given for it (see gate.spend_approvals).
@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
             return 0 if decision.allowed else EXIT_REFUSED
         approval_id: int | None = None
         if not decision.allowed:
-            # Only the approval is missing: ask the human at this terminal, and destroy with
-            # exactly the approval they just gave.
+            # Only the approval is missing (none, or one that approved other evidence): ask
+            # the human at this terminal, and destroy with exactly the approval they just gave.
             approval_id = approval.prompt_approval(
                 ledger,
                 args.instance,
