@@ -272,9 +272,28 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
     }
     if template in JOB_TEMPLATES:
         context["manifest_source"] = manifest_source()
+        context.update(_durable_context(job))
     if template in PRIMITIVE_TEMPLATES:
         context.update(_scheduler_context(profile, job))
     return context
+
+
+def _durable_context(job: JobRequest) -> dict[str, Any]:
+    """What scripts/_durable.sh.j2 reads: the job's durable target (None: no watcher is
+    rendered at all) and no seed (a relaunch passes `rgt.durable.seed_context` as `extra`)."""
+    if job.durable is None:
+        return {"durable": None, "durable_seed": []}
+    from rgt.durable import SEED_WAIT_SECONDS, WATCH_SECONDS
+
+    return {
+        "durable": {
+            "kind": job.durable.kind,
+            "location": job.durable.location,
+            "scan_seconds": WATCH_SECONDS,
+            "seed_wait_seconds": SEED_WAIT_SECONDS,
+        },
+        "durable_seed": [],
+    }
 
 
 def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
@@ -294,8 +313,12 @@ def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
     }
 
 
-def render_template(profile: Profile, template: str, job: JobRequest) -> Rendered:
-    """Render one template; the boot hook is compressed when it exceeds the profile's limit."""
+def render_template(
+    profile: Profile, template: str, job: JobRequest, *, extra: dict[str, Any] | None = None
+) -> Rendered:
+    """Render one template; the boot hook is compressed when it exceeds the profile's limit.
+
+    `extra` adds to the context (a relaunch's `rgt.durable.seed_context`)."""
     files = template_files()
     if template not in template_names(profile):
         if template in files and template in PRIMITIVE_TEMPLATES:
@@ -312,7 +335,8 @@ def render_template(profile: Profile, template: str, job: JobRequest) -> Rendere
 
     env = _environment()
     try:
-        text = env.get_template(files[template]).render(build_context(profile, job, template))
+        context = {**build_context(profile, job, template), **(extra or {})}
+        text = env.get_template(files[template]).render(context)
     except jinja2.UndefinedError as exc:
         raise UsageError(f"template {files[template]}: {exc.message}") from None
     if files[template].endswith(".yaml.j2"):
