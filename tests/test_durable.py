@@ -272,3 +272,103 @@ def test_bucket_target_is_verified_by_read_back_and_a_corrupted_object_is_refuse
             texts.append(path.read_text(errors="replace"))
     for secret in secret_values:
         assert not any(secret in text for text in texts), "a bucket credential leaked"
+
+
+RESUMED = (  # the next attempt's job: say where it resumed from, then finish
+    'echo "resumed from ${RGT_RESUME_FROM:-nothing}"; mkdir -p "$RGT_RESULTS_ROOT/cell-a"; '
+    'echo "{}" >"$RGT_RESULTS_ROOT/cell-a/metrics.json"'
+)
+
+
+def _first_attempt(emulator: Any, job_path: Path, run_id: str) -> str:
+    """Run the writer until it made a few checkpoints, finish it, make them durable."""
+    instance_id = _launch(job_path)
+    _wait_for(lambda: len(_sidecars(emulator, instance_id, run_id)) >= 3, "three sidecars")
+    _finish(emulator, instance_id, run_id)
+    assert _rgt("sync", instance_id).returncode == 0
+    return instance_id
+
+
+def _next_attempt(job_path: Path, extra: dict[str, object]) -> tuple[str, Any]:
+    """Rent a second box for the run with the seeded boot hook (as the supervisor will); its
+    label differs only because a create is idempotent by label."""
+    from rgt.providers.base import run_label
+    from rgt.providers.vastai import VastProvider
+    from rgt.render import render_template
+
+    provider = VastProvider()
+    job = load_job(job_path)
+    data = yaml.safe_load(job_path.read_text())
+    data["command"] = RESUMED
+    job_path.write_text(yaml.safe_dump(data))
+    job = load_job(job_path)
+    hook = render_template(load_profile("vastai"), "onstart", job, extra=extra)
+    offer = provider.search_offers(
+        lifecycle.offer_query_for_job(job, interruptible=False, limit=5)
+    )[0]
+    created = provider.create(
+        offer.id,
+        image=job.image,
+        disk_gb=job.disk_gb,
+        onstart=hook.text,
+        label=run_label(job.run_id + "-attempt-2"),
+        env=dict(job.env),
+        secret_env=job.secret_env,
+    )
+    return str(created.id), job
+
+
+def _hook_log(emulator: Any, instance_id: str, run_id: str) -> str:
+    path = _box(emulator, instance_id, f"/workspace/.rgt/{run_id}/onstart.log")
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+@pytest.mark.timeout(300)
+def test_a_relaunch_fetches_the_newest_verified_bucket_checkpoint_and_refuses_a_corrupt_one(
+    emulator: Any, s3: S3Server, tmp_path: Path
+) -> None:
+    run_id = "durable-seed-bucket"
+    job_path = _bucket_job(tmp_path, run_id, s3)
+    first = _first_attempt(emulator, job_path, run_id)
+    verified = durable.durable_index(run_id)
+    newest, previous = verified[-1], verified[-2]
+    assert newest.name == max(_box_checkpoints(emulator, first))
+    # After it was verified, the bucket's newest copy rots: the hook must refuse it by its hash
+    # and fall back to the one before.
+    stored = s3.path(f"{BUCKET}/{run_id}/{newest.name}")
+    stored.write_bytes(b"rotten" + stored.read_bytes()[6:])
+
+    second, _job = _next_attempt(job_path, durable.seed_context(newest))
+    _wait_for(lambda: _outcome(emulator, second, run_id) == "succeeded", "the second attempt")
+    log = _hook_log(emulator, second, run_id)
+    assert f"refused seed {newest.name}" in log
+    assert f"seeded {previous.name} (sha256 {previous.sha256})" in log
+    assert f"resumed from {emulator.instance_disk(second)}{CHECKPOINTS}/{previous.name}" in log
+    seeded = _box(emulator, second, CHECKPOINTS) / previous.name
+    assert hashlib.sha256(seeded.read_bytes()).hexdigest() == previous.sha256
+    assert not (_box(emulator, second, CHECKPOINTS) / newest.name).exists()
+    _assert_alive(emulator, first)
+
+
+@pytest.mark.timeout(300)
+def test_a_relaunch_waits_for_the_uploaded_local_checkpoint_and_resumes_from_it(
+    emulator: Any, tmp_path: Path
+) -> None:
+    from rgt.providers.vastai import VastProvider
+
+    run_id = "durable-seed-local"
+    job_path = _job_file(tmp_path, run_id, "local")
+    _first_attempt(emulator, job_path, run_id)
+    newest = durable.newest_durable(run_id)
+    assert newest is not None and newest.target == "local"
+
+    second, job = _next_attempt(job_path, durable.seed_context(newest))
+    provider = VastProvider()
+    _wait_for(lambda: provider.show(second).state == "running", "the second box to run")
+    # The hook waits for the upload before the job starts.
+    assert "resumed from" not in _hook_log(emulator, second, run_id)
+    durable.seed_instance(provider, second, job, newest)
+    _wait_for(lambda: _outcome(emulator, second, run_id) == "succeeded", "the second attempt")
+    log = _hook_log(emulator, second, run_id)
+    assert f"seeded {newest.name} (sha256 {newest.sha256})" in log
+    assert f"resumed from {emulator.instance_disk(second)}{CHECKPOINTS}/{newest.name}" in log
