@@ -205,10 +205,13 @@ def s3(
         stop_s3_server(server)
 
 
-def _bucket_job(tmp_path: Path, run_id: str, server: S3Server) -> Path:
+def _bucket_job(
+    tmp_path: Path, run_id: str, server: S3Server, more_env: dict[str, str] | None = None
+) -> Path:
     names = server.env()
     secret = [name for name in names if name.endswith(("_ACCESS_KEY_ID", "_SECRET_ACCESS_KEY"))]
     plain = {name: value for name, value in names.items() if name not in secret}
+    plain.update(more_env or {})
     return _job_file(
         tmp_path,
         run_id,
@@ -372,3 +375,42 @@ def test_a_relaunch_waits_for_the_uploaded_local_checkpoint_and_resumes_from_it(
     log = _hook_log(emulator, second, run_id)
     assert f"seeded {newest.name} (sha256 {newest.sha256})" in log
     assert f"resumed from {emulator.instance_disk(second)}{CHECKPOINTS}/{newest.name}" in log
+
+
+@pytest.mark.timeout(300)
+def test_a_stopped_vastai_box_reaches_the_bucket_through_the_platforms_cloud_copy(
+    emulator: Any, s3: S3Server, tmp_path: Path
+) -> None:
+    from rgt.providers.vastai import VastProvider
+
+    run_id = "durable-cloud-copy"
+    # An image without rclone: the watcher writes sidecars, but every push fails.
+    job_path = _bucket_job(tmp_path, run_id, s3, {"RGT_RCLONE": "/nonexistent/rclone"})
+    instance_id = _launch(job_path)
+    _wait_for(lambda: len(_sidecars(emulator, instance_id, run_id)) >= 3, "three sidecars")
+    _finish(emulator, instance_id, run_id)
+    in_bucket = s3.path(f"{BUCKET}/{run_id}")
+    assert not list(in_bucket.glob("*.ckpt")), "the box could not push, yet the bucket has some"
+    assert "push of step-" in _hook_log(emulator, instance_id, run_id)
+    # The account's cloud connection for the bucket, named like the job's rclone remote.
+    prefix = f"RCLONE_CONFIG_{REMOTE.upper()}_"
+    emulator.add_cloud_connection(
+        REMOTE, {name[len(prefix) :].lower(): value for name, value in s3.env().items()}
+    )
+    provider = VastProvider()
+    provider.stop(instance_id)
+    _wait_for(lambda: provider.show(instance_id).state == "stopped", "the box to stop")
+    sent_before = emulator.meter(instance_id)["bytes_out"]
+
+    synced = _rgt("sync", instance_id, "--json")
+    assert synced.returncode == 0, synced.stderr
+    report = json.loads(synced.stdout)
+    assert "cloud copy" in report["via"] and not report["refused"]
+    on_box = _box_checkpoints(emulator, instance_id)
+    assert {entry.name: entry.sha256 for entry in durable.durable_index(run_id)} == on_box
+    assert emulator.request_count("POST", "/api/v0/commands/rclone/") == 2
+    # The host's upload is metered as the instance's bandwidth (at the offer's $/GB).
+    checkpoint_bytes = sum(p.stat().st_size for p in in_bucket.glob("step-*.ckpt"))
+    assert emulator.meter(instance_id)["bytes_out"] - sent_before >= checkpoint_bytes > 0
+    assert provider.show(instance_id).state == "stopped"
+    _assert_alive(emulator, instance_id)
