@@ -330,7 +330,7 @@ def _now_text() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def parse_sidecars(data: bytes, *, source: str) -> list[tuple[str, str, int]]:
+def parse_sidecars(data: bytes) -> list[tuple[str, str, int]]:
     """(name, sha256, size) of every well-formed sidecar line in `data` (concatenated sidecar
     files); a malformed line is skipped (the box's watcher writes each one atomically, so only
     a foreign file looks like that), a hidden name too."""
@@ -340,10 +340,9 @@ def parse_sidecars(data: bytes, *, source: str) -> list[tuple[str, str, int]]:
         if not match:
             continue
         sha, size, name = match.group(1), int(match.group(2)), match.group(3)
-        if name.startswith(".") or name in ("..",):
+        if name.startswith("."):
             continue
         found[name] = (name, sha, size)
-    del source
     return sorted(found.values(), key=lambda item: (step_of(item[0]) or 0, item[0]))
 
 
@@ -415,7 +414,7 @@ def _sync_local(
         else b""
     )
     todo = []
-    for name, sha, size in parse_sidecars(listing, source=sums):
+    for name, sha, size in parse_sidecars(listing):
         settled = _decided(index, name, sha)
         if settled == "verified":
             report.already += 1
@@ -569,7 +568,7 @@ def _sync_bucket(
         what=f"reading the sidecars in {base}",
     )
     todo = []
-    for name, sha, size in parse_sidecars(listing, source=base):
+    for name, sha, size in parse_sidecars(listing):
         settled = _decided(index, name, sha)
         if settled == "verified":
             report.already += 1

@@ -148,6 +148,94 @@ def _box_checkpoints(emulator: Any, instance_id: str) -> dict[str, str]:
     }
 
 
+# --- without an emulator: the job field, the rendered watcher, the sidecar parser -------------
+
+
+def _job_data(durable_value: Any = None, **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    data.update(
+        run_id="r1",
+        image="pytorch/pytorch:latest",
+        gpu="RTX_4090:1",
+        disk_gb=10,
+        command="python3 train.py",
+        results_root="/workspace/results",
+        roster=["cell-a"],
+        checkpoint_dir=CHECKPOINTS,
+        checkpoint_glob="*.ckpt",
+        **extra,
+    )
+    if durable_value is not None:
+        data["durable"] = durable_value
+    return data
+
+
+def test_both_bucket_spellings_are_one_target_and_survive_a_round_trip() -> None:
+    from rgt.job import JobRequest
+
+    secret = {"secret_env": ["RCLONE_CONFIG_S3BOX_SECRET_ACCESS_KEY"]}
+    short = JobRequest.from_dict(_job_data({"bucket": "s3box:ckpts/run1/"}, **secret))
+    long = JobRequest.from_dict(
+        _job_data({"bucket": {"remote": "s3box", "path": "ckpts/run1"}}, **secret)
+    )
+    assert short.durable == long.durable
+    assert short.durable is not None and short.durable.location == "s3box:ckpts/run1"
+    assert JobRequest.from_dict(short.as_dict()) == JobRequest.from_dict(short.as_dict())
+    assert "durable" not in JobRequest.from_dict(_job_data()).as_dict()
+
+
+def test_the_watcher_is_rendered_only_for_a_durable_job_and_passes_shellcheck(
+    tmp_path: Path,
+) -> None:
+    from rgt.job import JobRequest
+    from rgt.render import render_template
+    from tests.shell import assert_shellcheck_clean
+
+    profile = load_profile("vastai")
+    plain = render_template(profile, "onstart", JobRequest.from_dict(_job_data())).inner
+    assert "durable_begin" not in plain and "sha256sum" not in plain
+    secret = {"secret_env": ["RCLONE_CONFIG_S3BOX_SECRET_ACCESS_KEY"]}
+    for value in ("local", {"bucket": "s3box:ckpts/run1"}):
+        job = JobRequest.from_dict(_job_data(value, **secret))
+        kind = "local" if value == "local" else "bucket"
+        seed = durable.DurableCheckpoint(
+            "step-000010.ckpt", 10, "ab" * 32, 5, kind, "somewhere", "t", "r1"
+        )
+        for extra in (None, durable.seed_context(seed)):
+            for template in ("onstart", "run_one"):
+                text = render_template(profile, template, job, extra=extra).inner
+                assert "durable_begin" in text and ("ab" * 32 in text) == (extra is not None)
+                assert_shellcheck_clean(text, tmp_path / f"{kind}-{template}-{bool(extra)}.sh")
+
+
+def test_sidecars_that_are_malformed_hidden_or_name_a_path_are_ignored() -> None:
+    good = "a" * 64
+    data = (
+        f"{good} 10 step-000002.ckpt\n"
+        f"{good} 10 .step-000003.ckpt\n"  # hidden: a temp file
+        f"{good} 10 ../step-000004.ckpt\n"  # a path, not a name
+        f"{good[:-1]} 10 step-000005.ckpt\n"  # not a sha256
+        f"{good} ten step-000006.ckpt\n"
+        f"{good} 12 step-000001.ckpt\n"
+    ).encode()
+    assert durable.parse_sidecars(data) == [
+        ("step-000001.ckpt", good, 12),
+        ("step-000002.ckpt", good, 10),
+    ]
+
+
+def test_sync_without_a_durable_target_is_a_usage_error_naming_the_field(tmp_path: Path) -> None:
+    from rgt.errors import UsageError
+    from rgt.job import JobRequest
+
+    job = JobRequest.from_dict(_job_data(), source="job.yaml")
+    with pytest.raises(UsageError, match=r"job.yaml: the job has no `durable:` target"):
+        durable._run_target("r1", job)
+    with pytest.raises(UsageError, match=r"run r1: rgt does not know its durable target"):
+        durable._run_target("r1", None)
+    assert durable.durable_index("r1") == [] and durable.newest_durable("r1") is None
+
+
 @pytest.mark.timeout(300)
 def test_local_target_copies_and_verifies_checkpoints_while_the_job_runs(
     emulator: Any, tmp_path: Path
