@@ -188,7 +188,7 @@ def test_the_watcher_is_rendered_only_for_a_durable_job_and_passes_shellcheck(
     tmp_path: Path,
 ) -> None:
     from rgt.job import JobRequest
-    from rgt.render import render_template
+    from rgt.render import build_context, render_template
     from tests.shell import assert_shellcheck_clean
 
     profile = load_profile("vastai")
@@ -206,6 +206,10 @@ def test_the_watcher_is_rendered_only_for_a_durable_job_and_passes_shellcheck(
                 text = render_template(profile, template, job, extra=extra).inner
                 assert "durable_begin" in text and ("ab" * 32 in text) == (extra is not None)
                 assert_shellcheck_clean(text, tmp_path / f"{kind}-{template}-{bool(extra)}.sh")
+        # A scheduler's batch script carries the boot hook, seed included.
+        slurm = load_profile("generic-ssh:slurm")
+        carried = build_context(slurm, job, "sbatch", durable.seed_context(seed))["onstart_script"]
+        assert "ab" * 32 in carried and "durable_seed" in carried
 
 
 def test_sidecars_that_are_malformed_hidden_or_name_a_path_are_ignored() -> None:
