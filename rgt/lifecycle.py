@@ -308,6 +308,7 @@ def launch(
 
     Refuses (Refused, exit 4) when the price would exceed `max_price_per_hour`; the offer is
     re-read from the marketplace now, so the cap holds against the price actually paid."""
+    from rgt.durable import remember_target
     from rgt.providers.base import run_label
     from rgt.render import render_template
 
@@ -323,6 +324,7 @@ def launch(
     if not interruptible and bid_per_hour is not None:
         raise UsageError("bid is only for interruptible launches")
     rendered = render_template(profile, "onstart", job)
+    remember_target(job)  # `rgt sync ID` knows where its checkpoints go
     label = run_label(job.run_id)
     # Look for the run's label before the offer: after an interrupted launch the box may
     # already be rented (and billing), and its offer is then often no longer rentable.

@@ -59,6 +59,22 @@ def folder_lock(local_dir: Path, action: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def run_lock(run_id: str, action: str) -> Iterator[None]:
+    """Hold the lock of run `run_id` for `action` (e.g. "sync": two rounds of durable sync of
+    one run must not interleave their index writes).
+
+    Raises Refused (exit 4) naming the action and process that hold it."""
+    path = _lock_file("run", run_id)
+    with _held(path, action) as holder:
+        if holder is not None:
+            raise Refused(
+                f"run {run_id}: another {holder[0]} of it is in progress right now{holder[1]}; "
+                "try again when it has finished"
+            )
+        yield
+
+
 def _lock_file(kind: str, key: str) -> Path:
     from rgt.paths import state_dir
 

@@ -240,8 +240,10 @@ def _check_layout(profile: Profile, job: JobRequest) -> None:
         )
 
 
-def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str, Any]:
-    """The only values a template can read."""
+def build_context(
+    profile: Profile, job: JobRequest, template: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The only values a template can read (`extra`: a relaunch's seed, see render_template)."""
     overrides = profile.overrides
     context: dict[str, Any] = {
         "rgt_version": __version__,
@@ -272,19 +274,41 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
     }
     if template in JOB_TEMPLATES:
         context["manifest_source"] = manifest_source()
+        context.update(_durable_context(job))
     if template in PRIMITIVE_TEMPLATES:
-        context.update(_scheduler_context(profile, job))
+        context.update(_scheduler_context(profile, job, extra))
+    context.update(extra or {})
     return context
 
 
-def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
+def _durable_context(job: JobRequest) -> dict[str, Any]:
+    """What scripts/_durable.sh.j2 reads: the job's durable target (None: no watcher is
+    rendered at all) and no seed (a relaunch passes `rgt.durable.seed_context` as `extra`)."""
+    if job.durable is None:
+        return {"durable": None, "durable_seed": []}
+    from rgt.durable import SEED_WAIT_SECONDS, WATCH_SECONDS
+
+    return {
+        "durable": {
+            "kind": job.durable.kind,
+            "location": job.durable.location,
+            "scan_seconds": WATCH_SECONDS,
+            "seed_wait_seconds": SEED_WAIT_SECONDS,
+        },
+        "durable_seed": [],
+    }
+
+
+def _scheduler_context(
+    profile: Profile, job: JobRequest, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What the sbatch and k8s_job templates add: the boot hook they supervise, the stop-signal
     grace (the profile's spot_grace), the GPU count and a DNS-safe job name."""
     grace = profile.spot_grace_seconds
     name = re.sub(r"[^a-z0-9-]+", "-", f"rgt-{job.run_id}".lower()).strip("-")[:63].rstrip("-")
     overrides = profile.overrides
     return {
-        "onstart_script": render_template(profile, "onstart", job).inner,
+        "onstart_script": render_template(profile, "onstart", job, extra=extra).inner,
         "grace_seconds": max(1, round(grace)) if grace is not None else 30,
         "gpu_count": job.gpu_count,
         "k8s": {
@@ -294,8 +318,12 @@ def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
     }
 
 
-def render_template(profile: Profile, template: str, job: JobRequest) -> Rendered:
-    """Render one template; the boot hook is compressed when it exceeds the profile's limit."""
+def render_template(
+    profile: Profile, template: str, job: JobRequest, *, extra: dict[str, Any] | None = None
+) -> Rendered:
+    """Render one template; the boot hook is compressed when it exceeds the profile's limit.
+
+    `extra` adds to the context (a relaunch's `rgt.durable.seed_context`)."""
     files = template_files()
     if template not in template_names(profile):
         if template in files and template in PRIMITIVE_TEMPLATES:
@@ -312,7 +340,9 @@ def render_template(profile: Profile, template: str, job: JobRequest) -> Rendere
 
     env = _environment()
     try:
-        text = env.get_template(files[template]).render(build_context(profile, job, template))
+        text = env.get_template(files[template]).render(
+            build_context(profile, job, template, extra)
+        )
     except jinja2.UndefinedError as exc:
         raise UsageError(f"template {files[template]}: {exc.message}") from None
     if files[template].endswith(".yaml.j2"):

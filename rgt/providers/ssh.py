@@ -260,6 +260,7 @@ class SshProvider:
         local_dir: Path,
         *,
         progress: ProgressCallback | None = None,
+        files: Sequence[str] | None = None,
     ) -> CopyResult:
         """Copy `remote_path` into `local_dir` with rsync over ssh, resumably, bounded."""
         box = self.box(instance_id)
@@ -270,6 +271,21 @@ class SshProvider:
             self.settings(box),
             copy=self.copy_settings,
             progress=progress,
+            files=files,
+        )
+        return report.copy_result()
+
+    def copy_to(self, instance_id: str, local_file: Path, remote_dir: str) -> CopyResult:
+        """Upload one file into `remote_dir` on the box with rsync over ssh, resumably."""
+        from rgt.providers.rsync import rsync_push
+
+        box = self.box(instance_id)
+        report = rsync_push(
+            self.endpoint(box),
+            Path(local_file),
+            remote_dir,
+            self.settings(box),
+            copy=self.copy_settings,
         )
         return report.copy_result()
 
