@@ -44,6 +44,13 @@ from rgt.providers.rsync import (
     rsync_pull,
     ssh_command,
 )
+from rgt.providers.scheduler import (
+    ACTIVE,
+    ENDED,
+    cancel_script,
+    scheduler_for,
+    state_script,
+)
 
 if TYPE_CHECKING:
     from rgt.ledger import AttachedBox, Ledger
@@ -118,6 +125,17 @@ def probe(endpoint: SshEndpoint, settings: SshSettings) -> str | None:
     return next((line for line in reversed(lines) if line), f"ssh exit {done.returncode}")[:300]
 
 
+def _job_line(output: str) -> tuple[str, str] | None:
+    """(handle, state) from the last line a scheduler script printed (`none`: no job)."""
+    lines = output.strip().splitlines()
+    words = lines[-1].split() if lines else []
+    if len(words) == 2 and words[1] in (ACTIVE, ENDED):
+        return words[0], words[1]
+    if words == ["none"]:
+        return None
+    raise ProviderError(f"the scheduler's answer is not understood: {output.strip()[-200:]!r}")
+
+
 def run_shell(
     endpoint: SshEndpoint,
     settings: SshSettings,
@@ -164,8 +182,19 @@ class SshProvider:
         self.ledger_path = ledger_path
         self.confirm_meter_stop = confirm_meter_stop
         self.copy_settings = copy or CopySettings()
-        # Boxes whose meter stop a human confirmed in this process (then: gone once silent).
+        # Boxes whose meter stop a human confirmed (or rgt sent) in this process: then gone once
+        # silent, or once their scheduler's job ended.
         self._confirmed: set[str] = set()
+        self.scheduler = scheduler_for(profile.detach_primitive)
+
+    @property
+    def sends_meter_stop(self) -> bool:
+        """True when rgt itself sends the meter stop, after the gate and the human's approval:
+        a scheduler's cancel (`scancel`, `kubectl delete job`) run over the same ssh on the box
+        rgt reaches, where the profile says it deletes nothing (meter_stop_irreversible false:
+        the job's files stay on the shared filesystem or the claim). Everywhere else the
+        platform's meter stop is a human's action in its console, which they confirm."""
+        return self.scheduler is not None and self.profile.meter_stop_irreversible is False
 
     def __repr__(self) -> str:
         return f"SshProvider(platform={self.platform!r})"
@@ -221,6 +250,17 @@ class SshProvider:
         if self._human_ended(box.instance_id):
             return Instance(state="gone", status_msg="its meter stop was confirmed", **common)
         silence = probe(self.endpoint(box), self.settings(box))
+        if silence is None and self.scheduler is not None and box.instance_id in self._confirmed:
+            # The login node answers after the meter stop too: gone once the job has ended.
+            job = self.scheduler_job(box.instance_id)
+            if job is None or job[1] == ENDED:
+                what = f"{self.scheduler.noun} {job[0]} ended" if job else "no job was submitted"
+                return Instance(state="gone", status_msg=f"meter stopped: {what}", **common)
+            return Instance(
+                state="running",
+                status_msg=f"{self.scheduler.noun} {job[0]} is still active after the meter stop",
+                **common,
+            )
         if silence is None:
             return Instance(state="running", status_msg="answers over ssh", **common)
         if box.instance_id in self._confirmed:
@@ -293,6 +333,25 @@ class SshProvider:
         )
         return data.decode(errors="replace")
 
+    def scheduler_job(self, instance_id: str) -> tuple[str, str] | None:
+        """(job handle, active/ended) of the run's scheduler job on the box, None when no job
+        was submitted; ProviderError when the scheduler does not answer."""
+        from rgt.jobstatus import status_remote_dir
+
+        if self.scheduler is None:
+            return None
+        box = self.box(instance_id)
+        run_id = self._run_id(box.instance_id)
+        if run_id is None:
+            return None
+        script = state_script(self.scheduler, status_remote_dir(self.profile, run_id))
+        return _job_line(run_shell(self.endpoint(box), self.settings(box), script))
+
+    def _run_id(self, instance_id: str) -> str | None:
+        with self._ledger() as ledger:
+            record = ledger.instance(self.platform, instance_id)
+        return run_from_label(record.label if record is not None else None)
+
     def search_offers(self, query: OfferQuery) -> list[Offer]:
         """No marketplace: rgt does not rent these boxes."""
         raise UsageError(self._not_rgts("search offers"))
@@ -315,6 +374,9 @@ class SshProvider:
         once the box stops answering."""
         box = self.box(instance_id)
         action = self.profile.meter_stop_action
+        if self.sends_meter_stop:
+            self._cancel_job(box)
+            return
         if self.confirm_meter_stop is None:
             raise Refused(
                 f"instance {box.instance_id}: the meter stop of {self.profile.title} is a "
@@ -327,6 +389,18 @@ class SshProvider:
                 f"recorded as ended, and the box may still bill. Do it ({action}), then run "
                 f"`rgt destroy {box.instance_id}` again"
             )
+        self._confirmed.add(box.instance_id)
+
+    def _cancel_job(self, box: AttachedBox) -> None:
+        """Send the scheduler's meter stop for the run's job over ssh (a job that ended by itself
+        needs none); `show` says gone once the job has ended."""
+        from rgt.jobstatus import status_remote_dir
+
+        assert self.scheduler is not None
+        run_id = self._run_id(box.instance_id)
+        if run_id is not None:
+            script = cancel_script(self.scheduler, status_remote_dir(self.profile, run_id))
+            run_shell(self.endpoint(box), self.settings(box), script)
         self._confirmed.add(box.instance_id)
 
     # -- helpers -----------------------------------------------------------------------------
