@@ -69,8 +69,25 @@ DEFAULT_SSH_PORT = 22
 PROBE_TIMEOUT_SECONDS = 30.0
 SHELL_TIMEOUT_SECONDS = 120.0
 
+# The rgt commands with no counterpart for a box reached over ssh: rgt neither searches offers
+# for, rents, stops nor starts such a box (the provider methods below refuse: the platform's
+# console or CLI does that). Every other provider command (attach, launch --on, poll, logs, pull,
+# sweep, destroy, discard, ...) works for it. The lint rule provider-command reads this.
+COMMANDS_WITHOUT_SSH = ("search", "start", "stop")
+# The detach primitives `rgt launch --on` starts a job under (rgt.attached): a platform whose
+# profile names another (a notebook, say) has no box rgt can run a job on over ssh.
+SSH_DETACH_PRIMITIVES = ("tmux", "nohup", "sbatch", "k8s-job")
+
 # Asked after the gate allowed ending the box: (instance id, the action to do) -> done?
 ConfirmMeterStop = Callable[[str, str], bool]
+
+
+def reachable_by_ssh(profile: Profile) -> bool:
+    """True when rgt runs this platform's jobs on boxes attached over ssh (no API provider, and
+    a detach primitive `launch --on` starts)."""
+    from rgt.providers import PLATFORMS
+
+    return profile.platform not in PLATFORMS and profile.detach_primitive in SSH_DETACH_PRIMITIVES
 
 
 def is_attached_id(value: str) -> bool:
