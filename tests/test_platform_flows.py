@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,47 @@ def test_the_documented_flow_runs_to_a_verified_pull_and_the_gates_decision(
         assert state(profile_ref, instance) == "running"  # the box and its disk are still there
         assert Path(root, "work/results/PULL_MANIFEST.json").is_file()
     assert_no_canary(launched.stdout, done.stdout, pulled.stdout, human.text)
+
+
+@pytest.mark.parametrize("name", ["generic-ssh:slurm", "generic-ssh:kubernetes"])
+def test_a_running_scheduler_job_is_not_submitted_twice_and_its_meter_stop_ends_it(
+    platform_box: tuple[StandInBox, str],
+    name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The meter stop rgt sends for a scheduler's job (Slurm: the real scancel; Kubernetes: the
+    stand-in's kubectl delete job) ends a job that still runs; the provider says gone only once
+    the scheduler says the job ended. Called on the provider directly: the gate's part is the
+    flow test's."""
+    from rgt.providers.ssh import SshProvider
+
+    box, slurm_missing = platform_box
+    if name.endswith(":slurm") and slurm_missing:
+        pytest.skip(slurm_missing)
+    slug = name.replace(":", "-") + "-cancel"
+    root = f"{box.disk}/{slug}"
+    profile_ref = flow_profile(tmp_path, root, name)
+    job = flow_job(tmp_path, root, f"cancel-{slug}")
+    data = yaml.safe_load(job.read_text())
+    data["command"] = "sleep 600"
+    job.write_text(yaml.safe_dump(data))
+    attached = rgt(capsys, "attach", profile_ref, box.target, "--identity", str(box.client_key))
+    assert attached.returncode == 0, attached.stderr
+    instance = "ssh-1"
+    first = rgt(capsys, "launch", "--on", instance, "--job", str(job))
+    assert first.returncode == 0, first.stderr
+    provider = SshProvider(load_profile(profile_ref))
+    handle = provider.scheduler_job(instance)
+    assert handle is not None and handle[1] == "active", handle
+    again = rgt(capsys, "launch", "--on", instance, "--job", str(job))
+    assert again.returncode == 0 and "already running as" in again.stdout, again.stdout
+    assert provider.scheduler_job(instance) == handle  # nothing submitted twice
+
+    assert provider.sends_meter_stop
+    provider.destroy(instance)
+    deadline = time.monotonic() + 60
+    while provider.show(instance).state != "gone":
+        assert time.monotonic() < deadline, provider.show(instance)
+        time.sleep(0.5)
+    assert provider.scheduler_job(instance) == (handle[0], "ended")
