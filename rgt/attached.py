@@ -28,6 +28,7 @@ from rgt.providers.base import run_from_label, run_label
 from rgt.providers.rsync import SshEndpoint
 from rgt.providers.scheduler import SCHEDULERS, scheduler_for, submit_script
 from rgt.providers.ssh import (
+    HOOK_PRIMITIVES,
     SshProvider,
     known_hosts_file,
     parse_target,
@@ -36,8 +37,9 @@ from rgt.providers.ssh import (
     ssh_settings,
 )
 
-# The detach primitives `launch --on` starts itself; tmux falls back to nohup on a box without it.
-DETACHED_PRIMITIVES = ("tmux", "nohup")
+# The detach primitives `launch --on` starts the hook under itself; tmux falls back to nohup on
+# a box without it.
+DETACHED_PRIMITIVES = HOOK_PRIMITIVES
 HOOK_NAME = "onstart.sh"
 
 

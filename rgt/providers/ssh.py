@@ -13,8 +13,10 @@ the ledger's `attached` table). What that means for each Provider method:
   pinned, a changed key later is refused.
 * `create`, `stop`, `start` are not rgt's to send here: they raise a clear error naming the
   platform's verbs. `destroy` is the human's: the gate (`rgt.gate`) runs in full first, then
-  this provider asks the human (a callback the CLI gives it: a TTY prompt) to do the profile's
-  meter-stop action and confirm it; with no human at hand it refuses.
+  this provider asks the human (a callback the CLI gives it: a TTY prompt; MCP: the phrase they
+  typed in the approval form) to do the profile's meter-stop action and confirm it; with no
+  human at hand it refuses. Except a scheduler's cancel that deletes nothing (Slurm's scancel,
+  kubectl delete job: rgt.providers.scheduler), which rgt sends itself over the same ssh.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from rgt.providers.rsync import (
 from rgt.providers.scheduler import (
     ACTIVE,
     ENDED,
+    SCHEDULERS,
     cancel_script,
     scheduler_for,
     state_script,
@@ -74,9 +77,11 @@ SHELL_TIMEOUT_SECONDS = 120.0
 # console or CLI does that). Every other provider command (attach, launch --on, poll, logs, pull,
 # sweep, destroy, discard, ...) works for it. The lint rule provider-command reads this.
 COMMANDS_WITHOUT_SSH = ("search", "start", "stop")
-# The detach primitives `rgt launch --on` starts a job under (rgt.attached): a platform whose
-# profile names another (a notebook, say) has no box rgt can run a job on over ssh.
-SSH_DETACH_PRIMITIVES = ("tmux", "nohup", "sbatch", "k8s-job")
+# The detach primitives `rgt launch --on` starts a job under (rgt.attached): the hook itself
+# (tmux, else nohup on a box without it) or a scheduler's job. A platform whose profile names
+# another (a notebook, say) has no box rgt can run a job on over ssh.
+HOOK_PRIMITIVES = ("tmux", "nohup")
+SSH_DETACH_PRIMITIVES = (*HOOK_PRIMITIVES, *SCHEDULERS)
 
 # Asked after the gate allowed ending the box: (instance id, the action to do) -> done?
 ConfirmMeterStop = Callable[[str, str], bool]
