@@ -7,6 +7,11 @@ the manifest at the end), copies it into the run's state directory on the box, a
 detached: under tmux where the box has it (the profile's detach primitive), else with nohup in
 its own session. Launching the same run again re-runs the hook, which resumes from the newest
 checkpoint (a running hook holds its lock, so a second copy leaves it alone).
+
+Where a scheduler runs the jobs (the profile's detach primitive `sbatch` or `k8s-job`: a Slurm
+login node, a host with kubectl), launch ships the rendered `sbatch.sh` / `k8s_job.yaml`, which
+carries the same boot hook, and submits it (rgt.providers.scheduler); the job handle the
+scheduler gives is kept on the box next to the run's status record.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from rgt.ledger import Ledger
 from rgt.profile import Profile
 from rgt.providers.base import run_from_label, run_label
 from rgt.providers.rsync import SshEndpoint
+from rgt.providers.scheduler import SCHEDULERS, scheduler_for, submit_script
 from rgt.providers.ssh import (
+    HOOK_PRIMITIVES,
     SshProvider,
     known_hosts_file,
     parse_target,
@@ -30,12 +37,10 @@ from rgt.providers.ssh import (
     ssh_settings,
 )
 
-# The detach primitives `launch --on` starts itself; tmux falls back to nohup on a box without it.
-DETACHED_PRIMITIVES = ("tmux", "nohup")
+# The detach primitives `launch --on` starts the hook under itself; tmux falls back to nohup on
+# a box without it.
+DETACHED_PRIMITIVES = HOOK_PRIMITIVES
 HOOK_NAME = "onstart.sh"
-# manifest.py's default --instance-id-env: the variable the boot hook's manifest builder reads
-# when the profile names none.
-DEFAULT_INSTANCE_ID_ENV = "CONTAINER_ID"
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class BoxLaunch:
     run_id: str
     label: str
     profile: str
-    how: str  # "tmux session NAME" or "nohup"
+    how: str  # "tmux session NAME", "nohup", "Slurm job ID" or "Kubernetes job NAME"
     hook_path: str
     warnings: list[str] = field(default_factory=list)
 
@@ -151,11 +156,13 @@ def launch_on_box(
     from rgt.render import render_template
 
     box = provider.box(instance_id)
-    if profile.detach_primitive not in DETACHED_PRIMITIVES:
+    scheduler = scheduler_for(profile.detach_primitive)
+    if profile.detach_primitive not in DETACHED_PRIMITIVES and scheduler is None:
+        known = ", ".join([*DETACHED_PRIMITIVES, *SCHEDULERS])
         raise UsageError(
             f"profile {profile.name}: detach primitive {profile.detach_primitive!r}; `rgt launch "
-            f"--on` starts jobs under {' or '.join(DETACHED_PRIMITIVES)} only: render the "
-            f"launcher (`rgt render {profile.name} ...`) and submit it yourself"
+            f"--on` starts jobs under {known} only: render the launcher (`rgt render "
+            f"{profile.name} ...`) and start it yourself"
         )
     record = ledger.instance(provider.platform, box.instance_id)
     bound = run_from_label(record.label if record is not None else None)
@@ -169,10 +176,13 @@ def launch_on_box(
         raise ProviderError(
             f"instance {box.instance_id} does not answer over ssh; nothing was started"
         )
-    rendered = render_template(profile, "onstart", job)
+    rendered = render_template(profile, scheduler.template if scheduler else "onstart", job)
     remember_target(job)  # `rgt sync ID` knows where its checkpoints go
     state_dir = status_remote_dir(profile, job.run_id)
-    hook = f"{state_dir}/{HOOK_NAME}"
+    hook = f"{state_dir}/{scheduler.file_name if scheduler else HOOK_NAME}"
+    text = rendered.text
+    if scheduler is not None and scheduler.primitive == "k8s-job":
+        text = _with_instance_id(text, box.instance_id)
     endpoint, settings = provider.endpoint(box), provider.settings(box)
     # Record the run first: a hook that starts and is then lost from view is still found.
     ledger.record_instance(
@@ -189,9 +199,14 @@ def launch_on_box(
         settings,
         f"set -eu; mkdir -p {shlex.quote(state_dir)}; cat >{shlex.quote(hook)}.tmp; "
         f"chmod 755 {shlex.quote(hook)}.tmp; mv -f {shlex.quote(hook)}.tmp {shlex.quote(hook)}",
-        stdin=rendered.text.encode(),
+        stdin=text.encode(),
     )
-    how = run_shell(endpoint, settings, start_script(profile, job.run_id, hook, box.instance_id))
+    if scheduler is None:
+        script = start_script(profile, job.run_id, hook, box.instance_id)
+    else:
+        name = _k8s_job_name(text) if scheduler.primitive == "k8s-job" else None
+        script = submit_script(scheduler, state_dir, box.instance_id, name)
+    how = run_shell(endpoint, settings, script)
     how = how.strip().splitlines()[-1] if how.strip() else "started"
     warnings = list(rendered.notes)
     if how == "nohup" and profile.detach_primitive == "tmux":
@@ -210,6 +225,28 @@ def launch_on_box(
     )
 
 
+def _with_instance_id(manifest: str, instance_id: str) -> str:
+    """The rendered Job manifest with RGT_INSTANCE_ID (the id rgt knows the box by) in its
+    container's environment: the manifest the job builds names this box, as the gate checks."""
+    import yaml
+
+    data = yaml.safe_load(manifest)
+    container = data["spec"]["template"]["spec"]["containers"][0]
+    container.setdefault("env", []).append({"name": "RGT_INSTANCE_ID", "value": instance_id})
+    return str(yaml.safe_dump(data, sort_keys=False))
+
+
+def _k8s_job_name(manifest: str) -> str | None:
+    """The Job's name in a rendered manifest (None for a Slurm script)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(manifest)
+    except yaml.YAMLError:
+        return None
+    return str(data["metadata"]["name"]) if isinstance(data, dict) else None
+
+
 def tmux_session(run_id: str) -> str:
     """The tmux session a run's hook runs in (tmux turns `.` and `:` in names into `_`)."""
     return "rgt-" + run_id.replace(".", "_").replace(":", "_")
@@ -220,9 +257,10 @@ def start_script(profile: Profile, run_id: str, hook: str, instance_id: str) -> 
     `tmux session NAME`, `already running in tmux session NAME` or `nohup`).
 
     The hook's manifest names the box by the id rgt knows it by (the gate checks that it names
-    this instance): the profile's instance-id variable is set to the local id for the hook."""
-    id_env = profile.instance_id_env or DEFAULT_INSTANCE_ID_ENV
-    command = f"{id_env}={shlex.quote(instance_id)} exec bash {shlex.quote(hook)}"
+    this instance): $RGT_INSTANCE_ID, which the hook reads before the profile's instance-id
+    variable (or the host name, for a profile that names none), is the local id. The platform's
+    own variable is left alone: the job may need the real pod id."""
+    command = f"RGT_INSTANCE_ID={shlex.quote(instance_id)} exec bash {shlex.quote(hook)}"
     session = tmux_session(run_id)
     q = shlex.quote
     return "\n".join(
@@ -237,7 +275,7 @@ def start_script(profile: Profile, run_id: str, hook: str, instance_id: str) -> 
             "  fi",
             "else",
             "  if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi",
-            f"  {id_env}={q(instance_id)} nohup $detach bash {q(hook)} \\",
+            f"  RGT_INSTANCE_ID={q(instance_id)} nohup $detach bash {q(hook)} \\",
             "    >/dev/null 2>&1 </dev/null &",
             "  echo nohup",
             "fi",

@@ -11,11 +11,13 @@ misleads one of the two. These rules check the pairs that cost money or data whe
     clock-prose     every non-null clock (auto-release, scratch wipe, session limit) is stated in
                     section 4 or 5; a "released after N days" in the prose has a matching clock
     variant-doc     a family profile's prose names each of its variants
-    provider-command  a profile of a platform rgt has no provider for (not in rgt.providers'
-                    registry) never names an rgt command that needs one (`rgt sweep`, "rgt
-                    polls", "rgt's gate"...): those exit 2 there, so the sentence promises an
-                    action that does not exist. Which commands need a provider is read from the
-                    code: the command modules that open one (rgt.commands._platform).
+    provider-command  a profile never names an rgt action its platform lacks: with no API
+                    provider (rgt.providers' registry), a platform whose boxes rgt reaches
+                    over ssh (`rgt attach`) has the SSH provider's commands but no `rgt
+                    search`/`start`/`stop` (rgt.providers.ssh.COMMANDS_WITHOUT_SSH); any other
+                    has no provider command at all (`rgt sweep`, "rgt polls", "rgt's gate"...).
+                    Which commands need a provider is read from the code: the command modules
+                    that open one (rgt.commands._platform).
 
 For a family profile each variant is checked against the bullets of the section that name it
 (`**LanRui — ...`) plus the family-wide bullets that name no variant; the base profile of a
@@ -374,14 +376,21 @@ def provider_commands() -> tuple[str, ...]:
 
 
 def provider_command_findings(profile: Profile, shown: str) -> list[Finding]:
-    """Sentences of a profile whose platform has no provider that name an rgt action needing
-    one: `rgt CMD` / rgt's `CMD` (CMD a provider command), "rgt CMDs" as a verb, or a claim that
-    rgt gates the teardown. One finding per line."""
+    """Sentences of a profile that name an rgt action its platform lacks: `rgt CMD` / rgt's
+    `CMD`, "rgt CMDs" as a verb, or a claim that rgt gates the teardown. One finding per line.
+
+    An API provider's platform has every provider command. A platform reached over ssh (boxes
+    attached with `rgt attach`) has the SSH provider's: all but those in
+    rgt.providers.ssh.COMMANDS_WITHOUT_SSH (search, start, stop), and the gate. Any other
+    platform has none."""
     if profile.has_provider:
         return []
     from rgt.providers import PLATFORMS
+    from rgt.providers.ssh import COMMANDS_WITHOUT_SSH, reachable_by_ssh
 
-    commands = "|".join(re.escape(name) for name in provider_commands())
+    over_ssh = reachable_by_ssh(profile)
+    lacking = [name for name in provider_commands() if not over_ssh or name in COMMANDS_WITHOUT_SSH]
+    commands = "|".join(re.escape(name) for name in lacking)
     if not commands:  # pragma: no cover - rgt always has provider commands
         return []
     named = re.compile(rf"\brgt(?:'s)?\s+`?(?P<command>{commands})\b(?![-.]\w)", re.IGNORECASE)
@@ -390,7 +399,7 @@ def provider_command_findings(profile: Profile, shown: str) -> list[Finding]:
     body = profile.body
     starts = [0] + [m.end() for m in re.finditer(r"\n", body)]
     reported: set[int] = set()
-    for pattern in (named, verb, _GATE_CLAIM):
+    for pattern in (named, verb) if over_ssh else (named, verb, _GATE_CLAIM):
         for match in pattern.finditer(body):
             offset = sum(1 for start in starts if start <= match.start()) - 1
             line = profile.body_first_line + offset
@@ -402,14 +411,18 @@ def provider_command_findings(profile: Profile, shown: str) -> list[Finding]:
             action = "the gate is a provider's"
             if what:
                 action = f"`rgt {what.lower()}` needs a provider"
-            findings.append(
-                Finding(
-                    shown,
-                    line,
-                    "provider-command",
+            if over_ssh:
+                message = (
+                    f"{said!r}: rgt reaches {profile.platform!r} boxes over ssh (`rgt attach`), "
+                    f"and `rgt {str(what).lower()}` is not among what it does for them (no "
+                    f"{', '.join(COMMANDS_WITHOUT_SSH)}); say what the person does instead in "
+                    "the platform's console or CLI"
+                )
+            else:
+                message = (
                     f"{said!r}: {action}, and rgt has none for {profile.platform!r} "
                     f"(providers: {', '.join(PLATFORMS)}); say what the person does instead "
-                    "(the platform's console or CLI, the rendered pull.sh, rgt verify)",
+                    "(the platform's console or CLI, the rendered pull.sh, rgt verify)"
                 )
-            )
+            findings.append(Finding(shown, line, "provider-command", message))
     return sorted(findings, key=lambda finding: finding.line)

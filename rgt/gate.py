@@ -718,6 +718,53 @@ def destroy_with_gate(
         )
 
 
+def destroy_after_human_meter_stop(
+    instance_id: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any,
+    approval_id: int,
+    confirm_seconds: float = CONFIRM_SECONDS,
+) -> DestroyOutcome:
+    """`destroy_with_gate` for a box reached over ssh whose meter stop the human did themselves
+    and confirmed in the same MCP approval that carries their passphrase (an MCP client cannot
+    be asked a second question after the gate ran, as a terminal can).
+
+    The gate read the box itself (its manifest and result tree now) just before the human was
+    asked (the MCP precheck): the same order as on a terminal, where the human is told to stop
+    the meter after that read. When they have done so, the box no longer answers, so here the
+    one missing item accepted is `box-unreachable`; every other piece (the pull, the
+    verification, the local files still as verified, exactly this approval) is checked again
+    under the lock and claim, and the provider's `destroy` still takes the human's
+    confirmation and waits for the box's silence."""
+    instance_id = str(instance_id)
+    if not getattr(provider, "meter_stop_is_human", False):
+        raise Refused(
+            f"instance {instance_id}: rgt sends this platform's meter stop itself; use destroy"
+        )
+    verb = _meter_stop_verb(provider, profile)
+
+    def decide() -> GateDecision:
+        decision = may_destroy(
+            instance_id,
+            provider=provider,
+            ledger=ledger,
+            approval_id=approval_id,
+            profile=profile,
+        )
+        if decision.missing and all(m.code == "box-unreachable" for m in decision.missing):
+            decision.missing.clear()
+            decision.allowed = True
+            decision.evidence["box_read"] = "by the gate just before the human was asked"
+        return decision
+
+    with instance_lock(instance_id, "destroy"):
+        return _meter_stop_claimed(
+            instance_id, provider, ledger, verb, approval_id, confirm_seconds, decide=decide
+        )
+
+
 def discard_with_gate(
     instance_id: str,
     reason: str,

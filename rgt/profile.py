@@ -344,8 +344,13 @@ def bundled_profile_paths() -> list[Path]:
 
 
 def resolve_profile_path(name_or_path: str | Path) -> tuple[Path, str | None]:
-    """(file, variant) for 'vastai', 'generic-ssh:slurm', or a path to a .md file."""
+    """(file, variant) for 'vastai', 'generic-ssh:slurm', a path to a .md file, or a path with a
+    variant ('my-cluster.md:slurm')."""
     text = str(name_or_path)
+    base, separator, variant = text.rpartition(VARIANT_SEPARATOR)
+    if separator and base.endswith(".md") and variant and "/" not in variant:
+        # A family profile file with one of its variants: `my-cluster.md:slurm`.
+        return resolve_profile_path(base)[0], variant
     candidate = Path(text)
     if candidate.suffix == ".md" or "/" in text:
         if candidate.is_dir():

@@ -1,4 +1,6 @@
 """Sweep: every instance the API key can see, what it costs per hour, and what keeps billing.
+Without a platform named, every platform with boxes in the ledger: vast.ai through its API (when
+a key is set) and the boxes attached over ssh of every profile.
 
 The provider's own list is the truth (not the ledger's): an instance rented by hand, by another
 tool, or by a crashed rgt is still on the bill. Each row is flagged when it deserves a look:
@@ -50,6 +52,7 @@ class SweepRow:
     hourly_cost_basis: str
     keeps_billing: list[str]
     flags: list[str] = field(default_factory=list)
+    platform: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ class SweepReport:
     launches: list[LaunchRow] = field(default_factory=list)
     # Instances that ended outside rgt with no verified pull and no discard (rgt.ending "lost").
     lost: list[str] = field(default_factory=list)
+    # A sweep of every platform (`rgt sweep` without --platform): the platforms it covered, and
+    # those it could not, with why (vast.ai without an API key).
+    platforms: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def launches_in_doubt(self) -> list[LaunchRow]:
@@ -118,6 +125,8 @@ class SweepReport:
             "ledger_only_endings": self.endings,
             "lost": self.lost,
             "launches": [asdict(launch) for launch in self.launches],
+            "platforms": self.platforms or [self.platform],
+            "skipped": self.skipped,
         }
 
 
@@ -177,6 +186,7 @@ def sweep(
             flags.append("recorded-by-sweep")
         rows.append(
             SweepRow(
+                platform=provider.platform,
                 instance_id=instance.id,
                 state=instance.state,
                 label=instance.label,
@@ -213,6 +223,36 @@ def sweep(
         endings=endings,
         launches=launches,
         lost=sorted(lost),
+    )
+
+
+ALL_PLATFORMS = "all"
+
+
+def platforms_in_ledger(ledger: Ledger) -> dict[str, str]:
+    """The platforms `rgt sweep` without --platform covers besides vast.ai: each platform with
+    attached boxes in the ledger -> the profile its first box was attached with (the sweep
+    reads what a stopped box keeps billing from it)."""
+    found: dict[str, str] = {}
+    for box in ledger.attached_boxes():
+        found.setdefault(box.provider, box.profile)
+    return found
+
+
+def merge_reports(reports: list[SweepReport], skipped: dict[str, str]) -> SweepReport:
+    """One report of several platforms' sweeps (each row names its platform)."""
+    endings: dict[str, str] = {}
+    for report in reports:
+        endings.update(report.endings)
+    return SweepReport(
+        platform=ALL_PLATFORMS,
+        rows=[row for report in reports for row in report.rows],
+        ledger_only=sorted(i for report in reports for i in report.ledger_only),
+        endings=endings,
+        launches=[launch for report in reports for launch in report.launches],
+        lost=sorted(i for report in reports for i in report.lost),
+        platforms=[report.platform for report in reports],
+        skipped=dict(skipped),
     )
 
 
@@ -323,14 +363,27 @@ def format_report(report: SweepReport) -> str:
         + f": {launch.note}"
         for launch in report.launches
     ]
+    swept = [
+        f"swept: {', '.join(report.platforms) or 'nothing'}"
+        + "".join(f"; NOT swept: {name} ({why})" for name, why in report.skipped.items())
+    ]
+    if report.platform != ALL_PLATFORMS:
+        swept = []
     if not report.rows and not report.ledger_only and not report.lost:
-        return "\n".join([f"{report.platform}: no instances visible to this API key", *launches])
-    lines = [f"{'INSTANCE':<12} {'STATE':<12} {'$/HOUR':>8}  KEEPS BILLING / FLAGS"]
+        where = report.platform if report.platform != ALL_PLATFORMS else "/".join(report.platforms)
+        return "\n".join([*swept, f"{where}: no instances visible to this API key", *launches])
+    many = report.platform == ALL_PLATFORMS
+    lines = [
+        *swept,
+        ("PLATFORM     " if many else "")
+        + f"{'INSTANCE':<12} {'STATE':<12} {'$/HOUR':>8}  KEEPS BILLING / FLAGS",
+    ]
     for row in report.rows:
         cost = "?" if row.hourly_cost is None else f"{row.hourly_cost:.3f}"
         flags = f"  [{', '.join(row.flags)}]" if row.flags else ""
         lines.append(
-            f"{row.instance_id:<12} {row.state:<12} {cost:>8}  "
+            (f"{row.platform:<12} " if many else "")
+            + f"{row.instance_id:<12} {row.state:<12} {cost:>8}  "
             f"{', '.join(row.keeps_billing) or '-'}{flags}"
         )
     total = f"total ≈ ${report.hourly_total:.3f}/hour"

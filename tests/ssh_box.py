@@ -30,8 +30,19 @@ class StandInBox:
 
     host = "127.0.0.1"
 
-    def __init__(self, root: Path, *, without_tmux: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        without_tmux: bool = False,
+        env: dict[str, str] | None = None,
+        path_first: Path | None = None,
+    ) -> None:
         self.root = root
+        # Set in every login's environment (a scheduler's client config, say), and a folder
+        # searched before the system's on PATH (a stand-in scheduler client).
+        self.env = dict(env or {})
+        self.path_first = path_first
         self.disk = root / "disk"
         self.keys = root / "keys"
         self.tmux_dir = root / "tmux"
@@ -63,6 +74,9 @@ class StandInBox:
         path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
         if self.without_tmux:
             path = str(self._bin_without_tmux()) + ":/usr/sbin:/sbin"
+        if self.path_first is not None:
+            path = f"{self.path_first}:{path}"
+        extra = "".join(f" {name}={value}" for name, value in self.env.items())
         config = self.root / "sshd_config"
         config.write_text(
             "\n".join(
@@ -81,7 +95,7 @@ class StandInBox:
                     "PrintMotd no",
                     "UseDNS no",
                     "MaxStartups 64",
-                    f"SetEnv TMUX_TMPDIR={self.tmux_dir} PATH={path}",
+                    f"SetEnv TMUX_TMPDIR={self.tmux_dir} PATH={path}{extra}",
                     "",
                 ]
             )

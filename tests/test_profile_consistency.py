@@ -240,23 +240,39 @@ def test_provider_commands_on_a_platform_without_an_api_reach_attached_boxes_onl
     assert "no box is attached under this id" in polled.stderr and "rgt attach" in polled.stderr
 
 
-def test_the_old_runpod_promises_are_flagged(tmp_path: Path) -> None:
+def test_a_platform_reached_over_ssh_may_name_the_ssh_providers_commands_only(
+    tmp_path: Path,
+) -> None:
+    """RunPod boxes are attached over ssh: rgt sweeps, polls and gates them (those sentences
+    are true), but rgt neither stops nor starts a Pod, so a sentence saying it does is flagged."""
     path = _mutant(
         tmp_path,
         "runpod",
-        ("Check the console's Pods list for stopped Pods.", "`rgt sweep` lists stopped Pods."),
+        ("Check the console's Pods list for stopped Pods.", "`rgt sweep` lists attached Pods."),
         (
             "re-read the Pods list until it no longer shows the Pod (RP14).",
-            "rgt polls until the Pod no longer exists (RP14).",
+            "rgt polls the Pod until the job is done, and `rgt stop` pauses it (RP14).",
         ),
     )
     findings = [f for f in _findings(path) if f.rule == "provider-command"]
-    assert [f.message.split(":")[0] for f in findings] == ["'rgt sweep'", "'rgt polls'"]
-    assert all("rgt has none for 'runpod'" in f.message for f in findings)
-    # Each finding names the line the sentence is on.
+    assert [f.message.split(":")[0] for f in findings] == ["'rgt stop'"]
+    assert "rgt reaches 'runpod' boxes over ssh" in findings[0].message
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert "rgt sweep" in lines[findings[0].line - 1]
-    assert "rgt polls" in lines[findings[1].line - 1]
+    assert "rgt stop" in lines[findings[0].line - 1]  # the line the sentence is on
+
+
+def test_a_platform_rgt_cannot_reach_names_no_provider_command(tmp_path: Path) -> None:
+    # With no detach primitive `launch --on` starts, nothing of rgt reaches the platform's boxes.
+    path = _mutant(
+        tmp_path,
+        "runpod",
+        ("detach_primitive: tmux ", "detach_primitive: none "),
+        ("  detach: tmux new-session -d -s rgt", '  detach: ""'),
+        ("Check the console's Pods list for stopped Pods.", "`rgt sweep` lists stopped Pods."),
+    )
+    findings = [f for f in _findings(path) if f.rule == "provider-command"]
+    assert [f.message.split(":")[0] for f in findings] == ["'rgt sweep'"]
+    assert "rgt has none for 'runpod'" in findings[0].message
 
 
 def test_a_platform_with_a_provider_may_name_its_commands(tmp_path: Path) -> None:

@@ -13,6 +13,11 @@ command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)  # the SSH provider starts jobs in tmux (tests/test_provider_ssh.py)
+# The Slurm variant's end-to-end test runs a real single-node cluster (tests/slurm_cluster.py).
+if [ "$want" = test ]; then
+  [ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)
+  [ -x /usr/sbin/munged ] || missing+=(munge)
+fi
 # Keeper mode runs `rgt mcp` as another user through sudo (tests/test_keeper.py as root too).
 { command -v sudo && [ -x /usr/sbin/visudo ]; } >/dev/null 2>&1 || missing+=(sudo)
 if ((${#missing[@]})); then

@@ -43,6 +43,15 @@ def run(args: argparse.Namespace) -> int:
     provider, profile = open_platform(
         args.platform, args.instance, confirm_meter_stop=approval.confirm_meter_stop_on_tty
     )
+    if getattr(provider, "meter_stop_is_human", False) and not profile.meter_stop_verb:
+        from rgt.errors import Refused
+
+        # A machine nothing rents (the `local` profile): no approval is worth asking for.
+        raise Refused(
+            f"instance {args.instance}: {profile.title} ({profile.name}) has no meter to stop "
+            "(its profile's meter_stop_verb is null): there is nothing to destroy; the box and "
+            "its files stay as they are"
+        )
     with Ledger.open() as ledger:
         decision = may_destroy(args.instance, provider=provider, ledger=ledger, profile=profile)
         evidence_missing = [m for m in decision.missing if m.code not in APPROVAL_CODES]
@@ -76,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         result = {"destroyed": True, "verb": outcome.verb, "approval_id": outcome.approval_id}
         print(json.dumps({**outcome.decision.to_json(), **result}, indent=2))
+    elif getattr(provider, "sends_meter_stop", False):
+        print(
+            f"instance {outcome.instance_id}: rgt sent {outcome.verb} over ssh and its job has "
+            "ended (the allocation is free; its files stay); recorded as ended"
+        )
     elif getattr(provider, "meter_stop_is_human", False):
         print(
             f"instance {outcome.instance_id}: you confirmed {outcome.verb} and the box no longer "

@@ -9,6 +9,7 @@ client's user interface (the model never sees the question's answer field as an 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -152,7 +153,32 @@ def _for_instance(instance_id: str, *, prompt: bool = False) -> Iterator[tuple[A
     with _ledger() as ledger:
         profile = _instance_profile(ledger, instance_id)
         _check_instance_id(profile.platform, instance_id)
-        yield ledger, profile, _provider(profile.platform, prompt=prompt)
+        yield ledger, profile, _instance_provider(instance_id, profile, prompt=prompt)
+
+
+def _instance_provider(instance_id: str, profile: Any, **options: Any) -> Any:
+    """The provider of one instance: an attached box's (`ssh-1`) is the ssh provider of the
+    very profile it was attached with (a variant's scheduler, say), with `options` (e.g. the
+    human's meter-stop confirmation); any other, the platform's shared provider."""
+    from rgt.providers.ssh import SshProvider, is_attached_id
+
+    if is_attached_id(instance_id):
+        options.pop("prompt", None)
+        return SshProvider(profile, **options)
+    return _provider(profile.platform, prompt=bool(options.get("prompt")))
+
+
+def _human_meter_stop(instance_id: str) -> str | None:
+    """The action a human does to stop the meter of an attached box rgt cannot stop itself
+    (its profile's meter stop, e.g. "terminate: RunPod console ..."), else None."""
+    from rgt.providers.ssh import is_attached_id
+
+    if not is_attached_id(instance_id):
+        return None
+    with _for_instance(instance_id) as (_, profile, provider):
+        if provider.sends_meter_stop or not profile.meter_stop_verb:
+            return None
+        return str(profile.meter_stop_action)
 
 
 def _check_instance_id(platform: str, instance_id: str) -> None:
@@ -250,21 +276,43 @@ class ConfirmDestroyWithPassphrase(ConfirmDestroy):
     )
 
 
+class ConfirmDestroyAndMeterStop(ConfirmDestroyWithPassphrase):
+    """The form for a box rgt reaches over ssh whose meter stop is the human's action (in the
+    platform's console): the id, the passphrase, and their word that they did it, all in the
+    one approval a client cannot fill in without the human's passphrase."""
+
+    meter_stopped: str = Field(
+        title="Meter stopped",
+        description="Once you did the meter stop named above, type: stopped <instance id>",
+    )
+
+
+def meter_stop_phrase(instance_id: str) -> str:
+    """What the human types to say they stopped the box's meter themselves."""
+    return f"stopped {instance_id}"
+
+
 # -- destroy: precheck + elicitation (the resolver runs before the tool body) -----------------
 
 
-def _precheck(instance_id: str, can_ask: bool) -> DestroyResult | None:
+def _precheck(instance_id: str, can_ask: bool, answered: bool = False) -> DestroyResult | None:
     """None = ask the human; else the refusal to return without asking.
 
     Approvals already in the ledger are not used here: through MCP only the approval this
-    call obtains from the human counts (a row slipped into the ledger cannot be)."""
+    call obtains from the human counts (a row slipped into the ledger cannot be).
+
+    `answered`: the round that carries the human's answer (2026-07-28 runs the resolver again).
+    A box whose meter stop the human was asked to do themselves is silent by then because they
+    did it: the gate read it when they were asked, so its silence is not held against it here
+    (the end re-checks everything else: rgt.gate.destroy_after_human_meter_stop)."""
+    silent_ok = answered and _human_meter_stop(instance_id) is not None
     with _for_instance(instance_id) as (ledger, profile, provider):
         from rgt.gate import may_destroy
 
         decision = may_destroy(
             instance_id, provider=provider, ledger=ledger, require_approval=False, profile=profile
         )
-        missing = list(decision.missing)
+        missing = [m for m in decision.missing if not (silent_ok and m.code == "box-unreachable")]
         if missing:
             from rgt.gate import spend_approvals
 
@@ -333,9 +381,11 @@ async def ask_human_to_confirm(
     instance_id: str, ctx: Context
 ) -> Elicit[ConfirmDestroy] | DestroyResult:
     """Resolver for destroy: refuse early when evidence is missing, else ask the human."""
-    found = await _blocking(lambda: _precheck(instance_id, _client_can_elicit(ctx)))
+    answered = getattr(ctx, "request_state", None) is not None
+    found = await _blocking(lambda: _precheck(instance_id, _client_can_elicit(ctx), answered))
     if found is not None:
         return found
+    action = await _blocking(lambda: _human_meter_stop(instance_id))
     message = (
         f"PERMANENTLY destroy instance {instance_id}? Its results were pulled and verified "
         "against the manifest built on the box; destroy deletes the box and its disk and stops "
@@ -347,6 +397,15 @@ async def ask_human_to_confirm(
     message += ", and your approval passphrase."
     # The form's schema is the one asked at run time; the annotation names the base form.
     form: type[ConfirmDestroy] = ConfirmDestroyWithPassphrase
+    if action is not None:
+        # rgt cannot stop this box's meter: the human does it first, then says so in the same
+        # form as their passphrase (rgt records the end only once the box stops answering).
+        message += (
+            f" rgt cannot stop this box's meter: the gate allows it, so do it yourself now: "
+            f"{action}. Then type '{meter_stop_phrase(instance_id)}' to confirm you did (leave "
+            "it empty and nothing is recorded as ended)."
+        )
+        form = ConfirmDestroyAndMeterStop
     return Elicit(message, form)
 
 
@@ -368,9 +427,20 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
     """Record the human's approval just given and destroy through the gate with exactly it."""
     from rgt import approval
     from rgt.errors import Refused
-    from rgt.gate import destroy_with_gate
+    from rgt.gate import destroy_after_human_meter_stop, destroy_with_gate
 
     with _for_instance(instance_id) as (ledger, profile, provider):
+        end: Callable[..., Any] = destroy_with_gate
+        if getattr(provider, "meter_stop_is_human", False) and not provider.sends_meter_stop:
+            end = destroy_after_human_meter_stop
+            # The human's word that they stopped the meter came in this same form, next to
+            # their passphrase; the provider asks for it only after the gate allowed the end.
+            typed = str(getattr(answer, "meter_stopped", "")).strip()
+
+            def confirmed(box_id: str, _action: str) -> bool:
+                return hmac.compare_digest(typed.encode(), meter_stop_phrase(box_id).encode())
+
+            provider = _instance_provider(instance_id, profile, confirm_meter_stop=confirmed)
         try:
             # Checks the id and passphrase (required: a refusal when none is set), rate-limits,
             # records failures.
@@ -385,7 +455,7 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
         except Refused as exc:
             return _refused(instance_id, exc)
         try:
-            outcome = destroy_with_gate(
+            outcome = end(
                 instance_id,
                 provider=provider,
                 ledger=ledger,
@@ -394,14 +464,25 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
             )
         except Refused as exc:
             return _refused(instance_id, exc, approval_channel=APPROVAL_CHANNEL)
+    message = (
+        f"instance {instance_id}: {outcome.verb} confirmed ({outcome.confirmed_state}); "
+        "billing stopped and its disk is deleted"
+    )
+    if getattr(provider, "sends_meter_stop", False):
+        message = (
+            f"instance {instance_id}: rgt sent {outcome.verb} over ssh and its job has ended "
+            "(the allocation is free; its files stay); recorded as ended"
+        )
+    elif getattr(provider, "meter_stop_is_human", False):
+        message = (
+            f"instance {instance_id}: the human confirmed {outcome.verb} and the box no longer "
+            "answers over ssh; recorded as ended"
+        )
     return DestroyResult(
         instance_id=instance_id,
         destroyed=True,
         outcome="destroyed",
-        message=(
-            f"instance {instance_id}: {outcome.verb} confirmed ({outcome.confirmed_state}); "
-            "billing stopped and its disk is deleted"
-        ),
+        message=message,
         approval_channel=APPROVAL_CHANNEL,
     )
 

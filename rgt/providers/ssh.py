@@ -13,8 +13,10 @@ the ledger's `attached` table). What that means for each Provider method:
   pinned, a changed key later is refused.
 * `create`, `stop`, `start` are not rgt's to send here: they raise a clear error naming the
   platform's verbs. `destroy` is the human's: the gate (`rgt.gate`) runs in full first, then
-  this provider asks the human (a callback the CLI gives it: a TTY prompt) to do the profile's
-  meter-stop action and confirm it; with no human at hand it refuses.
+  this provider asks the human (a callback the CLI gives it: a TTY prompt; MCP: the phrase they
+  typed in the approval form) to do the profile's meter-stop action and confirm it; with no
+  human at hand it refuses. Except a scheduler's cancel that deletes nothing (Slurm's scancel,
+  kubectl delete job: rgt.providers.scheduler), which rgt sends itself over the same ssh.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ from rgt.providers.rsync import (
     rsync_pull,
     ssh_command,
 )
+from rgt.providers.scheduler import (
+    ACTIVE,
+    ENDED,
+    SCHEDULERS,
+    cancel_script,
+    scheduler_for,
+    state_script,
+)
 
 if TYPE_CHECKING:
     from rgt.ledger import AttachedBox, Ledger
@@ -62,8 +72,27 @@ DEFAULT_SSH_PORT = 22
 PROBE_TIMEOUT_SECONDS = 30.0
 SHELL_TIMEOUT_SECONDS = 120.0
 
+# The rgt commands with no counterpart for a box reached over ssh: rgt neither searches offers
+# for, rents, stops nor starts such a box (the provider methods below refuse: the platform's
+# console or CLI does that). Every other provider command (attach, launch --on, poll, logs, pull,
+# sweep, destroy, discard, ...) works for it. The lint rule provider-command reads this.
+COMMANDS_WITHOUT_SSH = ("search", "start", "stop")
+# The detach primitives `rgt launch --on` starts a job under (rgt.attached): the hook itself
+# (tmux, else nohup on a box without it) or a scheduler's job. A platform whose profile names
+# another (a notebook, say) has no box rgt can run a job on over ssh.
+HOOK_PRIMITIVES = ("tmux", "nohup")
+SSH_DETACH_PRIMITIVES = (*HOOK_PRIMITIVES, *SCHEDULERS)
+
 # Asked after the gate allowed ending the box: (instance id, the action to do) -> done?
 ConfirmMeterStop = Callable[[str, str], bool]
+
+
+def reachable_by_ssh(profile: Profile) -> bool:
+    """True when rgt runs this platform's jobs on boxes attached over ssh (no API provider, and
+    a detach primitive `launch --on` starts)."""
+    from rgt.providers import PLATFORMS
+
+    return profile.platform not in PLATFORMS and profile.detach_primitive in SSH_DETACH_PRIMITIVES
 
 
 def is_attached_id(value: str) -> bool:
@@ -118,6 +147,17 @@ def probe(endpoint: SshEndpoint, settings: SshSettings) -> str | None:
     return next((line for line in reversed(lines) if line), f"ssh exit {done.returncode}")[:300]
 
 
+def _job_line(output: str) -> tuple[str, str] | None:
+    """(handle, state) from the last line a scheduler script printed (`none`: no job)."""
+    lines = output.strip().splitlines()
+    words = lines[-1].split() if lines else []
+    if len(words) == 2 and words[1] in (ACTIVE, ENDED):
+        return words[0], words[1]
+    if words == ["none"]:
+        return None
+    raise ProviderError(f"the scheduler's answer is not understood: {output.strip()[-200:]!r}")
+
+
 def run_shell(
     endpoint: SshEndpoint,
     settings: SshSettings,
@@ -164,8 +204,19 @@ class SshProvider:
         self.ledger_path = ledger_path
         self.confirm_meter_stop = confirm_meter_stop
         self.copy_settings = copy or CopySettings()
-        # Boxes whose meter stop a human confirmed in this process (then: gone once silent).
+        # Boxes whose meter stop a human confirmed (or rgt sent) in this process: then gone once
+        # silent, or once their scheduler's job ended.
         self._confirmed: set[str] = set()
+        self.scheduler = scheduler_for(profile.detach_primitive)
+
+    @property
+    def sends_meter_stop(self) -> bool:
+        """True when rgt itself sends the meter stop, after the gate and the human's approval:
+        a scheduler's cancel (`scancel`, `kubectl delete job`) run over the same ssh on the box
+        rgt reaches, where the profile says it deletes nothing (meter_stop_irreversible false:
+        the job's files stay on the shared filesystem or the claim). Everywhere else the
+        platform's meter stop is a human's action in its console, which they confirm."""
+        return self.scheduler is not None and self.profile.meter_stop_irreversible is False
 
     def __repr__(self) -> str:
         return f"SshProvider(platform={self.platform!r})"
@@ -221,6 +272,17 @@ class SshProvider:
         if self._human_ended(box.instance_id):
             return Instance(state="gone", status_msg="its meter stop was confirmed", **common)
         silence = probe(self.endpoint(box), self.settings(box))
+        if silence is None and self.scheduler is not None and box.instance_id in self._confirmed:
+            # The login node answers after the meter stop too: gone once the job has ended.
+            job = self.scheduler_job(box.instance_id)
+            if job is None or job[1] == ENDED:
+                what = f"{self.scheduler.noun} {job[0]} ended" if job else "no job was submitted"
+                return Instance(state="gone", status_msg=f"meter stopped: {what}", **common)
+            return Instance(
+                state="running",
+                status_msg=f"{self.scheduler.noun} {job[0]} is still active after the meter stop",
+                **common,
+            )
         if silence is None:
             return Instance(state="running", status_msg="answers over ssh", **common)
         if box.instance_id in self._confirmed:
@@ -309,6 +371,25 @@ class SshProvider:
         )
         return data.decode(errors="replace")
 
+    def scheduler_job(self, instance_id: str) -> tuple[str, str] | None:
+        """(job handle, active/ended) of the run's scheduler job on the box, None when no job
+        was submitted; ProviderError when the scheduler does not answer."""
+        from rgt.jobstatus import status_remote_dir
+
+        if self.scheduler is None:
+            return None
+        box = self.box(instance_id)
+        run_id = self._run_id(box.instance_id)
+        if run_id is None:
+            return None
+        script = state_script(self.scheduler, status_remote_dir(self.profile, run_id))
+        return _job_line(run_shell(self.endpoint(box), self.settings(box), script))
+
+    def _run_id(self, instance_id: str) -> str | None:
+        with self._ledger() as ledger:
+            record = ledger.instance(self.platform, instance_id)
+        return run_from_label(record.label if record is not None else None)
+
     def search_offers(self, query: OfferQuery) -> list[Offer]:
         """No marketplace: rgt does not rent these boxes."""
         raise UsageError(self._not_rgts("search offers"))
@@ -331,6 +412,9 @@ class SshProvider:
         once the box stops answering."""
         box = self.box(instance_id)
         action = self.profile.meter_stop_action
+        if self.sends_meter_stop:
+            self._cancel_job(box)
+            return
         if self.confirm_meter_stop is None:
             raise Refused(
                 f"instance {box.instance_id}: the meter stop of {self.profile.title} is a "
@@ -343,6 +427,18 @@ class SshProvider:
                 f"recorded as ended, and the box may still bill. Do it ({action}), then run "
                 f"`rgt destroy {box.instance_id}` again"
             )
+        self._confirmed.add(box.instance_id)
+
+    def _cancel_job(self, box: AttachedBox) -> None:
+        """Send the scheduler's meter stop for the run's job over ssh (a job that ended by itself
+        needs none); `show` says gone once the job has ended."""
+        from rgt.jobstatus import status_remote_dir
+
+        assert self.scheduler is not None
+        run_id = self._run_id(box.instance_id)
+        if run_id is not None:
+            script = cancel_script(self.scheduler, status_remote_dir(self.profile, run_id))
+            run_shell(self.endpoint(box), self.settings(box), script)
         self._confirmed.add(box.instance_id)
 
     # -- helpers -----------------------------------------------------------------------------
