@@ -256,6 +256,14 @@ def manifest_source() -> str:
     )
 
 
+def image_cuda(image: str) -> str:
+    """The CUDA version an image's tag names (`...:2.4.0-cuda12.4-cudnn9-runtime` -> `12.4`),
+    '' when it names none; the health check compares it with the host driver's."""
+    tag = image.rsplit("/", 1)[-1].partition(":")[2]
+    found = re.search(r"cuda[-_]?(\d+\.\d+)", tag, re.IGNORECASE)
+    return found.group(1) if found else ""
+
+
 def _check_layout(profile: Profile, job: JobRequest) -> None:
     """Cross checks between profile and job that no schema can see."""
     data_dir = str(profile.overrides["data_dir"]).rstrip("/")
@@ -290,6 +298,7 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
                 "detach": overrides["detach"],
                 "python": overrides.get("python", "python3"),
                 "status_heartbeat_seconds": profile.status_heartbeat_seconds,
+                "box_helpers": profile.box_helpers,
                 "ssh_user": overrides.get("ssh_user", ""),  # none: ssh config decides
                 "env": dict(overrides.get("env", {})),
             },
@@ -297,6 +306,7 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
         "job": job.as_dict(),
         "env": {**dict(overrides.get("env", {})), **dict(job.env)},
         "has_provider": profile.has_provider,
+        "image_cuda": image_cuda(job.image),
     }
     if template in JOB_TEMPLATES:
         context["manifest_source"] = manifest_source()
