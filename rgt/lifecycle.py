@@ -1245,7 +1245,7 @@ def start(
     started (starting cannot help it): a UsageError says what can. `for_tool`: next steps as
     MCP tool calls, else as rgt commands."""
     from rgt.nextstep import Step
-    from rgt.pull import reach_remedy
+    from rgt.pull import reach_remedy, remedy_steps
 
     def say(step: Step) -> str:
         return step.call() if for_tool else step.cli()
@@ -1256,7 +1256,8 @@ def start(
         raise UsageError(f"instance {instance_id} is gone (destroyed): there is nothing to start")
     if instance.state in ("offline", "paused", "scheduling"):
         raise UsageError(
-            f"instance {instance_id} is {instance.state}: {reach_remedy(instance.state)}"
+            f"instance {instance_id} is {instance.state}: {reach_remedy(instance.state)}",
+            step=remedy_steps(instance_id),
         )
     already = instance.state in ("running", "loading", "provisioning")
     if not already:
