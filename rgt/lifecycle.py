@@ -668,7 +668,8 @@ class PollReport:
     keeps_billing: list[str]
     hourly_cost: float | None
     cost_so_far: float | None
-    cost_basis: str
+    # How cost_so_far is estimated; None: as the previous poll of this MCP session said.
+    cost_basis: str | None
     status_msg: str | None = None
     state_since: float | None = None
     run_id: str | None = None

@@ -59,12 +59,16 @@ class Checked:
         self.session = session
         self.schemas = schemas
         self.sizes: dict[str, int] = {}
+        # (instance id, bytes, cost basis) of each poll result
+        self.polls: list[tuple[str, int, str | None]] = []
 
     async def __call__(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         data = await self.session.data(name, arguments)
         jsonschema.validate(data, self.schemas[name])
         size = len(json.dumps(data, separators=(",", ":")))
         self.sizes[name] = max(size, self.sizes.get(name, 0))
+        if name == "poll":
+            self.polls.append((str(arguments["instance_id"]), size, data["cost_basis"]))
         text = json.dumps(data)
         assert "`rgt " not in text and "rgt pull" not in text, (name, text)
         return data
@@ -125,6 +129,15 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
         slow = first["instance_id"]
         assert set(profile["danger_clocks"]) <= set(first["warnings"]), "first launch: clocks"
         running = await wait_for_job(call, slow)
+        # The cost basis is told once per instance (and again only when it changes): a
+        # polling loop is not sent the same sentence again.
+        again = await call("poll", {"instance_id": slow})
+        assert again["cost_basis"] is None and again["cost_so_far"] is not None
+        told = [basis for instance, _, basis in call.polls if instance == slow and basis]
+        assert len(told) == 1 and call.polls[0][2] == told[0], call.polls
+        size = call.polls[-1][1]
+        with_basis = size + len(json.dumps(told[0])) - len("null")
+        print(f"repeated poll: {size} bytes, {with_basis} when it repeated the cost basis")
         began = time.monotonic()
         early = await session.call("copy", copy_arguments(slow, tmp_path / "early"))
         # A figure for the record, not a threshold: was 6.6 s and a raw `cat:` error.

@@ -117,6 +117,9 @@ def _provider(platform: str, *, prompt: bool = False) -> Any:
 _PROFILES: dict[tuple[str, int], Any] = {}
 # Profiles whose danger clocks a launch of this server process (one client session) has told.
 _CLOCKS_TOLD: set[str] = set()
+# The cost basis poll last told per instance in this server process: a fixed sentence that an
+# agent polling in a loop would otherwise be sent again on every call.
+_BASIS_TOLD: dict[str, str] = {}
 
 
 def _profile(name: str) -> Any:
@@ -825,7 +828,9 @@ async def poll(
     """The instance and its job now: state, classification, the job's outcome from the status
     record on the box (running, succeeded, failed with exit code and last log lines, stale...),
     next action, cost so far. A failed job's logs are copied to the run's local dir first.
-    With wait_seconds, one call waits for the job instead of a polling loop."""
+    With wait_seconds, one call waits for the job instead of a polling loop. cost_basis (how the
+    cost is estimated) comes with the first poll of an instance and when it changes; null:
+    as last told."""
     from dataclasses import replace
 
     from rgt.errors import ProviderError
@@ -854,6 +859,10 @@ async def poll(
             if elapsed >= wait_seconds:
                 raise ToolError(found.message)
         elif is_done(found) or elapsed >= wait_seconds:
+            if _BASIS_TOLD.get(found.instance_id) == found.cost_basis:
+                found = replace(found, cost_basis=None)  # told already: unchanged
+            elif found.cost_basis is not None:
+                _BASIS_TOLD[found.instance_id] = found.cost_basis
             return replace(found, waited_seconds=round(elapsed, 1)) if wait_seconds else found
         else:
             job = found.job.summary if found.job is not None else found.classification
