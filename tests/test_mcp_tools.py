@@ -62,8 +62,10 @@ class Checked:
         # (instance id, bytes, cost basis) of each poll result
         self.polls: list[tuple[str, int, str | None]] = []
 
-    async def __call__(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        data = await self.session.data(name, arguments)
+    async def __call__(
+        self, name: str, arguments: dict[str, Any], **options: Any
+    ) -> dict[str, Any]:
+        data = await self.session.data(name, arguments, **options)
         jsonschema.validate(data, self.schemas[name])
         size = len(json.dumps(data, separators=(",", ":")))
         self.sizes[name] = max(size, self.sizes.get(name, 0))
@@ -171,8 +173,23 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
             f'local_dir="{local.resolve()}")'
         ), bad["next"]
         metrics.write_bytes(original)
-        good = await call("verify", {"local_dir": str(local), "instance_id": done})
+        # With a progress callback (the client's progress token), verify reports the bytes it
+        # hashed; the verify above, without one, sent none and still worked.
+        notes: list[tuple[float, float | None, str | None]] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            notes.append((progress, total, message))
+
+        good = await call(
+            "verify",
+            {"local_dir": str(local), "instance_id": done},
+            progress_callback=on_progress,
+        )
         assert good["ok"] is True and good["next"] == f'destroy(instance_id="{done}")'
+        hashed = float(good["totals"]["bytes"])
+        assert notes and notes[-1][:2] == (hashed, hashed), notes
+        assert all(str(message).startswith(f"verify {local}: ") for _, _, message in notes)
+        assert [done for done, _, _ in notes] == sorted(done for done, _, _ in notes)
 
         await call("cost", {})
         await call("sweep", {})
