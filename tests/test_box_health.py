@@ -245,3 +245,60 @@ def test_poll_reports_a_failed_health_check_and_leaves_the_box_alone(
     human = _rgt("poll", instance_id)
     assert "  job: failed the box health check on attempt 1: health: gpu 0: 812" in human.stdout
     _assert_alive(emulator, instance_id)
+
+
+def test_the_hook_reaps_an_orphan_holding_the_gpu_before_the_job(tmp_path: Path) -> None:
+    """runpod's hook runs reap_gpu_zombies --kill before the job: a dead run's leftover holding
+    the GPU (a real process holding a real file that stands in for /dev/nvidia0, re-parented to
+    PID 1) is ended, then the job runs."""
+    import signal
+    import time
+
+    device = tmp_path / "nvidia0"
+    device.write_text("")
+    pid_file = tmp_path / "orphan.pid"
+    subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'(exec 3<"{device}"; exec sleep 300) >/dev/null 2>&1 & echo $! >"{pid_file}"',
+        ],
+        check=True,
+        timeout=30,
+    )
+    orphan = int(pid_file.read_text())
+    try:
+        stat = Path(f"/proc/{orphan}/stat").read_text()
+        if int(stat.rsplit(")", 1)[1].split()[1]) != 1:
+            pytest.skip("orphans are re-parented to a subreaper here, not to PID 1")
+        runpod = load_profile("runpod")
+        box = tmp_path / "box"
+        rendered = render_template(runpod, "run_one", load_job())
+        script = tmp_path / "run_one.sh"
+        script.write_text(rendered.text)
+        env = {
+            **_box_env(box),
+            "RGT_GPU_DEVICE_PREFIX": str(tmp_path / "nvidia"),
+            "RGT_REAP_MIN_AGE": "0",
+        }
+        done = subprocess.run(
+            ["bash", str(script)], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        log = (_state(box, runpod.overrides["data_dir"]) / "run_one.log").read_text()
+        assert f"reap: ORPHAN pid {orphan}" in log and f"reap: ended pid {orphan}" in log
+        assert log.index("reap: ended pid") < log.index("gpu_health:")
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{orphan}").exists() and "Z" not in _proc_state(orphan):
+            assert time.monotonic() < deadline, "the orphan survived the hook's reaper"
+            time.sleep(0.1)
+    finally:
+        if Path(f"/proc/{orphan}").exists():
+            os.kill(orphan, signal.SIGKILL)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
