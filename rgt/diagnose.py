@@ -62,6 +62,8 @@ _NAN = re.compile(
     r"(?i)\b(?:loss|grad(?:ient)?s?(?:_norm)?|norm)\b[^\n]{0,40}?[=:\s]\s*[-+]?(?:nan|inf)\b"
     r"|returned nan values|\bnon-finite (?:loss|values?)\b|\bloss is (?:nan|inf)\b"
 )
+# A problem line of the boot hook's health check: "health: <what> (<reference id>)".
+_HEALTH_LINE = re.compile(r"^health: .*[(; ]((?:UNIV|TRAIN-[A-Z]+)\d+)\)$")
 _KILLED_LINE = re.compile(r"^\s*(?:Killed|.*: line \d+: *\d+ Killed\b.*)\s*$")
 
 
@@ -81,7 +83,12 @@ class Diagnosis:
 
 def diagnose(lines: Sequence[str], exit_code: int | None = None) -> Diagnosis | None:
     """The reference for a log tail (oldest line first) and the job's exit code; None when
-    nothing known matches."""
+    nothing known matches. A failed box health check (`health: ... (UNIV10)`, the boot hook's
+    scripts/_gpu_health.sh.j2) names its own reference, and it wins: the job never ran."""
+    for line in lines:
+        health = _HEALTH_LINE.search(line)
+        if health:
+            return Diagnosis(health.group(1), f"the box failed its health check: {_short(line)}")
     for reference, meaning, pattern in _LOG_PATTERNS:
         for line in reversed(lines):
             if pattern.search(line):

@@ -21,7 +21,7 @@ import errno
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rgt.nextstep import Step
+    from rgt.nextstep import Steps
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -37,10 +37,11 @@ class RgtError(Exception):
     exit_code: int = EXIT_USAGE
 
     def __init__(
-        self, message: str, *, exit_code: int | None = None, step: Step | None = None
+        self, message: str, *, exit_code: int | None = None, step: Steps | None = None
     ) -> None:
-        # `step`: the next step the message names at its `{next}` (rgt.nextstep): the CLI
-        # shows it as a command, the MCP server as a tool call (`for_tool`).
+        # `step`: the next step the message names at its `{next}` (or the steps it names at
+        # `{<name>}`, rgt.nextstep): the CLI shows each as a command, the MCP server as a tool
+        # call (`for_tool`).
         if step is not None:
             from rgt.nextstep import render
 

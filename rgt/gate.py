@@ -44,9 +44,15 @@ from typing import Any
 from rgt.errors import ProviderError, Refused
 from rgt.ledger import ApprovalRecord, Ledger, PullRecord, VerificationRecord, row_sha256
 from rgt.locks import instance_lock
-from rgt.nextstep import Step, render
+from rgt.nextstep import Step, Steps, render
 from rgt.providers.base import Provider
-from rgt.pull import MANIFEST_NAME, manifest_remote_path, reach_remedy, still_bills_note
+from rgt.pull import (
+    MANIFEST_NAME,
+    manifest_remote_path,
+    reach_remedy,
+    remedy_steps,
+    still_bills_note,
+)
 
 # The instance must read "gone" within this long after the destroy request.
 CONFIRM_SECONDS = 120.0
@@ -64,7 +70,7 @@ class Missing:
 
     code: str
     template: str
-    step: Step | None = None
+    step: Steps | None = None
 
     @property
     def message(self) -> str:
@@ -174,6 +180,7 @@ def _collect(
                 f"instance {instance_id} is {instance.state}: the gate must re-read the manifest "
                 f"on the box and cannot while it is not running. {reach_remedy(instance.state)}, "
                 f"then pull → verify → approve → destroy; {still_bills_note(instance, profile)}",
+                remedy_steps(instance_id),
             )
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ class JobRequest:
     env: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
     durable: DurableTarget | None = None
+    # The boot hook's health check (schema `health`), every key present: defaults filled in.
+    health: Mapping[str, Any] = field(default_factory=lambda: health_settings({}))
     source: str = "<job>"
 
     @property
@@ -134,6 +137,7 @@ class JobRequest:
             env=dict(data.get("env", {})),
             files=dict(data.get("files", {})),
             durable=durable,
+            health=health_settings(data.get("health", {})),
             source=source,
         )
 
@@ -154,6 +158,7 @@ class JobRequest:
             "env": dict(self.env),
             "files": dict(self.files),
             **({"durable": self.durable.as_data()} if self.durable is not None else {}),
+            "health": dict(self.health),
         }
 
 
@@ -178,6 +183,20 @@ def _check_bucket_credentials(
                 )
             ]
         )
+
+
+def health_settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's `health` settings with the schema's defaults for the keys it leaves out (the
+    schema is the one place the defaults are written)."""
+    return {key: given.get(key, default) for key, default in _health_defaults().items()}
+
+
+@cache
+def _health_defaults() -> dict[str, Any]:
+    from rgt.yamlsource import load_schema
+
+    properties = load_schema(JOB_SCHEMA)["properties"]["health"]["properties"]
+    return {key: spec["default"] for key, spec in properties.items()}
 
 
 def example_job_path() -> Path:

@@ -8,7 +8,8 @@ the newest checkpoint seen, and the outcome:
     running      the job runs (or the hook prepares it); the heartbeat says the hook is alive
     succeeded    the job exited 0 and the manifest was written (`manifest: true`)
     failed       the job (or the hook's set-up, or the manifest builder) exited non-zero:
-                 `exit_code` and the last lines of output in `log_tail`
+                 `exit_code` and the last lines of output in `log_tail`; or the box failed the
+                 health check before the job started: `reason` says `health: ...`
     interrupted  the hook got SIGTERM/SIGINT (a preemption's grace, a scheduler's stop)
 
 A record that still says `running` with a heartbeat older than 3 heartbeats + 60 s is stale: the
@@ -39,6 +40,9 @@ LOG_TAIL_LINES = 20
 # and for the clock difference between the box and this machine.
 STALE_SLACK_SECONDS = 60
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# How the boot hook's health check (scripts/_gpu_health.sh.j2) starts a problem line, and so the
+# reason of an attempt that failed it.
+HEALTH_PREFIX = "health: "
 # The job schema's run_id pattern: the run id becomes a path component on the box.
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -58,6 +62,12 @@ class JobStatus(NamedTuple):
     exit_code: int | None
     log_tail: list[str]
     manifest: bool
+    # Why a failed attempt failed, when the hook knows (`health: ...`); None otherwise.
+    reason: str | None = None
+
+    def failed_health_check(self) -> bool:
+        """True when the attempt failed the box health check before the job started."""
+        return self.outcome == "failed" and (self.reason or "").startswith(HEALTH_PREFIX)
 
     def heartbeat_age(self, now: float) -> float:
         """Seconds between the record's last heartbeat and `now` (epoch seconds)."""
@@ -141,6 +151,7 @@ def parse_status(data: bytes) -> JobStatus:
         exit_code=_field(record, "exit_code", int, optional=True),
         log_tail=list(tail),
         manifest=_field(record, "manifest", bool),
+        reason=_field(record, "reason", str, optional=True) if "reason" in record else None,
     )
 
 

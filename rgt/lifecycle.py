@@ -653,6 +653,9 @@ class JobReport:
     # The reference entry the log tail or exit code points at (rgt.diagnose), e.g.
     # "TRAIN-OOM3 (references/train-oom.md): exit code 137 (...)"; None when nothing matched.
     reference: str | None = None
+    # Why a failed attempt failed when the hook said (`health: ...`: the box failed its health
+    # check before the job started); None otherwise.
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -667,7 +670,8 @@ class PollReport:
     keeps_billing: list[str]
     hourly_cost: float | None
     cost_so_far: float | None
-    cost_basis: str
+    # How cost_so_far is estimated; None: as the previous poll of this MCP session said.
+    cost_basis: str | None
     status_msg: str | None = None
     state_since: float | None = None
     run_id: str | None = None
@@ -947,7 +951,11 @@ def job_report(
     redactor = Redactor()  # credential-shaped text a job printed stays out of reports
     step = _checkpoint_step(status.last_checkpoint)
     tail = [redactor.text(line) for line in status.log_tail]
-    diagnosis = diagnose(tail, status.exit_code)
+    reason = redactor.text(status.reason) if status.reason else None
+    # A failed health check names its reference itself; else the log tail and exit code do.
+    diagnosis = diagnose(
+        [reason] if status.failed_health_check() and reason else tail, status.exit_code
+    )
     common: dict[str, Any] = {
         "attempt": status.attempt,
         "exit_code": status.exit_code,
@@ -956,6 +964,7 @@ def job_report(
         "heartbeat_age_seconds": round(max(0.0, status.heartbeat_age(now)), 1),
         "log_tail": tail,
         "reference": diagnosis.text() if diagnosis is not None else None,
+        "reason": reason,
     }
     where = f"attempt {status.attempt}"
     if status.last_checkpoint:
@@ -978,9 +987,12 @@ def job_report(
     if status.outcome == "interrupted":
         return JobReport("interrupted", f"interrupted by SIGTERM/SIGINT ({where})", **common)
     logs_dir, logs_error = _pull_job_logs(instance.id, run_id, data, provider, profile)
+    summary = f"failed (exit {status.exit_code}) on attempt {status.attempt}"
+    if status.failed_health_check():
+        summary = f"failed the box health check on attempt {status.attempt}: {reason}"
     return JobReport(
         "failed",
-        f"failed (exit {status.exit_code}) on attempt {status.attempt}",
+        summary,
         **common,
         logs_dir=logs_dir,
         logs_error=logs_error,
@@ -1061,6 +1073,7 @@ def _job_next_action(
     profile: Profile,
     for_tool: bool,
 ) -> str | None:
+    from rgt.jobstatus import HEALTH_PREFIX
     from rgt.nextstep import Step
 
     def say(step: Step) -> str:
@@ -1080,6 +1093,15 @@ def _job_next_action(
             f"the job succeeded and its manifest is on the box: {say(copy)} → "
             f"{say(Step.of('verify', local_dir=local))} → "
             f"{say(Step.of(meter_stop, instance_id=instance_id))} (through the gate); {billing}"
+        )
+    if job.state == "failed" and (job.reason or "").startswith(HEALTH_PREFIX):
+        return (
+            f"the BOX failed its health check before the job started ({job.reason}): the host "
+            "is bad, not your job, and retrying on it will not help. Leave it now: "
+            f"`{say(Step.of('discard', instance_id=instance_id, reason='failed-job'))}` ends it "
+            "(a human approves; nothing was computed, so nothing is lost), then launch the same "
+            "job on another offer. The box still bills "
+            f"{', '.join(bills) or 'nothing'} until then"
         )
     if job.state == "failed":
         if job.logs_dir:
@@ -1226,7 +1248,7 @@ def start(
     started (starting cannot help it): a UsageError says what can. `for_tool`: next steps as
     MCP tool calls, else as rgt commands."""
     from rgt.nextstep import Step
-    from rgt.pull import reach_remedy
+    from rgt.pull import reach_remedy, remedy_steps
 
     def say(step: Step) -> str:
         return step.call() if for_tool else step.cli()
@@ -1237,7 +1259,8 @@ def start(
         raise UsageError(f"instance {instance_id} is gone (destroyed): there is nothing to start")
     if instance.state in ("offline", "paused", "scheduling"):
         raise UsageError(
-            f"instance {instance_id} is {instance.state}: {reach_remedy(instance.state)}"
+            f"instance {instance_id} is {instance.state}: {reach_remedy(instance.state)}",
+            step=remedy_steps(instance_id),
         )
     already = instance.state in ("running", "loading", "provisioning")
     if not already:

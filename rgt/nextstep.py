@@ -4,12 +4,14 @@ A refusal or a report knows what to do next and with what: the instance id, the 
 root from the ledger, the directory an earlier pull wrote. It states that once, as a `Step`;
 the CLI prints it as the command a human types (`rgt pull 42 /workspace/results DIR`), the MCP
 server as the tool call an agent makes (`copy(instance_id="42", remote_root=...)`). A message
-that names a step holds the placeholder `{next}` where the rendering goes.
+that names a step holds the placeholder `{next}` where the rendering goes (or, naming several,
+one `{<name>}` per step of a mapping).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +66,19 @@ class Step:
         return " ".join(words)
 
 
-def render(template: str, step: Step | None, *, tool: bool = False) -> str:
-    """`template` with its `{next}` placeholder replaced by the step's rendering."""
-    if step is None or NEXT not in template:
+# What a message may name: one step at `{next}`, or several, each at `{<name>}` (a remedy that
+# says "wait (`{poll}`)" or "start it (`{start}`)" names two).
+Steps = Step | Mapping[str, Step]
+
+
+def render(template: str, step: Steps | None, *, tool: bool = False) -> str:
+    """`template` with its `{next}` placeholder replaced by the step's rendering; with a mapping
+    of steps, each `{<name>}` by the step of that name."""
+    if step is None:
         return template
-    return template.replace(NEXT, step.call() if tool else step.cli())
+    named = {"next": step} if isinstance(step, Step) else step
+    for name, each in named.items():
+        placeholder = "{" + name + "}"
+        if placeholder in template:
+            template = template.replace(placeholder, each.call() if tool else each.cli())
+    return template

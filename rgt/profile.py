@@ -171,6 +171,18 @@ class Profile:
         return int(value)
 
     @property
+    def box_helpers(self) -> list[str]:
+        """The on-box helpers the boot hook runs on this platform (gpu_health, mem_monitor,
+        reap_gpu_zombies): `overrides.box_helpers`, else the profile schema's default."""
+        value = self.overrides.get("box_helpers")
+        if value is None:
+            from rgt.yamlsource import load_schema
+
+            overrides = load_schema(PROFILE_SCHEMA)["$defs"]["overrides"]["properties"]
+            value = overrides["box_helpers"]["default"]
+        return [str(name) for name in value]
+
+    @property
     def instance_id_env(self) -> str | None:
         """Env var holding the instance id on the box (vast.ai: CONTAINER_ID)."""
         value = self.frontmatter["instance_id_env"]

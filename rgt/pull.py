@@ -75,10 +75,11 @@ def manifest_remote_path(remote_root: str) -> str:
 
 def still_bills_note(instance: Instance, profile: Any | None) -> str:
     """What a not-running instance keeps billing, from the profile (never hard-coded), with the
-    estimated storage $/hour when the provider reported disk size and storage price."""
+    estimated storage $/hour when the provider reported disk size and storage price. May name
+    `{sweep}`: render it with remedy_steps (rgt.nextstep)."""
     bills = list(getattr(profile, "stop_still_bills", None) or [])
     if not bills:
-        return "check what it still bills with `rgt sweep`"
+        return "check what it still bills with `{sweep}`"
     from rgt.sweep import storage_hourly
 
     hourly = storage_hourly(instance)
@@ -95,7 +96,8 @@ def still_bills_note(instance: Instance, profile: Any | None) -> str:
 
 
 def unreachable_message(instance: Instance, profile: Any | None) -> str:
-    """Why a box in a non-running state cannot be copied from, and what to do (with the cost)."""
+    """Why a box in a non-running state cannot be copied from, and what to do (with the cost);
+    names steps: render it with remedy_steps(instance.id)."""
     return (
         f"instance {instance.id} is {instance.state}: its disk cannot be copied while it is not "
         f"running. {reach_remedy(instance.state)}, then copy → verify → destroy; "
@@ -105,18 +107,25 @@ def unreachable_message(instance: Instance, profile: Any | None) -> str:
 
 def reach_remedy(state: str) -> str:
     """What makes a box in `state` reachable again. Starting helps only a stopped box; the
-    others wait for the platform, not for the user."""
+    others wait for the platform, not for the user. Names `{poll}` or `{start}`: render it with
+    remedy_steps (the CLI shows commands, MCP tool calls)."""
     return {
-        "offline": "Its host stopped answering: wait for it to come back (`rgt poll`); "
+        "offline": "Its host stopped answering: wait for it to come back (`{poll}`); "
         "starting does not help",
-        "paused": "It was outbid (interruptible): it runs again when its bid wins; wait "
-        "(`rgt poll`)",
-        "scheduling": "It waits for its GPU to be free: wait (`rgt poll`)",
-    }.get(
-        state,
-        "Start it (`rgt start INSTANCE`, the MCP start tool, or `rgt pull ... --start`; it bills "
-        "compute again)",
-    )
+        "paused": "It was outbid (interruptible): it runs again when its bid wins; wait (`{poll}`)",
+        "scheduling": "It waits for its GPU to be free: wait (`{poll}`)",
+    }.get(state, "Start it (`{start}`; it bills compute again)")
+
+
+def remedy_steps(instance_id: str) -> dict[str, Any]:
+    """The steps reach_remedy and still_bills_note name, for `instance_id` (rgt.nextstep)."""
+    from rgt.nextstep import Step
+
+    return {
+        "poll": Step.of("poll", instance_id=instance_id),
+        "start": Step.of("start", instance_id=instance_id),
+        "sweep": Step.of("sweep"),
+    }
 
 
 def _raise_if_job_unfinished(
@@ -257,7 +266,7 @@ def ensure_reachable(
         else:
             provider.start(instance_id)
     elif instance.state in UNREACHABLE_STATES:
-        raise ProviderError(unreachable_message(instance, profile))
+        raise ProviderError(unreachable_message(instance, profile), step=remedy_steps(instance.id))
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         instance = provider.show(instance_id)
@@ -268,7 +277,8 @@ def ensure_reachable(
         time.sleep(poll_seconds)
     raise ProviderError(
         f"instance {instance_id} is still {instance.state} after {wait_seconds:.0f} s; "
-        + unreachable_message(instance, profile)
+        + unreachable_message(instance, profile),
+        step=remedy_steps(instance.id),
     )
 
 

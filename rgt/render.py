@@ -147,10 +147,46 @@ def _finalize(value: Any) -> Any:
     )
 
 
-def _environment() -> Any:
+# A template-source line that is only a shell comment (not `#!`, not a shellcheck directive, not
+# the end of a Jinja comment, no Jinja tag in it), and a static here-document's first line.
+_COMMENT_LINE = re.compile(r"^[ \t]*#(?![!}])(?! shellcheck )(?!.*\{[%#]).*$")
+_HEREDOC_START = re.compile(r"(?<!<)<<-?[ \t]*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1(?!<)")
+
+
+def drop_comment_lines(source: str) -> str:
+    """`source` (a template) without its whole-line shell comments; the text of static
+    here-documents is kept as it is (their `#` lines are data). Interpolated values are not in
+    the source, so a job's files and command are never touched.
+
+    The packed boot hook uses this: nobody reads it as text (the template is the documented
+    source), and a comment there costs bytes under the platform's size limit."""
+    kept: list[str] = []
+    until: str | None = None
+    for line in source.splitlines(keepends=True):
+        if until is not None:
+            kept.append(line)
+            if line.strip() == until:
+                until = None
+            continue
+        if _COMMENT_LINE.match(line.rstrip("\n")):
+            continue
+        kept.append(line)
+        heredoc = _HEREDOC_START.search(line)
+        if heredoc and "{{" not in line:
+            until = heredoc.group(2)
+    return "".join(kept)
+
+
+def _environment(*, drop_comments: bool = False) -> Any:
     import jinja2
+    import jinja2.ext
+
+    class _DropComments(jinja2.ext.Extension):
+        def preprocess(self, source: str, name: str | None, filename: str | None = None) -> str:
+            return drop_comment_lines(source)
 
     env = jinja2.Environment(
+        extensions=[_DropComments] if drop_comments else [],
         loader=jinja2.FileSystemLoader(str(bundle_path("scripts"))),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -196,11 +232,13 @@ def template_names(profile: Profile | None = None) -> list[str]:
 
 
 def manifest_source() -> str:
-    """rgt/manifest.py (stdlib-only) as the boot hook ships it to the box: the same code through
-    an ast round trip, without docstrings and comments. vast.ai gives the whole boot hook 16 KB
-    (compressed), and the builder's documentation is most of its size."""
-    import ast
+    """rgt/manifest.py (stdlib-only) as the boot hook ships it to the box: the code its command
+    line runs, without docstrings, comments, annotations or the definitions only other rgt code
+    uses (rgt/boxcode.py). vast.ai gives the whole boot hook 16 KB (compressed), and the
+    builder is most of it."""
     import importlib.util
+
+    from rgt.boxcode import box_source
 
     spec = importlib.util.find_spec("rgt.manifest")
     if spec is None or spec.origin is None:
@@ -209,23 +247,21 @@ def manifest_source() -> str:
         )
     source = Path(spec.origin).read_text(encoding="utf-8")
     try:
-        tree = ast.parse(source, filename=spec.origin)
+        shipped = box_source(source, filename=spec.origin)
     except SyntaxError as exc:
         raise UsageError(f"{spec.origin}:{exc.lineno}: cannot parse the manifest builder") from None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            first = node.body[0] if node.body else None
-            docstring = (
-                isinstance(first, ast.Expr)
-                and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)
-            )
-            if docstring:
-                node.body = node.body[1:] or [ast.Pass()]
     return (
-        f"# rgt {__version__}: rgt/manifest.py without docstrings and comments, shipped in the "
-        "boot hook.\n" + ast.unparse(tree) + "\n"
+        f"# rgt {__version__}: rgt/manifest.py's command line as the boot hook ships it "
+        "(rgt/boxcode.py)\n" + shipped
     )
+
+
+def image_cuda(image: str) -> str:
+    """The CUDA version an image's tag names (`...:2.4.0-cuda12.4-cudnn9-runtime` -> `12.4`),
+    '' when it names none; the health check compares it with the host driver's."""
+    tag = image.rsplit("/", 1)[-1].partition(":")[2]
+    found = re.search(r"cuda[-_]?(\d+\.\d+)", tag, re.IGNORECASE)
+    return found.group(1) if found else ""
 
 
 def _check_layout(profile: Profile, job: JobRequest) -> None:
@@ -264,6 +300,7 @@ def build_context(
                 "detach": overrides["detach"],
                 "python": overrides.get("python", "python3"),
                 "status_heartbeat_seconds": profile.status_heartbeat_seconds,
+                "box_helpers": profile.box_helpers,
                 "ssh_user": overrides.get("ssh_user", ""),  # none: ssh config decides
                 "env": dict(overrides.get("env", {})),
             },
@@ -271,6 +308,7 @@ def build_context(
         "job": job.as_dict(),
         "env": {**dict(overrides.get("env", {})), **dict(job.env)},
         "has_provider": profile.has_provider,
+        "image_cuda": image_cuda(job.image),
     }
     if template in JOB_TEMPLATES:
         context["manifest_source"] = manifest_source()
@@ -336,15 +374,8 @@ def render_template(
         known = ", ".join(template_names(profile))
         raise UsageError(f"unknown template {template!r}; templates: {known}")
     _check_layout(profile, job)
-    import jinja2
-
-    env = _environment()
-    try:
-        text = env.get_template(files[template]).render(
-            build_context(profile, job, template, extra)
-        )
-    except jinja2.UndefinedError as exc:
-        raise UsageError(f"template {files[template]}: {exc.message}") from None
+    context = build_context(profile, job, template, extra)
+    text = _render_text(files[template], context)
     if files[template].endswith(".yaml.j2"):
         check_manifest(text, source=files[template])
         return Rendered(template, text, text)
@@ -353,6 +384,9 @@ def render_template(
     size = len(text.encode())
     if limit is None or size <= limit:
         return Rendered(template, text, text, notes=notes)
+    # Packed, the boot hook is not read as text: it goes without the templates' shell comments.
+    text = _render_text(files[template], context, drop_comments=True)
+    size = len(text.encode())
     wrapper = self_extracting(text, profile, job)
     packed = len(wrapper.encode())
     if packed > limit:
@@ -366,6 +400,17 @@ def render_template(
         f"gzip+base64 self-extracting form ({packed} bytes)"
     )
     return Rendered(template, wrapper, text, compressed=True, notes=notes)
+
+
+def _render_text(file: str, context: dict[str, Any], *, drop_comments: bool = False) -> str:
+    """Template `file` rendered with `context` (a missing value is a UsageError naming it)."""
+    import jinja2
+
+    env = _environment(drop_comments=drop_comments)
+    try:
+        return str(env.get_template(file).render(context))
+    except jinja2.UndefinedError as exc:
+        raise UsageError(f"template {file}: {exc.message}") from None
 
 
 def _profiles_with(primitive: str) -> str:

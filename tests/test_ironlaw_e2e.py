@@ -128,13 +128,15 @@ def test_stopped_box_start_copy_verify_destroy(rental: Rental) -> None:
     message = rental.refused("box-unreachable")
     assert "is not a meter stop" in message
     assert all(item in message for item in vast_profile().stop_still_bills)
-    # A plain pull cannot copy from it and offers start -> copy -> verify -> destroy.
+    # A plain pull cannot copy from it and offers start -> copy -> verify -> destroy (the start
+    # as the command a terminal user types; an MCP agent is told the start tool: test_start.py).
     pulled = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local))
     assert pulled.returncode == 3, pulled.stderr
-    assert "--start" in pulled.stderr and "copy → verify → destroy" in pulled.stderr
+    assert f"Start it (`rgt start {rental.id}`" in pulled.stderr
+    assert "copy → verify → destroy" in pulled.stderr
     assert "is not a meter stop" in pulled.stderr and "still bills disk" in pulled.stderr
     rental.assert_alive()
-    # The offered path works end to end.
+    # The offered path works end to end (pull --start is `rgt start` then the pull).
     started = rgt("pull", rental.id, REMOTE_ROOT, str(rental.local), "--start")
     assert started.returncode == 0, started.stderr
     # --start is `rgt start`'s own path: the start is in the ledger (cost estimates use it).

@@ -59,12 +59,18 @@ class Checked:
         self.session = session
         self.schemas = schemas
         self.sizes: dict[str, int] = {}
+        # (instance id, bytes, cost basis) of each poll result
+        self.polls: list[tuple[str, int, str | None]] = []
 
-    async def __call__(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-        data = await self.session.data(name, arguments)
+    async def __call__(
+        self, name: str, arguments: dict[str, Any], **options: Any
+    ) -> dict[str, Any]:
+        data = await self.session.data(name, arguments, **options)
         jsonschema.validate(data, self.schemas[name])
         size = len(json.dumps(data, separators=(",", ":")))
         self.sizes[name] = max(size, self.sizes.get(name, 0))
+        if name == "poll":
+            self.polls.append((str(arguments["instance_id"]), size, data["cost_basis"]))
         text = json.dumps(data)
         assert "`rgt " not in text and "rgt pull" not in text, (name, text)
         return data
@@ -125,6 +131,15 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
         slow = first["instance_id"]
         assert set(profile["danger_clocks"]) <= set(first["warnings"]), "first launch: clocks"
         running = await wait_for_job(call, slow)
+        # The cost basis is told once per instance (and again only when it changes): a
+        # polling loop is not sent the same sentence again.
+        again = await call("poll", {"instance_id": slow})
+        assert again["cost_basis"] is None and again["cost_so_far"] is not None
+        told = [basis for instance, _, basis in call.polls if instance == slow and basis]
+        assert len(told) == 1 and call.polls[0][2] == told[0], call.polls
+        size = call.polls[-1][1]
+        with_basis = size + len(json.dumps(told[0])) - len("null")
+        print(f"repeated poll: {size} bytes, {with_basis} when it repeated the cost basis")
         began = time.monotonic()
         early = await session.call("copy", copy_arguments(slow, tmp_path / "early"))
         # A figure for the record, not a threshold: was 6.6 s and a raw `cat:` error.
@@ -158,8 +173,23 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
             f'local_dir="{local.resolve()}")'
         ), bad["next"]
         metrics.write_bytes(original)
-        good = await call("verify", {"local_dir": str(local), "instance_id": done})
+        # With a progress callback (the client's progress token), verify reports the bytes it
+        # hashed; the verify above, without one, sent none and still worked.
+        notes: list[tuple[float, float | None, str | None]] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            notes.append((progress, total, message))
+
+        good = await call(
+            "verify",
+            {"local_dir": str(local), "instance_id": done},
+            progress_callback=on_progress,
+        )
         assert good["ok"] is True and good["next"] == f'destroy(instance_id="{done}")'
+        hashed = float(good["totals"]["bytes"])
+        assert notes and notes[-1][:2] == (hashed, hashed), notes
+        assert all(str(message).startswith(f"verify {local}: ") for _, _, message in notes)
+        assert [done for done, _, _ in notes] == sorted(done for done, _, _ in notes)
 
         await call("cost", {})
         await call("sweep", {})

@@ -297,7 +297,7 @@ def test_a_local_dir_that_cannot_hold_the_copy_is_a_usage_error(
 
 @pytest.mark.parametrize(
     ("state", "remedy"),
-    [("offline", "wait for it to come back"), ("paused", "outbid"), ("stopped", "--start")],
+    [("offline", "wait for it to come back"), ("paused", "outbid"), ("stopped", "Start it")],
 )
 def test_an_unreachable_box_is_told_the_remedy_of_its_state(
     tmp_path: Path, state: str, remedy: str
@@ -309,7 +309,10 @@ def test_an_unreachable_box_is_told_the_remedy_of_its_state(
         pull_instance("1001", REMOTE_ROOT, tmp_path / "l", provider=provider, ledger=ledger)
     message = str(caught.value)
     assert f"is {state}" in message and remedy in message
-    assert ("--start" in message) == (state == "stopped")
+    # In the terms of the reader: commands on the CLI, tool calls for an agent (test_start.py).
+    assert ("`rgt start 1001`" in message) == (state == "stopped")
+    assert ("`rgt poll 1001`" in message) == (state != "stopped")
+    assert "start(instance_id=" not in message and "{" not in message
 
 
 def test_a_folder_of_the_users_is_refused_and_left_exactly_as_it_was(tmp_path: Path) -> None:

@@ -534,12 +534,13 @@ def _python38() -> str | None:
     return None
 
 
-@pytest.mark.timeout(60)
-def test_shipped_manifest_builder_is_the_same_code_without_its_documentation(
+@pytest.mark.timeout(120)
+def test_shipped_manifest_builder_is_the_command_line_code_without_its_documentation(
     tmp_path: Path,
 ) -> None:
     import ast
 
+    from rgt.boxcode import strip_annotations, strip_docstrings, strip_help_texts
     from rgt.render import manifest_source
 
     full = Path(__file__).parents[1] / "rgt" / "manifest.py"
@@ -547,44 +548,123 @@ def test_shipped_manifest_builder_is_the_same_code_without_its_documentation(
     assert len(shipped) < 0.9 * len(full.read_text())
     tree = ast.parse(shipped)
     assert ast.get_docstring(tree) is None
-    # The round trip changed nothing but documentation: the original without its docstrings
-    # parses to exactly the shipped statements.
+    # Each shipped statement is the original's, without docstrings, annotations and help
+    # texts, in the original's order; what is left behind is only what other rgt code imports.
     original = ast.parse(full.read_text())
-    for node in ast.walk(original):
-        documented = ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
-        if isinstance(node, documented) and ast.get_docstring(node, clean=False) is not None:
-            node.body = node.body[1:] or [ast.Pass()]
-    assert ast.dump(original) == ast.dump(tree)
+    strip_docstrings(original)
+    strip_annotations(original)
+    strip_help_texts(original)
+    originals = {ast.dump(node): index for index, node in enumerate(original.body)}
+    positions = [originals.get(ast.dump(node)) for node in tree.body]
+    assert None not in positions and positions == sorted(positions)
+    defined = {getattr(node, "name", None) for node in tree.body}
+    assert {"main", "fork_map", "_list_and_hash_forked", "_rows_leaving_big"} <= defined
+    left = {getattr(node, "name", None) for node in original.body} - defined
+    assert left == {"build_manifest", "write_manifest", "path_problem"}
+    assert "argparse" in shipped and "help=" not in shipped and "->" not in shipped
 
-    results = tmp_path / "results"
-    for relative, content in {"cell-a/m.json": b"{}", "cell-b/x/w.bin": os.urandom(3000)}.items():
-        (results / relative).parent.mkdir(parents=True, exist_ok=True)
-        (results / relative).write_bytes(content)
-    roster = tmp_path / "roster.txt"
-    roster.write_text("cell-a\ncell-b\n")
     script = tmp_path / "manifest.py"
     script.write_text(shipped)
-    runs = {"full": (sys.executable, full), "shipped": (sys.executable, script)}
+    pythons = {"shipped": sys.executable}
     old = _python38()
     if old:
-        runs["shipped-py38"] = (old, script)
-    documents = {}
-    for label, (python, source) in runs.items():
-        out = tmp_path / f"{label}.json"
-        args = [str(results), "--run-id", "r", "--roster", str(roster), "--instance-id", "7"]
-        done = subprocess.run(
-            [python, str(source), *args, "--output", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, (label, done.stderr)
-        document = json.loads(out.read_text())
-        document.pop("created_at")
-        document["builder"].pop("python")
-        documents[label] = document
-    assert all(doc == documents["full"] for doc in documents.values()), documents
-    assert documents["full"]["totals"] == {"bytes": 3002, "files": 2}
+        pythons["shipped-py38"] = old
+    # Every way the builder hashes, each run by the shipped text and compared with rgt.manifest's
+    # result in this process: threads; forked workers that list and hash whole roster
+    # directories (roster >= 2 x workers), with a big file they leave to the parent's threads;
+    # forked workers over one listing (>= PROCESS_MIN_FILES small files in one directory).
+    from rgt import manifest
+
+    trees: dict[str, dict[str, bytes]] = {
+        "threads": {"cell-a/m.json": b"{}", "cell-b/x/w.bin": os.urandom(3000)},
+        "forked-dirs": {
+            **{f"cell-{c}/f{i}.txt": f"{c}{i}".encode() for c in "abcd" for i in range(30)},
+            "cell-c/big.bin": os.urandom(manifest.BIG_FILE + 1),
+        },
+        "forked-listing": {
+            f"cell-a/d{i % 7}/f{i}.txt": str(i).encode() for i in range(manifest.PROCESS_MIN_FILES)
+        },
+    }
+    for shape, files in trees.items():
+        results = tmp_path / shape
+        for relative, content in files.items():
+            (results / relative).parent.mkdir(parents=True, exist_ok=True)
+            (results / relative).write_bytes(content)
+        roster = sorted({relative.split("/")[0] for relative in files})
+        roster_file = tmp_path / f"{shape}.roster"
+        roster_file.write_text("".join(f"{name}\n" for name in roster))
+        expected = tmp_path / f"{shape}.expected.json"
+        manifest.write_manifest(results, "r", roster, "7", output=str(expected), workers=2)
+        want = _comparable(expected)
+        assert want["totals"]["files"] == len(files)
+        for label, python in pythons.items():
+            out = tmp_path / f"{shape}.{label}.json"
+            args = ["--run-id", "r", "--roster", str(roster_file), "--instance-id", "7"]
+            done = subprocess.run(
+                [python, str(script), str(results), *args, "--workers", "2", "--output", str(out)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, (shape, label, done.stderr)
+            assert _comparable(out) == want, (shape, label)
+    # A refusal reads the same: one line per problem, exit 1, nothing written.
+    (tmp_path / "threads" / "cell-a" / "link").symlink_to("m.json")
+    roster_file = tmp_path / "threads.roster"
+    args = ["--run-id", "r", "--roster", str(roster_file), "--output", str(tmp_path / "no.json")]
+    refused = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "threads"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "refused: cell-a/link" in refused.stderr
+    assert not (tmp_path / "no.json").exists()
+
+
+def _comparable(path: Path) -> dict[str, Any]:
+    """A manifest without what differs between two builds of the same tree."""
+    document = json.loads(path.read_text())
+    document.pop("created_at")
+    document["builder"].pop("python")
+    return dict(document)
+
+
+def test_the_example_boot_hook_fits_the_limit_packed_without_template_comments() -> None:
+    """The bundled example job's vast.ai boot hook fits the profile's limit, packed; the packed
+    form drops the templates' shell comments but no byte of a here-document, a job file or the
+    command (where a line starting with # is data)."""
+    import base64
+    import gzip
+    import shlex
+
+    from rgt.render import drop_comment_lines
+
+    vast = _profile("vastai")
+    limit = vast.onstart_limit_bytes
+    assert limit is not None
+    rendered = render_template(vast, "onstart", load_job())
+    assert rendered.compressed and len(rendered.text.encode()) <= limit
+    payload = re.search(r"printf '%s' '([A-Za-z0-9+/=]+)'", rendered.text)
+    assert payload
+    assert gzip.decompress(base64.b64decode(payload.group(1))).decode() == rendered.inner
+    shell_comments = [
+        line
+        for line in rendered.inner.split("RGT_STATUS_PY")[0].splitlines()
+        if line.lstrip().startswith("#") and not line.startswith(("#!", "# shellcheck"))
+    ]
+    assert shell_comments == []
+    assert "# shellcheck disable=SC2016" in rendered.inner  # directives stay
+
+    data = "#!/bin/sh\n# a comment that is the file's data\n  # indented, too\n"
+    command = "python3 - <<'EOF'\n# data of the command\nprint(1)\nEOF"
+    job = _job(files={"/workspace/job/data.sh": data}, command=command)
+    packed = render_template(vast, "onstart", job)
+    assert packed.compressed
+    assert data in packed.inner and shlex.quote(command) in packed.inner
+    # A static here-document in a template keeps its lines starting with #.
+    source = "# drop\ncat <<'X'\n# keep\nX\n  # drop too\n{# keep: jinja #}\n# {% if x %}\n"
+    assert drop_comment_lines(source) == "cat <<'X'\n# keep\nX\n{# keep: jinja #}\n# {% if x %}\n"
 
 
 def test_onstart_under_the_limit_is_plain_and_too_big_is_refused(tmp_path: Path) -> None:

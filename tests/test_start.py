@@ -37,12 +37,44 @@ async def test_mcp_stop_then_start_then_copy(emulator: Any, tmp_path: Path) -> N
         assert f'start(instance_id="{instance_id}")' in polled["next_action"]
         # copy cannot reach a stopped box, and says how to start it.
         refused = await session.call("copy", copy_arguments(instance_id, tmp_path / "a"))
-        assert refused.is_error and "start" in refused.content[0].text  # type: ignore[union-attr]
+        said = refused.content[0].text  # type: ignore[union-attr]
+        # In tool terms: the agent is told the tool call, never a command it cannot run.
+        assert refused.is_error and f'Start it (`start(instance_id="{instance_id}")`' in said
+        assert "`rgt " not in said
         started = await session.data("start", {"instance_id": instance_id, "wait_seconds": 60})
         assert started["state"] == "running" and started["started"] is True
         assert "bills compute again" in started["message"]
         copied = await session.data("copy", copy_arguments(instance_id, tmp_path / "b"))
         assert copied["files"] > 0
+
+
+@pytest.mark.anyio
+async def test_mcp_remedies_for_an_offline_box_are_tool_calls(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """An offline host: start, copy and destroy each say to wait with the poll TOOL (not `rgt
+    poll`), through the real MCP client; nothing is started or destroyed."""
+    async with connect(emulator, "auto") as session:
+        instance_id = await launch_and_finish(session, emulator, write_job(tmp_path, "offline"))
+        emulator.take_host_offline(instance_id)
+        deadline = time.monotonic() + 30
+        while (await session.data("poll", {"instance_id": instance_id}))["state"] != "offline":
+            assert time.monotonic() < deadline
+        poll_call = f'`poll(instance_id="{instance_id}")`'
+        start = await session.call("start", {"instance_id": instance_id})
+        copy = await session.call("copy", copy_arguments(instance_id, tmp_path / "a"))
+        for refused in (start, copy):
+            said = refused.content[0].text  # type: ignore[union-attr]
+            assert refused.is_error and "wait for it to come back" in said
+            assert poll_call in said and "`rgt " not in said and "{poll}" not in said
+        destroyed = await session.data("destroy", {"instance_id": instance_id})
+        assert destroyed["destroyed"] is False
+        unreachable = [m for m in destroyed["missing"] if m["code"] == "box-unreachable"]
+        assert unreachable and poll_call in unreachable[0]["message"]
+        assert "`rgt " not in unreachable[0]["message"]
+        emulator.bring_host_online(instance_id)
+        assert int(instance_id) in emulator.instance_ids()
+        assert emulator.request_count("DELETE") == 0
 
 
 def test_cli_start_refuses_what_starting_cannot_help(emulator: Any) -> None:
@@ -65,6 +97,7 @@ def test_cli_start_refuses_what_starting_cannot_help(emulator: Any) -> None:
     offline = _rgt("start", box.id)
     assert offline.returncode == 2, offline.stderr
     assert "offline: Its host stopped answering" in offline.stderr
+    assert f"(`rgt poll {box.id}`)" in offline.stderr  # the CLI's terms
     assert offline.stderr.count("\n") == 1
     emulator.bring_host_online(box.id)
     provider.stop(box.id)

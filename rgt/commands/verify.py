@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 ORDER = 90  # position in `rgt --help` (see rgt.cli.command_modules)
+# How --progress-lines starts a progress line on stderr (rgt.mcp_server reads them).
+PROGRESS_PREFIX = "rgt-progress: "
+PROGRESS_LINE_SECONDS = 0.25
 HELP = "check a pull against its manifest (roster, sizes, SHA-256) and that checkpoints load safely"
 
 
@@ -23,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, help="hashing workers, threads or processes (default: CPU count)"
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    parser.add_argument(
+        "--progress-lines",
+        action="store_true",
+        help=f"report progress as '{PROGRESS_PREFIX}DONE TOTAL' (bytes) lines on stderr, a few "
+        "a second and once at the end: for a program driving rgt (the MCP server's verify)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +50,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"LOCAL_DIR {args.local_dir}: not a directory; give the folder `rgt pull` copied into"
         )
+    import time
+
     bar = ProgressBar("verify")
+    last_line = [0.0]
 
     def progress(done: int, total: int) -> None:
         bar.update(done, total=total)
+        if args.progress_lines and (
+            done >= total or time.monotonic() - last_line[0] >= PROGRESS_LINE_SECONDS
+        ):
+            last_line[0] = time.monotonic()
+            print(f"{PROGRESS_PREFIX}{done} {total}", file=sys.stderr, flush=True)
 
     try:
         record = verify_pull(
@@ -69,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CHECK_FAILED
     bar.finish()
     totals = record["totals"]
+    if args.progress_lines:  # the end, also when hashing reported nothing (an empty pull)
+        print(f"{PROGRESS_PREFIX}{totals['bytes']} {totals['bytes']}", file=sys.stderr, flush=True)
     seconds = max(float(record.get("seconds", 0.0)), 1e-9)
     if args.json:
         print(json.dumps(summary(record), indent=2))

@@ -145,6 +145,8 @@ def demo_job(settings: DemoSettings, ckpt_every: int, data_dir: str) -> Any:
             "checkpoint_dir": f"{root}/{RESULT_DIR}/checkpoints",
             "checkpoint_glob": "step-*.ckpt",
             "env": {"PYTHONUNBUFFERED": "1"},
+            # The demo's job trains on the CPU: the emulator's boxes have no GPU.
+            "health": {"gpu_required": False},
         },
         source="<rgt demo job>",
     )

@@ -118,6 +118,9 @@ def _provider(platform: str, *, prompt: bool = False) -> Any:
 _PROFILES: dict[tuple[str, int], Any] = {}
 # Profiles whose danger clocks a launch of this server process (one client session) has told.
 _CLOCKS_TOLD: set[str] = set()
+# The cost basis poll last told per instance in this server process: a fixed sentence that an
+# agent polling in a loop would otherwise be sent again on every call.
+_BASIS_TOLD: dict[str, str] = {}
 
 
 def _profile(name: str) -> Any:
@@ -906,7 +909,9 @@ async def poll(
     """The instance and its job now: state, classification, the job's outcome from the status
     record on the box (running, succeeded, failed with exit code and last log lines, stale...),
     next action, cost so far. A failed job's logs are copied to the run's local dir first.
-    With wait_seconds, one call waits for the job instead of a polling loop."""
+    With wait_seconds, one call waits for the job instead of a polling loop. cost_basis (how the
+    cost is estimated) comes with the first poll of an instance and when it changes; null:
+    as last told."""
     from dataclasses import replace
 
     from rgt.errors import ProviderError
@@ -935,6 +940,10 @@ async def poll(
             if elapsed >= wait_seconds:
                 raise ToolError(found.message)
         elif is_done(found) or elapsed >= wait_seconds:
+            if _BASIS_TOLD.get(found.instance_id) == found.cost_basis:
+                found = replace(found, cost_basis=None)  # told already: unchanged
+            elif found.cost_basis is not None:
+                _BASIS_TOLD[found.instance_id] = found.cost_basis
             return replace(found, waited_seconds=round(elapsed, 1)) if wait_seconds else found
         else:
             job = found.job.summary if found.job is not None else found.classification
@@ -1027,26 +1036,52 @@ def _verify_next(local_dir: Path, ok: bool, instance_id: str | None) -> str:
     return f"do NOT destroy: {again.call()} (it resumes), then verify again"
 
 
-def _verify_in_subprocess(local_dir: str, instance_id: str | None) -> VerifyResult:
+def _verify_in_subprocess(
+    local_dir: str,
+    instance_id: str | None,
+    report: Callable[[int, int | None, str | None], None] | None = None,
+) -> VerifyResult:
     """`rgt verify --json` in a child process, as the CLI runs: its hashing forks worker
     processes (a worker thread of this server cannot) and loading checkpoints imports torch,
-    which stays out of the server's process."""
+    which stays out of the server's process. Its progress lines (--progress-lines) go to
+    `report` as they come."""
     import json
     import subprocess
     import sys
+    import threading
 
+    from rgt.commands.verify import PROGRESS_PREFIX
     from rgt.errors import UsageError
 
-    argv = [sys.executable, "-m", "rgt", "verify", "--json", local_dir]
+    argv = [sys.executable, "-m", "rgt", "verify", "--json", "--progress-lines", local_dir]
     if instance_id is not None:
         argv += ["--instance-id", instance_id]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    if done.returncode not in (0, 1) or not done.stdout.strip():
+    child = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8"
+    )
+    stdout_pipe, stderr_pipe = child.stdout, child.stderr
+    assert stdout_pipe is not None and stderr_pipe is not None
+    out: list[str] = []
+    # stdout is read beside stderr: a child blocked on a full pipe would never finish.
+    reader = threading.Thread(target=lambda: out.append(stdout_pipe.read()), daemon=True)
+    reader.start()
+    lines = []
+    for line in stderr_pipe:
+        if not line.startswith(PROGRESS_PREFIX):
+            if line.strip():
+                lines.append(line.rstrip("\n"))
+            continue
+        done, _, total = line[len(PROGRESS_PREFIX) :].strip().partition(" ")
+        if report is not None and done.isdigit() and total.isdigit():
+            report(int(done), int(total), None)
+    returncode = child.wait()
+    reader.join()
+    stdout = "".join(out)
+    if returncode not in (0, 1) or not stdout.strip():
         # A usage error (not a directory, no manifest...): its one line, without "rgt verify: ".
-        text = lines[-1] if lines else f"rgt verify exited with status {done.returncode}"
+        text = lines[-1] if lines else f"rgt verify exited with status {returncode}"
         raise UsageError(text.removeprefix("rgt verify: ").removeprefix("error: "))
-    data = json.loads(done.stdout)
+    data = json.loads(stdout)
     where = Path(local_dir).resolve()
     found = data.get("instance_id") or instance_id
     return VerifyResult(
@@ -1066,6 +1101,7 @@ def _verify_in_subprocess(local_dir: str, instance_id: str | None) -> VerifyResu
 
 async def verify(
     local_dir: Annotated[str, Field(description="the directory copy wrote into")],
+    ctx: Context,
     instance_id: Annotated[
         str | None, Field(description="refuse unless the manifest is of this instance")
     ] = None,
@@ -1073,10 +1109,12 @@ async def verify(
     """Verify a pull byte-for-byte against the manifest built on the box; records the
     verification in the ledger. A mismatch is a result with ok false and its problems (not an
     error). Checkpoints are loaded safely only: a pickle that needs a full unpickle is refused
-    here (a human decides that with `rgt verify --allow-pickle` on a terminal)."""
+    here (a human decides that with `rgt verify --allow-pickle` on a terminal). Sends progress
+    notifications (bytes hashed) when the client asked for progress."""
     if instance_id is not None:
         _check_instance_id(DEFAULT_PROFILE, instance_id)
-    return await _blocking(lambda: _verify_in_subprocess(local_dir, instance_id))
+    report = _progress_reporter(ctx, f"verify {local_dir}")
+    return await _blocking(lambda: _verify_in_subprocess(local_dir, instance_id, report))
 
 
 async def logs(
