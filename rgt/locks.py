@@ -92,3 +92,27 @@ def _held(path: Path, action: str) -> Iterator[tuple[str, str] | None]:
             yield None
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(run_id: str) -> Iterator[None]:
+    """Hold the lock of run `run_id` while supervising it (`rgt run`): one supervisor per run,
+    so two never rent for it at once. The kernel drops it when the supervisor dies (kill -9),
+    and the next `rgt run` of the run takes it over from the ledger.
+
+    Raises Refused (exit 4) naming the process that supervises the run now."""
+    path = _lock_file("run", str(run_id))
+    with _held(path, "supervisor") as holder:
+        if holder is not None:
+            raise Refused(
+                f"run {run_id}: another supervisor of it runs right now{holder[1]}; follow it "
+                f"with `rgt poll {run_id}`"
+            )
+        yield
+
+
+def run_supervised(run_id: str) -> bool:
+    """True when a live process holds the lock of run `run_id` (a supervisor runs it now)."""
+    path = _lock_file("run", str(run_id))
+    with _held(path, "look") as holder:
+        return holder is not None

@@ -41,6 +41,7 @@ import hashlib
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,8 +295,11 @@ def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
     }
 
 
-def render_template(profile: Profile, template: str, job: JobRequest) -> Rendered:
-    """Render one template; the boot hook is compressed when it exceeds the profile's limit."""
+def render_template(
+    profile: Profile, template: str, job: JobRequest, extra: Mapping[str, Any] | None = None
+) -> Rendered:
+    """Render one template; the boot hook is compressed when it exceeds the profile's limit.
+    `extra`: more context (a relaunch's seed, rgt.durable.seed_context), never a secret."""
     files = template_files()
     if template not in template_names(profile):
         if template in files and template in PRIMITIVE_TEMPLATES:
@@ -312,7 +316,8 @@ def render_template(profile: Profile, template: str, job: JobRequest) -> Rendere
 
     env = _environment()
     try:
-        text = env.get_template(files[template]).render(build_context(profile, job, template))
+        context = {**build_context(profile, job, template), **dict(extra or {})}
+        text = env.get_template(files[template]).render(context)
     except jinja2.UndefinedError as exc:
         raise UsageError(f"template {files[template]}: {exc.message}") from None
     if files[template].endswith(".yaml.j2"):
