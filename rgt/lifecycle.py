@@ -676,6 +676,9 @@ class PollReport:
     run_id: str | None = None
     job: JobReport | None = None  # None: not asked for, or not a box rgt labelled for a run
     waited_seconds: float | None = None  # `poll --until done`: how long it waited
+    # MCP poll of a run id (`rgt run`): where the run stands (rgt.supervisor.run_report), and
+    # this report is of its current attempt's instance.
+    run: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""

@@ -49,6 +49,7 @@ LOST_REASON_OF_STATE = {
     "offline": "host-lost",
 }
 DEFAULT_INTERVAL_SECONDS = 10.0
+DETACHED_LOG = "supervisor.log"  # a detached supervisor's output, in the run's local dir
 RUNNING_WAIT_SECONDS = 600.0  # how long a seeded box may take to run before the upload gives up
 
 # approve(ledger, instance_id, summary) -> the approval id a human just gave (the CLI: the
@@ -565,3 +566,55 @@ def _run_next_action(record: runs.RunRecord, status: str, current: AttemptRecord
     if status == "awaiting-approval" and current is not None:
         return f"a human approves the destroy: `rgt destroy {current.instance_id}`"
     return record.detail or status
+
+
+def start_detached(
+    job_file: str,
+    run_id: str,
+    *,
+    max_price_per_hour: float,
+    budget: float | None = None,
+    interruptible: bool = False,
+    bid_per_hour: float | None = None,
+    interval: float | None = None,
+    platform: str | None = None,
+) -> dict[str, Any]:
+    """Start `rgt run JOB_FILE ...` (not detached) in its own session, its output appended to
+    the run's `supervisor.log`; returns {run_id, pid, log}. Refused (exit 4) while a supervisor
+    of the run already runs. Follow it with `rgt poll RUN_ID` (MCP: poll)."""
+    import os
+    import subprocess
+    import sys
+
+    from rgt.errors import Refused
+    from rgt.locks import run_supervised
+    from rgt.paths import run_dir
+
+    if run_supervised(run_id):
+        raise Refused(
+            f"run {run_id}: a supervisor of it runs right now; follow it with `rgt poll {run_id}`"
+        )
+    command = [sys.executable, "-m", "rgt", "run", job_file, "--max-price", str(max_price_per_hour)]
+    for flag, value in (
+        ("--budget", budget),
+        ("--bid", bid_per_hour),
+        ("--interval", interval),
+        ("--platform", platform),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    if interruptible:
+        command.append("--interruptible")
+    folder = run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / DETACHED_LOG
+    with open(log, "ab") as output, open(os.devnull, "rb") as nothing:
+        child = subprocess.Popen(
+            command,
+            stdin=nothing,  # no terminal: the run ends verified, waiting for `rgt destroy`
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a closed terminal or Ctrl-C there does not stop it
+            close_fds=True,
+        )
+    return {"run_id": run_id, "pid": child.pid, "log": str(log)}

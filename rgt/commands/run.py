@@ -15,7 +15,6 @@ HELP = (
     "supervise a run to its end: rent, watch, relaunch on another offer from the newest durable "
     "checkpoint when the box is lost, then pull, verify and destroy with a human's approval"
 )
-LOG_NAME = "supervisor.log"  # a detached supervisor's output, in the run's local dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,57 +122,26 @@ def _terminal_approver() -> Any:
 
 
 def _detach(args: argparse.Namespace, run_id: str) -> int:
-    """Start `rgt run` without --detach in its own session, its output in the run's dir."""
+    """Start the supervisor in the background; print its pid, log and how to follow it."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    from rgt.errors import Refused
-    from rgt.locks import run_supervised
-    from rgt.paths import run_dir
+    from rgt.supervisor import start_detached
 
-    if run_supervised(run_id):
-        raise Refused(
-            f"run {run_id}: a supervisor of it runs right now; follow it with `rgt poll {run_id}`"
-        )
-    command = [
-        sys.executable,
-        "-m",
-        "rgt",
-        "run",
+    started = start_detached(
         str(args.job),
-        "--max-price",
-        str(args.max_price),
-    ]
-    for flag, value in (
-        ("--budget", args.budget),
-        ("--bid", args.bid),
-        ("--interval", args.interval),
-        ("--platform", args.platform),
-    ):
-        if value is not None:
-            command += [flag, str(value)]
-    if args.interruptible:
-        command.append("--interruptible")
-    folder = run_dir(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / LOG_NAME
-    with open(log, "ab") as output, open(os.devnull, "rb") as nothing:
-        child = subprocess.Popen(
-            command,
-            stdin=nothing,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a closed terminal or Ctrl-C here does not stop it
-            close_fds=True,
-        )
-    started = {"run_id": run_id, "pid": child.pid, "log": str(log), "next": f"rgt poll {run_id}"}
+        run_id,
+        max_price_per_hour=args.max_price,
+        budget=args.budget,
+        interruptible=args.interruptible,
+        bid_per_hour=args.bid,
+        interval=args.interval,
+        platform=args.platform,
+    )
     if args.json:
         print(json.dumps(started, indent=2))
     else:
         print(
-            f"run {run_id}: supervisor started in the background (pid {child.pid}); its log is "
-            f"{log}\nnext: rgt poll {run_id}"
+            f"run {run_id}: supervisor started in the background (pid {started['pid']}); its "
+            f"log is {started['log']}\nnext: rgt poll {run_id}"
         )
     return 0
