@@ -18,6 +18,49 @@ from rgt.yamlsource import Finding, SourceError, parse_yaml, read_text, schema_f
 
 JOB_SCHEMA = "job.schema.json"
 DEFAULT_CHECKPOINT_GLOB = "*.pt"
+# rclone reads a remote NAME's settings from RCLONE_CONFIG_<NAME>_<OPTION> (NAME upper-cased).
+RCLONE_ENV_PREFIX = "RCLONE_CONFIG_"
+
+
+@dataclass(frozen=True)
+class DurableTarget:
+    """Where completed checkpoints go off the box while the job runs (the job's `durable:`).
+
+    `local`: rgt copies each one into the run's local dir. `bucket`: rclone on the box pushes
+    each one to `remote:path` (an S3-compatible bucket whose credentials the box gets as the
+    RCLONE_CONFIG_<REMOTE>_... variables named in the job's secret_env)."""
+
+    kind: str  # "local" | "bucket"
+    remote: str = ""
+    path: str = ""
+
+    @property
+    def location(self) -> str:
+        """`local`, or the rclone path `REMOTE:bucket/prefix`."""
+        return "local" if self.kind == "local" else f"{self.remote}:{self.path}"
+
+    @property
+    def env_prefix(self) -> str:
+        """The prefix of the env vars that configure the bucket's rclone remote."""
+        return f"{RCLONE_ENV_PREFIX}{self.remote.upper()}_"
+
+    @classmethod
+    def from_data(cls, value: Any) -> DurableTarget:
+        """The target of a schema-valid `durable:` value."""
+        if value == "local":
+            return cls("local")
+        bucket = value["bucket"]
+        if isinstance(bucket, str):
+            remote, _, path = bucket.partition(":")
+        else:
+            remote, path = bucket["remote"], bucket["path"]
+        return cls("bucket", remote, path.rstrip("/"))
+
+    def as_data(self) -> Any:
+        """The target in the job file's shape (`local` or {bucket: {remote, path}})."""
+        if self.kind == "local":
+            return "local"
+        return {"bucket": {"remote": self.remote, "path": self.path}}
 
 
 class JobError(UsageError):
@@ -46,6 +89,7 @@ class JobRequest:
     secret_env: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
+    durable: DurableTarget | None = None
     source: str = "<job>"
 
     @property
@@ -72,6 +116,9 @@ class JobRequest:
         )
         if findings:
             raise JobError(findings)
+        durable = DurableTarget.from_data(data["durable"]) if "durable" in data else None
+        if durable is not None and durable.kind == "bucket":
+            _check_bucket_credentials(durable, data, source, line_of or (lambda _where: 1))
         return cls(
             run_id=data["run_id"],
             image=data["image"],
@@ -86,6 +133,7 @@ class JobRequest:
             secret_env=tuple(data.get("secret_env", ())),
             env=dict(data.get("env", {})),
             files=dict(data.get("files", {})),
+            durable=durable,
             source=source,
         )
 
@@ -105,7 +153,31 @@ class JobRequest:
             "secret_env": list(self.secret_env),
             "env": dict(self.env),
             "files": dict(self.files),
+            **({"durable": self.durable.as_data()} if self.durable is not None else {}),
         }
+
+
+def _check_bucket_credentials(
+    durable: DurableTarget, data: dict[str, Any], source: str, line_of: Any
+) -> None:
+    """A bucket target needs its rclone remote configured on the box: at least one
+    RCLONE_CONFIG_<NAME>_... variable among the job's secret_env (names; the values stay in the
+    user's environment and reach the box as the platform's env, never in the boot hook)."""
+    prefix = durable.env_prefix
+    named = [*data.get("secret_env", ()), *data.get("env", {})]
+    if not any(name.startswith(prefix) for name in named):
+        raise JobError(
+            [
+                Finding(
+                    source,
+                    line_of(["durable"]),
+                    "job",
+                    f"durable: bucket remote {durable.remote!r} has no {prefix}... variable in "
+                    f"secret_env; name its credentials there (e.g. {prefix}ACCESS_KEY_ID, "
+                    f"{prefix}SECRET_ACCESS_KEY), their values stay in your environment",
+                )
+            ]
+        )
 
 
 def example_job_path() -> Path:

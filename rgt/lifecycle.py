@@ -327,7 +327,9 @@ def launch(
         raise UsageError(f"interruptible launch needs a bid per hour > 0 (bid {bid_per_hour})")
     if not interruptible and bid_per_hour is not None:
         raise UsageError("bid is only for interruptible launches")
-    rendered = render_template(profile, "onstart", job, render_context)
+    rendered = render_template(
+        profile, "onstart", job, extra=dict(render_context) if render_context else None
+    )
     label = run_label(job.run_id, attempt)
     # Look for the run's label before the offer: after an interrupted launch the box may
     # already be rented (and billing), and its offer is then often no longer rentable.

@@ -59,6 +59,22 @@ def folder_lock(local_dir: Path, action: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def run_lock(run_id: str, action: str) -> Iterator[None]:
+    """Hold the lock of run `run_id` for `action` (e.g. "sync": two rounds of durable sync of
+    one run must not interleave their index writes).
+
+    Raises Refused (exit 4) naming the action and process that hold it."""
+    path = _lock_file("run", run_id)
+    with _held(path, action) as holder:
+        if holder is not None:
+            raise Refused(
+                f"run {run_id}: another {holder[0]} of it is in progress right now{holder[1]}; "
+                "try again when it has finished"
+            )
+        yield
+
+
 def _lock_file(kind: str, key: str) -> Path:
     from rgt.paths import state_dir
 
@@ -95,13 +111,14 @@ def _held(path: Path, action: str) -> Iterator[tuple[str, str] | None]:
 
 
 @contextlib.contextmanager
-def run_lock(run_id: str) -> Iterator[None]:
-    """Hold the lock of run `run_id` while supervising it (`rgt run`): one supervisor per run,
-    so two never rent for it at once. The kernel drops it when the supervisor dies (kill -9),
-    and the next `rgt run` of the run takes it over from the ledger.
+def supervisor_lock(run_id: str) -> Iterator[None]:
+    """Hold the supervisor lock of run `run_id` (`rgt run`): one supervisor per run, so two
+    never rent for it at once. The kernel drops it when the supervisor dies (kill -9), and the
+    next `rgt run` of the run takes it over from the ledger. (Not `run_lock`: a supervisor runs
+    durable sync rounds, which take that one.)
 
     Raises Refused (exit 4) naming the process that supervises the run now."""
-    path = _lock_file("run", str(run_id))
+    path = _lock_file("supervisor", str(run_id))
     with _held(path, "supervisor") as holder:
         if holder is not None:
             raise Refused(
@@ -112,7 +129,7 @@ def run_lock(run_id: str) -> Iterator[None]:
 
 
 def run_supervised(run_id: str) -> bool:
-    """True when a live process holds the lock of run `run_id` (a supervisor runs it now)."""
-    path = _lock_file("run", str(run_id))
+    """True when a live process holds the supervisor lock of run `run_id`."""
+    path = _lock_file("supervisor", str(run_id))
     with _held(path, "look") as holder:
         return holder is not None

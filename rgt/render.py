@@ -41,7 +41,6 @@ import hashlib
 import json
 import re
 import shlex
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,9 +272,28 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
     }
     if template in JOB_TEMPLATES:
         context["manifest_source"] = manifest_source()
+        context.update(_durable_context(job))
     if template in PRIMITIVE_TEMPLATES:
         context.update(_scheduler_context(profile, job))
     return context
+
+
+def _durable_context(job: JobRequest) -> dict[str, Any]:
+    """What scripts/_durable.sh.j2 reads: the job's durable target (None: no watcher is
+    rendered at all) and no seed (a relaunch passes `rgt.durable.seed_context` as `extra`)."""
+    if job.durable is None:
+        return {"durable": None, "durable_seed": []}
+    from rgt.durable import SEED_WAIT_SECONDS, WATCH_SECONDS
+
+    return {
+        "durable": {
+            "kind": job.durable.kind,
+            "location": job.durable.location,
+            "scan_seconds": WATCH_SECONDS,
+            "seed_wait_seconds": SEED_WAIT_SECONDS,
+        },
+        "durable_seed": [],
+    }
 
 
 def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
@@ -296,10 +314,11 @@ def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
 
 
 def render_template(
-    profile: Profile, template: str, job: JobRequest, extra: Mapping[str, Any] | None = None
+    profile: Profile, template: str, job: JobRequest, *, extra: dict[str, Any] | None = None
 ) -> Rendered:
     """Render one template; the boot hook is compressed when it exceeds the profile's limit.
-    `extra`: more context (a relaunch's seed, rgt.durable.seed_context), never a secret."""
+
+    `extra` adds to the context (a relaunch's `rgt.durable.seed_context`)."""
     files = template_files()
     if template not in template_names(profile):
         if template in files and template in PRIMITIVE_TEMPLATES:
@@ -316,7 +335,7 @@ def render_template(
 
     env = _environment()
     try:
-        context = {**build_context(profile, job, template), **dict(extra or {})}
+        context = {**build_context(profile, job, template), **(extra or {})}
         text = env.get_template(files[template]).render(context)
     except jinja2.UndefinedError as exc:
         raise UsageError(f"template {files[template]}: {exc.message}") from None

@@ -9,7 +9,7 @@ succeeds. Then pull → verify → a human approves → destroy, through the gat
 
 What keeps it honest:
 
-- One supervisor per run (rgt.locks.run_lock, dropped by the kernel when it dies); the ledger
+- One supervisor per run (rgt.locks.supervisor_lock, dropped by the kernel when it dies); the ledger
   holds the run and its attempts (rgt.runs), each attempt written before its launch with the
   label its box will carry (`rgt:<run_id>/<n>`), so a supervisor killed with -9 and started
   again adopts the box by that label (rgt.lifecycle.launch) and never rents twice.
@@ -122,9 +122,9 @@ class Supervisor:
         """Supervise the run until it ends; returns how. Raises RunStopped (exit 6) when the
         budget is spent or no offer fits, CheckFailed (exit 1) when the job failed, Refused
         (exit 4) when another supervisor runs it."""
-        from rgt.locks import run_lock
+        from rgt.locks import supervisor_lock
 
-        with run_lock(self.run_id):
+        with supervisor_lock(self.run_id):
             runs.record_run(
                 self.ledger,
                 self.run_id,
@@ -276,10 +276,8 @@ class Supervisor:
 
     def _durable_target(self) -> str | None:
         """ "local", "bucket" or None: where the job keeps its checkpoints off the box."""
-        value = getattr(self.job, "durable", None)
-        if not value:
-            return None
-        return "local" if value == "local" else "bucket"
+        target = getattr(self.job, "durable", None)
+        return None if target is None else str(target.kind)
 
     def _newest_durable(self) -> Any:
         if self._durable_target() is None:
@@ -315,12 +313,16 @@ class Supervisor:
         self.say(f"instance {instance_id}: seeded with {checkpoint.name}")
 
     def _sync(self, instance_id: str) -> None:
-        if self._durable_target() != "local":
+        """One durable round (rgt.durable.sync_once): local, copy and verify the new
+        checkpoints; bucket, verify what the bucket serves. Only verified ones seed a relaunch."""
+        if self._durable_target() is None:
             return
         from rgt.durable import sync_once
 
         try:
-            sync_once(self.ledger, instance_id)
+            sync_once(
+                self.ledger, instance_id, provider=self.provider, profile=self.profile, job=self.job
+            )
         except RgtError as exc:  # the next round tries again; the job keeps running
             self.say(f"instance {instance_id}: durable sync failed this round: {exc.message}")
 

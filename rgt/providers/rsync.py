@@ -400,6 +400,49 @@ def rsync_pull(
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
+def rsync_push(
+    endpoint: SshEndpoint,
+    local_file: Path,
+    remote_dir: str,
+    settings: SshSettings,
+    *,
+    copy: CopySettings | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RsyncReport:
+    """Copy one local file into `remote_dir` on the box (created if missing), resumably: a cut
+    transfer waits in the box's partial dir, never under the file's name. Bounded retries as
+    `rsync_pull`; raises ProviderError when they run out."""
+    copy = copy or CopySettings()
+    if not PurePosixPath(remote_dir).is_absolute():
+        raise UsageError(f"remote path {remote_dir!r} must be absolute")
+    argv = [
+        "rsync",
+        "-t",
+        "--mkpath",
+        f"--partial-dir={PARTIAL_DIR}",
+        "--stats",
+        f"--timeout={copy.io_timeout}",
+        "-e",
+        shlex.join(ssh_command(endpoint, settings)),
+        str(local_file),
+        endpoint.rsync_spec(remote_dir.rstrip("/") + "/"),
+    ]
+    report = RsyncReport()
+    for attempt in range(1, copy.attempts + 1):
+        stats, stderr = _run_once(argv, progress=None, done_before=0)
+        report.attempts.append(stats)
+        if stats.returncode == 0:
+            return report
+        why = _summary(stderr) or f"rsync exit status {stats.returncode}"
+        if stats.returncode not in _RETRYABLE_RSYNC or attempt == copy.attempts:
+            raise ProviderError(
+                f"copy of {local_file} to {endpoint.host}:{endpoint.port}:{remote_dir} failed "
+                f"after {attempt} attempt(s): {why}"
+            )
+        sleep(min(copy.first_backoff * 2 ** (attempt - 1), copy.max_backoff))
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
 # rsync's in-flight temp file for NAME: ".NAME.XXXXXX" next to where NAME will go.
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9]{6}$")
 

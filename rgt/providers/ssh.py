@@ -273,6 +273,20 @@ class SshProvider:
         )
         return report.copy_result()
 
+    def copy_to(self, instance_id: str, local_file: Path, remote_dir: str) -> CopyResult:
+        """Upload one file into `remote_dir` on the box with rsync over ssh, resumably."""
+        from rgt.providers.rsync import rsync_push
+
+        box = self.box(instance_id)
+        report = rsync_push(
+            self.endpoint(box),
+            Path(local_file),
+            remote_dir,
+            self.settings(box),
+            copy=self.copy_settings,
+        )
+        return report.copy_result()
+
     def logs(self, instance_id: str, *, tail: int = 200) -> str:
         """The last `tail` lines of the run's boot-hook log (onstart.log, which also holds the
         job's output) on the box."""

@@ -587,6 +587,20 @@ class VastProvider:
         )
         return report.copy_result()
 
+    def copy_to(self, instance_id: str, local_file: Path, remote_dir: str) -> CopyResult:
+        """Upload one file into `remote_dir` on the box with rsync over ssh, resumably."""
+        from rgt.providers.rsync import rsync_push
+
+        endpoint = self._endpoint(instance_id)
+        report = rsync_push(
+            endpoint,
+            Path(local_file),
+            remote_dir,
+            self._ssh_settings(instance_id),
+            copy=self.copy_settings,
+        )
+        return report.copy_result()
+
     # -- helpers ---------------------------------------------------------------------------
     def _change(self, instance_id: str, verb: str, call: Callable[[], Any]) -> None:
         answer = self._call(f"{verb} instance {instance_id}", call)
