@@ -24,6 +24,7 @@ Time comes from `clock` (epoch seconds): the grace periods and the cost estimate
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -115,6 +116,7 @@ class Supervisor:
         self.clock = clock
         self.sleep = sleep
         self.interval = interval
+        self._syncing: _SyncLoop | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -149,13 +151,22 @@ class Supervisor:
             except RgtError as exc:
                 runs.set_run_status(self.ledger, self.run_id, "stopped", exc.message)
                 raise
+            finally:
+                self._stop_sync()
 
     def _loop(self) -> RunOutcome:
         while True:
             history = runs.attempts(self.ledger, self.run_id)
             current = history[-1] if history else None
             if current is not None and current.end_reason == "succeeded":
-                return self._finish(current)
+                try:
+                    return self._finish(current)
+                except ProviderError as exc:
+                    # The results are on that box alone (paused, offline, the API down): wait
+                    # for it; another box cannot have them.
+                    self.say(f"instance {current.instance_id}: {exc.message}; trying again")
+                    self.sleep(self.interval)
+                    continue
             if current is not None and current.end_reason == "failed":
                 raise CheckFailed(self._failed_message(current))
             if current is None or current.ended is not None:
@@ -313,18 +324,23 @@ class Supervisor:
         self.say(f"instance {instance_id}: seeded with {checkpoint.name}")
 
     def _sync(self, instance_id: str) -> None:
-        """One durable round (rgt.durable.sync_once): local, copy and verify the new
-        checkpoints; bucket, verify what the bucket serves. Only verified ones seed a relaunch."""
+        """Keep the attempt's checkpoints durable (rgt.durable.sync_once) in a background
+        thread: a copy that retries against a box that just died must not delay noticing it."""
         if self._durable_target() is None:
             return
-        from rgt.durable import sync_once
+        syncing = self._syncing
+        if syncing is not None and syncing.instance_id == instance_id and syncing.is_alive():
+            return
+        self._stop_sync()
+        self._syncing = _SyncLoop(self, instance_id)
+        self._syncing.start()
 
-        try:
-            sync_once(
-                self.ledger, instance_id, provider=self.provider, profile=self.profile, job=self.job
-            )
-        except RgtError as exc:  # the next round tries again; the job keeps running
-            self.say(f"instance {instance_id}: durable sync failed this round: {exc.message}")
+    def _stop_sync(self) -> None:
+        """Stop the sync rounds of the previous attempt (a round in progress ends on its own:
+        its box is lost, or the job is done)."""
+        if self._syncing is not None:
+            self._syncing.stop.set()
+            self._syncing = None
 
     # -- watching ---------------------------------------------------------------------------
 
@@ -352,7 +368,6 @@ class Supervisor:
             return
         if report.state == "running" and job is not None:
             if job.state == "succeeded":
-                self._sync(attempt.instance_id)
                 self._end(attempt, "succeeded", job.summary)
                 return
             if job.state == "failed":
@@ -387,6 +402,7 @@ class Supervisor:
         return self.profile.host_lost_grace_seconds
 
     def _end(self, attempt: AttemptRecord, reason: str, detail: str) -> None:
+        self._stop_sync()
         runs.update_attempt(
             self.ledger, attempt.id, ended=self.clock(), end_reason=reason, detail=detail
         )
@@ -507,6 +523,42 @@ class Supervisor:
             f"{run_dir(self.run_id)}. It is not relaunched (it would fail the same way): fix "
             f"the job, then `rgt discard {attempt.instance_id} --reason failed-job` ends the box"
         )
+
+
+class _SyncLoop(threading.Thread):
+    """Durable sync rounds of one instance, one every `interval`, until `stop` is set; with
+    its own ledger connection and provider (neither is shared across threads)."""
+
+    def __init__(self, supervisor: Supervisor, instance_id: str) -> None:
+        super().__init__(name=f"rgt-sync-{instance_id}", daemon=True)
+        self.supervisor = supervisor
+        self.instance_id = instance_id
+        self.ledger_path = supervisor.ledger.path
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from rgt.durable import WATCH_SECONDS, sync_once
+        from rgt.providers import get_provider
+
+        sup = self.supervisor
+        try:
+            provider = get_provider(sup.provider.platform, sup.profile)
+            with Ledger.open(self.ledger_path) as ledger:
+                while not self.stop.is_set():
+                    try:
+                        sync_once(
+                            ledger,
+                            self.instance_id,
+                            provider=provider,
+                            profile=sup.profile,
+                            job=sup.job,
+                        )
+                    except RgtError as exc:  # the next round tries again; the job keeps running
+                        if not self.stop.is_set():
+                            sup.say(f"instance {self.instance_id}: durable sync: {exc.message}")
+                    self.stop.wait(max(sup.interval, WATCH_SECONDS))
+        except Exception as exc:  # a thread's failure must be seen, not vanish
+            sup.say(f"instance {self.instance_id}: durable sync stopped: {exc!r}")
 
 
 def attempt_summary(attempt: AttemptRecord, now: float | None = None) -> dict[str, Any]:
