@@ -50,6 +50,7 @@ LOST_REASON_OF_STATE = {
     "offline": "host-lost",
 }
 DEFAULT_INTERVAL_SECONDS = 10.0
+DETACH_START_SECONDS = 30.0  # how long `--detach` waits for its supervisor to take the run
 DETACHED_LOG = "supervisor.log"  # a detached supervisor's output, in the run's local dir
 RUNNING_WAIT_SECONDS = 600.0  # how long a seeded box may take to run before the upload gives up
 
@@ -671,4 +672,20 @@ def start_detached(
             start_new_session=True,  # a closed terminal or Ctrl-C there does not stop it
             close_fds=True,
         )
+    # Answer only once the child supervises (holds the run's lock), so a second start right
+    # after this one is refused here, and a child that stops at once is reported, not "started".
+    deadline = time.monotonic() + DETACH_START_SECONDS
+    while not run_supervised(run_id):
+        code = child.poll()
+        if code == 0:
+            break  # it already finished (a run that was done): its log says how
+        if code is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise RgtError(
+                f"run {run_id}: the background supervisor stopped at once (exit {code}): {tail[0]}",
+                exit_code=code if code in (2, 3, 4, 6) else None,
+            )
+        if time.monotonic() > deadline:
+            break  # slow to start: it may still take the lock; `rgt poll` tells
+        time.sleep(0.05)
     return {"run_id": run_id, "pid": child.pid, "log": str(log)}

@@ -362,3 +362,130 @@ def test_a_supervisor_killed_with_9_is_taken_over_without_renting_twice(
     assert [a["ended"] for a in outcome["attempts"]] == ["preempted-past-grace", "succeeded"]
     assert _creates(emulator) - before == 2  # attempt 1 once, attempt 2 once: nothing twice
     assert f"rgt destroy {outcome['instance_id']}" in outcome["message"]
+
+
+@pytest.mark.timeout(240)
+def test_a_supervisor_killed_between_the_create_and_its_record_adopts_the_box(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """As a supervisor killed at that instant leaves it: attempt 1 written (before its launch),
+    the box created with the attempt's label, the attempt never told its instance. The next
+    supervisor finds the box by the label and rents nothing."""
+    from rgt.lifecycle import launch, offer_query_for_job
+    from rgt.providers.base import run_label
+    from rgt.providers.vastai import VastProvider
+
+    job_file = _write_job(tmp_path, "adopt-run")
+    job = load_job(job_file)
+    provider = VastProvider()
+    profile = load_profile("vastai")
+    query = offer_query_for_job(job, interruptible=False, limit=5)
+    offer = provider.search_offers(query)[0]
+    with Ledger.open() as ledger:
+        runs.record_run(
+            ledger,
+            "adopt-run",
+            provider="vastai",
+            profile="vastai",
+            job_file=str(job_file),
+            max_price_per_hour=MAX_PRICE,
+            budget=None,
+            interruptible=False,
+            bid_per_hour=None,
+            now=emulator.clock.now(),
+        )
+        runs.open_attempt(
+            ledger,
+            "adopt-run",
+            1,
+            label=run_label("adopt-run", 1),
+            offer_id=offer.id,
+            machine_id=offer.machine_id,
+            price_per_hour=offer.dph_total,
+            seed_name=None,
+            seed_step=None,
+            now=emulator.clock.now(),
+        )
+        rented = launch(
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            job=job,
+            offer_id=offer.id,
+            max_price_per_hour=MAX_PRICE,
+        ).instance_id
+    before = _creates(emulator)
+    run = Run(emulator, job_file).start()
+    run.join()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    assert _creates(emulator) == before  # adopted, nothing rented
+    (only,) = run.attempts()
+    assert (only.instance_id, only.end_reason) == (rented, "succeeded")
+    assert f"attempt 1: instance {rented} adopted" in run.lines
+    assert run.outcome is not None and run.outcome.status == "done"
+
+
+def test_attempt_labels_name_the_run_and_the_attempt() -> None:
+    from rgt.providers.base import attempt_from_label, run_from_label, run_label
+
+    assert run_label("r.1") == "rgt:r.1" and run_label("r.1", 3) == "rgt:r.1/3"
+    assert run_from_label("rgt:r.1/3") == run_from_label("rgt:r.1") == "r.1"
+    assert (attempt_from_label("rgt:r.1/3"), attempt_from_label("rgt:r.1")) == (3, 1)
+    for foreign in ("rgt:r.1/x", "rgt:/2", "other:r", None):
+        assert run_from_label(foreign) is None and attempt_from_label(foreign) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-price", "0"], "--max-price 0: must be a number > 0"),
+        (["--max-price", "1", "--budget", "nan"], "--budget nan: must be a number > 0"),
+        (["--max-price", "1", "--bid", "0.2"], "--bid goes with --interruptible"),
+    ],
+)
+def test_bad_flags_are_one_line_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    job = _write_job(tmp_path, "flags-run")
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "run", str(job), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.anyio
+async def test_the_mcp_run_tool_starts_a_detached_supervisor_that_poll_follows(
+    emulator: Any, tmp_path: Path
+) -> None:
+    import anyio
+
+    from tests.mcp_client import connect
+
+    job = yaml.safe_load(_write_job(tmp_path, "mcp-run").read_text())
+    async with connect(emulator, "auto") as session:
+        started = await session.data(
+            "run", {"job": job, "max_price_per_hour": MAX_PRICE, "interval_seconds": 1}
+        )
+        assert started["run_id"] == "mcp-run" and started["pid"] > 0
+        assert started["next"].startswith('poll(instance_id="mcp-run"')
+        again = await session.call("run", {"job": job, "max_price_per_hour": MAX_PRICE})
+        assert again.is_error and "a supervisor of it runs right now" in str(again.content)
+        deadline = time.monotonic() + 150
+        while True:
+            assert time.monotonic() < deadline, "the detached run never finished"
+            polled = await session.call("poll", {"instance_id": "mcp-run"})
+            report = polled.structured_content
+            if not polled.is_error and report and report["run"]["status"] != "running":
+                break
+            await anyio.sleep(1)
+    run = report["run"]
+    # No human at a terminal: verified, and waiting for the destroy tool's approval.
+    assert run["status"] == "awaiting-approval", run
+    assert [a["ended"] for a in run["attempts"]] == ["succeeded"]
+    assert report["instance_id"] == run["instance_id"] and report["state"] == "running"
+    assert "destroy" in run["next_action"]
+    log = Path(started["log"]).read_text()
+    assert "attempt 1: instance" in log and "verified against the box's manifest" in log

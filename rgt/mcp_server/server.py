@@ -907,6 +907,9 @@ async def run(
     ] = None,
     interruptible: bool = False,
     bid: Annotated[float | None, Field(gt=0, description="$/hour bid (interruptible)")] = None,
+    interval_seconds: Annotated[
+        float, Field(ge=1, le=300, description="seconds between the supervisor's looks")
+    ] = 10.0,
     profile: ProfileArg = DEFAULT_PROFILE,
 ) -> RunStarted:
     """Supervise a whole run in the background (rents money, possibly several boxes): rent the
@@ -948,6 +951,7 @@ async def run(
             budget=budget,
             interruptible=interruptible,
             bid_per_hour=bid,
+            interval=interval_seconds,
             platform=None if chosen.name == DEFAULT_PROFILE else chosen.name,
         )
         follow = Step.of("poll", instance_id=request.run_id, wait=True).call()
