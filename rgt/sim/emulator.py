@@ -213,6 +213,14 @@ class Emulator:
         key), plus RGT_SSH_COMMAND when sshd cannot run here (the local-rsync fallback)."""
         return dict(self._ssh_env)
 
+    def add_cloud_connection(
+        self, name: str, options: dict[str, str], cloud_type: str = "s3"
+    ) -> int:
+        """Add a cloud connection to the account, as a user does in vast.ai's console: `options`
+        are its rclone backend options (type, provider, endpoint, keys). `vastai cloud copy`
+        with its id then really copies (rclone). Its id."""
+        return self._world().add_cloud_connection(name, options, cloud_type)
+
     def instance_disk(self, instance_id: int | str) -> Path:
         """The instance's container disk (box path /x is this directory + /x)."""
         return self._world().disk(int(instance_id))

@@ -313,6 +313,8 @@ class _Handler(BaseHTTPRequestHandler):
             rows = world.charges()
             key = "invoices" if "invoices" in path else "charges"
             return Reply(200, {"success": True, key: rows, "results": rows, "next_token": None})
+        if method == "GET" and path == "/api/v0/users/cloud_integrations/":
+            return Reply(200, world.list_cloud_connections())
         if method == "POST" and path == "/api/v0/commands/rclone/":
             return Reply(200, {"success": True, "msg": world.cloud_copy(body)})
         match = _ATTACH_SSH.match(path)

@@ -29,6 +29,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import random
 import re
 import secrets
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rgt.atomic import atomic_write_text
+from rgt.errors import RgtError
 from rgt.sim import filters
 from rgt.sim.boxes import Box, box_environment, kill_orphan
 from rgt.sim.clock import SimClock
@@ -67,6 +69,11 @@ DEFAULT_DISK_GB = 8.0
 # runtype values: "args" runs the args as the container's command; every other value (ssh,
 # ssh_proxy, "ssh_direc ssh_proxy", jupyter...) runs onstart beside an sshd.
 ARGS_RUNTYPE = "args"
+# What a cloud copy puts in the instance's status bar (status_msg): `vastai cloud copy` tells the
+# user to look for the "finished" text there.
+CLOUD_COPY_STARTED = "Cloud Copy Operation Started"
+CLOUD_COPY_FINISHED = "Cloud Copy Operation Finished"
+CLOUD_COPY_FAILED = "Cloud Copy Operation Failed"
 # A public key line vast.ai would put in a container's authorized_keys.
 _SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-\S+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
 
@@ -283,6 +290,10 @@ class World:
         self.public_ports: dict[int, dict[str, int]] = {}  # "8080/tcp" -> public port
         self.volumes: dict[int, SimVolume] = {}
         self.volume_spent = 0.0  # what deleted volumes cost
+        # Cloud connections (`vastai show connections`): id -> (name, cloud type, rclone backend
+        # options). Kept in memory only: like vast.ai's, they hold credentials, which the
+        # emulator never writes to its state file.
+        self.cloud_connections: dict[int, tuple[str, str, dict[str, str]]] = {}
         self._dirty = False
         self._load()
 
@@ -1124,10 +1135,31 @@ class World:
                 )
             return rows
 
+    def add_cloud_connection(
+        self, name: str, options: dict[str, str], cloud_type: str = "s3"
+    ) -> int:
+        """Register a cloud connection (what a vast.ai user adds in the console): `options` are
+        rclone backend options (type, provider, endpoint, access_key_id, ...). Its id."""
+        with self.lock:
+            connection_id = 900 + len(self.cloud_connections) + 1
+            self.cloud_connections[connection_id] = (name, cloud_type, dict(options))
+            return connection_id
+
+    def list_cloud_connections(self) -> list[dict[str, Any]]:
+        """GET /users/cloud_integrations/: id, name, cloud_type (never the credentials)."""
+        with self.lock:
+            return [
+                {"id": cid, "name": name, "cloud_type": kind}
+                for cid, (name, kind, _options) in sorted(self.cloud_connections.items())
+            ]
+
     def cloud_copy(self, body: dict[str, Any]) -> str:
         """POST /commands/rclone/: accepted for a running or stopped instance (vast.ai copies
-        from a stopped one too); no data moves (no cloud here), but an instance-to-cloud copy
-        bills the bytes of `src` as upload bandwidth, as the host would meter them."""
+        from a stopped one too); an instance-to-cloud copy bills the bytes of `src` as upload
+        bandwidth, as the host would meter them. With a registered connection
+        (`add_cloud_connection`) the copy is real: `rclone copy <disk>/src CONNECTION:dst` runs
+        in the background, and the instance's status_msg says when it started and finished, as
+        vast.ai's status bar does. Any other connection id moves nothing (there is no cloud)."""
         with self.lock:
             self._settle(self.clock.now())
             instance_id = int(_number(body.get("instance_id"), -1, "instance_id"))
@@ -1159,8 +1191,61 @@ class World:
             files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
             size = sum(p.stat().st_size for p in files)
             self._charge_bandwidth(inst, size, 0)
+            connection = self.cloud_connections.get(
+                int(_number(body.get("selected"), -1, "selected"))
+            )
+            if connection is not None:
+                inst.status_msg = CLOUD_COPY_STARTED
+                threading.Thread(
+                    target=self._run_cloud_copy,
+                    args=(inst, target, connection[2], str(body.get("dst") or "")),
+                    name=f"cloud-copy-{inst.id}",
+                    daemon=True,
+                ).start()
             self._save()
+            if connection is not None:
+                return f"Cloud copy started: {size} bytes billed as upload."
             return f"Cloud copy accepted: {size} bytes billed as upload (nothing was copied)."
+
+    def _run_cloud_copy(
+        self, inst: SimInstance, source: Path, options: dict[str, str], dst: str
+    ) -> None:
+        """The host's side of a cloud copy: rclone with the connection's options in its env."""
+        import subprocess
+
+        from rgt.durable import rclone_program
+
+        remote = "RGTSIMCLOUD"
+        env = {
+            **os.environ,
+            **{f"RCLONE_CONFIG_{remote}_{k.upper()}": v for k, v in options.items()},
+        }
+        try:
+            done = subprocess.run(
+                [
+                    rclone_program(),
+                    "copy",
+                    "--config",
+                    "/dev/null",
+                    str(source),
+                    f"{remote}:{dst.strip('/')}",
+                ],
+                env=env,
+                capture_output=True,
+                timeout=3600,
+                stdin=subprocess.DEVNULL,
+            )
+            outcome = (
+                CLOUD_COPY_FINISHED
+                if done.returncode == 0
+                else (f"{CLOUD_COPY_FAILED}: rclone exit {done.returncode}")
+            )
+        except (OSError, subprocess.SubprocessError, RgtError) as exc:
+            outcome = f"{CLOUD_COPY_FAILED}: {type(exc).__name__}"
+        with self.lock:
+            if inst.status_msg == CLOUD_COPY_STARTED:
+                inst.status_msg = outcome
+                self._save()
 
     # -- fault injection ----------------------------------------------------------------------
     def preempt(self, instance_id: int) -> None:
