@@ -141,6 +141,7 @@ class Supervisor:
                 now=self.clock(),
             )
             try:
+                self._check_relaunch_fits()
                 return self._loop()
             except RunStopped as exc:
                 status = "no-offer" if "no offer" in exc.message else "budget-exhausted"
@@ -290,6 +291,37 @@ class Supervisor:
         """ "local", "bucket" or None: where the job keeps its checkpoints off the box."""
         target = getattr(self.job, "durable", None)
         return None if target is None else str(target.kind)
+
+    def _check_relaunch_fits(self) -> None:
+        """Render a relaunch's boot hook (with a seed to wait for and check) before renting
+        anything: a job whose relaunch would not fit the platform's boot hook limit is refused
+        now (UsageError, exit 2), not after its first box is lost."""
+        target = self._durable_target()
+        if target is None:
+            return
+        from rgt.durable import DurableCheckpoint, files_dir
+        from rgt.render import render_template
+
+        name = "step-000000000.ckpt"  # as long as a checkpoint name usually is
+        placeholder = DurableCheckpoint(
+            name=name,
+            step=0,
+            sha256="0" * 64,
+            size=0,
+            target=target,
+            location=str(files_dir(self.run_id) / name),
+            verified_at="1970-01-01T00:00:00Z",
+            run_id=self.run_id,
+        )
+        try:
+            render_template(
+                self.profile, "onstart", self.job, extra=self._seed_context(placeholder)
+            )
+        except RgtError as exc:
+            raise type(exc)(
+                f"a relaunch of run {self.run_id} from a durable checkpoint would not start: "
+                f"{exc.message}; nothing was rented"
+            ) from None
 
     def _newest_durable(self) -> Any:
         if self._durable_target() is None:

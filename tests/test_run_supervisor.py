@@ -489,3 +489,25 @@ async def test_the_mcp_run_tool_starts_a_detached_supervisor_that_poll_follows(
     assert "destroy" in run["next_action"]
     log = Path(started["log"]).read_text()
     assert "attempt 1: instance" in log and "verified against the box's manifest" in log
+
+
+def test_a_job_whose_relaunch_would_not_fit_the_boot_hook_is_refused_before_renting(
+    emulator: Any, tmp_path: Path
+) -> None:
+    import base64
+
+    # Incompressible bytes: the seeded boot hook cannot fit vast.ai's 16 KiB onstart.
+    blob = base64.b64encode(os.urandom(12_000)).decode() + "\n"
+    job = _write_job(tmp_path, "big-run", files={"/workspace/job/blob.txt": blob})
+    before = _creates(emulator)
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "run", str(job), "--max-price", str(MAX_PRICE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "a relaunch of run big-run from a durable checkpoint would not start" in result.stderr
+    assert "16384" in result.stderr and "nothing was rented" in result.stderr
+    assert _creates(emulator) == before
