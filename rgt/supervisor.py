@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rgt import runs
-from rgt.errors import CheckFailed, ProviderError, RgtError, RunStopped
+from rgt.errors import CheckFailed, ProviderError, Refused, RgtError, RunStopped
 from rgt.job import JobRequest
 from rgt.ledger import Ledger
 from rgt.profile import Profile
@@ -586,6 +586,8 @@ class _SyncLoop(threading.Thread):
                             profile=sup.profile,
                             job=sup.job,
                         )
+                    except Refused:
+                        pass  # the previous attempt's last round still runs: the next one syncs
                     except RgtError as exc:  # the next round tries again; the job keeps running
                         if not self.stop.is_set():
                             sup.say(f"instance {self.instance_id}: durable sync: {exc.message}")

@@ -36,16 +36,21 @@ from tests.conftest import CANARY_API_KEY, assert_no_canary
 REPO = Path(__file__).resolve().parents[1]
 # 30 simulated minutes (vast.ai's host_lost_grace) in 6 real seconds.
 TIME_SCALE = 300.0
-STEPS, STEP_SECONDS, CKPT_EVERY = 60, 0.25, 5
+STEPS, STEP_SECONDS, CKPT_EVERY = 40, 0.1, 5
+HOLD_AT = 20  # a fresh start told to hold stops there until its box is lost
 MAX_PRICE = 5.0
 # A resumable trainer in the job's command (no `files`): a relaunch's boot hook (the seed's wait
 # and check on top of the durable watcher) must stay under vast.ai's 16 KiB onstart limit, which
-# the example job's Python trainer passes by a few hundred bytes only without a seed.
+# the example job's Python trainer passes by a few hundred bytes only without a seed. With
+# HOLD_AT set, a fresh start (not a resumed one) holds at that step: the test decides when its
+# box is lost, whatever the load of the machine.
 TRAINER = (
     'c="$RGT_CHECKPOINT_DIR"; s=0; [ -z "$RGT_RESUME_FROM" ] || s=$(cat "$RGT_RESUME_FROM"); b=$s; '
     'echo $s >>"$c/starts.log"; while [ $s -lt {steps} ]; do sleep "$STEP_SECONDS"; s=$((s+1)); '
     'if [ $((s % {every})) = 0 ]; then echo $s >"$c/.tmp"; '
-    'mv "$c/.tmp" "$c/step-$(printf %06d $s).ckpt"; fi; done; '
+    'mv "$c/.tmp" "$c/step-$(printf %06d $s).ckpt"; fi; '
+    'while [ "$b" = 0 ] && [ "${{HOLD_AT:-0}}" -gt 0 ] && [ $s -ge "${{HOLD_AT:-0}}" ]; '
+    "do sleep 1; done; done; "
     'r="$RGT_RESULTS_ROOT/cell-a"; mkdir -p "$r"; '
     'echo "{{\\"steps\\": $s, \\"start\\": $b}}" >"$r/metrics.json"'
 )
@@ -76,11 +81,13 @@ def emulator(sim: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return sim
 
 
-def _write_job(directory: Path, run_id: str, **changes: Any) -> Path:
+def _write_job(directory: Path, run_id: str, *, hold: bool = False, **changes: Any) -> Path:
     data = yaml.safe_load((REPO / "schemas" / "job.example.yaml").read_text())
     data.update(run_id=run_id, durable="local", files={}, setup="")
     data["command"] = TRAINER.format(steps=STEPS, every=CKPT_EVERY)
     data["env"] = {"STEP_SECONDS": str(STEP_SECONDS)}
+    if hold:
+        data["env"]["HOLD_AT"] = str(HOLD_AT)
     data.update(changes)
     path = directory / f"{run_id}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -202,7 +209,7 @@ def test_a_preemption_past_grace_relaunches_elsewhere_from_the_newest_durable_st
     emulator: Any, tmp_path: Path
 ) -> None:
     before = _creates(emulator)
-    run = Run(emulator, _write_job(tmp_path, "spot-run"), interruptible=True).start()
+    run = Run(emulator, _write_job(tmp_path, "spot-run", hold=True), interruptible=True).start()
     first = run.instance(1)
     # Preempt once a checkpoint past the first is durable off the box (copied and verified).
     _wait_for(lambda: _newest_durable_step("spot-run") >= 2 * CKPT_EVERY, "a durable checkpoint")
@@ -266,7 +273,7 @@ def test_a_box_stuck_loading_past_host_lost_grace_is_replaced(
 def test_a_host_offline_past_grace_is_replaced_and_never_rented_again(
     emulator: Any, tmp_path: Path
 ) -> None:
-    run = Run(emulator, _write_job(tmp_path, "offline-run")).start()
+    run = Run(emulator, _write_job(tmp_path, "offline-run", hold=True)).start()
     first = run.instance(1)
     _wait_for(lambda: _newest_durable_step("offline-run") >= CKPT_EVERY, "a durable checkpoint")
     emulator.take_host_offline(first)
@@ -326,7 +333,8 @@ def test_a_supervisor_killed_with_9_is_taken_over_without_renting_twice(
     emulator: Any, tmp_path: Path
 ) -> None:
     before = _creates(emulator)
-    job = _write_job(tmp_path, "killed-run")
+    # Long enough that its first box is preempted before it finishes, on a loaded machine too.
+    job = _write_job(tmp_path, "killed-run", env={"STEP_SECONDS": "0.5"})
     first = _rgt_run(job, "--interval", "0.5", "--interruptible")
     try:
         with Ledger.open() as ledger:
