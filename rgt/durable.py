@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from rgt.atomic import atomic_write_text
@@ -424,28 +424,41 @@ def _sync_local(
     # missed, and the one a relaunch wants.
     todo.reverse()
     total = sum(size for _, _, size in todo)
-    done = 0
     incoming = durable_dir(report.run_id) / "incoming"
     final_dir = files_dir(report.run_id)
-    for name, sha, size in todo:
-        remote = str(PurePosixPath(run.checkpoint_dir) / name)
+    missing_ok = False
+    if todo:
 
-        def tick(event: Any, base: int = done, current: str = name) -> None:
+        def tick(event: Any) -> None:
             if progress is not None:
-                progress(base + event.bytes_done, total, current)
+                progress(event.bytes_done, total, event.current_file)
 
+        # One rsync for the whole round: one ssh connection, not one per checkpoint.
         try:
-            result = provider.copy_from(instance.id, remote, incoming, progress=tick)
+            result = provider.copy_from(
+                instance.id,
+                run.checkpoint_dir,
+                incoming,
+                progress=tick,
+                files=[name for name, _, _ in todo],
+            )
+            report.bytes_transferred += result.bytes_transferred
         except ProviderError as exc:
-            if "No such file" in str(exc) or "vanished" in str(exc):
-                index["missed"].append({"name": name, "sha256": sha, "at": _now_text()})
-                _write_index(report.run_id, index)
-                report.missed.append(name)
-                continue
-            raise
-        report.bytes_transferred += result.bytes_transferred
-        done += size
+            # Some were deleted on the box (keep-N) before rgt came: the rest did arrive.
+            if "No such file" not in str(exc) and "vanished" not in str(exc):
+                raise
+            missing_ok = True
+    for name, sha, size in todo:
         copied = incoming / name
+        if not copied.is_file():
+            if not missing_ok:
+                raise ProviderError(
+                    f"copy of {name} from instance {instance.id}: it did not arrive"
+                )
+            index["missed"].append({"name": name, "sha256": sha, "at": _now_text()})
+            _write_index(report.run_id, index)
+            report.missed.append(name)
+            continue
         actual_sha, actual_size = _hash_file(copied)
         if actual_sha != sha or actual_size != size:
             copied.unlink(missing_ok=True)

@@ -242,13 +242,17 @@ def test_local_target_copies_and_verifies_checkpoints_while_the_job_runs(
 ) -> None:
     run_id = "durable-local"
     instance_id = _launch(_job_file(tmp_path, run_id, "local"))
-    _wait_for(lambda: len(_sidecars(emulator, instance_id, run_id)) >= 2, "two sidecars on the box")
+    _wait_for(lambda: len(_sidecars(emulator, instance_id, run_id)) >= 3, "3 sidecars on the box")
+    # As keep-N rotation does: the oldest is deleted on the box after the watcher hashed it.
+    rotated = _sidecars(emulator, instance_id, run_id)[0].name.removesuffix(".sha256")
+    (_box(emulator, instance_id, CHECKPOINTS) / rotated).unlink()
 
     first = _rgt("sync", instance_id, "--json")
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert report["target"] == "local" and report["run_id"] == run_id
     assert len(report["verified"]) >= 2 and not report["refused"]
+    assert report["missed"] == [rotated]  # reported, and the others still arrived
     # While it runs: the job has not finished when the first round verified them.
     assert _outcome(emulator, instance_id, run_id) == "running"
     local = durable.files_dir(run_id)

@@ -239,6 +239,10 @@ class Provider(Protocol):
         local_dir: Path,
         *,
         progress: ProgressCallback | None = None,
+        files: Sequence[str] | None = None,
     ) -> CopyResult:
-        """Copy `remote_path` into `local_dir`, resumably (rsync --partial), bounded retries."""
+        """Copy `remote_path` into `local_dir`, resumably (rsync --partial), bounded retries.
+
+        With `files` (plain names in the directory `remote_path`): only those, straight into
+        `local_dir`, in one transfer."""
         ...

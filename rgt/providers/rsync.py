@@ -25,6 +25,7 @@ Shared by every provider whose boxes are reachable over ssh. The choices that ma
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -35,9 +36,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from rgt.errors import CheckFailed, LocalDiskFull, ProviderError, UsageError
 from rgt.manifest import MAX_MANIFEST_BYTES
@@ -334,11 +336,14 @@ def rsync_pull(
     copy: CopySettings | None = None,
     progress: ProgressCallback | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    files: Sequence[str] | None = None,
 ) -> RsyncReport:
     """Copy `remote_path` (a file or a directory) into `local_dir`, resuming cut-off transfers.
 
-    `local_dir/<basename of remote_path>` is the result, as with `rsync SRC DIR/`. Retries
-    retryable rsync/ssh failures up to `copy.attempts` times; raises ProviderError otherwise."""
+    `local_dir/<basename of remote_path>` is the result, as with `rsync SRC DIR/`. With `files`
+    (plain names in the directory `remote_path`), only those are copied, straight into
+    `local_dir`, in one rsync run (one ssh connection for all). Retries retryable rsync/ssh
+    failures up to `copy.attempts` times; raises ProviderError otherwise."""
     copy = copy or CopySettings()
     if not PurePosixPath(remote_path).is_absolute():
         raise UsageError(f"remote path {remote_path!r} must be absolute")
@@ -346,6 +351,14 @@ def rsync_pull(
     source = remote_path.rstrip("/") or "/"
     local_dir = Path(local_dir)
     local_dir.mkdir(parents=True, exist_ok=True)
+    listing: list[str] = []
+    if files is not None:
+        bad = [name for name in files if not name or "/" in name or "\n" in name]
+        if bad:
+            raise UsageError(f"copy of {source}: {bad[0]!r} is not a plain file name")
+        # rsync reads the names relative to the source directory (given with a slash).
+        listing = ["--files-from=-", "--from0"]
+        source = source.rstrip("/") + "/"
     argv = [
         "rsync",
         "-rlt",  # recursive, symlinks as symlinks (never followed off the tree), mtimes
@@ -359,18 +372,21 @@ def rsync_pull(
     ]
     if copy.bwlimit_kbps:
         argv.append(f"--bwlimit={copy.bwlimit_kbps}")
-    argv += [endpoint.rsync_spec(source), str(local_dir) + "/"]
+    argv += [*listing, endpoint.rsync_spec(source), str(local_dir) + "/"]
+    names_input = b"".join(name.encode() + b"\0" for name in files or ())
 
     report = RsyncReport()
     done_before = 0
-    target = local_dir / PurePosixPath(source).name
+    target = local_dir if files is not None else local_dir / PurePosixPath(source).name
     # What already looks like an rsync temp file is not this copy's to move: only temp files
     # that appear while it runs are (a user's `.model.pt.backup` stays where it is).
     before = temp_files(target)
     for attempt in range(1, copy.attempts + 1):
         if attempt > 1:
             adopt_temp_files(temp_files(target) - before)
-        stats, stderr = _run_once(argv, progress=progress, done_before=done_before)
+        stats, stderr = _run_once(
+            argv, progress=progress, done_before=done_before, stdin=names_input
+        )
         report.attempts.append(stats)
         if stats.returncode == 0:
             if progress is not None and stats.total_file_size is not None:
@@ -540,14 +556,29 @@ def die_with_parent() -> Callable[[], None] | None:
 
 
 def _run_once(
-    argv: list[str], *, progress: ProgressCallback | None, done_before: int
+    argv: list[str],
+    *,
+    progress: ProgressCallback | None,
+    done_before: int,
+    stdin: bytes | None = None,
 ) -> tuple[AttemptStats, str]:
-    """Run rsync once, feeding progress; returns its stats and its stderr text."""
+    """Run rsync once, feeding progress (and `stdin`, e.g. a --files-from list); returns its
+    stats and its stderr text."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent()
+        argv,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=die_with_parent(),
     )
     assert proc.stdout is not None and proc.stderr is not None
+    if stdin is not None:
+        assert proc.stdin is not None
+        # A file list is small (names only): written whole before reading, it fits the pipe
+        # buffer or rsync reads it first (it reads the list before sending anything).
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
+        feeder.start()
     stderr_lines: list[bytes] = []
     drain = threading.Thread(target=_collect, args=(proc.stderr, stderr_lines), daemon=True)
     drain.start()
@@ -592,6 +623,12 @@ def _run_once(
     stats.returncode = proc.returncode
     stats.seconds = time.monotonic() - started
     return stats, b"".join(stderr_lines).decode("utf-8", "replace")
+
+
+def _feed(stream: Any, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # rsync died first: its status says why
+        stream.write(data)
+        stream.close()
 
 
 def _collect(stream: object, sink: list[bytes]) -> None:

@@ -260,6 +260,7 @@ class SshProvider:
         local_dir: Path,
         *,
         progress: ProgressCallback | None = None,
+        files: Sequence[str] | None = None,
     ) -> CopyResult:
         """Copy `remote_path` into `local_dir` with rsync over ssh, resumably, bounded."""
         box = self.box(instance_id)
@@ -270,6 +271,7 @@ class SshProvider:
             self.settings(box),
             copy=self.copy_settings,
             progress=progress,
+            files=files,
         )
         return report.copy_result()
 

@@ -579,6 +579,7 @@ class VastProvider:
         local_dir: Path,
         *,
         progress: ProgressCallback | None = None,
+        files: Sequence[str] | None = None,
     ) -> CopyResult:
         """Copy `remote_path` into `local_dir` with rsync over ssh, resumably, bounded."""
         endpoint = self._endpoint(instance_id)
@@ -589,6 +590,7 @@ class VastProvider:
             self._ssh_settings(instance_id),
             copy=self.copy_settings,
             progress=progress,
+            files=files,
         )
         return report.copy_result()
 
