@@ -86,9 +86,14 @@ class Refused(RgtError):
 
 class RunStopped(RgtError):
     """`rgt run` will not open another attempt: the budget is spent, or no offer satisfies the
-    job's constraints and the price cap (the lost machines excluded)."""
+    job's constraints and the price cap (the lost machines excluded). `status`: the run's
+    status it leaves (rgt.runs.RUN_STATUSES: "budget-exhausted" or "no-offer")."""
 
     exit_code = EXIT_RUN_STOPPED
+
+    def __init__(self, message: str, *, status: str = "budget-exhausted") -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LocalDiskFull(UsageError):

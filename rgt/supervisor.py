@@ -144,8 +144,7 @@ class Supervisor:
                 self._check_relaunch_fits()
                 return self._loop()
             except RunStopped as exc:
-                status = "no-offer" if "no offer" in exc.message else "budget-exhausted"
-                runs.set_run_status(self.ledger, self.run_id, status, exc.message)
+                runs.set_run_status(self.ledger, self.run_id, exc.status, exc.message)
                 raise
             except CheckFailed as exc:
                 runs.set_run_status(self.ledger, self.run_id, "failed", exc.message)
@@ -193,10 +192,11 @@ class Supervisor:
         spent = self.spent(history) if history else 0.0
         budget = self.request.budget
         if budget is not None and spent >= budget:
+            left = self._left_behind_note(history)
             raise RunStopped(
                 f"run {self.run_id}: the budget ${budget:.4f} is spent (${spent:.4f} over "
-                f"{len(history)} attempt(s)); no new attempt was rented. "
-                + self._left_behind_note(history)
+                f"{len(history)} attempt(s)); no new attempt was rented"
+                + (f". {left}" if left else "")
             )
         lost_machines = {
             a.machine_id for a in history if a.end_reason in (*runs.SUPERSEDED_REASONS, "lost")
@@ -240,7 +240,8 @@ class Supervisor:
                 f"run {self.run_id}: no offer for {self.job.gpu} with {self.job.disk_gb} GB disk "
                 f"at most {self.request.max_price_per_hour:.4f} $/h"
                 + (f" on a machine other than the lost {lost}" if lost_machines else "")
-                + "; nothing was rented: raise --max-price or try again later"
+                + "; nothing was rented: raise --max-price or try again later",
+                status="no-offer",
             )
         return min(fitting, key=lambda offer: (self._price(offer), str(offer.id)))
 

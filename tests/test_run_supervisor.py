@@ -519,3 +519,23 @@ def test_a_job_whose_relaunch_would_not_fit_the_boot_hook_is_refused_before_rent
     assert "a relaunch of run big-run from a durable checkpoint would not start" in result.stderr
     assert "16384" in result.stderr and "nothing was rented" in result.stderr
     assert _creates(emulator) == before
+
+
+def test_no_offer_under_the_cap_stops_with_exit_6_renting_nothing(
+    emulator: Any, tmp_path: Path
+) -> None:
+    job = _write_job(tmp_path, "cheap-run")
+    before = _creates(emulator)
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "run", str(job), "--max-price", "0.0001"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "no offer for RTX_4090:1" in result.stderr and "nothing was rented" in result.stderr
+    assert _creates(emulator) == before
+    with Ledger.open() as ledger:
+        record = runs.run(ledger, "cheap-run")
+    assert record is not None and record.status == "no-offer"
