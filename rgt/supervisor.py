@@ -648,10 +648,13 @@ def _run_next_action(record: runs.RunRecord, status: str, current: AttemptRecord
     if status == "running":
         return f"the supervisor watches it: poll again later (`rgt poll {record.run_id}`)"
     if status == "unsupervised":
+        flags = f"--max-price {record.max_price_per_hour:g}"
+        flags += f" --budget {record.budget:g}" if record.budget is not None else ""
+        flags += " --interruptible" if record.interruptible else ""
+        flags += f" --bid {record.bid_per_hour:g}" if record.bid_per_hour is not None else ""
         return (
-            "no supervisor runs it now (it was stopped or killed): `rgt run "
-            f"{job} --max-price {record.max_price_per_hour:g}` takes it over from the ledger "
-            "without renting twice"
+            f"no supervisor runs it now (it was stopped or killed): `rgt run {job} {flags}` "
+            "takes it over from the ledger without renting twice"
         )
     if status == "awaiting-approval" and current is not None:
         return f"a human approves the destroy: `rgt destroy {current.instance_id}`"
