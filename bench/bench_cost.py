@@ -15,6 +15,21 @@ emulator with its clock frozen and advanced by hand: the dollars are the emulato
 ideal is the compute of the useful work alone (12 h x the rental's $/h). Target: Young/Daly
 within 1.10x of ideal.
 
+Part 2, recovery (`rgt run`): the same job when boxes are LOST, not paused: preemptions (MTBF
+3 h) and host losses (MTBF 12 h) on one seeded trace. `rgt run` replaces a preempted box at once
+(vast.ai's spot_grace is 0) and an offline one after the profile's host_lost_grace (30 min),
+renting the cheapest offer on a machine the run has not lost. Two policies:
+
+  recover      resume from the newest checkpoint that was DURABLE (copied off the box and
+               verified) when the box was lost: Young/Daly checkpoints, each durable
+               DURABLE_LAG_SECONDS of running after it was written;
+  scratch      no durable checkpoint: every loss restarts the job from step 0.
+
+Each attempt is replayed as its own instance on the frozen-clock emulator (create, run, preempt
+or take its host offline); a superseded box bills its disk until the run ends (rgt discards it
+only once a later attempt's results are verified, with a human's approval). Target: recovery
+within 1.15x of the ideal (the useful compute at the first offer's price).
+
     .venv/bin/python bench/bench_cost.py
 """
 
@@ -158,6 +173,191 @@ def replay_on_emulator(timelines: dict[str, Timeline]) -> tuple[dict[str, dict[s
                      "storage_cost_per_gb_month": offer.storage_cost_per_gb_month}  # fmt: skip
 
 
+HOST_LOSS_MTBF_SECONDS = 12 * 3600.0
+HOST_LOST_GRACE_SECONDS = 30 * 60.0  # profiles/vastai.md host_lost_grace
+DURABLE_LAG_SECONDS = 60.0  # written -> verified off the box (bench_durable: ~11 s for small ones)
+RECOVERY_TARGET = 1.15
+
+
+@dataclass
+class Attempt:
+    """One rental of a recovered run: running seconds, how it ended, the work it secured."""
+
+    running: float
+    ended: str  # "preempted", "host-lost" or "succeeded"
+    start_work: float = 0.0
+    lost_work: float = 0.0
+
+
+def recovery_events(seed: int, count: int = 2000) -> list[tuple[float, str]]:
+    """(running seconds until the next loss, "preempted" | "host-lost"): the two independent
+    exponential processes merged into one stream."""
+    rng = random.Random(seed)
+    rate_p, rate_h = 1.0 / MTBF_SECONDS, 1.0 / HOST_LOSS_MTBF_SECONDS
+    events = []
+    for _ in range(count):
+        gap = rng.expovariate(rate_p + rate_h)
+        kind = "host-lost" if rng.random() < rate_h / (rate_p + rate_h) else "preempted"
+        events.append((gap, kind))
+    return events
+
+
+def simulate_recovery(interval: float | None, events: list[tuple[float, str]]) -> list[Attempt]:
+    """The attempts of a run whose lost boxes are replaced, each starting from the newest durable
+    checkpoint (`interval` None: from scratch)."""
+    attempts: list[Attempt] = []
+    saved = 0.0  # work secured by the newest DURABLE checkpoint
+    for gap, kind in events:
+        attempt = Attempt(running=0.0, ended=kind, start_work=saved)
+        progress, ckpts = saved, []  # (running time written, work) of this attempt's checkpoints
+        clock = min(gap, RESTART_SECONDS)
+        since = 0.0
+        while clock < gap:
+            chunk = min(WORK_SECONDS - progress, gap - clock)
+            if interval is not None:
+                chunk = min(chunk, interval - since)
+            progress += chunk
+            since += chunk
+            clock += chunk
+            if progress >= WORK_SECONDS:
+                attempt.ended = "succeeded"
+                break
+            if interval is not None and since >= interval and gap - clock >= CHECKPOINT_SECONDS:
+                clock += CHECKPOINT_SECONDS
+                ckpts.append((clock, progress))
+                since = 0.0
+        attempt.running = clock
+        attempts.append(attempt)
+        if attempt.ended == "succeeded":
+            return attempts
+        durable = [work for at, work in ckpts if at + DURABLE_LAG_SECONDS <= clock]
+        if durable:
+            saved = durable[-1]
+        attempt.lost_work = progress - saved
+    return attempts
+
+
+def replay_recovery(runs: dict[str, list[Attempt]]) -> tuple[dict[str, dict[str, float]], dict]:
+    """Replay each run's attempts as instances on the frozen-clock emulator (the cheapest
+    offer on a machine not yet lost, as `rgt run` picks); its dollars by the meter, the lost
+    boxes billing until the run ends. Also the first offer's bid (the ideal's price)."""
+    from rgt.providers.base import OfferQuery
+    from rgt.providers.vastai import VastProvider, run_label
+    from rgt.sim import Emulator
+
+    dollars: dict[str, dict[str, float]] = {}
+    gave_up: dict[str, int] = {}
+    first_bid = 0.0
+    with tempfile.TemporaryDirectory(prefix="rgt-bench-recover-") as state:
+        emulator = Emulator(state_dir=Path(state), seed=0, ssh=False, time_scale=0.0)
+        with emulator:
+            os.environ["VAST_API_KEY"] = emulator.api_key  # the emulator's key, not a real one
+            provider = VastProvider(api_url=emulator.url)
+            for name, attempts in runs.items():
+                lost_machines: set[str] = set()
+                rented: list[str] = []
+                for number, attempt in enumerate(attempts, 1):
+                    offers = provider.search_offers(OfferQuery(interruptible=True, limit=200))
+                    fitting = [o for o in offers if o.machine_id not in lost_machines]
+                    if not fitting:  # `rgt run` stops too (exit 6): every machine was lost
+                        gave_up[name] = number - 1
+                        break
+                    offer = min(fitting, key=lambda o: o.min_bid)
+                    first_bid = first_bid or offer.min_bid
+                    instance = provider.create(
+                        offer.id,
+                        image="bench/recover",
+                        disk_gb=DISK_GB,
+                        onstart="sleep 1000000",
+                        label=run_label(f"bench-{name}-{len(dollars)}", number),
+                        interruptible=True,
+                        bid_per_hour=offer.min_bid,
+                    )
+                    rented.append(instance.id)
+                    emulator.clock.advance(attempt.running)
+                    if attempt.ended == "preempted":
+                        emulator.preempt(instance.id)
+                    elif attempt.ended == "host-lost":
+                        emulator.take_host_offline(instance.id)
+                        emulator.clock.advance(HOST_LOST_GRACE_SECONDS)
+                    lost_machines.add(offer.machine_id)
+                meters = [emulator.meter(i) for i in rented]
+                dollars[name] = {
+                    k: sum(float(m[k]) for m in meters)
+                    for k in ("compute", "storage", "bandwidth", "total")
+                }
+                for instance_id in rented:  # the run's end: superseded boxes discarded too
+                    emulator.bring_host_online(instance_id)
+                    provider.destroy(instance_id)
+    return dollars, {"first_bid_per_hour": first_bid, "gave_up_after": gave_up}
+
+
+def recovery_main() -> dict:
+    """Part 2: recovery from durable checkpoints vs restart from scratch vs the ideal."""
+    mtbf = 1.0 / (1.0 / MTBF_SECONDS + 1.0 / HOST_LOSS_MTBF_SECONDS)
+    cadence = young_daly(mtbf, CHECKPOINT_SECONDS)
+    events = recovery_events(TRACE_SEED)
+    runs = {
+        "recover": simulate_recovery(cadence.interval_seconds, events),
+        "scratch": simulate_recovery(None, events),
+    }
+    dollars, offer = replay_recovery(runs)
+    ideal = WORK_SECONDS / 3600.0 * offer["first_bid_per_hour"]
+    print()
+    print(
+        f"# recovery (rgt run): preemption MTBF {MTBF_SECONDS / 3600:.0f} h + host loss MTBF "
+        f"{HOST_LOSS_MTBF_SECONDS / 3600:.0f} h (combined {mtbf / 3600:.1f} h); durable lag "
+        f"{DURABLE_LAG_SECONDS:.0f} s; host_lost_grace {HOST_LOST_GRACE_SECONDS / 60:.0f} min; "
+        f"Young/Daly W = {cadence.interval_seconds:.0f} s; ideal ${ideal:.3f}"
+    )
+    rows, results = [], {}
+    for name, attempts in runs.items():
+        cost = dollars[name]
+        replayed = offer["gave_up_after"].get(name)
+        if replayed is not None:  # out of machines: the figures cover the attempts replayed
+            attempts = attempts[:replayed]
+        lost = sum(a.lost_work for a in attempts)
+        kinds = [a.ended for a in attempts]
+        results[name] = {
+            "attempts": len(attempts),
+            "preempted": kinds.count("preempted"),
+            "host_lost": kinds.count("host-lost"),
+            "work_lost_hours": lost / 3600,
+            "running_hours": sum(a.running for a in attempts) / 3600,
+            "dollars": cost,
+            "compute_vs_ideal": cost["compute"] / ideal,
+            "total_vs_ideal": cost["total"] / ideal,
+            "running_vs_work": sum(a.running for a in attempts) / WORK_SECONDS,
+        }
+        results[name]["finished"] = replayed is None
+        rows.append(
+            [
+                name if replayed is None else f"{name} (NOT finished: every machine lost)",
+                len(attempts),
+                kinds.count("preempted"),
+                kinds.count("host-lost"),
+                f"{lost / 3600:.2f} h",
+                f"{sum(a.running for a in attempts) / 3600:.2f} h "
+                f"({sum(a.running for a in attempts) / WORK_SECONDS:.2f}x)",
+                f"${cost['compute']:.3f}",
+                f"${cost['storage']:.3f}",
+                f"${cost['total']:.3f}",
+                f"{cost['compute'] / ideal:.3f}x",
+                f"{cost['total'] / ideal:.3f}x",
+            ]
+        )
+    print(table(["run", "attempts", "preempted", "host lost", "work lost", "running",
+                 "compute", "storage", "total", "compute / ideal", "total / ideal"],
+                rows))  # fmt: skip
+    met = results["recover"]["total_vs_ideal"] <= RECOVERY_TARGET
+    print(
+        f"target: recovery within {RECOVERY_TARGET:.2f}x of the ideal dollars (total): "
+        f"{'MET' if met else 'MISSED'}"
+    )
+    return {"results": results, "ideal_dollars": ideal, "met": met,
+            "young_daly_interval_s": cadence.interval_seconds}  # fmt: skip
+
+
 def main() -> int:
     """Simulate the three policies, replay them on the emulator, print the table."""
     cadence = young_daly(MTBF_SECONDS, CHECKPOINT_SECONDS)
@@ -226,9 +426,10 @@ def main() -> int:
         f"target: Young/Daly compute within {TARGET_RATIO:.2f}x of the ideal: "
         f"{'MET' if met else 'MISSED'}"
     )
+    recovery = recovery_main()
     emit("cost", {"results": results, "ideal_compute_dollars": ideal, "offer": offer,
                   "met": met, "young_daly_interval_s": cadence.interval_seconds,
-                  "first_order_expectation": 1 + overhead})  # fmt: skip
+                  "first_order_expectation": 1 + overhead, "recovery": recovery})  # fmt: skip
     return 0
 
 

@@ -10,6 +10,7 @@ Exit codes (documented in the README):
     3  provider or network error (vast.ai API, ssh, rsync)
     4  refused by the Teardown Iron Law: evidence missing, approval absent or wrong
     5  `rgt poll --until done`: the timeout passed before the job finished
+    6  `rgt run` stopped relaunching: the budget is spent, or no offer fits the constraints
 
 A full local disk is a usage error (2), like a LOCAL_DIR that cannot hold the copy: the user's
 environment, not a bug in rgt and not the provider's failure.
@@ -29,6 +30,7 @@ EXIT_USAGE = 2
 EXIT_PROVIDER = 3
 EXIT_REFUSED = 4
 EXIT_NOT_DONE = 5
+EXIT_RUN_STOPPED = 6
 
 
 class RgtError(Exception):
@@ -81,6 +83,18 @@ class Refused(RgtError):
     """The Iron Law refused an irreversible action; the message lists the missing evidence."""
 
     exit_code = EXIT_REFUSED
+
+
+class RunStopped(RgtError):
+    """`rgt run` will not open another attempt: the budget is spent, or no offer satisfies the
+    job's constraints and the price cap (the lost machines excluded). `status`: the run's
+    status it leaves (rgt.runs.RUN_STATUSES: "budget-exhausted" or "no-offer")."""
+
+    exit_code = EXIT_RUN_STOPPED
+
+    def __init__(self, message: str, *, status: str = "budget-exhausted") -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LocalDiskFull(UsageError):

@@ -25,7 +25,7 @@ from rgt import paths
 from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_MS = 15_000
 # A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
 # a live destroy finishes well inside it (bounded retries + a confirm poll).
@@ -181,6 +181,46 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE verifications ADD COLUMN pull_sha256 TEXT;
     ALTER TABLE approvals ADD COLUMN verification_sha256 TEXT;
+    """,
+    # v7, runs and their attempts (`rgt run`, rgt.runs): a run is one job request supervised to
+    # its end; each attempt rents one instance, and says why it ended. An attempt is written
+    # before its launch (like a launch intent), so a supervisor killed mid-launch and started
+    # again finds the attempt and adopts its box by the attempt's label instead of renting.
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        job_file TEXT,
+        max_price_per_hour REAL NOT NULL,
+        budget REAL,
+        interruptible INTEGER NOT NULL,
+        bid_per_hour REAL,
+        status TEXT NOT NULL,
+        detail TEXT,
+        pid INTEGER,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        offer_id TEXT,
+        machine_id TEXT,
+        price_per_hour REAL,
+        instance_id TEXT,
+        seed_name TEXT,
+        seed_step INTEGER,
+        started REAL NOT NULL,
+        lost_state TEXT,
+        lost_since REAL,
+        ended REAL,
+        end_reason TEXT,
+        detail TEXT,
+        UNIQUE (run_id, number)
+    );
     """,
 )
 # What an approval or a meter-stop attempt is for.

@@ -15,7 +15,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -303,11 +303,16 @@ def launch(
     max_price_per_hour: float,
     interruptible: bool = False,
     bid_per_hour: float | None = None,
+    attempt: int = 1,
+    render_context: Mapping[str, Any] | None = None,
 ) -> LaunchResult:
     """Render the boot hook from the profile and job, rent the offer, record it in the ledger.
 
     Refuses (Refused, exit 4) when the price would exceed `max_price_per_hour`; the offer is
-    re-read from the marketplace now, so the cap holds against the price actually paid."""
+    re-read from the marketplace now, so the cap holds against the price actually paid.
+    `attempt` > 1 (`rgt run` relaunching the run elsewhere) labels the box
+    `rgt:<run_id>/<attempt>`: only a box of this attempt is adopted. `render_context` is more
+    context for the boot hook (the seed of a relaunch)."""
     from rgt.durable import remember_target
     from rgt.providers.base import run_label
     from rgt.render import render_template
@@ -323,9 +328,11 @@ def launch(
         raise UsageError(f"interruptible launch needs a bid per hour > 0 (bid {bid_per_hour})")
     if not interruptible and bid_per_hour is not None:
         raise UsageError("bid is only for interruptible launches")
-    rendered = render_template(profile, "onstart", job)
+    rendered = render_template(
+        profile, "onstart", job, extra=dict(render_context) if render_context else None
+    )
     remember_target(job)  # `rgt sync ID` knows where its checkpoints go
-    label = run_label(job.run_id)
+    label = run_label(job.run_id, attempt)
     # Look for the run's label before the offer: after an interrupted launch the box may
     # already be rented (and billing), and its offer is then often no longer rentable.
     existing = labelled_instance(provider, label)
@@ -677,6 +684,9 @@ class PollReport:
     run_id: str | None = None
     job: JobReport | None = None  # None: not asked for, or not a box rgt labelled for a run
     waited_seconds: float | None = None  # `poll --until done`: how long it waited
+    # MCP poll of a run id (`rgt run`): where the run stands (rgt.supervisor.run_report), and
+    # this report is of its current attempt's instance.
+    run: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""

@@ -108,3 +108,28 @@ def _held(path: Path, action: str) -> Iterator[tuple[str, str] | None]:
             yield None
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def supervisor_lock(run_id: str) -> Iterator[None]:
+    """Hold the supervisor lock of run `run_id` (`rgt run`): one supervisor per run, so two
+    never rent for it at once. The kernel drops it when the supervisor dies (kill -9), and the
+    next `rgt run` of the run takes it over from the ledger. (Not `run_lock`: a supervisor runs
+    durable sync rounds, which take that one.)
+
+    Raises Refused (exit 4) naming the process that supervises the run now."""
+    path = _lock_file("supervisor", str(run_id))
+    with _held(path, "supervisor") as holder:
+        if holder is not None:
+            raise Refused(
+                f"run {run_id}: another supervisor of it runs right now{holder[1]}; follow it "
+                f"with `rgt poll {run_id}`"
+            )
+        yield
+
+
+def run_supervised(run_id: str) -> bool:
+    """True when a live process holds the supervisor lock of run `run_id`."""
+    path = _lock_file("supervisor", str(run_id))
+    with _held(path, "look") as holder:
+        return holder is not None

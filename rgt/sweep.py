@@ -11,7 +11,10 @@ tool, or by a crashed rgt is still on the bill. Each row is flagged when it dese
   utilisation the provider reports under 5 %;
 - ``unknown-to-ledger``: rgt has no record of renting it;
 - ``recorded-by-sweep``: a launch whose create answer was lost (or whose recording failed)
-  rented it; the sweep found it by the launch's label and recorded it just now.
+  rented it; the sweep found it by the launch's label and recorded it just now;
+- ``superseded``: `rgt run` replaced it with a later attempt of its run (it was preempted,
+  stuck or offline past the profile's grace) and it still exists: pull its results, or discard
+  it with `--reason superseded` once the run's results are verified.
 
 Launches in doubt: every launch is written to the ledger before its create request. One still
 pending (no instance recorded) is resolved here by its label: a box carrying it is recorded;
@@ -29,6 +32,7 @@ from typing import Any
 from rgt.ledger import DESTROY_CLAIM_SECONDS, LaunchRecord, Ledger
 from rgt.lifecycle import unknown_rate_note
 from rgt.providers.base import Instance, Provider
+from rgt.runs import superseded_attempt
 
 NOT_RUNNING_STATES = frozenset({"stopped", "paused", "exited", "offline", "scheduling"})
 IDLE_GPU_PERCENT = 5.0
@@ -184,6 +188,8 @@ def sweep(
             flags.append("unknown-to-ledger")
         if instance.id in swept_in:
             flags.append("recorded-by-sweep")
+        if superseded_attempt(ledger, instance.id) is not None:
+            flags.append("superseded")
         rows.append(
             SweepRow(
                 platform=provider.platform,
@@ -394,6 +400,13 @@ def format_report(report: SweepReport) -> str:
             f"{unknown_rate_note(report.hourly_unknown)}"
         )
     lines.append(total)
+    lines += [
+        f"{row.instance_id}: superseded by a later attempt of its run (rgt run): pull its "
+        f"results, or `rgt discard {row.instance_id} --reason superseded` once the run's "
+        "results are verified"
+        for row in report.rows
+        if "superseded" in row.flags
+    ]
     if report.ledger_only:
         lines.append(
             "in the ledger but not visible to this key (another account, or destroyed outside "

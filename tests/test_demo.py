@@ -313,3 +313,30 @@ def test_bad_dir_is_a_one_line_usage_error(tmp_path: Path, kind: str) -> None:
     )
     if kind == "not-empty":
         assert sorted(p.name for p in target.iterdir()) == ["ledger.db"]  # left alone
+
+
+@pytest.mark.timeout(300)
+def test_recover_scenario_finishes_on_another_offer_from_a_durable_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """`rgt demo --scenario recover`: the first box's host goes offline at ~40 %; `rgt run`'s
+    supervisor rents another machine, seeds it, and the job resumes there (not from step 0);
+    the report shows the attempts, the steps lost and the dollars against a restart."""
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "demo", "--scenario", "recover", "--yes", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    first, second = report["attempts"]
+    assert (first["ended"], second["ended"]) == ("host-lost", "succeeded")
+    assert first["machine_id"] != second["machine_id"]
+    assert report["status"] == "done" and report["superseded"] == [first["instance_id"]]
+    assert 0 < report["resumed_from_step"] == second["seed_step"]
+    assert report["lost_host_at_step"] >= 0.4 * report["steps"]
+    assert report["steps_lost"] == report["lost_host_at_step"] - report["resumed_from_step"]
+    dollars = report["dollars"]
+    assert 0 < dollars["actual"] < dollars["restart_from_scratch"]

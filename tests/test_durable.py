@@ -64,6 +64,7 @@ def _job_file(directory: Path, run_id: str, durable_value: Any, **extra: Any) ->
         "checkpoint_dir": CHECKPOINTS,
         "checkpoint_glob": "*.ckpt",
         "durable": durable_value,
+        "health": {"gpu_required": False},  # the emulator's boxes have no GPU
         **extra,
     }
     path = directory / f"{run_id}.yaml"

@@ -24,6 +24,7 @@ TOOLS = {
     "get_profile",
     "search_offers",
     "launch",
+    "run",
     "poll",
     "copy",
     "verify",
@@ -86,7 +87,7 @@ async def test_tools_are_strict_and_carry_no_approval_argument(mode: str) -> Non
             "logs",
         ):
             assert tools[name].annotations.read_only_hint is True, name
-        for name in ("stop", "start", "copy", "verify", "launch"):
+        for name in ("stop", "start", "copy", "verify", "launch", "run"):
             assert tools[name].annotations.destructive_hint is False, name
 
 

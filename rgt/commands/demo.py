@@ -22,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
+        "--scenario",
+        choices=["preempt", "recover"],
+        default="preempt",
+        help="preempt (default): one box, preempted and resumed; recover: `rgt run` loses its "
+        "first box's host at ~40 %% and finishes on another offer from durable checkpoints",
+    )
+    parser.add_argument(
         "--dir",
         metavar="DIR",
         help="keep the demo's files here (ledger, emulator state, pulled results); must be empty "
@@ -42,8 +49,15 @@ def run(args: argparse.Namespace) -> int:
 
     keep = args.dir is not None
     demo_dir = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="rgt-demo-"))
+    if args.scenario == "recover":
+        from rgt.demo.recover import RECOVER_SETTINGS, RecoverDemo, render_recover_text
+
+        render_text = render_recover_text
+        demo: Demo = RecoverDemo(RECOVER_SETTINGS, yes=args.yes, demo_dir=demo_dir)
+    else:
+        demo = Demo(DemoSettings(), yes=args.yes, demo_dir=demo_dir)
     try:
-        report = Demo(DemoSettings(), yes=args.yes, demo_dir=demo_dir).run()
+        report = demo.run()
         if not keep:
             report["demo_dir"] = f"{demo_dir} (removed; keep it with --dir DIR)"
     finally:

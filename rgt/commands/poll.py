@@ -17,7 +17,9 @@ DEFAULT_INTERVAL_SECONDS = 30.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """INSTANCE [--until done [--timeout S] [--interval S]] [--json]."""
-    parser.add_argument("instance", help="the instance id")
+    parser.add_argument(
+        "instance", help="the instance id, or the run id of a run `rgt run` supervises"
+    )
     parser.add_argument(
         "--until",
         choices=["done"],
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--timeout and --interval go with --until done")
     timeout = _seconds(args.timeout, "--timeout", DEFAULT_TIMEOUT_SECONDS)
     interval = _seconds(args.interval, "--interval", DEFAULT_INTERVAL_SECONDS)
+    if args.until is None and _print_run(args.instance, as_json=args.json):
+        return 0
     provider, profile = open_platform(args.platform, args.instance)
     with Ledger.open() as ledger:
         if args.until is None:
@@ -86,6 +90,38 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(human(report))
     return 0 if args.until is None else wait_exit_code(report)
+
+
+def _print_run(name: str, *, as_json: bool) -> bool:
+    """Print where run `name` stands when `rgt run` supervised a run of that id and no
+    instance rgt knows has that id; False otherwise (an instance is polled)."""
+    import json
+
+    from rgt.ledger import Ledger
+    from rgt.supervisor import run_report
+
+    with Ledger.open() as ledger:
+        if any(r.instance_id == name for r in ledger.instances()):
+            return False
+        report = run_report(ledger, name)
+    if report is None:
+        return False
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return True
+    lines = [
+        f"run {name}: {report['status']}" + (f" ({report['detail']})" if report["detail"] else "")
+    ]
+    for attempt in report["attempts"]:
+        lines.append(
+            f"  attempt {attempt['attempt']}: instance {attempt['instance_id']} "
+            f"(machine {attempt['machine_id']}) from {attempt['seed'] or 'scratch'}: "
+            f"{attempt['ended'] or 'running'}; ≈ ${attempt['cost']:.4f}"
+        )
+    budget = "" if report["budget"] is None else f" of the budget ${report['budget']:.4f}"
+    lines += [f"  spent ≈ ${report['spent']:.4f}{budget}", f"  next: {report['next_action']}"]
+    print("\n".join(lines))
+    return True
 
 
 def wait_exit_code(report: Any) -> int:

@@ -194,3 +194,13 @@ class SweepResult(BaseModel):
     ledger_only_endings: dict[str, str]
     lost: list[str]
     launches: list[SweepLaunch]
+
+
+class RunStarted(BaseModel):
+    """run: a supervisor started in the background for one run (rgt.supervisor)."""
+
+    run_id: str
+    pid: int
+    log: str
+    job_file: str
+    next: str

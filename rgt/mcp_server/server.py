@@ -33,7 +33,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from rgt import __version__
-from rgt.errors import RgtError
+from rgt.errors import RgtError, UsageError
 
 # The poll tool returns the lifecycle's report itself (its output schema is built from it), so
 # the CLI and MCP cannot drift apart on what a poll says.
@@ -46,6 +46,7 @@ from rgt.mcp_server.results import (
     ProfileEntry,
     ProfileList,
     ProfileSummary,
+    RunStarted,
     StartResult,
     StopResult,
     SweepResult,
@@ -56,6 +57,9 @@ T = TypeVar("T")
 
 # Tool arguments several tools take, described once.
 InstanceIdArg = Annotated[str, Field(description="the instance id")]
+PollIdArg = Annotated[
+    str, Field(description="the instance id, or the run id of a run the run tool supervises")
+]
 ProfileArg = Annotated[str, Field(description="platform profile")]
 
 APPROVAL_CHANNEL = "mcp-elicitation"
@@ -82,7 +86,8 @@ Teardown Iron Law: destroy runs only when the results were pulled, verified byte
 the manifest built on the box, and a human approved by typing the instance id back in the
 client's prompt. You cannot approve for them; no tool argument can. A refusal lists exactly what
 is missing. stop is not a meter stop on every platform (get_profile says what keeps billing);
-sweep and cost show what still bills; logs shows the box's own output.
+sweep and cost show what still bills; logs shows the box's own output. run supervises a whole
+run in the background (relaunches a lost box from durable checkpoints); poll(RUN_ID) follows it.
 """
 
 
@@ -889,7 +894,7 @@ async def launch(
 
 
 async def poll(
-    instance_id: InstanceIdArg,
+    instance_id: PollIdArg,
     ctx: Context,
     wait_seconds: Annotated[
         float,
@@ -911,7 +916,8 @@ async def poll(
     next action, cost so far. A failed job's logs are copied to the run's local dir first.
     With wait_seconds, one call waits for the job instead of a polling loop. cost_basis (how the
     cost is estimated) comes with the first poll of an instance and when it changes; null:
-    as last told."""
+    as last told. Given a run id (the run tool), the report is of the run's current instance,
+    with `run`: the run's status, attempts and spend."""
     from dataclasses import replace
 
     from rgt.errors import ProviderError
@@ -920,15 +926,17 @@ async def poll(
 
     def look() -> PollReport | ProviderError:
         try:
-            with _for_instance(instance_id, prompt=True) as (ledger, profile, provider):
-                return poll_instance(
-                    instance_id,
+            target, run = _run_of_poll(instance_id)
+            with _for_instance(target, prompt=True) as (ledger, profile, provider):
+                found = poll_instance(
+                    target,
                     provider=provider,
                     ledger=ledger,
                     profile=profile,
                     read_job=True,
                     for_tool=True,
                 )
+            return found if run is None else replace(found, run=run)
         except ProviderError as exc:  # while waiting, the next look may get through
             return exc
 
@@ -951,6 +959,100 @@ async def poll(
             with contextlib.suppress(Exception):
                 await ctx.report_progress(elapsed, wait_seconds, f"job {job}")
         await anyio.sleep(min(interval_seconds, max(0.0, wait_seconds - elapsed)))
+
+
+def _run_of_poll(name: str) -> tuple[str, dict[str, Any] | None]:
+    """(the instance to poll, the run's report) for poll's id: a run the run tool supervises
+    (by its run id, when no instance has that id) is polled through its current instance."""
+    from rgt.supervisor import run_report
+
+    with _ledger() as ledger:
+        if any(r.instance_id == name for r in ledger.instances()):
+            return name, None
+        report = run_report(ledger, name)
+    if report is None:
+        return name, None
+    if report["instance_id"] is None:
+        raise UsageError(
+            f"run {name} has rented no instance yet ({report['status']}): poll it again in a moment"
+        )
+    return str(report["instance_id"]), report
+
+
+async def run(
+    job: Annotated[
+        str | dict[str, Any],
+        Field(
+            description=(
+                "the job request: a path to its YAML file on the server, or the request itself "
+                "as an object (schema: resource rgt://schemas/job.schema.json)"
+            )
+        ),
+    ],
+    max_price_per_hour: Annotated[float, Field(gt=0, description="no attempt rents above this")],
+    budget: Annotated[
+        float | None,
+        Field(gt=0, description="dollars all attempts together may cost; then it stops"),
+    ] = None,
+    interruptible: bool = False,
+    bid: Annotated[float | None, Field(gt=0, description="$/hour bid (interruptible)")] = None,
+    interval_seconds: Annotated[
+        float, Field(ge=1, le=300, description="seconds between the supervisor's looks")
+    ] = 10.0,
+    profile: ProfileArg = DEFAULT_PROFILE,
+) -> RunStarted:
+    """Supervise a whole run in the background (rents money, possibly several boxes): rent the
+    cheapest fitting offer under the cap, watch the job, and when the box is lost (preempted,
+    stuck or offline past the profile's grace) rent another offer, never the lost machine,
+    resuming from the newest durable checkpoint; a failed job is reported, not relaunched. When
+    the job succeeds it pulls and verifies; destroy then needs a human's approval (destroy
+    tool). Follow it with poll(instance_id=RUN_ID)."""
+    from rgt.job import JobRequest, load_job
+    from rgt.nextstep import Step
+    from rgt.supervisor import start_detached
+
+    def work() -> RunStarted:
+        import yaml
+
+        from rgt.atomic import atomic_write_text
+        from rgt.paths import run_dir
+
+        chosen = _profile(profile)
+        if interruptible and not chosen.spot_available:
+            raise UsageError(f"profile {chosen.name}: interruptible rentals are not available")
+        if bid is not None and not interruptible:
+            raise UsageError("bid goes with interruptible")
+        request = (
+            JobRequest.from_dict(job, source="job") if isinstance(job, dict) else load_job(job)
+        )
+        job_file = str(job) if isinstance(job, str) else ""
+        if not job_file:
+            # The background process reads the job from a file: the validated request, kept
+            # in the run's local dir (no secret values: a job names env vars only).
+            target = run_dir(request.run_id) / "job.yaml"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, yaml.safe_dump(request.as_dict(), sort_keys=False))
+            job_file = str(target)
+        started = start_detached(
+            job_file,
+            request.run_id,
+            max_price_per_hour=max_price_per_hour,
+            budget=budget,
+            interruptible=interruptible,
+            bid_per_hour=bid,
+            interval=interval_seconds,
+            platform=None if chosen.name == DEFAULT_PROFILE else chosen.name,
+        )
+        follow = Step.of("poll", instance_id=request.run_id, wait=True).call()
+        return RunStarted(
+            run_id=request.run_id,
+            pid=int(started["pid"]),
+            log=str(started["log"]),
+            job_file=job_file,
+            next=f"{follow}: the run's current instance, its job, the attempts and the spend",
+        )
+
+    return await _blocking(work)
 
 
 async def copy(
@@ -1236,6 +1338,13 @@ def build_server() -> MCPServer:
             title="Launch an instance (rents it: costs money)",
             annotations=ToolAnnotations(
                 read_only_hint=False, destructive_hint=False, idempotent_hint=True
+            ),
+        ),
+        strict_tool(
+            run,
+            title="Supervise a run in the background (rents: costs money)",
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=False
             ),
         ),
         strict_tool(poll, annotations=idempotent_read),

@@ -19,18 +19,36 @@ from rgt.errors import ProviderError
 LABEL_PREFIX = "rgt:"
 
 
-def run_label(run_id: str) -> str:
-    """The label that marks an instance as rgt's and names its run: `rgt:<run_id>`."""
-    return LABEL_PREFIX + run_id
+def run_label(run_id: str, attempt: int = 1) -> str:
+    """The label that marks an instance as rgt's and names its run: `rgt:<run_id>`; a later
+    attempt of the run (`rgt run` relaunching elsewhere) is `rgt:<run_id>/<attempt>`, so that
+    adopting a box by its label never takes an earlier attempt's box for this one."""
+    return LABEL_PREFIX + run_id + (f"{ATTEMPT_SEPARATOR}{attempt}" if attempt > 1 else "")
+
+
+# A run id never holds "/" (schemas/job.schema.json), so the attempt suffix cannot be misread.
+ATTEMPT_SEPARATOR = "/"
 
 
 def run_from_label(*labels: str | None) -> str | None:
     """The run named by the first rgt label among `labels` (the live one first, then what the
-    ledger recorded), or None for an instance rgt did not label."""
+    ledger recorded), or None for an instance rgt did not label. Every attempt of a run names
+    the same run."""
     for label in labels:
         if label and label.startswith(LABEL_PREFIX) and len(label) > len(LABEL_PREFIX):
-            return label[len(LABEL_PREFIX) :]
+            run, _, attempt = label[len(LABEL_PREFIX) :].partition(ATTEMPT_SEPARATOR)
+            if run and (not attempt or attempt.isdigit()):
+                return run
     return None
+
+
+def attempt_from_label(label: str | None) -> int | None:
+    """Which attempt of its run an rgt label names (1 for a plain `rgt:<run_id>`), else None."""
+    if run_from_label(label) is None:
+        return None
+    assert label is not None
+    _, _, attempt = label.partition(ATTEMPT_SEPARATOR)
+    return int(attempt) if attempt else 1
 
 
 # A provider-neutral reading of an instance's state. "gone" means destroyed / not found.

@@ -1,0 +1,147 @@
+"""`rgt run JOB.yaml --max-price P [--budget DOLLARS] [--detach]`: supervise one run to its end
+(rent, watch, relaunch elsewhere from the newest durable checkpoint when the box is lost, then
+pull → verify → approve → destroy); see rgt.supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from rgt.commands._platform import add_platform_argument
+
+ORDER = 55  # position in `rgt --help` (see rgt.cli.command_modules)
+HELP = (
+    "supervise a run to its end: rent, watch, relaunch on another offer from the newest durable "
+    "checkpoint when the box is lost, then pull, verify and destroy with a human's approval"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """JOB --max-price P [--budget D] [--interruptible [--bid B]] [--detach] [--json]."""
+    parser.add_argument("job", help="job request YAML file")
+    parser.add_argument(
+        "--max-price", type=float, required=True, help="no attempt rents above this $/hour"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="DOLLARS",
+        help="dollars all attempts together may cost; once spent, no attempt is opened (exit 6)",
+    )
+    parser.add_argument("--interruptible", action="store_true", help="rent bids (spot)")
+    parser.add_argument(
+        "--bid", type=float, help="$/hour bid with --interruptible (default: each offer's minimum)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between looks at the box (default 10)",
+    )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="supervise in a background process; follow it with `rgt poll RUN_ID`",
+    )
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    add_platform_argument(parser)
+
+
+def _positive(value: float | None, flag: str) -> None:
+    from rgt.errors import UsageError
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} {value:g}: must be a number > 0")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Supervise the run (or start a detached supervisor) and print how it ended."""
+    import json
+    import sys
+
+    from rgt.commands._platform import open_platform
+    from rgt.errors import UsageError
+    from rgt.job import load_job
+    from rgt.ledger import Ledger
+    from rgt.supervisor import DEFAULT_INTERVAL_SECONDS, RunRequest, Supervisor
+
+    _positive(args.max_price, "--max-price")
+    _positive(args.budget, "--budget")
+    _positive(args.bid, "--bid")
+    _positive(args.interval, "--interval")
+    if args.bid is not None and not args.interruptible:
+        raise UsageError("--bid goes with --interruptible")
+    job = load_job(args.job)
+    if args.detach:
+        return _detach(args, job.run_id)
+    provider, profile = open_platform(args.platform)
+    if args.interruptible and not profile.spot_available:
+        raise UsageError(f"profile {profile.name}: interruptible rentals are not available")
+    request = RunRequest(
+        job=job,
+        max_price_per_hour=args.max_price,
+        budget=args.budget,
+        interruptible=args.interruptible,
+        bid_per_hour=args.bid,
+        job_file=str(args.job),
+    )
+    with Ledger.open() as ledger:
+        supervisor = Supervisor(
+            request,
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            approve=_terminal_approver() if sys.stdin.isatty() else None,
+            say=lambda line: print(f"rgt run: {line}", file=sys.stderr, flush=True),
+            interval=args.interval or DEFAULT_INTERVAL_SECONDS,
+        )
+        outcome = supervisor.supervise()
+    if args.json:
+        print(json.dumps(outcome.to_json(), indent=2))
+    else:
+        print(outcome.message)
+        for attempt in outcome.attempts:
+            print(
+                f"  attempt {attempt['attempt']}: instance {attempt['instance_id']} "
+                f"(machine {attempt['machine_id']}) from {attempt['seed'] or 'scratch'}: "
+                f"{attempt['ended'] or 'running'}; ≈ ${attempt['cost']:.4f}"
+            )
+        print(f"  spent ≈ ${outcome.spent:.4f} (rental price x time, all attempts)")
+    return 0
+
+
+def _terminal_approver() -> Any:
+    """Ask the human at this terminal (the destroy command's prompt)."""
+    from rgt import approval
+
+    def approve(ledger: Any, instance_id: str, summary: str) -> int:
+        return approval.prompt_approval(ledger, instance_id, summary=summary)
+
+    return approve
+
+
+def _detach(args: argparse.Namespace, run_id: str) -> int:
+    """Start the supervisor in the background; print its pid, log and how to follow it."""
+    import json
+
+    from rgt.supervisor import start_detached
+
+    started = start_detached(
+        str(args.job),
+        run_id,
+        max_price_per_hour=args.max_price,
+        budget=args.budget,
+        interruptible=args.interruptible,
+        bid_per_hour=args.bid,
+        interval=args.interval,
+        platform=args.platform,
+    )
+    if args.json:
+        print(json.dumps(started, indent=2))
+    else:
+        print(
+            f"run {run_id}: supervisor started in the background (pid {started['pid']}); its "
+            f"log is {started['log']}\nnext: rgt poll {run_id}"
+        )
+    return 0

@@ -1,0 +1,266 @@
+"""Runs and their attempts in the ledger: what `rgt run` supervises, and why each attempt ended.
+
+A run is one job request supervised to its end (rgt.supervisor). Each attempt rents one
+instance; the attempt row is written BEFORE its launch (with the label the box will carry), so a
+supervisor killed at any instant and started again finds it and adopts the box by that label
+instead of renting a second one. The tables are the ledger's (schema v7, rgt.ledger); every
+write is one ledger transaction.
+
+Why an attempt ended (`end_reason`):
+
+    preempted-past-grace  the interruptible box was outbid and stayed so past the profile's
+                          spot_grace
+    stuck-scheduling      the box waited for its GPU (or its image) past host_lost_grace (VAST3)
+    host-lost             the host was offline past host_lost_grace (VAST7)
+    lost                  the box disappeared (gone) without rgt ending it
+    failed                the job exited non-zero (not interrupted): never relaunched blindly
+    succeeded             the job exited 0 and its manifest was written
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, NamedTuple
+
+from rgt.ledger import Ledger
+
+END_REASONS = (
+    "preempted-past-grace",
+    "stuck-scheduling",
+    "host-lost",
+    "lost",
+    "failed",
+    "succeeded",
+)
+# The attempts that leave a box behind that may come back: it is superseded, never forgotten.
+SUPERSEDED_REASONS = ("preempted-past-grace", "stuck-scheduling", "host-lost")
+# What a run's status says (runs.status).
+RUN_STATUSES = (
+    "running",  # a supervisor watches an attempt (or is about to rent one)
+    "awaiting-approval",  # the results are pulled and verified; a human approves the destroy
+    "done",  # the results are verified and the box was destroyed through the gate
+    "failed",  # the job failed: reported, not relaunched
+    "budget-exhausted",  # the next attempt would cost more than the budget allows
+    "no-offer",  # no offer satisfies the constraints and the cap (lost machines excluded)
+    "stopped",  # the supervisor stopped on an error it could not get past
+)
+
+
+class RunRecord(NamedTuple):
+    """One supervised run."""
+
+    run_id: str
+    provider: str
+    profile: str
+    job_file: str | None
+    max_price_per_hour: float
+    budget: float | None
+    interruptible: bool
+    bid_per_hour: float | None
+    status: str
+    detail: str | None
+    pid: int | None  # the supervising process (a run whose process lives is supervised now)
+    created: float
+    updated: float
+
+
+class AttemptRecord(NamedTuple):
+    """One attempt of a run: the instance it rented, and why it ended."""
+
+    id: int
+    run_id: str
+    number: int
+    label: str
+    offer_id: str | None
+    machine_id: str | None
+    price_per_hour: float | None
+    instance_id: str | None  # None: written before its launch, the box not (yet) known
+    seed_name: str | None  # the durable checkpoint it started from (None: from scratch)
+    seed_step: int | None
+    started: float
+    lost_state: str | None  # the state of the current streak that may end it (paused, ...)
+    lost_since: float | None  # when the supervisor first saw that streak
+    ended: float | None
+    end_reason: str | None  # one of END_REASONS
+    detail: str | None
+
+    def cost(self, now: float) -> float:
+        """Dollars this attempt has cost by the supervisor's estimate: its rental price from
+        its start to its end (or `now`), whatever the box's state (an upper bound: vast.ai's
+        price includes the disk, and a paused box bills less)."""
+        if self.price_per_hour is None:
+            return 0.0
+        until = self.ended if self.ended is not None else now
+        return max(0.0, until - self.started) / 3600.0 * self.price_per_hour
+
+
+def record_run(
+    ledger: Ledger,
+    run_id: str,
+    *,
+    provider: str,
+    profile: str,
+    job_file: str | None,
+    max_price_per_hour: float,
+    budget: float | None,
+    interruptible: bool,
+    bid_per_hour: float | None,
+    now: float,
+) -> RunRecord:
+    """Start supervising `run_id` (a new run, or the ledger's run taken over by this process:
+    its settings are the new ones, its attempts stay)."""
+    with ledger.transaction() as db:
+        db.execute(
+            """
+            INSERT INTO runs (run_id, provider, profile, job_file, max_price_per_hour, budget,
+                              interruptible, bid_per_hour, status, detail, pid, created, updated)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, ?, ?, ?)
+            ON CONFLICT (run_id) DO UPDATE SET
+                job_file = excluded.job_file,
+                max_price_per_hour = excluded.max_price_per_hour,
+                budget = excluded.budget,
+                interruptible = excluded.interruptible,
+                bid_per_hour = excluded.bid_per_hour,
+                status = 'running', detail = NULL, pid = excluded.pid,
+                updated = excluded.updated
+            """,
+            (
+                run_id,
+                provider,
+                profile,
+                job_file,
+                max_price_per_hour,
+                budget,
+                int(interruptible),
+                bid_per_hour,
+                os.getpid(),
+                now,
+                now,
+            ),
+        )
+    found = run(ledger, run_id)
+    assert found is not None
+    return found
+
+
+def set_run_status(ledger: Ledger, run_id: str, status: str, detail: str | None = None) -> None:
+    """Record where the run stands (one of RUN_STATUSES) and why, in one line."""
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run status {status!r}: allowed are {', '.join(RUN_STATUSES)}")
+    with ledger.transaction() as db:
+        db.execute(
+            "UPDATE runs SET status = ?, detail = ?, updated = ? WHERE run_id = ?",
+            (status, detail, time.time(), run_id),
+        )
+
+
+def run(ledger: Ledger, run_id: str) -> RunRecord | None:
+    """The run `run_id`, or None when rgt never supervised it."""
+    rows = _select(ledger, "SELECT * FROM runs WHERE run_id = ?", (run_id,))
+    return _run_record(rows[0]) if rows else None
+
+
+def runs(ledger: Ledger) -> list[RunRecord]:
+    """Every supervised run, oldest first."""
+    return [_run_record(row) for row in _select(ledger, "SELECT * FROM runs ORDER BY created")]
+
+
+def open_attempt(
+    ledger: Ledger,
+    run_id: str,
+    number: int,
+    *,
+    label: str,
+    offer_id: str | None,
+    machine_id: str | None,
+    price_per_hour: float | None,
+    seed_name: str | None,
+    seed_step: int | None,
+    now: float,
+) -> AttemptRecord:
+    """Write attempt `number` of the run BEFORE its launch; returns it."""
+    with ledger.transaction() as db:
+        db.execute(
+            """
+            INSERT INTO attempts (run_id, number, label, offer_id, machine_id, price_per_hour,
+                                  seed_name, seed_step, started)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            (
+                run_id,
+                number,
+                label,
+                offer_id,
+                machine_id,
+                price_per_hour,
+                seed_name,
+                seed_step,
+                now,
+            ),
+        )
+    return attempts(ledger, run_id)[number - 1]
+
+
+def update_attempt(ledger: Ledger, attempt_id: int, **fields: Any) -> None:
+    """Set some of an attempt's fields (instance_id, price_per_hour, lost_state, lost_since,
+    ended, end_reason, detail, machine_id)."""
+    allowed = {
+        "instance_id",
+        "price_per_hour",
+        "lost_state",
+        "lost_since",
+        "ended",
+        "end_reason",
+        "detail",
+        "machine_id",
+        "offer_id",
+    }
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"attempt fields {sorted(unknown)}: allowed are {sorted(allowed)}")
+    if fields.get("end_reason") not in (None, *END_REASONS):
+        raise ValueError(f"end_reason {fields['end_reason']!r}: allowed are {END_REASONS}")
+    names = sorted(fields)
+    with ledger.transaction() as db:
+        db.execute(
+            f"UPDATE attempts SET {', '.join(f'{name} = ?' for name in names)} WHERE id = ?",
+            (*[fields[name] for name in names], attempt_id),
+        )
+
+
+def attempts(ledger: Ledger, run_id: str) -> list[AttemptRecord]:
+    """The run's attempts, first first."""
+    return [
+        AttemptRecord(**dict(row))
+        for row in _select(
+            ledger, "SELECT * FROM attempts WHERE run_id = ? ORDER BY number", (run_id,)
+        )
+    ]
+
+
+def superseded_attempt(ledger: Ledger, instance_id: str) -> AttemptRecord | None:
+    """The attempt that rented `instance_id` if it ended superseded (its box may come back and
+    bill: pull its results or discard it with --reason superseded), else None."""
+    rows = _select(
+        ledger,
+        "SELECT * FROM attempts WHERE instance_id = ? ORDER BY number DESC LIMIT 1",
+        (str(instance_id),),
+    )
+    record = AttemptRecord(**dict(rows[0])) if rows else None
+    if record is not None and record.end_reason in SUPERSEDED_REASONS:
+        return record
+    return None
+
+
+def _select(ledger: Ledger, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+    # A read in the ledger's own transaction: consistent, and it waits for a writer like any
+    # other ledger access (busy_timeout) instead of failing.
+    with ledger.transaction() as db:
+        return list(db.execute(sql, args).fetchall())
+
+
+def _run_record(row: Any) -> RunRecord:
+    data = dict(row)
+    data["interruptible"] = bool(data["interruptible"])
+    return RunRecord(**data)

@@ -1,0 +1,729 @@
+"""`rgt run`: supervise one run to its end, across as many rentals as it takes.
+
+search → launch → watch (the instance's state and the job status record) → keep checkpoints
+durable (rgt.durable.sync_once each round when the job has `durable: local`) → when the box is
+lost (preempted past the profile's spot_grace, stuck waiting for its GPU or offline past its
+host_lost_grace, or gone) rent another offer that satisfies the same constraints and cap, never
+on a machine the run lost, seed it with the newest durable checkpoint and resume; until the job
+succeeds. Then pull → verify → a human approves → destroy, through the gate (rgt.gate).
+
+What keeps it honest:
+
+- One supervisor per run (rgt.locks.supervisor_lock, dropped by the kernel when it dies); the ledger
+  holds the run and its attempts (rgt.runs), each attempt written before its launch with the
+  label its box will carry (`rgt:<run_id>/<n>`), so a supervisor killed with -9 and started
+  again adopts the box by that label (rgt.lifecycle.launch) and never rents twice.
+- A failed job (exit != 0, not interrupted) is reported with its logs (poll copies them) and
+  never relaunched: it would fail the same way again, and bill for it.
+- The budget bounds the dollars of all attempts together: no attempt opens once it is spent.
+- A superseded box is not destroyed (its results were not verified): it stays in the ledger,
+  `rgt sweep` lists it, and its results are pulled or it is discarded with --reason superseded.
+
+Time comes from `clock` (epoch seconds): the grace periods and the cost estimate use it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rgt import runs
+from rgt.errors import CheckFailed, ProviderError, Refused, RgtError, RunStopped
+from rgt.job import JobRequest
+from rgt.ledger import Ledger
+from rgt.profile import Profile
+from rgt.providers.base import Offer, Provider, run_label
+from rgt.runs import AttemptRecord
+
+# Instance states in which the job cannot run, by the reason an attempt ends when one lasts past
+# its grace. Which grace: the profile's spot_grace for a preemption, host_lost_grace otherwise.
+LOST_REASON_OF_STATE = {
+    "paused": "preempted-past-grace",
+    "scheduling": "stuck-scheduling",
+    "loading": "stuck-scheduling",
+    "provisioning": "stuck-scheduling",
+    "stopped": "stuck-scheduling",
+    "exited": "stuck-scheduling",
+    "offline": "host-lost",
+}
+DEFAULT_INTERVAL_SECONDS = 10.0
+DETACH_START_SECONDS = 30.0  # how long `--detach` waits for its supervisor to take the run
+DETACHED_LOG = "supervisor.log"  # a detached supervisor's output, in the run's local dir
+RUNNING_WAIT_SECONDS = 600.0  # how long a seeded box may take to run before the upload gives up
+
+# approve(ledger, instance_id, summary) -> the approval id a human just gave (the CLI: the
+# terminal prompt), or None where no human can be asked now (detached): the run then waits
+# for `rgt destroy`.
+Approver = Callable[[Ledger, str, str], "int | None"]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to supervise: the job and the limits every attempt keeps."""
+
+    job: JobRequest
+    max_price_per_hour: float
+    budget: float | None = None
+    interruptible: bool = False
+    bid_per_hour: float | None = None  # None with interruptible: each offer's minimum bid
+    job_file: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    """How a supervised run ended (so far)."""
+
+    run_id: str
+    status: str  # one of rgt.runs.RUN_STATUSES
+    message: str
+    instance_id: str | None = None  # the attempt that succeeded (or the last one)
+    results_dir: str | None = None
+    spent: float = 0.0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)  # boxes left behind, still to resolve
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+class Supervisor:
+    """One run's supervisor (see the module docstring); `supervise()` runs it to its end."""
+
+    def __init__(
+        self,
+        request: RunRequest,
+        *,
+        provider: Provider,
+        ledger: Ledger,
+        profile: Profile,
+        approve: Approver | None = None,
+        say: Callable[[str], None] = lambda _line: None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        interval: float = DEFAULT_INTERVAL_SECONDS,
+    ) -> None:
+        self.request = request
+        self.job = request.job
+        self.run_id = request.job.run_id
+        self.provider = provider
+        self.ledger = ledger
+        self.profile = profile
+        self.approve = approve
+        self.say = say
+        self.clock = clock
+        self.sleep = sleep
+        self.interval = interval
+        self._syncing: _SyncLoop | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def supervise(self) -> RunOutcome:
+        """Supervise the run until it ends; returns how. Raises RunStopped (exit 6) when the
+        budget is spent or no offer fits, CheckFailed (exit 1) when the job failed, Refused
+        (exit 4) when another supervisor runs it."""
+        from rgt.locks import supervisor_lock
+
+        with supervisor_lock(self.run_id):
+            runs.record_run(
+                self.ledger,
+                self.run_id,
+                provider=self.provider.platform,
+                profile=self.profile.name,
+                job_file=self.request.job_file,
+                max_price_per_hour=self.request.max_price_per_hour,
+                budget=self.request.budget,
+                interruptible=self.request.interruptible,
+                bid_per_hour=self.request.bid_per_hour,
+                now=self.clock(),
+            )
+            try:
+                self._check_relaunch_fits()
+                return self._loop()
+            except RunStopped as exc:
+                runs.set_run_status(self.ledger, self.run_id, exc.status, exc.message)
+                raise
+            except CheckFailed as exc:
+                runs.set_run_status(self.ledger, self.run_id, "failed", exc.message)
+                raise
+            except RgtError as exc:
+                runs.set_run_status(self.ledger, self.run_id, "stopped", exc.message)
+                raise
+            finally:
+                self._stop_sync()
+
+    def _loop(self) -> RunOutcome:
+        while True:
+            history = runs.attempts(self.ledger, self.run_id)
+            current = history[-1] if history else None
+            if current is not None and current.end_reason == "succeeded":
+                try:
+                    return self._finish(current)
+                except ProviderError as exc:
+                    # The results are on that box alone (paused, offline, the API down): wait
+                    # for it; another box cannot have them.
+                    self.say(f"instance {current.instance_id}: {exc.message}; trying again")
+                    self.sleep(self.interval)
+                    continue
+            if current is not None and current.end_reason == "failed":
+                raise CheckFailed(self._failed_message(current))
+            if current is None or current.ended is not None:
+                current = self._open_next_attempt(history)
+            elif current.instance_id is None:
+                # Written before its launch by a supervisor that died: launch it again with
+                # the same label; rgt.lifecycle.launch adopts the box if the create happened.
+                current = self._launch(current)
+            self._watch_once(current)
+            latest = runs.attempts(self.ledger, self.run_id)[-1]
+            if latest.ended is None:
+                self.sleep(self.interval)
+
+    # -- attempts ---------------------------------------------------------------------------
+
+    def spent(self, history: list[AttemptRecord] | None = None) -> float:
+        """Dollars all attempts cost so far (rgt.runs.AttemptRecord.cost)."""
+        now = self.clock()
+        return sum(a.cost(now) for a in history or runs.attempts(self.ledger, self.run_id))
+
+    def _open_next_attempt(self, history: list[AttemptRecord]) -> AttemptRecord:
+        spent = self.spent(history) if history else 0.0
+        budget = self.request.budget
+        if budget is not None and spent >= budget:
+            left = self._left_behind_note(history)
+            raise RunStopped(
+                f"run {self.run_id}: the budget ${budget:.4f} is spent (${spent:.4f} over "
+                f"{len(history)} attempt(s)); no new attempt was rented"
+                + (f". {left}" if left else "")
+            )
+        lost_machines = {
+            a.machine_id for a in history if a.end_reason in (*runs.SUPERSEDED_REASONS, "lost")
+        }
+        offer = self._pick_offer(lost_machines)
+        checkpoint = self._newest_durable()
+        number = len(history) + 1
+        attempt = runs.open_attempt(
+            self.ledger,
+            self.run_id,
+            number,
+            label=run_label(self.run_id, number),
+            offer_id=offer.id,
+            machine_id=offer.machine_id,
+            price_per_hour=self._price(offer),
+            seed_name=getattr(checkpoint, "name", None),
+            seed_step=getattr(checkpoint, "step", None),
+            now=self.clock(),
+        )
+        seed = f" from durable checkpoint {checkpoint.name}" if checkpoint is not None else ""
+        self.say(
+            f"attempt {number}: renting offer {offer.id} (machine {offer.machine_id}) at "
+            f"{self._price(offer):.4f} $/h{seed or ', from scratch'}"
+        )
+        return self._launch(attempt, checkpoint)
+
+    def _pick_offer(self, lost_machines: set[str | None]) -> Offer:
+        """The cheapest offer that fits the job, under the cap, on no machine the run lost."""
+        from rgt.lifecycle import offer_query_for_job
+
+        query = offer_query_for_job(self.job, interruptible=self.request.interruptible, limit=200)
+        fitting = [
+            offer
+            for offer in self.provider.search_offers(query)
+            if offer.machine_id not in lost_machines
+            and self._price(offer) <= self.request.max_price_per_hour
+        ]
+        if not fitting:
+            lost = ", ".join(sorted(str(machine) for machine in lost_machines))
+            raise RunStopped(
+                f"run {self.run_id}: no offer for {self.job.gpu} with {self.job.disk_gb} GB disk "
+                f"at most {self.request.max_price_per_hour:.4f} $/h"
+                + (f" on a machine other than the lost {lost}" if lost_machines else "")
+                + "; nothing was rented: raise --max-price or try again later",
+                status="no-offer",
+            )
+        return min(fitting, key=lambda offer: (self._price(offer), str(offer.id)))
+
+    def _price(self, offer: Offer) -> float:
+        """What renting `offer` costs per hour: the bid (or its minimum bid), else its price."""
+        if self.request.interruptible:
+            if self.request.bid_per_hour is not None:
+                return max(self.request.bid_per_hour, offer.min_bid)
+            return offer.min_bid if offer.min_bid > 0 else offer.dph_total
+        return offer.dph_total
+
+    def _launch(self, attempt: AttemptRecord, checkpoint: Any = None) -> AttemptRecord:
+        from rgt.lifecycle import launch
+
+        if checkpoint is None and attempt.seed_name is not None:
+            checkpoint = self._durable_by_name(attempt.seed_name)
+        context = self._seed_context(checkpoint) if checkpoint is not None else None
+        bid = attempt.price_per_hour if self.request.interruptible else None
+        result = launch(
+            provider=self.provider,
+            ledger=self.ledger,
+            profile=self.profile,
+            job=self.job,
+            offer_id=str(attempt.offer_id),
+            max_price_per_hour=self.request.max_price_per_hour,
+            interruptible=self.request.interruptible,
+            bid_per_hour=bid,
+            attempt=attempt.number,
+            render_context=context,
+        )
+        runs.update_attempt(
+            self.ledger,
+            attempt.id,
+            instance_id=result.instance_id,
+            price_per_hour=result.price_per_hour
+            if result.price_per_hour is not None
+            else attempt.price_per_hour,
+        )
+        how = "adopted" if result.adopted else "rented"
+        self.say(f"attempt {attempt.number}: instance {result.instance_id} {how}")
+        if checkpoint is not None and getattr(checkpoint, "target", None) == "local":
+            self._seed(result.instance_id, checkpoint)
+        return runs.attempts(self.ledger, self.run_id)[attempt.number - 1]
+
+    # -- durable checkpoints (rgt.durable) --------------------------------------------------
+
+    def _durable_target(self) -> str | None:
+        """ "local", "bucket" or None: where the job keeps its checkpoints off the box."""
+        target = getattr(self.job, "durable", None)
+        return None if target is None else str(target.kind)
+
+    def _check_relaunch_fits(self) -> None:
+        """Render a relaunch's boot hook (with a seed to wait for and check) before renting
+        anything: a job whose relaunch would not fit the platform's boot hook limit is refused
+        now (UsageError, exit 2), not after its first box is lost."""
+        target = self._durable_target()
+        if target is None:
+            return
+        from rgt.durable import DurableCheckpoint, files_dir
+        from rgt.render import render_template
+
+        name = "step-000000000.ckpt"  # as long as a checkpoint name usually is
+        placeholder = DurableCheckpoint(
+            name=name,
+            step=0,
+            sha256="0" * 64,
+            size=0,
+            target=target,
+            location=str(files_dir(self.run_id) / name),
+            verified_at="1970-01-01T00:00:00Z",
+            run_id=self.run_id,
+        )
+        try:
+            render_template(
+                self.profile, "onstart", self.job, extra=self._seed_context(placeholder)
+            )
+        except RgtError as exc:
+            raise type(exc)(
+                f"a relaunch of run {self.run_id} from a durable checkpoint would not start: "
+                f"{exc.message}; nothing was rented"
+            ) from None
+
+    def _newest_durable(self) -> Any:
+        if self._durable_target() is None:
+            return None
+        from rgt.durable import newest_durable
+
+        return newest_durable(self.run_id)
+
+    def _durable_by_name(self, name: str) -> Any:
+        from rgt.durable import durable_index
+
+        return next((c for c in durable_index(self.run_id) if c.name == name), None)
+
+    @staticmethod
+    def _seed_context(checkpoint: Any) -> dict[str, Any]:
+        from rgt.durable import seed_context
+
+        return dict(seed_context(checkpoint))
+
+    def _seed(self, instance_id: str, checkpoint: Any) -> None:
+        """Upload the seed checkpoint once the box runs (its boot hook waits for it)."""
+        from rgt.durable import seed_instance
+
+        deadline = time.monotonic() + RUNNING_WAIT_SECONDS
+        while self.provider.show(instance_id).state != "running":
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"instance {instance_id} did not run within {RUNNING_WAIT_SECONDS:.0f} s; "
+                    f"its seed checkpoint {checkpoint.name} was not uploaded"
+                )
+            time.sleep(min(self.interval, 1.0))
+        seed_instance(self.provider, instance_id, self.job, checkpoint)
+        self.say(f"instance {instance_id}: seeded with {checkpoint.name}")
+
+    def _sync(self, instance_id: str) -> None:
+        """Keep the attempt's checkpoints durable (rgt.durable.sync_once) in a background
+        thread: a copy that retries against a box that just died must not delay noticing it."""
+        if self._durable_target() is None:
+            return
+        syncing = self._syncing
+        if syncing is not None and syncing.instance_id == instance_id and syncing.is_alive():
+            return
+        self._stop_sync()
+        self._syncing = _SyncLoop(self, instance_id)
+        self._syncing.start()
+
+    def _stop_sync(self) -> None:
+        """Stop the sync rounds of the previous attempt (a round in progress ends on its own:
+        its box is lost, or the job is done)."""
+        if self._syncing is not None:
+            self._syncing.stop.set()
+            self._syncing = None
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def _watch_once(self, attempt: AttemptRecord) -> None:
+        """One look at the attempt's box: end the attempt when its job ended or its box is
+        lost past the grace."""
+        from rgt.lifecycle import poll
+
+        assert attempt.instance_id is not None
+        try:
+            report = poll(
+                attempt.instance_id,
+                provider=self.provider,
+                ledger=self.ledger,
+                profile=self.profile,
+                read_job=True,
+            )
+        except ProviderError as exc:  # the API or the box did not answer: look again later
+            self.say(f"instance {attempt.instance_id}: {exc.message}; looking again")
+            return
+        now = self.clock()
+        job = report.job
+        if report.state == "gone":
+            self._end(attempt, "lost", "the instance is gone and rgt did not end it")
+            return
+        if report.state == "running" and job is not None:
+            if job.state == "succeeded":
+                self._end(attempt, "succeeded", job.summary)
+                return
+            if job.state == "failed":
+                self._end(attempt, "failed", job.summary)
+                return
+            if attempt.lost_state is not None:
+                runs.update_attempt(self.ledger, attempt.id, lost_state=None, lost_since=None)
+            self._sync(attempt.instance_id)
+            return
+        reason = LOST_REASON_OF_STATE.get(report.state)
+        if reason is None:
+            return
+        if attempt.lost_state != report.state:
+            runs.update_attempt(self.ledger, attempt.id, lost_state=report.state, lost_since=now)
+            attempt = attempt._replace(lost_state=report.state, lost_since=now)
+            self.say(f"instance {attempt.instance_id}: {report.state} ({report.status_msg or ''})")
+        grace = self._grace(reason)
+        assert attempt.lost_since is not None
+        lasted = now - attempt.lost_since
+        if grace is not None and lasted >= grace:
+            self._end(
+                attempt,
+                reason,
+                f"{report.state} for {lasted:.0f} s (grace {grace:.0f} s)"
+                + (f"; {report.gotcha}" if report.gotcha else ""),
+            )
+
+    def _grace(self, reason: str) -> float | None:
+        """The profile's bound for `reason` (None: the profile sets none; wait, never guess)."""
+        if reason == "preempted-past-grace":
+            return self.profile.spot_grace_seconds
+        return self.profile.host_lost_grace_seconds
+
+    def _end(self, attempt: AttemptRecord, reason: str, detail: str) -> None:
+        self._stop_sync()
+        runs.update_attempt(
+            self.ledger, attempt.id, ended=self.clock(), end_reason=reason, detail=detail
+        )
+        self.say(f"attempt {attempt.number} (instance {attempt.instance_id}): {reason}: {detail}")
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def _finish(self, attempt: AttemptRecord) -> RunOutcome:
+        """The job succeeded: pull → verify → a human approves → destroy, through the gate."""
+        from rgt.gate import destroy_with_gate
+        from rgt.lifecycle import job_results_dir
+        from rgt.pull import pull_instance
+        from rgt.verify import verify_pull
+
+        instance_id = str(attempt.instance_id)
+        local = job_results_dir(self.run_id)
+        if self.provider.show(instance_id).state == "gone":
+            verified = self.ledger.latest_verification(instance_id)
+            status = "done" if verified is not None else "stopped"
+            message = (
+                f"run {self.run_id} is done: instance {instance_id} was destroyed after its "
+                f"results were verified in {local}"
+                if verified is not None
+                else f"run {self.run_id}: instance {instance_id} is gone and no verification "
+                "of its results is recorded"
+            )
+            runs.set_run_status(self.ledger, self.run_id, status, message)
+            return self._outcome(status, message, instance_id, str(local))
+        self.say(f"instance {instance_id}: the job succeeded; pulling into {local}")
+        pull_instance(
+            instance_id,
+            self.job.results_root,
+            str(local),
+            provider=self.provider,
+            ledger=self.ledger,
+            profile=self.profile,
+        )
+        verify_pull(local, ledger=self.ledger, expected_run_id=self.run_id)
+        self.say(f"{local}: verified against the box's manifest")
+        approval_id = None
+        if self.approve is not None:
+            from rgt.approval import ledger_summary
+
+            approval_id = self.approve(
+                self.ledger, instance_id, ledger_summary(self.ledger, instance_id)
+            )
+        if approval_id is None:
+            verb = self.profile.meter_stop_verb or "destroy"
+            message = (
+                f"run {self.run_id} succeeded on instance {instance_id}; results verified in "
+                f"{local}. It still bills: a human approves its {verb} with "
+                f"`rgt destroy {instance_id}`"
+            )
+            runs.set_run_status(self.ledger, self.run_id, "awaiting-approval", message)
+            return self._outcome("awaiting-approval", message, instance_id, str(local))
+        destroy_with_gate(
+            instance_id,
+            provider=self.provider,
+            ledger=self.ledger,
+            profile=self.profile,
+            approval_id=approval_id,
+        )
+        message = (
+            f"run {self.run_id} is done: results verified in {local}, instance {instance_id} "
+            "destroyed through the gate"
+        )
+        runs.set_run_status(self.ledger, self.run_id, "done", message)
+        return self._outcome("done", message, instance_id, str(local))
+
+    def _outcome(
+        self, status: str, message: str, instance_id: str | None, local: str | None
+    ) -> RunOutcome:
+        history = runs.attempts(self.ledger, self.run_id)
+        left = self._left_behind(history)
+        if left:
+            message += ". " + self._left_behind_note(history)
+        return RunOutcome(
+            run_id=self.run_id,
+            status=status,
+            message=message,
+            instance_id=instance_id,
+            results_dir=local,
+            spent=round(self.spent(history), 6),
+            attempts=[attempt_summary(a) for a in history],
+            superseded=left,
+        )
+
+    def _left_behind(self, history: list[AttemptRecord]) -> list[str]:
+        """Boxes of superseded attempts that still exist (they may come back and bill)."""
+        left = []
+        for a in history:
+            if a.end_reason not in runs.SUPERSEDED_REASONS or a.instance_id is None:
+                continue
+            try:
+                state = self.provider.show(a.instance_id).state
+            except RgtError:
+                state = "unknown"
+            if state != "gone":
+                left.append(a.instance_id)
+        return left
+
+    def _left_behind_note(self, history: list[AttemptRecord]) -> str:
+        left = self._left_behind(history)
+        if not left:
+            return ""
+        return (
+            f"superseded instance(s) {', '.join(left)} still exist and may bill: pull their "
+            "results, or once this run's results are verified, `rgt discard ID --reason "
+            "superseded` (a human approves); `rgt sweep` lists them"
+        )
+
+    def _failed_message(self, attempt: AttemptRecord) -> str:
+        from rgt.paths import run_dir
+
+        return (
+            f"run {self.run_id}: the job FAILED on attempt {attempt.number} (instance "
+            f"{attempt.instance_id}): {attempt.detail}; its status record and logs are in "
+            f"{run_dir(self.run_id)}. It is not relaunched (it would fail the same way): fix "
+            f"the job, then `rgt discard {attempt.instance_id} --reason failed-job` ends the box"
+        )
+
+
+class _SyncLoop(threading.Thread):
+    """Durable sync rounds of one instance, one every `interval`, until `stop` is set; with
+    its own ledger connection and provider (neither is shared across threads)."""
+
+    def __init__(self, supervisor: Supervisor, instance_id: str) -> None:
+        super().__init__(name=f"rgt-sync-{instance_id}", daemon=True)
+        self.supervisor = supervisor
+        self.instance_id = instance_id
+        self.ledger_path = supervisor.ledger.path
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from rgt.durable import WATCH_SECONDS, sync_once
+        from rgt.providers import get_provider
+
+        sup = self.supervisor
+        try:
+            provider = get_provider(sup.provider.platform, sup.profile)
+            with Ledger.open(self.ledger_path) as ledger:
+                while not self.stop.is_set():
+                    try:
+                        sync_once(
+                            ledger,
+                            self.instance_id,
+                            provider=provider,
+                            profile=sup.profile,
+                            job=sup.job,
+                        )
+                    except Refused:
+                        pass  # the previous attempt's last round still runs: the next one syncs
+                    except RgtError as exc:  # the next round tries again; the job keeps running
+                        if not self.stop.is_set():
+                            sup.say(f"instance {self.instance_id}: durable sync: {exc.message}")
+                    self.stop.wait(max(sup.interval, WATCH_SECONDS))
+        except Exception as exc:  # a thread's failure must be seen, not vanish
+            sup.say(f"instance {self.instance_id}: durable sync stopped: {exc!r}")
+
+
+def attempt_summary(attempt: AttemptRecord, now: float | None = None) -> dict[str, Any]:
+    """One attempt as plain data (for `rgt run --json`, `rgt poll RUN_ID`, MCP)."""
+    at = time.time() if now is None else now
+    return {
+        "attempt": attempt.number,
+        "instance_id": attempt.instance_id,
+        "offer_id": attempt.offer_id,
+        "machine_id": attempt.machine_id,
+        "price_per_hour": attempt.price_per_hour,
+        "seed": attempt.seed_name,
+        "seed_step": attempt.seed_step,
+        "ended": attempt.end_reason,
+        "detail": attempt.detail,
+        "cost": round(attempt.cost(at), 6),
+    }
+
+
+def run_report(ledger: Ledger, run_id: str, *, now: float | None = None) -> dict[str, Any] | None:
+    """Where run `run_id` stands, from the ledger (None: rgt never supervised it): its status,
+    whether a supervisor runs it now, its attempts and what they cost."""
+    from rgt.locks import run_supervised
+
+    record = runs.run(ledger, run_id)
+    if record is None:
+        return None
+    at = time.time() if now is None else now
+    history = runs.attempts(ledger, run_id)
+    supervised = run_supervised(run_id)
+    current = history[-1] if history else None
+    status = record.status
+    if status == "running" and not supervised:
+        status = "unsupervised"
+    return {
+        "run_id": run_id,
+        "status": status,
+        "detail": record.detail,
+        "supervised": supervised,
+        "instance_id": current.instance_id if current is not None else None,
+        "attempts": [attempt_summary(a, at) for a in history],
+        "spent": round(sum(a.cost(at) for a in history), 6),
+        "budget": record.budget,
+        "max_price_per_hour": record.max_price_per_hour,
+        "next_action": _run_next_action(record, status, current),
+    }
+
+
+def _run_next_action(record: runs.RunRecord, status: str, current: AttemptRecord | None) -> str:
+    job = record.job_file or "JOB.yaml"
+    if status == "running":
+        return f"the supervisor watches it: poll again later (`rgt poll {record.run_id}`)"
+    if status == "unsupervised":
+        flags = f"--max-price {record.max_price_per_hour:g}"
+        flags += f" --budget {record.budget:g}" if record.budget is not None else ""
+        flags += " --interruptible" if record.interruptible else ""
+        flags += f" --bid {record.bid_per_hour:g}" if record.bid_per_hour is not None else ""
+        return (
+            f"no supervisor runs it now (it was stopped or killed): `rgt run {job} {flags}` "
+            "takes it over from the ledger without renting twice"
+        )
+    if status == "awaiting-approval" and current is not None:
+        return f"a human approves the destroy: `rgt destroy {current.instance_id}`"
+    return record.detail or status
+
+
+def start_detached(
+    job_file: str,
+    run_id: str,
+    *,
+    max_price_per_hour: float,
+    budget: float | None = None,
+    interruptible: bool = False,
+    bid_per_hour: float | None = None,
+    interval: float | None = None,
+    platform: str | None = None,
+) -> dict[str, Any]:
+    """Start `rgt run JOB_FILE ...` (not detached) in its own session, its output appended to
+    the run's `supervisor.log`; returns {run_id, pid, log}. Refused (exit 4) while a supervisor
+    of the run already runs. Follow it with `rgt poll RUN_ID` (MCP: poll)."""
+    import os
+    import subprocess
+    import sys
+
+    from rgt.errors import Refused
+    from rgt.locks import run_supervised
+    from rgt.paths import run_dir
+
+    if run_supervised(run_id):
+        raise Refused(
+            f"run {run_id}: a supervisor of it runs right now; follow it with `rgt poll {run_id}`"
+        )
+    command = [sys.executable, "-m", "rgt", "run", job_file, "--max-price", str(max_price_per_hour)]
+    for flag, value in (
+        ("--budget", budget),
+        ("--bid", bid_per_hour),
+        ("--interval", interval),
+        ("--platform", platform),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    if interruptible:
+        command.append("--interruptible")
+    folder = run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / DETACHED_LOG
+    with open(log, "ab") as output, open(os.devnull, "rb") as nothing:
+        child = subprocess.Popen(
+            command,
+            stdin=nothing,  # no terminal: the run ends verified, waiting for `rgt destroy`
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a closed terminal or Ctrl-C there does not stop it
+            close_fds=True,
+        )
+    # Answer only once the child supervises (holds the run's lock), so a second start right
+    # after this one is refused here, and a child that stops at once is reported, not "started".
+    deadline = time.monotonic() + DETACH_START_SECONDS
+    while not run_supervised(run_id):
+        code = child.poll()
+        if code == 0:
+            break  # it already finished (a run that was done): its log says how
+        if code is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise RgtError(
+                f"run {run_id}: the background supervisor stopped at once (exit {code}): {tail[0]}",
+                exit_code=code if code in (2, 3, 4, 6) else None,
+            )
+        if time.monotonic() > deadline:
+            break  # slow to start: it may still take the lock; `rgt poll` tells
+        time.sleep(0.05)
+    return {"run_id": run_id, "pid": child.pid, "log": str(log)}

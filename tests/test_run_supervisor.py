@@ -1,0 +1,541 @@
+"""`rgt run` end to end on the emulator (real vastai SDK, real sshd and rsync on loopback, the
+real rendered boot hook running the example job's resumable trainer): a box lost to a preemption
+past the profile's spot_grace, stuck loading (VAST3/VAST13) or offline (VAST7) past its
+host_lost_grace is replaced by another offer, never on the lost machine, that resumes from the
+newest durable checkpoint; a supervisor killed with -9 and started again rents nothing twice;
+the budget stops relaunching; a failed job is reported, not relaunched.
+
+One emulator for the module, sped up (TIME_SCALE) so the profile's 30-minute host_lost_grace
+passes in seconds of real time: the supervisor in these tests reads the emulator's clock (the
+same graces, measured on the platform's time); the job itself runs in real time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rgt import runs
+from rgt.errors import CheckFailed, RunStopped
+from rgt.job import load_job
+from rgt.ledger import Ledger
+from rgt.profile import load_profile
+from rgt.supervisor import RunOutcome, RunRequest, Supervisor
+from tests.conftest import CANARY_API_KEY, assert_no_canary
+
+REPO = Path(__file__).resolve().parents[1]
+# 30 simulated minutes (vast.ai's host_lost_grace) in 6 real seconds.
+TIME_SCALE = 300.0
+STEPS, STEP_SECONDS, CKPT_EVERY = 40, 0.1, 5
+HOLD_AT = 20  # a fresh start told to hold stops there until its box is lost
+MAX_PRICE = 5.0
+# A resumable trainer in the job's command (no `files`): a relaunch's boot hook (the seed's wait
+# and check on top of the durable watcher) must stay under vast.ai's 16 KiB onstart limit, which
+# the example job's Python trainer passes by a few hundred bytes only without a seed. With
+# HOLD_AT set, a fresh start (not a resumed one) holds at that step: the test decides when its
+# box is lost, whatever the load of the machine.
+TRAINER = (
+    'c="$RGT_CHECKPOINT_DIR"; s=0; [ -z "$RGT_RESUME_FROM" ] || s=$(cat "$RGT_RESUME_FROM"); b=$s; '
+    'echo $s >>"$c/starts.log"; while [ $s -lt {steps} ]; do sleep "$STEP_SECONDS"; s=$((s+1)); '
+    'if [ $((s % {every})) = 0 ]; then echo $s >"$c/.tmp"; '
+    'mv "$c/.tmp" "$c/step-$(printf %06d $s).ckpt"; fi; '
+    'while [ "$b" = 0 ] && [ "${{HOLD_AT:-0}}" -gt 0 ] && [ $s -ge "${{HOLD_AT:-0}}" ]; '
+    "do sleep 1; done; done; "
+    'r="$RGT_RESULTS_ROOT/cell-a"; mkdir -p "$r"; '
+    'echo "{{\\"steps\\": $s, \\"start\\": $b}}" >"$r/metrics.json"'
+)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from rgt.sim import Emulator
+
+    emulator = Emulator(
+        state_dir=tmp_path_factory.mktemp("sim"),
+        api_key=CANARY_API_KEY,
+        time_scale=TIME_SCALE,
+        balance=1e9,  # sped-up time bills fast; the account must not run dry mid-test
+    ).start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def emulator(sim: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """This test's view of the module's emulator (its own HOME, state and ledger)."""
+    monkeypatch.setenv("VAST_URL", sim.url)
+    for name, value in sim.client_environment().items():
+        monkeypatch.setenv(name, value)
+    return sim
+
+
+def _write_job(directory: Path, run_id: str, *, hold: bool = False, **changes: Any) -> Path:
+    data = yaml.safe_load((REPO / "schemas" / "job.example.yaml").read_text())
+    data.update(run_id=run_id, durable="local", files={}, setup="")
+    data["command"] = TRAINER.format(steps=STEPS, every=CKPT_EVERY)
+    data["env"] = {"STEP_SECONDS": str(STEP_SECONDS)}
+    if hold:
+        data["env"]["HOLD_AT"] = str(HOLD_AT)
+    data.update(changes)
+    path = directory / f"{run_id}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Run:
+    """A supervisor of one run in a thread of this test, on the emulator's clock."""
+
+    def __init__(self, emulator: Any, job_file: Path, **request: Any) -> None:
+        from rgt.providers.vastai import VastProvider
+
+        self.emulator = emulator
+        self.job = load_job(job_file)
+        self.lines: list[str] = []
+        self.outcome: RunOutcome | None = None
+        self.error: BaseException | None = None
+        self.request = RunRequest(
+            job=self.job, max_price_per_hour=MAX_PRICE, job_file=str(job_file), **request
+        )
+        self.provider = VastProvider()
+        self.thread = threading.Thread(target=self._supervise, daemon=True)
+
+    def _supervise(self) -> None:
+        with Ledger.open() as ledger:
+            supervisor = Supervisor(
+                self.request,
+                provider=self.provider,
+                ledger=ledger,
+                profile=load_profile("vastai"),
+                approve=_approve_like_the_e2e_tests,
+                say=self.lines.append,
+                clock=self.emulator.clock.now,
+                interval=0.3,
+            )
+            try:
+                self.outcome = supervisor.supervise()
+            except BaseException as exc:
+                self.error = exc
+
+    def start(self) -> Run:
+        self.thread.start()
+        return self
+
+    def join(self, seconds: float = 150) -> None:
+        self.thread.join(seconds)
+        assert not self.thread.is_alive(), f"the supervisor still runs: {self.lines[-5:]}"
+
+    def attempts(self) -> list[runs.AttemptRecord]:
+        with Ledger.open() as ledger:
+            return runs.attempts(ledger, self.job.run_id)
+
+    def instance(self, number: int) -> str:
+        """The instance of attempt `number`, once it is rented."""
+        found = _wait_for(
+            lambda: len(a := self.attempts()) >= number and a[number - 1].instance_id,
+            f"attempt {number} to rent",
+        )
+        return str(found)
+
+    def box(self, instance_id: str) -> Path:
+        return Path(self.emulator.instance_disk(instance_id))
+
+    def checkpoint_starts(self, instance_id: str) -> list[int]:
+        """The step the trainer started from, at each start on this box (its starts.log)."""
+        path = self.box(instance_id) / "workspace/checkpoints/starts.log"
+        return [int(line) for line in path.read_text().split()] if path.is_file() else []
+
+
+def _approve_like_the_e2e_tests(ledger: Ledger, instance_id: str, _summary: str) -> int:
+    """The approval path the other e2e tests use: a recorded terminal approval (the prompt
+    itself needs a TTY and a passphrase, tested in test_approval.py)."""
+    return ledger.record_approval(instance_id, "tty", 900)
+
+
+def _wait_for(check: Any, what: str, seconds: float = 90) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.1)
+    return value
+
+
+def _newest_durable_step(run_id: str) -> int:
+    from rgt.durable import newest_durable
+
+    newest = newest_durable(run_id)
+    return -1 if newest is None or newest.step is None else int(newest.step)
+
+
+def _creates(emulator: Any) -> int:
+    return int(emulator.request_count("PUT", "/api/v0/asks/*"))
+
+
+def _machine(emulator: Any, instance_id: str) -> str:
+    return str(emulator.world.show(int(instance_id))["machine_id"])
+
+
+def _assert_relaunched_from_durable(run: Run, reason: str) -> tuple[str, str]:
+    """The run ended done on attempt 2, after attempt 1 ended for `reason`; attempt 2 started
+    from its seed checkpoint's step (not 0), on another machine. (first, second) instance."""
+    run.join()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    assert run.outcome is not None and run.outcome.status == "done", run.outcome
+    first, second = run.attempts()
+    assert (first.end_reason, second.end_reason) == (reason, "succeeded")
+    assert first.machine_id != second.machine_id  # never the lost machine again
+    assert second.seed_step is not None and second.seed_step > 0, second
+    # The trainer on the second box started from the seed's step, not from step 0 (it says so
+    # in its results, pulled and verified before its box was destroyed).
+    assert run.outcome.results_dir is not None
+    metrics = json.loads(Path(run.outcome.results_dir, "cell-a/metrics.json").read_text())
+    assert metrics == {"steps": STEPS, "start": second.seed_step}
+    return str(first.instance_id), str(second.instance_id)
+
+
+@pytest.mark.timeout(240)
+def test_a_preemption_past_grace_relaunches_elsewhere_from_the_newest_durable_step(
+    emulator: Any, tmp_path: Path
+) -> None:
+    before = _creates(emulator)
+    run = Run(emulator, _write_job(tmp_path, "spot-run", hold=True), interruptible=True).start()
+    first = run.instance(1)
+    # Preempt once a checkpoint past the first is durable off the box (copied and verified).
+    _wait_for(lambda: _newest_durable_step("spot-run") >= 2 * CKPT_EVERY, "a durable checkpoint")
+    lost_machine = _machine(emulator, first)
+    emulator.preempt(first)
+    first_id, second_id = _assert_relaunched_from_durable(run, "preempted-past-grace")
+    assert first_id == first
+    one, two = run.attempts()
+    assert one.machine_id == lost_machine != two.machine_id
+    assert _creates(emulator) - before == 2  # one box per attempt, nothing rented twice
+    # The superseded box is not destroyed (its results were never verified): it still exists,
+    # and the outcome says how to resolve it; the finished box was destroyed through the gate.
+    assert int(first) in emulator.instance_ids()
+    assert int(second_id) not in emulator.instance_ids()
+    assert run.outcome is not None and run.outcome.superseded == [first]
+    assert "--reason superseded" in run.outcome.message
+    # Until it is resolved, sweep flags it; a discard for --reason superseded is proven now
+    # that a later attempt's results are verified (the human's approval aside).
+    from rgt.discard import may_discard
+    from rgt.sweep import sweep
+
+    profile = load_profile("vastai")
+    with Ledger.open() as ledger:
+        report = sweep(provider=run.provider, ledger=ledger, profile=profile)
+        (row,) = [r for r in report.rows if r.instance_id == first]
+        assert "superseded" in row.flags
+        decision = may_discard(
+            first,
+            "superseded",
+            provider=run.provider,
+            ledger=ledger,
+            profile=profile,
+            require_approval=False,
+        )
+    assert decision.allowed, decision.explain()
+
+
+@pytest.mark.timeout(240)
+def test_a_box_stuck_loading_past_host_lost_grace_is_replaced(
+    emulator: Any, tmp_path: Path
+) -> None:
+    settings = emulator.world.settings
+    normal = settings.boot_seconds
+    settings.boot_seconds = 10**9  # the first box's image pull never ends...
+    try:
+        run = Run(emulator, _write_job(tmp_path, "stuck-run")).start()
+        first = run.instance(1)
+        emulator.stall_loading(first)  # ...as a stalled pull (VAST13/VAST3)
+    finally:
+        settings.boot_seconds = normal
+    run.join()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    one, two = run.attempts()
+    assert (one.end_reason, two.end_reason) == ("stuck-scheduling", "succeeded")
+    assert one.machine_id != two.machine_id
+    assert "loading for" in (one.detail or "") and "(grace 1800 s)" in (one.detail or "")
+    assert int(first) in emulator.instance_ids()  # superseded, not destroyed
+
+
+@pytest.mark.timeout(240)
+def test_a_host_offline_past_grace_is_replaced_and_never_rented_again(
+    emulator: Any, tmp_path: Path
+) -> None:
+    run = Run(emulator, _write_job(tmp_path, "offline-run", hold=True)).start()
+    first = run.instance(1)
+    _wait_for(lambda: _newest_durable_step("offline-run") >= CKPT_EVERY, "a durable checkpoint")
+    emulator.take_host_offline(first)
+    try:
+        _assert_relaunched_from_durable(run, "host-lost")
+        assert int(first) in emulator.instance_ids()
+    finally:
+        emulator.bring_host_online(first)
+
+
+@pytest.mark.timeout(240)
+def test_the_budget_stops_relaunching(emulator: Any, tmp_path: Path) -> None:
+    before = _creates(emulator)
+    run = Run(emulator, _write_job(tmp_path, "budget-run"), interruptible=True, budget=1e-6).start()
+    first = run.instance(1)
+    _wait_for(lambda: run.checkpoint_starts(first), "the job to start")
+    emulator.preempt(first)
+    run.join()
+    assert isinstance(run.error, RunStopped) and run.error.exit_code == 6, run.error
+    assert "budget" in run.error.message and "no new attempt was rented" in run.error.message
+    assert _creates(emulator) - before == 1
+    (only,) = run.attempts()
+    assert only.end_reason == "preempted-past-grace"
+    with Ledger.open() as ledger:
+        record = runs.run(ledger, "budget-run")
+    assert record is not None and record.status == "budget-exhausted"
+    assert int(first) in emulator.instance_ids()
+
+
+@pytest.mark.timeout(240)
+def test_a_failed_job_is_reported_and_not_relaunched(emulator: Any, tmp_path: Path) -> None:
+    before = _creates(emulator)
+    job = _write_job(tmp_path, "fails-run", command="echo boom >&2; exit 3")
+    run = Run(emulator, job).start()
+    run.join()
+    assert isinstance(run.error, CheckFailed) and run.error.exit_code == 1, run.error
+    assert "FAILED on attempt 1" in run.error.message and "not relaunched" in run.error.message
+    assert _creates(emulator) - before == 1
+    (only,) = run.attempts()
+    assert only.end_reason == "failed"
+    assert int(str(only.instance_id)) in emulator.instance_ids()  # its logs, its box: the human's
+
+
+def _rgt_run(job: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rgt", "run", str(job), "--max-price", str(MAX_PRICE), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.timeout(240)
+def test_a_supervisor_killed_with_9_is_taken_over_without_renting_twice(
+    emulator: Any, tmp_path: Path
+) -> None:
+    before = _creates(emulator)
+    # Long enough that its first box is preempted before it finishes, on a loaded machine too.
+    job = _write_job(tmp_path, "killed-run", env={"STEP_SECONDS": "0.5"})
+    first = _rgt_run(job, "--interval", "0.5", "--interruptible")
+    try:
+        with Ledger.open() as ledger:
+            instance = _wait_for(
+                lambda: (a := runs.attempts(ledger, "killed-run")) and a[0].instance_id,
+                "attempt 1 to rent",
+            )
+        # Killed without warning while its attempt runs; meanwhile the box is preempted.
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+        emulator.preempt(instance)
+        polled = subprocess.run(
+            [sys.executable, "-m", "rgt", "poll", "killed-run", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert polled.returncode == 0, polled.stderr
+        report = json.loads(polled.stdout)
+        assert (report["status"], report["supervised"]) == ("unsupervised", False)
+        assert "takes it over" in report["next_action"]
+        second = _rgt_run(job, "--interval", "0.5", "--interruptible", "--json")
+        out, err = second.communicate(timeout=180)
+    finally:
+        for process in (first,):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert_no_canary(out, err)
+    # No TTY: the run ends verified, waiting for a human's destroy.
+    assert second.returncode == 0, err
+    outcome = json.loads(out)
+    assert outcome["status"] == "awaiting-approval", outcome
+    assert [a["ended"] for a in outcome["attempts"]] == ["preempted-past-grace", "succeeded"]
+    assert _creates(emulator) - before == 2  # attempt 1 once, attempt 2 once: nothing twice
+    assert f"rgt destroy {outcome['instance_id']}" in outcome["message"]
+
+
+@pytest.mark.timeout(240)
+def test_a_supervisor_killed_between_the_create_and_its_record_adopts_the_box(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """As a supervisor killed at that instant leaves it: attempt 1 written (before its launch),
+    the box created with the attempt's label, the attempt never told its instance. The next
+    supervisor finds the box by the label and rents nothing."""
+    from rgt.lifecycle import launch, offer_query_for_job
+    from rgt.providers.base import run_label
+    from rgt.providers.vastai import VastProvider
+
+    job_file = _write_job(tmp_path, "adopt-run")
+    job = load_job(job_file)
+    provider = VastProvider()
+    profile = load_profile("vastai")
+    query = offer_query_for_job(job, interruptible=False, limit=5)
+    offer = provider.search_offers(query)[0]
+    with Ledger.open() as ledger:
+        runs.record_run(
+            ledger,
+            "adopt-run",
+            provider="vastai",
+            profile="vastai",
+            job_file=str(job_file),
+            max_price_per_hour=MAX_PRICE,
+            budget=None,
+            interruptible=False,
+            bid_per_hour=None,
+            now=emulator.clock.now(),
+        )
+        runs.open_attempt(
+            ledger,
+            "adopt-run",
+            1,
+            label=run_label("adopt-run", 1),
+            offer_id=offer.id,
+            machine_id=offer.machine_id,
+            price_per_hour=offer.dph_total,
+            seed_name=None,
+            seed_step=None,
+            now=emulator.clock.now(),
+        )
+        rented = launch(
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            job=job,
+            offer_id=offer.id,
+            max_price_per_hour=MAX_PRICE,
+        ).instance_id
+    before = _creates(emulator)
+    run = Run(emulator, job_file).start()
+    run.join()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    assert _creates(emulator) == before  # adopted, nothing rented
+    (only,) = run.attempts()
+    assert (only.instance_id, only.end_reason) == (rented, "succeeded")
+    assert f"attempt 1: instance {rented} adopted" in run.lines
+    assert run.outcome is not None and run.outcome.status == "done"
+
+
+def test_attempt_labels_name_the_run_and_the_attempt() -> None:
+    from rgt.providers.base import attempt_from_label, run_from_label, run_label
+
+    assert run_label("r.1") == "rgt:r.1" and run_label("r.1", 3) == "rgt:r.1/3"
+    assert run_from_label("rgt:r.1/3") == run_from_label("rgt:r.1") == "r.1"
+    assert (attempt_from_label("rgt:r.1/3"), attempt_from_label("rgt:r.1")) == (3, 1)
+    for foreign in ("rgt:r.1/x", "rgt:/2", "other:r", None):
+        assert run_from_label(foreign) is None and attempt_from_label(foreign) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-price", "0"], "--max-price 0: must be a number > 0"),
+        (["--max-price", "1", "--budget", "nan"], "--budget nan: must be a number > 0"),
+        (["--max-price", "1", "--bid", "0.2"], "--bid goes with --interruptible"),
+    ],
+)
+def test_bad_flags_are_one_line_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    job = _write_job(tmp_path, "flags-run")
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "run", str(job), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.anyio
+async def test_the_mcp_run_tool_starts_a_detached_supervisor_that_poll_follows(
+    emulator: Any, tmp_path: Path
+) -> None:
+    import anyio
+
+    from tests.mcp_client import connect
+
+    job = yaml.safe_load(_write_job(tmp_path, "mcp-run").read_text())
+    async with connect(emulator, "auto") as session:
+        started = await session.data(
+            "run", {"job": job, "max_price_per_hour": MAX_PRICE, "interval_seconds": 1}
+        )
+        assert started["run_id"] == "mcp-run" and started["pid"] > 0
+        assert started["next"].startswith('poll(instance_id="mcp-run"')
+        again = await session.call("run", {"job": job, "max_price_per_hour": MAX_PRICE})
+        assert again.is_error and "a supervisor of it runs right now" in str(again.content)
+        deadline = time.monotonic() + 150
+        while True:
+            assert time.monotonic() < deadline, "the detached run never finished"
+            polled = await session.call("poll", {"instance_id": "mcp-run"})
+            report = polled.structured_content
+            if not polled.is_error and report and report["run"]["status"] != "running":
+                break
+            await anyio.sleep(1)
+    run = report["run"]
+    # No human at a terminal: verified, and waiting for the destroy tool's approval.
+    assert run["status"] == "awaiting-approval", run
+    assert [a["ended"] for a in run["attempts"]] == ["succeeded"]
+    assert report["instance_id"] == run["instance_id"] and report["state"] == "running"
+    assert "destroy" in run["next_action"]
+    log = Path(started["log"]).read_text()
+    assert "attempt 1: instance" in log and "verified against the box's manifest" in log
+
+
+def test_a_job_whose_relaunch_would_not_fit_the_boot_hook_is_refused_before_renting(
+    emulator: Any, tmp_path: Path
+) -> None:
+    import base64
+
+    # Incompressible bytes: the seeded boot hook cannot fit vast.ai's 16 KiB onstart.
+    blob = base64.b64encode(os.urandom(12_000)).decode() + "\n"
+    job = _write_job(tmp_path, "big-run", files={"/workspace/job/blob.txt": blob})
+    before = _creates(emulator)
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "run", str(job), "--max-price", str(MAX_PRICE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "a relaunch of run big-run from a durable checkpoint would not start" in result.stderr
+    assert "16384" in result.stderr and "nothing was rented" in result.stderr
+    assert _creates(emulator) == before
+
+
+def test_no_offer_under_the_cap_stops_with_exit_6_renting_nothing(
+    emulator: Any, tmp_path: Path
+) -> None:
+    job = _write_job(tmp_path, "cheap-run")
+    before = _creates(emulator)
+    result = subprocess.run(
+        [sys.executable, "-m", "rgt", "run", str(job), "--max-price", "0.0001"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "no offer for RTX_4090:1" in result.stderr and "nothing was rented" in result.stderr
+    assert _creates(emulator) == before
+    with Ledger.open() as ledger:
+        record = runs.run(ledger, "cheap-run")
+    assert record is not None and record.status == "no-offer"
