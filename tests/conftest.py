@@ -79,3 +79,26 @@ def spy_big_file_hashing(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str
 
     monkeypatch.setattr(manifest, "_hash_big", spy)
     return calls
+
+
+# Files that take minutes, started first: with one worker per core taking whole files
+# (tools/test.sh), a long file collected last would run alone at the end while the other
+# worker idles. Measured on 2 cores; order is longest first, the rest keep their order.
+SLOW_FIRST = (
+    "test_run_supervisor.py",
+    "test_platform_flows.py",
+    "test_keeper.py",
+    "test_durable.py",
+    "test_demo.py",
+    "test_provider_ssh.py",
+    "test_mcp_refusals.py",
+    "test_ironlaw_e2e.py",
+    "test_mcp_tools.py",
+    "test_ironlaw_crash.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the files of SLOW_FIRST first (a stable sort: tests within a file keep their order)."""
+    rank = {name: place for place, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
