@@ -404,7 +404,13 @@ def test_recover_scenario_finishes_on_another_offer_from_a_bucket_checkpoint(
     served = [line for line in calls.read_text().splitlines() if line.startswith("serve s3 ")]
     keys = served[0].split("--auth-key ")[1].split(" ")[0].split(",")
     assert len(keys) == 2 and all(len(key) >= 16 for key in keys)
-    texts: list[str | bytes] = [out, err]
+    # The text report (`rgt demo --scenario recover` without --json) says all of it.
+    from rgt.demo.recover import render_recover_text
+
+    text = render_recover_text(report)
+    assert f"bucket {durable['location']}" in text and "nothing bills" in text
+    assert f"then instance {first['instance_id']} (dead box) discarded through the gate" in text
+    texts: list[str | bytes] = [out, err, text]
     for path in demo_dir.rglob("*"):
         if path.is_file():
             texts.append(path.read_bytes())
@@ -420,3 +426,4 @@ def test_recover_scenario_finishes_on_another_offer_from_a_bucket_checkpoint(
     assert [a["ended"] for a in fallback["attempts"]] == ["host-lost", "succeeded"]
     assert fallback["billing"]["stopped"] and fallback["discarded"][0]["state"] == "gone"
     assert not (fallback_dir / "bucket" / "ckpts" / "rgt-demo").exists()
+    assert "`durable: local` (fallback: no S3 server: " in render_recover_text(fallback)

@@ -359,7 +359,7 @@ def render_recover_text(report: dict[str, Any]) -> str:
         f"${dollars['restart_from_scratch']:.4f} restarting from scratch",
         f"  ({dollars['basis']})",
     ]
-    lines.append(f"  rgt run: {report['message']}")
+    lines.append(f"  rgt run, when it ended: {report['message']}")
     for item in report["discarded"]:
         if item["reason"] is None:
             lines.append(
@@ -370,8 +370,9 @@ def render_recover_text(report: dict[str, Any]) -> str:
         lines.append(
             f"  then instance {item['instance_id']} (dead box) discarded through the gate: "
             f"--reason {item['reason']}, approval #{item['approval_id']}"
-            + "".join(
-                f"; not {r}: {why[0] if why else '?'}" for r, why in item["not_proven"].items()
+            + "".join(  # the codes only: the JSON report has the gate's sentences
+                f"; not {r} ({', '.join(w.split(':')[0] for w in why)})"
+                for r, why in item["not_proven"].items()
             )
         )
     billing = report["billing"]
