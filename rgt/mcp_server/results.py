@@ -168,6 +168,7 @@ class SweepInstance(BaseModel):
     hourly_cost_basis: str
     keeps_billing: list[str]
     flags: list[str] = Field(default_factory=list)
+    platform: str = ""
 
 
 class SweepLaunch(BaseModel):
@@ -182,7 +183,9 @@ class SweepLaunch(BaseModel):
 
 
 class SweepResult(BaseModel):
-    """sweep: every instance the key can see, what bills, and what the ledger alone knows."""
+    """sweep: every instance the key can see, what bills, and what the ledger alone knows; of
+    every platform (`platform` "all") unless one was named: `platforms` swept, `skipped` not
+    (and why)."""
 
     platform: str
     hourly_total: float
@@ -194,6 +197,8 @@ class SweepResult(BaseModel):
     ledger_only_endings: dict[str, str]
     lost: list[str]
     launches: list[SweepLaunch]
+    platforms: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)
 
 
 class RunStarted(BaseModel):

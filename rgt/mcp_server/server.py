@@ -284,20 +284,64 @@ class ConfirmDestroyWithPassphrase(ConfirmDestroy):
     )
 
 
+# The human's word that they stopped an attached box's meter themselves (in the platform's
+# console), asked in the same form as their passphrase by destroy and discard alike.
+MeterStopped = Annotated[
+    str,
+    Field(
+        title="Meter stopped",
+        description="Once you did the meter stop named above, type: stopped <instance id>",
+    ),
+]
+
+
 class ConfirmDestroyAndMeterStop(ConfirmDestroyWithPassphrase):
     """The form for a box rgt reaches over ssh whose meter stop is the human's action (in the
     platform's console): the id, the passphrase, and their word that they did it, all in the
     one approval a client cannot fill in without the human's passphrase."""
 
-    meter_stopped: str = Field(
-        title="Meter stopped",
-        description="Once you did the meter stop named above, type: stopped <instance id>",
-    )
+    meter_stopped: MeterStopped
 
 
 def meter_stop_phrase(instance_id: str) -> str:
     """What the human types to say they stopped the box's meter themselves."""
     return f"stopped {instance_id}"
+
+
+def _meter_stop_request(instance_id: str, action: str) -> str:
+    """The prompt's sentence asking the human to stop the meter of a box rgt cannot stop
+    (the gate allowed ending it) and to say so in the form's meter_stopped field."""
+    return (
+        f" rgt cannot stop this box's meter: the gate allows it, so do it yourself now: "
+        f"{action}. Then type '{meter_stop_phrase(instance_id)}' to confirm you did (leave "
+        "it empty and nothing is recorded as ended)."
+    )
+
+
+def _ending_provider(
+    instance_id: str, profile: Any, provider: Any, answer: Any, again: Any
+) -> tuple[Any, bool]:
+    """The provider to end `instance_id` with, and whether its meter stop is the human's (then
+    confirmed by the phrase they typed in the approval form `answer`: a mismatch refuses,
+    naming the tool call `again` to retry with). Destroy and discard share it."""
+    from rgt.errors import Refused
+
+    if not getattr(provider, "meter_stop_is_human", False) or provider.sends_meter_stop:
+        return provider, False
+    # The human's word came in the same form as their passphrase; the provider asks for it
+    # only after the gate allowed the end.
+    typed = str(getattr(answer, "meter_stopped", "")).strip()
+
+    def confirmed(box_id: str, action: str) -> bool:
+        if hmac.compare_digest(typed.encode(), meter_stop_phrase(box_id).encode()):
+            return True
+        raise Refused(
+            f"instance {box_id}: the meter stop was not confirmed (the form's meter_stopped was "
+            f"not '{meter_stop_phrase(box_id)}'); nothing is recorded as ended, and the box may "
+            f"still bill. Do it ({action}), then call {again.call()} again"
+        )
+
+    return _instance_provider(instance_id, profile, confirm_meter_stop=confirmed), True
 
 
 # -- destroy: precheck + elicitation (the resolver runs before the tool body) -----------------
@@ -408,11 +452,7 @@ async def ask_human_to_confirm(
     if action is not None:
         # rgt cannot stop this box's meter: the human does it first, then says so in the same
         # form as their passphrase (rgt records the end only once the box stops answering).
-        message += (
-            f" rgt cannot stop this box's meter: the gate allows it, so do it yourself now: "
-            f"{action}. Then type '{meter_stop_phrase(instance_id)}' to confirm you did (leave "
-            "it empty and nothing is recorded as ended)."
-        )
+        message += _meter_stop_request(instance_id, action)
         form = ConfirmDestroyAndMeterStop
     return Elicit(message, form)
 
@@ -436,19 +476,12 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
     from rgt import approval
     from rgt.errors import Refused
     from rgt.gate import destroy_after_human_meter_stop, destroy_with_gate
+    from rgt.nextstep import Step
 
     with _for_instance(instance_id) as (ledger, profile, provider):
-        end: Callable[..., Any] = destroy_with_gate
-        if getattr(provider, "meter_stop_is_human", False) and not provider.sends_meter_stop:
-            end = destroy_after_human_meter_stop
-            # The human's word that they stopped the meter came in this same form, next to
-            # their passphrase; the provider asks for it only after the gate allowed the end.
-            typed = str(getattr(answer, "meter_stopped", "")).strip()
-
-            def confirmed(box_id: str, _action: str) -> bool:
-                return hmac.compare_digest(typed.encode(), meter_stop_phrase(box_id).encode())
-
-            provider = _instance_provider(instance_id, profile, confirm_meter_stop=confirmed)
+        again = Step.of("destroy", instance_id=instance_id)
+        provider, human = _ending_provider(instance_id, profile, provider, answer, again)
+        end: Callable[..., Any] = destroy_after_human_meter_stop if human else destroy_with_gate
         try:
             # Checks the id and passphrase (required: a refusal when none is set), rate-limits,
             # records failures.
@@ -584,11 +617,22 @@ class ConfirmDiscard(BaseModel):
     )
 
 
-def _discard_precheck(instance_id: str, reason: str, can_ask: bool) -> DiscardResult | str:
-    """The refusal to return without asking, or the loss summary to show the human."""
+class ConfirmDiscardAndMeterStop(ConfirmDiscard):
+    """The discard form for a box rgt reaches over ssh whose meter stop is the human's action:
+    the phrase, the passphrase, and their word that they stopped its meter (as for destroy)."""
+
+    meter_stopped: MeterStopped
+
+
+def _discard_precheck(
+    instance_id: str, reason: str, can_ask: bool, answered: bool = False
+) -> DiscardResult | str:
+    """The refusal to return without asking, or the loss summary to show the human.
+    `answered`: as in `_precheck` (a box the human was asked to stop is silent by then)."""
     from rgt import approval
     from rgt.discard import loss_summary, may_discard
 
+    silent_ok = answered and _human_meter_stop(instance_id) is not None
     with _for_instance(instance_id) as (ledger, profile, provider):
         decision = may_discard(
             instance_id,
@@ -598,6 +642,8 @@ def _discard_precheck(instance_id: str, reason: str, can_ask: bool) -> DiscardRe
             profile=profile,
             require_approval=False,
         )
+    if silent_ok:
+        decision.missing = [m for m in decision.missing if m.code != "box-unreachable"]
     lost = decision.evidence.get("lost")
     if decision.missing:
         return DiscardResult(
@@ -644,23 +690,35 @@ async def ask_human_to_discard(
 ) -> Elicit[ConfirmDiscard] | DiscardResult:
     """Resolver for discard: refuse early when the reason is not proven, else ask the human,
     showing what is lost."""
-    found = await _blocking(lambda: _discard_precheck(instance_id, reason, _client_can_elicit(ctx)))
+    answered = getattr(ctx, "request_state", None) is not None
+    found = await _blocking(
+        lambda: _discard_precheck(instance_id, reason, _client_can_elicit(ctx), answered)
+    )
     if isinstance(found, DiscardResult):
         return found
-    return Elicit(
+    message = (
         f"{found}\nType 'discard {instance_id}' and your approval passphrase to end this rental "
-        "WITHOUT saving its results.",
-        ConfirmDiscard,
+        "WITHOUT saving its results."
     )
+    form: type[ConfirmDiscard] = ConfirmDiscard
+    action = await _blocking(lambda: _human_meter_stop(instance_id))
+    if action is not None:
+        message += _meter_stop_request(instance_id, action)
+        form = ConfirmDiscardAndMeterStop
+    return Elicit(message, form)
 
 
 def _discard_now(instance_id: str, reason: str, answer: ConfirmDiscard) -> DiscardResult:
     from rgt import approval
     from rgt.approval import DISCARD_TTL_SECONDS
     from rgt.errors import Refused
-    from rgt.gate import discard_with_gate
+    from rgt.gate import discard_after_human_meter_stop, discard_with_gate
+    from rgt.nextstep import Step
 
     with _for_instance(instance_id) as (ledger, profile, provider):
+        again = Step.of("discard", instance_id=instance_id, reason=reason)
+        provider, human = _ending_provider(instance_id, profile, provider, answer, again)
+        end: Callable[..., Any] = discard_after_human_meter_stop if human else discard_with_gate
         try:
             approval_id = approval.approve_with_passphrase(
                 ledger,
@@ -671,7 +729,7 @@ def _discard_now(instance_id: str, reason: str, answer: ConfirmDiscard) -> Disca
                 ttl_seconds=DISCARD_TTL_SECONDS,
                 purpose="discard",
             )
-            outcome = discard_with_gate(
+            outcome = end(
                 instance_id,
                 reason,
                 provider=provider,
@@ -693,7 +751,10 @@ def _discard_now(instance_id: str, reason: str, answer: ConfirmDiscard) -> Disca
         discarded=True,
         outcome="discarded",
         message=(
-            f"instance {instance_id}: discarded ({reason}); {outcome.verb} confirmed "
+            f"instance {instance_id}: discarded ({reason}); the human confirmed {outcome.verb} "
+            "and the box no longer answers over ssh: recorded as ended, its results were NOT saved"
+            if human
+            else f"instance {instance_id}: discarded ({reason}); {outcome.verb} confirmed "
             f"({outcome.confirmed_state}): billing stopped, its results were NOT saved"
         ),
         lost=outcome.decision.evidence.get("lost"),
@@ -1309,16 +1370,27 @@ async def cost(
 
 
 async def sweep(
-    profile: ProfileArg = DEFAULT_PROFILE,
+    profile: Annotated[
+        str | None,
+        Field(description="one platform profile; default: every platform, as `platforms` lists"),
+    ] = None,
 ) -> SweepResult:
-    """Every instance the API key can see, what it costs per hour and what keeps billing,
-    including instances the ledger does not know."""
+    """Every instance the API key can see and every box attached over ssh, what it costs per
+    hour and what keeps billing, including instances the ledger does not know. Without a
+    profile, every platform: vast.ai (when a key is set) and each platform with attached boxes;
+    `skipped` names a platform it could not sweep, and why."""
     from rgt.sweep import sweep as run_sweep
+    from rgt.sweep import sweep_every_platform
 
     def work() -> SweepResult:
-        chosen = _profile(profile)
         with _ledger() as ledger:
-            report = run_sweep(provider=_provider(chosen.platform), ledger=ledger, profile=chosen)
+            if profile is None:
+                report = sweep_every_platform(ledger)
+            else:
+                chosen = _profile(profile)
+                report = run_sweep(
+                    provider=_provider(chosen.platform), ledger=ledger, profile=chosen
+                )
         return SweepResult.model_validate(report.to_json())
 
     return await _blocking(work)
