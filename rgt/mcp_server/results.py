@@ -209,3 +209,48 @@ class RunStarted(BaseModel):
     log: str
     job_file: str
     next: str
+
+
+class SyncedCheckpoint(BaseModel):
+    """A checkpoint made durable this round and verified against the box's SHA-256 (its full
+    row, location included, is in the run's durable index)."""
+
+    name: str
+    step: int | None
+    sha256: str
+    size: int
+
+
+class DurableNewest(SyncedCheckpoint):
+    """The run's newest durable checkpoint: what a relaunch resumes from."""
+
+    location: str
+    instance_id: str
+    verified_at: str
+
+
+class SyncRefusal(BaseModel):
+    """A checkpoint NOT made durable: what the box said and why rgt refused it."""
+
+    name: str
+    sha256: str
+    reason: str
+
+
+class SyncResult(BaseModel):
+    """sync: one round of durable checkpoints (rgt.durable.SyncReport, the keys `rgt sync
+    --json` prints; `verified` rows slimmed to name, step, sha256 and size)."""
+
+    run_id: str
+    instance_id: str
+    target: str
+    location: str
+    verified: list[SyncedCheckpoint]
+    refused: list[SyncRefusal]
+    missed: list[str]
+    pending: list[str]
+    already: int
+    bytes_transferred: int
+    newest: DurableNewest | None
+    via: str = ""
+    next: str

@@ -50,6 +50,7 @@ from rgt.mcp_server.results import (
     StartResult,
     StopResult,
     SweepResult,
+    SyncResult,
 )
 from rgt.mcp_server.strict import strict_tool
 
@@ -79,15 +80,15 @@ INSTRUCTIONS = """\
 rgt runs long GPU jobs on rented machines without losing results or leaving a meter running.
 Lifecycle: get_profile (tell the user the danger clocks first) → search_offers (filters, an
 estimate) → launch (job inline: resource rgt://schemas/job.schema.json; refuses above
-max_price_per_hour) → poll (reads the job's status record on the box:
-follow next_action; wait_seconds waits for the job in one call) → when the job succeeded (its
-manifest is on the box): copy → verify → destroy. A failed job's logs are copied for you.
-Teardown Iron Law: destroy runs only when the results were pulled, verified byte-for-byte against
-the manifest built on the box, and a human approved by typing the instance id back in the
-client's prompt. You cannot approve for them; no tool argument can. A refusal lists exactly what
-is missing. stop is not a meter stop on every platform (get_profile says what keeps billing);
-sweep and cost show what still bills; logs shows the box's own output. run supervises a whole
-run in the background (relaunches a lost box from durable checkpoints); poll(RUN_ID) follows it.
+max_price_per_hour) → poll (reads the job's status record on the box: follow next_action;
+wait_seconds waits for the job in one call) → when the job succeeded: copy → verify → destroy.
+A failed job's logs are copied for you. Teardown Iron Law: destroy runs only when the results
+were pulled, verified byte-for-byte against the manifest built on the box, and a human approved
+by typing the instance id back in the client's prompt. You cannot approve for them; no tool
+argument can. A refusal lists exactly what is missing. stop is not a meter stop on every
+platform (get_profile says what keeps billing); sweep and cost show what still bills; logs
+shows the box's own output. run supervises a whole run in the background (relaunches a lost
+box from durable checkpoints; poll(RUN_ID) follows it); sync makes them durable without it.
 """
 
 
@@ -1160,6 +1161,66 @@ async def copy(
     return await _blocking(work)
 
 
+async def sync(
+    instance_id: InstanceIdArg,
+    ctx: Context,
+    job: Annotated[
+        str | dict[str, Any] | None,
+        Field(
+            description=(
+                "the run's job request (a path on the server, or the request as an object), "
+                "only when rgt does not remember its `durable:` target (it does for its launches)"
+            )
+        ),
+    ] = None,
+) -> SyncResult:
+    """Make a running job's new checkpoints durable (its job's `durable:` target: copied here,
+    or the bucket the box pushes to) and verify each against the SHA-256 the box computed; one
+    round, safe to repeat (nothing is copied or hashed twice). A mismatch is refused (listed in
+    `refused`), never made durable; `newest` is what a relaunch resumes from. Sends progress
+    notifications (bytes copied). The run tool does this by itself; call sync when you watch a
+    job without it."""
+    from rgt.durable import sync_once
+    from rgt.job import JobRequest, load_job
+
+    report = _progress_reporter(ctx, f"sync {instance_id}")
+
+    def work() -> SyncResult:
+        request = None
+        if isinstance(job, dict):
+            request = JobRequest.from_dict(job, source="job")
+        elif job is not None:
+            request = load_job(job)
+        with _for_instance(instance_id) as (ledger, profile, provider):
+            found = sync_once(
+                ledger,
+                instance_id,
+                progress=report,
+                provider=provider,
+                profile=profile,
+                job=request,
+            )
+        return SyncResult.model_validate({**found.to_json(), "next": _sync_next(found)})
+
+    return await _blocking(work)
+
+
+def _sync_next(report: Any) -> str:
+    """After a round: follow the job and sync again for its next checkpoints; a refused one
+    is named first, so nobody resumes from it."""
+    from rgt.nextstep import Step
+
+    instance_id = report.instance_id
+    follow = (
+        f"{Step.of('poll', instance_id=instance_id).call()} to follow the job; "
+        f"{Step.of('sync', instance_id=instance_id).call()} again for its next checkpoints"
+    )
+    if not report.refused:
+        return follow
+    names = ", ".join(refusal.name for refusal in report.refused)
+    return f"NOT durable (its bytes off the box do not match the box's SHA-256): {names}; {follow}"
+
+
 class VerifyResult(BaseModel):
     """What `verify` found: ok with the totals, or the problems; the per-file rows are in the
     `record` file (PULL_VERIFIED.json), not here. `next` is the tool call to make next."""
@@ -1422,6 +1483,12 @@ def build_server() -> MCPServer:
         strict_tool(poll, annotations=idempotent_read),
         strict_tool(
             copy,
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True
+            ),
+        ),
+        strict_tool(
+            sync,
             annotations=ToolAnnotations(
                 read_only_hint=False, destructive_hint=False, idempotent_hint=True
             ),
