@@ -998,7 +998,13 @@ async def poll(
                     read_job=True,
                     for_tool=True,
                 )
-            return found if run is None else replace(found, run=run)
+            if run is None:
+                return found
+            if run["status"] in RUN_LEADS:
+                # The supervisor copies and verifies by itself: the instance's own next step
+                # (copy → verify → destroy) would race it or repeat what it did.
+                found = replace(found, next_action=run["next_action"])
+            return replace(found, run=run)
         except ProviderError as exc:  # while waiting, the next look may get through
             return exc
 
@@ -1023,6 +1029,10 @@ async def poll(
         await anyio.sleep(min(interval_seconds, max(0.0, wait_seconds - elapsed)))
 
 
+# Run statuses in which the run's next action, not its instance's, is the step to take.
+RUN_LEADS = frozenset({"running", "awaiting-approval", "unsupervised"})
+
+
 def _run_of_poll(name: str) -> tuple[str, dict[str, Any] | None]:
     """(the instance to poll, the run's report) for poll's id: a run the run tool supervises
     (by its run id, when no instance has that id) is polled through its current instance."""
@@ -1031,7 +1041,7 @@ def _run_of_poll(name: str) -> tuple[str, dict[str, Any] | None]:
     with _ledger() as ledger:
         if any(r.instance_id == name for r in ledger.instances()):
             return name, None
-        report = run_report(ledger, name)
+        report = run_report(ledger, name, for_tool=True)
     if report is None:
         return name, None
     if report["instance_id"] is None:
