@@ -776,7 +776,9 @@ async def discard(
     were copied off: poll first), host-lost (Offline / stuck past the profile's grace),
     superseded (a later attempt of the run was verified), nothing-to-keep. The human is shown
     what is lost and must type `discard ID` and the approval passphrase; no argument, default or
-    timeout can approve it. For a job that finished, use copy → verify → destroy instead."""
+    timeout can approve it. A box attached over ssh whose meter stop is the human's: the same
+    form asks them to stop it in the platform's console and type `stopped ID`. For a job that
+    finished, use copy → verify → destroy instead."""
     instance_id = str(instance_id)
     if not isinstance(confirmation, AcceptedElicitation):
         action: Literal["declined", "cancelled"] = (
