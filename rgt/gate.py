@@ -741,30 +741,24 @@ def destroy_after_human_meter_stop(
     The gate read the box itself (its manifest and result tree now) just before the human was
     asked (the MCP precheck): the same order as on a terminal, where the human is told to stop
     the meter after that read. When they have done so, the box no longer answers, so here the
-    one missing item accepted is `box-unreachable`; every other piece (the pull, the
-    verification, the local files still as verified, exactly this approval) is checked again
-    under the lock and claim, and the provider's `destroy` still takes the human's
+    one missing item accepted is `box-unreachable` (`_silence_accepted`); every other piece (the
+    pull, the verification, the local files still as verified, exactly this approval) is checked
+    again under the lock and claim, and the provider's `destroy` still takes the human's
     confirmation and waits for the box's silence."""
     instance_id = str(instance_id)
-    if not getattr(provider, "meter_stop_is_human", False):
-        raise Refused(
-            f"instance {instance_id}: rgt sends this platform's meter stop itself; use destroy"
-        )
+    _require_human_meter_stop(provider, instance_id, "destroy")
     verb = _meter_stop_verb(provider, profile)
 
     def decide() -> GateDecision:
-        decision = may_destroy(
-            instance_id,
-            provider=provider,
-            ledger=ledger,
-            approval_id=approval_id,
-            profile=profile,
+        return _silence_accepted(
+            may_destroy(
+                instance_id,
+                provider=provider,
+                ledger=ledger,
+                approval_id=approval_id,
+                profile=profile,
+            )
         )
-        if decision.missing and all(m.code == "box-unreachable" for m in decision.missing):
-            decision.missing.clear()
-            decision.allowed = True
-            decision.evidence["box_read"] = "by the gate just before the human was asked"
-        return decision
 
     with instance_lock(instance_id, "destroy"):
         return _meter_stop_claimed(
@@ -789,10 +783,60 @@ def discard_with_gate(
     ledger records it as a discard, with the reason and what the human was told is lost.
 
     There is no default approval: only the call that obtained it from a human can pass one."""
+    return _discard(
+        instance_id, reason, provider, ledger, profile, approval_id, confirm_seconds, human=False
+    )
+
+
+def discard_after_human_meter_stop(
+    instance_id: str,
+    reason: str,
+    *,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any,
+    approval_id: int,
+    confirm_seconds: float = CONFIRM_SECONDS,
+) -> DestroyOutcome:
+    """`discard_with_gate` for a box reached over ssh whose meter stop the human did themselves
+    and confirmed in the MCP discard approval, next to their passphrase: as
+    `destroy_after_human_meter_stop`, the box's silence (`box-unreachable`, e.g. of a
+    nothing-to-keep discard, whose empty results root the precheck read just before the human
+    was asked) is the one missing item accepted; the reason's other evidence and exactly this
+    discard approval are checked again under the lock and claim."""
+    _require_human_meter_stop(provider, str(instance_id), "discard")
+    return _discard(
+        instance_id, reason, provider, ledger, profile, approval_id, confirm_seconds, human=True
+    )
+
+
+def _discard(
+    instance_id: str,
+    reason: str,
+    provider: Provider,
+    ledger: Ledger,
+    profile: Any,
+    approval_id: int,
+    confirm_seconds: float,
+    *,
+    human: bool,
+) -> DestroyOutcome:
     from rgt.discard import may_discard
 
     instance_id = str(instance_id)
     verb = _meter_stop_verb(provider, profile)
+
+    def decide() -> GateDecision:
+        decision = may_discard(
+            instance_id,
+            reason,
+            provider=provider,
+            ledger=ledger,
+            profile=profile,
+            approval_id=approval_id,
+        )
+        return _silence_accepted(decision) if human else decision
+
     with instance_lock(instance_id, "discard"):
         return _meter_stop_claimed(
             instance_id,
@@ -801,17 +845,29 @@ def discard_with_gate(
             verb,
             approval_id,
             confirm_seconds,
-            decide=lambda: may_discard(
-                instance_id,
-                reason,
-                provider=provider,
-                ledger=ledger,
-                profile=profile,
-                approval_id=approval_id,
-            ),
+            decide=decide,
             purpose="discard",
             reason=reason,
         )
+
+
+def _require_human_meter_stop(provider: Provider, instance_id: str, action: str) -> None:
+    """Refused unless the provider's meter stop is a human's action (an attached box)."""
+    if not getattr(provider, "meter_stop_is_human", False):
+        raise Refused(
+            f"instance {instance_id}: rgt sends this platform's meter stop itself; use {action}"
+        )
+
+
+def _silence_accepted(decision: GateDecision) -> GateDecision:
+    """The decision with a box that no longer answers accepted: the human stopped its meter
+    after the gate read the box (they were asked to), so `box-unreachable` alone is not held
+    against it; any other missing item still refuses."""
+    if decision.missing and all(m.code == "box-unreachable" for m in decision.missing):
+        decision.missing.clear()
+        decision.allowed = True
+        decision.evidence["box_read"] = "by the gate just before the human was asked"
+    return decision
 
 
 def _meter_stop_verb(provider: Provider, profile: Any) -> str:

@@ -23,6 +23,7 @@ _CLI: dict[str, tuple[str, tuple[str, ...], dict[str, str]]] = {
     "copy": ("pull", ("instance_id", "remote_root", "local_dir"), {}),
     "verify": ("verify", ("local_dir",), {"instance_id": "--instance-id"}),
     "poll": ("poll", ("instance_id",), {}),
+    "sync": ("sync", ("instance_id",), {}),
     "start": ("start", ("instance_id",), {}),
     "stop": ("stop", ("instance_id",), {}),
     "destroy": ("destroy", ("instance_id",), {}),

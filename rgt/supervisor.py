@@ -487,10 +487,12 @@ class Supervisor:
             verb = self.profile.meter_stop_verb or "destroy"
             message = (
                 f"run {self.run_id} succeeded on instance {instance_id}; results verified in "
-                f"{local}. It still bills: a human approves its {verb} with "
-                f"`rgt destroy {instance_id}`"
+                f"{local}. It still bills: a human approves its {verb}"
             )
+            # The ledger keeps no command: run_report's next_action names it in its reader's
+            # terms (an `rgt` command, or the MCP destroy tool).
             runs.set_run_status(self.ledger, self.run_id, "awaiting-approval", message)
+            message += f" with `rgt destroy {instance_id}`"
             return self._outcome("awaiting-approval", message, instance_id, str(local))
         destroy_with_gate(
             instance_id,
@@ -614,9 +616,12 @@ def attempt_summary(attempt: AttemptRecord, now: float | None = None) -> dict[st
     }
 
 
-def run_report(ledger: Ledger, run_id: str, *, now: float | None = None) -> dict[str, Any] | None:
+def run_report(
+    ledger: Ledger, run_id: str, *, now: float | None = None, for_tool: bool = False
+) -> dict[str, Any] | None:
     """Where run `run_id` stands, from the ledger (None: rgt never supervised it): its status,
-    whether a supervisor runs it now, its attempts and what they cost."""
+    whether a supervisor runs it now, its attempts and what they cost; the next action as an
+    `rgt` command, or as an MCP tool call with `for_tool`."""
     from rgt.locks import run_supervised
 
     record = runs.run(ledger, run_id)
@@ -639,14 +644,32 @@ def run_report(ledger: Ledger, run_id: str, *, now: float | None = None) -> dict
         "spent": round(sum(a.cost(at) for a in history), 6),
         "budget": record.budget,
         "max_price_per_hour": record.max_price_per_hour,
-        "next_action": _run_next_action(record, status, current),
+        "next_action": _run_next_action(record, status, current, for_tool),
     }
 
 
-def _run_next_action(record: runs.RunRecord, status: str, current: AttemptRecord | None) -> str:
+def _run_next_action(
+    record: runs.RunRecord, status: str, current: AttemptRecord | None, for_tool: bool = False
+) -> str:
+    from rgt.nextstep import Step, render
+
     job = record.job_file or "JOB.yaml"
     if status == "running":
-        return f"the supervisor watches it: poll again later (`rgt poll {record.run_id}`)"
+        poll = Step.of("poll", instance_id=record.run_id)
+        return render("the supervisor watches it: poll again later (`{next}`)", poll, tool=for_tool)
+    if status == "unsupervised" and for_tool:
+        again = Step.of(
+            "run",
+            job=job,
+            max_price_per_hour=record.max_price_per_hour,
+            budget=record.budget,
+            interruptible=True if record.interruptible else None,
+            bid=record.bid_per_hour,
+        )
+        return (
+            f"no supervisor runs it now (it was stopped or killed): `{again.call()}` takes it "
+            "over from the ledger without renting twice"
+        )
     if status == "unsupervised":
         flags = f"--max-price {record.max_price_per_hour:g}"
         flags += f" --budget {record.budget:g}" if record.budget is not None else ""
@@ -657,7 +680,8 @@ def _run_next_action(record: runs.RunRecord, status: str, current: AttemptRecord
             "takes it over from the ledger without renting twice"
         )
     if status == "awaiting-approval" and current is not None:
-        return f"a human approves the destroy: `rgt destroy {current.instance_id}`"
+        destroy = Step.of("destroy", instance_id=current.instance_id)
+        return render("a human approves the destroy: `{next}`", destroy, tool=for_tool)
     return record.detail or status
 
 

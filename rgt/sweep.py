@@ -262,6 +262,38 @@ def merge_reports(reports: list[SweepReport], skipped: dict[str, str]) -> SweepR
     )
 
 
+def sweep_every_platform(ledger: Ledger) -> SweepReport:
+    """The sweep of `rgt sweep` without --platform (and MCP sweep without a profile): vast.ai
+    through its API when a key is set, then every platform with boxes attached over ssh; with
+    neither, the missing key is the usage error it always was."""
+    from rgt.commands._platform import open_platform
+    from rgt.errors import UsageError
+    from rgt.profile import load_profile
+    from rgt.providers.ssh import SshProvider
+    from rgt.providers.vastai import api_key_from_environment
+
+    attached = platforms_in_ledger(ledger)
+    reports = []
+    skipped: dict[str, str] = {}
+    try:
+        api_key_from_environment()
+    except UsageError as exc:
+        if not attached:
+            raise
+        skipped["vastai"] = exc.message
+    else:
+        provider, profile = open_platform(None)
+        reports.append(sweep(provider=provider, ledger=ledger, profile=profile))
+    for platform, reference in sorted(attached.items()):
+        try:
+            profile = load_profile(reference)
+        except UsageError as exc:
+            skipped[platform] = f"its profile {reference} does not load: {exc.message}"
+            continue
+        reports.append(sweep(provider=SshProvider(profile), ledger=ledger, profile=profile))
+    return merge_reports(reports, skipped)
+
+
 def resolve_launches(
     ledger: Ledger, platform: str, listed: list[Instance], *, now: float
 ) -> list[LaunchRow]:

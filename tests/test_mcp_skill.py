@@ -3,6 +3,8 @@ from the bundled profiles (regenerate with `python -m rgt.skilldoc` after changi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
 from rgt import skilldoc
@@ -66,3 +68,35 @@ def test_example_mcp_json_registers_rgt_mcp_without_a_key() -> None:
     assert servers["rgt-emulator"]["env"]["VAST_URL"].startswith("http://127.0.0.1:")
     for server in servers.values():
         assert server["args"][-1] == "mcp"
+
+
+def _tools_in_table(text: str, header: str, column: int) -> set[str]:
+    """The backquoted names in `column` of the Markdown table under the `header` row."""
+    import re
+
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    names: set[str] = set()
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        names |= set(re.findall(r"`([a-z_]+)`", line.split("|")[column + 1]))
+    return names
+
+
+def test_the_skill_and_the_mcp_doc_list_exactly_the_servers_tools() -> None:
+    # Was: nothing checked them, so a new tool (sync) could be served but never documented.
+    import anyio
+    from mcp import Client
+
+    from rgt.mcp_server import build_server
+
+    async def served() -> set[str]:
+        async with Client(build_server()) as client:
+            return {tool.name for tool in (await client.list_tools()).tools}
+
+    tools = anyio.run(served)
+    skill = _tools_in_table(_skill_text(), "| step | MCP tool |", 1)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "mcp.md").read_text(encoding="utf-8")
+    assert skill == tools, (skill ^ tools, "SKILL.md's 'Which tool when' table")
+    assert _tools_in_table(doc, "| tool | what it does |", 0) == tools, "docs/mcp.md's table"

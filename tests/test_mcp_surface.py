@@ -27,6 +27,7 @@ TOOLS = {
     "run",
     "poll",
     "copy",
+    "sync",
     "verify",
     "destroy",
     "discard",
@@ -87,7 +88,7 @@ async def test_tools_are_strict_and_carry_no_approval_argument(mode: str) -> Non
             "logs",
         ):
             assert tools[name].annotations.read_only_hint is True, name
-        for name in ("stop", "start", "copy", "verify", "launch", "run"):
+        for name in ("stop", "start", "copy", "sync", "verify", "launch", "run"):
             assert tools[name].annotations.destructive_hint is False, name
 
 

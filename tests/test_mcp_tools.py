@@ -16,6 +16,7 @@ import pytest
 import yaml
 from mcp import Client
 
+from rgt.locks import run_supervised
 from rgt.mcp_server import build_server
 from tests.mcp_client import (
     REMOTE_ROOT,
@@ -38,15 +39,17 @@ BUDGET = {
     "get_profile": 2200,
     "search_offers": 1800,  # 3 offers (about 550 bytes each)
     "launch": 1100,
-    "poll": 1500,
+    "run": 500,
+    "poll": 1500,  # of a run, too (its run object, one attempt)
     "copy": 500,
+    "sync": 1900,  # 8 checkpoints verified in one round (about 130 bytes each)
     "verify": 800,
     "destroy": 1200,
     "discard": 900,
     "logs": 1000,
     "stop": 600,
     "start": 500,
-    "cost": 1100,
+    "cost": 1300,  # 3 instances
     "sweep": 1000,
 }
 
@@ -88,6 +91,26 @@ async def wait_for_job(call: Checked, instance_id: str) -> dict[str, Any]:
         await anyio.sleep(0.3)
 
 
+def durable_job(directory: Path, run_id: str) -> Path:
+    """The example job with `durable: local`: its 8 checkpoints can be synced off the box."""
+    path = write_job(directory, run_id)
+    path.write_text(path.read_text() + "durable: local\n")
+    return path
+
+
+async def wait_for_run(session: Session, run_id: str) -> None:
+    """Poll the supervised run until its supervisor stopped watching (verified and waiting
+    for the destroy tool's approval, or ended)."""
+    deadline = time.monotonic() + 150
+    while True:
+        polled = await session.call("poll", {"instance_id": run_id})
+        report = polled.structured_content
+        if not polled.is_error and report and report["run"]["status"] != "running":
+            return
+        assert time.monotonic() < deadline, polled.content
+        await anyio.sleep(1)
+
+
 def slow_job(directory: Path, run_id: str) -> Path:
     """The example job, slowed down so that it is still running while the test looks."""
     path = write_job(directory, run_id)
@@ -103,6 +126,7 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
     async with connect(emulator, "auto", human) as session:
         tools = (await session.client.list_tools()).tools
         schemas = {tool.name: tool.output_schema for tool in tools}
+        assert schemas.keys() == BUDGET.keys(), "a tool without a byte budget, or a stale one"
         for name, schema in schemas.items():
             # A real schema, not the SDK's catch-all object for an untyped dict.
             assert schema is not None and schema.get("properties"), name
@@ -113,6 +137,13 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
         profile = await call("get_profile", {"name": "vastai"})
         assert profile["danger_clocks"]
         assert (await call("search_offers", {"gpu": "RTX_4090", "limit": 3}))["offers"]
+        # A supervised run, started now: it rents, runs, pulls and verifies in the background
+        # while the rest of the test goes on; poll(RUN_ID) follows it at the end.
+        supervised = yaml.safe_load(durable_job(tmp_path, "supervised").read_text())
+        started = await call(
+            "run", {"job": supervised, "max_price_per_hour": 5.0, "interval_seconds": 1}
+        )
+        assert started["next"].startswith('poll(instance_id="supervised", wait_seconds=600)')
 
         # A job still running: copy says so at once, in tool terms; the gate names the copy.
         offer = (await session.data("search_offers", {"gpu": "RTX_4090", "disk_gb": 40}))["offers"][
@@ -155,7 +186,7 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
         assert (await call("logs", {"instance_id": slow, "tail": 20}))["instance_id"] == slow
 
         # A job that finished: poll names the copy, copy the verify, verify the destroy.
-        done = await launch_and_finish(session, emulator, write_job(tmp_path, "done"))
+        done = await launch_and_finish(session, emulator, durable_job(tmp_path, "done"))
         report = await call("poll", {"instance_id": done})
         assert (
             f'copy(instance_id="{done}", remote_root="{REMOTE_ROOT}", local_dir='
@@ -191,6 +222,18 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
         assert all(str(message).startswith(f"verify {local}: ") for _, _, message in notes)
         assert [done for done, _, _ in notes] == sorted(done for done, _, _ in notes)
 
+        synced = await call("sync", {"instance_id": done})
+        assert len(synced["verified"]) == 8 and not synced["refused"], synced
+        assert synced["next"].startswith(f'poll(instance_id="{done}")')
+
+        await wait_for_run(session, "supervised")
+        followed = await call("poll", {"instance_id": "supervised"})
+        assert followed["run"]["status"] == "awaiting-approval", followed["run"]
+        assert "destroy(" in followed["run"]["next_action"], followed["run"]
+        assert not run_supervised("supervised")
+        # The run's step leads: the supervisor copied and verified already.
+        assert followed["next_action"] == followed["run"]["next_action"]
+
         await call("cost", {})
         await call("sweep", {})
         stopped = await call("stop", {"instance_id": slow})
@@ -203,7 +246,8 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
         human.typed = done
         assert (await call("destroy", {"instance_id": done}))["destroyed"] is True
     print("result bytes per tool:", json.dumps(call.sizes, sort_keys=True))
-    assert set(call.sizes) == set(BUDGET), set(BUDGET) - set(call.sizes)
+    # Every tool the server lists was driven and measured (a new one cannot be left out).
+    assert set(call.sizes) == set(schemas), set(schemas) - set(call.sizes)
     over = {name: size for name, size in call.sizes.items() if size > BUDGET[name]}
     assert not over, f"over budget: {over} (budgets {BUDGET})"
 

@@ -102,3 +102,30 @@ def test_without_an_api_key_the_attached_boxes_are_swept_and_vastai_is_named_uns
     assert "no vast.ai API key" in report["skipped"]["vastai"]
     text = rgt("sweep")
     assert "NOT swept: vastai (no vast.ai API key" in text.stdout, text.stdout
+
+
+@pytest.mark.anyio
+async def test_the_mcp_sweep_covers_every_platform_like_the_cli(
+    emulator: Any, box: StandInBox
+) -> None:
+    # Was: MCP sweep took a profile defaulting to vastai and never saw an attached box.
+    from rgt.providers.vastai import VastProvider
+    from tests.ironlaw_emulator import create_instance
+    from tests.mcp_client import connect
+
+    rented = create_instance(VastProvider(), "sweep-mcp")
+    with Ledger.open() as ledger:
+        ledger.record_instance("vastai", rented, label="rgt:sweep-mcp", state="created")
+    pod = attach(box, "runpod", "pod")
+    async with connect(emulator, "auto") as session:
+        every = await session.data("sweep", {})
+        one = await session.data("sweep", {"profile": "vastai"})
+    assert every["platforms"] == ["vastai", "runpod"] and every["skipped"] == {}
+    rows = {row["instance_id"]: row["platform"] for row in every["instances"]}
+    assert rows == {rented: "vastai", pod: "runpod"}
+    assert [row["instance_id"] for row in one["instances"]] == [rented]
+    assert one["platforms"] == ["vastai"]
+    # The CLI's `--json` says the same (one source: rgt.sweep.sweep_every_platform).
+    cli = json.loads(rgt("sweep", "--json").stdout)
+    assert {r["instance_id"]: r["platform"] for r in cli["instances"]} == rows
+    print("sweep result bytes:", len(json.dumps(every, separators=(",", ":"))))

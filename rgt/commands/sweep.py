@@ -5,7 +5,6 @@ API when a key is set, and the boxes attached over ssh of every profile)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from rgt.commands._platform import add_platform_argument
 
@@ -29,45 +28,13 @@ def run(args: argparse.Namespace) -> int:
 
     from rgt.commands._platform import open_platform
     from rgt.ledger import Ledger
-    from rgt.sweep import format_report, sweep
+    from rgt.sweep import format_report, sweep, sweep_every_platform
 
     with Ledger.open() as ledger:
         if args.platform is None:
-            report = _sweep_every_platform(ledger)
+            report = sweep_every_platform(ledger)
         else:
             provider, profile = open_platform(args.platform)
             report = sweep(provider=provider, ledger=ledger, profile=profile)
     print(json.dumps(report.to_json(), indent=2) if args.json else format_report(report))
     return 1 if report.flagged else 0
-
-
-def _sweep_every_platform(ledger: Any) -> Any:
-    """vast.ai through its API when a key is set, then every platform with boxes attached
-    over ssh; with neither, the missing key is the usage error it always was."""
-    from rgt.commands._platform import open_platform
-    from rgt.errors import UsageError
-    from rgt.profile import load_profile
-    from rgt.providers.ssh import SshProvider
-    from rgt.providers.vastai import api_key_from_environment
-    from rgt.sweep import merge_reports, platforms_in_ledger, sweep
-
-    attached = platforms_in_ledger(ledger)
-    reports = []
-    skipped: dict[str, str] = {}
-    try:
-        api_key_from_environment()
-    except UsageError as exc:
-        if not attached:
-            raise
-        skipped["vastai"] = exc.message
-    else:
-        provider, profile = open_platform(None)
-        reports.append(sweep(provider=provider, ledger=ledger, profile=profile))
-    for platform, reference in sorted(attached.items()):
-        try:
-            profile = load_profile(reference)
-        except UsageError as exc:
-            skipped[platform] = f"its profile {reference} does not load: {exc.message}"
-            continue
-        reports.append(sweep(provider=SshProvider(profile), ledger=ledger, profile=profile))
-    return merge_reports(reports, skipped)

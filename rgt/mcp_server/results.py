@@ -168,6 +168,7 @@ class SweepInstance(BaseModel):
     hourly_cost_basis: str
     keeps_billing: list[str]
     flags: list[str] = Field(default_factory=list)
+    platform: str = ""
 
 
 class SweepLaunch(BaseModel):
@@ -182,7 +183,9 @@ class SweepLaunch(BaseModel):
 
 
 class SweepResult(BaseModel):
-    """sweep: every instance the key can see, what bills, and what the ledger alone knows."""
+    """sweep: every instance the key can see, what bills, and what the ledger alone knows; of
+    every platform (`platform` "all") unless one was named: `platforms` swept, `skipped` not
+    (and why)."""
 
     platform: str
     hourly_total: float
@@ -194,6 +197,8 @@ class SweepResult(BaseModel):
     ledger_only_endings: dict[str, str]
     lost: list[str]
     launches: list[SweepLaunch]
+    platforms: list[str] = Field(default_factory=list)
+    skipped: dict[str, str] = Field(default_factory=dict)
 
 
 class RunStarted(BaseModel):
@@ -203,4 +208,49 @@ class RunStarted(BaseModel):
     pid: int
     log: str
     job_file: str
+    next: str
+
+
+class SyncedCheckpoint(BaseModel):
+    """A checkpoint made durable this round and verified against the box's SHA-256 (its full
+    row, location included, is in the run's durable index)."""
+
+    name: str
+    step: int | None
+    sha256: str
+    size: int
+
+
+class DurableNewest(SyncedCheckpoint):
+    """The run's newest durable checkpoint: what a relaunch resumes from."""
+
+    location: str
+    instance_id: str
+    verified_at: str
+
+
+class SyncRefusal(BaseModel):
+    """A checkpoint NOT made durable: what the box said and why rgt refused it."""
+
+    name: str
+    sha256: str
+    reason: str
+
+
+class SyncResult(BaseModel):
+    """sync: one round of durable checkpoints (rgt.durable.SyncReport, the keys `rgt sync
+    --json` prints; `verified` rows slimmed to name, step, sha256 and size)."""
+
+    run_id: str
+    instance_id: str
+    target: str
+    location: str
+    verified: list[SyncedCheckpoint]
+    refused: list[SyncRefusal]
+    missed: list[str]
+    pending: list[str]
+    already: int
+    bytes_transferred: int
+    newest: DurableNewest | None
+    via: str = ""
     next: str

@@ -50,6 +50,7 @@ from rgt.mcp_server.results import (
     StartResult,
     StopResult,
     SweepResult,
+    SyncResult,
 )
 from rgt.mcp_server.strict import strict_tool
 
@@ -79,15 +80,15 @@ INSTRUCTIONS = """\
 rgt runs long GPU jobs on rented machines without losing results or leaving a meter running.
 Lifecycle: get_profile (tell the user the danger clocks first) → search_offers (filters, an
 estimate) → launch (job inline: resource rgt://schemas/job.schema.json; refuses above
-max_price_per_hour) → poll (reads the job's status record on the box:
-follow next_action; wait_seconds waits for the job in one call) → when the job succeeded (its
-manifest is on the box): copy → verify → destroy. A failed job's logs are copied for you.
-Teardown Iron Law: destroy runs only when the results were pulled, verified byte-for-byte against
-the manifest built on the box, and a human approved by typing the instance id back in the
-client's prompt. You cannot approve for them; no tool argument can. A refusal lists exactly what
-is missing. stop is not a meter stop on every platform (get_profile says what keeps billing);
-sweep and cost show what still bills; logs shows the box's own output. run supervises a whole
-run in the background (relaunches a lost box from durable checkpoints); poll(RUN_ID) follows it.
+max_price_per_hour) → poll (reads the job's status record on the box: follow next_action;
+wait_seconds waits for the job in one call) → when the job succeeded: copy → verify → destroy.
+A failed job's logs are copied for you. Teardown Iron Law: destroy runs only when the results
+were pulled, verified byte-for-byte against the manifest built on the box, and a human approved
+by typing the instance id back in the client's prompt. You cannot approve for them; no tool
+argument can. A refusal lists exactly what is missing. stop is not a meter stop on every
+platform (get_profile says what keeps billing); sweep and cost show what still bills; logs
+shows the box's own output. run supervises a whole run in the background (relaunches a lost
+box from durable checkpoints; poll(RUN_ID) follows it); sync makes them durable without it.
 """
 
 
@@ -284,20 +285,64 @@ class ConfirmDestroyWithPassphrase(ConfirmDestroy):
     )
 
 
+# The human's word that they stopped an attached box's meter themselves (in the platform's
+# console), asked in the same form as their passphrase by destroy and discard alike.
+MeterStopped = Annotated[
+    str,
+    Field(
+        title="Meter stopped",
+        description="Once you did the meter stop named above, type: stopped <instance id>",
+    ),
+]
+
+
 class ConfirmDestroyAndMeterStop(ConfirmDestroyWithPassphrase):
     """The form for a box rgt reaches over ssh whose meter stop is the human's action (in the
     platform's console): the id, the passphrase, and their word that they did it, all in the
     one approval a client cannot fill in without the human's passphrase."""
 
-    meter_stopped: str = Field(
-        title="Meter stopped",
-        description="Once you did the meter stop named above, type: stopped <instance id>",
-    )
+    meter_stopped: MeterStopped
 
 
 def meter_stop_phrase(instance_id: str) -> str:
     """What the human types to say they stopped the box's meter themselves."""
     return f"stopped {instance_id}"
+
+
+def _meter_stop_request(instance_id: str, action: str) -> str:
+    """The prompt's sentence asking the human to stop the meter of a box rgt cannot stop
+    (the gate allowed ending it) and to say so in the form's meter_stopped field."""
+    return (
+        f" rgt cannot stop this box's meter: the gate allows it, so do it yourself now: "
+        f"{action}. Then type '{meter_stop_phrase(instance_id)}' to confirm you did (leave "
+        "it empty and nothing is recorded as ended)."
+    )
+
+
+def _ending_provider(
+    instance_id: str, profile: Any, provider: Any, answer: Any, again: Any
+) -> tuple[Any, bool]:
+    """The provider to end `instance_id` with, and whether its meter stop is the human's (then
+    confirmed by the phrase they typed in the approval form `answer`: a mismatch refuses,
+    naming the tool call `again` to retry with). Destroy and discard share it."""
+    from rgt.errors import Refused
+
+    if not getattr(provider, "meter_stop_is_human", False) or provider.sends_meter_stop:
+        return provider, False
+    # The human's word came in the same form as their passphrase; the provider asks for it
+    # only after the gate allowed the end.
+    typed = str(getattr(answer, "meter_stopped", "")).strip()
+
+    def confirmed(box_id: str, action: str) -> bool:
+        if hmac.compare_digest(typed.encode(), meter_stop_phrase(box_id).encode()):
+            return True
+        raise Refused(
+            f"instance {box_id}: the meter stop was not confirmed (the form's meter_stopped was "
+            f"not '{meter_stop_phrase(box_id)}'); nothing is recorded as ended, and the box may "
+            f"still bill. Do it ({action}), then call {again.call()} again"
+        )
+
+    return _instance_provider(instance_id, profile, confirm_meter_stop=confirmed), True
 
 
 # -- destroy: precheck + elicitation (the resolver runs before the tool body) -----------------
@@ -408,11 +453,7 @@ async def ask_human_to_confirm(
     if action is not None:
         # rgt cannot stop this box's meter: the human does it first, then says so in the same
         # form as their passphrase (rgt records the end only once the box stops answering).
-        message += (
-            f" rgt cannot stop this box's meter: the gate allows it, so do it yourself now: "
-            f"{action}. Then type '{meter_stop_phrase(instance_id)}' to confirm you did (leave "
-            "it empty and nothing is recorded as ended)."
-        )
+        message += _meter_stop_request(instance_id, action)
         form = ConfirmDestroyAndMeterStop
     return Elicit(message, form)
 
@@ -436,19 +477,12 @@ def _destroy_now(instance_id: str, answer: ConfirmDestroy) -> DestroyResult:
     from rgt import approval
     from rgt.errors import Refused
     from rgt.gate import destroy_after_human_meter_stop, destroy_with_gate
+    from rgt.nextstep import Step
 
     with _for_instance(instance_id) as (ledger, profile, provider):
-        end: Callable[..., Any] = destroy_with_gate
-        if getattr(provider, "meter_stop_is_human", False) and not provider.sends_meter_stop:
-            end = destroy_after_human_meter_stop
-            # The human's word that they stopped the meter came in this same form, next to
-            # their passphrase; the provider asks for it only after the gate allowed the end.
-            typed = str(getattr(answer, "meter_stopped", "")).strip()
-
-            def confirmed(box_id: str, _action: str) -> bool:
-                return hmac.compare_digest(typed.encode(), meter_stop_phrase(box_id).encode())
-
-            provider = _instance_provider(instance_id, profile, confirm_meter_stop=confirmed)
+        again = Step.of("destroy", instance_id=instance_id)
+        provider, human = _ending_provider(instance_id, profile, provider, answer, again)
+        end: Callable[..., Any] = destroy_after_human_meter_stop if human else destroy_with_gate
         try:
             # Checks the id and passphrase (required: a refusal when none is set), rate-limits,
             # records failures.
@@ -584,11 +618,22 @@ class ConfirmDiscard(BaseModel):
     )
 
 
-def _discard_precheck(instance_id: str, reason: str, can_ask: bool) -> DiscardResult | str:
-    """The refusal to return without asking, or the loss summary to show the human."""
+class ConfirmDiscardAndMeterStop(ConfirmDiscard):
+    """The discard form for a box rgt reaches over ssh whose meter stop is the human's action:
+    the phrase, the passphrase, and their word that they stopped its meter (as for destroy)."""
+
+    meter_stopped: MeterStopped
+
+
+def _discard_precheck(
+    instance_id: str, reason: str, can_ask: bool, answered: bool = False
+) -> DiscardResult | str:
+    """The refusal to return without asking, or the loss summary to show the human.
+    `answered`: as in `_precheck` (a box the human was asked to stop is silent by then)."""
     from rgt import approval
     from rgt.discard import loss_summary, may_discard
 
+    silent_ok = answered and _human_meter_stop(instance_id) is not None
     with _for_instance(instance_id) as (ledger, profile, provider):
         decision = may_discard(
             instance_id,
@@ -598,6 +643,8 @@ def _discard_precheck(instance_id: str, reason: str, can_ask: bool) -> DiscardRe
             profile=profile,
             require_approval=False,
         )
+    if silent_ok:
+        decision.missing = [m for m in decision.missing if m.code != "box-unreachable"]
     lost = decision.evidence.get("lost")
     if decision.missing:
         return DiscardResult(
@@ -644,23 +691,35 @@ async def ask_human_to_discard(
 ) -> Elicit[ConfirmDiscard] | DiscardResult:
     """Resolver for discard: refuse early when the reason is not proven, else ask the human,
     showing what is lost."""
-    found = await _blocking(lambda: _discard_precheck(instance_id, reason, _client_can_elicit(ctx)))
+    answered = getattr(ctx, "request_state", None) is not None
+    found = await _blocking(
+        lambda: _discard_precheck(instance_id, reason, _client_can_elicit(ctx), answered)
+    )
     if isinstance(found, DiscardResult):
         return found
-    return Elicit(
+    message = (
         f"{found}\nType 'discard {instance_id}' and your approval passphrase to end this rental "
-        "WITHOUT saving its results.",
-        ConfirmDiscard,
+        "WITHOUT saving its results."
     )
+    form: type[ConfirmDiscard] = ConfirmDiscard
+    action = await _blocking(lambda: _human_meter_stop(instance_id))
+    if action is not None:
+        message += _meter_stop_request(instance_id, action)
+        form = ConfirmDiscardAndMeterStop
+    return Elicit(message, form)
 
 
 def _discard_now(instance_id: str, reason: str, answer: ConfirmDiscard) -> DiscardResult:
     from rgt import approval
     from rgt.approval import DISCARD_TTL_SECONDS
     from rgt.errors import Refused
-    from rgt.gate import discard_with_gate
+    from rgt.gate import discard_after_human_meter_stop, discard_with_gate
+    from rgt.nextstep import Step
 
     with _for_instance(instance_id) as (ledger, profile, provider):
+        again = Step.of("discard", instance_id=instance_id, reason=reason)
+        provider, human = _ending_provider(instance_id, profile, provider, answer, again)
+        end: Callable[..., Any] = discard_after_human_meter_stop if human else discard_with_gate
         try:
             approval_id = approval.approve_with_passphrase(
                 ledger,
@@ -671,7 +730,7 @@ def _discard_now(instance_id: str, reason: str, answer: ConfirmDiscard) -> Disca
                 ttl_seconds=DISCARD_TTL_SECONDS,
                 purpose="discard",
             )
-            outcome = discard_with_gate(
+            outcome = end(
                 instance_id,
                 reason,
                 provider=provider,
@@ -693,7 +752,10 @@ def _discard_now(instance_id: str, reason: str, answer: ConfirmDiscard) -> Disca
         discarded=True,
         outcome="discarded",
         message=(
-            f"instance {instance_id}: discarded ({reason}); {outcome.verb} confirmed "
+            f"instance {instance_id}: discarded ({reason}); the human confirmed {outcome.verb} "
+            "and the box no longer answers over ssh: recorded as ended, its results were NOT saved"
+            if human
+            else f"instance {instance_id}: discarded ({reason}); {outcome.verb} confirmed "
             f"({outcome.confirmed_state}): billing stopped, its results were NOT saved"
         ),
         lost=outcome.decision.evidence.get("lost"),
@@ -714,7 +776,9 @@ async def discard(
     were copied off: poll first), host-lost (Offline / stuck past the profile's grace),
     superseded (a later attempt of the run was verified), nothing-to-keep. The human is shown
     what is lost and must type `discard ID` and the approval passphrase; no argument, default or
-    timeout can approve it. For a job that finished, use copy → verify → destroy instead."""
+    timeout can approve it. A box attached over ssh whose meter stop is the human's: the same
+    form asks them to stop it in the platform's console and type `stopped ID`. For a job that
+    finished, use copy → verify → destroy instead."""
     instance_id = str(instance_id)
     if not isinstance(confirmation, AcceptedElicitation):
         action: Literal["declined", "cancelled"] = (
@@ -936,7 +1000,13 @@ async def poll(
                     read_job=True,
                     for_tool=True,
                 )
-            return found if run is None else replace(found, run=run)
+            if run is None:
+                return found
+            if run["status"] in RUN_LEADS:
+                # The supervisor copies and verifies by itself: the instance's own next step
+                # (copy → verify → destroy) would race it or repeat what it did.
+                found = replace(found, next_action=run["next_action"])
+            return replace(found, run=run)
         except ProviderError as exc:  # while waiting, the next look may get through
             return exc
 
@@ -961,6 +1031,10 @@ async def poll(
         await anyio.sleep(min(interval_seconds, max(0.0, wait_seconds - elapsed)))
 
 
+# Run statuses in which the run's next action, not its instance's, is the step to take.
+RUN_LEADS = frozenset({"running", "awaiting-approval", "unsupervised"})
+
+
 def _run_of_poll(name: str) -> tuple[str, dict[str, Any] | None]:
     """(the instance to poll, the run's report) for poll's id: a run the run tool supervises
     (by its run id, when no instance has that id) is polled through its current instance."""
@@ -969,7 +1043,7 @@ def _run_of_poll(name: str) -> tuple[str, dict[str, Any] | None]:
     with _ledger() as ledger:
         if any(r.instance_id == name for r in ledger.instances()):
             return name, None
-        report = run_report(ledger, name)
+        report = run_report(ledger, name, for_tool=True)
     if report is None:
         return name, None
     if report["instance_id"] is None:
@@ -1097,6 +1171,66 @@ async def copy(
         )
 
     return await _blocking(work)
+
+
+async def sync(
+    instance_id: InstanceIdArg,
+    ctx: Context,
+    job: Annotated[
+        str | dict[str, Any] | None,
+        Field(
+            description=(
+                "the run's job request (a path on the server, or the request as an object), "
+                "only when rgt does not remember its `durable:` target (it does for its launches)"
+            )
+        ),
+    ] = None,
+) -> SyncResult:
+    """Make a running job's new checkpoints durable (its job's `durable:` target: copied here,
+    or the bucket the box pushes to) and verify each against the SHA-256 the box computed; one
+    round, safe to repeat (nothing is copied or hashed twice). A mismatch is refused (listed in
+    `refused`), never made durable; `newest` is what a relaunch resumes from. Sends progress
+    notifications (bytes copied). The run tool does this by itself; call sync when you watch a
+    job without it."""
+    from rgt.durable import sync_once
+    from rgt.job import JobRequest, load_job
+
+    report = _progress_reporter(ctx, f"sync {instance_id}")
+
+    def work() -> SyncResult:
+        request = None
+        if isinstance(job, dict):
+            request = JobRequest.from_dict(job, source="job")
+        elif job is not None:
+            request = load_job(job)
+        with _for_instance(instance_id) as (ledger, profile, provider):
+            found = sync_once(
+                ledger,
+                instance_id,
+                progress=report,
+                provider=provider,
+                profile=profile,
+                job=request,
+            )
+        return SyncResult.model_validate({**found.to_json(), "next": _sync_next(found)})
+
+    return await _blocking(work)
+
+
+def _sync_next(report: Any) -> str:
+    """After a round: follow the job and sync again for its next checkpoints; a refused one
+    is named first, so nobody resumes from it."""
+    from rgt.nextstep import Step
+
+    instance_id = report.instance_id
+    follow = (
+        f"{Step.of('poll', instance_id=instance_id).call()} to follow the job; "
+        f"{Step.of('sync', instance_id=instance_id).call()} again for its next checkpoints"
+    )
+    if not report.refused:
+        return follow
+    names = ", ".join(refusal.name for refusal in report.refused)
+    return f"NOT durable (its bytes off the box do not match the box's SHA-256): {names}; {follow}"
 
 
 class VerifyResult(BaseModel):
@@ -1309,16 +1443,27 @@ async def cost(
 
 
 async def sweep(
-    profile: ProfileArg = DEFAULT_PROFILE,
+    profile: Annotated[
+        str | None,
+        Field(description="one platform profile; default: every platform, as `platforms` lists"),
+    ] = None,
 ) -> SweepResult:
-    """Every instance the API key can see, what it costs per hour and what keeps billing,
-    including instances the ledger does not know."""
+    """Every instance the API key can see and every box attached over ssh, what it costs per
+    hour and what keeps billing, including instances the ledger does not know. Without a
+    profile, every platform: vast.ai (when a key is set) and each platform with attached boxes;
+    `skipped` names a platform it could not sweep, and why."""
     from rgt.sweep import sweep as run_sweep
+    from rgt.sweep import sweep_every_platform
 
     def work() -> SweepResult:
-        chosen = _profile(profile)
         with _ledger() as ledger:
-            report = run_sweep(provider=_provider(chosen.platform), ledger=ledger, profile=chosen)
+            if profile is None:
+                report = sweep_every_platform(ledger)
+            else:
+                chosen = _profile(profile)
+                report = run_sweep(
+                    provider=_provider(chosen.platform), ledger=ledger, profile=chosen
+                )
         return SweepResult.model_validate(report.to_json())
 
     return await _blocking(work)
@@ -1350,6 +1495,12 @@ def build_server() -> MCPServer:
         strict_tool(poll, annotations=idempotent_read),
         strict_tool(
             copy,
+            annotations=ToolAnnotations(
+                read_only_hint=False, destructive_hint=False, idempotent_hint=True
+            ),
+        ),
+        strict_tool(
+            sync,
             annotations=ToolAnnotations(
                 read_only_hint=False, destructive_hint=False, idempotent_hint=True
             ),
