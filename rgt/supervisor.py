@@ -632,10 +632,11 @@ class _SyncLoop(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from rgt.durable import WATCH_SECONDS, sync_once
+        from rgt.durable import WATCH_SECONDS, lower_priority, sync_once
         from rgt.providers import get_provider
 
         sup = self.supervisor
+        lower_priority()  # the copies and hashing yield to a job that shares this machine
         try:
             provider = get_provider(sup.provider.platform, sup.profile)
             with Ledger.open(self.ledger_path) as ledger:
