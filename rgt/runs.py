@@ -30,11 +30,18 @@ END_REASONS = (
     "stuck-scheduling",
     "host-lost",
     "lost",
+    "job-stalled",
     "failed",
     "succeeded",
 )
 # The attempts that leave a box behind that may come back: it is superseded, never forgotten.
-SUPERSEDED_REASONS = ("preempted-past-grace", "stuck-scheduling", "host-lost")
+SUPERSEDED_REASONS = ("preempted-past-grace", "stuck-scheduling", "host-lost", "job-stalled")
+# The attempts whose MACHINE the run never rents again: its host stopped answering, could not
+# give the box its GPU, the box vanished, or the box said running while the job's boot hook was
+# dead (its heartbeat stopped) past the grace. A preemption is not among them: an outbid
+# interruptible rental says nothing bad about the machine, and the same machine (often the
+# cheapest) may be rented again once its GPU is free.
+MACHINE_LOST_REASONS = ("stuck-scheduling", "host-lost", "lost", "job-stalled")
 # What a run's status says (runs.status).
 RUN_STATUSES = (
     "running",  # a supervisor watches an attempt (or is about to rent one)
@@ -264,3 +271,9 @@ def _run_record(row: Any) -> RunRecord:
     data = dict(row)
     data["interruptible"] = bool(data["interruptible"])
     return RunRecord(**data)
+
+
+def machines_to_avoid(history: list[AttemptRecord]) -> set[str | None]:
+    """The machines a run's next attempt must not rent: those of its attempts that ended for
+    one of MACHINE_LOST_REASONS (a preempted machine stays rentable)."""
+    return {a.machine_id for a in history if a.end_reason in MACHINE_LOST_REASONS}

@@ -4,8 +4,9 @@ search → launch → watch (the instance's state and the job status record) →
 durable (rgt.durable.sync_once each round when the job has `durable: local`) → when the box is
 lost (preempted past the profile's spot_grace, stuck waiting for its GPU or offline past its
 host_lost_grace, or gone) rent another offer that satisfies the same constraints and cap, never
-on a machine the run lost, seed it with the newest durable checkpoint and resume; until the job
-succeeds. Then pull → verify → a human approves → destroy, through the gate (rgt.gate).
+on a machine whose host the run lost (a preempted machine may be rented again), seed it with
+the newest durable checkpoint and resume; until the job succeeds. Then pull → verify → a human
+approves → destroy, through the gate (rgt.gate).
 
 What keeps it honest:
 
@@ -156,6 +157,7 @@ class Supervisor:
                 self._stop_sync()
 
     def _loop(self) -> RunOutcome:
+        unreachable_since: float | None = None  # a succeeded box whose results cannot be pulled
         while True:
             history = runs.attempts(self.ledger, self.run_id)
             current = history[-1] if history else None
@@ -164,7 +166,9 @@ class Supervisor:
                     return self._finish(current)
                 except ProviderError as exc:
                     # The results are on that box alone (paused, offline, the API down): wait
-                    # for it; another box cannot have them.
+                    # for it, another box cannot have them; but not forever.
+                    unreachable_since = unreachable_since or self.clock()
+                    self._give_up_unreachable(current, exc, self.clock() - unreachable_since)
                     self.say(f"instance {current.instance_id}: {exc.message}; trying again")
                     self.sleep(self.interval)
                     continue
@@ -180,6 +184,23 @@ class Supervisor:
             latest = runs.attempts(self.ledger, self.run_id)[-1]
             if latest.ended is None:
                 self.sleep(self.interval)
+
+    def _give_up_unreachable(
+        self, attempt: AttemptRecord, error: ProviderError, lasted: float
+    ) -> None:
+        """Stop waiting for a succeeded box whose results cannot be pulled once that lasted the
+        profile's host_lost_grace (the bound of a lost host; None: wait): ProviderError (exit
+        3) naming the box, which is left as it is, and what to do."""
+        grace = self.profile.host_lost_grace_seconds
+        if grace is None or lasted < grace:
+            return
+        raise ProviderError(
+            f"run {self.run_id}: the job succeeded on instance {attempt.instance_id} but its "
+            f"results could not be pulled for {lasted:.0f} s (grace {grace:.0f} s): "
+            f"{error.message}. They are on that box only; it was not destroyed. `rgt poll "
+            f"{attempt.instance_id}` shows its state; once it answers, `rgt run` with the same "
+            "job finishes the run (pull, verify, approve, destroy)"
+        )
 
     # -- attempts ---------------------------------------------------------------------------
 
@@ -198,10 +219,7 @@ class Supervisor:
                 f"{len(history)} attempt(s)); no new attempt was rented"
                 + (f". {left}" if left else "")
             )
-        lost_machines = {
-            a.machine_id for a in history if a.end_reason in (*runs.SUPERSEDED_REASONS, "lost")
-        }
-        offer = self._pick_offer(lost_machines)
+        offer = self._pick_relaunch_offer(history) if history else self._pick_offer(set())
         checkpoint = self._newest_durable()
         number = len(history) + 1
         attempt = runs.open_attempt(
@@ -222,6 +240,22 @@ class Supervisor:
             f"{self._price(offer):.4f} $/h{seed or ', from scratch'}"
         )
         return self._launch(attempt, checkpoint)
+
+    def _pick_relaunch_offer(self, history: list[AttemptRecord]) -> Offer:
+        """The next attempt's offer. Mid-run, no offer now may only mean the machines are
+        rented by others for a while (an outbid rental comes free when the higher bid ends):
+        search again every interval, up to the profile's host_lost_grace, before stopping."""
+        avoid = runs.machines_to_avoid(history)
+        grace = self.profile.host_lost_grace_seconds or 0.0
+        deadline = self.clock() + grace
+        while True:
+            try:
+                return self._pick_offer(avoid)
+            except RunStopped:
+                if self.clock() >= deadline:
+                    raise
+                self.say(f"run {self.run_id}: no offer fits now; searching again")
+                self.sleep(self.interval)
 
     def _pick_offer(self, lost_machines: set[str | None]) -> Offer:
         """The cheapest offer that fits the job, under the cap, on no machine the run lost."""
@@ -407,6 +441,11 @@ class Supervisor:
             if job.state == "failed":
                 self._end(attempt, "failed", job.summary)
                 return
+            if job.state == "stale":
+                # The box says running but the boot hook is dead (the status record's own stale
+                # rule): nothing will finish the job there; bounded like a lost host.
+                self._lasting(attempt, "stale", "job-stalled", job.summary, now)
+                return
             if attempt.lost_state is not None:
                 runs.update_attempt(self.ledger, attempt.id, lost_state=None, lost_since=None)
             self._sync(attempt.instance_id)
@@ -414,10 +453,31 @@ class Supervisor:
         reason = LOST_REASON_OF_STATE.get(report.state)
         if reason is None:
             return
-        if attempt.lost_state != report.state:
-            runs.update_attempt(self.ledger, attempt.id, lost_state=report.state, lost_since=now)
-            attempt = attempt._replace(lost_state=report.state, lost_since=now)
-            self.say(f"instance {attempt.instance_id}: {report.state} ({report.status_msg or ''})")
+        self._lasting(
+            attempt,
+            report.state,
+            reason,
+            f"{report.state} ({report.status_msg or ''})",
+            now,
+            gotcha=report.gotcha,
+        )
+
+    def _lasting(
+        self,
+        attempt: AttemptRecord,
+        state: str,
+        reason: str,
+        what: str,
+        now: float,
+        *,
+        gotcha: str | None = None,
+    ) -> None:
+        """Count how long `state` has lasted (from the first look that saw it; the ledger keeps
+        it across supervisors) and end the attempt for `reason` once it lasted its grace."""
+        if attempt.lost_state != state:
+            runs.update_attempt(self.ledger, attempt.id, lost_state=state, lost_since=now)
+            attempt = attempt._replace(lost_state=state, lost_since=now)
+            self.say(f"instance {attempt.instance_id}: {what}")
         grace = self._grace(reason)
         assert attempt.lost_since is not None
         lasted = now - attempt.lost_since
@@ -425,8 +485,9 @@ class Supervisor:
             self._end(
                 attempt,
                 reason,
-                f"{report.state} for {lasted:.0f} s (grace {grace:.0f} s)"
-                + (f"; {report.gotcha}" if report.gotcha else ""),
+                f"{state} for {lasted:.0f} s (grace {grace:.0f} s)"
+                + (f": {what}" if state == "stale" else "")
+                + (f"; {gotcha}" if gotcha else ""),
             )
 
     def _grace(self, reason: str) -> float | None:
@@ -573,10 +634,11 @@ class _SyncLoop(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from rgt.durable import WATCH_SECONDS, sync_once
+        from rgt.durable import WATCH_SECONDS, lower_priority, sync_once
         from rgt.providers import get_provider
 
         sup = self.supervisor
+        lower_priority()  # the copies and hashing yield to a job that shares this machine
         try:
             provider = get_provider(sup.provider.platform, sup.profile)
             with Ledger.open(self.ledger_path) as ledger:

@@ -141,6 +141,19 @@ def _assert_alive(emulator: Any, instance_id: str) -> None:
     assert emulator.request_count("DELETE") == 0
 
 
+def _niceness_in_group(group: int | None) -> dict[int, int]:
+    """pid -> nice value of every live process in process group `group` (the box's onstart)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if group is not None and int(fields[2]) == group:  # fields after "(comm)": pgrp is 3rd
+            found[int(stat.parent.name)] = int(fields[16])  # nice is the 19th field of stat
+    return found
+
+
 def _box_checkpoints(emulator: Any, instance_id: str) -> dict[str, str]:
     folder = _box(emulator, instance_id, CHECKPOINTS)
     return {
@@ -264,6 +277,21 @@ def test_local_target_copies_and_verifies_checkpoints_while_the_job_runs(
     run_id = "durable-local"
     instance_id = _launch(_job_file(tmp_path, run_id, "local"))
     _wait_for(lambda: len(_sidecars(emulator, instance_id, run_id)) >= 3, "3 sidecars on the box")
+    # The watcher yields to the job: its loop (and what it starts) runs at nice 19; the boot
+    # hook and the job do not.
+    niceness = _niceness_in_group(emulator.process_id(instance_id))
+    assert 19 in niceness.values() and 0 in niceness.values(), niceness
+    # A checkpoint hashed once is never hashed again while it stays unchanged: its sidecar is
+    # not rewritten by the scans that follow (two more checkpoints = two more scans at least).
+    hashed = {p.name: p.stat().st_mtime_ns for p in _sidecars(emulator, instance_id, run_id)}
+    _wait_for(
+        lambda: len(_sidecars(emulator, instance_id, run_id)) >= len(hashed) + 2, "2 more scans"
+    )
+    assert {
+        p.name: p.stat().st_mtime_ns
+        for p in _sidecars(emulator, instance_id, run_id)
+        if p.name in hashed
+    } == hashed
     # As keep-N rotation does: the oldest is deleted on the box after the watcher hashed it.
     rotated = _sidecars(emulator, instance_id, run_id)[0].name.removesuffix(".sha256")
     (_box(emulator, instance_id, CHECKPOINTS) / rotated).unlink()

@@ -1,9 +1,11 @@
 """`rgt run` end to end on the emulator (real vastai SDK, real sshd and rsync on loopback, the
 real rendered boot hook running the example job's resumable trainer): a box lost to a preemption
-past the profile's spot_grace, stuck loading (VAST3/VAST13) or offline (VAST7) past its
-host_lost_grace is replaced by another offer, never on the lost machine, that resumes from the
-newest durable checkpoint; a supervisor killed with -9 and started again rents nothing twice;
-the budget stops relaunching; a failed job is reported, not relaunched.
+past the profile's spot_grace, stuck loading (VAST13) or scheduling (VAST3), offline (VAST7) past
+its host_lost_grace, destroyed outside rgt, or whose boot hook died on a running box is replaced
+by another offer (never on a machine whose host was lost; a preempted one may be rented again)
+that resumes from the newest durable checkpoint; a succeeded box whose results stay unreachable
+ends the run with exit 3 past the grace; a supervisor killed with -9 and started again rents
+nothing twice; the budget stops relaunching; a failed job is reported, not relaunched.
 
 One emulator for the module, sped up (TIME_SCALE) so the profile's 30-minute host_lost_grace
 passes in seconds of real time: the supervisor in these tests reads the emulator's clock (the
@@ -26,7 +28,7 @@ import pytest
 import yaml
 
 from rgt import runs
-from rgt.errors import CheckFailed, RunStopped
+from rgt.errors import CheckFailed, ProviderError, RunStopped
 from rgt.job import load_job
 from rgt.ledger import Ledger
 from rgt.profile import load_profile
@@ -97,12 +99,15 @@ def _write_job(directory: Path, run_id: str, *, hold: bool = False, **changes: A
 class Run:
     """A supervisor of one run in a thread of this test, on the emulator's clock."""
 
-    def __init__(self, emulator: Any, job_file: Path, **request: Any) -> None:
+    def __init__(
+        self, emulator: Any, job_file: Path, *, on_line: Any = None, **request: Any
+    ) -> None:
         from rgt.providers.vastai import VastProvider
 
         self.emulator = emulator
         self.job = load_job(job_file)
         self.lines: list[str] = []
+        self.on_line = on_line  # called with each line the supervisor says, in its thread
         self.outcome: RunOutcome | None = None
         self.error: BaseException | None = None
         self.request = RunRequest(
@@ -119,7 +124,7 @@ class Run:
                 ledger=ledger,
                 profile=load_profile("vastai"),
                 approve=_approve_like_the_e2e_tests,
-                say=self.lines.append,
+                say=self._say,
                 clock=self.emulator.clock.now,
                 interval=0.3,
             )
@@ -127,6 +132,11 @@ class Run:
                 self.outcome = supervisor.supervise()
             except BaseException as exc:
                 self.error = exc
+
+    def _say(self, line: str) -> None:
+        self.lines.append(line)
+        if self.on_line is not None:
+            self.on_line(line)
 
     def start(self) -> Run:
         self.thread.start()
@@ -186,15 +196,19 @@ def _machine(emulator: Any, instance_id: str) -> str:
     return str(emulator.world.show(int(instance_id))["machine_id"])
 
 
-def _assert_relaunched_from_durable(run: Run, reason: str) -> tuple[str, str]:
+def _assert_relaunched_from_durable(
+    run: Run, reason: str, *, machine_lost: bool = True
+) -> tuple[str, str]:
     """The run ended done on attempt 2, after attempt 1 ended for `reason`; attempt 2 started
-    from its seed checkpoint's step (not 0), on another machine. (first, second) instance."""
+    from its seed checkpoint's step (not 0), on another machine when the first one's host was
+    lost (`machine_lost`). (first, second) instance."""
     run.join()
     assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
     assert run.outcome is not None and run.outcome.status == "done", run.outcome
     first, second = run.attempts()
     assert (first.end_reason, second.end_reason) == (reason, "succeeded")
-    assert first.machine_id != second.machine_id  # never the lost machine again
+    if machine_lost:
+        assert first.machine_id != second.machine_id  # never the lost machine again
     assert second.seed_step is not None and second.seed_step > 0, second
     # The trainer on the second box started from the seed's step, not from step 0 (it says so
     # in its results, pulled and verified before its box was destroyed).
@@ -215,10 +229,14 @@ def test_a_preemption_past_grace_relaunches_elsewhere_from_the_newest_durable_st
     _wait_for(lambda: _newest_durable_step("spot-run") >= 2 * CKPT_EVERY, "a durable checkpoint")
     lost_machine = _machine(emulator, first)
     emulator.preempt(first)
-    first_id, second_id = _assert_relaunched_from_durable(run, "preempted-past-grace")
+    first_id, second_id = _assert_relaunched_from_durable(
+        run, "preempted-past-grace", machine_lost=False
+    )
     assert first_id == first
     one, two = run.attempts()
-    assert one.machine_id == lost_machine != two.machine_id
+    # Outbid is not a bad host: the cheapest offer is still on that machine (another of its
+    # GPUs), and the relaunch rents it again (it was excluded before issue 13's second round).
+    assert one.machine_id == lost_machine == two.machine_id
     assert _creates(emulator) - before == 2  # one box per attempt, nothing rented twice
     # The superseded box is not destroyed (its results were never verified): it still exists,
     # and the outcome says how to resolve it; the finished box was destroyed through the gate.
@@ -282,6 +300,123 @@ def test_a_host_offline_past_grace_is_replaced_and_never_rented_again(
         assert int(first) in emulator.instance_ids()
     finally:
         emulator.bring_host_online(first)
+
+
+@pytest.mark.timeout(240)
+def test_a_box_destroyed_outside_rgt_is_lost_and_replaced_on_another_machine(
+    emulator: Any, tmp_path: Path
+) -> None:
+    from rgt.providers.vastai import VastProvider
+
+    run = Run(emulator, _write_job(tmp_path, "lost-run", hold=True)).start()
+    first = run.instance(1)
+    _wait_for(lambda: _newest_durable_step("lost-run") >= CKPT_EVERY, "a durable checkpoint")
+    VastProvider().destroy(first)  # a human in the platform's console, not rgt
+    _assert_relaunched_from_durable(run, "lost")
+    one, _ = run.attempts()
+    assert "gone and rgt did not end it" in (one.detail or "")
+    assert int(first) not in emulator.instance_ids()
+
+
+@pytest.mark.timeout(240)
+def test_a_dead_boot_hook_on_a_running_box_ends_past_host_lost_grace_and_is_replaced(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """The box says running, but its boot hook was killed (the job's heartbeat stopped): the
+    attempt ends after host_lost_grace (it was waited on forever) and the run goes on elsewhere."""
+    from rgt.jobstatus import STATUS_NAME
+
+    run = Run(emulator, _write_job(tmp_path, "stalled-run", hold=True)).start()
+    first = run.instance(1)
+    _wait_for(lambda: _newest_durable_step("stalled-run") >= CKPT_EVERY, "a durable checkpoint")
+    pid = emulator.process_id(first)
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)  # the hook and its job die; the container stays up
+    (record,) = run.box(first).glob(f"**/.rgt/stalled-run/{STATUS_NAME}")
+    # Its last heartbeat, long ago (the record's stale rule is 3 beats + 60 s of real time).
+    status = json.loads(record.read_text())
+    status["heartbeat"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    record.write_text(json.dumps(status))
+    assert emulator.world.show(int(first))["actual_status"] == "running"
+    _assert_relaunched_from_durable(run, "job-stalled")
+    one, _ = run.attempts()
+    assert "stale for" in (one.detail or "") and "(grace 1800 s)" in (one.detail or "")
+    assert "the boot hook was killed" in (one.detail or "")
+    assert int(first) in emulator.instance_ids()  # superseded, not destroyed
+
+
+@pytest.mark.timeout(240)
+def test_a_stopped_box_whose_gpu_another_renter_took_stays_scheduling_and_is_replaced(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """VAST3: the box is stopped, another renter takes its GPU, a start leaves it scheduling;
+    past host_lost_grace the attempt ends stuck-scheduling and the run resumes elsewhere."""
+    from rgt.providers.base import OfferQuery, run_label
+    from rgt.providers.vastai import VastProvider
+
+    provider = VastProvider()
+    run = Run(emulator, _write_job(tmp_path, "vast3-run", hold=True)).start()
+    first = run.instance(1)
+    _wait_for(lambda: _newest_durable_step("vast3-run") >= CKPT_EVERY, "a durable checkpoint")
+    machine = _machine(emulator, first)
+    provider.stop(first)
+    others = []  # another renter takes every free GPU of that machine
+    try:
+        while offers := [
+            o
+            for o in provider.search_offers(OfferQuery(limit=500, min_reliability=0.0))
+            if o.machine_id == machine
+        ]:
+            others.append(
+                provider.create(
+                    offers[0].id,
+                    image="other/renter",
+                    disk_gb=10,
+                    onstart="true",
+                    label=run_label(f"other-renter-{len(others)}"),
+                ).id
+            )
+        provider.start(first)
+        _wait_for(
+            lambda: (
+                emulator.world.show(int(first))["actual_status"] == "stopped"
+                and "Scheduling" in str(emulator.world.show(int(first)).get("status_msg"))
+            ),
+            "the start to stay scheduling",
+        )
+        _assert_relaunched_from_durable(run, "stuck-scheduling")
+        one, _ = run.attempts()
+        # Counted from the stop on: a loaded machine may take the sped-up grace to rent the GPU
+        # away, so the streak that ends it may be the stop's, not the start's.
+        assert "scheduling for" in (one.detail or "") or "stopped for" in (one.detail or "")
+    finally:
+        for other in others:
+            provider.destroy(other)
+
+
+@pytest.mark.timeout(240)
+def test_a_succeeded_box_whose_results_stay_unreachable_stops_the_run_past_the_grace(
+    emulator: Any, tmp_path: Path
+) -> None:
+    def host_goes_away(line: str) -> None:  # right after the job succeeded, before the pull
+        if ": succeeded:" in line:
+            emulator.take_host_offline(run.attempts()[0].instance_id)
+
+    run = Run(emulator, _write_job(tmp_path, "unreach-run"), on_line=host_goes_away)
+    run.start().join()
+    (only,) = run.attempts()
+    try:
+        assert only.end_reason == "succeeded"
+        assert isinstance(run.error, ProviderError) and run.error.exit_code == 3, run.error
+        message = run.error.message
+        assert f"succeeded on instance {only.instance_id}" in message
+        assert "(grace 1800 s)" in message and "it was not destroyed" in message
+        assert int(str(only.instance_id)) in emulator.instance_ids()
+        with Ledger.open() as ledger:
+            record = runs.run(ledger, "unreach-run")
+        assert record is not None and record.status == "stopped"
+    finally:
+        emulator.bring_host_online(str(only.instance_id))
 
 
 @pytest.mark.timeout(240)
@@ -539,3 +674,22 @@ def test_no_offer_under_the_cap_stops_with_exit_6_renting_nothing(
     with Ledger.open() as ledger:
         record = runs.run(ledger, "cheap-run")
     assert record is not None and record.status == "no-offer"
+
+
+def test_only_a_lost_host_keeps_its_machine_out_of_later_attempts(tmp_path: Path) -> None:
+    """A preemption (outbid) says nothing bad about the machine: the run may rent it again;
+    a host lost, stuck scheduling or a box gone keeps its machine out (the real ledger)."""
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        runs.record_run(ledger, "avoid-run", provider="vastai", profile="vastai",
+                        job_file=None, max_price_per_hour=1.0, budget=None,
+                        interruptible=True, bid_per_hour=None, now=0.0)  # fmt: skip
+        reasons = ["preempted-past-grace", "host-lost", "stuck-scheduling", "lost", None]
+        for number, reason in enumerate(reasons, 1):
+            attempt = runs.open_attempt(ledger, "avoid-run", number,
+                                        label=f"rgt:avoid-run/{number}", offer_id=str(number),
+                                        machine_id=f"m{number}", price_per_hour=0.1,
+                                        seed_name=None, seed_step=None, now=0.0)  # fmt: skip
+            if reason is not None:
+                runs.update_attempt(ledger, attempt.id, ended=1.0, end_reason=reason)
+        history = runs.attempts(ledger, "avoid-run")
+    assert runs.machines_to_avoid(history) == {"m2", "m3", "m4"}

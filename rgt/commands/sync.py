@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from rgt.commands._platform import check_instance_id, open_platform
-    from rgt.durable import sync_once
+    from rgt.durable import lower_priority, sync_once
     from rgt.job import load_job
     from rgt.ledger import Ledger
     from rgt.progress import ProgressBar
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     def progress(done: int, total: int | None, current: str | None) -> None:
         bar.update(done, total=total, note=current)
 
+    lower_priority()  # a round yields to a job on this machine (a loop of `rgt sync` too)
     with Ledger.open() as ledger:
         report = sync_once(
             ledger, args.instance, progress=progress, provider=provider, profile=profile, job=job
