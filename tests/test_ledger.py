@@ -394,3 +394,28 @@ def test_a_launch_is_pending_before_its_create_and_rented_with_its_instance(
     )
     assert f"launch #{launch} rented: rgt:r1 on offer 8" in shown.stdout
     assert f"launch #{refused} not-rented: rgt:r1 on offer 9 (offer taken)" in shown.stdout
+
+
+def test_threads_opening_a_new_ledger_together_all_get_it(tmp_path: Path) -> None:
+    # Was: SQLite answers "database is locked" at once (no busy wait) to a connection switching a
+    # new database to WAL while another creates it; `rgt run`'s supervisor thread and its caller
+    # opening a fresh ledger together failed 10 of 100 such trials with 4 threads.
+    import threading
+
+    failures: list[str] = []
+    for trial in range(30):
+        path = tmp_path / f"ledger-{trial}.sqlite3"
+
+        def open_it(path: Path = path) -> None:
+            try:
+                with Ledger.open(path) as ledger:
+                    assert ledger.schema_version() == SCHEMA_VERSION
+            except LedgerError as exc:
+                failures.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
