@@ -356,7 +356,28 @@ def _decided(index: dict[str, Any], name: str, sha: str) -> str | None:
     return None
 
 
-def _accept(index: dict[str, Any], report: SyncReport, entry: DurableCheckpoint) -> None:
+def _accept(
+    index: dict[str, Any],
+    report: SyncReport,
+    name: str,
+    sha: str,
+    size: int,
+    *,
+    target: str,
+    location: str,
+) -> None:
+    """Record checkpoint `name` as verified off the box (at `location` of `target`), now."""
+    entry = DurableCheckpoint(
+        name=name,
+        step=step_of(name),
+        sha256=sha,
+        size=size,
+        target=target,
+        location=location,
+        verified_at=_now_text(),
+        run_id=report.run_id,
+        instance_id=report.instance_id,
+    )
     index["verified"] = [e for e in index["verified"] if e.get("name") != entry.name]
     index["refused"] = [e for e in index["refused"] if e.get("name") != entry.name]
     index["verified"].append(entry.to_json())
@@ -478,21 +499,7 @@ def _sync_local(
         from rgt.atomic import fsync_dir
 
         fsync_dir(final_dir)
-        _accept(
-            index,
-            report,
-            DurableCheckpoint(
-                name=name,
-                step=step_of(name),
-                sha256=sha,
-                size=size,
-                target="local",
-                location=str(final_dir / name),
-                verified_at=_now_text(),
-                run_id=report.run_id,
-                instance_id=report.instance_id,
-            ),
-        )
+        _accept(index, report, name, sha, size, target="local", location=str(final_dir / name))
     if progress is not None and total:
         progress(total, total, None)
 
@@ -645,21 +652,7 @@ def _sync_bucket(
                 ),
             )
             continue
-        _accept(
-            index,
-            report,
-            DurableCheckpoint(
-                name=name,
-                step=step_of(name),
-                sha256=sha,
-                size=size,
-                target="bucket",
-                location=location,
-                verified_at=_now_text(),
-                run_id=report.run_id,
-                instance_id=report.instance_id,
-            ),
-        )
+        _accept(index, report, name, sha, size, target="bucket", location=location)
     if progress is not None and total:
         progress(total, total, None)
 
