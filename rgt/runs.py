@@ -277,3 +277,37 @@ def machines_to_avoid(history: list[AttemptRecord]) -> set[str | None]:
     """The machines a run's next attempt must not rent: those of its attempts that ended for
     one of MACHINE_LOST_REASONS (a preempted machine stays rentable)."""
     return {a.machine_id for a in history if a.end_reason in MACHINE_LOST_REASONS}
+
+
+# -- moving a run to a cheaper offer ------------------------------------------------------------
+
+# A move is considered only when the offer is at least this much cheaper (a fraction of the
+# current price): smaller gaps are within the noise of a marketplace's prices and not worth a
+# restart. `rgt run --move-if-cheaper` overrides it; 0 turns moving off.
+MOVE_MARGIN = 0.25
+# What a move is judged over when the work that remains is unknown (the status record says how
+# far the job is, not how far it has to go): one more hour of it.
+MOVE_HORIZON_SECONDS = 3600.0
+
+
+def worth_moving(
+    current_price: float,
+    offer_price: float,
+    *,
+    margin: float = MOVE_MARGIN,
+    restart_seconds: float,
+    at_risk_seconds: float,
+    remaining_seconds: float | None = None,
+) -> bool:
+    """Whether a running attempt should move to an offer that costs `offer_price` $/h instead
+    of its `current_price`: only when the offer is cheaper by at least `margin` (a fraction of
+    the current price; 0 or less: never move) and what it saves over the work that remains
+    (`remaining_seconds`, or MOVE_HORIZON_SECONDS when unknown) pays for what the move costs at
+    the new price: a restart (`restart_seconds`: boot, seed, load) and redoing the work done
+    since the newest durable checkpoint (`at_risk_seconds`)."""
+    if margin <= 0 or current_price <= 0 or offer_price > current_price * (1.0 - margin):
+        return False
+    remaining = MOVE_HORIZON_SECONDS if remaining_seconds is None else remaining_seconds
+    saved = (current_price - offer_price) * remaining
+    spent = offer_price * (restart_seconds + at_risk_seconds)
+    return saved > spent
