@@ -17,14 +17,26 @@ box to the moment the sync loop saw it verified (median, max). Everything (job, 
 S3 server, sync) shares this machine's cores, so the step-time cost is an upper bound of what a
 real box (whose cores are not shared with rgt) would see.
 
+With `--paired SECONDS` the job runs once per target and the durable side (the box's watcher
+at nice 19 with what it starts, and the sync loop with its rsync/ssh) is paused (SIGSTOP) and
+resumed every SECONDS while it runs: the job's steps with and without the durable side are
+then seconds apart, so a shared machine's drift (other processes, the VM's own speed, which
+moved a baseline 7.7 -> 11.1 ms/step between back-to-back runs at load ~1) cancels instead of
+deciding the ratio. The paused side catches up in the next running phase, so the running
+phases carry all its work; the cost to a job synced continuously is their extra time spread
+over all the steps.
+
     .venv/bin/python bench/bench_durable.py [--steps 1200] [--every 150] [--mib 8]
+    .venv/bin/python bench/bench_durable.py --paired 5 --steps 6000
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,18 +53,19 @@ import os, pathlib, time
 d = pathlib.Path(os.environ["RGT_CHECKPOINT_DIR"]); d.mkdir(parents=True, exist_ok=True)
 steps, every = int(os.environ["B_STEPS"]), int(os.environ["B_EVERY"])
 size = int(os.environ["B_BYTES"])
-times = []
+times, starts = [], []
 for step in range(1, steps + 1):
-    start = time.perf_counter()
+    start = time.monotonic()
     sum(i * i for i in range(150_000))
-    times.append(time.perf_counter() - start)
+    times.append(time.monotonic() - start)
+    starts.append(start)
     if step % every == 0:
         tmp = d / f".part-{step}"
         tmp.write_bytes(os.urandom(size))
         os.replace(tmp, d / f"step-{step:06d}.ckpt")
 out = pathlib.Path(os.environ["RGT_RESULTS_ROOT"]) / "cell-a"
 out.mkdir(parents=True, exist_ok=True)
-(out / "steps.json").write_text(__import__("json").dumps(times))
+(out / "steps.json").write_text(__import__("json").dumps({"d": times, "t": starts}))
 """
 
 
@@ -77,10 +90,71 @@ def sync_loop(instance_id: str, log: str) -> None:
             time.sleep(1.0)
 
 
+def durability_pids(instance_id: str, loop_pid: int) -> set[int]:
+    """The processes doing the durable work of one box: the box's own at nice 19 (its watcher
+    and what the watcher started: find, sha256sum, rclone, sleep) and the sync loop with its
+    children (rsync, ssh). Boxes of the emulator are local processes whose environment names
+    their CONTAINER_ID."""
+    marker = f"CONTAINER_ID={instance_id}".encode()
+    parents: dict[int, int] = {}
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            parents[pid] = int(fields[1])
+            if int(fields[16]) == 19 and marker in Path(f"/proc/{pid}/environ").read_bytes():
+                found.add(pid)
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    tree = {loop_pid}
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return found | tree
+
+
+def signal_all(pids: set[int], signum: int) -> None:
+    """Send `signum` to each of `pids` that still exists."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def split_by_phase(
+    steps: dict[str, list[float]], toggles: list[tuple[float, bool]]
+) -> tuple[list[float], list[float]]:
+    """The job's step times while the durable side ran and while it was paused, by each step's
+    start against the bench's toggles (the same CLOCK_MONOTONIC in both processes)."""
+    import bisect
+
+    moments = [moment for moment, _ in toggles]
+    running: list[float] = []
+    paused: list[float] = []
+    for start, seconds in zip(steps["t"], steps["d"], strict=True):
+        at = bisect.bisect_right(moments, start) - 1
+        if at < 0:
+            continue  # before the first toggle: not part of the comparison
+        (running if toggles[at][1] else paused).append(seconds)
+    return running, paused
+
+
 def run_once(
-    kind: str, args: argparse.Namespace, scratch: Path, emulator: Any, s3: Any | None
+    kind: str,
+    args: argparse.Namespace,
+    scratch: Path,
+    emulator: Any,
+    s3: Any | None,
+    block: float = 0.0,
 ) -> dict[str, Any]:
-    """Launch the job with target `kind`, sync while it runs, return its figures."""
+    """Launch the job with target `kind`, sync while it runs, return its figures. With `block`
+    seconds, the durable side (the box's watcher and the sync loop) is paused and resumed
+    every `block` seconds while the job runs (SIGSTOP/SIGCONT), so the job's steps with and
+    without it are measured seconds apart: the machine's own drift cancels out."""
     import yaml
 
     from rgt import lifecycle
@@ -142,16 +216,46 @@ def run_once(
             stdin=subprocess.DEVNULL,
         )
     deadline = time.monotonic() + 900
-    while not steps_file.is_file():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{kind}: the job did not finish")
-        time.sleep(0.5)
-    times = json.loads(steps_file.read_text())
+    toggles: list[tuple[float, bool]] = []  # (monotonic time, durable side running)
+    stopped: set[int] = set()
+    try:
+        while not steps_file.is_file():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{kind}: the job did not finish")
+            now = time.monotonic()
+            if block and loop is not None and (not toggles or now - toggles[-1][0] >= block):
+                running = not toggles or not toggles[-1][1]
+                if running:
+                    signal_all(stopped, signal.SIGCONT)
+                    stopped.clear()
+                else:
+                    for _ in range(2):  # the second pass catches a child forked meanwhile
+                        pids = durability_pids(instance_id, loop.pid) - stopped
+                        signal_all(pids, signal.SIGSTOP)
+                        stopped |= pids
+                toggles.append((time.monotonic(), running))
+            time.sleep(0.05 if block else 0.5)
+    finally:
+        signal_all(stopped, signal.SIGCONT)
+    document = json.loads(steps_file.read_text())
+    times = document["d"]
     checkpoints = {
         p.name: p.stat().st_mtime for p in (disk / "workspace/checkpoints").glob("*.ckpt")
     }
     delays: list[float] = []
     errors: list[str] = []
+    phases: dict[str, Any] = {}
+    if toggles:
+        running_steps, paused_steps = split_by_phase(document, toggles)
+        phases = {
+            "steps_running": len(running_steps),
+            "steps_paused": len(paused_steps),
+            "running_ms_mean": round(sum(running_steps) / len(running_steps) * 1000, 3),
+            "paused_ms_mean": round(sum(paused_steps) / len(paused_steps) * 1000, 3),
+            "running_ms_median": round(median(running_steps) * 1000, 2),
+            "paused_ms_median": round(median(paused_steps) * 1000, 2),
+            "blocks": len(toggles),
+        }
     if loop is not None:
         seen: dict[str, float] = {}
         while time.monotonic() < deadline and len(seen) < len(checkpoints):
@@ -166,16 +270,20 @@ def run_once(
         loop.terminate()
         loop.wait()
         delays = [seen[name] - mtime for name, mtime in checkpoints.items() if name in seen]
+    verified = len(delays)
+    if toggles:
+        delays = []  # a sync paused half the time says nothing about the delay: not reported
     return {
         "kind": kind,
         "steps": len(times),
         "step_ms_median": round(median(times) * 1000, 1),
         "step_ms_p90": round(percentile(times, 0.9) * 1000, 1),
         "checkpoints": len(checkpoints),
-        "verified": len(delays),
+        "verified": verified,
         "delay_s_median": round(median(delays), 2) if delays else None,
         "delay_s_max": round(max(delays), 2) if delays else None,
         "errors": sorted(set(errors))[:3],
+        **phases,
     }
 
 
@@ -185,6 +293,14 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--every", type=int, default=150, help="steps between checkpoints")
     parser.add_argument("--mib", type=int, default=8, help="checkpoint size")
+    parser.add_argument(
+        "--paired",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="pause and resume the durable side every SECONDS within each run (local, bucket) "
+        "and compare the job's steps in both phases, instead of runs without and with it",
+    )
     parser.add_argument("--sync-loop", nargs=2, metavar=("INSTANCE", "LOG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sync_loop:
@@ -214,13 +330,18 @@ def main() -> int:
                 )
                 if s3 is not None:
                     os.environ["PATH"] = rclone_path_dir() + os.pathsep + os.environ["PATH"]
-                kinds = ["none", "local"] + (["bucket"] if s3 else [])
+                kinds = (["local"] if args.paired else ["none", "local"]) + (
+                    ["bucket"] if s3 else []
+                )
                 for kind in kinds:
-                    rows.append(run_once(kind, args, scratch, emulator, s3))
+                    rows.append(run_once(kind, args, scratch, emulator, s3, args.paired))
                     print(f"[bench_durable] {rows[-1]}", file=sys.stderr)
         finally:
             if s3 is not None:
                 stop_s3_server(s3)
+    if args.paired:
+        print_paired(rows, args)
+        return 0
     print(machine_line())
     print(
         f"{args.steps} steps, a {args.mib} MiB checkpoint every {args.every} steps"
@@ -254,6 +375,51 @@ def main() -> int:
     )
     emit("durable", {"args": vars(args) | {"sync_loop": None}, "rows": rows})
     return 0
+
+
+def print_paired(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """The paired comparison: the job's step time while the durable side ran vs while it was
+    paused. A paused side does its work in the next running phase, so the running phases
+    carry all of it; spread over the whole run (as it is without pauses), the job pays the
+    extra time of the running phases over all its steps."""
+    print(machine_line())
+    print(
+        f"{args.steps} steps, a {args.mib} MiB checkpoint every {args.every} steps; the durable "
+        f"side paused and resumed every {args.paired:g} s"
+    )
+    table_rows = []
+    for r in rows:
+        extra = (r["running_ms_mean"] - r["paused_ms_mean"]) * r["steps_running"]
+        continuous = extra / (r["paused_ms_mean"] * (r["steps_running"] + r["steps_paused"]))
+        r["continuous_cost"] = round(continuous, 4)
+        table_rows.append(
+            [
+                r["kind"],
+                f"{r['steps_running']}/{r['steps_paused']}",
+                r["running_ms_mean"],
+                r["paused_ms_mean"],
+                f"{r['running_ms_mean'] / r['paused_ms_mean']:.3f}x",
+                f"{r['running_ms_median']} / {r['paused_ms_median']}",
+                f"{continuous * 100:+.1f} %",
+                f"{r['verified']}/{r['checkpoints']}",
+            ]
+        )
+    print(
+        table(
+            [
+                "target",
+                "steps running/paused",
+                "step ms mean, side running",
+                "side paused",
+                "running / paused",
+                "medians",
+                "cost to the job, continuous",
+                "checkpoints verified",
+            ],
+            table_rows,
+        )
+    )
+    emit("durable_paired", {"args": vars(args) | {"sync_loop": None}, "rows": rows})
 
 
 if __name__ == "__main__":
