@@ -176,9 +176,9 @@ def newest_durable(run_id: str) -> DurableCheckpoint | None:
     return index[-1] if index else None
 
 
-def _order_key(entry: DurableCheckpoint) -> tuple[int, int, str]:
-    # Step order when the names carry one (a resumed attempt re-verifies old names late), else
-    # the order rgt verified them in.
+def order_key(entry: DurableCheckpoint) -> tuple[int, int, str]:
+    """Sort key, oldest first: step order when the names carry one (a resumed attempt
+    re-verifies old names late), else the order rgt verified them in."""
     return (0 if entry.step is None else 1, entry.step or 0, entry.verified_at)
 
 
@@ -381,7 +381,7 @@ def _accept(
     index["verified"] = [e for e in index["verified"] if e.get("name") != entry.name]
     index["refused"] = [e for e in index["refused"] if e.get("name") != entry.name]
     index["verified"].append(entry.to_json())
-    index["verified"].sort(key=lambda e: _order_key(DurableCheckpoint(**e)))
+    index["verified"].sort(key=lambda e: order_key(DurableCheckpoint(**e)))
     _write_index(report.run_id, index)
     report.verified.append(entry)
 

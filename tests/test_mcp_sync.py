@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 
 from rgt import durable
+from rgt.mcp_server.results import SYNC_LISTED
 from tests.mcp_client import connect, write_job
 from tests.test_durable import (
     TEMP_NAME,
@@ -57,7 +58,8 @@ async def test_mcp_sync_makes_checkpoints_durable_while_the_job_runs(
         jsonschema.validate(first, schema)
         size = len(json.dumps(first, separators=(",", ":")))
         assert first["target"] == "local" and first["run_id"] == run_id
-        assert len(first["verified"]) >= 3 and not first["refused"]
+        assert first["verified_count"] >= 3 and not first["refused"]
+        assert len(first["verified"]) == min(first["verified_count"], SYNC_LISTED)
         local = durable.files_dir(run_id)
         for entry in first["verified"]:
             copied = (local / entry["name"]).read_bytes()
@@ -96,7 +98,7 @@ async def test_mcp_sync_makes_checkpoints_durable_while_the_job_runs(
         assert "rgt does not know its durable target" in text and "\n" not in text.strip()
         bad = await session.call("sync", {"instance_id": f"0{instance_id}"})
         assert bad.is_error and "invalid argument: instance_id" in bad.content[0].text  # type: ignore[union-attr]
-    count = len(first["verified"])
+    count = len(first["verified"])  # listed (at most SYNC_LISTED): what the size grows with
     print(f"sync result: {size} bytes with {count} checkpoints verified, {base} with none")
     assert base <= SYNC_BASE_BUDGET, again
     assert size <= SYNC_BASE_BUDGET + SYNC_PER_CHECKPOINT * count, first

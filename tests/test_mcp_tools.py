@@ -18,6 +18,7 @@ from mcp import Client
 
 from rgt.locks import run_supervised
 from rgt.mcp_server import build_server
+from rgt.mcp_server.results import SYNC_LISTED
 from tests.mcp_client import (
     REMOTE_ROOT,
     REPO,
@@ -42,7 +43,7 @@ BUDGET = {
     "run": 500,
     "poll": 1500,  # of a run, too (its run object, one attempt)
     "copy": 500,
-    "sync": 1900,  # 8 checkpoints verified in one round (about 130 bytes each)
+    "sync": 1400,  # 8 checkpoints verified in one round, the newest 5 listed (~130 bytes each)
     "verify": 800,
     "destroy": 1200,
     "discard": 900,
@@ -223,7 +224,11 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
         assert [done for done, _, _ in notes] == sorted(done for done, _, _ in notes)
 
         synced = await call("sync", {"instance_id": done})
-        assert len(synced["verified"]) == 8 and not synced["refused"], synced
+        assert synced["verified_count"] == 8 and not synced["refused"], synced
+        # Listed: the newest SYNC_LISTED, in step order (the durable index holds all 8).
+        steps = [entry["step"] for entry in synced["verified"]]
+        assert len(steps) == SYNC_LISTED and steps == sorted(steps), steps
+        assert synced["verified"][-1]["name"] == synced["newest"]["name"]
         assert synced["next"].startswith(f'poll(instance_id="{done}")')
 
         await wait_for_run(session, "supervised")
@@ -239,7 +244,10 @@ async def test_every_tool_is_typed_speaks_in_tools_and_is_small(
         stopped = await call("stop", {"instance_id": slow})
         assert stopped["stopped"] is True
         assert (await call("start", {"instance_id": slow}))["bills_compute_again"] is True
-        discarded = await call("discard", {"instance_id": slow, "reason": "nothing-to-keep"})
+        # Refused whatever the box's state: its job has not failed. (nothing-to-keep was
+        # timing-dependent: once the restarted box ran, its empty disk let the discard through
+        # to the human's prompt.)
+        discarded = await call("discard", {"instance_id": slow, "reason": "failed-job"})
         assert discarded["discarded"] is False
         assert_alive_box(emulator, slow)
 

@@ -237,15 +237,22 @@ class SyncRefusal(BaseModel):
     reason: str
 
 
+# How many of a round's verified checkpoints a sync result lists (the newest): a first round over
+# a long run may verify hundreds, and the durable index keeps every one.
+SYNC_LISTED = 5
+
+
 class SyncResult(BaseModel):
     """sync: one round of durable checkpoints (rgt.durable.SyncReport, the keys `rgt sync
-    --json` prints; `verified` rows slimmed to name, step, sha256 and size)."""
+    --json` prints; `verified` slimmed to the newest SYNC_LISTED, each to name, step, sha256
+    and size; `verified_count` says how many the round verified)."""
 
     run_id: str
     instance_id: str
     target: str
     location: str
     verified: list[SyncedCheckpoint]
+    verified_count: int
     refused: list[SyncRefusal]
     missed: list[str]
     pending: list[str]

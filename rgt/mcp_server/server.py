@@ -39,6 +39,7 @@ from rgt.errors import RgtError, UsageError
 # the CLI and MCP cannot drift apart on what a poll says.
 from rgt.lifecycle import LaunchResult, PollReport
 from rgt.mcp_server.results import (
+    SYNC_LISTED,
     CopyResult,
     CostReport,
     LogLines,
@@ -1192,7 +1193,7 @@ async def sync(
     `refused`), never made durable; `newest` is what a relaunch resumes from. Sends progress
     notifications (bytes copied). The run tool does this by itself; call sync when you watch a
     job without it."""
-    from rgt.durable import sync_once
+    from rgt.durable import order_key, sync_once
     from rgt.job import JobRequest, load_job
 
     report = _progress_reporter(ctx, f"sync {instance_id}")
@@ -1212,7 +1213,15 @@ async def sync(
                 profile=profile,
                 job=request,
             )
-        return SyncResult.model_validate({**found.to_json(), "next": _sync_next(found)})
+        verified = sorted(found.verified, key=order_key)
+        return SyncResult.model_validate(
+            {
+                **found.to_json(),
+                "verified": [entry.to_json() for entry in verified[-SYNC_LISTED:]],
+                "verified_count": len(verified),
+                "next": _sync_next(found),
+            }
+        )
 
     return await _blocking(work)
 
