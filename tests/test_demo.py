@@ -427,3 +427,47 @@ def test_recover_scenario_finishes_on_another_offer_from_a_bucket_checkpoint(
     assert fallback["billing"]["stopped"] and fallback["discarded"][0]["state"] == "gone"
     assert not (fallback_dir / "bucket" / "ckpts" / "rgt-demo").exists()
     assert "`durable: local` (fallback: no S3 server: " in render_recover_text(fallback)
+
+
+def test_the_recover_demo_holds_only_its_own_boxs_job(tmp_path: Path) -> None:
+    """On a busy machine the demo holds the job at 40 % until a checkpoint is durable: it stops
+    the job's processes of that box alone (by the box's RGT_BOX_ROOT), nothing else."""
+    import signal
+
+    from rgt.demo.recover import hold_job, signal_each
+
+    def spawn(disk: Path) -> subprocess.Popen[bytes]:
+        # "rgt.demo.job" in the command line, as the real job has (-m rgt.demo.job).
+        return subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)", "rgt.demo.job"],
+            env={**os.environ, "RGT_BOX_ROOT": str(disk)},
+        )
+
+    def command(pid: int) -> bytes:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    def settled(pid: int, expected: str) -> bool:  # a signal is delivered asynchronously
+        for _ in range(100):
+            if state(pid) == expected:
+                return True
+            time.sleep(0.05)
+        return False
+
+    mine, other = spawn(tmp_path / "box-1"), spawn(tmp_path / "box-2")
+    try:
+        for _ in range(100):  # until both have exec'd (their cmdline is the job's)
+            if all(b"rgt.demo.job" in command(p.pid) for p in (mine, other)):
+                break
+            time.sleep(0.05)
+        held = hold_job(tmp_path / "box-1")
+        assert held == {mine.pid}
+        assert settled(mine.pid, "T") and state(other.pid) in "SR"
+        signal_each(held, signal.SIGCONT)
+        assert settled(mine.pid, "S")
+    finally:
+        for process in (mine, other):
+            process.kill()
+            process.wait()

@@ -16,7 +16,9 @@ next to a restart from scratch.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -201,20 +203,33 @@ class RecoverDemo(Demo):
         step = 0
         from rgt.durable import newest_durable
 
-        with Ledger.open() as ledger:
-            # At ~40 %, once a checkpoint is durable off the box (on a slow machine the first
-            # copy may lag behind the job): the scenario shows a resume, not a restart.
-            while step < target or newest_durable(run_id) is None:
-                if time.monotonic() > deadline or not thread.is_alive():
-                    raise ProviderError("demo: the first attempt never reached its 40 %")
-                if instance_id is None:
-                    history = runs.attempts(ledger, run_id)
-                    instance_id = history[0].instance_id if history else None
-                elif provider.show(instance_id).state == "running":
-                    step = self._progress(provider, instance_id)
-                time.sleep(0.15)
-        assert instance_id is not None
-        emulator.take_host_offline(instance_id)
+        held: set[int] = set()
+        try:
+            with Ledger.open() as ledger:
+                # At ~40 %, once a checkpoint is durable off the box: the scenario shows a
+                # resume, not a restart. On a busy machine the first copy may lag behind the
+                # job, which would finish first: the demo holds the job there until it is.
+                while step < target or newest_durable(run_id) is None:
+                    if time.monotonic() > deadline or not thread.is_alive():
+                        raise ProviderError("demo: the first attempt never reached its 40 %")
+                    if instance_id is None:
+                        history = runs.attempts(ledger, run_id)
+                        instance_id = history[0].instance_id if history else None
+                    elif provider.show(instance_id).state == "running":
+                        step = self._progress(provider, instance_id)
+                        if step >= target and not held:
+                            held = hold_job(emulator.instance_disk(instance_id))
+                            if held:
+                                self.say(
+                                    f"demo: holding the job at step {step} until a checkpoint "
+                                    "is durable (this machine is busy)"
+                                )
+                    time.sleep(0.15)
+            assert instance_id is not None
+            emulator.take_host_offline(instance_id)  # SIGKILL: a held job dies as it is
+            held = set()
+        finally:
+            signal_each(held, signal.SIGCONT)
         self.say(f"demo: the host of instance {instance_id} goes offline at step {step}")
         return instance_id, step
 
@@ -310,6 +325,32 @@ class RecoverDemo(Demo):
         return int(
             ledger.record_approval(instance_id, channel, APPROVAL_TTL_SECONDS, purpose=purpose)
         )
+
+
+def hold_job(disk: Path) -> set[int]:
+    """Stop (SIGSTOP) the demo job's processes on the emulated box whose disk is `disk`; its
+    watcher, sshd and boot hook keep running, so its checkpoints can still be made durable.
+    The ids of the processes stopped (none once the job has ended)."""
+    marker = f"RGT_BOX_ROOT={disk}".encode()
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"rgt.demo.job" in command and marker in Path(f"/proc/{entry}/environ").read_bytes():
+                found.add(int(entry))
+        except OSError:
+            continue  # gone meanwhile, or not this user's
+    signal_each(found, signal.SIGSTOP)
+    return found
+
+
+def signal_each(pids: set[int], signum: int) -> None:
+    """Send `signum` to each of `pids` that still exists."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
 def tty_discard_answer(instance_id: str, summary: str) -> str:
