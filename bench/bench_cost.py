@@ -628,6 +628,11 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
         f"{traces} seeded traces + the issue's (seed {TRACE_SEED}), the issue's and "
         f"{replayed} others replayed on the emulator"
     )
+    expected = 1 + young_daly(mtbf, CHECKPOINT_SECONDS).overhead_fraction + RESTART_SECONDS / mtbf
+    print(
+        "first-order running time / the ideal's, before any price or storage: "
+        f"1 + C/W + W/2mu + restart/mu = {expected:.3f}x"
+    )
     traced = [recovery_events(TRACE_SEED)] + [
         recovery_events(TRACE_SEED_BASE + 2 * i) for i in range(traces)
     ]
@@ -657,6 +662,7 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
                 ratios: dict[str, list[float]] = {name: [] for name in RUNS}
                 parts: dict[str, list[dict[str, float]]] = {name: [] for name in RUNS}
                 unfinished = dict.fromkeys(RUNS, 0)
+                moves = dict.fromkeys(RUNS, 0)
                 issue: dict[str, Any] = {}
                 for number, events in enumerate(traced):
                     for name, log in _runs(events, offers, interval, at_once).items():
@@ -684,6 +690,7 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
                         ratios[name].append(ratio)
                         parts[name].append(_decompose(log, cost, ideal, first_bid))
                         unfinished[name] += not log.finished
+                        moves[name] += sum(a.ended == "moved" for a in log.attempts)
                 per_policy[policy] = {"issue": issue, "distribution": {}}
                 for name in RUNS:
                     values = ratios[name]
@@ -694,6 +701,7 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
                         "p90": percentile(values, 0.9),
                         "within_target": within,
                         "unfinished": unfinished[name],
+                        "moves_per_run": moves[name] / len(values),
                         "median_parts": mid,
                     }
                     rows.append(
@@ -705,6 +713,7 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
                             f"{percentile(values, 0.9):.3f}x",
                             f"{within:.0%}",
                             unfinished[name],
+                            f"{moves[name] / len(values):.2f}",
                             f"{mid['time']:.3f}x",
                             f"{mid['price']:.3f}x",
                             f"{mid['storage']:.2f}x",
@@ -721,6 +730,7 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
                         "p90",
                         f"within {RECOVERY_TARGET:.2f}x",
                         "not finished",
+                        "moves / run",
                         "median time",
                         "median price",
                         "median storage",
@@ -842,10 +852,13 @@ def _print_issue(policy: str, issue: dict[str, Any], ideal: dict[str, float]) ->
             rows,
         )
     )
+    shown = 12  # rentals listed per run (a scratch run has hundreds)
     for name, r in issue.items():
+        more = len(r["machines"]) - shown
         print(
             f"{name}: waited {r['waited_hours']:.2f} h for a machine; "
-            + ", ".join(f"{m}@{b:.4f} {e}" for m, b, e in r["machines"])
+            + ", ".join(f"{m}@{b:.4f} {e}" for m, b, e in r["machines"][:shown])
+            + (f", ... ({more} more)" if more > 0 else "")
         )
 
 
