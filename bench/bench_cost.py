@@ -50,11 +50,12 @@ seed 0) and a deeper one (600 machines, same seed). Target: recovery within 1.15
 the same job uninterrupted (one boot, the work) at the first offer's bid, by the emulator's
 meter (compute and storage).
 
-    .venv/bin/python bench/bench_cost.py
+    .venv/bin/python bench/bench_cost.py [--traces 100] [--replayed 10]
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import random
@@ -863,7 +864,19 @@ def _print_issue(policy: str, issue: dict[str, Any], ideal: dict[str, float]) ->
 
 
 def main() -> int:
-    """Simulate the three policies, replay them on the emulator, print the table."""
+    """Part 1 (three checkpoint policies) and part 2 (recovery), each replayed on the
+    emulator; print the tables, write bench/out/cost.json."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--traces", type=int, default=TRACES, help="seeded traces of part 2")
+    parser.add_argument(
+        "--replayed", type=int, default=REPLAYED_TRACES, help="of those, replayed on the emulator"
+    )
+    args = parser.parse_args()
+    if args.traces < 1 or not 0 <= args.replayed <= args.traces:
+        parser.error(
+            f"--traces {args.traces} --replayed {args.replayed}: "
+            "need traces >= 1 and 0 <= replayed <= traces"
+        )
     cadence = young_daly(MTBF_SECONDS, CHECKPOINT_SECONDS)
     policies = {
         "Young/Daly": cadence.interval_seconds,
@@ -930,7 +943,7 @@ def main() -> int:
         f"target: Young/Daly compute within {TARGET_RATIO:.2f}x of the ideal: "
         f"{'MET' if met else 'MISSED'}"
     )
-    recovery = recovery_main()
+    recovery = recovery_main(args.traces, args.replayed)
     emit("cost", {"results": results, "ideal_compute_dollars": ideal, "offer": offer,
                   "met": met, "young_daly_interval_s": cadence.interval_seconds,
                   "first_order_expectation": 1 + overhead, "recovery": recovery})  # fmt: skip
