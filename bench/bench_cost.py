@@ -16,29 +16,46 @@ ideal is the compute of the useful work alone (12 h x the rental's $/h). Target:
 within 1.10x of ideal.
 
 Part 2, recovery (`rgt run`): the same job when boxes are LOST, not paused: part 1's
-preemption trace (MTBF 3 h) plus an independent seeded host-loss process (MTBF 12 h), merged on
-running time. `rgt run` replaces a preempted box at once (vast.ai's spot_grace is 0) and an
-offline one after the profile's host_lost_grace (30 min), renting the cheapest offer of the
-job's GPU model on a machine whose HOST the run has not lost (a preempted machine is rented
-again once the higher bid that took it ends, OUTAGE_SECONDS later, as in part 1). Two runs:
+preemption process (MTBF 3 h) plus an independent seeded host-loss process (MTBF 12 h), merged on
+the run's running time. `rgt run` replaces a preempted box at once (vast.ai's spot_grace is 0)
+and an offline one after the profile's host_lost_grace (30 min), renting the cheapest offer of
+the job's GPU model on a machine the run may rent (rgt.runs.machines_to_avoid: never a lost
+HOST again; a preempted machine once the higher bid that took it ends, OUTAGE_SECONDS later;
+not one whose GPUs the run's own live boxes hold). Three runs:
 
-  recover      resume from the newest checkpoint that was DURABLE (copied off the box and
-               verified) when the box was lost: Young/Daly checkpoints, each durable
-               DURABLE_LAG_SECONDS of running after it was written;
-  scratch      no durable checkpoint: every loss restarts the job from step 0;
+  recover+move  resume from the newest checkpoint that was DURABLE (copied off the box and
+                verified) when the box was lost (Young/Daly checkpoints, each durable
+                DURABLE_LAG_SECONDS of running after it was written); and right after a
+                checkpoint becomes durable, move when rgt.runs.worth_moving says a rentable
+                offer on another machine is worth it (MOVE_MARGIN; restart = RESTART_SECONDS;
+                at risk = the work since that checkpoint; remaining = the work left): the
+                attempt ends `moved`, its box is stopped (its disk bills until discarded), the
+                next attempt is seeded from that checkpoint;
+  recover       the same without moves;
+  scratch       no durable checkpoint: every loss restarts the job from step 0;
 
 each with its superseded boxes discarded at once (a human approves `discard --reason superseded`
-as soon as a later attempt runs resumed from the newest durable checkpoint) or kept until the
-run ends (then a preempted box resumes when its bid wins again and bills compute, as vast.ai
-restarts it). Each attempt is replayed as its own instance on the frozen-clock emulator.
-Target: recovery within 1.15x of the ideal: the same job uninterrupted (one boot, the work) at
-the first offer's bid, by the emulator's meter (compute and storage).
+as soon as a later attempt runs resumed from its seed) or kept until the run ends (then a
+preempted box resumes when its bid wins again and bills compute, as vast.ai restarts it).
 
-    .venv/bin/python bench/bench_cost.py
+The bench simulates each run into a log of actions (rent, preempt, bid won, host offline, stop,
+discard) and prices it two ways: its own arithmetic (compute at the bid while running, storage
+from rent to discard) and a replay of the log on the frozen-clock emulator through the real
+`vastai` SDK, whose meter is the figure reported for the replayed runs (the replay also checks
+that every rented offer is the cheapest the emulator lists as rentable). Replayed: the issue's
+trace (TRACE_SEED), every run; the first REPLAYED_TRACES of the TRACES seeded traces, the
+recovering runs with superseded boxes discarded; the rest by the arithmetic (the largest
+arithmetic-vs-meter difference is printed). Two markets: the emulator's default (60 machines,
+seed 0) and a deeper one (600 machines, same seed). Target: recovery within 1.15x of the ideal:
+the same job uninterrupted (one boot, the work) at the first offer's bid, by the emulator's
+meter (compute and storage).
+
+    .venv/bin/python bench/bench_cost.py [--traces 100] [--replayed 10]
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import random
@@ -48,11 +65,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchlib import REPO, emit, machine_line, table
+from benchlib import REPO, emit, machine_line, median, percentile, table
 
 sys.path.insert(0, str(REPO))
 
 from rgt.cadence import young_daly
+from rgt.runs import MOVE_MARGIN, worth_moving
+from rgt.sim.market import HOURS_PER_MONTH
 
 WORK_SECONDS = 12 * 3600.0
 MTBF_SECONDS = 3 * 3600.0
@@ -182,6 +201,15 @@ HOST_LOSS_MTBF_SECONDS = 12 * 3600.0
 HOST_LOST_GRACE_SECONDS = 30 * 60.0  # profiles/vastai.md host_lost_grace
 DURABLE_LAG_SECONDS = 60.0  # written -> verified off the box (bench_durable: ~11 s for small ones)
 RECOVERY_TARGET = 1.15
+TRACES = 100  # seeded traces of the distribution (besides the issue's own, TRACE_SEED)
+TRACE_SEED_BASE = 10_000  # trace i uses seeds BASE + 2i (preemptions) and BASE + 2i + 1 (hosts)
+REPLAYED_TRACES = 10  # of those, replayed on the emulator too (the rest: the bench's arithmetic)
+# The emulator's default market and a deeper one (the first 60 machines are the same: a seed's
+# machines are drawn in order): real vast.ai lists far more than 5 machines of a popular model.
+MARKETS = {"default (60 machines)": 60, "deep (600 machines)": 600}
+# The runs compared, by (checkpoint interval or None, moves to a cheaper offer).
+RUNS = ("recover+move", "recover", "scratch")
+SUPERSEDED = {"discarded at once": True, "kept until the run ends": False}
 
 
 @dataclass
@@ -189,7 +217,7 @@ class Attempt:
     """One rental of a recovered run: running seconds, how it ended, the work it secured."""
 
     running: float
-    ended: str  # "preempted", "host-lost" or "succeeded"
+    ended: str  # "preempted", "host-lost", "moved" or "succeeded"
     start_work: float = 0.0
     lost_work: float = 0.0
 
@@ -215,302 +243,640 @@ def recovery_events(seed: int, count: int = 2000) -> list[tuple[float, str]]:
     return events
 
 
-def simulate_recovery(interval: float | None, events: list[tuple[float, str]]) -> list[Attempt]:
-    """The attempts of a run whose lost boxes are replaced, each starting from the newest durable
-    checkpoint (`interval` None: from scratch)."""
-    attempts: list[Attempt] = []
+@dataclass(frozen=True)
+class MarketOffer:
+    """One 1-GPU interruptible offer of the job's GPU model, as the emulator lists it."""
+
+    offer_id: str
+    machine_id: str
+    bid: float  # $/h: the offer's min_bid, what the run bids
+    storage_cost: float  # $/GB-month
+    gpu_count: int  # GPUs of its machine (the run's kept boxes may hold some)
+
+
+@dataclass
+class Rental:
+    """One attempt's box: what it cost is read off its actions (arithmetic) or the meter."""
+
+    number: int
+    offer: MarketOffer
+    created: float
+    stopped: float | None = None  # moved: the box is stopped (its disk still bills)
+    destroyed: float | None = None
+    offline: bool = False  # its host stopped answering (it never comes back in this run)
+
+
+@dataclass
+class RunLog:
+    """A run's actions in time order, (wall seconds, action, rental, detail): the one record
+    both the bench's arithmetic and the emulator replay read."""
+
+    actions: list[tuple[float, str, Rental, Any]] = field(default_factory=list)
+    rentals: list[Rental] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    finished: bool = False
+    waited: float = 0.0  # seconds the run waited for a machine to come free
+    end: float = 0.0
+
+
+class _Market:
+    """What the run may rent at a moment: the offers minus machines whose host it lost, those
+    held by a (notional) higher bid, and those whose GPUs its own live boxes hold."""
+
+    def __init__(self, offers: list[MarketOffer]) -> None:
+        self.offers = sorted(offers, key=lambda o: (o.bid, o.offer_id))
+        self.lost_hosts: set[str] = set()
+        self.outbid_until: dict[str, float] = {}
+
+    def excluded(self, now: float, log: RunLog, also: str | None = None) -> set[str]:
+        held: dict[str, int] = {}
+        for r in log.rentals:
+            if r.destroyed is None and r.stopped is None:  # a preempted box keeps its GPU
+                held[r.offer.machine_id] = held.get(r.offer.machine_id, 0) + 1
+        full = {o.machine_id for o in self.offers if held.get(o.machine_id, 0) >= o.gpu_count}
+        outbid = {m for m, until in self.outbid_until.items() if until > now}
+        return self.lost_hosts | outbid | full | ({also} if also else set())
+
+    def cheapest(self, now: float, log: RunLog, also: str | None = None) -> MarketOffer | None:
+        excluded = self.excluded(now, log, also)
+        return next((o for o in self.offers if o.machine_id not in excluded), None)
+
+
+def simulate_run(
+    events: list[tuple[float, str]],
+    offers: list[MarketOffer],
+    *,
+    interval: float | None,
+    move: bool,
+    discard_at_once: bool,
+) -> RunLog:
+    """The run `rgt run` supervises on this trace and market: each attempt rents the cheapest
+    rentable offer, works from the newest durable checkpoint (`interval` None: from scratch),
+    and ends when the trace loses its box, when the job is done, or (`move`) right after a
+    checkpoint became durable, when rgt.runs.worth_moving says a rentable offer on another
+    machine is worth the restart. Superseded boxes are discarded once a later attempt has
+    resumed past its seed (`discard_at_once`) or live until the run ends."""
+    log, market = RunLog(), _Market(offers)
+    scheduled: list[tuple[float, int, str, Rental]] = []  # win_bid / discard, fired in order
+    now = 0.0
+
+    def act(when: float, what: str, rental: Rental, detail: Any = None) -> None:
+        flush(when)
+        log.actions.append((when, what, rental, detail))
+        if what == "stop":
+            rental.stopped = when
+        elif what == "destroy":
+            rental.destroyed = when
+        elif what in ("offline", "host-down"):
+            rental.offline = True
+
+    def flush(until: float) -> None:
+        while scheduled and scheduled[0][0] <= until:
+            when, _, what, rental = scheduled.pop(0)
+            # A box whose host is gone does not resume when its higher bid ends.
+            if rental.destroyed is None and not (what == "win_bid" and rental.offline):
+                act(when, what, rental)
+
+    def schedule(when: float, what: str, rental: Rental) -> None:
+        scheduled.append((when, len(log.actions) * 1000 + len(scheduled), what, rental))
+        scheduled.sort(key=lambda s: (s[0], s[1]))
+
+    def rent(offer: MarketOffer, at: float, also: str | None = None) -> Rental:
+        rental = Rental(len(log.rentals) + 1, offer, at)
+        flush(at)
+        act(at, "create", rental, sorted(market.excluded(at, log, also)))
+        log.rentals.append(rental)
+        return rental
+
     saved = 0.0  # work secured by the newest DURABLE checkpoint
-    for gap, kind in events:
+    superseded: list[Rental] = []
+    trace = iter(events)
+    gap, kind = next(trace)  # running seconds until the trace's next loss, and its kind
+    moving_to: MarketOffer | None = None
+    while True:
+        if moving_to is not None:
+            rental = rent(moving_to, now, also=log.rentals[-1].offer.machine_id)
+        else:
+            deadline = now + HOST_LOST_GRACE_SECONDS  # `rgt run` searches again until then
+            while (offer := market.cheapest(now, log)) is None:
+                later = sorted(t for t in market.outbid_until.values() if t > now)
+                if not later or later[0] > deadline or now > GIVE_UP_SECONDS:
+                    break
+                log.waited += later[0] - now
+                now = later[0]
+                flush(now)
+            if offer is None:  # `rgt run` stops too (exit 6): no machine is left
+                break
+            rental = rent(offer, now)
+        moving_to = None
+        start = now
         attempt = Attempt(running=0.0, ended=kind, start_work=saved)
-        progress, ckpts = saved, []  # (running time written, work) of this attempt's checkpoints
+        if discard_at_once and gap >= RESTART_SECONDS:
+            # Running resumed from the seed: the earlier boxes hold nothing the run needs.
+            for old in superseded:
+                schedule(start + RESTART_SECONDS, "destroy", old)
+            superseded = []
+        progress, since = saved, 0.0
         clock = min(gap, RESTART_SECONDS)
-        since = 0.0
+        pending: list[tuple[float, float]] = []  # (running time it becomes durable, its work)
         while clock < gap:
-            chunk = min(WORK_SECONDS - progress, gap - clock)
-            if interval is not None:
-                chunk = min(chunk, interval - since)
-            progress += chunk
-            since += chunk
-            clock += chunk
+            to_durable = pending[0][0] - clock if pending else math.inf
+            to_ckpt = math.inf if interval is None else interval - since
+            step = min(WORK_SECONDS - progress, to_ckpt, to_durable, gap - clock)
+            progress, since, clock = progress + step, since + step, clock + step
             if progress >= WORK_SECONDS:
                 attempt.ended = "succeeded"
                 break
-            if interval is not None and since >= interval and gap - clock >= CHECKPOINT_SECONDS:
+            if clock >= gap:
+                break
+            if interval is not None and since >= interval:
+                if gap - clock < CHECKPOINT_SECONDS:  # lost while writing it
+                    clock = gap
+                    break
                 clock += CHECKPOINT_SECONDS
-                ckpts.append((clock, progress))
+                pending.append((clock + DURABLE_LAG_SECONDS, progress))
                 since = 0.0
+            durable = False
+            while pending and pending[0][0] <= clock:
+                saved, durable = pending.pop(0)[1], True
+            if durable and move:
+                flush(start + clock)
+                current = rental.offer
+                offer = market.cheapest(start + clock, log, also=current.machine_id)
+                if offer is not None and worth_moving(
+                    current.bid,
+                    offer.bid,
+                    restart_seconds=RESTART_SECONDS,
+                    at_risk_seconds=progress - saved,
+                    remaining_seconds=WORK_SECONDS - progress,
+                ):
+                    attempt.ended, moving_to = "moved", offer
+                    break
+        while pending and pending[0][0] <= clock:
+            saved = pending.pop(0)[1]
         attempt.running = clock
-        attempts.append(attempt)
+        attempt.lost_work = 0.0 if attempt.ended == "succeeded" else progress - saved
+        log.attempts.append(attempt)
+        now = start + clock
+        gap -= clock
         if attempt.ended == "succeeded":
-            return attempts
-        durable = [work for at, work in ckpts if at + DURABLE_LAG_SECONDS <= clock]
-        if durable:
-            saved = durable[-1]
-        attempt.lost_work = progress - saved
-    return attempts
-
-
-class _Timeline:
-    """The frozen emulator clock plus the bench's own scheduled events (a higher bid that ends,
-    a superseded box discarded), fired in time order as the clock advances."""
-
-    def __init__(self, emulator: object) -> None:
-        self.emulator = emulator
-        self.now = 0.0
-        self.events: list[tuple[float, int, object]] = []
-
-    def at(self, when: float, action: object) -> None:
-        self.events.append((when, len(self.events), action))
-        self.events.sort(key=lambda e: (e[0], e[1]))
-
-    def advance(self, seconds: float) -> None:
-        target = self.now + seconds
-        while self.events and self.events[0][0] <= target:
-            when, _, action = self.events.pop(0)
-            self.emulator.clock.advance(when - self.now)  # type: ignore[attr-defined]
-            self.now = when
-            action()  # type: ignore[operator]
-        self.emulator.clock.advance(target - self.now)  # type: ignore[attr-defined]
-        self.now = target
-
-
-class _RunReplay:
-    """One run's rentals on the emulator: which machines it may rent, its boxes still alive,
-    the superseded ones waiting to be discarded."""
-
-    def __init__(self, emulator: Any, provider: Any, query: Any) -> None:
-        self.emulator, self.provider, self.query = emulator, provider, query
-        self.timeline = _Timeline(emulator)
-        self.lost_hosts: set[str] = set()
-        self.outbid_until: dict[str, float] = {}  # machine -> when its higher bid ends
-        self.rented: list[str] = []
-        self.alive: set[str] = set()
-        self.to_discard: list[str] = []
-        self.waited = 0.0  # seconds the run waited for a machine to come free
-
-    def rentable(self) -> list[Any]:
-        now = self.timeline.now
-        return [
-            o
-            for o in self.provider.search_offers(self.query)
-            if o.machine_id not in self.lost_hosts and self.outbid_until.get(o.machine_id, 0) <= now
-        ]
-
-    def next_offer(self) -> Any:
-        """The cheapest rentable offer; `rgt run` searches again for up to host_lost_grace
-        before it stops (an outbid machine comes free when the higher bid ends). None: none."""
-        fitting = self.rentable()
-        deadline = self.timeline.now + HOST_LOST_GRACE_SECONDS
-        while not fitting:
-            later = sorted(t for t in self.outbid_until.values() if t > self.timeline.now)
-            if not later or later[0] > deadline:
-                return None
-            self.waited += later[0] - self.timeline.now
-            self.timeline.advance(later[0] - self.timeline.now)
-            fitting = self.rentable()
-        return min(fitting, key=lambda o: o.min_bid)
-
-    def run(
-        self, instance_id: str, machine_id: str, attempt: Attempt, discard_at_once: bool
-    ) -> None:
-        """Replay one attempt on its box, then lose the box as the attempt ended."""
-        if discard_at_once and attempt.running >= RESTART_SECONDS:
-            # Running resumed from the seed: the earlier boxes hold nothing the run needs.
-            for old in self.to_discard:
-                self.timeline.at(self.timeline.now + RESTART_SECONDS, lambda i=old: self.discard(i))
-            self.to_discard = []
-        self.timeline.advance(attempt.running)
+            log.finished = True
+            break
+        superseded.append(rental)
+        machine = rental.offer.machine_id
+        if attempt.ended == "moved":
+            act(now, "stop", rental)
+            continue
         if attempt.ended == "preempted":
-            self.emulator.preempt(instance_id)
-            self.outbid_until[machine_id] = self.timeline.now + OUTAGE_SECONDS
-            self.timeline.at(self.outbid_until[machine_id], lambda: self.win_bid(instance_id))
-        elif attempt.ended == "host-lost":
-            self.emulator.take_host_offline(instance_id)
-            self.lost_hosts.add(machine_id)
-            self.timeline.advance(HOST_LOST_GRACE_SECONDS)
-        if attempt.ended != "succeeded":
-            self.to_discard.append(instance_id)
+            act(now, "preempt", rental)
+            market.outbid_until[machine] = now + OUTAGE_SECONDS
+            # The higher bid ends: a box still alive resumes (vast.ai restarts it) and bills.
+            schedule(now + OUTAGE_SECONDS, "win_bid", rental)
+        else:
+            act(now, "offline", rental)
+            for other in log.rentals:  # the run's other boxes on that host die with it
+                if (
+                    other.offer.machine_id == machine
+                    and other is not rental
+                    and other.destroyed is None
+                    and not other.offline
+                ):
+                    act(now, "host-down", other)
+            market.lost_hosts.add(machine)
+            now += HOST_LOST_GRACE_SECONDS
+            flush(now)
+        gap, kind = next(trace)
+        if now > GIVE_UP_SECONDS:
+            break
+    flush(now)
+    log.end = now
+    for rental in log.rentals:  # the run's end: every box still alive is ended (no gate here)
+        if rental.destroyed is None:
+            act(now, "destroy", rental)
+    return log
 
-    def win_bid(self, instance_id: str) -> None:
-        """The higher bid ended: a box still alive resumes (vast.ai restarts it)."""
-        if instance_id in self.alive:
-            self.emulator.win_bid(instance_id)
 
-    def discard(self, instance_id: str) -> None:
-        if instance_id in self.alive:
-            self.emulator.bring_host_online(instance_id)  # the API can end it then
-            self.provider.destroy(instance_id)
-            self.alive.discard(instance_id)
+def bill(log: RunLog) -> dict[str, float]:
+    """The bench's own arithmetic of what the run's actions cost: compute at the bid while a
+    box runs, storage from its creation to its destruction (the emulator bills alike; it also
+    holds a new or resumed box in `loading` for a fraction of a second, unbilled)."""
+    compute = storage = running_seconds = 0.0
+    for rental in log.rentals:
+        mine = [(when, what) for when, what, r, _ in log.actions if r is rental]
+        since: float | None = None
+        for when, what in mine:
+            if what in ("create", "win_bid"):
+                since = when
+            elif since is not None:  # preempt, offline, host-down, stop, destroy
+                running_seconds += when - since
+                compute += rental.offer.bid * (when - since) / 3600.0
+                since = None
+        assert rental.destroyed is not None
+        per_second = DISK_GB * rental.offer.storage_cost / (HOURS_PER_MONTH * 3600.0)
+        storage += per_second * (rental.destroyed - rental.created)
+    return {
+        "compute": compute,
+        "storage": storage,
+        "total": compute + storage,
+        "running_seconds": running_seconds,
+    }
 
-    def end(self) -> None:
-        """The run's end: every box still alive is ended (a benchmark, not rgt: no gate)."""
-        self.timeline.events.clear()
-        for instance_id in list(self.alive):
-            self.discard(instance_id)
 
+class _EmulatorMarket:
+    """One emulated marketplace (frozen clock) that replays runs' actions through the real
+    `vastai` SDK and reads the meter; it also lists the offers the simulation rents from."""
 
-def replay_recovery(
-    runs: dict[str, list[Attempt]], *, discard_at_once: bool
-) -> tuple[dict[str, dict[str, float]], dict]:
-    """Replay each run's attempts as instances on the frozen-clock emulator, picking offers as
-    `rgt run` does: the cheapest bid, never on a machine whose host the run lost; a preempted
-    machine is held by the (notional) higher bid for OUTAGE_SECONDS (as in part 1), then free
-    again. A superseded box is discarded (`discard_at_once`: a human approves as soon as a later
-    attempt runs resumed from the newest checkpoint verified off the box, so nothing on it is
-    needed) or bills until the run ends; left alone, a preempted box resumes when its bid wins
-    again (vast.ai restarts it: compute bills). Dollars by the meter; also the first offer."""
-    from rgt.providers.base import OfferQuery
-    from rgt.providers.vastai import VastProvider, run_label
-    from rgt.sim import Emulator
+    def __init__(self, machines: int) -> None:
+        from rgt.providers.base import OfferQuery
+        from rgt.providers.vastai import VastProvider
+        from rgt.sim import Emulator
 
-    dollars: dict[str, dict[str, float]] = {}
-    gave_up: dict[str, int] = {}
-    waited: dict[str, float] = {}  # seconds a run waited for a machine to come free
-    ladder: dict[str, list[tuple[str, float]]] = {}  # (machine, bid) of each attempt
-    first: dict = {}
-    with tempfile.TemporaryDirectory(prefix="rgt-bench-recover-") as state:
         # A balance no run here spends: an account run dry stops its boxes, which is not
         # what this bench measures.
-        emulator = Emulator(state_dir=Path(state), seed=0, ssh=False, time_scale=0.0, balance=1e6)
-        with emulator:
-            os.environ["VAST_API_KEY"] = emulator.api_key  # the emulator's key, not a real one
-            provider = VastProvider(api_url=emulator.url)
-            # The job asks for one GPU of the cheapest offer's model (the job request's `gpu`
-            # constraint, as `rgt run` searches with it): a lost machine is replaced by the same
-            # GPU model, not by whatever GPU is cheaper than the cap.
-            cheapest = min(provider.search_offers(OfferQuery(interruptible=True, limit=200)),
-                           key=lambda o: o.min_bid)  # fmt: skip
-            query = OfferQuery(gpu_name=cheapest.gpu_name, num_gpus=1, interruptible=True,
-                               disk_gb=DISK_GB, limit=200)  # fmt: skip
-            for name, attempts in runs.items():
-                replay = _RunReplay(emulator, provider, query)
-                for number, attempt in enumerate(attempts, 1):
-                    offer = replay.next_offer()
-                    if offer is None:  # `rgt run` stops too (exit 6): no machine is left
-                        gave_up[name] = number - 1
-                        break
-                    first = first or {"offer_id": offer.id, "bid": offer.min_bid}
-                    instance = provider.create(
-                        offer.id,
-                        image="bench/recover",
-                        disk_gb=DISK_GB,
-                        onstart="sleep 1000000",
-                        label=run_label(f"bench-{name}-{len(dollars)}", number),
-                        interruptible=True,
-                        bid_per_hour=offer.min_bid,
+        # No state dir: nothing is written per call (a run here is never resumed).
+        self.emulator = Emulator(seed=0, ssh=False, time_scale=0.0, balance=1e6, machines=machines)
+        self.emulator.start()
+        os.environ["VAST_API_KEY"] = self.emulator.api_key  # the emulator's key, not a real one
+        self.provider = VastProvider(api_url=self.emulator.url)
+        # The job asks for one GPU of the cheapest offer's model (the job request's `gpu`
+        # constraint, as `rgt run` searches with it): a lost machine is replaced by the same
+        # GPU model, not by whatever GPU is cheaper than the cap.
+        cheapest = min(
+            self.provider.search_offers(OfferQuery(interruptible=True, limit=500)),
+            key=lambda o: o.min_bid,
+        )
+        self.query = OfferQuery(
+            gpu_name=cheapest.gpu_name, num_gpus=1, interruptible=True, disk_gb=DISK_GB, limit=500
+        )
+        world = self.emulator.world
+        assert world is not None
+        self.offers = [
+            MarketOffer(
+                o.id,
+                o.machine_id,
+                o.min_bid,
+                o.storage_cost_per_gb_month,
+                world.machines[int(o.machine_id)].gpu_count,
+            )
+            for o in self.provider.search_offers(self.query)
+        ]
+        self.gpu = cheapest.gpu_name
+        self.labels = 0
+
+    def close(self) -> None:
+        self.emulator.stop()
+
+    def replay(self, log: RunLog) -> tuple[dict[str, float], list[str]]:
+        """Walk the run's actions on the emulator; the meter's dollars, and every create
+        whose offer the emulator did not list as the cheapest rentable one (should be none)."""
+        from rgt.providers.vastai import run_label
+
+        now, ids, disagreements = 0.0, {}, []
+        for when, what, rental, detail in log.actions:
+            self.emulator.clock.advance(when - now)
+            now = when
+            if what == "create":
+                listed = [
+                    o for o in self.provider.search_offers(self.query) if o.machine_id not in detail
+                ]
+                if not listed or listed[0].id != rental.offer.offer_id:
+                    disagreements.append(
+                        f"attempt {rental.number} at {when:.0f} s: rented "
+                        f"{rental.offer.offer_id}, the emulator lists "
+                        f"{listed[0].id if listed else 'none'}"
                     )
-                    replay.rented.append(instance.id)
-                    replay.alive.add(instance.id)
-                    ladder.setdefault(name, []).append((offer.machine_id, offer.min_bid))
-                    replay.run(instance.id, offer.machine_id, attempt, discard_at_once)
-                meters = [emulator.meter(i) for i in replay.rented]
-                dollars[name] = {
-                    k: sum(float(m[k]) for m in meters)
-                    for k in ("compute", "storage", "bandwidth", "total")
-                }
-                waited[name] = replay.waited
-                replay.end()
-            # The ideal: the same job uninterrupted (one boot, the work) at the first offer.
-            instance = provider.create(
-                first["offer_id"], image="bench/ideal", disk_gb=DISK_GB,
-                onstart="sleep 1000000", label=run_label("bench-ideal"),
-                interruptible=True, bid_per_hour=first["bid"],
-            )  # fmt: skip
-            emulator.clock.advance(RESTART_SECONDS + WORK_SECONDS)
-            ideal = {k: float(v) for k, v in emulator.meter(instance.id).items()}
-            provider.destroy(instance.id)
-    return dollars, {"first_bid_per_hour": first["bid"], "gave_up_after": gave_up,
-                     "ideal": ideal, "waited": waited, "ladder": ladder}  # fmt: skip
+                self.labels += 1
+                ids[rental.number] = self.provider.create(
+                    rental.offer.offer_id,
+                    image="bench/recover",
+                    disk_gb=DISK_GB,
+                    onstart="sleep 1000000",
+                    label=run_label(f"bench-{self.labels}"),
+                    interruptible=True,
+                    bid_per_hour=rental.offer.bid,
+                ).id
+            elif what == "preempt":
+                self.emulator.preempt(ids[rental.number])
+            elif what == "win_bid":
+                self.emulator.win_bid(ids[rental.number])
+            elif what == "offline":
+                self.emulator.take_host_offline(ids[rental.number])
+            elif what == "stop":
+                self.provider.stop(ids[rental.number])
+            elif what == "destroy":
+                self.emulator.bring_host_online(ids[rental.number])  # the API can end it then
+                self.provider.destroy(ids[rental.number])
+        meters = [self.emulator.meter(i) for i in ids.values()]
+        dollars = {k: sum(float(m[k]) for m in meters) for k in ("compute", "storage", "total")}
+        return dollars, disagreements
 
 
-def recovery_main() -> dict:
-    """Part 2: recovery from durable checkpoints vs restart from scratch vs the ideal."""
+def ideal_log(offers: list[MarketOffer]) -> RunLog:
+    """The same job uninterrupted (one boot, the work) at the first (cheapest) offer's bid."""
+    log = RunLog(finished=True, end=RESTART_SECONDS + WORK_SECONDS)
+    rental = Rental(1, min(offers, key=lambda o: (o.bid, o.offer_id)), 0.0, destroyed=log.end)
+    log.rentals.append(rental)
+    log.actions += [(0.0, "create", rental, []), (log.end, "destroy", rental, None)]
+    log.attempts.append(Attempt(running=log.end, ended="succeeded"))
+    return log
+
+
+def _runs(
+    events: list[tuple[float, str]],
+    offers: list[MarketOffer],
+    interval: float,
+    discard_at_once: bool,
+) -> dict[str, RunLog]:
+    settings = {
+        "recover+move": (interval, True),
+        "recover": (interval, False),
+        "scratch": (None, False),
+    }
+    return {
+        name: simulate_run(
+            events, offers, interval=every, move=move, discard_at_once=discard_at_once
+        )
+        for name, (every, move) in settings.items()
+    }
+
+
+def _decompose(
+    log: RunLog, cost: dict[str, float], ideal: dict[str, float], first_bid: float
+) -> dict[str, float]:
+    """total / ideal = (compute + storage) / ideal, with compute = the ideal's compute x
+    `time` (billed running hours / the ideal's) x `price` (mean $/h paid / the first bid)."""
+    hours = cost["running_seconds"] / 3600.0
+    return {
+        "time": cost["running_seconds"] / ideal["running_seconds"],
+        "price": cost["compute"] / (first_bid * hours) if hours else 0.0,
+        "storage": cost["storage"] / ideal["storage"],
+    }
+
+
+def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict:
+    """Part 2: recovery (with and without moves) vs restart from scratch vs the ideal, on the
+    issue's trace and `traces` seeded ones, in each market."""
     mtbf = 1.0 / (1.0 / MTBF_SECONDS + 1.0 / HOST_LOSS_MTBF_SECONDS)
-    cadence = young_daly(mtbf, CHECKPOINT_SECONDS)
-    events = recovery_events(TRACE_SEED)
-    runs = {
-        "recover": simulate_recovery(cadence.interval_seconds, events),
-        "scratch": simulate_recovery(None, events),
-    }
-    replays = {
-        "discarded at once": replay_recovery(runs, discard_at_once=True),
-        "kept until the run ends": replay_recovery(runs, discard_at_once=False),
-    }
-    offer = replays["discarded at once"][1]
-    ideal_meter = offer["ideal"]
-    ideal = ideal_meter["total"]
+    interval = young_daly(mtbf, CHECKPOINT_SECONDS).interval_seconds
     print()
     print(
         f"# recovery (rgt run): preemption MTBF {MTBF_SECONDS / 3600:.0f} h (part 1's trace) + "
         f"host loss MTBF {HOST_LOSS_MTBF_SECONDS / 3600:.0f} h (combined {mtbf / 3600:.1f} h); "
         f"durable lag {DURABLE_LAG_SECONDS:.0f} s; host_lost_grace "
         f"{HOST_LOST_GRACE_SECONDS / 60:.0f} min; outbid for {OUTAGE_SECONDS / 60:.0f} min; "
-        f"Young/Daly W = {cadence.interval_seconds:.0f} s; ideal (uninterrupted at the first "
-        f"offer's bid ${offer['first_bid_per_hour']:.4f}/h): ${ideal:.3f} "
-        f"(compute ${ideal_meter['compute']:.3f}, storage ${ideal_meter['storage']:.3f})"
+        f"Young/Daly W = {interval:.0f} s; move: rgt.runs.worth_moving (margin {MOVE_MARGIN:.2f},"
+        f" restart {RESTART_SECONDS:.0f} s) after each checkpoint becomes durable; "
+        f"{traces} seeded traces + the issue's (seed {TRACE_SEED}), the issue's and "
+        f"{replayed} others replayed on the emulator"
     )
-    rows, results = [], {}
-    for policy, (dollars, info) in replays.items():
-        for name, attempts in runs.items():
-            key = f"{name}, superseded {policy}"
-            cost = dollars[name]
-            replayed = info["gave_up_after"].get(name)
-            if replayed is not None:  # out of machines: the figures cover the attempts replayed
-                attempts = attempts[:replayed]
-            lost = sum(a.lost_work for a in attempts)
-            kinds = [a.ended for a in attempts]
-            running = sum(a.running for a in attempts)
-            results[key] = {
-                "attempts": len(attempts),
-                "preempted": kinds.count("preempted"),
-                "host_lost": kinds.count("host-lost"),
-                "work_lost_hours": lost / 3600,
-                "running_hours": running / 3600,
-                "dollars": cost,
-                "total_vs_ideal": cost["total"] / ideal,
-                "running_vs_work": running / WORK_SECONDS,
-                "finished": replayed is None,
-                "waited_hours": info["waited"].get(name, 0.0) / 3600,
-                "machines": info["ladder"].get(name, []),
-            }
-            rows.append(
-                [
-                    key if replayed is None else f"{key} (NOT finished: no machine left)",
-                    len(attempts),
-                    kinds.count("preempted"),
-                    kinds.count("host-lost"),
-                    f"{lost / 3600:.2f} h",
-                    f"{running / 3600:.2f} h ({running / WORK_SECONDS:.2f}x)",
-                    f"${cost['compute']:.3f}",
-                    f"${cost['storage']:.3f}",
-                    f"${cost['total']:.3f}",
-                    f"{cost['total'] / ideal:.3f}x",
-                ]
-            )
-    rows.append(["ideal (uninterrupted, first offer)", 1, 0, 0, "0",
-                 f"{(WORK_SECONDS + RESTART_SECONDS) / 3600:.2f} h",
-                 f"${ideal_meter['compute']:.3f}", f"${ideal_meter['storage']:.3f}",
-                 f"${ideal:.3f}", "1.000x"])  # fmt: skip
-    print(table(["run", "attempts", "preempted", "host lost", "work lost", "running",
-                 "compute", "storage", "total", "total / ideal"], rows))  # fmt: skip
-    for key, result in results.items():
-        bids = [bid for _, bid in result["machines"]]
-        print(f"{key}: waited {result['waited_hours']:.2f} h for a machine; bids "
-              + ", ".join(f"{machine}@{bid:.4f}" for machine, bid in result["machines"])
-              + (f" (mean {sum(bids) / len(bids) / offer['first_bid_per_hour']:.2f}x the first)"
-                 if bids else ""))  # fmt: skip
-    best = results["recover, superseded discarded at once"]["total_vs_ideal"]
-    met = best <= RECOVERY_TARGET
+    expected = 1 + young_daly(mtbf, CHECKPOINT_SECONDS).overhead_fraction + RESTART_SECONDS / mtbf
     print(
-        f"target: recovery within {RECOVERY_TARGET:.2f}x of the ideal dollars (total, "
-        f"superseded boxes discarded at once): {best:.3f}x {'MET' if met else 'MISSED'}"
+        "first-order running time / the ideal's, before any price or storage: "
+        f"1 + C/W + W/2mu + restart/mu = {expected:.3f}x"
     )
-    return {"results": results, "ideal_dollars": ideal, "met": met,
-            "young_daly_interval_s": cadence.interval_seconds}  # fmt: skip
+    traced = [recovery_events(TRACE_SEED)] + [
+        recovery_events(TRACE_SEED_BASE + 2 * i) for i in range(traces)
+    ]
+    report: dict[str, Any] = {}
+    worst = (0.0, "")
+    disagreements: list[str] = []
+    for market_name, machines in MARKETS.items():
+        market = _EmulatorMarket(machines)
+        try:
+            offers = market.offers
+            bids = sorted(o.bid for o in offers)
+            ideal_run = ideal_log(offers)
+            ideal = bill(ideal_run)
+            ideal_meter, _ = market.replay(ideal_run)
+            first_bid = bids[0]
+            print(
+                f"\n## market {market_name}: {len(offers)} reliable {market.gpu} offers "
+                f"(1 GPU, verified, reliability >= 0.98), bids ${bids[0]:.4f}-"
+                f"${bids[-1]:.4f}/h ({bids[-1] / bids[0]:.2f}x), cheapest five "
+                + ", ".join(f"{b / bids[0]:.2f}x" for b in bids[:5])
+                + f"; ideal ${ideal['total']:.3f} (compute ${ideal['compute']:.3f}, "
+                f"storage ${ideal['storage']:.3f}; meter ${ideal_meter['total']:.3f})"
+            )
+            per_policy: dict[str, Any] = {}
+            rows = []
+            for policy, at_once in SUPERSEDED.items():
+                ratios: dict[str, list[float]] = {name: [] for name in RUNS}
+                parts: dict[str, list[dict[str, float]]] = {name: [] for name in RUNS}
+                unfinished = dict.fromkeys(RUNS, 0)
+                moves = dict.fromkeys(RUNS, 0)
+                issue: dict[str, Any] = {}
+                for number, events in enumerate(traced):
+                    for name, log in _runs(events, offers, interval, at_once).items():
+                        cost = bill(log)
+                        ratio = cost["total"] / ideal["total"]
+                        # The issue's trace, every run; the sample, the recovering runs with
+                        # superseded boxes discarded (a scratch run is hundreds of rentals).
+                        sample = at_once and name != "scratch" and number <= replayed
+                        if number == 0 or sample:
+                            meter, disagree = market.replay(log)
+                            disagreements += [
+                                f"{market_name} trace {number} {name}: {d}" for d in disagree
+                            ]
+                            diff = abs(meter["total"] - cost["total"]) / meter["total"]
+                            if diff > worst[0]:
+                                worst = (
+                                    diff,
+                                    f"{market_name}, trace {number}, {name}, "
+                                    f"{policy}: arithmetic ${cost['total']:.4f}, "
+                                    f"meter ${meter['total']:.4f}",
+                                )
+                        if number == 0:
+                            issue[name] = _issue_row(log, cost, meter, ideal, first_bid)
+                            continue
+                        ratios[name].append(ratio)
+                        parts[name].append(_decompose(log, cost, ideal, first_bid))
+                        unfinished[name] += not log.finished
+                        moves[name] += sum(a.ended == "moved" for a in log.attempts)
+                per_policy[policy] = {"issue": issue, "distribution": {}}
+                for name in RUNS:
+                    values = ratios[name]
+                    within = sum(v <= RECOVERY_TARGET for v in values) / len(values)
+                    mid = {k: median([p[k] for p in parts[name]]) for k in parts[name][0]}
+                    per_policy[policy]["distribution"][name] = {
+                        "median": median(values),
+                        "p90": percentile(values, 0.9),
+                        "within_target": within,
+                        "unfinished": unfinished[name],
+                        "moves_per_run": moves[name] / len(values),
+                        "median_parts": mid,
+                    }
+                    rows.append(
+                        [
+                            f"{name}, superseded {policy}",
+                            f"{issue[name]['total_vs_ideal']:.3f}x"
+                            + ("" if issue[name]["finished"] else " (NOT finished)"),
+                            f"{median(values):.3f}x",
+                            f"{percentile(values, 0.9):.3f}x",
+                            f"{within:.0%}",
+                            unfinished[name],
+                            f"{moves[name] / len(values):.2f}",
+                            f"{mid['time']:.3f}x",
+                            f"{mid['price']:.3f}x",
+                            f"{mid['storage']:.2f}x",
+                        ]
+                    )
+                _print_issue(policy, issue, ideal)
+            print(f"\n{market_name}: {traces} seeded traces (the issue's trace apart)")
+            print(
+                table(
+                    [
+                        "run",
+                        "issue's trace",
+                        "median",
+                        "p90",
+                        f"within {RECOVERY_TARGET:.2f}x",
+                        "not finished",
+                        "moves / run",
+                        "median time",
+                        "median price",
+                        "median storage",
+                    ],
+                    rows,
+                )
+            )
+            report[market_name] = {
+                "machines": machines,
+                "offers": len(offers),
+                "bids": bids,
+                "ideal": ideal,
+                "ideal_meter": ideal_meter,
+                "policies": per_policy,
+            }
+        finally:
+            market.close()
+    print(
+        f"\narithmetic vs meter, largest difference over the replayed runs: "
+        f"{worst[0]:.4%} ({worst[1]})"
+    )
+    for line in disagreements:
+        print(f"DISAGREEMENT: {line}")
+    verdicts = []
+    for market_name, result in report.items():
+        best = result["policies"]["discarded at once"]
+        for name in RUNS:
+            row = best["distribution"][name]
+            verdicts.append(
+                f"{market_name}, {name}: median {row['median']:.3f}x "
+                f"{'MET' if row['median'] <= RECOVERY_TARGET else 'MISSED'}, "
+                f"issue's trace {best['issue'][name]['total_vs_ideal']:.3f}x "
+                + ("MET" if best["issue"][name]["total_vs_ideal"] <= RECOVERY_TARGET else "MISSED")
+            )
+    print(
+        f"target: recovery within {RECOVERY_TARGET:.2f}x of the ideal dollars (superseded "
+        "boxes discarded at once):"
+    )
+    for line in verdicts:
+        print(f"  {line}")
+    return {
+        "markets": report,
+        "young_daly_interval_s": interval,
+        "traces": traces,
+        "replayed": replayed,
+        "largest_meter_difference": worst[0],
+        "disagreements": disagreements,
+        "verdicts": verdicts,
+    }
+
+
+def _issue_row(
+    log: RunLog,
+    cost: dict[str, float],
+    meter: dict[str, float],
+    ideal: dict[str, float],
+    first_bid: float,
+) -> dict[str, Any]:
+    kinds = [a.ended for a in log.attempts]
+    running = sum(a.running for a in log.attempts)
+    return {
+        "attempts": len(log.attempts),
+        "preempted": kinds.count("preempted"),
+        "host_lost": kinds.count("host-lost"),
+        "moved": kinds.count("moved"),
+        "work_lost_hours": sum(a.lost_work for a in log.attempts) / 3600,
+        "running_hours": running / 3600,
+        "finished": log.finished,
+        "waited_hours": log.waited / 3600,
+        "arithmetic": cost,
+        "meter": meter,
+        "total_vs_ideal": meter["total"] / ideal["total"],
+        "parts": _decompose(log, cost, ideal, first_bid),
+        "machines": [
+            (r.offer.machine_id, r.offer.bid, a.ended)
+            for r, a in zip(log.rentals, log.attempts, strict=True)
+        ],
+    }
+
+
+def _print_issue(policy: str, issue: dict[str, Any], ideal: dict[str, float]) -> None:
+    rows = []
+    for name, r in issue.items():
+        meter = r["meter"]
+        rows.append(
+            [
+                f"{name}, superseded {policy}" + ("" if r["finished"] else " (NOT finished)"),
+                r["attempts"],
+                r["preempted"],
+                r["host_lost"],
+                r["moved"],
+                f"{r['work_lost_hours']:.2f} h",
+                f"{r['running_hours']:.2f} h ({r['running_hours'] * 3600 / WORK_SECONDS:.2f}x)",
+                f"${meter['compute']:.3f}",
+                f"${meter['storage']:.3f}",
+                f"${meter['total']:.3f}",
+                f"{r['total_vs_ideal']:.3f}x",
+                f"{r['parts']['time']:.3f}x / {r['parts']['price']:.3f}x / "
+                f"{r['parts']['storage']:.2f}x",
+            ]
+        )
+    print(f"\nthe issue's trace (seed {TRACE_SEED}), superseded {policy}; dollars by the meter")
+    print(
+        table(
+            [
+                "run",
+                "attempts",
+                "preempted",
+                "host lost",
+                "moved",
+                "work lost",
+                "running",
+                "compute",
+                "storage",
+                "total",
+                "total / ideal",
+                "time / price / storage vs ideal",
+            ],
+            rows,
+        )
+    )
+    shown = 12  # rentals listed per run (a scratch run has hundreds)
+    for name, r in issue.items():
+        more = len(r["machines"]) - shown
+        print(
+            f"{name}: waited {r['waited_hours']:.2f} h for a machine; "
+            + ", ".join(f"{m}@{b:.4f} {e}" for m, b, e in r["machines"][:shown])
+            + (f", ... ({more} more)" if more > 0 else "")
+        )
 
 
 def main() -> int:
-    """Simulate the three policies, replay them on the emulator, print the table."""
+    """Part 1 (three checkpoint policies) and part 2 (recovery), each replayed on the
+    emulator; print the tables, write bench/out/cost.json."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--traces", type=int, default=TRACES, help="seeded traces of part 2")
+    parser.add_argument(
+        "--replayed", type=int, default=REPLAYED_TRACES, help="of those, replayed on the emulator"
+    )
+    args = parser.parse_args()
+    if args.traces < 1 or not 0 <= args.replayed <= args.traces:
+        parser.error(
+            f"--traces {args.traces} --replayed {args.replayed}: "
+            "need traces >= 1 and 0 <= replayed <= traces"
+        )
     cadence = young_daly(MTBF_SECONDS, CHECKPOINT_SECONDS)
     policies = {
         "Young/Daly": cadence.interval_seconds,
@@ -577,7 +943,7 @@ def main() -> int:
         f"target: Young/Daly compute within {TARGET_RATIO:.2f}x of the ideal: "
         f"{'MET' if met else 'MISSED'}"
     )
-    recovery = recovery_main()
+    recovery = recovery_main(args.traces, args.replayed)
     emit("cost", {"results": results, "ideal_compute_dollars": ideal, "offer": offer,
                   "met": met, "young_daly_interval_s": cadence.interval_seconds,
                   "first_order_expectation": 1 + overhead, "recovery": recovery})  # fmt: skip
