@@ -462,6 +462,7 @@ def _sync_local(
                 incoming,
                 progress=tick,
                 files=[name for name, _, _ in todo],
+                low_priority=True,  # the job runs on that box: its side yields to the job
             )
             report.bytes_transferred += result.bytes_transferred
         except ProviderError as exc:

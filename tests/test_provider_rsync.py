@@ -28,6 +28,7 @@ from rgt.providers.rsync import (
     SshEndpoint,
     SshSettings,
     identity_from_environment,
+    low_priority_copy,
     read_remote_file,
     rsync_pull,
 )
@@ -126,6 +127,49 @@ def test_copies_a_tree_and_pins_the_host_key(
     # A second pull of an unchanged tree sends no file content at all.
     again = rsync_pull(endpoint, str(box / "results"), tmp_path / "local", settings)
     assert again.bytes_transferred == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_low_priority_copy_runs_the_boxs_rsync_at_the_lowest_priority(
+    sshd: tuple[SshEndpoint, Path], settings: SshSettings, tmp_path: Path
+) -> None:
+    """A copy made while the job runs (durable checkpoints) must not take the job's CPU: the
+    box-side rsync (the sender, under the box's sshd) runs at nice 19, a normal copy's at 0."""
+    endpoint = sshd[0]
+    box = tmp_path / "box"
+    make_result_tree(box, files=2, size=1_000_000)
+    source = str(box / "results")
+
+    def box_side_nice() -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # The box's rsync itself (not the local ssh whose arguments carry its command).
+            is_rsync = os.path.basename(argv[0]) == b"rsync"
+            if is_rsync and b"--sender" in argv and source.encode() in argv[-2]:
+                found.append(int(fields[16]))
+        return found
+
+    for copy, expected in (
+        (low_priority_copy(CopySettings(bwlimit_kbps=2000)), 19),
+        (CopySettings(bwlimit_kbps=2000), 0),
+    ):
+        seen: list[int] = []
+        local = tmp_path / f"local-{expected}"
+        rsync_pull(
+            endpoint,
+            source,
+            local,
+            settings,
+            copy=copy,
+            progress=lambda tick, seen=seen: seen.extend(box_side_nice()),
+        )
+        assert (local / "results").is_dir()
+        assert seen and set(seen) == {expected}, seen
 
 
 @pytest.mark.timeout(60)

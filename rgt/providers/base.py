@@ -240,9 +240,11 @@ class Provider(Protocol):
         *,
         progress: ProgressCallback | None = None,
         files: Sequence[str] | None = None,
+        low_priority: bool = False,
     ) -> CopyResult:
         """Copy `remote_path` into `local_dir`, resumably (rsync --partial), bounded retries.
 
         With `files` (plain names in the directory `remote_path`): only those, straight into
-        `local_dir`, in one transfer."""
+        `local_dir`, in one transfer. With `low_priority`, the box's side of the copy runs at
+        the lowest CPU priority (a copy made while the job runs)."""
         ...

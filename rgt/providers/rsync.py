@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -105,6 +105,18 @@ class CopySettings:
     first_backoff: float = 2.0
     max_backoff: float = 30.0
     bwlimit_kbps: int | None = None  # rsync --bwlimit, KiB/s (None: unlimited)
+    # The box-side rsync's niceness (None: the box's default). A copy made while the job runs
+    # (durable checkpoints) passes LOW_PRIORITY_NICE, so the box's reading and checksumming
+    # yields to the job, as its watcher does.
+    remote_nice: int | None = None
+
+
+LOW_PRIORITY_NICE = 19
+
+
+def low_priority_copy(copy: CopySettings | None) -> CopySettings:
+    """`copy` (or the defaults) with the box-side rsync at LOW_PRIORITY_NICE."""
+    return replace(copy or CopySettings(), remote_nice=LOW_PRIORITY_NICE)
 
 
 @dataclass
@@ -372,6 +384,8 @@ def rsync_pull(
     ]
     if copy.bwlimit_kbps:
         argv.append(f"--bwlimit={copy.bwlimit_kbps}")
+    if copy.remote_nice is not None:
+        argv.append(f"--rsync-path=nice -n {int(copy.remote_nice)} rsync")
     argv += [*listing, endpoint.rsync_spec(source), str(local_dir) + "/"]
     names_input = b"".join(name.encode() + b"\0" for name in files or ())
 

@@ -42,6 +42,7 @@ from rgt.providers.rsync import (
     SshEndpoint,
     SshSettings,
     identity_from_environment,
+    low_priority_copy,
     read_remote_file,
     rsync_pull,
     ssh_command,
@@ -323,6 +324,7 @@ class SshProvider:
         *,
         progress: ProgressCallback | None = None,
         files: Sequence[str] | None = None,
+        low_priority: bool = False,
     ) -> CopyResult:
         """Copy `remote_path` into `local_dir` with rsync over ssh, resumably, bounded."""
         box = self.box(instance_id)
@@ -331,7 +333,7 @@ class SshProvider:
             remote_path,
             Path(local_dir),
             self.settings(box),
-            copy=self.copy_settings,
+            copy=low_priority_copy(self.copy_settings) if low_priority else self.copy_settings,
             progress=progress,
             files=files,
         )

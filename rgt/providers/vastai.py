@@ -54,6 +54,7 @@ from rgt.providers.rsync import (
     CopySettings,
     SshEndpoint,
     SshSettings,
+    low_priority_copy,
     read_remote_file,
     rsync_pull,
 )
@@ -580,6 +581,7 @@ class VastProvider:
         *,
         progress: ProgressCallback | None = None,
         files: Sequence[str] | None = None,
+        low_priority: bool = False,
     ) -> CopyResult:
         """Copy `remote_path` into `local_dir` with rsync over ssh, resumably, bounded."""
         endpoint = self._endpoint(instance_id)
@@ -588,7 +590,7 @@ class VastProvider:
             remote_path,
             Path(local_dir),
             self._ssh_settings(instance_id),
-            copy=self.copy_settings,
+            copy=low_priority_copy(self.copy_settings) if low_priority else self.copy_settings,
             progress=progress,
             files=files,
         )
