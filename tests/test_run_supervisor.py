@@ -128,9 +128,8 @@ class Run:
         self.on_line = on_line  # called with each line the supervisor says, in its thread
         self.outcome: RunOutcome | None = None
         self.error: BaseException | None = None
-        self.request = RunRequest(
-            job=self.job, max_price_per_hour=MAX_PRICE, job_file=str(job_file), **request
-        )
+        request = {"max_price_per_hour": MAX_PRICE, **request}
+        self.request = RunRequest(job=self.job, job_file=str(job_file), **request)
         self.provider = VastProvider()
         self.approve_discard = approve_discard
         self.thread = threading.Thread(target=self._supervise, daemon=True)
@@ -556,6 +555,81 @@ def test_the_budget_stops_relaunching(emulator: Any, tmp_path: Path) -> None:
         record = runs.run(ledger, "budget-run")
     assert record is not None and record.status == "budget-exhausted"
     assert int(first) in emulator.instance_ids()
+
+
+@pytest.mark.timeout(240)
+def test_mid_run_with_no_offer_free_the_supervisor_searches_again_up_to_host_lost_grace(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """Every offer under the cap is rented by others when a box is lost: the supervisor searches
+    again; one that comes free within host_lost_grace is rented and the run goes on; when none
+    does, it stops with exit 6 (no-offer), leaving the lost boxes as they are."""
+    from rgt.lifecycle import offer_query_for_job
+    from rgt.providers.base import run_label
+    from rgt.providers.vastai import VastProvider
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    job_file = _write_job(tmp_path, "nooffer-run", hold=True, hold_file=hold)
+    query = offer_query_for_job(load_job(job_file), interruptible=False, limit=200)
+    provider = VastProvider()
+    prices = sorted({(o.dph_total, o.machine_id) for o in provider.search_offers(query)})
+    cap = sorted({price for price, _ in prices})[1]  # two machines' offers fit, at least
+    others: list[str] = []
+    freed: list[str] = []
+    freed_machine: list[str] = []
+
+    def free_one(line: str) -> None:  # in the supervisor's thread, before it searches again
+        if "no offer fits now; searching again" in line and not freed:
+            freed.append(others[0])
+            freed_machine.append(_machine(emulator, others[0]))
+            provider.destroy(others[0])
+
+    run = Run(emulator, job_file, on_line=free_one, max_price_per_hour=cap).start()
+    first = run.instance(1)
+    lost_machine = _machine(emulator, first)
+    try:
+        _wait_for(lambda: _newest_durable_step("nooffer-run") >= CKPT_EVERY, "a durable step")
+        # Other renters take every GPU the run could rent elsewhere under its cap.
+        while fitting := [
+            o
+            for o in provider.search_offers(query)
+            if o.dph_total <= cap and o.machine_id != lost_machine
+        ]:
+            others.append(
+                provider.create(
+                    fitting[0].id,
+                    image="other/renter",
+                    disk_gb=10,
+                    onstart="true",
+                    label=run_label(f"nooffer-renter-{len(others)}"),
+                ).id
+            )
+        assert others
+        emulator.take_host_offline(first)
+        second = run.instance(2)  # once the freed GPU was found by a later search
+        assert freed and [_machine(emulator, second)] == freed_machine
+        assert "run nooffer-run: no offer fits now; searching again" in run.lines
+        # Once its job runs, the second box vanishes too; nothing comes free: exit 6 after
+        # the grace.
+        _wait_for(lambda: run.checkpoint_starts(second), "the second box's job to start")
+        provider.destroy(second)
+        run.join()
+        assert isinstance(run.error, RunStopped) and run.error.exit_code == 6, run.error
+        assert "no offer for RTX_4090:1" in run.error.message
+        assert "nothing was rented" in run.error.message
+        assert [a.end_reason for a in run.attempts()] == ["host-lost", "lost"]
+        with Ledger.open() as ledger:
+            record = runs.run(ledger, "nooffer-run")
+        assert record is not None and record.status == "no-offer"
+        assert int(first) in emulator.instance_ids()  # the lost box is left as it is
+        assert provider.show(first).state == "offline"
+    finally:
+        hold.unlink()
+        emulator.bring_host_online(first)
+        for other in others:
+            if other not in freed:
+                provider.destroy(other)
 
 
 @pytest.mark.timeout(240)
