@@ -10,7 +10,9 @@ the situation the caller names, each checked from evidence rgt gathers itself:
                      failed, and the record and logs were copied off the box first
                      (`rgt poll` does that when it sees the failure)
     host-lost        the provider's own state is Offline, or stuck in Scheduling, and has been
-                     for at least the profile's `host_lost_grace` as rgt observed it
+                     for at least the profile's `host_lost_grace` as rgt observed it (or `rgt
+                     run` ended its attempt for that, measured on the supervisor's clock, and no
+                     other state was seen since)
     superseded       a later instance of the same run was pulled and verified, and those local
                      files are still what was verified; or, mid-run, the box is an attempt of a
                      supervised run that ended superseded (rgt.runs.SUPERSEDED_REASONS), a later
@@ -48,6 +50,10 @@ REASONS: dict[str, str] = {
 }
 # The provider states in which a box's host counts as lost once they have lasted the grace.
 LOST_STATES = frozenset({"offline", "scheduling"})
+# How an instance event's detail starts when `rgt run` ended an attempt because its box stayed
+# in one of LOST_STATES past host_lost_grace, measured on the supervisor's own clock (the one
+# its attempts' lost_since is on; an emulator's in the demo and tests).
+LOST_VERDICT = "host lost past host_lost_grace: rgt run ended its attempt"
 
 
 def may_discard(
@@ -295,12 +301,21 @@ def _host_lost(
         )
         return
     # When rgt first saw the current streak of lost states; this call's look starts a streak.
+    # A supervisor's verdict within the streak says it lasted the grace on the supervisor's
+    # clock, by which the run moved on: the same measure, not a second clock's.
     history = ledger.state_history(instance.id)
     since = None
-    for at, state, _ in reversed(history):
+    verdict = None
+    for at, state, detail in reversed(history):
         if state not in LOST_STATES:
             break
         since = at
+        if verdict is None and (detail or "").startswith(LOST_VERDICT):
+            verdict = detail
+    if verdict is not None and grace is not None:
+        decision.evidence["lost_since"] = since
+        decision.evidence["lost_verdict"] = verdict
+        return
     if since is None:
         ledger.record_state(platform, instance.id, instance.state, detail="seen by discard")
         since = now

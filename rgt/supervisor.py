@@ -500,6 +500,23 @@ class Supervisor:
                 + (f": {what}" if state == "stale" else "")
                 + (f"; {gotcha}" if gotcha else ""),
             )
+            self._record_lost_verdict(attempt, state, lasted, grace)
+
+    def _record_lost_verdict(
+        self, attempt: AttemptRecord, state: str, lasted: float, grace: float
+    ) -> None:
+        """Note in the box's state history that its host counted as lost past the grace on
+        this supervisor's clock (the clock its lost_since is on): the discard gate's host-lost
+        then rests on that measured duration, not on a second clock (rgt.discard)."""
+        from rgt.discard import LOST_STATES, LOST_VERDICT
+
+        if state in LOST_STATES and attempt.instance_id is not None:
+            self.ledger.record_state(
+                self.provider.platform,
+                attempt.instance_id,
+                state,
+                detail=f"{LOST_VERDICT} ({state} for {lasted:.0f} s, grace {grace:.0f} s)",
+            )
 
     def _grace(self, reason: str) -> float | None:
         """The profile's bound for `reason` (None: the profile sets none; wait, never guess)."""

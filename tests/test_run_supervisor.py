@@ -417,6 +417,21 @@ def test_a_host_offline_past_grace_is_replaced_and_never_rented_again(
     try:
         _assert_relaunched_from_durable(run, "host-lost")
         assert int(first) in emulator.instance_ids()
+        # The discard gate's host-lost agrees with the supervisor's clock (the emulator's):
+        # the grace that ended the attempt proves the lost host (the human's approval aside).
+        from rgt.discard import may_discard
+
+        with Ledger.open() as ledger:
+            decision = may_discard(
+                first,
+                "host-lost",
+                provider=run.provider,
+                ledger=ledger,
+                profile=load_profile("vastai"),
+                require_approval=False,
+            )
+        assert decision.allowed, decision.explain()
+        assert "grace 1800 s" in decision.evidence["lost_verdict"]
     finally:
         emulator.bring_host_online(first)
 
