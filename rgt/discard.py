@@ -471,23 +471,6 @@ def _resumed_attempt(
             "no-durable-seed",
             f"attempt {number}'s seed {seed.name} carries no step, so rgt cannot compare it",
         )
-    if seed.target == "local":
-        # The run now depends on this file: it must still be what was verified.
-        from rgt.durable import _hash_file
-
-        try:
-            actual, size = _hash_file(Path(seed.location))
-        except OSError as exc:
-            return (
-                "seed-changed",
-                f"attempt {number}'s seed {seed.location} cannot be read ({exc.strerror})",
-            )
-        if (actual, size) != (seed.sha256, seed.size):
-            return (
-                "seed-changed",
-                f"attempt {number}'s seed {seed.location} changed since it was verified "
-                f"(sha256 {actual}, the index says {seed.sha256})",
-            )
     if known is not None and known > seed_step:
         where = f" (its status record names {live})" if live else ""
         return (
@@ -509,6 +492,24 @@ def _resumed_attempt(
             "not-resumed",
             f"attempt {number} has not yet written a checkpoint past its seed step {seed_step}",
         )
+    if seed.target == "local":
+        # The run now depends on this file: it must still be what was verified. Hashed last:
+        # the supervisor asks every interval, and a checkpoint may be gigabytes.
+        from rgt.durable import _hash_file
+
+        try:
+            actual, size = _hash_file(Path(seed.location))
+        except OSError as exc:
+            return (
+                "seed-changed",
+                f"attempt {number}'s seed {seed.location} cannot be read ({exc.strerror})",
+            )
+        if (actual, size) != (seed.sha256, seed.size):
+            return (
+                "seed-changed",
+                f"attempt {number}'s seed {seed.location} changed since it was verified "
+                f"(sha256 {actual}, the index says {seed.sha256})",
+            )
     return {
         "seed": seed.name,
         "seed_step": seed_step,
