@@ -10,9 +10,17 @@ the situation the caller names, each checked from evidence rgt gathers itself:
                      failed, and the record and logs were copied off the box first
                      (`rgt poll` does that when it sees the failure)
     host-lost        the provider's own state is Offline, or stuck in Scheduling, and has been
-                     for at least the profile's `host_lost_grace` as rgt observed it
+                     for at least the profile's `host_lost_grace` as rgt observed it (or `rgt
+                     run` ended its attempt for that, measured on the supervisor's clock, and no
+                     other state was seen since)
     superseded       a later instance of the same run was pulled and verified, and those local
-                     files are still what was verified
+                     files are still what was verified; or, mid-run, the box is an attempt of a
+                     supervised run that ended superseded (rgt.runs.SUPERSEDED_REASONS), a later
+                     attempt was seeded from a durable checkpoint still in the run's index and
+                     still intact off the box (a local copy is re-hashed; a bucket's recorded
+                     read-back counts) whose step is at least the newest step this box is known
+                     to have written, and that later attempt has resumed past its seed (a newer
+                     verified checkpoint of its own in the index, or its status record says so)
     nothing-to-keep  the box is reachable, its results root holds no file, and its job status
                      record names no checkpoint
 
@@ -24,6 +32,7 @@ meter-stop itself is `rgt.gate.discard_with_gate`: the same lock, claim and verb
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rgt.gate import GateDecision, Missing, _rented_for_run
@@ -35,11 +44,16 @@ REASONS: dict[str, str] = {
     "failed-job": "the job failed; its recorded failure and its logs were copied off the box",
     "host-lost": "the host is Offline (or the box stuck waiting for its GPU) past the profile's "
     "host_lost_grace",
-    "superseded": "a later instance of the same run finished and its results were verified",
+    "superseded": "a later instance of the same run finished and its results were verified, "
+    "or a later attempt resumed past a durable checkpoint at least as new as this box's",
     "nothing-to-keep": "the box holds no results and its job wrote no checkpoint",
 }
 # The provider states in which a box's host counts as lost once they have lasted the grace.
 LOST_STATES = frozenset({"offline", "scheduling"})
+# How an instance event's detail starts when `rgt run` ended an attempt because its box stayed
+# in one of LOST_STATES past host_lost_grace, measured on the supervisor's own clock (the one
+# its attempts' lost_since is on; an emulator's in the demo and tests).
+LOST_VERDICT = "host lost past host_lost_grace: rgt run ended its attempt"
 
 
 def may_discard(
@@ -111,7 +125,7 @@ def _collect(
     elif reason == "host-lost":
         _host_lost(decision, instance, ledger, provider.platform, profile, now)
     elif reason == "superseded":
-        _superseded(decision, ledger, provider.platform, instance_id, run_id)
+        _superseded(decision, ledger, provider, profile, instance, run_id, status)
     else:
         _nothing_to_keep(decision, instance, results_root, status, lost)
 
@@ -287,12 +301,21 @@ def _host_lost(
         )
         return
     # When rgt first saw the current streak of lost states; this call's look starts a streak.
+    # A supervisor's verdict within the streak says it lasted the grace on the supervisor's
+    # clock, by which the run moved on: the same measure, not a second clock's.
     history = ledger.state_history(instance.id)
     since = None
-    for at, state, _ in reversed(history):
+    verdict = None
+    for at, state, detail in reversed(history):
         if state not in LOST_STATES:
             break
         since = at
+        if verdict is None and (detail or "").startswith(LOST_VERDICT):
+            verdict = detail
+    if verdict is not None and grace is not None:
+        decision.evidence["lost_since"] = since
+        decision.evidence["lost_verdict"] = verdict
+        return
     if since is None:
         ledger.record_state(platform, instance.id, instance.state, detail="seen by discard")
         since = now
@@ -320,13 +343,20 @@ def _host_lost(
 
 
 def _superseded(
-    decision: GateDecision, ledger: Ledger, platform: str, instance_id: str, run_id: str | None
+    decision: GateDecision,
+    ledger: Ledger,
+    provider: Provider,
+    profile: Any,
+    instance: Instance,
+    run_id: str | None,
+    status: Any,
 ) -> None:
-    from pathlib import Path
-
+    """A later instance's results verified (the end of the run), or mid-run a later attempt
+    that resumed past a durable checkpoint at least as new as anything this box wrote."""
     from rgt.verify import check_unchanged
 
-    mine = ledger.instance(platform, instance_id)
+    instance_id = instance.id
+    mine = ledger.instance(provider.platform, instance_id)
     if run_id is None or mine is None:
         decision.missing.append(
             Missing(
@@ -336,7 +366,7 @@ def _superseded(
             )
         )
         return
-    for other in ledger.instances(platform):
+    for other in ledger.instances(provider.platform):
         if other.instance_id == instance_id or other.created < mine.created:
             continue
         verification = ledger.latest_verification(other.instance_id)
@@ -348,13 +378,162 @@ def _superseded(
                 "verified": verification.local_dir,
             }
             return
+    mid_run = _resumed_past(decision, ledger, provider, profile, instance, status)
+    if mid_run is None:
+        return
+    code, text = mid_run
+    verified_too = "; or pull and verify a later attempt's results" if code else ""
     decision.missing.append(
         Missing(
-            "no-later-attempt",
-            f"no later instance of run {run_id} has verified results that are still intact "
+            code or "no-later-attempt",
+            text + verified_too
+            if code
+            else f"no later instance of run {run_id} has verified results that are still intact "
             "locally: pull and verify the later attempt first",
         )
     )
+
+
+def _resumed_past(
+    decision: GateDecision,
+    ledger: Ledger,
+    provider: Provider,
+    profile: Any,
+    instance: Instance,
+    status: Any,
+) -> tuple[str, str] | None:
+    """The mid-run evidence for `superseded` (see the module docstring), checked from rgt's own
+    records: None when it holds (evidence["superseded_by"] says how), else (code, what is
+    missing); code "" when the box is no superseded attempt of a supervised run at all."""
+    from rgt import durable, runs
+
+    mine = runs.superseded_attempt(ledger, instance.id)
+    if mine is None:
+        return "", ""
+    later = [
+        a
+        for a in runs.attempts(ledger, mine.run_id)
+        if a.number > mine.number and a.instance_id is not None
+    ]
+    if not later:
+        return (
+            "no-later-attempt",
+            f"attempt {mine.number} of run {mine.run_id} ended ({mine.end_reason}) but no later "
+            "attempt has rented a box yet",
+        )
+    index = durable.durable_index(mine.run_id)
+    own = [e.step for e in index if e.instance_id == instance.id and e.step is not None]
+    durable_step = max(own) if own else None
+    # The box's own status record, read from it now (only while it runs: rgt keeps no copy of a
+    # running job's record); it may name a checkpoint never made durable.
+    live = getattr(status, "last_checkpoint", None)
+    live_step = durable.step_of(Path(live).name) if live else None
+    known = max((s for s in (durable_step, live_step) if s is not None), default=None)
+    first_missing: tuple[str, str] | None = None
+    for attempt in reversed(later):  # the newest later attempt first: the run depends on it
+        found = _resumed_attempt(attempt, index, known, live, provider, profile)
+        if isinstance(found, dict):
+            decision.evidence["superseded_by"] = {
+                "attempt": attempt.number,
+                "instance_id": attempt.instance_id,
+                **found,
+                "box_newest_durable_step": durable_step,
+                "box_status_checkpoint": live,
+                "box_read": instance.state == "running" and status is not None,
+            }
+            return None
+        first_missing = first_missing or found
+    return first_missing
+
+
+def _resumed_attempt(
+    attempt: Any,
+    index: list[Any],
+    known: int | None,
+    live: str | None,
+    provider: Provider,
+    profile: Any,
+) -> dict[str, Any] | tuple[str, str]:
+    """How `attempt` resumed past a seed at least as new as step `known` (a dict for the
+    evidence), or (code, what is missing)."""
+    number = attempt.number
+    if attempt.seed_name is None:
+        return "no-durable-seed", f"attempt {number} started from scratch, not from a durable seed"
+    seed = next((e for e in index if e.name == attempt.seed_name), None)
+    if seed is None:
+        return (
+            "no-durable-seed",
+            f"attempt {number}'s seed {attempt.seed_name} is no longer in the run's durable index",
+        )
+    seed_step = attempt.seed_step if attempt.seed_step is not None else seed.step
+    if seed_step is None:
+        return (
+            "no-durable-seed",
+            f"attempt {number}'s seed {seed.name} carries no step, so rgt cannot compare it",
+        )
+    if known is not None and known > seed_step:
+        where = f" (its status record names {live})" if live else ""
+        return (
+            "seed-behind-box",
+            f"this box wrote step {known}{where}, newer than attempt {number}'s seed step "
+            f"{seed_step}: its work past the seed is not in the run",
+        )
+    newer = [
+        e
+        for e in index
+        if e.instance_id == attempt.instance_id and e.step is not None and e.step > seed_step
+    ]
+    if newer:
+        resumed_step, via = max(e.step for e in newer), "durable index"
+    else:
+        resumed_step, via = _status_step(provider, profile, attempt), "status record on the box"
+    if resumed_step is None or resumed_step <= seed_step:
+        return (
+            "not-resumed",
+            f"attempt {number} has not yet written a checkpoint past its seed step {seed_step}",
+        )
+    if seed.target == "local":
+        # The run now depends on this file: it must still be what was verified. Hashed last:
+        # the supervisor asks every interval, and a checkpoint may be gigabytes.
+        from rgt.durable import _hash_file
+
+        try:
+            actual, size = _hash_file(Path(seed.location))
+        except OSError as exc:
+            return (
+                "seed-changed",
+                f"attempt {number}'s seed {seed.location} cannot be read ({exc.strerror})",
+            )
+        if (actual, size) != (seed.sha256, seed.size):
+            return (
+                "seed-changed",
+                f"attempt {number}'s seed {seed.location} changed since it was verified "
+                f"(sha256 {actual}, the index says {seed.sha256})",
+            )
+    return {
+        "seed": seed.name,
+        "seed_step": seed_step,
+        "seed_target": seed.target,
+        "resumed_step": resumed_step,
+        "resumed_via": via,
+    }
+
+
+def _status_step(provider: Provider, profile: Any, attempt: Any) -> int | None:
+    """The checkpoint step the attempt's status record names, read from its box now."""
+    from rgt.durable import step_of
+    from rgt.jobstatus import parse_status, status_remote_path
+
+    try:
+        if provider.show(str(attempt.instance_id)).state != "running":
+            return None
+        data = provider.read_remote_file(
+            str(attempt.instance_id), status_remote_path(profile, attempt.run_id)
+        )
+        checkpoint = parse_status(data).last_checkpoint
+    except Exception:
+        return None
+    return step_of(Path(checkpoint).name) if checkpoint else None
 
 
 def _nothing_to_keep(
@@ -461,4 +640,23 @@ def loss_summary(decision: GateDecision) -> str:
     )
     if lost.get("verified_pull"):
         lines.append("  (an earlier verified pull of this instance exists locally)")
+    later = decision.evidence.get("superseded_by") or {}
+    if "seed_step" in later:
+        durable_step = later.get("box_newest_durable_step")
+        lines.append(
+            f"  this box's work after step {durable_step}, its newest checkpoint verified off the "
+            "box"
+            if durable_step is not None
+            else "  all of this box's work: none of its checkpoints was verified off the box"
+        )
+        lines.append(
+            f"  (the run goes on: attempt {later['attempt']} (instance {later['instance_id']}) "
+            f"resumed from {later['seed']} (step {later['seed_step']}) and has reached step "
+            f"{later['resumed_step']})"
+        )
+        if not later.get("box_read"):
+            lines.append(
+                "  what this box did after its last durable checkpoint is UNKNOWN: rgt cannot "
+                "read it now"
+            )
     return "\n".join(lines)

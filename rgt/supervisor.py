@@ -19,6 +19,9 @@ What keeps it honest:
 - The budget bounds the dollars of all attempts together: no attempt opens once it is spent.
 - A superseded box is not destroyed (its results were not verified): it stays in the ledger,
   `rgt sweep` lists it, and its results are pulled or it is discarded with --reason superseded.
+  Mid-run the supervisor stops one that runs again (a preempted box whose bid won again bills
+  compute) and, once rgt.discard proves it superseded, asks the human once to discard it, or
+  names it discardable in the run's report (`_tend_superseded`).
 
 Time comes from `clock` (epoch seconds): the grace periods and the cost estimate use it.
 """
@@ -102,6 +105,7 @@ class Supervisor:
         ledger: Ledger,
         profile: Profile,
         approve: Approver | None = None,
+        approve_discard: Approver | None = None,
         say: Callable[[str], None] = lambda _line: None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -119,6 +123,12 @@ class Supervisor:
         self.sleep = sleep
         self.interval = interval
         self._syncing: _SyncLoop | None = None
+        # Superseded boxes (rgt.runs.SUPERSEDED_REASONS) mid-run: see `_tend_superseded`.
+        self.approve_discard = approve_discard
+        self._tended_at: float | None = None
+        self._asked: set[str] = set()  # a human was asked to discard it: never again
+        self._told: set[str] = set()  # said once: stopped, or discardable now
+        self._asking: _DiscardAsk | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -174,6 +184,7 @@ class Supervisor:
                     continue
             if current is not None and current.end_reason == "failed":
                 raise CheckFailed(self._failed_message(current))
+            self._tend_superseded(history)
             if current is None or current.ended is not None:
                 current = self._open_next_attempt(history)
             elif current.instance_id is None:
@@ -489,6 +500,23 @@ class Supervisor:
                 + (f": {what}" if state == "stale" else "")
                 + (f"; {gotcha}" if gotcha else ""),
             )
+            self._record_lost_verdict(attempt, state, lasted, grace)
+
+    def _record_lost_verdict(
+        self, attempt: AttemptRecord, state: str, lasted: float, grace: float
+    ) -> None:
+        """Note in the box's state history that its host counted as lost past the grace on
+        this supervisor's clock (the clock its lost_since is on): the discard gate's host-lost
+        then rests on that measured duration, not on a second clock (rgt.discard)."""
+        from rgt.discard import LOST_STATES, LOST_VERDICT
+
+        if state in LOST_STATES and attempt.instance_id is not None:
+            self.ledger.record_state(
+                self.provider.platform,
+                attempt.instance_id,
+                state,
+                detail=f"{LOST_VERDICT} ({state} for {lasted:.0f} s, grace {grace:.0f} s)",
+            )
 
     def _grace(self, reason: str) -> float | None:
         """The profile's bound for `reason` (None: the profile sets none; wait, never guess)."""
@@ -502,6 +530,78 @@ class Supervisor:
             self.ledger, attempt.id, ended=self.clock(), end_reason=reason, detail=detail
         )
         self.say(f"attempt {attempt.number} (instance {attempt.instance_id}): {reason}: {detail}")
+
+    # -- superseded boxes, mid-run ----------------------------------------------------------
+
+    def _tend_superseded(self, history: list[AttemptRecord]) -> None:
+        """At most once per interval, for every box an earlier attempt left behind: one that
+        came back running (a preempted box whose bid won again re-runs the job and bills
+        compute) is stopped, reversibly; once rgt.discard proves it superseded mid-run, a human
+        is asked once to discard it (`approve_discard`, in the background: the run is watched
+        meanwhile), else the ledger notes it discardable now for `rgt poll RUN_ID`."""
+        at = time.monotonic()
+        if self._tended_at is not None and at - self._tended_at < self.interval:
+            return
+        self._tended_at = at
+        for attempt in history:
+            if attempt.end_reason not in runs.SUPERSEDED_REASONS or attempt.instance_id is None:
+                continue
+            try:
+                self._tend_one(attempt, str(attempt.instance_id))
+            except RgtError as exc:  # the next round looks again; the run goes on
+                self.say(f"superseded instance {attempt.instance_id}: {exc.message}")
+
+    def _tend_one(self, attempt: AttemptRecord, instance_id: str) -> None:
+        from rgt.discard import may_discard
+
+        state = self.provider.show(instance_id).state
+        if state == "gone":
+            return
+        if state == "running":
+            self._stop_superseded(attempt, instance_id)
+            return
+        if instance_id in self._asked:
+            return
+        decision = may_discard(
+            instance_id,
+            "superseded",
+            provider=self.provider,
+            ledger=self.ledger,
+            profile=self.profile,
+            require_approval=False,
+            now=self.clock(),
+        )
+        if not decision.allowed:
+            return
+        if self.approve_discard is None:
+            if instance_id not in self._told:
+                self._told.add(instance_id)
+                self.ledger.record_state(
+                    self.provider.platform, instance_id, state, detail=DISCARDABLE_NOTE
+                )
+                self.say(
+                    f"superseded instance {instance_id} (attempt {attempt.number}) may be "
+                    f"discarded now: {_discard_command(instance_id)} (a human approves)"
+                )
+            return
+        if self._asking is not None and self._asking.is_alive():
+            return  # one question at a time; the next round asks about the next box
+        self._asked.add(instance_id)
+        self._asking = _DiscardAsk(self, instance_id)
+        self._asking.start()
+
+    def _stop_superseded(self, attempt: AttemptRecord, instance_id: str) -> None:
+        """Stop a superseded box that runs again: never destroyed here (its disk stays and
+        holds whatever its job wrote); the ledger records the stop."""
+        from rgt.lifecycle import stop
+
+        stop(instance_id, provider=self.provider, ledger=self.ledger, profile=self.profile)
+        self._told.discard(instance_id)  # a discardable note before it ran again is stale
+        self.say(
+            f"superseded instance {instance_id} (attempt {attempt.number}) runs again (a "
+            "preempted box whose bid won again re-runs the job and bills compute): stopped it "
+            f"(reversible: its disk stays and bills {', '.join(self.profile.stop_still_bills)})"
+        )
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -607,7 +707,8 @@ class Supervisor:
             return ""
         return (
             f"superseded instance(s) {', '.join(left)} still exist and may bill: pull their "
-            "results, or once this run's results are verified, `rgt discard ID --reason "
+            "results, or once this run's results are verified (or, mid-run, a later attempt "
+            "resumed past a durable checkpoint as new as theirs), `rgt discard ID --reason "
             "superseded` (a human approves); `rgt sweep` lists them"
         )
 
@@ -661,6 +762,86 @@ class _SyncLoop(threading.Thread):
             sup.say(f"instance {self.instance_id}: durable sync stopped: {exc!r}")
 
 
+class _DiscardAsk(threading.Thread):
+    """Ask the human once (`approve_discard`, shown what is lost) to discard one superseded
+    box, and discard it through the gate when they approve; in its own thread, ledger
+    connection and provider, so a human slow to answer never stops the run being watched."""
+
+    def __init__(self, supervisor: Supervisor, instance_id: str) -> None:
+        super().__init__(name=f"rgt-discard-{instance_id}", daemon=True)
+        self.supervisor = supervisor
+        self.instance_id = instance_id
+
+    def run(self) -> None:
+        from rgt.discard import loss_summary, may_discard
+        from rgt.gate import discard_with_gate
+        from rgt.providers import get_provider
+
+        sup, instance_id = self.supervisor, self.instance_id
+        assert sup.approve_discard is not None
+        try:
+            provider = get_provider(sup.provider.platform, sup.profile)
+            with Ledger.open(sup.ledger.path) as ledger:
+                decision = may_discard(
+                    instance_id,
+                    "superseded",
+                    provider=provider,
+                    ledger=ledger,
+                    profile=sup.profile,
+                    require_approval=False,
+                )
+                if not decision.allowed:
+                    return
+                try:
+                    approval_id = sup.approve_discard(ledger, instance_id, loss_summary(decision))
+                except Refused as exc:
+                    approval_id = None
+                    sup.say(f"superseded instance {instance_id}: {exc.message}")
+                if approval_id is None:
+                    sup.say(
+                        f"superseded instance {instance_id}: not discarded (not asked again); "
+                        f"{_discard_command(instance_id)} ends it later"
+                    )
+                    return
+                outcome = discard_with_gate(
+                    instance_id,
+                    "superseded",
+                    provider=provider,
+                    ledger=ledger,
+                    profile=sup.profile,
+                    approval_id=approval_id,
+                )
+            sup.say(
+                f"superseded instance {instance_id}: discarded through the gate "
+                f"({outcome.verb} confirmed: {outcome.confirmed_state})"
+            )
+        except RgtError as exc:
+            sup.say(f"superseded instance {instance_id}: not discarded: {exc.message}")
+        except Exception as exc:  # a thread's failure must be seen, not vanish
+            sup.say(f"superseded instance {instance_id}: discard stopped: {exc!r}")
+
+
+# The ledger note (an instance event's detail) that the supervisor proved a superseded box
+# discardable mid-run; `run_report` names such boxes while it is their latest event.
+DISCARDABLE_NOTE = "discardable now: superseded (rgt run checked the evidence)"
+
+
+def _discard_command(instance_id: str) -> str:
+    return f"`rgt discard {instance_id} --reason superseded`"
+
+
+def discardable(ledger: Ledger, history: list[AttemptRecord]) -> list[str]:
+    """The superseded boxes of a run that its supervisor last saw discardable now."""
+    found = []
+    for attempt in history:
+        if attempt.end_reason not in runs.SUPERSEDED_REASONS or attempt.instance_id is None:
+            continue
+        events = ledger.state_history(str(attempt.instance_id))
+        if events and events[-1][2] == DISCARDABLE_NOTE:
+            found.append(str(attempt.instance_id))
+    return found
+
+
 def attempt_summary(attempt: AttemptRecord, now: float | None = None) -> dict[str, Any]:
     """One attempt as plain data (for `rgt run --json`, `rgt poll RUN_ID`, MCP)."""
     at = time.time() if now is None else now
@@ -706,8 +887,26 @@ def run_report(
         "spent": round(sum(a.cost(at) for a in history), 6),
         "budget": record.budget,
         "max_price_per_hour": record.max_price_per_hour,
-        "next_action": _run_next_action(record, status, current, for_tool),
+        "discardable": (ready := discardable(ledger, history)),
+        "next_action": _run_next_action(record, status, current, for_tool)
+        + _discardable_note(ready, for_tool),
     }
+
+
+def _discardable_note(ready: list[str], for_tool: bool) -> str:
+    """The superseded boxes that may be discarded now, with the step for each."""
+    from rgt.nextstep import Step, render
+
+    if not ready:
+        return ""
+    steps = [
+        render("{next}", Step.of("discard", instance_id=i, reason="superseded"), tool=for_tool)
+        for i in ready
+    ]
+    return (
+        f"; superseded instance(s) {', '.join(ready)} may be discarded now (a human approves): "
+        + ", ".join(f"`{step}`" for step in steps)
+    )
 
 
 def _run_next_action(

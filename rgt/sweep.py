@@ -14,7 +14,8 @@ tool, or by a crashed rgt is still on the bill. Each row is flagged when it dese
   rented it; the sweep found it by the launch's label and recorded it just now;
 - ``superseded``: `rgt run` replaced it with a later attempt of its run (it was preempted,
   stuck or offline past the profile's grace) and it still exists: pull its results, or discard
-  it with `--reason superseded` once the run's results are verified.
+  it with `--reason superseded` once the run's results are verified, or mid-run once a later
+  attempt resumed past a durable checkpoint at least as new as the box's (rgt.discard).
 
 Launches in doubt: every launch is written to the ledger before its create request. One still
 pending (no instance recorded) is resolved here by its label: a box carrying it is recorded;
@@ -435,7 +436,8 @@ def format_report(report: SweepReport) -> str:
     lines += [
         f"{row.instance_id}: superseded by a later attempt of its run (rgt run): pull its "
         f"results, or `rgt discard {row.instance_id} --reason superseded` once the run's "
-        "results are verified"
+        "results are verified or a later attempt resumed past a durable checkpoint as new as "
+        "its own (`--check` says which)"
         for row in report.rows
         if "superseded" in row.flags
     ]

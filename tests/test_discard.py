@@ -30,7 +30,7 @@ PASSPHRASE = "correct horse battery staple"
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RentalPool]:
-    with emulator_pool(tmp_path_factory, {"normal": 9}) as rentals:
+    with emulator_pool(tmp_path_factory, {"normal": 10}) as rentals:
         yield rentals
 
 
@@ -247,6 +247,140 @@ def test_superseded_needs_a_later_verified_attempt_of_the_same_run(
         # The later attempt's local files changed since: no longer proof.
         shutil.rmtree(later.local / "metrics")
         _refused(rental, "superseded", "no-later-attempt", _discard_approval(rental))
+    finally:
+        later.close()
+
+
+CHECKPOINTS = "/workspace/checkpoints"
+
+
+def _checkpoint(rental: Rental, step: int) -> str:
+    """Write checkpoint `step` and its sidecar on the box, as the job and the durable watcher
+    (scripts/_durable.sh.j2) leave them; its name."""
+    import hashlib
+
+    from rgt.durable import SIDECAR_SUFFIX, box_durable_dir
+
+    name = f"step-{step:06d}.ckpt"
+    data = f"step {step} of {rental.id}\n".encode()
+    folder = rental.disk / CHECKPOINTS.lstrip("/")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    sums = rental.disk / box_durable_dir(vast_profile(), rental.run_id).lstrip("/") / "sums"
+    sums.mkdir(parents=True, exist_ok=True)
+    sidecar = f"{hashlib.sha256(data).hexdigest()} {len(data)} {name}\n"
+    (sums / (name + SIDECAR_SUFFIX)).write_text(sidecar)
+    return name
+
+
+def _sync(rental: Rental, job: object) -> None:
+    """One real durable sync round of the box (copy, hash, index)."""
+    from rgt.durable import sync_once
+
+    sync_once(rental.ledger, rental.id, provider=rental.provider, profile=vast_profile(), job=job)  # type: ignore[arg-type]
+
+
+def _superseded_run(rental: Rental, later: Rental) -> int:
+    """The run of `rental` as `rgt run` records it: attempt 1 on `rental` ended preempted past
+    grace after its steps 5 and 10 were made durable; attempt 2 on `later`, seeded from step
+    10. Returns the seed step."""
+    from rgt import runs
+    from rgt.providers.base import run_label
+
+    run_id = rental.run_id
+    runs.record_run(rental.ledger, run_id, provider="vastai", profile="vastai", job_file=None,
+                    max_price_per_hour=1.0, budget=None, interruptible=True,
+                    bid_per_hour=None, now=time.time())  # fmt: skip
+    first = runs.open_attempt(rental.ledger, run_id, 1, label=run_label(run_id), offer_id="1",
+                              machine_id="m1", price_per_hour=0.1, seed_name=None,
+                              seed_step=None, now=time.time())  # fmt: skip
+    runs.update_attempt(rental.ledger, first.id, instance_id=rental.id, ended=time.time(),
+                        end_reason="preempted-past-grace", detail="paused")  # fmt: skip
+    second = runs.open_attempt(rental.ledger, run_id, 2, label=run_label(run_id, 2),
+                               offer_id="2", machine_id="m2", price_per_hour=0.1,
+                               seed_name="step-000010.ckpt", seed_step=10,
+                               now=time.time())  # fmt: skip
+    runs.update_attempt(rental.ledger, second.id, instance_id=later.id)
+    return 10
+
+
+def test_superseded_mid_run_once_a_later_attempt_resumed_past_its_durable_seed(
+    pool: RentalPool, rental: Rental, tmp_path: Path
+) -> None:
+    """Issue 13: no need to wait for the run's end. The superseded box may go once a later
+    attempt resumed past a seed that is durable, intact and at least as new as the box's work."""
+    import yaml
+
+    from rgt.durable import files_dir
+    from rgt.job import load_job
+    from rgt.providers.base import OfferQuery, run_label
+    from tests.ironlaw_emulator import onstart
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "run_id": rental.run_id, "image": "pytorch/pytorch:latest", "gpu": "RTX_4090:1",
+        "disk_gb": 10, "command": "true", "results_root": "/workspace/results",
+        "roster": ["ckpt", "metrics"], "checkpoint_dir": CHECKPOINTS,
+        "checkpoint_glob": "*.ckpt", "durable": "local", "health": {"gpu_required": False},
+    }))  # fmt: skip
+    job = load_job(job_file)
+    for step in (5, 10):
+        _checkpoint(rental, step)
+    _sync(rental, job)
+    # Attempt 2's box: the same run, labelled as `rgt run` labels a later attempt.
+    offer = rental.provider.search_offers(OfferQuery(limit=5))[0]
+    box = rental.provider.create(
+        offer.id,
+        image="pytorch/pytorch:latest",
+        disk_gb=10,
+        onstart=onstart(run_id=rental.run_id),
+        label=run_label(rental.run_id, 2),
+    )
+    later = Rental(pool.emulator, tmp_path / "later", instance_id=box.id, run_id=rental.run_id)
+    try:
+        seed_step = _superseded_run(rental, later)
+        # The later attempt runs from its seed but wrote nothing past it yet: refused.
+        message = _refused(rental, "superseded", "not-resumed", _discard_approval(rental))
+        assert f"attempt 2 has not yet written a checkpoint past its seed step {seed_step}" in (
+            message
+        )
+        # It wrote step 15, made durable: the box's work up to its step 10 is in the run.
+        _checkpoint(later, 15)
+        _sync(later, job)
+        decision = _decide(rental, "superseded", _discard_approval(rental))
+        assert decision.allowed, decision.explain()
+        evidence = decision.evidence["superseded_by"]
+        assert (evidence["attempt"], evidence["instance_id"]) == (2, later.id)
+        assert (evidence["seed_step"], evidence["resumed_step"]) == (10, 15)
+        assert evidence["resumed_via"] == "durable index"
+        summary = loss_summary(decision)
+        assert "this box's work after step 10" in summary and "reached step 15" in summary
+
+        # The seed the run now depends on was altered here: refused.
+        seed = files_dir(rental.run_id) / "step-000010.ckpt"
+        original = seed.read_bytes()
+        seed.write_bytes(original + b"x")
+        message = _refused(rental, "superseded", "seed-changed", _discard_approval(rental))
+        assert "step-000010.ckpt changed since it was verified" in message
+        seed.write_bytes(original)
+
+        # The superseded box (its bid won again) says it wrote step 20, past the seed: refused.
+        _status(rental, "running", checkpoint=f"{CHECKPOINTS}/step-000020.ckpt")
+        message = _refused(rental, "superseded", "seed-behind-box", _discard_approval(rental))
+        assert "this box wrote step 20" in message and "seed step 10" in message
+
+        # Back to its step 10: discarded through the gate, mid-run, the later box untouched.
+        _status(rental, "running", checkpoint=f"{CHECKPOINTS}/step-000010.ckpt")
+        outcome = discard_with_gate(
+            rental.id,
+            "superseded",
+            provider=rental.provider,
+            ledger=rental.ledger,
+            profile=vast_profile(),
+            approval_id=_discard_approval(rental),
+        )
+        assert outcome.confirmed_state == "gone"
+        later.assert_alive()
     finally:
         later.close()
 

@@ -45,14 +45,17 @@ MAX_PRICE = 5.0
 # and check on top of the durable watcher) must stay under vast.ai's 16 KiB onstart limit, which
 # the example job's Python trainer passes by a few hundred bytes only without a seed. With
 # HOLD_AT set, a fresh start (not a resumed one) holds at that step: the test decides when its
-# box is lost, whatever the load of the machine.
+# box is lost, whatever the load of the machine. With HOLD_FILE set, a resumed start holds
+# after its first checkpoint past its seed while that file (on this machine) exists.
 TRAINER = (
     'c="$RGT_CHECKPOINT_DIR"; s=0; [ -z "$RGT_RESUME_FROM" ] || s=$(cat "$RGT_RESUME_FROM"); b=$s; '
     'echo $s >>"$c/starts.log"; while [ $s -lt {steps} ]; do sleep "$STEP_SECONDS"; s=$((s+1)); '
     'if [ $((s % {every})) = 0 ]; then echo $s >"$c/.tmp"; '
     'mv "$c/.tmp" "$c/step-$(printf %06d $s).ckpt"; fi; '
     'while [ "$b" = 0 ] && [ "${{HOLD_AT:-0}}" -gt 0 ] && [ $s -ge "${{HOLD_AT:-0}}" ]; '
-    "do sleep 1; done; done; "
+    "do sleep 1; done; "
+    'while [ "$b" != 0 ] && [ -e "${{HOLD_FILE:-/nonexistent}}" ] && [ $s -gt "$b" ] '
+    "&& [ $((s % {every})) = 0 ]; do sleep 1; done; done; "
     'r="$RGT_RESULTS_ROOT/cell-a"; mkdir -p "$r"; '
     'echo "{{\\"steps\\": $s, \\"start\\": $b}}" >"$r/metrics.json"'
 )
@@ -83,13 +86,22 @@ def emulator(sim: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return sim
 
 
-def _write_job(directory: Path, run_id: str, *, hold: bool = False, **changes: Any) -> Path:
+def _write_job(
+    directory: Path,
+    run_id: str,
+    *,
+    hold: bool = False,
+    hold_file: Path | None = None,
+    **changes: Any,
+) -> Path:
     data = yaml.safe_load((REPO / "schemas" / "job.example.yaml").read_text())
     data.update(run_id=run_id, durable="local", files={}, setup="")
     data["command"] = TRAINER.format(steps=STEPS, every=CKPT_EVERY)
     data["env"] = {"STEP_SECONDS": str(STEP_SECONDS)}
     if hold:
         data["env"]["HOLD_AT"] = str(HOLD_AT)
+    if hold_file is not None:
+        data["env"]["HOLD_FILE"] = str(hold_file)
     data.update(changes)
     path = directory / f"{run_id}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -100,7 +112,13 @@ class Run:
     """A supervisor of one run in a thread of this test, on the emulator's clock."""
 
     def __init__(
-        self, emulator: Any, job_file: Path, *, on_line: Any = None, **request: Any
+        self,
+        emulator: Any,
+        job_file: Path,
+        *,
+        on_line: Any = None,
+        approve_discard: Any = None,
+        **request: Any,
     ) -> None:
         from rgt.providers.vastai import VastProvider
 
@@ -110,10 +128,10 @@ class Run:
         self.on_line = on_line  # called with each line the supervisor says, in its thread
         self.outcome: RunOutcome | None = None
         self.error: BaseException | None = None
-        self.request = RunRequest(
-            job=self.job, max_price_per_hour=MAX_PRICE, job_file=str(job_file), **request
-        )
+        request = {"max_price_per_hour": MAX_PRICE, **request}
+        self.request = RunRequest(job=self.job, job_file=str(job_file), **request)
         self.provider = VastProvider()
+        self.approve_discard = approve_discard
         self.thread = threading.Thread(target=self._supervise, daemon=True)
 
     def _supervise(self) -> None:
@@ -124,6 +142,7 @@ class Run:
                 ledger=ledger,
                 profile=load_profile("vastai"),
                 approve=_approve_like_the_e2e_tests,
+                approve_discard=self.approve_discard,
                 say=self._say,
                 clock=self.emulator.clock.now,
                 interval=0.3,
@@ -265,6 +284,106 @@ def test_a_preemption_past_grace_relaunches_elsewhere_from_the_newest_durable_st
     assert decision.allowed, decision.explain()
 
 
+def _state(run: Run, instance_id: str) -> str:
+    """The instance's state as rgt's provider reports it (paused, stopped, gone, ...)."""
+    return run.provider.show(instance_id).state
+
+
+@pytest.mark.timeout(240)
+def test_a_superseded_box_that_runs_again_is_stopped_and_reported_discardable_mid_run(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """Issue 13: a preempted box whose bid wins again re-runs the job and bills compute: the
+    supervisor stops it (the disk stays); once the next attempt resumed past its durable seed,
+    a run without a human to ask (detached, MCP) names the box discardable now."""
+    from rgt.supervisor import run_report
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    job = _write_job(tmp_path, "comeback-run", hold=True, hold_file=hold)
+    run = Run(emulator, job, interruptible=True).start()
+    try:
+        first = run.instance(1)
+        _wait_for(lambda: _newest_durable_step("comeback-run") >= HOLD_AT, "step 20 durable")
+        emulator.preempt(first)
+        second = run.instance(2)
+        emulator.win_bid(first)  # the higher bid ended: the old box resumes its job
+        said = f"superseded instance {first} (attempt 1) runs again"
+        _wait_for(lambda: any(said in line for line in run.lines), "the old box to be stopped")
+        assert _state(run, first) == "stopped"
+        assert run.box(first).is_dir()  # stopped, never destroyed: its disk stays
+        with Ledger.open() as ledger:
+            assert ("stopped", "stopped by rgt") in [
+                (state, detail) for _, state, detail in ledger.state_history(first)
+            ]
+        # Attempt 2 writes its first checkpoint past the seed and holds: made durable, the old
+        # box may go now; with no human to ask, the run's report says so, with the command.
+        seed = run.attempts()[1].seed_step
+        assert seed is not None and seed >= HOLD_AT
+        _wait_for(lambda: _newest_durable_step("comeback-run") > seed, "a step past the seed")
+
+        def reported() -> Any:
+            with Ledger.open() as ledger:
+                report = run_report(ledger, "comeback-run")
+            return report if report and report["discardable"] else None
+
+        report = _wait_for(reported, "the run's report to name the old box discardable")
+        assert report["discardable"] == [first]
+        assert f"`rgt discard {first} --reason superseded`" in report["next_action"]
+        assert int(second) in emulator.instance_ids()
+    finally:
+        hold.unlink()
+    run.join()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    assert int(first) in emulator.instance_ids()  # nobody approved: it is not discarded
+    assert run.outcome is not None and run.outcome.superseded == [first]
+
+
+@pytest.mark.timeout(240)
+def test_the_human_is_asked_once_per_superseded_box_and_its_yes_discards_it_mid_run(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """An attached supervisor asks once per box (shown what is lost): a "no" is never asked
+    again; a yes discards the box through the gate while the run goes on."""
+    asked: list[tuple[str, str]] = []
+
+    def human(ledger: Ledger, instance_id: str, summary: str) -> int | None:
+        asked.append((instance_id, summary))
+        if len(asked) == 1:
+            return None  # "no"
+        return ledger.record_approval(instance_id, "tty", 300, purpose="discard")
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    job = _write_job(tmp_path, "ask-run", hold=True, hold_file=hold)
+    run = Run(emulator, job, interruptible=True, approve_discard=human).start()
+    try:
+        first = run.instance(1)
+        _wait_for(lambda: _newest_durable_step("ask-run") >= HOLD_AT, "step 20 durable")
+        emulator.preempt(first)
+        second = run.instance(2)
+        _wait_for(lambda: asked, "the human to be asked about the first box")
+        assert asked[0][0] == first and "What is LOST" in asked[0][1]
+        assert "this box's work after step" in asked[0][1]
+        # Attempt 2 holds after its first durable step past the seed; then it is lost too.
+        seed = run.attempts()[1].seed_step
+        assert seed is not None
+        _wait_for(lambda: _newest_durable_step("ask-run") > seed, "a step past the seed")
+        emulator.preempt(second)
+        run.instance(3)
+        _wait_for(lambda: _state(run, second) == "gone", "the yes to discard it")
+    finally:
+        hold.unlink()
+    run.join()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    assert [instance for instance, _ in asked] == [first, second]  # the first: once only
+    assert int(first) in emulator.instance_ids()
+    with Ledger.open() as ledger:
+        (record,) = [d for d in ledger.destroys(second) if d.status == "confirmed"]
+    assert (record.purpose, record.reason) == ("discard", "superseded")
+    assert run.outcome is not None and run.outcome.superseded == [first]
+
+
 @pytest.mark.timeout(240)
 def test_a_box_stuck_loading_past_host_lost_grace_is_replaced(
     emulator: Any, tmp_path: Path
@@ -298,6 +417,21 @@ def test_a_host_offline_past_grace_is_replaced_and_never_rented_again(
     try:
         _assert_relaunched_from_durable(run, "host-lost")
         assert int(first) in emulator.instance_ids()
+        # The discard gate's host-lost agrees with the supervisor's clock (the emulator's):
+        # the grace that ended the attempt proves the lost host (the human's approval aside).
+        from rgt.discard import may_discard
+
+        with Ledger.open() as ledger:
+            decision = may_discard(
+                first,
+                "host-lost",
+                provider=run.provider,
+                ledger=ledger,
+                profile=load_profile("vastai"),
+                require_approval=False,
+            )
+        assert decision.allowed, decision.explain()
+        assert "grace 1800 s" in decision.evidence["lost_verdict"]
     finally:
         emulator.bring_host_online(first)
 
@@ -436,6 +570,81 @@ def test_the_budget_stops_relaunching(emulator: Any, tmp_path: Path) -> None:
         record = runs.run(ledger, "budget-run")
     assert record is not None and record.status == "budget-exhausted"
     assert int(first) in emulator.instance_ids()
+
+
+@pytest.mark.timeout(240)
+def test_mid_run_with_no_offer_free_the_supervisor_searches_again_up_to_host_lost_grace(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """Every offer under the cap is rented by others when a box is lost: the supervisor searches
+    again; one that comes free within host_lost_grace is rented and the run goes on; when none
+    does, it stops with exit 6 (no-offer), leaving the lost boxes as they are."""
+    from rgt.lifecycle import offer_query_for_job
+    from rgt.providers.base import run_label
+    from rgt.providers.vastai import VastProvider
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    job_file = _write_job(tmp_path, "nooffer-run", hold=True, hold_file=hold)
+    query = offer_query_for_job(load_job(job_file), interruptible=False, limit=200)
+    provider = VastProvider()
+    prices = sorted({(o.dph_total, o.machine_id) for o in provider.search_offers(query)})
+    cap = sorted({price for price, _ in prices})[1]  # two machines' offers fit, at least
+    others: list[str] = []
+    freed: list[str] = []
+    freed_machine: list[str] = []
+
+    def free_one(line: str) -> None:  # in the supervisor's thread, before it searches again
+        if "no offer fits now; searching again" in line and not freed:
+            freed.append(others[0])
+            freed_machine.append(_machine(emulator, others[0]))
+            provider.destroy(others[0])
+
+    run = Run(emulator, job_file, on_line=free_one, max_price_per_hour=cap).start()
+    first = run.instance(1)
+    lost_machine = _machine(emulator, first)
+    try:
+        _wait_for(lambda: _newest_durable_step("nooffer-run") >= CKPT_EVERY, "a durable step")
+        # Other renters take every GPU the run could rent elsewhere under its cap.
+        while fitting := [
+            o
+            for o in provider.search_offers(query)
+            if o.dph_total <= cap and o.machine_id != lost_machine
+        ]:
+            others.append(
+                provider.create(
+                    fitting[0].id,
+                    image="other/renter",
+                    disk_gb=10,
+                    onstart="true",
+                    label=run_label(f"nooffer-renter-{len(others)}"),
+                ).id
+            )
+        assert others
+        emulator.take_host_offline(first)
+        second = run.instance(2)  # once the freed GPU was found by a later search
+        assert freed and [_machine(emulator, second)] == freed_machine
+        assert "run nooffer-run: no offer fits now; searching again" in run.lines
+        # Once its job runs, the second box vanishes too; nothing comes free: exit 6 after
+        # the grace.
+        _wait_for(lambda: run.checkpoint_starts(second), "the second box's job to start")
+        provider.destroy(second)
+        run.join()
+        assert isinstance(run.error, RunStopped) and run.error.exit_code == 6, run.error
+        assert "no offer for RTX_4090:1" in run.error.message
+        assert "nothing was rented" in run.error.message
+        assert [a.end_reason for a in run.attempts()] == ["host-lost", "lost"]
+        with Ledger.open() as ledger:
+            record = runs.run(ledger, "nooffer-run")
+        assert record is not None and record.status == "no-offer"
+        assert int(first) in emulator.instance_ids()  # the lost box is left as it is
+        assert provider.show(first).state == "offline"
+    finally:
+        hold.unlink()
+        emulator.bring_host_online(first)
+        for other in others:
+            if other not in freed:
+                provider.destroy(other)
 
 
 @pytest.mark.timeout(240)

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             ledger=ledger,
             profile=profile,
             approve=_terminal_approver() if sys.stdin.isatty() else None,
+            approve_discard=_terminal_discard_approver() if sys.stdin.isatty() else None,
             say=lambda line: print(f"rgt run: {line}", file=sys.stderr, flush=True),
             interval=args.interval or DEFAULT_INTERVAL_SECONDS,
         )
@@ -117,6 +118,16 @@ def _terminal_approver() -> Any:
 
     def approve(ledger: Any, instance_id: str, summary: str) -> int:
         return approval.prompt_approval(ledger, instance_id, summary=summary)
+
+    return approve
+
+
+def _terminal_discard_approver() -> Any:
+    """Ask the human at this terminal to discard a superseded box (`rgt discard`'s prompt)."""
+    from rgt import approval
+
+    def approve(ledger: Any, instance_id: str, summary: str) -> int:
+        return approval.prompt_discard_approval(ledger, instance_id, summary=summary)
 
     return approve
 

@@ -49,7 +49,8 @@ RECOVER_SETTINGS = DemoSettings(steps=400, step_seconds=0.05, clock_scale=RECOVE
 CHECKPOINT_EVERY = 50
 # A discard reason the demo tries for the dead box, in this order; the first its evidence proves
 # is used (rgt.discard): host-lost needs the Offline state to have lasted host_lost_grace as rgt
-# saw it on this machine's clock, superseded the later attempt's results verified and intact.
+# saw it (the supervisor's verdict, on the emulator's clock it runs on), superseded a later
+# attempt resumed past a durable seed or its results verified and intact.
 DISCARD_REASONS = ("host-lost", "superseded")
 # Real seconds the meters are watched after the last meter-stop: none may move.
 METER_WATCH_SECONDS = 1.0
