@@ -53,6 +53,9 @@ LOST_REASON_OF_STATE = {
     "exited": "stuck-scheduling",
     "offline": "host-lost",
 }
+# States in which a box just rented will not come to run by itself soon: waiting for it to run
+# (to upload its seed) stops, and the watch decides (rgt.supervisor._watch_once).
+NOT_COMING_UP = frozenset({"offline", "gone", "paused", "stopped", "exited"})
 DEFAULT_INTERVAL_SECONDS = 10.0
 DETACH_START_SECONDS = 30.0  # how long `--detach` waits for its supervisor to take the run
 DETACHED_LOG = "supervisor.log"  # a detached supervisor's output, in the run's local dir
@@ -123,6 +126,10 @@ class Supervisor:
         self.sleep = sleep
         self.interval = interval
         self._syncing: _SyncLoop | None = None
+        # Boxes whose seed checkpoint is not uploaded yet (the box was not running in time, or
+        # the upload failed): seeded by the watch once they run. Their boot hook waits for it
+        # (the job's durable seed_wait_seconds), then starts fresh.
+        self._unseeded: dict[str, Any] = {}
         # Superseded boxes (rgt.runs.SUPERSEDED_REASONS) mid-run: see `_tend_superseded`.
         self.approve_discard = approve_discard
         self._tended_at: float | None = None
@@ -328,7 +335,16 @@ class Supervisor:
         how = "adopted" if result.adopted else "rented"
         self.say(f"attempt {attempt.number}: instance {result.instance_id} {how}")
         if checkpoint is not None and getattr(checkpoint, "target", None) == "local":
-            self._seed(result.instance_id, checkpoint)
+            try:
+                self._seed(result.instance_id, checkpoint)
+            except ProviderError as exc:
+                # Not fatal to the run: the watch seeds the box once it runs, or ends the
+                # attempt when the box stays lost past its grace (and rents another).
+                self._unseeded[result.instance_id] = checkpoint
+                self.say(
+                    f"instance {result.instance_id}: seed {checkpoint.name} not uploaded yet: "
+                    f"{exc.message}"
+                )
         return runs.attempts(self.ledger, self.run_id)[attempt.number - 1]
 
     # -- durable checkpoints (rgt.durable) --------------------------------------------------
@@ -392,7 +408,9 @@ class Supervisor:
         from rgt.durable import seed_instance
 
         deadline = time.monotonic() + RUNNING_WAIT_SECONDS
-        while self.provider.show(instance_id).state != "running":
+        while (state := self.provider.show(instance_id).state) != "running":
+            if state in NOT_COMING_UP:
+                raise ProviderError(f"instance {instance_id} is {state}")
             if time.monotonic() > deadline:
                 raise ProviderError(
                     f"instance {instance_id} did not run within {RUNNING_WAIT_SECONDS:.0f} s; "
@@ -400,6 +418,21 @@ class Supervisor:
                 )
             time.sleep(min(self.interval, 1.0))
         seed_instance(self.provider, instance_id, self.job, checkpoint)
+        self.say(f"instance {instance_id}: seeded with {checkpoint.name}")
+
+    def _seed_if_waiting(self, instance_id: str) -> None:
+        """Upload the seed of a running box whose seed could not be uploaded at its launch."""
+        from rgt.durable import seed_instance
+
+        checkpoint = self._unseeded.get(instance_id)
+        if checkpoint is None:
+            return
+        try:
+            seed_instance(self.provider, instance_id, self.job, checkpoint)
+        except ProviderError as exc:
+            self.say(f"instance {instance_id}: seed {checkpoint.name}: {exc.message}; again later")
+            return
+        del self._unseeded[instance_id]
         self.say(f"instance {instance_id}: seeded with {checkpoint.name}")
 
     def _sync(self, instance_id: str) -> None:
@@ -445,6 +478,8 @@ class Supervisor:
         if report.state == "gone":
             self._end(attempt, "lost", "the instance is gone and rgt did not end it")
             return
+        if report.state == "running":
+            self._seed_if_waiting(attempt.instance_id)
         if report.state == "running" and job is not None:
             if job.state == "succeeded":
                 self._end(attempt, "succeeded", job.summary)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -434,6 +435,42 @@ def test_a_host_offline_past_grace_is_replaced_and_never_rented_again(
         assert "grace 1800 s" in decision.evidence["lost_verdict"]
     finally:
         emulator.bring_host_online(first)
+
+
+@pytest.mark.timeout(240)
+def test_a_relaunch_whose_host_is_lost_before_its_seed_is_uploaded_is_replaced_in_turn(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """The seed upload waits for the new box to run; a box lost meanwhile must not stop the
+    run (it did: exit 3): the attempt ends past host_lost_grace and the next one is seeded."""
+    offline: list[str] = []
+
+    def lose_the_second_box(line: str) -> None:  # in the supervisor's thread, before its seed
+        found = re.match(r"attempt 2: instance (\d+) rented", line)
+        if found and not offline:
+            offline.append(found.group(1))
+            emulator.take_host_offline(found.group(1))
+
+    job = _write_job(tmp_path, "seed-lost-run", hold=True)
+    run = Run(emulator, job, interruptible=True, on_line=lose_the_second_box).start()
+    first = run.instance(1)
+    _wait_for(lambda: _newest_durable_step("seed-lost-run") >= CKPT_EVERY, "a durable checkpoint")
+    emulator.preempt(first)
+    try:
+        run.join()
+        assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+        assert run.outcome is not None and run.outcome.status == "done", run.outcome
+        reasons = [a.end_reason for a in run.attempts()]
+        assert reasons == ["preempted-past-grace", "host-lost", "succeeded"], run.lines[-12:]
+        assert any("not uploaded yet" in line for line in run.lines), run.lines
+        third = run.attempts()[2]
+        assert third.seed_step is not None and third.seed_step > 0
+        assert run.outcome.results_dir is not None
+        metrics = json.loads(Path(run.outcome.results_dir, "cell-a/metrics.json").read_text())
+        assert metrics == {"steps": STEPS, "start": third.seed_step}
+    finally:
+        for instance_id in offline:
+            emulator.bring_host_online(instance_id)
 
 
 @pytest.mark.timeout(240)
