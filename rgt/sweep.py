@@ -13,7 +13,8 @@ tool, or by a crashed rgt is still on the bill. Each row is flagged when it dese
 - ``recorded-by-sweep``: a launch whose create answer was lost (or whose recording failed)
   rented it; the sweep found it by the launch's label and recorded it just now;
 - ``superseded``: `rgt run` replaced it with a later attempt of its run (it was preempted,
-  stuck or offline past the profile's grace) and it still exists: pull its results, or discard
+  stuck or offline past the profile's grace, or the run moved to a much cheaper offer and
+  stopped it) and it still exists: pull its results, or discard
   it with `--reason superseded` once the run's results are verified.
 
 Launches in doubt: every launch is written to the ledger before its create request. One still
