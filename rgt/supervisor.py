@@ -594,13 +594,29 @@ class Supervisor:
     def _move(
         self, attempt: AttemptRecord, offer: Offer, checkpoint: Any, current: float, price: float
     ) -> None:
-        """End `attempt` as `moved` and stop its box (reversible: its disk stays; superseded, it
-        is never destroyed without the gate); the loop then opens the next attempt on the
-        cheapest offer, seeded from the newest durable checkpoint (`checkpoint`, or one verified
-        by the sync round that was still running)."""
+        """Stop the attempt's box (reversible: its disk stays; superseded, it is never destroyed
+        without the gate), then end the attempt as `moved`; the loop then opens the next attempt
+        on the cheapest offer, seeded from the newest durable checkpoint (`checkpoint`, or one
+        verified by the sync round that was still running). A stop that failed while the box
+        still runs moves nothing (two boxes would bill for one job): the job goes on there."""
         from rgt.lifecycle import stop
 
         instance_id = str(attempt.instance_id)
+        self._stop_sync()  # its rounds would only fail against a stopped box (the next look
+        # starts them again if the box stays)
+        try:
+            stop(instance_id, provider=self.provider, ledger=self.ledger, profile=self.profile)
+        except RgtError as exc:
+            try:
+                state = self.provider.show(instance_id).state
+            except RgtError:
+                state = "unknown"
+            if state in ("running", "unknown"):
+                self.say(
+                    f"instance {instance_id}: no move now, its stop failed ({exc.message}); "
+                    "the job goes on there"
+                )
+                return
         self._end(
             attempt,
             "moved",
@@ -608,14 +624,6 @@ class Supervisor:
             f"{1.0 - price / current:.0%} cheaper than {current:.4f} $/h: the run moves "
             f"(newest durable checkpoint: {checkpoint.name})",
         )
-        try:
-            stop(instance_id, provider=self.provider, ledger=self.ledger, profile=self.profile)
-        except RgtError as exc:
-            self.say(
-                f"instance {instance_id}: the stop failed ({exc.message}): it still runs and "
-                f"bills; `rgt stop {instance_id}` stops it"
-            )
-            return
         bills = ", ".join(self.profile.stop_still_bills) or "nothing"
         self.say(f"instance {instance_id}: stopped (superseded; a stopped box still bills {bills})")
 

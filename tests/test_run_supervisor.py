@@ -98,7 +98,7 @@ def _write_job(directory: Path, run_id: str, *, hold: bool = False, **changes: A
 
 
 class Run:
-    """A supervisor of one run in a thread of this test, on the emulator's clock."""
+    """A supervisor of one run in a thread of this test, on the emulator's clock (or `clock`)."""
 
     def __init__(
         self,
@@ -480,8 +480,8 @@ def _bid(offer: Any) -> float:
 def _cheapest_machine_taken(emulator: Any, job_file: Path) -> tuple[Any, Any]:
     """Another renter takes every free GPU of the machine with the job's cheapest
     interruptible offer (on-demand outranks every bid), so the run rents a dearer offer.
-    (that offer, a hook for Run's on_line that gives the GPUs back as soon as the supervisor
-    says it rented attempt 1: before its first look at the box, whatever the machine's load)."""
+    Returns that offer and a hook for Run's on_line that gives the GPUs back as soon as the
+    supervisor says it rented attempt 1: before its first look at the box, whatever the load."""
     from rgt.lifecycle import offer_query_for_job
     from rgt.providers.base import OfferQuery, run_label
     from rgt.providers.vastai import VastProvider
@@ -567,31 +567,50 @@ def test_a_spot_run_moves_to_a_much_cheaper_offer_right_after_a_durable_checkpoi
 
 
 @pytest.mark.timeout(240)
-def test_a_spot_run_with_move_if_cheaper_0_stays_on_its_offer(
-    emulator: Any, tmp_path: Path
+@pytest.mark.parametrize("why", ["move-if-cheaper 0", "the stop fails"])
+def test_a_spot_run_stays_on_its_offer_when_moving_is_off_or_its_stop_fails(
+    emulator: Any, tmp_path: Path, why: str
 ) -> None:
-    """The same market as the move above, with moving turned off: new durable checkpoints are
-    verified while the cheaper machine is free, and the run stays until its box is lost."""
-    job = _write_job(tmp_path, "stay-run", hold=True, gpu=MOVE_GPU)
+    """The same market as the move above. With moving turned off, new durable checkpoints are
+    verified while the cheaper machine is free and the run stays; when the old box's stop fails
+    (the platform answers 404) while it still runs, nothing moves either (two boxes would bill
+    for one job). Either way the run goes on there until its box is lost."""
+    run_id = "stay-off-run" if why == "move-if-cheaper 0" else "stay-stop-run"
+    job = _write_job(tmp_path, run_id, hold=True, gpu=MOVE_GPU)
     cheapest, give_back = _cheapest_machine_taken(emulator, job)
+
+    def stops_fail(line: str) -> None:  # armed before the supervisor's first look at the box
+        rented = re.match(r"attempt 1: instance (\S+) rented", line)
+        if rented and why == "the stop fails":
+            path = f"/api/v0/instances/{rented.group(1)}/"
+            emulator.fail_next(1000, 404, method="PUT", path=path)
+        give_back(line)
+
+    margin = 0.0 if why == "move-if-cheaper 0" else runs.MOVE_MARGIN
     run = Run(
-        emulator, job, on_line=give_back, clock=time.time, interruptible=True, move_margin=0.0
+        emulator, job, on_line=stops_fail, clock=time.time, interruptible=True, move_margin=margin
     )
     try:
         first = run.start().instance(1)
+        if why == "the stop fails":
+            _wait_for(lambda: any("its stop failed" in x for x in run.lines), "a failed stop")
+        else:
+            # The job holds at HOLD_AT: its checkpoint there is attempt 1's last; two looks
+            # after it was verified the supervisor has seen every checkpoint a move could follow.
+            _wait_for(lambda: _newest_durable_step(run_id) >= HOLD_AT, "the held checkpoint")
+            looked = run.looks
+            _wait_for(lambda: run.looks >= looked + 2, "two more looks at the running job")
+        (only,) = run.attempts()
+        assert only.ended is None and only.machine_id != cheapest.machine_id, only
+        assert emulator.world.show(int(first))["actual_status"] == "running"
+        emulator.preempt(first)  # ends the held job: the run goes on from the durable checkpoint
     finally:
         give_back()
-    # The job holds at HOLD_AT: its checkpoint there is attempt 1's last; two looks after it
-    # was verified the supervisor has seen every checkpoint a move could follow.
-    _wait_for(lambda: _newest_durable_step("stay-run") >= HOLD_AT, "the held checkpoint")
-    looked = run.looks
-    _wait_for(lambda: run.looks >= looked + 2, "two more looks at the running job")
-    (only,) = run.attempts()
-    assert only.ended is None and only.machine_id != cheapest.machine_id, only
-    emulator.preempt(first)  # ends the held job: the run goes on from the durable checkpoint
+        emulator.fail_next(0)
     run.join()
     assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
     assert [a.end_reason for a in run.attempts()] == ["preempted-past-grace", "succeeded"]
+    assert run.checkpoint_starts(first) == [0]  # the job on attempt 1 never restarted there
 
 
 def test_the_move_margin_is_kept_for_the_takeover_of_an_unsupervised_run(tmp_path: Path) -> None:
