@@ -802,6 +802,13 @@ async def test_the_mcp_run_tool_starts_a_detached_supervisor_that_poll_follows(
 
     job = yaml.safe_load(_write_job(tmp_path, "mcp-run").read_text())
     async with connect(emulator, "auto") as session:
+        # Moving is for spot runs, by a fraction below 1: refused before anything starts.
+        for extra, refusal in (
+            ({"move_if_cheaper": 0.3}, "move_if_cheaper goes with interruptible"),
+            ({"move_if_cheaper": 1, "interruptible": True}, "less than 1"),
+        ):
+            wrong = await session.call("run", {"job": job, "max_price_per_hour": 1, **extra})
+            assert wrong.is_error and refusal in str(wrong.content), wrong.content
         started = await session.data(
             "run", {"job": job, "max_price_per_hour": MAX_PRICE, "interval_seconds": 1}
         )
