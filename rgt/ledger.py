@@ -25,7 +25,7 @@ from rgt import paths
 from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_MS = 15_000
 # A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
 # a live destroy finishes well inside it (bounded retries + a confirm poll).
@@ -221,6 +221,12 @@ _MIGRATIONS: tuple[str, ...] = (
         detail TEXT,
         UNIQUE (run_id, number)
     );
+    """,
+    # v8, moving a run to a cheaper offer (`rgt run --move-if-cheaper`): the run keeps its margin,
+    # so the command that takes an unsupervised run over repeats it (0: the run never moves).
+    # NULL on a run recorded before v8 (rgt did not move runs then).
+    """
+    ALTER TABLE runs ADD COLUMN move_margin REAL;
     """,
 )
 # What an approval or a meter-stop attempt is for.

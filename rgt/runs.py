@@ -3,8 +3,8 @@
 A run is one job request supervised to its end (rgt.supervisor). Each attempt rents one
 instance; the attempt row is written BEFORE its launch (with the label the box will carry), so a
 supervisor killed at any instant and started again finds it and adopts the box by that label
-instead of renting a second one. The tables are the ledger's (schema v7, rgt.ledger); every
-write is one ledger transaction.
+instead of renting a second one. The tables are the ledger's (schema v7, and v8 for the run's
+move margin; rgt.ledger); every write is one ledger transaction.
 
 Why an attempt ended (`end_reason`):
 
@@ -13,6 +13,10 @@ Why an attempt ended (`end_reason`):
     stuck-scheduling      the box waited for its GPU (or its image) past host_lost_grace (VAST3)
     host-lost             the host was offline past host_lost_grace (VAST7)
     lost                  the box disappeared (gone) without rgt ending it
+    moved                 the run moved to a much cheaper offer (an interruptible run, right after
+                          a durable checkpoint of this attempt was verified: `worth_moving`); the
+                          box was stopped (its disk stays) and the next attempt resumes from that
+                          checkpoint
     failed                the job exited non-zero (not interrupted): never relaunched blindly
     succeeded             the job exited 0 and its manifest was written
 """
@@ -31,16 +35,24 @@ END_REASONS = (
     "host-lost",
     "lost",
     "job-stalled",
+    "moved",
     "failed",
     "succeeded",
 )
 # The attempts that leave a box behind that may come back: it is superseded, never forgotten.
-SUPERSEDED_REASONS = ("preempted-past-grace", "stuck-scheduling", "host-lost", "job-stalled")
+SUPERSEDED_REASONS = (
+    "preempted-past-grace",
+    "stuck-scheduling",
+    "host-lost",
+    "job-stalled",
+    "moved",
+)
 # The attempts whose MACHINE the run never rents again: its host stopped answering, could not
 # give the box its GPU, the box vanished, or the box said running while the job's boot hook was
 # dead (its heartbeat stopped) past the grace. A preemption is not among them: an outbid
 # interruptible rental says nothing bad about the machine, and the same machine (often the
-# cheapest) may be rented again once its GPU is free.
+# cheapest) may be rented again once its GPU is free; nor is a move (the machine was fine, only
+# dearer than another).
 MACHINE_LOST_REASONS = ("stuck-scheduling", "host-lost", "lost", "job-stalled")
 # What a run's status says (runs.status).
 RUN_STATUSES = (
@@ -70,6 +82,9 @@ class RunRecord(NamedTuple):
     pid: int | None  # the supervising process (a run whose process lives is supervised now)
     created: float
     updated: float
+    # `rgt run --move-if-cheaper` (0: never moves); None: a run recorded before schema v8, which
+    # had no moving (MOVE_MARGIN is what `rgt run` without the flag uses).
+    move_margin: float | None = None
 
 
 class AttemptRecord(NamedTuple):
@@ -114,6 +129,7 @@ def record_run(
     interruptible: bool,
     bid_per_hour: float | None,
     now: float,
+    move_margin: float | None = None,
 ) -> RunRecord:
     """Start supervising `run_id` (a new run, or the ledger's run taken over by this process:
     its settings are the new ones, its attempts stay)."""
@@ -121,14 +137,16 @@ def record_run(
         db.execute(
             """
             INSERT INTO runs (run_id, provider, profile, job_file, max_price_per_hour, budget,
-                              interruptible, bid_per_hour, status, detail, pid, created, updated)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, ?, ?, ?)
+                              interruptible, bid_per_hour, move_margin, status, detail, pid,
+                              created, updated)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, ?, ?, ?)
             ON CONFLICT (run_id) DO UPDATE SET
                 job_file = excluded.job_file,
                 max_price_per_hour = excluded.max_price_per_hour,
                 budget = excluded.budget,
                 interruptible = excluded.interruptible,
                 bid_per_hour = excluded.bid_per_hour,
+                move_margin = excluded.move_margin,
                 status = 'running', detail = NULL, pid = excluded.pid,
                 updated = excluded.updated
             """,
@@ -141,6 +159,7 @@ def record_run(
                 budget,
                 int(interruptible),
                 bid_per_hour,
+                move_margin,
                 os.getpid(),
                 now,
                 now,
@@ -288,6 +307,10 @@ MOVE_MARGIN = 0.25
 # What a move is judged over when the work that remains is unknown (the status record says how
 # far the job is, not how far it has to go): one more hour of it.
 MOVE_HORIZON_SECONDS = 3600.0
+# What a restart on another offer takes (rent, boot, pull the image, seed, load) when the
+# supervisor did not see the current attempt start (it took the run over mid-attempt):
+# conservatively long, so an unknown restart does not make a move look cheap.
+MOVE_RESTART_SECONDS = 900.0
 
 
 def worth_moving(

@@ -6,7 +6,10 @@ lost (preempted past the profile's spot_grace, stuck waiting for its GPU or offl
 host_lost_grace, or gone) rent another offer that satisfies the same constraints and cap, never
 on a machine whose host the run lost (a preempted machine may be rented again), seed it with
 the newest durable checkpoint and resume; until the job succeeds. Then pull → verify → a human
-approves → destroy, through the gate (rgt.gate).
+approves → destroy, through the gate (rgt.gate). An interruptible run also moves to a much
+cheaper offer when one appears (rgt.runs.worth_moving), right after a durable checkpoint of its
+attempt was verified: the attempt ends `moved`, its box is stopped (reversible), and the next
+attempt resumes from that checkpoint.
 
 What keeps it honest:
 
@@ -60,6 +63,9 @@ DEFAULT_INTERVAL_SECONDS = 10.0
 DETACH_START_SECONDS = 30.0  # how long `--detach` waits for its supervisor to take the run
 DETACHED_LOG = "supervisor.log"  # a detached supervisor's output, in the run's local dir
 RUNNING_WAIT_SECONDS = 600.0  # how long a seeded box may take to run before the upload gives up
+# A move is considered at most this often (and at most once per interval): each consideration
+# searches the marketplace, and the platform rate-limits its API.
+MOVE_LOOK_SECONDS = 60.0
 
 # approve(ledger, instance_id, summary) -> the approval id a human just gave (the CLI: the
 # terminal prompt), or None where no human can be asked now (detached): the run then waits
@@ -77,6 +83,9 @@ class RunRequest:
     interruptible: bool = False
     bid_per_hour: float | None = None  # None with interruptible: each offer's minimum bid
     job_file: str | None = None
+    # Move an interruptible run to an offer cheaper by at least this fraction (rgt.runs.
+    # worth_moving); 0: never move.
+    move_margin: float = runs.MOVE_MARGIN
 
 
 @dataclass
@@ -136,6 +145,8 @@ class Supervisor:
         self._asked: set[str] = set()  # a human was asked to discard it: never again
         self._told: set[str] = set()  # said once: stopped, or discardable now
         self._asking: _DiscardAsk | None = None
+        self._born = clock()  # an attempt started before it was opened by another supervisor
+        self._move_watch = _MoveWatch()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -157,6 +168,7 @@ class Supervisor:
                 interruptible=self.request.interruptible,
                 bid_per_hour=self.request.bid_per_hour,
                 now=self.clock(),
+                move_margin=self.request.move_margin,
             )
             try:
                 self._check_relaunch_fits()
@@ -495,6 +507,7 @@ class Supervisor:
             if attempt.lost_state is not None:
                 runs.update_attempt(self.ledger, attempt.id, lost_state=None, lost_since=None)
             self._sync(attempt.instance_id)
+            self._consider_move(attempt, now)
             return
         reason = LOST_REASON_OF_STATE.get(report.state)
         if reason is None:
@@ -638,6 +651,117 @@ class Supervisor:
             f"(reversible: its disk stays and bills {', '.join(self.profile.stop_still_bills)})"
         )
 
+    # -- moving to a cheaper offer (rgt.runs.worth_moving) -----------------------------------
+
+    def _consider_move(self, attempt: AttemptRecord, now: float) -> None:
+        """While the job runs on an interruptible rental with a durable target: right after a
+        new durable checkpoint of this attempt was verified (the work at risk is then only what
+        was done since), at most once per max(interval, MOVE_LOOK_SECONDS), look for an offer
+        the run could rent instead (as a relaunch would: same query and cap, no lost machine,
+        not this machine) and move there when rgt.runs.worth_moving says it pays."""
+        margin = self.request.move_margin
+        if (
+            margin <= 0
+            or not self.request.interruptible
+            or self._durable_target() is None
+            or not self.profile.stop_verb  # the old box could not be left reversibly
+        ):
+            return
+        watch = self._move_watch
+        if watch.attempt_id != attempt.id:
+            # The first look at this attempt's running job: what its restart took, when this
+            # supervisor saw it start; a checkpoint verified before now is not new (its age is
+            # unknown).
+            restart = now - attempt.started if attempt.started >= self._born else None
+            newest = self._newest_durable()
+            self._move_watch = _MoveWatch(
+                attempt_id=attempt.id,
+                restart_seconds=restart,
+                checkpoint=_checkpoint_key(newest),
+                looked_at=now,
+                considered_at=watch.considered_at,
+            )
+            return
+        previous_look, watch.looked_at = watch.looked_at, now
+        newest = self._newest_durable()
+        if newest is None or newest.instance_id != attempt.instance_id:
+            return
+        if _checkpoint_key(newest) == watch.checkpoint:
+            return
+        watch.checkpoint = _checkpoint_key(newest)
+        if watch.considered_at is not None and now - watch.considered_at < max(
+            self.interval, MOVE_LOOK_SECONDS
+        ):
+            return
+        watch.considered_at = now
+        current = attempt.price_per_hour
+        budget = self.request.budget
+        if current is None or (budget is not None and self.spent() >= budget):
+            return  # a move needs a new attempt, and none opens once the budget is spent
+        history = runs.attempts(self.ledger, self.run_id)
+        try:
+            offer = self._pick_offer(runs.machines_to_avoid(history) | {attempt.machine_id})
+        except RunStopped:
+            return  # nothing else fits now
+        except ProviderError as exc:
+            self.say(f"run {self.run_id}: no search for a cheaper offer now: {exc.message}")
+            return
+        price = self._price(offer)
+        restart = watch.restart_seconds
+        # The checkpoint was verified since the previous look; it was written on the box before
+        # that, by at most what the box's watcher (a file counts after it kept still over one
+        # scan) and one sync round take.
+        from rgt.durable import WATCH_SECONDS
+
+        at_risk = (
+            now - (previous_look or now) + 2 * WATCH_SECONDS + max(self.interval, WATCH_SECONDS)
+        )
+        if not runs.worth_moving(
+            current,
+            price,
+            margin=margin,
+            restart_seconds=runs.MOVE_RESTART_SECONDS if restart is None else restart,
+            at_risk_seconds=at_risk,
+        ):
+            return
+        self._move(attempt, offer, newest, current, price)
+
+    def _move(
+        self, attempt: AttemptRecord, offer: Offer, checkpoint: Any, current: float, price: float
+    ) -> None:
+        """Stop the attempt's box (reversible: its disk stays; superseded, it is never destroyed
+        without the gate), then end the attempt as `moved`; the loop then opens the next attempt
+        on the cheapest offer, seeded from the newest durable checkpoint (`checkpoint`, or one
+        verified by the sync round that was still running). A stop that failed while the box
+        still runs moves nothing (two boxes would bill for one job): the job goes on there."""
+        from rgt.lifecycle import stop
+
+        instance_id = str(attempt.instance_id)
+        self._stop_sync()  # its rounds would only fail against a stopped box (the next look
+        # starts them again if the box stays)
+        try:
+            stop(instance_id, provider=self.provider, ledger=self.ledger, profile=self.profile)
+        except RgtError as exc:
+            try:
+                state = self.provider.show(instance_id).state
+            except RgtError:
+                state = "unknown"
+            if state in ("running", "unknown"):
+                self.say(
+                    f"instance {instance_id}: no move now, its stop failed ({exc.message}); "
+                    "the job goes on there"
+                )
+                return
+        self._end(
+            attempt,
+            "moved",
+            f"offer {offer.id} (machine {offer.machine_id}) at {price:.4f} $/h is "
+            f"{1.0 - price / current:.0%} cheaper than {current:.4f} $/h: the run moves "
+            f"(newest durable checkpoint: {checkpoint.name})",
+        )
+        bills = ", ".join(self.profile.stop_still_bills) or "nothing"
+        self.say(f"instance {instance_id}: stopped (superseded; a stopped box still bills {bills})")
+
     # -- the end ----------------------------------------------------------------------------
 
     def _finish(self, attempt: AttemptRecord) -> RunOutcome:
@@ -756,6 +880,24 @@ class Supervisor:
             f"{run_dir(self.run_id)}. It is not relaunched (it would fail the same way): fix "
             f"the job, then `rgt discard {attempt.instance_id} --reason failed-job` ends the box"
         )
+
+
+@dataclass
+class _MoveWatch:
+    """What the supervisor keeps between its looks to decide a move (Supervisor._consider_move)."""
+
+    attempt_id: int | None = None  # the attempt the next three fields are about
+    restart_seconds: float | None = None  # its start to its first running job status, if seen
+    checkpoint: tuple[str, str, str] | None = None  # the newest durable checkpoint looked at
+    looked_at: float | None = None  # the previous look at its running job
+    considered_at: float | None = None  # when a move was last considered (any attempt)
+
+
+def _checkpoint_key(checkpoint: Any) -> tuple[str, str, str] | None:
+    """Which verified checkpoint this is: a name verified again (by a later attempt) is new."""
+    if checkpoint is None:
+        return None
+    return (checkpoint.name, checkpoint.instance_id, checkpoint.verified_at)
 
 
 class _SyncLoop(threading.Thread):
@@ -950,6 +1092,8 @@ def _run_next_action(
     from rgt.nextstep import Step, render
 
     job = record.job_file or "JOB.yaml"
+    # The takeover repeats a margin other than the default (0: the run never moves).
+    margin = record.move_margin if record.move_margin != runs.MOVE_MARGIN else None
     if status == "running":
         poll = Step.of("poll", instance_id=record.run_id)
         return render("the supervisor watches it: poll again later (`{next}`)", poll, tool=for_tool)
@@ -961,6 +1105,7 @@ def _run_next_action(
             budget=record.budget,
             interruptible=True if record.interruptible else None,
             bid=record.bid_per_hour,
+            move_if_cheaper=margin,
         )
         return (
             f"no supervisor runs it now (it was stopped or killed): `{again.call()}` takes it "
@@ -971,6 +1116,7 @@ def _run_next_action(
         flags += f" --budget {record.budget:g}" if record.budget is not None else ""
         flags += " --interruptible" if record.interruptible else ""
         flags += f" --bid {record.bid_per_hour:g}" if record.bid_per_hour is not None else ""
+        flags += f" --move-if-cheaper {margin:g}" if margin is not None else ""
         return (
             f"no supervisor runs it now (it was stopped or killed): `rgt run {job} {flags}` "
             "takes it over from the ledger without renting twice"
@@ -991,6 +1137,7 @@ def start_detached(
     bid_per_hour: float | None = None,
     interval: float | None = None,
     platform: str | None = None,
+    move_margin: float | None = None,
 ) -> dict[str, Any]:
     """Start `rgt run JOB_FILE ...` (not detached) in its own session, its output appended to
     the run's `supervisor.log`; returns {run_id, pid, log}. Refused (exit 4) while a supervisor
@@ -1013,6 +1160,7 @@ def start_detached(
         ("--bid", bid_per_hour),
         ("--interval", interval),
         ("--platform", platform),
+        ("--move-if-cheaper", move_margin),
     ):
         if value is not None:
             command += [flag, str(value)]

@@ -13,9 +13,10 @@ tool, or by a crashed rgt is still on the bill. Each row is flagged when it dese
 - ``recorded-by-sweep``: a launch whose create answer was lost (or whose recording failed)
   rented it; the sweep found it by the launch's label and recorded it just now;
 - ``superseded``: `rgt run` replaced it with a later attempt of its run (it was preempted,
-  stuck or offline past the profile's grace) and it still exists: pull its results, or discard
-  it with `--reason superseded` once the run's results are verified, or mid-run once a later
-  attempt resumed past a durable checkpoint at least as new as the box's (rgt.discard).
+  stuck or offline past the profile's grace, or the run moved to a much cheaper offer and
+  stopped it) and it still exists: pull its results, or discard it with `--reason superseded`
+  once the run's results are verified, or mid-run once a later attempt resumed past a durable
+  checkpoint at least as new as the box's (rgt.discard).
 
 Launches in doubt: every launch is written to the ledger before its create request. One still
 pending (no instance recorded) is resolved here by its label: a box carrying it is recorded;

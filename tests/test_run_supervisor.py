@@ -110,7 +110,7 @@ def _write_job(
 
 
 class Run:
-    """A supervisor of one run in a thread of this test, on the emulator's clock."""
+    """A supervisor of one run in a thread of this test, on the emulator's clock (or `clock`)."""
 
     def __init__(
         self,
@@ -119,6 +119,7 @@ class Run:
         *,
         on_line: Any = None,
         approve_discard: Any = None,
+        clock: Any = None,
         **request: Any,
     ) -> None:
         from rgt.providers.vastai import VastProvider
@@ -127,6 +128,8 @@ class Run:
         self.job = load_job(job_file)
         self.lines: list[str] = []
         self.on_line = on_line  # called with each line the supervisor says, in its thread
+        self.clock = clock or emulator.clock.now  # the supervisor's; default the platform's
+        self.looks = 0  # the supervisor's looks at a running attempt (it sleeps after each)
         self.outcome: RunOutcome | None = None
         self.error: BaseException | None = None
         request = {"max_price_per_hour": MAX_PRICE, **request}
@@ -145,13 +148,18 @@ class Run:
                 approve=_approve_like_the_e2e_tests,
                 approve_discard=self.approve_discard,
                 say=self._say,
-                clock=self.emulator.clock.now,
+                clock=self.clock,
+                sleep=self._sleep,
                 interval=0.3,
             )
             try:
                 self.outcome = supervisor.supervise()
             except BaseException as exc:
                 self.error = exc
+
+    def _sleep(self, seconds: float) -> None:
+        self.looks += 1
+        time.sleep(seconds)
 
     def _say(self, line: str) -> None:
         self.lines.append(line)
@@ -698,6 +706,176 @@ def test_a_failed_job_is_reported_and_not_relaunched(emulator: Any, tmp_path: Pa
     assert int(str(only.instance_id)) in emulator.instance_ids()  # its logs, its box: the human's
 
 
+# A GPU no other test here rents: their boxes (superseded ones stay) never change the offers the
+# move tests see. In the emulator's marketplace (seed 0) its cheapest interruptible offer bids
+# $0.0636/h, the next $0.1073/h: 41 % cheaper, past the default margin (rgt.runs.MOVE_MARGIN).
+MOVE_GPU = "RTX_3090:1"
+
+
+def _bid(offer: Any) -> float:
+    """What the supervisor pays for an interruptible offer without --bid: its minimum bid."""
+    return float(offer.min_bid if offer.min_bid > 0 else offer.dph_total)
+
+
+def _cheapest_machine_taken(emulator: Any, job_file: Path) -> tuple[Any, Any]:
+    """Another renter takes every free GPU of the machine with the job's cheapest
+    interruptible offer (on-demand outranks every bid), so the run rents a dearer offer.
+    Returns that offer and a hook for Run's on_line that gives the GPUs back as soon as the
+    supervisor says it rented attempt 1: before its first look at the box, whatever the load."""
+    from rgt.lifecycle import offer_query_for_job
+    from rgt.providers.base import OfferQuery, run_label
+    from rgt.providers.vastai import VastProvider
+
+    provider = VastProvider()
+    query = offer_query_for_job(load_job(job_file), interruptible=True, limit=200)
+    fitting = [o for o in provider.search_offers(query) if _bid(o) <= MAX_PRICE]
+    cheapest = min(fitting, key=lambda o: (_bid(o), str(o.id)))
+    others: list[str] = []
+    while offers := [
+        o
+        for o in provider.search_offers(OfferQuery(limit=500, min_reliability=0.0))
+        if o.machine_id == cheapest.machine_id
+    ]:
+        others.append(
+            provider.create(
+                offers[0].id,
+                image="other/renter",
+                disk_gb=10,
+                onstart="true",
+                label=run_label(f"move-renter-{len(others)}"),
+            ).id
+        )
+    dearer = min(
+        (o for o in provider.search_offers(query) if _bid(o) <= MAX_PRICE),
+        key=lambda o: (_bid(o), str(o.id)),
+    )
+    assert _bid(cheapest) <= (1 - runs.MOVE_MARGIN) * _bid(dearer), (cheapest, dearer)
+
+    def give_back(line: str | None = None) -> None:
+        if (line is None or line.startswith("attempt 1: instance ")) and others:
+            while others:
+                provider.destroy(others.pop())
+
+    return cheapest, give_back
+
+
+@pytest.mark.timeout(240)
+def test_a_spot_run_moves_to_a_much_cheaper_offer_right_after_a_durable_checkpoint(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """The cheapest machine was taken when the run started; once it is free again and a new
+    durable checkpoint of the attempt is verified, the supervisor moves: the attempt ends
+    `moved`, its box is stopped with its disk (superseded, not destroyed), and the next attempt
+    on the cheaper machine resumes from that checkpoint and finishes the run."""
+    job = _write_job(tmp_path, "move-run", hold=True, gpu=MOVE_GPU)
+    cheapest, give_back = _cheapest_machine_taken(emulator, job)
+    before = _creates(emulator)
+    # The supervisor on real time: its measured restart then stays far below what the move
+    # saves over the horizon however loaded this machine is (on the 300x platform clock a
+    # 3-second launch would count as 15 minutes).
+    run = Run(emulator, job, on_line=give_back, clock=time.time, interruptible=True)
+    try:
+        run.start().join()
+    finally:
+        give_back()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    assert run.outcome is not None and run.outcome.status == "done", run.outcome
+    one, two = run.attempts()
+    assert (one.end_reason, two.end_reason) == ("moved", "succeeded"), run.lines
+    assert one.machine_id != cheapest.machine_id == two.machine_id
+    assert one.price_per_hour is not None and two.price_per_hour is not None
+    assert two.price_per_hour <= (1 - runs.MOVE_MARGIN) * one.price_per_hour
+    # The old box was stopped, not destroyed: its disk (and the checkpoints on it) stays.
+    first = str(one.instance_id)
+    assert emulator.world.show(int(first))["actual_status"] == "stopped"
+    assert list((run.box(first) / "workspace/checkpoints").glob("step-*.ckpt"))
+    assert run.checkpoint_starts(first) == [0]  # it ran once, from scratch, until the move
+    assert run.outcome.superseded == [first] and "--reason superseded" in run.outcome.message
+    # Moved right after a durable checkpoint of attempt 1; attempt 2 resumed from it (or from
+    # one verified by the sync round still running then), not from step 0.
+    decided = re.search(r"newest durable checkpoint: (\S+)\)", one.detail or "")
+    assert decided is not None, one.detail
+    from rgt.durable import durable_index, step_of
+
+    seed = next(c for c in durable_index("move-run") if c.name == two.seed_name)
+    assert seed.instance_id == first
+    assert two.seed_step == seed.step and seed.step >= (step_of(decided.group(1)) or 0) > 0
+    assert run.outcome.results_dir is not None
+    metrics = json.loads(Path(run.outcome.results_dir, "cell-a/metrics.json").read_text())
+    assert metrics == {"steps": STEPS, "start": two.seed_step}
+    assert _creates(emulator) - before == 2  # one box per attempt
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("why", ["move-if-cheaper 0", "the stop fails"])
+def test_a_spot_run_stays_on_its_offer_when_moving_is_off_or_its_stop_fails(
+    emulator: Any, tmp_path: Path, why: str
+) -> None:
+    """The same market as the move above. With moving turned off, new durable checkpoints are
+    verified while the cheaper machine is free and the run stays; when the old box's stop fails
+    (the platform answers 404) while it still runs, nothing moves either (two boxes would bill
+    for one job). Either way the run goes on there until its box is lost."""
+    run_id = "stay-off-run" if why == "move-if-cheaper 0" else "stay-stop-run"
+    job = _write_job(tmp_path, run_id, hold=True, gpu=MOVE_GPU)
+    cheapest, give_back = _cheapest_machine_taken(emulator, job)
+
+    def stops_fail(line: str) -> None:  # armed before the supervisor's first look at the box
+        rented = re.match(r"attempt 1: instance (\S+) rented", line)
+        if rented and why == "the stop fails":
+            path = f"/api/v0/instances/{rented.group(1)}/"
+            emulator.fail_next(1000, 404, method="PUT", path=path)
+        give_back(line)
+
+    margin = 0.0 if why == "move-if-cheaper 0" else runs.MOVE_MARGIN
+    run = Run(
+        emulator, job, on_line=stops_fail, clock=time.time, interruptible=True, move_margin=margin
+    )
+    try:
+        first = run.start().instance(1)
+        if why == "the stop fails":
+            _wait_for(lambda: any("its stop failed" in x for x in run.lines), "a failed stop")
+        else:
+            # The job holds at HOLD_AT: its checkpoint there is attempt 1's last; two looks
+            # after it was verified the supervisor has seen every checkpoint a move could follow.
+            _wait_for(lambda: _newest_durable_step(run_id) >= HOLD_AT, "the held checkpoint")
+            looked = run.looks
+            _wait_for(lambda: run.looks >= looked + 2, "two more looks at the running job")
+        (only,) = run.attempts()
+        assert only.ended is None and only.machine_id != cheapest.machine_id, only
+        assert emulator.world.show(int(first))["actual_status"] == "running"
+        emulator.preempt(first)  # ends the held job: the run goes on from the durable checkpoint
+    finally:
+        give_back()
+        emulator.fail_next(0)
+    run.join()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    assert [a.end_reason for a in run.attempts()] == ["preempted-past-grace", "succeeded"]
+    assert run.checkpoint_starts(first) == [0]  # the job on attempt 1 never restarted there
+
+
+def test_the_move_margin_is_kept_for_the_takeover_of_an_unsupervised_run(tmp_path: Path) -> None:
+    """A run recorded with moving off: the command (and the MCP call) that takes it over after
+    its supervisor died keeps it off; the default margin is not repeated (the real ledger)."""
+    from rgt.supervisor import run_report
+
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        for run_id, margin in (("off-run", 0.0), ("default-run", runs.MOVE_MARGIN)):
+            runs.record_run(ledger, run_id, provider="vastai", profile="vastai",
+                            job_file="job.yaml", max_price_per_hour=1.0, budget=None,
+                            interruptible=True, bid_per_hour=None, now=0.0,
+                            move_margin=margin)  # fmt: skip
+        record = runs.run(ledger, "off-run")
+        assert record is not None and record.move_margin == 0.0
+        # No supervisor holds these runs' locks: both are unsupervised.
+        off = run_report(ledger, "off-run")
+        off_tool = run_report(ledger, "off-run", for_tool=True)
+        default = run_report(ledger, "default-run")
+    assert off is not None and off_tool is not None and default is not None
+    assert "--interruptible --move-if-cheaper 0`" in off["next_action"]
+    assert "move_if_cheaper=0.0" in off_tool["next_action"]
+    assert "move-if-cheaper" not in default["next_action"]
+
+
 def _rgt_run(job: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "rgt", "run", str(job), "--max-price", str(MAX_PRICE), *args],
@@ -830,6 +1008,15 @@ def test_attempt_labels_name_the_run_and_the_attempt() -> None:
         (["--max-price", "0"], "--max-price 0: must be a number > 0"),
         (["--max-price", "1", "--budget", "nan"], "--budget nan: must be a number > 0"),
         (["--max-price", "1", "--bid", "0.2"], "--bid goes with --interruptible"),
+        (
+            ["--max-price", "1", "--interruptible", "--move-if-cheaper", "1"],
+            "--move-if-cheaper 1: must be a fraction >= 0 and < 1 (0: never move)",
+        ),
+        (
+            ["--max-price", "1", "--interruptible", "--move-if-cheaper", "-0.1"],
+            "--move-if-cheaper -0.1: must be a fraction >= 0 and < 1",
+        ),
+        (["--max-price", "1", "--move-if-cheaper", "0.3"], "--move-if-cheaper goes with"),
     ],
 )
 def test_bad_flags_are_one_line_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
@@ -855,6 +1042,13 @@ async def test_the_mcp_run_tool_starts_a_detached_supervisor_that_poll_follows(
 
     job = yaml.safe_load(_write_job(tmp_path, "mcp-run").read_text())
     async with connect(emulator, "auto") as session:
+        # Moving is for spot runs, by a fraction below 1: refused before anything starts.
+        for extra, refusal in (
+            ({"move_if_cheaper": 0.3}, "move_if_cheaper goes with interruptible"),
+            ({"move_if_cheaper": 1, "interruptible": True}, "less than 1"),
+        ):
+            wrong = await session.call("run", {"job": job, "max_price_per_hour": 1, **extra})
+            assert wrong.is_error and refusal in str(wrong.content), wrong.content
         started = await session.data(
             "run", {"job": job, "max_price_per_hour": MAX_PRICE, "interval_seconds": 1}
         )

@@ -1,6 +1,7 @@
 """`rgt run JOB.yaml --max-price P [--budget DOLLARS] [--detach]`: supervise one run to its end
-(rent, watch, relaunch elsewhere from the newest durable checkpoint when the box is lost, then
-pull → verify → approve → destroy); see rgt.supervisor."""
+(rent, watch, relaunch elsewhere from the newest durable checkpoint when the box is lost or a
+much cheaper offer appears for a spot run, then pull → verify → approve → destroy); see
+rgt.supervisor."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from rgt.commands._platform import add_platform_argument
 ORDER = 55  # position in `rgt --help` (see rgt.cli.command_modules)
 HELP = (
     "supervise a run to its end: rent, watch, relaunch on another offer from the newest durable "
-    "checkpoint when the box is lost, then pull, verify and destroy with a human's approval"
+    "checkpoint when the box is lost (or, for a spot run, when a much cheaper offer appears), "
+    "then pull, verify and destroy with a human's approval"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """JOB --max-price P [--budget D] [--interruptible [--bid B]] [--detach] [--json]."""
+    """JOB --max-price P [--budget D] [--interruptible [--bid B] [--move-if-cheaper F]]
+    [--detach] [--json]."""
+    from rgt.runs import MOVE_MARGIN
+
     parser.add_argument("job", help="job request YAML file")
     parser.add_argument(
         "--max-price", type=float, required=True, help="no attempt rents above this $/hour"
@@ -32,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interruptible", action="store_true", help="rent bids (spot)")
     parser.add_argument(
         "--bid", type=float, help="$/hour bid with --interruptible (default: each offer's minimum)"
+    )
+    parser.add_argument(
+        "--move-if-cheaper",
+        type=float,
+        metavar="FRACTION",
+        help="with --interruptible and a durable target: move the run to an offer cheaper by at "
+        "least this fraction of its price, right after a durable checkpoint, when the saving "
+        f"pays for the restart (default {MOVE_MARGIN:g}; 0: never move)",
     )
     parser.add_argument(
         "--interval",
@@ -55,6 +68,13 @@ def _positive(value: float | None, flag: str) -> None:
         raise UsageError(f"{flag} {value:g}: must be a number > 0")
 
 
+def _fraction(value: float | None, flag: str) -> None:
+    from rgt.errors import UsageError
+
+    if value is not None and not (math.isfinite(value) and 0 <= value < 1):
+        raise UsageError(f"{flag} {value:g}: must be a fraction >= 0 and < 1 (0: never move)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Supervise the run (or start a detached supervisor) and print how it ended."""
     import json
@@ -64,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from rgt.errors import UsageError
     from rgt.job import load_job
     from rgt.ledger import Ledger
+    from rgt.runs import MOVE_MARGIN
     from rgt.supervisor import DEFAULT_INTERVAL_SECONDS, RunRequest, Supervisor
 
     _positive(args.max_price, "--max-price")
@@ -72,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     _positive(args.interval, "--interval")
     if args.bid is not None and not args.interruptible:
         raise UsageError("--bid goes with --interruptible")
+    _fraction(args.move_if_cheaper, "--move-if-cheaper")
+    if args.move_if_cheaper is not None and not args.interruptible:
+        raise UsageError("--move-if-cheaper goes with --interruptible (only a spot run moves)")
     job = load_job(args.job)
     if args.detach:
         return _detach(args, job.run_id)
@@ -85,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         interruptible=args.interruptible,
         bid_per_hour=args.bid,
         job_file=str(args.job),
+        move_margin=MOVE_MARGIN if args.move_if_cheaper is None else args.move_if_cheaper,
     )
     with Ledger.open() as ledger:
         supervisor = Supervisor(
@@ -147,6 +172,7 @@ def _detach(args: argparse.Namespace, run_id: str) -> int:
         bid_per_hour=args.bid,
         interval=args.interval,
         platform=args.platform,
+        move_margin=args.move_if_cheaper,
     )
     if args.json:
         print(json.dumps(started, indent=2))

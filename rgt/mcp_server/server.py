@@ -54,6 +54,7 @@ from rgt.mcp_server.results import (
     SyncResult,
 )
 from rgt.mcp_server.strict import strict_tool
+from rgt.runs import MOVE_MARGIN
 
 T = TypeVar("T")
 
@@ -1075,11 +1076,23 @@ async def run(
         float, Field(ge=1, le=300, description="seconds between the supervisor's looks")
     ] = 10.0,
     profile: ProfileArg = DEFAULT_PROFILE,
+    move_if_cheaper: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            lt=1,
+            description=(
+                "interruptible with a durable target: move to an offer cheaper by this fraction "
+                f"when that pays for the restart (default {MOVE_MARGIN:g}; 0: never)"
+            ),
+        ),
+    ] = None,
 ) -> RunStarted:
     """Supervise a whole run in the background (rents money, possibly several boxes): rent the
     cheapest fitting offer under the cap, watch the job, and when the box is lost (preempted,
     stuck or offline past the profile's grace) rent another offer, never the lost machine,
-    resuming from the newest durable checkpoint; a failed job is reported, not relaunched. When
+    resuming from the newest durable checkpoint (an interruptible run also moves to a much
+    cheaper offer); a failed job is reported, not relaunched. When
     the job succeeds it pulls and verifies; destroy then needs a human's approval (destroy
     tool). Follow it with poll(instance_id=RUN_ID)."""
     from rgt.job import JobRequest, load_job
@@ -1097,6 +1110,8 @@ async def run(
             raise UsageError(f"profile {chosen.name}: interruptible rentals are not available")
         if bid is not None and not interruptible:
             raise UsageError("bid goes with interruptible")
+        if move_if_cheaper is not None and not interruptible:
+            raise UsageError("move_if_cheaper goes with interruptible (only a spot run moves)")
         request = (
             JobRequest.from_dict(job, source="job") if isinstance(job, dict) else load_job(job)
         )
@@ -1117,6 +1132,7 @@ async def run(
             bid_per_hour=bid,
             interval=interval_seconds,
             platform=None if chosen.name == DEFAULT_PROFILE else chosen.name,
+            move_margin=move_if_cheaper,
         )
         follow = Step.of("poll", instance_id=request.run_id, wait=True).call()
         return RunStarted(
