@@ -13,6 +13,7 @@ same graces, measured on the platform's time); the job itself runs in real time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -451,6 +452,8 @@ def test_a_relaunch_whose_host_is_lost_before_its_seed_is_uploaded_is_replaced_i
 ) -> None:
     """The seed upload waits for the new box to run; a box lost meanwhile must not stop the
     run (it did: exit 3): the attempt ends past host_lost_grace and the next one is seeded."""
+    from rgt.providers.vastai import VastProvider
+
     offline: list[str] = []
 
     def lose_the_second_box(line: str) -> None:  # in the supervisor's thread, before its seed
@@ -479,6 +482,12 @@ def test_a_relaunch_whose_host_is_lost_before_its_seed_is_uploaded_is_replaced_i
     finally:
         for instance_id in offline:
             emulator.bring_host_online(instance_id)
+        # The superseded boxes would hold two of the module market's few GPUs for the tests
+        # after this one (the outbid one's GPU stays taken until it ends): gone, as a human
+        # would end them in the console once the run is done.
+        for instance_id in [first, *offline]:
+            with contextlib.suppress(Exception):
+                VastProvider().destroy(instance_id)
 
 
 @pytest.mark.timeout(240)
