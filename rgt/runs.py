@@ -24,6 +24,8 @@ import time
 from typing import Any, NamedTuple
 
 from rgt.ledger import Ledger
+from rgt.lifecycle import HOURS_PER_MONTH
+from rgt.providers.base import Offer
 
 END_REASONS = (
     "preempted-past-grace",
@@ -277,6 +279,22 @@ def machines_to_avoid(history: list[AttemptRecord]) -> set[str | None]:
     """The machines a run's next attempt must not rent: those of its attempts that ended for
     one of MACHINE_LOST_REASONS (a preempted machine stays rentable)."""
     return {a.machine_id for a in history if a.end_reason in MACHINE_LOST_REASONS}
+
+
+# -- what an offer costs the job -----------------------------------------------------------------
+
+
+def hourly_cost(offer: Offer, disk_gb: float, *, bid: float | None) -> float:
+    """What renting `offer` costs the job per running hour, its disk included: with a `bid`
+    (an interruptible rental) the bid, which pays for compute only, plus the offer's storage
+    price for `disk_gb` (a rental bills its disk in every state, and hosts price disks 2-3x
+    apart); without one (on demand) the offer's dph_total, which the platform already quotes
+    with the disk the search asked for (rgt searches with the job's disk), so the disk is not
+    counted twice. A ranking measure only: what is sent to the platform stays the bid or the
+    price."""
+    if bid is None:
+        return offer.dph_total
+    return bid + disk_gb * offer.storage_cost_per_gb_month / HOURS_PER_MONTH
 
 
 # -- moving a run to a cheaper offer ------------------------------------------------------------
