@@ -21,6 +21,18 @@ def test_an_offer_cheaper_by_less_than_the_margin_is_not_worth_a_move() -> None:
     assert worth_moving(0.10, 0.08, margin=0.15, restart_seconds=0, at_risk_seconds=0)
 
 
+def test_an_offer_18_percent_cheaper_for_the_job_is_worth_a_move_at_the_default_margin() -> None:
+    # 0.0648 is 17.5 % under 0.0785, 13 % under 0.0745. In bench_cost's deeper market the
+    # hourly ladder is 1.00, 1.15, 1.21, 1.26x: at the old default margin (0.25) no move ever
+    # fired there; the bench's sweep set it to 0.15.
+    assert worth_moving(
+        0.0785, 0.0648, restart_seconds=120, at_risk_seconds=60, remaining_seconds=6 * 3600
+    )
+    assert not worth_moving(
+        0.0745, 0.0648, restart_seconds=120, at_risk_seconds=60, remaining_seconds=6 * 3600
+    )
+
+
 def test_a_margin_of_zero_never_moves() -> None:
     assert not worth_moving(0.10, 0.01, margin=0, restart_seconds=0, at_risk_seconds=0)
 
