@@ -18,16 +18,19 @@ within 1.10x of ideal.
 Part 2, recovery (`rgt run`): the same job when boxes are LOST, not paused: part 1's
 preemption process (MTBF 3 h) plus an independent seeded host-loss process (MTBF 12 h), merged on
 the run's running time. `rgt run` replaces a preempted box at once (vast.ai's spot_grace is 0)
-and an offline one after the profile's host_lost_grace (30 min), renting the cheapest offer of
-the job's GPU model on a machine the run may rent (rgt.runs.machines_to_avoid: never a lost
-HOST again; a preempted machine once the higher bid that took it ends, OUTAGE_SECONDS later;
-not one whose GPUs the run's own live boxes hold). Three runs:
+and an offline one after the profile's host_lost_grace (30 min), renting the offer of the job's
+GPU model that costs the job least per hour, its disk included (rgt.runs.hourly_cost: the bid
+plus DISK_GB at the offer's storage price, as `rgt run` ranks), on a machine the run may rent
+(rgt.runs.machines_to_avoid: never a lost HOST again; a preempted machine once the higher bid
+that took it ends, OUTAGE_SECONDS later; not one whose GPUs the run's own live boxes hold).
+Three runs:
 
   recover+move  resume from the newest checkpoint that was DURABLE (copied off the box and
                 verified) when the box was lost (Young/Daly checkpoints, each durable
                 DURABLE_LAG_SECONDS of running after it was written); and right after a
                 checkpoint becomes durable, move when rgt.runs.worth_moving says a rentable
-                offer on another machine is worth it (MOVE_MARGIN; restart = RESTART_SECONDS;
+                offer on another machine is worth it (MOVE_MARGIN, on the hourly costs above;
+                MARGINS are swept too, by the arithmetic; restart = RESTART_SECONDS;
                 at risk = the work since that checkpoint; remaining = the work left): the
                 attempt ends `moved`, its box is stopped (its disk bills until discarded), the
                 next attempt is seeded from that checkpoint;
@@ -42,15 +45,15 @@ The bench simulates each run into a log of actions (rent, preempt, bid won, host
 discard) and prices it two ways: its own arithmetic (compute at the bid while running, storage
 from rent to discard) and a replay of the log on the frozen-clock emulator through the real
 `vastai` SDK, whose meter is the figure reported for the replayed runs (the replay also checks
-that every rented offer is the cheapest the emulator lists as rentable). Replayed: the issue's
-trace (TRACE_SEED), every run; the first REPLAYED_TRACES of the TRACES seeded traces, the
-recovering runs with superseded boxes discarded; the rest by the arithmetic (the largest
-arithmetic-vs-meter difference is printed). Two markets: the emulator's default (60 machines,
-seed 0) and a deeper one (600 machines, same seed). Target: recovery within 1.15x of the ideal:
-the same job uninterrupted (one boot, the work) at the first offer's bid, by the emulator's
-meter (compute and storage).
+that every rented offer is the one the emulator lists as rentable that costs the job least).
+Replayed: the issue's trace (TRACE_SEED), every run; the first REPLAYED_TRACES of the TRACES
+seeded traces, the recovering runs with superseded boxes discarded; the rest by the arithmetic
+(the largest arithmetic-vs-meter difference is printed). Two markets: the emulator's default
+(60 machines, seed 0) and a deeper one (600 machines, same seed). Target: recovery within 1.15x
+of the ideal: the same job uninterrupted (one boot, the work) on the first offer (the one that
+costs the job least), by the emulator's meter (compute and storage).
 
-    .venv/bin/python bench/bench_cost.py [--traces 100] [--replayed 10]
+    .venv/bin/python bench/bench_cost.py [--traces 100] [--replayed 10] [--margins 0.25,0.1]
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ import os
 import random
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +73,7 @@ from benchlib import REPO, emit, machine_line, median, percentile, table
 sys.path.insert(0, str(REPO))
 
 from rgt.cadence import young_daly
-from rgt.runs import MOVE_MARGIN, worth_moving
+from rgt.runs import MOVE_MARGIN, hourly_cost, worth_moving
 from rgt.sim.market import HOURS_PER_MONTH
 
 WORK_SECONDS = 12 * 3600.0
@@ -204,6 +207,9 @@ RECOVERY_TARGET = 1.15
 TRACES = 100  # seeded traces of the distribution (besides the issue's own, TRACE_SEED)
 TRACE_SEED_BASE = 10_000  # trace i uses seeds BASE + 2i (preemptions) and BASE + 2i + 1 (hosts)
 REPLAYED_TRACES = 10  # of those, replayed on the emulator too (the rest: the bench's arithmetic)
+# The move margins swept for recover+move (0: never move, i.e. recover): rgt.runs.MOVE_MARGIN
+# is set from this table.
+MARGINS = (0.25, 0.20, 0.15, 0.10, 0.05, 0.0)
 # The emulator's default market and a deeper one (the first 60 machines are the same: a seed's
 # machines are drawn in order): real vast.ai lists far more than 5 machines of a popular model.
 MARKETS = {"default (60 machines)": 60, "deep (600 machines)": 600}
@@ -252,6 +258,7 @@ class MarketOffer:
     bid: float  # $/h: the offer's min_bid, what the run bids
     storage_cost: float  # $/GB-month
     gpu_count: int  # GPUs of its machine (the run's kept boxes may hold some)
+    hourly: float  # $/h the job pays on it, its disk included: rgt.runs.hourly_cost, as rgt ranks
 
 
 @dataclass
@@ -284,7 +291,7 @@ class _Market:
     held by a (notional) higher bid, and those whose GPUs its own live boxes hold."""
 
     def __init__(self, offers: list[MarketOffer]) -> None:
-        self.offers = sorted(offers, key=lambda o: (o.bid, o.offer_id))
+        self.offers = sorted(offers, key=lambda o: (o.hourly, o.offer_id))
         self.lost_hosts: set[str] = set()
         self.outbid_until: dict[str, float] = {}
 
@@ -309,13 +316,15 @@ def simulate_run(
     interval: float | None,
     move: bool,
     discard_at_once: bool,
+    margin: float = MOVE_MARGIN,
 ) -> RunLog:
-    """The run `rgt run` supervises on this trace and market: each attempt rents the cheapest
-    rentable offer, works from the newest durable checkpoint (`interval` None: from scratch),
-    and ends when the trace loses its box, when the job is done, or (`move`) right after a
-    checkpoint became durable, when rgt.runs.worth_moving says a rentable offer on another
-    machine is worth the restart. Superseded boxes are discarded once a later attempt has
-    resumed past its seed (`discard_at_once`) or live until the run ends."""
+    """The run `rgt run` supervises on this trace and market: each attempt rents the rentable
+    offer cheapest for the job (rgt.runs.hourly_cost: bid + disk), works from the newest
+    durable checkpoint (`interval` None: from scratch), and ends when the trace loses its box,
+    when the job is done, or (`move`) right after a checkpoint became durable, when
+    rgt.runs.worth_moving (at `margin`, on the same hourly costs) says the cheapest rentable
+    offer on another machine is worth the restart. Superseded boxes are discarded once a later
+    attempt has resumed past its seed (`discard_at_once`) or live until the run ends."""
     log, market = RunLog(), _Market(offers)
     scheduled: list[tuple[float, int, str, Rental]] = []  # win_bid / discard, fired in order
     now = 0.0
@@ -404,8 +413,9 @@ def simulate_run(
                 current = rental.offer
                 offer = market.cheapest(start + clock, log, also=current.machine_id)
                 if offer is not None and worth_moving(
-                    current.bid,
-                    offer.bid,
+                    current.hourly,
+                    offer.hourly,
+                    margin=margin,
                     restart_seconds=RESTART_SECONDS,
                     at_risk_seconds=progress - saved,
                     remaining_seconds=WORK_SECONDS - progress,
@@ -517,6 +527,7 @@ class _EmulatorMarket:
                 o.min_bid,
                 o.storage_cost_per_gb_month,
                 world.machines[int(o.machine_id)].gpu_count,
+                hourly_cost(o, DISK_GB, bid=o.min_bid),
             )
             for o in self.provider.search_offers(self.query)
         ]
@@ -528,7 +539,8 @@ class _EmulatorMarket:
 
     def replay(self, log: RunLog) -> tuple[dict[str, float], list[str]]:
         """Walk the run's actions on the emulator; the meter's dollars, and every create
-        whose offer the emulator did not list as the cheapest rentable one (should be none)."""
+        whose offer is not the one the emulator lists as rentable that costs the job least
+        (rgt.runs.hourly_cost at the offer's min_bid, as `rgt run` ranks; should be none)."""
         from rgt.providers.vastai import run_label
 
         now, ids, disagreements = 0.0, {}, []
@@ -536,9 +548,14 @@ class _EmulatorMarket:
             self.emulator.clock.advance(when - now)
             now = when
             if what == "create":
-                listed = [
-                    o for o in self.provider.search_offers(self.query) if o.machine_id not in detail
-                ]
+                listed = sorted(
+                    (
+                        o
+                        for o in self.provider.search_offers(self.query)
+                        if o.machine_id not in detail
+                    ),
+                    key=lambda o: (hourly_cost(o, DISK_GB, bid=o.min_bid), o.id),
+                )
                 if not listed or listed[0].id != rental.offer.offer_id:
                     disagreements.append(
                         f"attempt {rental.number} at {when:.0f} s: rented "
@@ -572,9 +589,10 @@ class _EmulatorMarket:
 
 
 def ideal_log(offers: list[MarketOffer]) -> RunLog:
-    """The same job uninterrupted (one boot, the work) at the first (cheapest) offer's bid."""
+    """The same job uninterrupted (one boot, the work) on the offer cheapest for the job (bid +
+    disk, rgt.runs.hourly_cost: the offer `rgt run` rents first)."""
     log = RunLog(finished=True, end=RESTART_SECONDS + WORK_SECONDS)
-    rental = Rental(1, min(offers, key=lambda o: (o.bid, o.offer_id)), 0.0, destroyed=log.end)
+    rental = Rental(1, min(offers, key=lambda o: (o.hourly, o.offer_id)), 0.0, destroyed=log.end)
     log.rentals.append(rental)
     log.actions += [(0.0, "create", rental, []), (log.end, "destroy", rental, None)]
     log.attempts.append(Attempt(running=log.end, ended="succeeded"))
@@ -613,9 +631,14 @@ def _decompose(
     }
 
 
-def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict:
+def recovery_main(
+    traces: int = TRACES,
+    replayed: int = REPLAYED_TRACES,
+    margins: tuple[float, ...] = MARGINS,
+) -> dict:
     """Part 2: recovery (with and without moves) vs restart from scratch vs the ideal, on the
-    issue's trace and `traces` seeded ones, in each market."""
+    issue's trace and `traces` seeded ones, in each market; and recover+move over the same
+    traces at each move margin of `margins` (the bench's arithmetic)."""
     mtbf = 1.0 / (1.0 / MTBF_SECONDS + 1.0 / HOST_LOSS_MTBF_SECONDS)
     interval = young_daly(mtbf, CHECKPOINT_SECONDS).interval_seconds
     print()
@@ -645,16 +668,24 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
         try:
             offers = market.offers
             bids = sorted(o.bid for o in offers)
+            hourly = sorted(o.hourly for o in offers)
             ideal_run = ideal_log(offers)
             ideal = bill(ideal_run)
             ideal_meter, _ = market.replay(ideal_run)
-            first_bid = bids[0]
+            first = ideal_run.rentals[0].offer  # the offer `rgt run` rents first
+            first_bid = first.bid
             print(
                 f"\n## market {market_name}: {len(offers)} reliable {market.gpu} offers "
                 f"(1 GPU, verified, reliability >= 0.98), bids ${bids[0]:.4f}-"
                 f"${bids[-1]:.4f}/h ({bids[-1] / bids[0]:.2f}x), cheapest five "
                 + ", ".join(f"{b / bids[0]:.2f}x" for b in bids[:5])
-                + f"; ideal ${ideal['total']:.3f} (compute ${ideal['compute']:.3f}, "
+                + f"; per hour with {DISK_GB:.0f} GB of disk (rgt.runs.hourly_cost) "
+                f"${hourly[0]:.4f}-${hourly[-1]:.4f}/h, cheapest five "
+                + ", ".join(f"{h / hourly[0]:.2f}x" for h in hourly[:5])
+                + f"; first offer {first.offer_id} (machine {first.machine_id}, bid "
+                f"${first.bid:.4f}/h, storage ${first.storage_cost:.3f}/GB-month; cheapest "
+                f"bid: machine {min(offers, key=lambda o: (o.bid, o.offer_id)).machine_id})"
+                f"; ideal ${ideal['total']:.3f} (compute ${ideal['compute']:.3f}, "
                 f"storage ${ideal['storage']:.3f}; meter ${ideal_meter['total']:.3f})"
             )
             per_policy: dict[str, Any] = {}
@@ -739,13 +770,38 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
                     rows,
                 )
             )
+            sweep = _margin_sweep(traced, offers, interval, ideal, first_bid, margins)
+            print(
+                f"\n{market_name}: recover+move (superseded discarded at once) by move margin, "
+                f"{traces} seeded traces and the issue's, by the bench's arithmetic; "
+                "margin 0 = recover (no moves)"
+            )
+            print(
+                table(
+                    ["margin", "issue's trace", "median", "p90",
+                     f"within {RECOVERY_TARGET:.2f}x", "moves / run", "median time",
+                     "median price", "median storage"],
+                    [
+                        [f"{m:.2f}" + (" (MOVE_MARGIN)" if m == MOVE_MARGIN else ""),
+                         f"{r['issue']:.3f}x", f"{r['median']:.3f}x", f"{r['p90']:.3f}x",
+                         f"{r['within_target']:.0%}", f"{r['moves_per_run']:.2f}",
+                         f"{r['median_parts']['time']:.3f}x",
+                         f"{r['median_parts']['price']:.3f}x",
+                         f"{r['median_parts']['storage']:.2f}x"]
+                        for m, r in sweep.items()
+                    ],
+                )
+            )  # fmt: skip
             report[market_name] = {
                 "machines": machines,
                 "offers": len(offers),
                 "bids": bids,
+                "hourly_costs": hourly,
+                "first_offer": asdict(first),
                 "ideal": ideal,
                 "ideal_meter": ideal_meter,
                 "policies": per_policy,
+                "margins": {f"{m:.2f}": r for m, r in sweep.items()},
             }
         finally:
             market.close()
@@ -781,6 +837,42 @@ def recovery_main(traces: int = TRACES, replayed: int = REPLAYED_TRACES) -> dict
         "disagreements": disagreements,
         "verdicts": verdicts,
     }
+
+
+def _margin_sweep(
+    traced: list[list[tuple[float, str]]],
+    offers: list[MarketOffer],
+    interval: float,
+    ideal: dict[str, float],
+    first_bid: float,
+    margins: tuple[float, ...],
+) -> dict[float, dict[str, Any]]:
+    """recover+move, superseded boxes discarded at once, at each move margin: the issue's
+    trace (traced[0]) and the distribution over the others, priced by the bench's arithmetic."""
+    result: dict[float, dict[str, Any]] = {}
+    for margin in margins:
+        ratios, parts, moves = [], [], 0
+        issue = 0.0
+        for number, events in enumerate(traced):
+            log = simulate_run(
+                events, offers, interval=interval, move=True, discard_at_once=True, margin=margin
+            )
+            cost = bill(log)
+            if number == 0:
+                issue = cost["total"] / ideal["total"]
+                continue
+            ratios.append(cost["total"] / ideal["total"])
+            parts.append(_decompose(log, cost, ideal, first_bid))
+            moves += sum(a.ended == "moved" for a in log.attempts)
+        result[margin] = {
+            "issue": issue,
+            "median": median(ratios),
+            "p90": percentile(ratios, 0.9),
+            "within_target": sum(r <= RECOVERY_TARGET for r in ratios) / len(ratios),
+            "moves_per_run": moves / len(ratios),
+            "median_parts": {k: median([p[k] for p in parts]) for k in parts[0]},
+        }
+    return result
 
 
 def _issue_row(
@@ -871,11 +963,24 @@ def main() -> int:
     parser.add_argument(
         "--replayed", type=int, default=REPLAYED_TRACES, help="of those, replayed on the emulator"
     )
+    parser.add_argument(
+        "--margins",
+        default=",".join(f"{m:g}" for m in MARGINS),
+        help="move margins swept for recover+move, comma-separated fractions in [0, 1)",
+    )
     args = parser.parse_args()
     if args.traces < 1 or not 0 <= args.replayed <= args.traces:
         parser.error(
             f"--traces {args.traces} --replayed {args.replayed}: "
             "need traces >= 1 and 0 <= replayed <= traces"
+        )
+    try:
+        margins = tuple(float(m) for m in args.margins.split(","))
+    except ValueError:
+        margins = ()
+    if not margins or not all(0.0 <= m < 1.0 for m in margins):
+        parser.error(
+            f"--margins {args.margins!r}: need comma-separated fractions in [0, 1), e.g. 0.25,0.1"
         )
     cadence = young_daly(MTBF_SECONDS, CHECKPOINT_SECONDS)
     policies = {
@@ -943,7 +1048,7 @@ def main() -> int:
         f"target: Young/Daly compute within {TARGET_RATIO:.2f}x of the ideal: "
         f"{'MET' if met else 'MISSED'}"
     )
-    recovery = recovery_main(args.traces, args.replayed)
+    recovery = recovery_main(args.traces, args.replayed, margins)
     emit("cost", {"results": results, "ideal_compute_dollars": ideal, "offer": offer,
                   "met": met, "young_daly_interval_s": cadence.interval_seconds,
                   "first_order_expectation": 1 + overhead, "recovery": recovery})  # fmt: skip

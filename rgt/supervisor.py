@@ -288,7 +288,10 @@ class Supervisor:
                 self.sleep(self.interval)
 
     def _pick_offer(self, lost_machines: set[str | None]) -> Offer:
-        """The cheapest offer that fits the job, under the cap, on no machine the run lost."""
+        """The offer that costs the job least per hour (runs.hourly_cost: the bid or price plus
+        its disk, which bills in every state) among those that fit the job with their price
+        (what is sent: the bid or the on-demand price) under the cap, on no machine the run
+        lost."""
         from rgt.lifecycle import offer_query_for_job
 
         query = offer_query_for_job(self.job, interruptible=self.request.interruptible, limit=200)
@@ -307,7 +310,12 @@ class Supervisor:
                 + "; nothing was rented: raise --max-price or try again later",
                 status="no-offer",
             )
-        return min(fitting, key=lambda offer: (self._price(offer), str(offer.id)))
+
+        def cost(offer: Offer) -> tuple[float, str]:
+            bid = self._price(offer) if self.request.interruptible else None
+            return runs.hourly_cost(offer, self.job.disk_gb, bid=bid), str(offer.id)
+
+        return min(fitting, key=cost)
 
     def _price(self, offer: Offer) -> float:
         """What renting `offer` costs per hour: the bid (or its minimum bid), else its price."""

@@ -32,13 +32,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rgt.ledger import DESTROY_CLAIM_SECONDS, LaunchRecord, Ledger
-from rgt.lifecycle import unknown_rate_note
+from rgt.lifecycle import HOURS_PER_MONTH, unknown_rate_note
 from rgt.providers.base import Instance, Provider
 from rgt.runs import superseded_attempt
 
 NOT_RUNNING_STATES = frozenset({"stopped", "paused", "exited", "offline", "scheduling"})
 IDLE_GPU_PERCENT = 5.0
-HOURS_PER_MONTH = 730.0  # 365.25 * 24 / 12: converts $/GB/month storage prices to $/hour
 # A create request the platform accepted shows up in its list within seconds; a launch whose
 # process ended (or died) this long ago without a box carrying its label rented nothing.
 LAUNCH_SETTLE_SECONDS = 60.0

@@ -608,6 +608,41 @@ def test_a_succeeded_box_whose_results_stay_unreachable_stops_the_run_past_the_g
 
 
 @pytest.mark.timeout(240)
+def test_the_run_rents_the_offer_cheapest_with_its_disk_not_the_cheapest_bid(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """A rental bills its disk in every state: on the emulator's market (seed 0) the cheapest
+    RTX 4090 bid sits on a disk priced ~2x its neighbours', so for a 150 GB job another offer
+    costs less per hour in total (bid + 150 GB at its storage price), and the run rents that."""
+    from rgt.lifecycle import HOURS_PER_MONTH
+    from rgt.providers.base import OfferQuery
+    from rgt.providers.vastai import VastProvider
+
+    disk_gb = 150
+    query = OfferQuery(gpu_name="RTX 4090", num_gpus=1, interruptible=True, disk_gb=disk_gb)
+    offers = VastProvider().search_offers(query)
+    cheapest_bid = min(offers, key=lambda o: (o.min_bid, o.id))
+    in_total = min(
+        offers,
+        key=lambda o: (o.min_bid + disk_gb * o.storage_cost_per_gb_month / HOURS_PER_MONTH, o.id),
+    )
+    assert in_total.id != cheapest_bid.id, [(o.id, o.min_bid, o.storage_cost_per_gb_month)
+                                            for o in offers]  # fmt: skip
+    # The job fails at once (the rental is what this test is about): the run ends after one
+    # attempt, its box left for the human, which the test then ends itself.
+    job = _write_job(tmp_path, "disk-run", disk_gb=disk_gb, command="exit 3")
+    run = Run(emulator, job, interruptible=True).start()
+    run.join()
+    assert isinstance(run.error, CheckFailed), f"{run.error!r}: {run.lines[-8:]}"
+    (only,) = run.attempts()
+    box = emulator.world.show(int(str(only.instance_id)))
+    VastProvider().destroy(str(only.instance_id))
+    assert (only.offer_id, only.machine_id) == (in_total.id, in_total.machine_id)
+    # What was sent is the offer's own minimum bid: the disk is never added to a bid.
+    assert box["bid_price"] == pytest.approx(in_total.min_bid) == only.price_per_hour
+
+
+@pytest.mark.timeout(240)
 def test_the_budget_stops_relaunching(emulator: Any, tmp_path: Path) -> None:
     before = _creates(emulator)
     run = Run(emulator, _write_job(tmp_path, "budget-run"), interruptible=True, budget=1e-6).start()

@@ -104,7 +104,7 @@ class Offer:
     id: str
     gpu_name: str
     num_gpus: int
-    dph_total: float  # on-demand $/hour for compute
+    dph_total: float  # on-demand $/hour (vast.ai: with the searched disk's storage included)
     min_bid: float  # lowest interruptible bid $/hour
     storage_cost_per_gb_month: float
     inet_up_cost_per_gb: float
