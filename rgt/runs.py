@@ -111,8 +111,9 @@ class AttemptRecord(NamedTuple):
 
     def cost(self, now: float) -> float:
         """Dollars this attempt has cost by the supervisor's estimate: its rental price from
-        its start to its end (or `now`), whatever the box's state (an upper bound: vast.ai's
-        price includes the disk, and a paused box bills less)."""
+        its start to its end (or `now`), whatever the box's state: an on-demand price includes
+        the disk (an upper bound: a paused or stopped box bills less); a bid does not (the disk
+        bills on top, in every state)."""
         if self.price_per_hour is None:
             return 0.0
         until = self.ended if self.ended is not None else now

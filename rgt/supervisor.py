@@ -139,6 +139,9 @@ class Supervisor:
         # the upload failed): seeded by the watch once they run. Their boot hook waits for it
         # (the job's durable seed_wait_seconds), then starts fresh.
         self._unseeded: dict[str, Any] = {}
+        # What each attempt this supervisor opened costs the job per hour, disk included (a
+        # move compares like with like; an adopted attempt's offer is not known: its bid is).
+        self._hourly: dict[int, float] = {}
         # Superseded boxes (rgt.runs.SUPERSEDED_REASONS) mid-run: see `_tend_superseded`.
         self.approve_discard = approve_discard
         self._tended_at: float | None = None
@@ -252,6 +255,7 @@ class Supervisor:
         offer = self._pick_relaunch_offer(history) if history else self._pick_offer(set())
         checkpoint = self._newest_durable()
         number = len(history) + 1
+        self._hourly[number] = self._hourly_cost(offer)
         attempt = runs.open_attempt(
             self.ledger,
             self.run_id,
@@ -311,11 +315,12 @@ class Supervisor:
                 status="no-offer",
             )
 
-        def cost(offer: Offer) -> tuple[float, str]:
-            bid = self._price(offer) if self.request.interruptible else None
-            return runs.hourly_cost(offer, self.job.disk_gb, bid=bid), str(offer.id)
+        return min(fitting, key=lambda offer: (self._hourly_cost(offer), str(offer.id)))
 
-        return min(fitting, key=cost)
+    def _hourly_cost(self, offer: Offer) -> float:
+        """What `offer` costs the job per hour, its disk included (rgt.runs.hourly_cost)."""
+        bid = self._price(offer) if self.request.interruptible else None
+        return runs.hourly_cost(offer, self.job.disk_gb, bid=bid)
 
     def _price(self, offer: Offer) -> float:
         """What renting `offer` costs per hour: the bid (or its minimum bid), else its price."""
@@ -715,6 +720,8 @@ class Supervisor:
             self.say(f"run {self.run_id}: no search for a cheaper offer now: {exc.message}")
             return
         price = self._price(offer)
+        if attempt.number in self._hourly:  # compare what both cost the job, disks included
+            current, price = self._hourly[attempt.number], self._hourly_cost(offer)
         restart = watch.restart_seconds
         # The checkpoint was verified since the previous look; it was written on the box before
         # that, by at most what the box's watcher (a file counts after it kept still over one
@@ -763,8 +770,8 @@ class Supervisor:
         self._end(
             attempt,
             "moved",
-            f"offer {offer.id} (machine {offer.machine_id}) at {price:.4f} $/h is "
-            f"{1.0 - price / current:.0%} cheaper than {current:.4f} $/h: the run moves "
+            f"offer {offer.id} (machine {offer.machine_id}) costs the job {price:.4f} $/h, "
+            f"{1.0 - price / current:.0%} less than {current:.4f} $/h here: the run moves "
             f"(newest durable checkpoint: {checkpoint.name})",
         )
         bills = ", ".join(self.profile.stop_still_bills) or "nothing"
