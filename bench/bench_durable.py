@@ -6,7 +6,8 @@ writes a checkpoint (random bytes, temp file + rename) every few steps. Three ru
 job on this machine:
 
   none    no `durable:` (no watcher) and no sync: the baseline step time
-  local   `durable: local`, with `sync_once` called back to back (1 s apart) from another
+  local   `durable: local`, with `sync_once` called at the supervisor's pace (every
+          max(rgt.supervisor.DEFAULT_INTERVAL_SECONDS, rgt.durable.WATCH_SECONDS)) from another
           process at the priority of the supervisor's sync thread (rgt.durable.lower_priority:
           nice 10, ionice best-effort 7): each checkpoint is copied and re-hashed here
   bucket  a bucket on a real S3 server on loopback (`rclone serve s3`): the box's watcher pushes
@@ -71,10 +72,13 @@ out.mkdir(parents=True, exist_ok=True)
 
 def sync_loop(instance_id: str, log: str) -> None:
     """The supervisor's part, in its own process at the priority its sync thread takes
-    (rgt.durable.lower_priority): sync_once back to back, noting when each checkpoint was first
-    seen verified."""
-    from rgt.durable import lower_priority, sync_once
+    (rgt.durable.lower_priority): sync_once at the supervisor's pace (its _SyncLoop's wait),
+    noting when each checkpoint was first seen verified."""
+    from rgt.durable import WATCH_SECONDS, lower_priority, sync_once
     from rgt.ledger import Ledger
+    from rgt.supervisor import DEFAULT_INTERVAL_SECONDS
+
+    pace = max(DEFAULT_INTERVAL_SECONDS, WATCH_SECONDS)  # as `rgt run`'s sync thread waits
 
     lower_priority()
     with Ledger.open() as ledger, open(log, "a") as out:
@@ -87,7 +91,7 @@ def sync_loop(instance_id: str, log: str) -> None:
                 for entry in report.verified:
                     out.write(json.dumps({"name": entry.name, "at": time.time()}) + "\n")
             out.flush()
-            time.sleep(1.0)
+            time.sleep(pace)
 
 
 def durability_pids(instance_id: str, loop_pid: int) -> set[int]:
