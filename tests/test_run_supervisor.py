@@ -225,6 +225,25 @@ def _machine(emulator: Any, instance_id: str) -> str:
     return str(emulator.world.show(int(instance_id))["machine_id"])
 
 
+def _other_renters_take(provider: Any, offers_now: Any, label: str) -> list[str]:
+    """Other renters take each offer `offers_now()` lists until it lists none (the emulator
+    lists an offer while its machine has GPUs free); their instance ids."""
+    from rgt.providers.base import run_label
+
+    taken: list[str] = []
+    while offers := offers_now():
+        taken.append(
+            provider.create(
+                offers[0].id,
+                image="other/renter",
+                disk_gb=10,
+                onstart="true",
+                label=run_label(f"{label}-{len(taken)}"),
+            ).id
+        )
+    return taken
+
+
 def _assert_relaunched_from_durable(
     run: Run, reason: str, *, machine_lost: bool = True
 ) -> tuple[str, str]:
@@ -539,7 +558,7 @@ def test_a_stopped_box_whose_gpu_another_renter_took_stays_scheduling_and_is_rep
 ) -> None:
     """VAST3: the box is stopped, another renter takes its GPU, a start leaves it scheduling;
     past host_lost_grace the attempt ends stuck-scheduling and the run resumes elsewhere."""
-    from rgt.providers.base import OfferQuery, run_label
+    from rgt.providers.base import OfferQuery
     from rgt.providers.vastai import VastProvider
 
     provider = VastProvider()
@@ -550,20 +569,15 @@ def test_a_stopped_box_whose_gpu_another_renter_took_stays_scheduling_and_is_rep
     provider.stop(first)
     others = []  # another renter takes every free GPU of that machine
     try:
-        while offers := [
-            o
-            for o in provider.search_offers(OfferQuery(limit=500, min_reliability=0.0))
-            if o.machine_id == machine
-        ]:
-            others.append(
-                provider.create(
-                    offers[0].id,
-                    image="other/renter",
-                    disk_gb=10,
-                    onstart="true",
-                    label=run_label(f"other-renter-{len(others)}"),
-                ).id
-            )
+        others += _other_renters_take(
+            provider,
+            lambda: [
+                o
+                for o in provider.search_offers(OfferQuery(limit=500, min_reliability=0.0))
+                if o.machine_id == machine
+            ],
+            "other-renter",
+        )
         provider.start(first)
         _wait_for(
             lambda: (
@@ -669,7 +683,6 @@ def test_mid_run_with_no_offer_free_the_supervisor_searches_again_up_to_host_los
     again; one that comes free within host_lost_grace is rented and the run goes on; when none
     does, it stops with exit 6 (no-offer), leaving the lost boxes as they are."""
     from rgt.lifecycle import offer_query_for_job
-    from rgt.providers.base import run_label
     from rgt.providers.vastai import VastProvider
 
     hold = tmp_path / "hold"
@@ -695,20 +708,15 @@ def test_mid_run_with_no_offer_free_the_supervisor_searches_again_up_to_host_los
     try:
         _wait_for(lambda: _newest_durable_step("nooffer-run") >= CKPT_EVERY, "a durable step")
         # Other renters take every GPU the run could rent elsewhere under its cap.
-        while fitting := [
-            o
-            for o in provider.search_offers(query)
-            if o.dph_total <= cap and o.machine_id != lost_machine
-        ]:
-            others.append(
-                provider.create(
-                    fitting[0].id,
-                    image="other/renter",
-                    disk_gb=10,
-                    onstart="true",
-                    label=run_label(f"nooffer-renter-{len(others)}"),
-                ).id
-            )
+        others += _other_renters_take(
+            provider,
+            lambda: [
+                o
+                for o in provider.search_offers(query)
+                if o.dph_total <= cap and o.machine_id != lost_machine
+            ],
+            "nooffer-renter",
+        )
         assert others
         emulator.take_host_offline(first)
         second = run.instance(2)  # once the freed GPU was found by a later search
@@ -767,28 +775,22 @@ def _cheapest_machine_taken(emulator: Any, job_file: Path) -> tuple[Any, Any]:
     Returns that offer and a hook for Run's on_line that gives the GPUs back as soon as the
     supervisor says it rented attempt 1: before its first look at the box, whatever the load."""
     from rgt.lifecycle import offer_query_for_job
-    from rgt.providers.base import OfferQuery, run_label
+    from rgt.providers.base import OfferQuery
     from rgt.providers.vastai import VastProvider
 
     provider = VastProvider()
     query = offer_query_for_job(load_job(job_file), interruptible=True, limit=200)
     fitting = [o for o in provider.search_offers(query) if _bid(o) <= MAX_PRICE]
     cheapest = min(fitting, key=lambda o: (_bid(o), str(o.id)))
-    others: list[str] = []
-    while offers := [
-        o
-        for o in provider.search_offers(OfferQuery(limit=500, min_reliability=0.0))
-        if o.machine_id == cheapest.machine_id
-    ]:
-        others.append(
-            provider.create(
-                offers[0].id,
-                image="other/renter",
-                disk_gb=10,
-                onstart="true",
-                label=run_label(f"move-renter-{len(others)}"),
-            ).id
-        )
+    others = _other_renters_take(
+        provider,
+        lambda: [
+            o
+            for o in provider.search_offers(OfferQuery(limit=500, min_reliability=0.0))
+            if o.machine_id == cheapest.machine_id
+        ],
+        "move-renter",
+    )
     dearer = min(
         (o for o in provider.search_offers(query) if _bid(o) <= MAX_PRICE),
         key=lambda o: (_bid(o), str(o.id)),
