@@ -81,20 +81,27 @@ def spy_big_file_hashing(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str
     return calls
 
 
-# Files that take minutes, started first: with one worker per core taking whole files
-# (tools/test.sh), a long file collected last would run alone at the end while the other
-# worker idles. Measured on 2 cores; order is longest first, the rest keep their order.
+# Files that take minutes, started first: with workers taking whole files (tools/test.sh), a
+# long file collected last would run alone at the end while the other workers idle. Order is
+# longest first (per-file sums of test durations, -n 2 --dist loadfile, load 8-10); the rest
+# keep their order.
 SLOW_FIRST = (
-    "test_run_supervisor.py",
     "test_platform_flows.py",
-    "test_keeper.py",
-    "test_durable.py",
-    "test_demo.py",
-    "test_provider_ssh.py",
+    "test_run_supervisor.py",
     "test_mcp_refusals.py",
+    "test_gate_box_changed.py",
     "test_ironlaw_e2e.py",
+    "test_provider_ssh.py",
+    "test_demo.py",
+    "test_evidence_chain.py",
+    "test_durable.py",
+    "test_ironlaw_refusals.py",
+    "test_discard.py",
     "test_mcp_tools.py",
     "test_ironlaw_crash.py",
+    "test_mcp_meter_stop.py",
+    "test_poll_job.py",
+    "test_keeper.py",
 )
 
 

@@ -46,6 +46,10 @@ class StandInBox:
         self.disk = root / "disk"
         self.keys = root / "keys"
         self.tmux_dir = root / "tmux"
+        # The box's own home: with this machine's (passwd's) HOME, bash would source this
+        # machine's ~/.bashrc on every login (sshd's commands get it), a pyenv/conda init of
+        # ~0.5 s each here, and its PATH changes on top of the box's.
+        self.home = root / "home"
         self.without_tmux = without_tmux
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -65,7 +69,7 @@ class StandInBox:
         reason = sim_ssh.sshd_unavailable_reason()
         if reason is not None:
             pytest.skip(f"a real sshd cannot run here: {reason}")
-        for folder in (self.disk, self.keys, self.tmux_dir):
+        for folder in (self.disk, self.keys, self.tmux_dir, self.home):
             folder.mkdir(parents=True, exist_ok=True)
         self.tmux_dir.chmod(0o700)  # tmux refuses a socket dir others can write
         host_key = sim_ssh.ensure_host_key(self.keys)
@@ -95,7 +99,7 @@ class StandInBox:
                     "PrintMotd no",
                     "UseDNS no",
                     "MaxStartups 64",
-                    f"SetEnv TMUX_TMPDIR={self.tmux_dir} PATH={path}{extra}",
+                    f"SetEnv HOME={self.home} TMUX_TMPDIR={self.tmux_dir} PATH={path}{extra}",
                     "",
                 ]
             )

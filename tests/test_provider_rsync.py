@@ -79,6 +79,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SshEndpoint
         f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
         f"StrictModes no\nPidFile {root / 'sshd.pid'}\nAllowUsers {user}\n"
+        # A HOME without startup files: bash sources ~/.bashrc for sshd's commands.
+        f"SetEnv HOME={root}\n"
     )
     proc = subprocess.Popen(
         [SSHD, "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")]

@@ -6,6 +6,7 @@ and checks that box paths land in the instance disk and nowhere else."""
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -195,6 +196,48 @@ def test_shell_operators_are_refused_and_nothing_runs(
     env = ssh_run(server, key_dir, tmp_path, "env")
     assert f"RGT_BOX_ROOT={os.path.realpath(disk)}" in env.stdout
     assert f"HOME={os.path.realpath(disk)}/root" in env.stdout
+
+
+@NEEDS_SSHD
+def test_a_login_does_not_run_this_machines_shell_startup_files(
+    server: SshServer, disk: Path, key_dir: Path, tmp_path: Path
+) -> None:
+    # sshd runs its ForceCommand through the user's shell, and bash sources ~/.bashrc for a
+    # command sshd starts. With HOME from this machine's passwd that was this machine's
+    # startup files on every login (a pyenv/conda init: ~0.5 s a login, rsync logs in once
+    # per copy). The wrapper must see a HOME of the emulator's own, without startup files.
+    argv = ["ssh", "-p", str(server.port), "-i", str(ensure_client_key(key_dir))]
+    argv += ["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+    argv += ["-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={tmp_path}/kh"]
+    session = subprocess.Popen([*argv, "root@127.0.0.1", "sleep 60"], stdin=subprocess.DEVNULL)
+    try:
+        wrapper = _wait_for_process(f"serve-command\0{os.path.realpath(disk)}\0")
+        environment = dict(
+            entry.split("=", 1)
+            for entry in Path(f"/proc/{wrapper}/environ").read_text().split("\0")
+            if "=" in entry
+        )
+    finally:
+        session.kill()
+        session.wait()
+    home = environment["HOME"]
+    assert home != pwd.getpwuid(os.getuid()).pw_dir, "the login's shell read this user's home"
+    assert not any((Path(home) / name).exists() for name in (".bashrc", ".profile")), home
+
+
+def _wait_for_process(cmdline_part: str, seconds: float = 30) -> int:
+    """The pid of the process whose command line holds `cmdline_part` (NUL-separated)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline_part in cmdline:
+                return int(entry)
+        time.sleep(0.05)
+    raise AssertionError(f"no process with {cmdline_part!r} in its command line")
 
 
 @NEEDS_SSHD

@@ -6,6 +6,8 @@ tools/setup.sh test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-# One worker per core (RGT_TEST_WORKERS overrides; 0 runs in this process), each taking whole
-# files so a module's emulator or sshd fixture starts once.
-.venv/bin/python -m pytest -n "${RGT_TEST_WORKERS:-auto}" --dist loadfile "$@"
+# Two workers per core (RGT_TEST_WORKERS overrides; 0 runs in this process), each taking whole
+# files so a module's emulator or sshd fixture starts once. Most tests wait (boxes booting,
+# sshd, polls), so a core holds two: on 2 cores, 12 of the slowest files, back to back at a
+# load of 3-6 from other work on the machine, took 290 s with 4 workers and 306 s with 3.
+.venv/bin/python -m pytest -n "${RGT_TEST_WORKERS:-$((2 * $(nproc)))}" --dist loadfile "$@"

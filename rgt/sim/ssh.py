@@ -284,6 +284,13 @@ class SshServer:
                         "UseDNS no",
                         "MaxStartups 64",
                         "LogLevel INFO",
+                        # sshd runs the ForceCommand through the user's shell with HOME from
+                        # this machine's passwd: bash then sources this machine's ~/.bashrc
+                        # (it does for sshd's commands) on every login, which is neither the
+                        # box's (the wrapper sets the box's HOME for the command itself) nor
+                        # free (a pyenv/conda init there costs ~0.5 s a login, and rsync logs in
+                        # once per copy). A HOME of our own, without startup files, skips it.
+                        f'SetEnv "HOME={self._run_dir}"',
                         f"ForceCommand {force}",
                         "",
                     ]
