@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -370,6 +371,19 @@ def test_without_sshd_copies_fall_back_to_local_rsync_and_say_so(
 
 
 @NEEDS_SSHD
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
 def test_sshds_left_by_a_killed_emulator_are_reaped(disk: Path, key_dir: Path) -> None:
     from rgt.sim.ssh import reap_stale_servers
 
@@ -379,7 +393,15 @@ def test_sshds_left_by_a_killed_emulator_are_reaped(disk: Path, key_dir: Path) -
     pid = orphan._proc.pid
     # The emulator process died without stop(): forget the server object, keep its sshd.
     orphan._proc = None
+    # A connection it still serves is a child sshd with the same command line: stopped too,
+    # and still one server (a probe's connection once made this count 2 on a busy machine).
+    held = socket.create_connection(("127.0.0.1", port))
+    deadline = time.monotonic() + 10
+    while not _children(pid):
+        assert time.monotonic() < deadline, "sshd never forked for the held connection"
+        time.sleep(0.05)
     assert reap_stale_servers(key_dir) == 1
+    held.close()
     # It ends (sshd exits 0 on SIGTERM); waitpid would block, and the test time out, if not.
     # It is our child here; after a real crash init would reap it.
     os.waitpid(pid, 0)

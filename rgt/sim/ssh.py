@@ -336,9 +336,9 @@ class SshServer:
 
 def reap_stale_servers(key_dir: Path) -> int:
     """Stop sshds that an earlier emulator process using `key_dir` left behind (it was killed
-    before it could stop them) and remove their files; returns how many were stopped. Call it
-    once when an emulator starts on a persisted state dir, before starting any server."""
-    stopped = 0
+    before it could stop them) and remove their files; returns how many servers were stopped.
+    Call it once when an emulator starts on a persisted state dir, before starting any server."""
+    stopped: set[bytes] = set()  # the servers (by config) whose sshd processes were signalled
     run_dirs = list(Path(key_dir).glob("sshd-*"))
     # Found by command line, not by pid file: sshd writes its pid file a moment after it starts
     # listening, and a pid in an old file may belong to another process by now.
@@ -352,15 +352,18 @@ def reap_stale_servers(key_dir: Path) -> int:
             raw = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if SSHD.encode() in raw and any(config in raw for config in configs):
+        # A server's listener and any connection it is still serving (a child sshd with the
+        # same command line) are all stopped; the count is of servers.
+        config = next((config for config in configs if config in raw), None)
+        if SSHD.encode() in raw and config is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGTERM)
-                stopped += 1
+                stopped.add(config)
     for run_dir in run_dirs:
         shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         (Path(key_dir) / LOCAL_REGISTRY_NAME).unlink()
-    return stopped
+    return len(stopped)
 
 
 def _tail(text: str) -> str:
