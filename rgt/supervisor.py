@@ -59,6 +59,10 @@ LOST_REASON_OF_STATE = {
 # States in which a box just rented will not come to run by itself soon: waiting for it to run
 # (to upload its seed) stops, and the watch decides (rgt.supervisor._watch_once).
 NOT_COMING_UP = frozenset({"offline", "gone", "paused", "stopped", "exited"})
+# The attempt's lost_state while a move stops its box (rgt.supervisor.Supervisor._move), and
+# the states a stopped box shows.
+MOVING = "moving"
+STOPPED_STATES = frozenset({"stopped", "exited"})
 DEFAULT_INTERVAL_SECONDS = 10.0
 DETACH_START_SECONDS = 30.0  # how long `--detach` waits for its supervisor to take the run
 DETACHED_LOG = "supervisor.log"  # a detached supervisor's output, in the run's local dir
@@ -522,6 +526,10 @@ class Supervisor:
             self._sync(attempt.instance_id)
             self._consider_move(attempt, now)
             return
+        if attempt.lost_state == MOVING and report.state in STOPPED_STATES:
+            # A move whose stop went through before the supervisor that decided it died.
+            self._end(attempt, "moved", f"the box is {report.state}: its move was decided")
+            return
         reason = LOST_REASON_OF_STATE.get(report.state)
         if reason is None:
             return
@@ -754,6 +762,10 @@ class Supervisor:
         instance_id = str(attempt.instance_id)
         self._stop_sync()  # its rounds would only fail against a stopped box (the next look
         # starts them again if the box stays)
+        # Written before the stop: a supervisor killed between the stop and the end below
+        # finds it and ends the attempt `moved` (not stuck-scheduling, which would keep a good
+        # machine out). A box still running clears it at the next look.
+        runs.update_attempt(self.ledger, attempt.id, lost_state=MOVING, lost_since=self.clock())
         try:
             stop(instance_id, provider=self.provider, ledger=self.ledger, profile=self.profile)
         except RgtError as exc:
@@ -762,6 +774,7 @@ class Supervisor:
             except RgtError:
                 state = "unknown"
             if state in ("running", "unknown"):
+                runs.update_attempt(self.ledger, attempt.id, lost_state=None, lost_since=None)
                 self.say(
                     f"instance {instance_id}: no move now, its stop failed ({exc.message}); "
                     "the job goes on there"

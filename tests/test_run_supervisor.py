@@ -978,6 +978,44 @@ def test_a_supervisor_killed_with_9_is_taken_over_without_renting_twice(
 
 
 @pytest.mark.timeout(240)
+def test_a_move_whose_supervisor_died_after_the_stop_is_ended_moved_by_the_next(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """`_move` writes its intent before it stops the box; killed before it recorded the end,
+    the next supervisor ends the attempt `moved` at once, not stuck-scheduling after the
+    grace (which would also keep that good machine out of later attempts)."""
+    from rgt.providers.vastai import VastProvider
+    from rgt.supervisor import MOVING
+
+    job = _write_job(tmp_path, "moving-run", hold=True)
+    first = _rgt_run(job, "--interval", "0.5", "--interruptible", "--move-if-cheaper", "0")
+    try:
+        with Ledger.open() as ledger:
+            instance = _wait_for(
+                lambda: (a := runs.attempts(ledger, "moving-run")) and a[0].instance_id,
+                "attempt 1 to rent",
+            )
+        _wait_for(lambda: _newest_durable_step("moving-run") >= CKPT_EVERY, "a durable step")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    # What the dead supervisor's move had done: its intent recorded, the box stopped.
+    with Ledger.open() as ledger:
+        (attempt,) = runs.attempts(ledger, "moving-run")
+        runs.update_attempt(ledger, attempt.id, lost_state=MOVING, lost_since=time.time())
+    VastProvider().stop(instance)
+    run = Run(emulator, job, interruptible=True, move_margin=0.0).start()
+    run.join()
+    assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+    one, two = run.attempts()
+    assert (one.end_reason, two.end_reason) == ("moved", "succeeded"), run.lines[-8:]
+    assert two.seed_step is not None and two.seed_step >= CKPT_EVERY
+    assert one.machine_id not in runs.machines_to_avoid(run.attempts())
+
+
+@pytest.mark.timeout(240)
 def test_a_supervisor_killed_between_the_create_and_its_record_adopts_the_box(
     emulator: Any, tmp_path: Path
 ) -> None:
