@@ -37,6 +37,7 @@ from rgt.demo.scenario import (
     demo_job,
     require_emulator_instance,
     tty_answer,
+    tty_confirm,
 )
 from rgt.errors import ProviderError, Refused
 from rgt.job import DurableTarget
@@ -356,15 +357,10 @@ def signal_each(pids: set[int], signum: int) -> None:
 
 def tty_discard_answer(instance_id: str, summary: str) -> str:
     """Show what a discard loses and ask on the terminal to type the instance id back."""
-    from rgt.approval import open_tty
-
-    with open_tty() as tty:
-        tty.write(
-            f"{summary}\nApprove DISCARDING emulated instance {instance_id} (its results are "
-            "not pulled).\nType the instance id to confirm: "
-        )
-        tty.flush()
-        return tty.readline().strip()
+    return tty_confirm(
+        f"{summary}\nApprove DISCARDING emulated instance {instance_id} (its results are not "
+        "pulled)."
+    )
 
 
 def _read_json(path: Path) -> Any:

@@ -206,13 +206,18 @@ def require_terminal() -> None:
 def tty_answer(instance_id: str) -> str:
     """Ask on the terminal to type the instance id back (the demo's stand-in for the passphrase
     prompt, which needs `rgt approval init`); returns what was typed."""
+    return tty_confirm(
+        f"Approve DESTROYING emulated instance {instance_id} (results pulled and verified)."
+    )
+
+
+def tty_confirm(question: str) -> str:
+    """Write `question` on the terminal, ask to type the instance id back, return what was
+    typed (the demo's approvals)."""
     from rgt.approval import open_tty
 
     with open_tty() as tty:
-        tty.write(
-            f"Approve DESTROYING emulated instance {instance_id} (results pulled and verified).\n"
-            "Type the instance id to confirm: "
-        )
+        tty.write(f"{question}\nType the instance id to confirm: ")
         tty.flush()
         return tty.readline().strip()
 
