@@ -51,9 +51,13 @@ seeded traces, the recovering runs with superseded boxes discarded; the rest by 
 (the largest arithmetic-vs-meter difference is printed). Two markets: the emulator's default
 (60 machines, seed 0) and a deeper one (600 machines, same seed). Target: recovery within 1.15x
 of the ideal: the same job uninterrupted (one boot, the work) on the first offer (the one that
-costs the job least), by the emulator's meter (compute and storage).
+costs the job least), by the emulator's meter (compute and storage). Last, recover+move in
+MARKET_SEEDS draws of the deep market (emulator seeds 0..N-1; `--market-seeds`), by the
+arithmetic: how far the machines after the cheapest sit decides most of what is left above the
+checkpointing floor.
 
     .venv/bin/python bench/bench_cost.py [--traces 100] [--replayed 10] [--margins 0.25,0.1]
+        [--market-seeds 8]
 """
 
 from __future__ import annotations
@@ -213,6 +217,11 @@ MARGINS = (0.25, 0.20, 0.15, 0.10, 0.05, 0.0)
 # The emulator's default market and a deeper one (the first 60 machines are the same: a seed's
 # machines are drawn in order): real vast.ai lists far more than 5 machines of a popular model.
 MARKETS = {"default (60 machines)": 60, "deep (600 machines)": 600}
+# Other draws of the deep market (emulator seeds 1..N-1 next to seed 0): where the runner-up
+# machines sit against the cheapest is a draw of the market, as a trace is one of the losses.
+# Only the deep size: a 60-machine draw often lists 1-2 machines of the model, and a run that
+# runs out of machines stops (exit 6) cheaper than one that finishes.
+MARKET_SEEDS = 8
 # The runs compared, by (checkpoint interval or None, moves to a cheaper offer).
 RUNS = ("recover+move", "recover", "scratch")
 SUPERSEDED = {"discarded at once": True, "kept until the run ends": False}
@@ -496,7 +505,7 @@ class _EmulatorMarket:
     """One emulated marketplace (frozen clock) that replays runs' actions through the real
     `vastai` SDK and reads the meter; it also lists the offers the simulation rents from."""
 
-    def __init__(self, machines: int) -> None:
+    def __init__(self, machines: int, seed: int = 0) -> None:
         from rgt.providers.base import OfferQuery
         from rgt.providers.vastai import VastProvider
         from rgt.sim import Emulator
@@ -504,7 +513,9 @@ class _EmulatorMarket:
         # A balance no run here spends: an account run dry stops its boxes, which is not
         # what this bench measures.
         # No state dir: nothing is written per call (a run here is never resumed).
-        self.emulator = Emulator(seed=0, ssh=False, time_scale=0.0, balance=1e6, machines=machines)
+        self.emulator = Emulator(
+            seed=seed, ssh=False, time_scale=0.0, balance=1e6, machines=machines
+        )
         self.emulator.start()
         os.environ["VAST_API_KEY"] = self.emulator.api_key  # the emulator's key, not a real one
         self.provider = VastProvider(api_url=self.emulator.url)
@@ -635,6 +646,7 @@ def recovery_main(
     traces: int = TRACES,
     replayed: int = REPLAYED_TRACES,
     margins: tuple[float, ...] = MARGINS,
+    market_seeds: int = MARKET_SEEDS,
 ) -> dict:
     """Part 2: recovery (with and without moves) vs restart from scratch vs the ideal, on the
     issue's trace and `traces` seeded ones, in each market; and recover+move over the same
@@ -805,6 +817,7 @@ def recovery_main(
             }
         finally:
             market.close()
+    draws = _market_draws(traced, interval, market_seeds) if market_seeds else []
     print(
         f"\narithmetic vs meter, largest difference over the replayed runs: "
         f"{worst[0]:.4%} ({worst[1]})"
@@ -836,6 +849,7 @@ def recovery_main(
         "largest_meter_difference": worst[0],
         "disagreements": disagreements,
         "verdicts": verdicts,
+        "market_draws": draws,
     }
 
 
@@ -873,6 +887,64 @@ def _margin_sweep(
             "median_parts": {k: median([p[k] for p in parts]) for k in parts[0]},
         }
     return result
+
+
+def _market_draws(
+    traced: list[list[tuple[float, str]]], interval: float, seeds: int
+) -> list[dict[str, Any]]:
+    """recover+move (MOVE_MARGIN, superseded discarded at once) on the same traces in `seeds`
+    draws of the deep market (emulator seeds 0..seeds-1), by the bench's arithmetic: how the
+    ratio to the ideal follows the price of the machines after the cheapest."""
+    draws = []
+    for seed in range(seeds):
+        market = _EmulatorMarket(MARKETS["deep (600 machines)"], seed=seed)
+        try:
+            offers, gpu = market.offers, market.gpu
+        finally:
+            market.close()
+        ideal = bill(ideal_log(offers))
+        ratios, unfinished = [], 0
+        for events in traced[1:]:
+            log = simulate_run(events, offers, interval=interval, move=True, discard_at_once=True)
+            ratios.append(bill(log)["total"] / ideal["total"])
+            unfinished += not log.finished
+        hourly = sorted(o.hourly for o in offers)
+        draws.append(
+            {
+                "seed": seed,
+                "gpu": gpu,
+                "offers": len(offers),
+                "ladder": [h / hourly[0] for h in hourly[:5]],
+                "median": median(ratios),
+                "p90": percentile(ratios, 0.9),
+                "within_target": sum(r <= RECOVERY_TARGET for r in ratios) / len(ratios),
+                "unfinished": unfinished,
+            }
+        )
+    print(
+        f"\nrecover+move (margin {MOVE_MARGIN:.2f}, superseded discarded at once) in {seeds} draws"
+        f" of the deep market (emulator seeds 0-{seeds - 1}, {len(traced) - 1} seeded traces, "
+        "the bench's arithmetic); 'ladder' = the five cheapest offers per hour for the job "
+        "(disk included) against the cheapest"
+    )
+    print(
+        table(
+            ["seed", "GPU", "offers", "ladder", "median", "p90",
+             f"within {RECOVERY_TARGET:.2f}x", "not finished"],
+            [
+                [d["seed"], d["gpu"], d["offers"],
+                 ", ".join(f"{x:.2f}" for x in d["ladder"]), f"{d['median']:.3f}x",
+                 f"{d['p90']:.3f}x", f"{d['within_target']:.0%}", d["unfinished"]]
+                for d in draws
+            ],
+        )
+    )  # fmt: skip
+    met = sum(d["median"] <= RECOVERY_TARGET for d in draws)
+    print(
+        f"median within {RECOVERY_TARGET:.2f}x in {met} of {seeds} market draws; median of the "
+        f"draws' medians {median([d['median'] for d in draws]):.3f}x"
+    )
+    return draws
 
 
 def _issue_row(
@@ -968,7 +1040,15 @@ def main() -> int:
         default=",".join(f"{m:g}" for m in MARGINS),
         help="move margins swept for recover+move, comma-separated fractions in [0, 1)",
     )
+    parser.add_argument(
+        "--market-seeds",
+        type=int,
+        default=MARKET_SEEDS,
+        help="draws of the deep market (emulator seeds 0..N-1) for recover+move; 0: none",
+    )
     args = parser.parse_args()
+    if args.market_seeds < 0:
+        parser.error(f"--market-seeds {args.market_seeds}: need 0 or more")
     if args.traces < 1 or not 0 <= args.replayed <= args.traces:
         parser.error(
             f"--traces {args.traces} --replayed {args.replayed}: "
@@ -1048,7 +1128,7 @@ def main() -> int:
         f"target: Young/Daly compute within {TARGET_RATIO:.2f}x of the ideal: "
         f"{'MET' if met else 'MISSED'}"
     )
-    recovery = recovery_main(args.traces, args.replayed, margins)
+    recovery = recovery_main(args.traces, args.replayed, margins, args.market_seeds)
     emit("cost", {"results": results, "ideal_compute_dollars": ideal, "offer": offer,
                   "met": met, "young_daly_interval_s": cadence.interval_seconds,
                   "first_order_expectation": 1 + overhead, "recovery": recovery})  # fmt: skip
