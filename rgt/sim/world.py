@@ -42,11 +42,11 @@ from typing import Any, Protocol
 
 from rgt.atomic import atomic_write_text
 from rgt.errors import RgtError
+from rgt.pricing import HOURS_PER_MONTH
 from rgt.sim import filters
 from rgt.sim.boxes import Box, box_environment, kill_orphan
 from rgt.sim.clock import SimClock
 from rgt.sim.market import (
-    HOURS_PER_MONTH,
     Ask,
     Machine,
     generate,
