@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rgt.children import start_server
 from rgt.errors import UsageError
 
 REMOTE = "demos3"  # the job's rclone remote name (RCLONE_CONFIG_DEMOS3_...)
@@ -94,7 +95,7 @@ def serve_s3(
             f"{log}: cannot write the S3 server's log ({exc.strerror or exc})"
         ) from None
     try:
-        process = subprocess.Popen(
+        process = start_server(
             [
                 rclone,
                 "serve",

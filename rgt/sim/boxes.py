@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from rgt.children import unwatch_group, watch_group
 from rgt.sim import container
 
 # Host variables a box may inherit; nothing else of the emulator's environment (API keys!)
@@ -90,6 +91,9 @@ class Box:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        # Its group dies with the emulator, even a SIGKILLed one (rgt.children): a box must not
+        # keep running, holding its disk and ports, for an emulator that is gone.
+        watch_group(process.pid, f"RGT_BOX_ROOT={environment.get('RGT_BOX_ROOT', disk)}")
         return cls(process)
 
     @property
@@ -107,6 +111,7 @@ class Box:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
+        unwatch_group(self.process.pid)
 
 
 def kill_orphan(pgid: int, disk: Path) -> bool:

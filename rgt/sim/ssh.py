@@ -302,7 +302,10 @@ class SshServer:
             if checked.returncode != 0:
                 raise SshUnavailable("sshd rejected its config: " + _tail(checked.stderr))
             log_file = self._run_dir / "sshd.log"
-            self._proc = subprocess.Popen(
+            # Imported here: this file also runs as a stdlib-only script (module docstring).
+            from rgt.children import start_server
+
+            self._proc = start_server(
                 [SSHD, "-D", "-f", str(config), "-E", str(log_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
