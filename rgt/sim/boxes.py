@@ -4,7 +4,8 @@ Each container start runs `bash -c ONSTART` (or, for `runtype: "args"`, the args
 container's command) in its own process group (cwd = the disk), with the environment vast.ai
 gives a container plus the create's env, where the platform allows in a mount namespace that
 makes `/workspace` the instance disk (rgt.sim.container). Stopping, preemption and a host
-going offline kill the whole group with SIGKILL: vast.ai gives a container no signal first."""
+going offline kill the whole group with SIGKILL: vast.ai gives a container no signal first. So
+does the emulator's end, even by SIGKILL (rgt.children.watch_group; Linux)."""
 
 from __future__ import annotations
 
