@@ -77,8 +77,8 @@ from benchlib import REPO, emit, machine_line, median, percentile, table
 sys.path.insert(0, str(REPO))
 
 from rgt.cadence import young_daly
+from rgt.pricing import HOURS_PER_MONTH
 from rgt.runs import MOVE_MARGIN, hourly_cost, worth_moving
-from rgt.sim.market import HOURS_PER_MONTH
 
 WORK_SECONDS = 12 * 3600.0
 MTBF_SECONDS = 3 * 3600.0

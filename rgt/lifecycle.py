@@ -23,11 +23,11 @@ from typing import Any, Literal
 from rgt.errors import ProviderError, Refused, RgtError, UsageError
 from rgt.job import JobRequest
 from rgt.ledger import InstanceRecord, LaunchRecord, Ledger, LedgerError
+from rgt.pricing import HOURS_PER_MONTH
 from rgt.profile import Profile
 from rgt.providers.base import CreateRefused, Instance, Offer, OfferQuery, Provider
 
 PER_VARIANT = "variant-dependent"  # a family profile's value that each variant sets
-HOURS_PER_MONTH = 730.0  # 365.25 * 24 / 12: converts a $/GB/month storage price to $/hour
 SECONDS_PER_HOUR = 3600.0
 NOT_RENTED_BY_RGT = (
     "unknown (not rented through rgt): its rental price and state history are not in the "

@@ -28,7 +28,7 @@ import time
 from typing import Any, NamedTuple
 
 from rgt.ledger import Ledger
-from rgt.lifecycle import HOURS_PER_MONTH
+from rgt.pricing import HOURS_PER_MONTH
 from rgt.providers.base import Offer
 
 END_REASONS = (

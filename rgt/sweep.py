@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rgt.ledger import DESTROY_CLAIM_SECONDS, LaunchRecord, Ledger
-from rgt.lifecycle import HOURS_PER_MONTH, unknown_rate_note
+from rgt.lifecycle import unknown_rate_note
+from rgt.pricing import HOURS_PER_MONTH
 from rgt.providers.base import Instance, Provider
 from rgt.runs import superseded_attempt
 

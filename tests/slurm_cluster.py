@@ -21,17 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from rgt import loopback
+
 SLURMCTLD = "/usr/sbin/slurmctld"
 SLURMD = "/usr/sbin/slurmd"
 MUNGED = "/usr/sbin/munged"
 NODE = "rgtnode"
 START_SECONDS = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class SlurmCluster:
@@ -48,7 +44,17 @@ class SlurmCluster:
         return {"SLURM_CONF": str(self.conf)}
 
     def start(self) -> SlurmCluster:
-        """Start munged, slurmctld and slurmd; wait until the node is idle."""
+        """Start munged, slurmctld and slurmd; wait until the node is idle. The daemons' ports
+        are free ones, others when a daemon found its port taken (rgt.loopback)."""
+        for attempt in range(loopback.START_TRIES):
+            try:
+                return self._start_once()
+            except loopback.PortTaken:
+                if attempt == loopback.START_TRIES - 1:
+                    raise
+        raise AssertionError("not reached")
+
+    def _start_once(self) -> SlurmCluster:
         missing = [p for p in (SLURMCTLD, SLURMD, MUNGED) if not os.access(p, os.X_OK)]
         if missing or shutil.which("sbatch") is None:
             pytest.skip(f"slurm-wlm/munge not installed ({missing}); run tools/setup.sh test")
@@ -56,9 +62,12 @@ class SlurmCluster:
             pytest.skip("the test cluster's slurmd runs jobs as root: run the tests as root")
         root = self.root
         munge = root / "munge"
-        (root / "state").mkdir(parents=True)
-        (root / "spool").mkdir()
-        munge.mkdir(mode=0o755)  # munged insists its socket's folder be traversable by all
+        (root / "state").mkdir(parents=True, exist_ok=True)
+        (root / "spool").mkdir(exist_ok=True)
+        # munged insists its socket's folder be traversable by all
+        munge.mkdir(mode=0o755, exist_ok=True)
+        for log in ("slurmctld.log", "slurmd.log"):  # an earlier try's clash is not this one's
+            (root / log).unlink(missing_ok=True)
         key = munge / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
@@ -66,8 +75,8 @@ class SlurmCluster:
         lines = [
             "ClusterName=rgttest",
             f"SlurmctldHost={host}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={loopback.free_port()}",
+            f"SlurmdPort={loopback.free_port()}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={munge / 'sock'}",
@@ -121,12 +130,15 @@ class SlurmCluster:
                 return self
             dead = [p.args for p in self._procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                logs = " | ".join(
-                    (root / name).read_text()[-300:]
+                said = [
+                    (root / name).read_text()
                     for name in ("slurmctld.log", "slurmd.log")
                     if (root / name).exists()
-                )
+                ]
+                logs = " | ".join(text[-300:] for text in said)
                 self.close()
+                if dead and any(loopback.ADDRESS_IN_USE in text.lower() for text in said):
+                    raise loopback.PortTaken(logs)  # another process took a daemon's port
                 pytest.skip(f"a test Slurm cluster did not start here ({dead}): {logs}")
             time.sleep(0.1)
 

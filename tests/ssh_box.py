@@ -17,11 +17,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from rgt.loopback import NotListening, start_on_free_port, wait_listening
 from rgt.sim import ssh as sim_ssh
 
 
@@ -65,7 +65,8 @@ class StandInBox:
         return f"root@{self.host}:{self.port}"
 
     def start(self) -> StandInBox:
-        """Start (or restart on the same port) the box's sshd."""
+        """Start (or restart on the same port) the box's sshd; a first start takes a free port,
+        and another when that one is taken before sshd binds it (rgt.loopback)."""
         reason = sim_ssh.sshd_unavailable_reason()
         if reason is not None:
             pytest.skip(f"a real sshd cannot run here: {reason}")
@@ -74,7 +75,14 @@ class StandInBox:
         self.tmux_dir.chmod(0o700)  # tmux refuses a socket dir others can write
         host_key = sim_ssh.ensure_host_key(self.keys)
         self.client_key  # noqa: B018  (creates the key and authorized_keys)
-        port = self.port or sim_ssh._free_port()
+        if self.port is not None:
+            self._start_on(self.port, host_key)
+        else:
+            start_on_free_port(lambda port: self._start_on(port, host_key))
+        return self
+
+    def _start_on(self, port: int, host_key: Path) -> None:
+        """Start sshd on `port`; raises PortTaken when another process holds it."""
         path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
         if self.without_tmux:
             path = str(self._bin_without_tmux()) + ":/usr/sbin:/sbin"
@@ -105,6 +113,7 @@ class StandInBox:
             )
         )
         log = self.root / "sshd.log"
+        log.unlink(missing_ok=True)
         self._proc = subprocess.Popen(
             [sim_ssh.SSHD, "-D", "-f", str(config), "-E", str(log)],
             stdin=subprocess.DEVNULL,
@@ -112,13 +121,12 @@ class StandInBox:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 10
-        while not sim_ssh._listening(port):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"sshd did not start: {log.read_text()[-500:]}")
-            time.sleep(0.02)
+        try:
+            wait_listening(self._proc, port, 10, lambda: log.read_text() if log.exists() else "")
+        except NotListening as exc:
+            self.stop()
+            raise AssertionError(f"sshd did not start: {exc}") from None
         self.port = port
-        return self
 
     def stop(self) -> None:
         """Stop answering over ssh (the listener only; jobs it started keep running)."""

@@ -15,6 +15,7 @@ import pytest
 
 from rgt import lifecycle
 from rgt.ledger import Ledger
+from rgt.pricing import HOURS_PER_MONTH
 from rgt.profile import load_profile
 from rgt.providers.base import Instance, OfferQuery
 from tests.ironlaw_standin import LocalBoxProvider
@@ -110,7 +111,7 @@ def test_cost_estimate_integrates_running_and_stopped_time(vast) -> None:
     hourly, so_far, basis = lifecycle.estimate_cost(
         instance, record, history, vast, now=1000.0 + 4 * hour
     )
-    storage = 73.0 * 0.1 / lifecycle.HOURS_PER_MONTH
+    storage = 73.0 * 0.1 / HOURS_PER_MONTH
     assert hourly == pytest.approx(storage)
     # 1 h loading (storage) + 2 h running at the rental price + 1 h stopped (storage)
     assert so_far == pytest.approx(2 * 0.4 + 2 * storage, abs=1e-6)

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mcp import Client
 
+from rgt.loopback import NotListening, start_on_free_port, wait_listening
+
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _listeners(port: int) -> list[str]:
@@ -38,18 +32,25 @@ def _listeners(port: int) -> list[str]:
 
 
 def _start(port: int) -> subprocess.Popen[bytes]:
+    """`rgt mcp --http` on `port`, once it listens there; raises PortTaken when another process
+    took the port (start_on_free_port then tries another)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "rgt", "mcp", "--http", "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 20
-    while not _listeners(port):
-        assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, "rgt mcp --http did not listen"
-        time.sleep(0.05)
+    try:
+        wait_listening(process, port, 20, lambda: process.stderr.read().decode())  # type: ignore[union-attr]
+    except NotListening as exc:
+        _stop(process)
+        raise AssertionError(f"rgt mcp --http did not listen: {exc}") from None
     return process
+
+
+def _start_on_a_free_port() -> tuple[int, subprocess.Popen[bytes]]:
+    """(port, `rgt mcp --http` listening there)."""
+    return start_on_free_port(lambda port: (port, _start(port)))
 
 
 def _stop(process: subprocess.Popen[bytes]) -> str:
@@ -65,8 +66,7 @@ def _stop(process: subprocess.Popen[bytes]) -> str:
 
 @pytest.fixture
 def http_server():
-    port = _free_port()
-    process = _start(port)
+    port, process = _start_on_a_free_port()
     try:
         yield port
     finally:
@@ -158,8 +158,7 @@ def test_every_request_needs_the_bearer_token_shown_once(isolated_user: Path) ->
     # owner-only, printed that once) a request never reaches the MCP session.
     from rgt.mcp_server.httpauth import token_path
 
-    port = _free_port()
-    first = _start(port)
+    port, first = _start_on_a_free_port()
     try:
         assert oct(token_path().stat().st_mode & 0o777) == "0o600"
         host = f"127.0.0.1:{port}"

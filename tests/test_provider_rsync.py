@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from rgt import loopback
 from rgt.errors import CheckFailed, ProviderError, UsageError
+from rgt.loopback import start_on_free_port, wait_listening
 from rgt.providers.base import CopyProgress
 from rgt.providers.rsync import (
     PARTIAL_DIR,
@@ -44,12 +45,6 @@ from tests.smalldisk import small_disk
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SshEndpoint, Path]]:
     """A loopback sshd accepting one generated client key; yields (endpoint, client key)."""
@@ -69,31 +64,33 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SshEndpoint
     authorized = root / "authorized_keys"
     shutil.copy(root / "client_key.pub", authorized)
     authorized.chmod(0o600)
-    port = _free_port()
     user = (
         os.environ.get("USER")
         or subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
     )
-    (root / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
-        f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
-        f"StrictModes no\nPidFile {root / 'sshd.pid'}\nAllowUsers {user}\n"
-        # A HOME without startup files: bash sources ~/.bashrc for sshd's commands.
-        f"SetEnv HOME={root}\n"
-    )
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")]
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.skip("sshd did not start: " + (root / "sshd.log").read_text()[-300:])
+
+    def start_on(port: int) -> tuple[int, subprocess.Popen[bytes]]:
+        """sshd on `port` once it listens; PortTaken when another process took the port."""
+        (root / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+            f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n"
+            f"StrictModes no\nPidFile {root / 'sshd.pid'}\nAllowUsers {user}\n"
+            # A HOME without startup files: bash sources ~/.bashrc for sshd's commands.
+            f"SetEnv HOME={root}\n"
+        )
+        log = root / "sshd.log"
+        log.unlink(missing_ok=True)
+        proc = subprocess.Popen([SSHD, "-D", "-f", str(root / "sshd_config"), "-E", str(log)])
+        try:
+            wait_listening(proc, port, 10, lambda: log.read_text() if log.exists() else "")
+        except loopback.NotListening as exc:
+            proc.kill()
+            proc.wait()
+            pytest.skip(f"sshd did not start: {exc}")
+        return port, proc
+
+    port, proc = start_on_free_port(start_on)
     try:
         yield SshEndpoint("127.0.0.1", port, user=user), root / "client_key"
     finally:
@@ -302,7 +299,7 @@ def test_missing_remote_path_fails_once_with_one_line(
 def test_unreachable_host_gives_up_after_bounded_attempts(
     settings: SshSettings, tmp_path: Path
 ) -> None:
-    dead = SshEndpoint("127.0.0.1", _free_port())
+    dead = SshEndpoint("127.0.0.1", loopback.free_port())
     waits: list[float] = []
     with pytest.raises(ProviderError, match="after 3 attempt"):
         rsync_pull(

@@ -628,7 +628,7 @@ def test_the_run_rents_the_offer_cheapest_with_its_disk_not_the_cheapest_bid(
     """A rental bills its disk in every state: on the emulator's market (seed 0) the cheapest
     RTX 4090 bid sits on a disk priced ~2x its neighbours', so for a 150 GB job another offer
     costs less per hour in total (bid + 150 GB at its storage price), and the run rents that."""
-    from rgt.lifecycle import HOURS_PER_MONTH
+    from rgt.pricing import HOURS_PER_MONTH
     from rgt.providers.base import OfferQuery
     from rgt.providers.vastai import VastProvider
 

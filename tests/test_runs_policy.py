@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rgt.lifecycle import HOURS_PER_MONTH
+from rgt.pricing import HOURS_PER_MONTH
 from rgt.providers.base import Offer
 from rgt.runs import MOVE_HORIZON_SECONDS, hourly_cost, worth_moving
 

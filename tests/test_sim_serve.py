@@ -16,7 +16,7 @@ import vastai
 from conftest import CANARY_API_KEY, assert_no_canary
 
 from rgt.sim import Emulator
-from tests.procs import alive
+from tests.procs import alive, descendants
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -179,10 +179,9 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_after_a_crash_the_restarted_emulator_kills_the_orphaned_job_and_sshd(
-    tmp_path: Path,
-) -> None:
-    state = tmp_path / "sim"
+def _running_job(state: Path) -> tuple[subprocess.Popen[str], Path, int, int]:
+    """`rgt sim serve` with one instance running a job: (the server, the job's runs.txt, the
+    job's pid, the instance's sshd port), once the state file records the container start."""
     server = _serve(state, "--json", "--api-key", "k")
     assert server.stdout is not None
     url = json.loads(server.stdout.readline())["url"]
@@ -206,16 +205,54 @@ def test_after_a_crash_the_restarted_emulator_kills_the_orphaned_job_and_sshd(
     wait_for(recorded, what="the container start in the state file")
     ssh_port = client.show_instance(id=instance_id)["ssh_port"]
     assert ssh_port and _listening(ssh_port)
-    server.kill()  # the emulator dies; its container process and sshd (own sessions) live on
+    return server, runs, orphan, ssh_port
+
+
+def test_kill_9_of_the_emulator_ends_its_jobs_and_sshds_and_a_restart_reruns_them(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "sim"
+    server, runs, orphan, ssh_port = _running_job(state)
+    server.kill()  # SIGKILL: none of the emulator's own shutdown runs
     server.communicate(timeout=10)
-    assert alive(orphan) and _listening(ssh_port)
+    # Its container process and sshd die with it (rgt.children): nothing keeps running, holding
+    # the disk and the port, for an emulator that is gone.
+    wait_for(
+        lambda: not alive(orphan) and not _listening(ssh_port),
+        what="the job and the sshd to end with the emulator",
+    )
+    server = _serve(state, "--json", "--api-key", "k")
+    try:
+        assert server.stdout is not None
+        json.loads(server.stdout.readline())
+        wait_for(lambda: runs.read_text().count("start") == 2, what="onstart re-run")
+    finally:
+        _stop(server)
+
+
+def test_a_job_that_outlived_a_crash_is_killed_by_the_restarted_emulator(tmp_path: Path) -> None:
+    """Where nothing ended the job with the emulator (no group watcher: not Linux; here it is
+    killed first), the restarted emulator kills the orphan before it re-runs the onstart: one
+    job per disk, never two."""
+    state = tmp_path / "sim"
+    server, runs, orphan, _ = _running_job(state)
+    watchers = [
+        pid
+        for pid, name in descendants(server.pid).items()
+        if b"watch-groups" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(watchers) == 1, watchers
+    os.kill(watchers[0], signal.SIGKILL)
+    wait_for(lambda: not alive(watchers[0]), what="the watcher to die")
+    server.kill()
+    server.communicate(timeout=10)
+    assert alive(orphan)
 
     server = _serve(state, "--json", "--api-key", "k")
     try:
         assert server.stdout is not None
         json.loads(server.stdout.readline())
-        assert not alive(orphan)  # killed on load: one job per disk, never two
-        assert not _listening(ssh_port)  # the old sshd was stopped too
+        assert not alive(orphan)  # killed on load
         wait_for(lambda: runs.read_text().count("start") == 2, what="onstart re-run")
     finally:
         _stop(server)

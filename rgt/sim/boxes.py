@@ -4,7 +4,8 @@ Each container start runs `bash -c ONSTART` (or, for `runtype: "args"`, the args
 container's command) in its own process group (cwd = the disk), with the environment vast.ai
 gives a container plus the create's env, where the platform allows in a mount namespace that
 makes `/workspace` the instance disk (rgt.sim.container). Stopping, preemption and a host
-going offline kill the whole group with SIGKILL: vast.ai gives a container no signal first."""
+going offline kill the whole group with SIGKILL: vast.ai gives a container no signal first. So
+does the emulator's end, even by SIGKILL (rgt.children.watch_group; Linux)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from rgt.children import unwatch_group, watch_group
 from rgt.sim import container
 
 # Host variables a box may inherit; nothing else of the emulator's environment (API keys!)
@@ -90,6 +92,9 @@ class Box:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        # Its group dies with the emulator, even a SIGKILLed one (rgt.children): a box must not
+        # keep running, holding its disk and ports, for an emulator that is gone.
+        watch_group(process.pid, f"RGT_BOX_ROOT={environment.get('RGT_BOX_ROOT', disk)}")
         return cls(process)
 
     @property
@@ -107,6 +112,7 @@ class Box:
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
+        unwatch_group(self.process.pid)
 
 
 def kill_orphan(pgid: int, disk: Path) -> bool:

@@ -131,7 +131,9 @@ class Emulator:
         key_dir = self.state_dir / "ssh"
         key_dir.mkdir(parents=True, exist_ok=True)
         reap = getattr(sim_ssh, "reap_stale_servers", None)
-        if reap is not None:  # sshds a SIGKILLed emulator on this state dir left listening
+        # sshds a SIGKILLed emulator on this state dir left listening (where they outlive it:
+        # not on Linux, rgt.children)
+        if reap is not None:
             stale = reap(key_dir)
             if stale:
                 log.info("stopped %d sshd(s) left by an earlier emulator", stale)

@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from rgt.pricing import HOURS_PER_MONTH
+
 # (name, GPU RAM MB, base $/h per GPU, DLPerf per GPU, cuda_max_good, compute capability)
 GPU_MODELS: tuple[tuple[str, int, float, float, float, int], ...] = (
     ("RTX 3090", 24576, 0.20, 21.0, 12.4, 860),
@@ -42,8 +44,6 @@ REGIONS = (
 # Offers a machine's volume space at this id + machine id (vast.ai lists a volume offer per
 # machine; the offer row names it in `avail_vol_ask_id`).
 VOLUME_ASK_BASE = 900_000
-# Hours in the month vast.ai prorates storage over (for the per-hour dph_total figure).
-HOURS_PER_MONTH = 30 * 24
 
 
 @dataclass

@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -150,12 +149,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 # -- the server --------------------------------------------------------------------------------
 
 
@@ -252,9 +245,14 @@ class SshServer:
                 str(self.traffic_file),
             ]
         )
+        # Imported here: this file also runs as a stdlib-only script (module docstring).
+        from rgt.children import start_server
+        from rgt.loopback import START_TRIES, NotListening, PortTaken, free_port, wait_listening
+
+        log_file = self._run_dir / "sshd.log"
         last = ""
-        for _ in range(3):  # a free port can be taken between probing and binding
-            port = _free_port()
+        for _ in range(START_TRIES):  # a free port can be taken between probing and binding
+            port = free_port()
             config = self._run_dir / "sshd_config"
             config.write_text(
                 "\n".join(
@@ -301,27 +299,36 @@ class SshServer:
             )
             if checked.returncode != 0:
                 raise SshUnavailable("sshd rejected its config: " + _tail(checked.stderr))
-            log_file = self._run_dir / "sshd.log"
-            self._proc = subprocess.Popen(
+            log_file.unlink(missing_ok=True)  # a clash's log must not fail the next try
+            self._proc = start_server(
                 [SSHD, "-D", "-f", str(config), "-E", str(log_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C aimed at the emulator's terminal is ours
             )
-            deadline = time.monotonic() + START_TIMEOUT_SECONDS
-            while time.monotonic() < deadline and self._proc.poll() is None:
-                if _listening(port):
-                    self.port = port
-                    self.transport = "sshd"
-                    self.note = f"OpenSSH sshd on {self.host}:{port}"
-                    return port
-                time.sleep(0.02)
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-            last = _tail(log_file.read_text()) if log_file.exists() else "no log"
+            try:
+                # Listening means this sshd's own socket: another process listening on the
+                # port would pass a mere connect and leave rgt copying from the wrong server.
+                wait_listening(
+                    self._proc,
+                    port,
+                    START_TIMEOUT_SECONDS,
+                    lambda: log_file.read_text() if log_file.exists() else "",
+                )
+            except (PortTaken, NotListening) as exc:
+                if self._proc.poll() is None:
+                    self._proc.kill()
+                self._proc.wait()
+                self._proc = None
+                last = str(exc)
+                if isinstance(exc, PortTaken):
+                    continue
+                break
+            self.port = port
+            self.transport = "sshd"
+            self.note = f"OpenSSH sshd on {self.host}:{port}"
+            return port
         raise SshUnavailable(f"sshd did not start: {last}")
 
     def _start_local(self, reason: str) -> int:

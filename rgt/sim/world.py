@@ -41,12 +41,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rgt.atomic import atomic_write_text
+from rgt.children import die_with_parent
 from rgt.errors import RgtError
+from rgt.pricing import HOURS_PER_MONTH
 from rgt.sim import filters
 from rgt.sim.boxes import Box, box_environment, kill_orphan
 from rgt.sim.clock import SimClock
 from rgt.sim.market import (
-    HOURS_PER_MONTH,
     Ask,
     Machine,
     generate,
@@ -1233,6 +1234,8 @@ class World:
                 env=env,
                 capture_output=True,
                 timeout=3600,
+                # Ends with the emulator (this thread waits for it, so lives as long).
+                preexec_fn=die_with_parent(),
                 stdin=subprocess.DEVNULL,
             )
             outcome = (
