@@ -81,31 +81,65 @@ def spy_big_file_hashing(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str
     return calls
 
 
-# Files that take minutes, started first: with workers taking whole files (tools/test.sh), a
-# long file collected last would run alone at the end while the other workers idle. Order is
-# longest first (per-file sums of test durations, -n 2 --dist loadfile, load 8-10); the rest
-# keep their order.
+# The run's order (tools/test.sh: `--dist loadfile --no-loadscope-reorder`, so xdist keeps it):
+# the files of SLOW_FIRST first, longest first, then the rest in their own order. A file is one
+# unit of work (one worker runs it whole, so a module's emulator or sshd starts once), except the
+# files of SPREAD, whose tests go one by one to whichever worker is free: a file that takes
+# minutes and shares nothing costly between its tests would otherwise bound the whole run (on 2
+# cores, test_run_supervisor.py alone took 467 s of a 743 s run). Sums of test durations per
+# file, -n 4, load 1-6 (tests/test_run_supervisor.py: its longest test).
 SLOW_FIRST = (
-    "test_platform_flows.py",
-    "test_run_supervisor.py",
-    "test_mcp_refusals.py",
-    "test_gate_box_changed.py",
-    "test_ironlaw_e2e.py",
-    "test_provider_ssh.py",
-    "test_demo.py",
-    "test_evidence_chain.py",
-    "test_durable.py",
-    "test_ironlaw_refusals.py",
-    "test_discard.py",
-    "test_mcp_tools.py",
-    "test_ironlaw_crash.py",
-    "test_mcp_meter_stop.py",
-    "test_poll_job.py",
-    "test_keeper.py",
+    "test_render.py",  # 136 s (SPREAD)
+    "test_platform_flows.py",  # 123 s
+    "test_mcp_refusals.py",  # 115 s
+    "test_durable.py",  # 98 s
+    "test_ironlaw_refusals.py",  # 96 s
+    "test_provider_ssh.py",  # 94 s
+    "test_ironlaw_crash.py",  # 94 s
+    "test_demo.py",  # 91 s
+    "test_gate_box_changed.py",  # 87 s
+    "test_cli_errors.py",  # 80 s
+    "test_vastai_cli.py",  # 72 s
+    "test_discard.py",  # 69 s
+    "test_ironlaw_e2e.py",  # 68 s
+    "test_evidence_chain.py",  # 67 s
+    "test_mcp_lifecycle.py",  # 61 s
+    "test_mcp_meter_stop.py",  # 58 s
+    "test_run_supervisor.py",  # 467 s, 51 s its longest test (SPREAD)
+    "test_provider_vastai.py",  # 55 s
+    "test_launchers.py",  # 54 s
+    "test_launch_intent.py",  # 53 s
+    "test_keeper.py",  # 51 s
+    "test_start.py",  # 48 s
+    "test_mcp_tools.py",  # 47 s
+    "test_lifecycle.py",  # 46 s
+    "test_poll_job.py",  # 40 s
+    "test_approval.py",  # 40 s
+    "test_sweep_all.py",  # 37 s
+    "test_mcp_passphrase.py",  # 36 s
 )
+# Their tests share no module- or class-scoped fixture that costs much (test_run_supervisor's
+# module emulator starts in a second), and none relies on another having run first.
+SPREAD = ("test_render.py", "test_run_supervisor.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Put the files of SLOW_FIRST first (a stable sort: tests within a file keep their order)."""
     rank = {name: place for place, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `--dist loadfile`: whole files to a worker, but each test of a SPREAD file on its
+    own (xdist's loadgroup would do it with marks, but it tags the node id in a way pytest 9
+    ignores: every test became its own unit)."""
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own choice
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrSpreadTestScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).name in SPREAD else path
+
+    return FileOrSpreadTestScheduling(config, log)
