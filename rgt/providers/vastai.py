@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -83,23 +84,30 @@ T = TypeVar("T")
 _UNUSED_SDK_PARTS = ("vastai.serverless", "vastai.sync", "vastai.async_")
 
 
+_SDK_IMPORT = threading.Lock()
+
+
 def import_sdk() -> Any:
     """The `vastai` package without the parts rgt never uses: its __init__ falls back to None
     for them, as it does where their dependencies are not installed (0.14 s of CPU instead of
-    0.44). Afterwards they import normally again."""
+    0.44). Afterwards they import normally again. Thread-safe: the demo builds providers in
+    several threads at once, and a thread must never get the package half-initialized."""
     import sys
 
-    if "vastai" in sys.modules:
-        return sys.modules["vastai"]
-    blocked = [name for name in _UNUSED_SDK_PARTS if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]  # None: "import fails" to Python
-    try:
-        import vastai
-    finally:
-        for name in blocked:
-            if sys.modules.get(name, False) is None:
-                del sys.modules[name]
+    with _SDK_IMPORT:
+        if "vastai" not in sys.modules:
+            blocked = [name for name in _UNUSED_SDK_PARTS if name not in sys.modules]
+            for name in blocked:
+                sys.modules[name] = None  # type: ignore[assignment]  # None: "import fails"
+            try:
+                import vastai
+            finally:
+                for name in blocked:
+                    if sys.modules.get(name, False) is None:
+                        del sys.modules[name]
+    # An import statement, not sys.modules: it waits for an import another thread has begun.
+    import vastai
+
     return vastai
 
 
