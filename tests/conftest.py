@@ -81,31 +81,71 @@ def spy_big_file_hashing(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str
     return calls
 
 
-# Files that take minutes, started first: with workers taking whole files (tools/test.sh), a
-# long file collected last would run alone at the end while the other workers idle. Order is
-# longest first (per-file sums of test durations, -n 2 --dist loadfile, load 8-10); the rest
-# keep their order.
+# The run's order (tools/test.sh: `--dist loadfile --no-loadscope-reorder`, so xdist keeps it):
+# the files of SLOW_FIRST first, longest first, then the rest in their own order, then LAST. A
+# file is one unit of work (one worker runs it whole, so a module's emulator or sshd starts
+# once), except the files of SPREAD, whose tests go one by one to whichever worker is free: a
+# file that takes minutes and shares nothing costly between its tests would otherwise bound the
+# whole run (on 2 cores, test_run_supervisor.py alone took 467 s of a 743 s run). Sums of test
+# durations per file, mean of two whole runs (-n 4, load 3-6 from other work);
+# test_run_supervisor.py comes where its longest test (~45 s) would.
 SLOW_FIRST = (
-    "test_platform_flows.py",
-    "test_run_supervisor.py",
-    "test_mcp_refusals.py",
-    "test_gate_box_changed.py",
-    "test_ironlaw_e2e.py",
-    "test_provider_ssh.py",
-    "test_demo.py",
-    "test_evidence_chain.py",
-    "test_durable.py",
-    "test_ironlaw_refusals.py",
-    "test_discard.py",
-    "test_mcp_tools.py",
-    "test_ironlaw_crash.py",
-    "test_mcp_meter_stop.py",
-    "test_poll_job.py",
-    "test_keeper.py",
+    "test_platform_flows.py",  # 107 s
+    "test_durable.py",  # 104 s
+    "test_cli_errors.py",  # 102 s
+    "test_mcp_refusals.py",  # 97 s
+    "test_vastai_cli.py",  # 94 s
+    "test_ironlaw_crash.py",  # 93 s
+    "test_provider_ssh.py",  # 90 s
+    "test_demo.py",  # 90 s
+    "test_ironlaw_e2e.py",  # 81 s
+    "test_ironlaw_refusals.py",  # 79 s
+    "test_gate_box_changed.py",  # 78 s
+    "test_discard.py",  # 72 s
+    "test_evidence_chain.py",  # 54 s
+    "test_provider_vastai.py",  # 52 s
+    "test_mcp_lifecycle.py",  # 51 s
+    "test_launchers.py",  # 50 s
+    "test_mcp_meter_stop.py",  # 49 s
+    "test_run_supervisor.py",  # 474 s, 32 tests of 10-50 s (SPREAD)
+    "test_launch_intent.py",  # 45 s
+    "test_mcp_tools.py",  # 43 s
+    "test_lifecycle.py",  # 42 s
+    "test_keeper.py",  # 42 s
+    "test_poll_job.py",  # 41 s
+    "test_start.py",  # 41 s
+    "test_approval.py",  # 40 s
+    "test_mcp_passphrase.py",  # 37 s
+    "test_box_health.py",  # 37 s
+    "test_sweep_all.py",  # 36 s
 )
+# After every other file: 142 tests of about a second (152 s), which fill the gaps at the end.
+LAST = ("test_render.py",)
+# Their tests share no module- or class-scoped fixture that costs much (test_run_supervisor's
+# module emulator starts in a second), and none relies on another having run first.
+SPREAD = ("test_render.py", "test_run_supervisor.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put the files of SLOW_FIRST first (a stable sort: tests within a file keep their order)."""
+    """Put the files of SLOW_FIRST first and those of LAST last (a stable sort: tests within a
+    file keep their order)."""
     rank = {name: place for place, name in enumerate(SLOW_FIRST)}
+    rank.update((name, len(SLOW_FIRST) + 1) for name in LAST)
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+
+
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist has no such hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With `--dist loadfile`: whole files to a worker, but each test of a SPREAD file on its
+    own (xdist's loadgroup would do it with marks, but it tags the node id in a way pytest 9
+    ignores: every test became its own unit)."""
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own choice
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrSpreadTestScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).name in SPREAD else path
+
+    return FileOrSpreadTestScheduling(config, log)

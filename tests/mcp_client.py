@@ -161,12 +161,17 @@ async def launch_and_finish(session: Session, emulator: Any, job: Path) -> str:
     )
     instance_id = str(launched["instance_id"])
     deadline = time.monotonic() + 30
+    # The manifest is watched on the emulated disk (no request): each poll is a provider call
+    # and an ssh login (~0.3 s of CPU), and the job takes seconds.
+    manifest = emulator.instance_disk(instance_id) / REMOTE_ROOT.lstrip("/") / "PULL_MANIFEST.json"
+    while not manifest.exists():
+        assert time.monotonic() < deadline, "job did not write its manifest"
+        await anyio.sleep(0.1)
     seen: list[str] = []
     while True:
         report = await session.data("poll", {"instance_id": instance_id})
         seen.append(report["classification"])
-        manifest = emulator.instance_disk(instance_id) / REMOTE_ROOT.lstrip("/")
-        if report["classification"] == "running" and (manifest / "PULL_MANIFEST.json").exists():
+        if report["classification"] == "running":
             return instance_id
         assert time.monotonic() < deadline, f"job did not finish: polls saw {seen}"
         await anyio.sleep(0.2)

@@ -107,6 +107,7 @@ class StandInBox:
                     "PrintMotd no",
                     "UseDNS no",
                     "MaxStartups 64",
+                    f"KexAlgorithms {sim_ssh.LOOPBACK_KEX}",
                     f"SetEnv HOME={self.home} TMUX_TMPDIR={self.tmux_dir} PATH={path}{extra}",
                     "",
                 ]

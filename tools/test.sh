@@ -10,4 +10,7 @@ tools/setup.sh test
 # files so a module's emulator or sshd fixture starts once. Most tests wait (boxes booting,
 # sshd, polls), so a core holds two: on 2 cores, 12 of the slowest files, back to back at a
 # load of 3-6 from other work on the machine, took 290 s with 4 workers and 306 s with 3.
-.venv/bin/python -m pytest -n "${RGT_TEST_WORKERS:-$((2 * $(nproc)))}" --dist loadfile "$@"
+# tests/conftest.py orders the files longest first (--no-loadscope-reorder keeps that order: xdist
+# would sort them by their number of tests) and hands out the tests of its SPREAD files one by one.
+.venv/bin/python -m pytest -n "${RGT_TEST_WORKERS:-$((2 * $(nproc)))}" --dist loadfile \
+  --no-loadscope-reorder "$@"
