@@ -182,10 +182,15 @@ class Supervisor:
         try:
             yield
         finally:
-            with self._say_lock:
-                held, self._held = self._held or [], None
-                for line in held:
-                    self._write_line(line)
+            self._write_held()
+
+    def _write_held(self) -> None:
+        """Write the held status lines and hold no more: the answer came, or the run ends
+        while the human has not answered (the lines say why it ended)."""
+        with self._say_lock:
+            held, self._held = self._held or [], None
+            for line in held:
+                self._write_line(line)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -223,6 +228,7 @@ class Supervisor:
                 raise
             finally:
                 self._stop_sync()
+                self._write_held()
 
     def _loop(self) -> RunOutcome:
         unreachable_since: float | None = None  # a succeeded box whose results cannot be pulled

@@ -581,6 +581,31 @@ def test_a_declined_discard_is_never_asked_again_by_the_supervisor_that_takes_ov
         _give_back_boxes(emulator, "declined-run")
 
 
+def test_status_lines_held_by_an_open_question_are_written_when_the_run_stops(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """A run that stops while a question is open on the terminal (the human is away) still
+    writes the status lines held for the answer: they say why it stopped."""
+    from rgt.providers.vastai import VastProvider
+
+    written: list[str] = []
+    with Ledger.open() as ledger:
+        supervisor = Supervisor(
+            RunRequest(job=load_job(_write_job(tmp_path, "away-run")), max_price_per_hour=1e-4),
+            provider=VastProvider(),
+            ledger=ledger,
+            profile=load_profile("vastai"),
+            say=written.append,
+        )
+        question = supervisor._question()
+        question.__enter__()  # as the discard thread does while it waits for the human
+        supervisor.say("attempt 1 (instance 7): preempted-past-grace")
+        assert written == []
+        with pytest.raises(RunStopped, match="no offer"):
+            supervisor.supervise()  # no offer under the cap: the run stops at once
+    assert written == ["attempt 1 (instance 7): preempted-past-grace"]
+
+
 @pytest.mark.timeout(240)
 def test_a_box_stuck_loading_past_host_lost_grace_is_replaced(
     emulator: Any, tmp_path: Path
