@@ -581,6 +581,25 @@ def test_a_declined_discard_is_never_asked_again_by_the_supervisor_that_takes_ov
         _give_back_boxes(emulator, "declined-run")
 
 
+def test_a_status_line_said_while_a_vastai_call_captures_stderr_reaches_the_terminal() -> None:
+    """A vastai SDK call captures sys.stdout/sys.stderr, process-wide, for a moment
+    (rgt.providers.redact.captured_output); a line `rgt run` says from another thread meanwhile
+    (the discard question's answer, a sync error) went into that capture and never reached
+    the terminal (seen in test_a_declined_discard_is_never_asked_again_..., ~1 run in 5)."""
+    import io
+    import logging
+
+    from rgt.commands.run import status_writer
+    from rgt.providers.redact import Redactor, captured_output
+
+    terminal = io.StringIO()
+    with contextlib.redirect_stderr(terminal):  # the terminal `rgt run` started on
+        say = status_writer()
+        with captured_output(Redactor(), logging.getLogger("rgt.test")):  # a vastai call
+            say("superseded instance 7: not discarded")
+    assert terminal.getvalue() == "rgt run: superseded instance 7: not discarded\n"
+
+
 def test_status_lines_held_by_an_open_question_are_written_when_the_run_stops(
     emulator: Any, tmp_path: Path
 ) -> None:
