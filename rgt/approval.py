@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from rgt import paths
 from rgt.atomic import atomic_write_text
-from rgt.errors import Refused, UsageError
+from rgt.errors import Declined, Refused, UsageError
 from rgt.ledger import Ledger
 
 APPROVAL_FILE = "approval.json"
@@ -283,8 +283,10 @@ def confirm_phrase(instance_id: str, purpose: str = "destroy") -> str:
 
 def prompt_discard_approval(ledger: Ledger, instance_id: str, *, summary: str) -> int:
     """Ask on the TTY for a discard: `summary` says what is lost; the human types `discard <id>`
-    and the passphrase. Unlike a destroy, a discard needs a configured passphrase always and
-    its approval lives only DISCARD_TTL_SECONDS, for the discard that asked. Returns its id."""
+    and the passphrase, or presses Enter alone to keep the box (Declined: a no, not a wrong
+    answer, so it neither asks for the passphrase nor counts toward the backoff). Unlike a
+    destroy, a discard needs a configured passphrase always and its approval lives only
+    DISCARD_TTL_SECONDS, for the discard that asked. Returns its id."""
     try:
         tty = open_tty()
     except Refused as exc:
@@ -304,11 +306,14 @@ def prompt_discard_approval(ledger: Ledger, instance_id: str, *, summary: str) -
         phrase = confirm_phrase(instance_id, "discard")
         tty.write(summary.rstrip("\n") + "\n")
         tty.write(f"DISCARD instance {instance_id}: its results are NOT saved (irreversible).\n")
+        tty.write("Press Enter alone to keep it.\n")
         tty.write(f"Type '{phrase}' to confirm: ")
         tty.flush()
         typed = tty.readline()
         if not typed:
             raise Refused("no answer on the terminal; nothing approved")
+        if not typed.strip():
+            raise Declined(f"instance {instance_id} kept: the discard was declined")
         try:
             secret = getpass.getpass("Approval passphrase: ", stream=tty)
         except EOFError:

@@ -85,6 +85,10 @@ class Refused(RgtError):
     exit_code = EXIT_REFUSED
 
 
+class Declined(Refused):
+    """A human asked to approve a discard said no (nothing was approved; not a wrong answer)."""
+
+
 class RunStopped(RgtError):
     """`rgt run` will not open another attempt: the budget is spent, or no offer satisfies the
     job's constraints and the price cap (the lost machines excluded). `status`: the run's

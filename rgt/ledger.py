@@ -25,7 +25,7 @@ from rgt import paths
 from rgt.errors import UsageError
 
 LEDGER_FILE = "ledger.sqlite3"
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_MS = 15_000
 # A destroy claim older than this is abandoned (its process died mid-destroy) and may be re-taken;
 # a live destroy finishes well inside it (bounded retries + a confirm poll).
@@ -228,7 +228,27 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN move_margin REAL;
     """,
+    # v9, a human's no to a discard the supervisor asked for (`rgt run`, a superseded box): kept
+    # here, not in the supervisor's memory, so no later supervisor of the run (one that took it
+    # over after a kill -9, or a restarted --detach) asks again; `rgt poll RUN_ID` says when.
+    # `answer`: 'declined' (the human said no) or 'not-approved' (the answer did not approve it:
+    # a mistyped confirmation, a wrong passphrase, no answer); `detail` says which.
+    """
+    CREATE TABLE discard_declines (
+        id INTEGER PRIMARY KEY,
+        provider TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        run_id TEXT,
+        reason TEXT NOT NULL,
+        answer TEXT NOT NULL CHECK (answer IN ('declined', 'not-approved')),
+        detail TEXT,
+        at REAL NOT NULL
+    );
+    CREATE INDEX discard_declines_by_instance ON discard_declines (instance_id, at);
+    """,
 )
+# How a human's answer to a discard question did not approve it (the discard_declines table).
+DECLINE_ANSWERS = ("declined", "not-approved")
 # What an approval or a meter-stop attempt is for.
 PURPOSES = ("destroy", "discard")
 
@@ -283,6 +303,19 @@ class VerificationRecord(NamedTuple):
     detail: dict[str, Any]
     created: float
     pull_sha256: str | None = None  # row_sha256 of the pull it verified; None: unchained
+
+
+class DiscardDeclineRecord(NamedTuple):
+    """A discard a supervisor asked a human for, and the answer that did not approve it."""
+
+    id: int
+    provider: str
+    instance_id: str
+    run_id: str | None
+    reason: str  # the discard reason asked about (rgt.discard.REASONS)
+    answer: str  # one of DECLINE_ANSWERS
+    detail: str | None
+    at: float
 
 
 class ApprovalRecord(NamedTuple):
@@ -996,6 +1029,38 @@ class Ledger:
             dict(row) for row in self._db.execute("SELECT * FROM approval_failures ORDER BY at, id")
         ]
 
+    # -- discard declines ----------------------------------------------------------------------
+
+    def record_discard_declined(
+        self,
+        provider: str,
+        instance_id: str,
+        *,
+        run_id: str | None,
+        reason: str,
+        answer: str,
+        detail: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Record that a human asked to discard `instance_id` for `reason` did not approve it
+        (`answer`: one of DECLINE_ANSWERS)."""
+        if answer not in DECLINE_ANSWERS:
+            raise ValueError(f"answer {answer!r}: allowed are {', '.join(DECLINE_ANSWERS)}")
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO discard_declines (provider, instance_id, run_id, reason, answer, "
+                "detail, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (provider, str(instance_id), run_id, reason, answer, detail, _now(now)),
+            )
+
+    def discard_declines(self, instance_id: str | None = None) -> list[DiscardDeclineRecord]:
+        """Discards a human did not approve when a supervisor asked (of one instance, or all),
+        oldest first."""
+        return [
+            DiscardDeclineRecord(**dict(row))
+            for row in self._oldest_first("discard_declines", "at", instance_id)
+        ]
+
     # -- destroys ------------------------------------------------------------------------------
 
     def claim_destroy(
@@ -1188,6 +1253,7 @@ class Ledger:
             ("approval_failures", "at"),
             ("destroys", "claimed"),
             ("launches", "created"),
+            ("discard_declines", "at"),
         ):
             for row in self._db.execute(f"SELECT * FROM {table}{where}", args):
                 item = dict(row)

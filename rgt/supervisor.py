@@ -24,7 +24,10 @@ What keeps it honest:
   `rgt sweep` lists it, and its results are pulled or it is discarded with --reason superseded.
   Mid-run the supervisor stops one that runs again (a preempted box whose bid won again bills
   compute) and, once rgt.discard proves it superseded, asks the human once to discard it, or
-  names it discardable in the run's report (`_tend_superseded`).
+  names it discardable in the run's report (`_tend_superseded`). A no is kept in the ledger
+  (rgt.ledger discard_declines): no supervisor of the run asks about that box again.
+- While that question is open on the terminal, status lines wait (`Supervisor.say`), so they
+  never land inside the question or its answer.
 
 Time comes from `clock` (epoch seconds): the grace periods and the cost estimate use it.
 """
@@ -33,14 +36,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rgt import runs
-from rgt.errors import CheckFailed, ProviderError, Refused, RgtError, RunStopped
+from rgt.errors import CheckFailed, Declined, ProviderError, Refused, RgtError, RunStopped
 from rgt.job import JobRequest
-from rgt.ledger import Ledger
+from rgt.ledger import DiscardDeclineRecord, Ledger
 from rgt.profile import Profile
 from rgt.providers.base import Offer, Provider, run_label
 from rgt.runs import AttemptRecord
@@ -134,7 +138,10 @@ class Supervisor:
         self.ledger = ledger
         self.profile = profile
         self.approve = approve
-        self.say = say
+        self._write_line = say
+        # Status lines said while a question is open on the terminal (None: none is open).
+        self._held: list[str] | None = None
+        self._say_lock = threading.Lock()
         self.clock = clock
         self.sleep = sleep
         self.interval = interval
@@ -154,6 +161,36 @@ class Supervisor:
         self._asking: _DiscardAsk | None = None
         self._born = clock()  # an attempt started before it was opened by another supervisor
         self._move_watch = _MoveWatch()
+
+    # -- status lines -----------------------------------------------------------------------
+
+    def say(self, line: str) -> None:
+        """Say one status line (any thread). While a human is asked a question on the terminal
+        (`_question`) the line waits for the answer: written meanwhile, it would land inside
+        the question, or between the question and what the human types."""
+        with self._say_lock:
+            if self._held is not None:
+                self._held.append(line)
+                return
+            self._write_line(line)
+
+    @contextmanager
+    def _question(self) -> Iterator[None]:
+        """Hold status lines while the caller asks the human; then say them, in order."""
+        with self._say_lock:
+            self._held = []
+        try:
+            yield
+        finally:
+            self._write_held()
+
+    def _write_held(self) -> None:
+        """Write the held status lines and hold no more: the answer came, or the run ends
+        while the human has not answered (the lines say why it ended)."""
+        with self._say_lock:
+            held, self._held = self._held or [], None
+            for line in held:
+                self._write_line(line)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -191,6 +228,7 @@ class Supervisor:
                 raise
             finally:
                 self._stop_sync()
+                self._write_held()
 
     def _loop(self) -> RunOutcome:
         unreachable_since: float | None = None  # a succeeded box whose results cannot be pulled
@@ -629,8 +667,11 @@ class Supervisor:
         if state == "running":
             self._stop_superseded(attempt, instance_id)
             return
-        if instance_id in self._asked:
-            return
+        if instance_id in self._told:
+            return  # named discardable already (the evidence is not proven again each round)
+        declined = _declined(self.ledger, instance_id)
+        if instance_id in self._asked and declined is None:
+            return  # asked by this supervisor: the answer is awaited, or it was a yes
         decision = may_discard(
             instance_id,
             "superseded",
@@ -642,7 +683,9 @@ class Supervisor:
         )
         if not decision.allowed:
             return
-        if self.approve_discard is None:
+        if self.approve_discard is None or declined is not None:
+            # No human to ask, or one already said no (this supervisor or an earlier one of
+            # the run: never asked again): the run's report names it discardable.
             if instance_id not in self._told:
                 self._told.add(instance_id)
                 self.ledger.record_state(
@@ -651,6 +694,7 @@ class Supervisor:
                 self.say(
                     f"superseded instance {instance_id} (attempt {attempt.number}) may be "
                     f"discarded now: {_discard_command(instance_id)} (a human approves)"
+                    + (f"; {_declined_text(declined)}, not asked again" if declined else "")
                 )
             return
         if self._asking is not None and self._asking.is_alive():
@@ -828,9 +872,13 @@ class Supervisor:
         if self.approve is not None:
             from rgt.approval import ledger_summary
 
-            approval_id = self.approve(
-                self.ledger, instance_id, ledger_summary(self.ledger, instance_id)
-            )
+            if self._asking is not None:
+                # One question on the terminal at a time: the open discard question first.
+                self._asking.join()
+            with self._question():
+                approval_id = self.approve(
+                    self.ledger, instance_id, ledger_summary(self.ledger, instance_id)
+                )
         if approval_id is None:
             verb = self.profile.meter_stop_verb or "destroy"
             message = (
@@ -997,15 +1045,26 @@ class _DiscardAsk(threading.Thread):
                 )
                 if not decision.allowed:
                     return
+                answer, detail = "declined", "the human declined"
                 try:
-                    approval_id = sup.approve_discard(ledger, instance_id, loss_summary(decision))
+                    with sup._question():
+                        approval_id = sup.approve_discard(
+                            ledger, instance_id, loss_summary(decision)
+                        )
                 except Refused as exc:
                     approval_id = None
-                    sup.say(f"superseded instance {instance_id}: {exc.message}")
+                    detail = exc.message
+                    if not isinstance(exc, Declined):  # the answer approved nothing: say why
+                        answer = "not-approved"
+                        sup.say(f"superseded instance {instance_id}: {exc.message}")
                 if approval_id is None:
+                    self._record_no(ledger, provider, answer, detail, decision.evidence)
                     sup.say(
-                        f"superseded instance {instance_id}: not discarded (not asked again); "
-                        f"{_discard_command(instance_id)} ends it later"
+                        f"superseded instance {instance_id}: not discarded ("
+                        f"{'declined' if answer == 'declined' else 'not approved'}; no "
+                        f"supervisor of run {sup.run_id} asks again); "
+                        f"{_discard_command(instance_id)} ends it later, `rgt poll "
+                        f"{sup.run_id}` lists it"
                     )
                     return
                 outcome = discard_with_gate(
@@ -1025,10 +1084,52 @@ class _DiscardAsk(threading.Thread):
         except Exception as exc:  # a thread's failure must be seen, not vanish
             sup.say(f"superseded instance {instance_id}: discard stopped: {exc!r}")
 
+    def _record_no(
+        self,
+        ledger: Ledger,
+        provider: Provider,
+        answer: str,
+        detail: str,
+        evidence: dict[str, Any],
+    ) -> None:
+        """Keep the human's no in the ledger (no later supervisor of the run asks again), and
+        note the box discardable now for the run's report, as a supervisor without a human
+        does."""
+        sup, instance_id = self.supervisor, self.instance_id
+        ledger.record_discard_declined(
+            provider.platform,
+            instance_id,
+            run_id=sup.run_id,
+            reason="superseded",
+            answer=answer,
+            detail=detail,
+        )
+        ledger.record_state(
+            provider.platform,
+            instance_id,
+            str(evidence.get("state", "unknown")),
+            detail=DISCARDABLE_NOTE,
+        )
+        sup._told.add(instance_id)
+
 
 # The ledger note (an instance event's detail) that the supervisor proved a superseded box
 # discardable mid-run; `run_report` names such boxes while it is their latest event.
 DISCARDABLE_NOTE = "discardable now: superseded (rgt run checked the evidence)"
+
+
+def _declined(ledger: Ledger, instance_id: str) -> DiscardDeclineRecord | None:
+    """The latest no a human gave when a supervisor asked to discard this superseded box."""
+    found = [d for d in ledger.discard_declines(instance_id) if d.reason == "superseded"]
+    return found[-1] if found else None
+
+
+def _declined_text(declined: DiscardDeclineRecord) -> str:
+    """When and how a human said no, in the words `rgt run` and `rgt poll` use."""
+    from rgt.manifest import utc_text
+
+    how = "declined" if declined.answer == "declined" else f"not approved ({declined.detail})"
+    return f"{how} when rgt run asked at {utc_text(declined.at)}"
 
 
 def _discard_command(instance_id: str) -> str:
@@ -1093,24 +1194,52 @@ def run_report(
         "budget": record.budget,
         "max_price_per_hour": record.max_price_per_hour,
         "discardable": (ready := discardable(ledger, history)),
+        # The superseded boxes whose discard a human did not approve when a supervisor asked:
+        # no supervisor of the run asks again; an explicit discard still ends them.
+        "discard_declined": (declined := _declines(ledger, history)),
         "next_action": _run_next_action(record, status, current, for_tool)
-        + _discardable_note(ready, for_tool),
+        + _discardable_note(ready, declined, for_tool),
     }
 
 
-def _discardable_note(ready: list[str], for_tool: bool) -> str:
-    """The superseded boxes that may be discarded now, with the step for each."""
+def _declines(ledger: Ledger, history: list[AttemptRecord]) -> list[dict[str, Any]]:
+    """The latest no of each superseded box of the run, as plain data."""
+    from rgt.manifest import utc_text
+
+    found = []
+    for attempt in history:
+        if attempt.end_reason not in runs.SUPERSEDED_REASONS or attempt.instance_id is None:
+            continue
+        no = _declined(ledger, str(attempt.instance_id))
+        if no is not None:
+            found.append(
+                {
+                    "instance_id": no.instance_id,
+                    "answer": no.answer,
+                    "detail": no.detail,
+                    "at": utc_text(no.at),
+                    "text": _declined_text(no),
+                }
+            )
+    return found
+
+
+def _discardable_note(ready: list[str], declined: list[dict[str, Any]], for_tool: bool) -> str:
+    """The superseded boxes that may be discarded now, with the step for each (and, for a box
+    whose discard a human did not approve when asked, when)."""
     from rgt.nextstep import Step, render
 
     if not ready:
         return ""
+    said_no = {d["instance_id"]: d["text"] for d in declined}
     steps = [
         render("{next}", Step.of("discard", instance_id=i, reason="superseded"), tool=for_tool)
+        + (f"` (instance {i}: {said_no[i]}; not asked again)" if i in said_no else "`")
         for i in ready
     ]
     return (
         f"; superseded instance(s) {', '.join(ready)} may be discarded now (a human approves): "
-        + ", ".join(f"`{step}`" for step in steps)
+        + ", ".join(f"`{step}" for step in steps)
     )
 
 

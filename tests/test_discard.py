@@ -426,6 +426,17 @@ def test_the_cli_asks_a_human_at_a_terminal_and_shows_what_is_lost(rental: Renta
     typed_id.send(PASSPHRASE)
     assert typed_id.wait() == 4 and f"is not 'discard {rental.id}'" in typed_id.text
     rental.assert_alive()
+    # Enter alone keeps the box: a no, so no passphrase is asked and no failure is counted.
+    with Ledger.open() as ledger:
+        failures = len(ledger.approval_failures())
+    keeps = PtyProcess("discard", rental.id, "--reason", "failed-job")
+    assert "Press Enter alone to keep it." in keeps.expect(f"Type 'discard {rental.id}'")
+    keeps.send("")
+    assert keeps.wait() == 4 and "the discard was declined" in keeps.text, keeps.text
+    assert "Approval passphrase" not in keeps.text
+    with Ledger.open() as ledger:
+        assert len(ledger.approval_failures()) == failures
+    rental.assert_alive()
     # A human at the terminal sees what is lost, types the phrase and the passphrase.
     human = PtyProcess("discard", rental.id, "--reason", "failed-job")
     shown = human.expect(f"Type 'discard {rental.id}' to confirm")

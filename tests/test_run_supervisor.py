@@ -413,6 +413,218 @@ def test_the_human_is_asked_once_per_superseded_box_and_its_yes_discards_it_mid_
     assert run.outcome is not None and run.outcome.superseded == [first]
 
 
+# The approval passphrase of the terminal tests, stored at a cheap scrypt cost.
+PASSPHRASE = "correct horse battery staple"
+
+
+def _read_while(human: Any, check: Any, what: str, seconds: float = 120) -> Any:
+    """_wait_for that keeps reading the terminal meanwhile (a full pty would block rgt)."""
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"never happened: {what}; terminal:\n{human.text}"
+        human._read(0.1)
+    return value
+
+
+def _instance_of(run_id: str, number: int) -> str | None:
+    with Ledger.open() as ledger:
+        history = runs.attempts(ledger, run_id)
+    return history[number - 1].instance_id if len(history) >= number else None
+
+
+def _asked_on_a_terminal(emulator: Any, tmp_path: Path, run_id: str) -> tuple[Any, str, str, Path]:
+    """`rgt run --interruptible` on a real pseudo-terminal: its first box is preempted past a
+    durable step; the second resumes past its seed and holds while `hold` exists; the
+    supervisor asks the human at the terminal to discard the first box. Returns (the terminal,
+    first, second, hold) with the question on the screen."""
+    from rgt import approval
+    from tests.ptyrun import PtyProcess
+
+    approval.store_passphrase(PASSPHRASE, n=2**14)
+    hold = tmp_path / "hold"
+    hold.touch()
+    job = _write_job(tmp_path, run_id, hold=True, hold_file=hold)
+    human = PtyProcess(
+        "run", str(job), "--max-price", str(MAX_PRICE), "--interruptible", "--interval", "0.3"
+    )
+    first = _read_while(human, lambda: _instance_of(run_id, 1), "attempt 1 to rent")
+    _read_while(human, lambda: _newest_durable_step(run_id) >= HOLD_AT, "step 20 durable")
+    emulator.preempt(first)
+    second = _read_while(human, lambda: _instance_of(run_id, 2), "attempt 2 to rent")
+    human.expect(f"Type 'discard {first}' to confirm: ", timeout=120)
+    return human, str(first), str(second), hold
+
+
+def _give_back_boxes(emulator: Any, run_id: str) -> None:
+    """Destroy the run's boxes in the emulator itself (test clean-up, not rgt): the module's
+    later tests rent from the same marketplace, and an outbid box keeps its GPU taken."""
+    with Ledger.open() as ledger:
+        boxes = [a.instance_id for a in runs.attempts(ledger, run_id) if a.instance_id]
+    for box in boxes:
+        if int(box) in emulator.instance_ids():
+            emulator.world.destroy(int(box))
+
+
+def _kill_group(human: Any) -> None:
+    """kill -9 the terminal's rgt and its children (rsync, ssh); reap it (once)."""
+    if human.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(human.pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(human.pid, 0)
+    os.close(human.fd)
+    human.returncode = -signal.SIGKILL
+
+
+@pytest.mark.timeout(300)
+def test_status_lines_wait_while_the_discard_question_is_open_on_the_terminal(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """The question runs in a background thread while the run is watched: a status line due
+    meanwhile (here: attempt 2 lost, attempt 3 rented) is written after the answer, not into
+    the question (old code: `rgt run: attempt 2 ...` landed between the summary and the
+    `Type 'discard ID'` line, or after it, where the human types)."""
+    human, first, second, hold = _asked_on_a_terminal(emulator, tmp_path, "question-run")
+    try:
+        emulator.preempt(second)
+        # Attempt 3 rented: its supervisor has said attempt 2's end and attempt 3's offer.
+        third = _read_while(human, lambda: _instance_of("question-run", 3), "attempt 3")
+        while human._read(0.2):
+            pass  # what rgt wrote so far is on the terminal
+        question = human.text[human.text.index(f"Discard instance {first} (superseded") :]
+        assert "rgt run:" not in question, question  # whole: no status line inside it
+        assert question.rstrip().endswith(f"Type 'discard {first}' to confirm:"), question
+        human.send("")  # Enter alone: keep it
+        human.expect(f"rgt run: attempt 3: instance {third} rented")
+        answered = human.text.index(f"Type 'discard {first}' to confirm: ")
+        held = human.text.index(f"attempt 2 (instance {second}): preempted-past-grace")
+        assert answered < held
+        assert "Approval passphrase" not in human.text[answered:]  # a no asks no passphrase
+    finally:
+        hold.unlink()
+        _kill_group(human)
+        _give_back_boxes(emulator, "question-run")
+    with Ledger.open() as ledger:
+        assert ledger.approval_failures() == []  # a no is not a wrong answer
+
+
+@pytest.mark.timeout(300)
+def test_a_declined_discard_is_never_asked_again_by_the_supervisor_that_takes_over(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """The human's no is kept in the ledger (v9), not in the supervisor's memory: killed with
+    -9 and taken over, the run's next supervisor never asks about that box again (old code:
+    it asked again); `rgt poll RUN_ID` lists the box discardable and says when the no was
+    given; an explicit `rgt discard` still may end it."""
+    from rgt.discard import may_discard
+    from rgt.supervisor import run_report
+
+    human, first, second, hold = _asked_on_a_terminal(emulator, tmp_path, "declined-run")
+    run: Run | None = None
+    try:
+        human.send("")  # Enter alone: keep it
+        human.expect(f"superseded instance {first}: not discarded")
+        _kill_group(human)
+        with Ledger.open() as ledger:
+            (no,) = ledger.discard_declines(first)
+        assert (no.run_id, no.reason, no.answer) == ("declined-run", "superseded", "declined")
+        asked: list[str] = []
+
+        def human_again(ledger: Ledger, instance_id: str, summary: str) -> int | None:
+            asked.append(instance_id)
+            return None
+
+        job = tmp_path / "declined-run.yaml"
+        run = Run(emulator, job, clock=time.time, interruptible=True, approve_discard=human_again)
+        run.start()
+        said = f"superseded instance {first} (attempt 1) may be discarded now"
+        _wait_for(lambda: asked or any(said in line for line in run.lines), "the takeover's look")
+        assert asked == []  # the takeover never asks again
+        assert run.attempts()[1].instance_id == second  # adopted, not rented again
+        assert any("declined when rgt run asked at" in line for line in run.lines if said in line)
+        polled = subprocess.run(
+            [sys.executable, "-m", "rgt", "poll", "declined-run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert polled.returncode == 0, polled.stderr
+        assert f"`rgt discard {first} --reason superseded`" in polled.stdout
+        assert "declined when rgt run asked at 20" in polled.stdout  # the UTC time of the no
+        with Ledger.open() as ledger:
+            report = run_report(ledger, "declined-run", for_tool=True)
+            assert report is not None and report["discardable"] == [first]
+            assert [d["instance_id"] for d in report["discard_declined"]] == [first]
+            assert "declined when rgt run asked at" in report["next_action"]
+            # The human may change their mind: an explicit discard is not blocked by the no.
+            approval_id = ledger.record_approval(first, "tty", 300, purpose="discard")
+            decision = may_discard(
+                first,
+                "superseded",
+                provider=run.provider,
+                ledger=ledger,
+                profile=load_profile("vastai"),
+                approval_id=approval_id,
+            )
+        assert decision.allowed, decision.explain()
+        hold.unlink()
+        run.join()
+        assert run.error is None, f"{run.error!r}: {run.lines[-8:]}"
+        assert asked == []
+        assert int(first) in emulator.instance_ids()  # kept: nobody approved its discard
+    finally:
+        hold.unlink(missing_ok=True)
+        _kill_group(human)
+        if run is not None:
+            run.thread.join(150)
+        _give_back_boxes(emulator, "declined-run")
+
+
+def test_a_status_line_said_while_a_vastai_call_captures_stderr_reaches_the_terminal() -> None:
+    """A vastai SDK call captures sys.stdout/sys.stderr, process-wide, for a moment
+    (rgt.providers.redact.captured_output); a line `rgt run` says from another thread meanwhile
+    (the discard question's answer, a sync error) went into that capture and never reached
+    the terminal (seen in test_a_declined_discard_is_never_asked_again_..., ~1 run in 5)."""
+    import io
+    import logging
+
+    from rgt.commands.run import status_writer
+    from rgt.providers.redact import Redactor, captured_output
+
+    terminal = io.StringIO()
+    with contextlib.redirect_stderr(terminal):  # the terminal `rgt run` started on
+        say = status_writer()
+        with captured_output(Redactor(), logging.getLogger("rgt.test")):  # a vastai call
+            say("superseded instance 7: not discarded")
+    assert terminal.getvalue() == "rgt run: superseded instance 7: not discarded\n"
+
+
+def test_status_lines_held_by_an_open_question_are_written_when_the_run_stops(
+    emulator: Any, tmp_path: Path
+) -> None:
+    """A run that stops while a question is open on the terminal (the human is away) still
+    writes the status lines held for the answer: they say why it stopped."""
+    from rgt.providers.vastai import VastProvider
+
+    written: list[str] = []
+    with Ledger.open() as ledger:
+        supervisor = Supervisor(
+            RunRequest(job=load_job(_write_job(tmp_path, "away-run")), max_price_per_hour=1e-4),
+            provider=VastProvider(),
+            ledger=ledger,
+            profile=load_profile("vastai"),
+            say=written.append,
+        )
+        question = supervisor._question()
+        question.__enter__()  # as the discard thread does while it waits for the human
+        supervisor.say("attempt 1 (instance 7): preempted-past-grace")
+        assert written == []
+        with pytest.raises(RunStopped, match="no offer"):
+            supervisor.supervise()  # no offer under the cap: the run stops at once
+    assert written == ["attempt 1 (instance 7): preempted-past-grace"]
+
+
 @pytest.mark.timeout(240)
 def test_a_box_stuck_loading_past_host_lost_grace_is_replaced(
     emulator: Any, tmp_path: Path

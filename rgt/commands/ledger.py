@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
                 f"launch #{e['id']} {e['status']}: {e['label']} on offer {e['offer_id']}"
                 + (f" ({e['detail']})" if e["detail"] else "")
             ),
+            "discard_declines": lambda e: (
+                f"discard ({e['reason']}) {e['answer']} when rgt run asked"
+                + (f" ({e['detail']})" if e["detail"] else "")
+            ),
         }[event["kind"]](event)
         print(f"{when}Z  {event.get('instance_id') or '-':<12} {detail}")
     return 0

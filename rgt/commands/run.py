@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import Any
 
 from rgt.commands._platform import add_platform_argument
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             profile=profile,
             approve=_terminal_approver() if sys.stdin.isatty() else None,
             approve_discard=_terminal_discard_approver() if sys.stdin.isatty() else None,
-            say=lambda line: print(f"rgt run: {line}", file=sys.stderr, flush=True),
+            say=status_writer(),
             interval=args.interval or DEFAULT_INTERVAL_SECONDS,
         )
         outcome = supervisor.supervise()
@@ -135,6 +136,20 @@ def run(args: argparse.Namespace) -> int:
             )
         print(f"  spent ≈ ${outcome.spent:.4f} (rental price x time, all attempts)")
     return 0
+
+
+def status_writer() -> Callable[[str], None]:
+    """Write `rgt run: LINE` to this process's stderr as it is now. Bound once: a vastai SDK
+    call swaps sys.stderr process-wide for a moment (rgt.providers.redact.captured_output), and
+    a line another thread says meanwhile would vanish into that capture."""
+    import sys
+
+    stream = sys.stderr
+
+    def say(line: str) -> None:
+        print(f"rgt run: {line}", file=stream, flush=True)
+
+    return say
 
 
 def _terminal_approver() -> Any:
