@@ -402,10 +402,10 @@ def _sync_local(
     profile: Any,
     progress: Progress | None,
 ) -> None:
-    from rgt.pull import unreachable_message
+    from rgt.pull import remedy_steps, unreachable_message
 
     if instance.state != "running":
-        raise ProviderError(unreachable_message(instance, profile))
+        raise ProviderError(unreachable_message(instance, profile), step=remedy_steps(instance.id))
     sums = f"{box_durable_dir(profile, report.run_id)}/sums"
     listing = (
         provider.run_remote_command(

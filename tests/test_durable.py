@@ -327,6 +327,14 @@ def test_local_target_copies_and_verifies_checkpoints_while_the_job_runs(
     assert third["verified"] == [] and third["already"] == len(on_box)
     assert third["bytes_transferred"] == 0
     _assert_alive(emulator, instance_id)
+    # A stopped box cannot be read: one line naming the command that helps (it said
+    # "Start it (`{start}`...)" with the placeholder unfilled), and the box and disk stay.
+    assert _rgt("stop", instance_id).returncode == 0
+    unreachable = _rgt("sync", instance_id)
+    assert unreachable.returncode == 3, unreachable.stderr
+    assert f"`rgt start {instance_id}`" in unreachable.stderr, unreachable.stderr
+    assert "{" not in unreachable.stderr and len(unreachable.stderr.strip().splitlines()) == 1
+    _assert_alive(emulator, instance_id)
 
 
 @pytest.fixture
