@@ -121,3 +121,47 @@ def test_captured_output_keeps_sdk_prints_off_stdout_and_logs_them_redacted(
     assert out == "" and err == ""
     assert "curl" in caplog.text
     assert_no_canary(caplog.text)
+
+
+def test_a_capture_takes_only_its_own_threads_prints(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An SDK call in one thread (the supervisor's sync) must neither swallow what another
+    thread prints meanwhile (its status lines vanished into the capture) nor make a second
+    thread's SDK call wait for the first to end."""
+    import threading
+
+    redactor = Redactor([CANARY_API_KEY])
+    logger = logging.getLogger("rgt.test.capture.threads")
+    inside, release = threading.Event(), threading.Event()
+    second_done = threading.Event()
+
+    def long_sdk_call() -> None:
+        with captured_output(redactor, logger):
+            print(f"Bearer {CANARY_API_KEY} from the first call")
+            inside.set()
+            release.wait(30)
+
+    def second_sdk_call() -> None:
+        with captured_output(redactor, logger):
+            print("from the second call", file=sys.stderr)
+        second_done.set()
+
+    with caplog.at_level(logging.DEBUG, logger="rgt.test.capture.threads"):
+        first = threading.Thread(target=long_sdk_call)
+        first.start()
+        assert inside.wait(30)
+        print("rgt run: a status line from another thread", file=sys.stderr)
+        second = threading.Thread(target=second_sdk_call)
+        second.start()
+        # The second call runs to its end while the first is still inside its capture.
+        assert second_done.wait(10), "a capture in one thread blocked another thread's"
+        release.set()
+        first.join(30)
+        second.join(30)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "rgt run: a status line from another thread\n"
+    assert "from the first call" in caplog.text and "from the second call" in caplog.text
+    assert_no_canary(caplog.text)
+    assert sys.stdout is not None and type(sys.stdout).__name__ != "_Routed"

@@ -139,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def status_writer() -> Callable[[str], None]:
-    """Write `rgt run: LINE` to this process's stderr as it is now. Bound once: a vastai SDK
-    call swaps sys.stderr process-wide for a moment (rgt.providers.redact.captured_output), and
-    a line another thread says meanwhile would vanish into that capture."""
+    """Write `rgt run: LINE` to this process's stderr as it is now. Bound once, so the
+    supervisor's lines go to the terminal it started on whatever replaces sys.stderr later
+    (rgt.providers.redact.captured_output routes only the capturing thread's own prints)."""
     import sys
 
     stream = sys.stderr

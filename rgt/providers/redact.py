@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import re
+import sys
 import threading
 import zlib
 from collections.abc import Collection, Iterable, Iterator
@@ -176,25 +177,66 @@ def install_log_filter(redactor: Redactor, *logger_names: str) -> RedactingFilte
     return flt
 
 
-# redirect_stdout swaps the process-wide sys.stdout; one capture at a time keeps two threads
-# from restoring each other's streams out of order.
-_CAPTURE_LOCK = threading.RLock()
+class _Routed:
+    """sys.stdout or sys.stderr while some thread captures: a capturing thread's writes go to
+    its own buffer, every other thread's to the stream this one replaced. Swapping the stream
+    itself (contextlib.redirect_stdout) is process-wide: another thread's line printed during an
+    SDK call vanished into that call's capture, and captures had to take turns."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+
+    def _target(self) -> Any:
+        buffer = getattr(_capturing, "buffer", None)
+        return self.original if buffer is None else buffer
+
+    def write(self, text: str) -> int:
+        target = self._target()
+        return len(text) if target is None else int(target.write(text))  # None: no stream
+
+    def flush(self) -> None:
+        target = self._target()
+        if target is not None:
+            target.flush()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno...: the real stream's
+        return getattr(self.original, name)
+
+
+_capturing = threading.local()  # .buffer: this thread's capture, if any
+_ROUTING_LOCK = threading.Lock()  # guards installing and removing the routed streams
+_routing_depth = 0  # captures open, all threads together
 
 
 @contextlib.contextmanager
 def captured_output(redactor: Redactor, logger: logging.Logger) -> Iterator[None]:
-    """Run a block with stdout/stderr captured; log what it printed, redacted, at DEBUG.
+    """Run a block with this thread's stdout/stderr captured; log what it printed, redacted,
+    at DEBUG. Other threads print as before, and capture at the same time.
 
     The vastai SDK prints request details (with the Authorization header) in its explain mode
     and a few warnings elsewhere. Nothing it prints may reach the terminal, an MCP stdio stream
     or a test's captured output unredacted.
     """
+    global _routing_depth
     buffer = io.StringIO()
-    with _CAPTURE_LOCK:
-        try:
-            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-                yield
-        finally:
-            printed = buffer.getvalue()
-            if printed.strip():
-                logger.debug("vastai SDK output: %s", redactor.text(printed.strip()))
+    with _ROUTING_LOCK:
+        if _routing_depth == 0:
+            sys.stdout, sys.stderr = _Routed(sys.stdout), _Routed(sys.stderr)
+        _routing_depth += 1
+    outer = getattr(_capturing, "buffer", None)
+    _capturing.buffer = buffer
+    try:
+        yield
+    finally:
+        _capturing.buffer = outer
+        with _ROUTING_LOCK:
+            _routing_depth -= 1
+            if _routing_depth == 0:
+                # Put back what was replaced, unless someone replaced the routed stream since.
+                for name in ("stdout", "stderr"):
+                    stream = getattr(sys, name)
+                    if isinstance(stream, _Routed):
+                        setattr(sys, name, stream.original)
+        printed = buffer.getvalue()
+        if printed.strip():
+            logger.debug("vastai SDK output: %s", redactor.text(printed.strip()))
