@@ -718,17 +718,22 @@ def test_the_provider_loads_the_sdk_without_the_parts_rgt_never_uses(tmp_path: P
         "import vastai.serverless.client.client\n"
         "print('aiohttp' in sys.modules)\n"
     )
+    done = _fresh_python(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["vastai.sdk", "False", "False", "True"], done.stdout
+
+
+def _fresh_python(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`script` in a new interpreter (a first SDK import), importing this checkout's rgt."""
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(repo)},
         timeout=60,
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["vastai.sdk", "False", "False", "True"], done.stdout
 
 
 def test_providers_built_in_several_threads_at_once_all_get_the_whole_sdk(tmp_path: Path) -> None:
@@ -749,15 +754,7 @@ def test_providers_built_in_several_threads_at_once_all_get_the_whole_sdk(tmp_pa
         "for thread in threads: thread.join()\n"
         "print(failures)\n"
     )
-    repo = Path(__file__).resolve().parents[1]
     for _ in range(3):  # a race: each try a fresh process (a first import)
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(repo)},
-            timeout=60,
-        )
+        done = _fresh_python(script, tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "[]", done.stdout
