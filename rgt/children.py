@@ -4,9 +4,9 @@ it starts (the emulator's per-box sshd, the demo's `rclone serve s3`), the copie
 
 On Linux the kernel does it: `prctl(PR_SET_PDEATHSIG, SIGTERM)` in the child before exec asks
 for SIGTERM when the parent dies. Linux sends it when the *thread* that forked the child exits,
-not the process; so `start_server` forks every server from one thread kept for the life of the
-process, never from the HTTP request or worker thread that asked for it (which ends a moment
-later and would take the server with it).
+not the process; so `start_server` forks every server from one thread that lives as long as
+the servers it started, never from the HTTP request or worker thread that asked for it (which
+ends a moment later and would take the server with it).
 
 A box is a process group (its job forks freely) and the death signal reaches only the group's
 leader. `watch_group` registers a box's group with one watcher process (this file run as a
@@ -73,34 +73,53 @@ def die_with_parent() -> Callable[[], None] | None:
 
 
 class _Forker:
-    """The one thread that forks servers: it lives as long as the process, so a server's death
-    signal fires when the process dies and not before."""
+    """The one thread that forks servers: it lives as long as a server it started does, so a
+    server's death signal fires when the process dies and not before. Once every server it
+    started has exited it ends (the next start begins a new one): a process that ran servers
+    and stopped them is single-threaded again, which rgt.manifest and rgt.verify need before
+    they fork their hashing workers."""
+
+    IDLE_CHECK_SECONDS = 0.2  # how soon after its last server exits the thread ends
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
             queue.SimpleQueue()
         )
-        self._pid = 0  # the process whose thread runs (a forked copy has none)
+        self._pid = 0  # the process whose thread runs (0: none runs; a forked copy has none)
 
     def run(self, start: Callable[[], Any]) -> Any:
-        with self._lock:
+        done: Future[Any] = Future()
+        with self._lock:  # the thread decides to end under this lock: a request is never orphaned
             if self._pid != os.getpid():
                 self._requests = queue.SimpleQueue()
-                threading.Thread(target=self._serve, name="rgt-forker", daemon=True).start()
+                threading.Thread(
+                    target=self._serve, args=(self._requests,), name="rgt-forker", daemon=True
+                ).start()
                 self._pid = os.getpid()
-        done: Future[Any] = Future()
-        self._requests.put((start, done))
+            self._requests.put((start, done))
         return done.result()
 
-    def _serve(self) -> None:
-        requests = self._requests
+    def _serve(self, requests: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+        children: list[subprocess.Popen[bytes]] = []
         while True:
-            start, done = requests.get()
             try:
-                done.set_result(start())
+                start, done = requests.get(timeout=self.IDLE_CHECK_SECONDS)
+            except queue.Empty:
+                # poll() reaps an exited server and keeps its returncode for its owner's wait().
+                children = [child for child in children if child.poll() is None]
+                with self._lock:
+                    if not children and requests.empty():
+                        self._pid = 0
+                        return
+                continue
+            try:
+                child = start()
             except BaseException as exc:  # the caller's thread raises it
                 done.set_exception(exc)
+            else:
+                children.append(child)
+                done.set_result(child)
 
 
 _forker = _Forker()

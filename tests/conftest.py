@@ -56,6 +56,20 @@ def emulator(
 
 
 @pytest.fixture
+def alone_in_process() -> None:
+    """Wait until this test process runs one thread: rgt.manifest and rgt.verify fork their
+    hashing workers only then, and an earlier test's server may leave rgt.children's forker
+    thread for a moment after it stopped (it ends once its servers have exited)."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + 10
+    while threading.active_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
+
+
+@pytest.fixture
 def anyio_backend() -> str:
     """Async tests (the MCP client ones) run on asyncio, the backend the mcp SDK targets."""
     return "asyncio"

@@ -407,6 +407,7 @@ def test_any_worker_count_writes_the_same_bytes_as_json_would(
         ]
 
 
+@pytest.mark.usefixtures("alone_in_process")
 def test_workers_list_their_own_directories_and_leave_big_files_to_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

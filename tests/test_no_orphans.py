@@ -116,3 +116,32 @@ def test_kill_9_of_the_recover_demo_leaves_no_process_behind(tmp_path: Path) -> 
             demo.kill()
             demo.wait()
         _kill_all(processes_of(demo_dir))
+
+
+def test_the_forker_thread_lives_as_long_as_its_servers_and_no_longer() -> None:
+    """Its servers' death signal needs the thread that forked them; once they have all exited
+    the process must be single-threaded again (rgt.manifest and rgt.verify fork their hashing
+    workers only then: the thread left behind for good sent every later verify of a process
+    that once ran a server to the slower threaded path)."""
+    import threading
+
+    from rgt.children import _Forker, start_server
+    from rgt.manifest import only_thread
+
+    server = start_server(["sleep", "60"])
+    try:
+        forker = next(t for t in threading.enumerate() if t.name == "rgt-forker")
+        # Several idle checks pass while the server runs: the thread stays.
+        forker.join(5 * _Forker.IDLE_CHECK_SECONDS)
+        assert forker.is_alive()
+    finally:
+        server.terminate()
+    assert server.wait(10) == -15  # its owner still reads its exit status
+    forker.join(10)
+    assert not forker.is_alive()
+    # The next server starts a new forker.
+    again = start_server(["sleep", "60"])
+    again.terminate()
+    assert again.wait(10) == -15
+    next(t for t in threading.enumerate() if t.name == "rgt-forker").join(10)
+    assert only_thread()

@@ -33,7 +33,7 @@ from rgt.verify import (
 )
 from tests.conftest import spy_big_file_hashing
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("alone_in_process")]
 
 RUN = "run-9"
 INSTANCE = "1001"
